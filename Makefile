@@ -1,0 +1,105 @@
+# ppd — one plain Makefile.
+#   make            build build/ppd
+#   make test       install what is missing, fetch the default model, build, run every test
+#   make run        install what is missing, fetch the model, build, answer a sample question
+#   make asan       the unit tests under AddressSanitizer + UBSan (objects in build-asan/)
+#   make bench      decode/prefill speed and the row-scaling table (see BENCHMARKS.md)
+# Variables: V=1 (echo commands), WERROR=1 (warnings are errors; CI sets it),
+#            SAN=1 (sanitizers), CUDA=0 (never build the CUDA backend).
+
+BUILD    ?= build
+CC       ?= cc
+PKGS     := libpcre2-8 jansson check
+MODEL    ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
+
+CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -Wshadow -Wno-unused-parameter \
+               -D_GNU_SOURCE -pthread -ffp-contract=off -fno-math-errno -I. -MMD -MP
+# -ffp-contract=off: the lossless guarantee needs every float operation to be the
+# one written in the source, never a compiler-chosen fused multiply-add.
+ifeq ($(WERROR),1)
+CFLAGS_BASE += -Werror
+endif
+ifeq ($(SAN),1)
+CFLAGS_BASE += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS_SAN := -fsanitize=address,undefined
+endif
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs libpcre2-8 jansson 2>/dev/null)
+CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
+CFLAGS   += $(CFLAGS_BASE) $(PKG_CFLAGS)
+LDLIBS   += $(PKG_LIBS) -lm -pthread $(LDFLAGS_SAN)
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+NVCC := $(shell command -v nvcc 2>/dev/null)
+ifeq ($(CUDA),0)
+NVCC :=
+endif
+
+LIB_SRC  := $(sort $(wildcard engine/*.c kernels/cpu/*.c))
+CLI_SRC  := $(sort $(wildcard server/*.c))
+TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
+TEST_COMMON := $(sort $(wildcard tests/unit/common_*.c))
+
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
+TEST_COMMON_OBJ := $(TEST_COMMON:%.c=$(BUILD)/%.o)
+TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+LIB      := $(BUILD)/libppd.a
+
+.PHONY: all deps model test test-unit test-golden run asan bench clean features
+all: features $(BUILD)/ppd
+
+features:
+	@echo "ppd build: $(if $(NVCC),CUDA found ($(NVCC)) - CUDA backend pending,CUDA not built) | $(if $(filter 1,$(SAN)),sanitizers on,sanitizers off)"
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC    $<")
+	$(Q)$(CC) $(CFLAGS) -c $< -o $@
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/ppd: $(CLI_OBJ) $(LIB)
+	@$(if $(Q),echo "  LINK  $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(LIB) $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_COMMON_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LINK  $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $< $(TEST_COMMON_OBJ) $(LIB) $(CHECK_LIBS) $(LDLIBS)
+
+deps:
+	@scripts/install-deps.sh
+
+model:
+	@scripts/fetch-model.sh
+
+test: deps model
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory test-unit
+
+test-unit: $(TEST_BIN) $(BUILD)/ppd
+	@PPD_TEST_MODEL=$(MODEL) PPD_BIN=$(BUILD)/ppd scripts/run-tests.sh $(TEST_BIN)
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 test-unit
+
+run: deps model
+	@$(MAKE) --no-print-directory all
+	$(BUILD)/ppd generate -m $(MODEL) --chat -n 128 -p "What is the capital of France, and why is it famous?"
+
+bench: deps model
+	@$(MAKE) --no-print-directory all
+	scripts/bench.sh
+
+clean:
+	rm -rf build build-asan
+
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_BIN:$(BUILD)/tests/%=$(BUILD)/tests/unit/%.d) $(TEST_COMMON_OBJ:.o=.d)
