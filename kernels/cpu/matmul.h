@@ -1,0 +1,54 @@
+/* matmul.h — y = x · Wᵀ for a quantized or float weight matrix W, many rows at once.
+ *
+ * W has n_out rows of n_in elements in a GGUF type (kq_type).  Inputs x are
+ * float rows; they are first quantized once per matmul (for the quantized
+ * weight types, to 8-bit blocks as llama.cpp does: Q8_1 for Q4_1, Q8_0 for
+ * Q4_0/Q8_0, Q8_K for the k-quants) so that each block's dot product is an exact
+ * int32 sum; the block scales are then applied in float in one fixed order per
+ * (output, row).  Hence every row's result is bit-identical whatever the number
+ * of rows in the call, and kq_matmul (fast, SIMD, chosen at run time from the
+ * CPU's features) is bit-identical to kq_matmul_ref (plain C).
+ *
+ * Threading is the caller's: split [o_begin, o_end) across threads, each thread
+ * calling kq_matmul on its own output range with the same quantized input.
+ */
+#ifndef PPD_MATMUL_H
+#define PPD_MATMUL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct kq_weight {
+    int type;            /* enum kq_type of the stored data */
+    int64_t n_in;        /* elements per row (multiple of the type's block size) */
+    int64_t n_out;       /* rows */
+    const void *data;    /* n_out rows in GGUF layout, not owned (usually the mmap) */
+    void *packed;        /* kernel-specific repacked copy, owned; NULL when unused */
+    size_t packed_bytes;
+};
+
+/* Prepare W (may repack into an owned layout).  ENG_E_UNSUPPORTED for a type
+ * with no kernel, ENG_E_INVALID for n_in not a multiple of the block size. */
+int kq_weight_init(struct kq_weight *w, int type, const void *data, int64_t n_in, int64_t n_out);
+void kq_weight_free(struct kq_weight *w);   /* accepts NULL; frees only `packed` */
+
+/* Bytes needed to hold n_rows quantized input rows for weights of type wtype. */
+size_t kq_act_bytes(int wtype, int64_t n_in, int n_rows);
+/* Quantize input rows [r_begin, r_end) of x (row stride n_in) into act. */
+void kq_act_quantize(int wtype, const float *x, int64_t n_in, int r_begin, int r_end, void *act);
+
+/* y[r * ldy + o] = sum_k W[o][k] * x[r][k] for r < n_rows, o in [o_begin, o_end).
+ * act is the quantized x (for float weight types act is x itself). */
+void kq_matmul(const struct kq_weight *w, const void *act, int n_rows,
+               float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
+/* Plain C reference with identical results. */
+void kq_matmul_ref(const struct kq_weight *w, const void *act, int n_rows,
+                   float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
+
+/* Dequantize row `row` of W into n_in floats (embedding lookup, tests). */
+void kq_weight_row_f32(const struct kq_weight *w, int64_t row, float *out);
+
+/* Which SIMD path kq_matmul uses on this CPU ("avx512vnni", "avx2", "scalar"). */
+const char *kq_matmul_path(void);
+
+#endif
