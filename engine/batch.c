@@ -1,0 +1,59 @@
+/* batch.c — allocation and the causal-run builder of batch.h. */
+#include "batch.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+
+int eng_batch_init(struct eng_batch *b, int cap, int max_grp) {
+    memset(b, 0, sizeof *b);
+    if (cap < 1 || max_grp < 1) return ENG_E_RANGE;
+    b->cap = cap;
+    b->vis_words = (max_grp + 63) / 64;
+    b->token = calloc((size_t)cap, sizeof *b->token);
+    b->pos = calloc((size_t)cap, sizeof *b->pos);
+    b->slot = calloc((size_t)cap, sizeof *b->slot);
+    b->kv_idx = calloc((size_t)cap, sizeof *b->kv_idx);
+    b->n_prefix = calloc((size_t)cap, sizeof *b->n_prefix);
+    b->grp_first = calloc((size_t)cap, sizeof *b->grp_first);
+    b->grp_len = calloc((size_t)cap, sizeof *b->grp_len);
+    b->vis = calloc((size_t)cap * (size_t)b->vis_words, sizeof *b->vis);
+    b->want_logits = calloc((size_t)cap, sizeof *b->want_logits);
+    if (!b->token || !b->pos || !b->slot || !b->kv_idx || !b->n_prefix || !b->grp_first ||
+        !b->grp_len || !b->vis || !b->want_logits) {
+        eng_batch_free(b);
+        return ENG_E_NOMEM;
+    }
+    return 0;
+}
+
+void eng_batch_free(struct eng_batch *b) {
+    if (!b) return;
+    free(b->token); free(b->pos); free(b->slot); free(b->kv_idx); free(b->n_prefix);
+    free(b->grp_first); free(b->grp_len); free(b->vis); free(b->want_logits);
+    memset(b, 0, sizeof *b);
+}
+
+void eng_batch_clear(struct eng_batch *b) { b->n_tok = 0; }
+
+int eng_batch_add_causal(struct eng_batch *b, int slot, int n_past, const int32_t *tokens, int n,
+                         bool last_logits) {
+    if (n < 0 || b->n_tok + n > b->cap || n > b->vis_words * 64) return ENG_E_RANGE;
+    for (int i = 0; i < n; i++) {
+        int r = b->n_tok + i;
+        b->token[r] = tokens[i];
+        b->pos[r] = n_past + i;
+        b->slot[r] = slot;
+        b->kv_idx[r] = n_past + i;
+        b->n_prefix[r] = n_past;
+        b->grp_first[r] = n_past;
+        b->grp_len[r] = n;
+        uint64_t *v = b->vis + (size_t)r * b->vis_words;
+        memset(v, 0, sizeof *v * (size_t)b->vis_words);
+        for (int j = 0; j <= i; j++) v[j >> 6] |= 1ull << (j & 63);
+        b->want_logits[r] = last_logits && i == n - 1;
+    }
+    b->n_tok += n;
+    return 0;
+}

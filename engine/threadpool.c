@@ -1,0 +1,146 @@
+/* threadpool.c — spin-then-sleep worker pool; see threadpool.h for why. */
+#include "threadpool.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "err.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define POOL_PAUSE() _mm_pause()
+#else
+#define POOL_PAUSE() ((void)0)
+#endif
+
+/* Spins before a worker goes to sleep: ~100 µs, long enough to cover the gap
+ * between two regions of one forward pass, short enough not to burn a core
+ * while the server is idle. */
+#define POOL_SPIN_LIMIT 20000
+
+struct eng_pool {
+    int n_threads;
+    pthread_t *threads;
+    _Atomic unsigned generation;   /* bumped to start a region */
+    _Atomic int n_done;            /* workers finished with the current region */
+    _Atomic int stop;
+    eng_pool_fn fn;
+    void *arg;
+    /* barrier */
+    _Atomic int barrier_count;
+    _Atomic unsigned barrier_phase;
+    /* sleeping */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    _Atomic int n_sleeping;
+};
+
+struct pool_worker_arg { struct eng_pool *p; int ith; };
+
+static void *pool_worker_main(void *varg) {
+    struct pool_worker_arg *wa = varg;
+    struct eng_pool *p = wa->p;
+    int ith = wa->ith;
+    free(wa);
+    unsigned seen = 0;
+    for (;;) {
+        unsigned gen;
+        int spins = 0;
+        while ((gen = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen &&
+               !atomic_load_explicit(&p->stop, memory_order_acquire)) {
+            if (++spins < POOL_SPIN_LIMIT) { POOL_PAUSE(); continue; }
+            pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->n_sleeping, 1);
+            while (atomic_load(&p->generation) == seen && !atomic_load(&p->stop))
+                pthread_cond_wait(&p->cv, &p->mu);
+            atomic_fetch_sub(&p->n_sleeping, 1);
+            pthread_mutex_unlock(&p->mu);
+            spins = 0;
+        }
+        if (atomic_load_explicit(&p->stop, memory_order_acquire)) return NULL;
+        seen = gen;
+        p->fn(p->arg, ith, p->n_threads);
+        atomic_fetch_add_explicit(&p->n_done, 1, memory_order_acq_rel);
+    }
+}
+
+int eng_pool_init(struct eng_pool **out, int n_threads) {
+    *out = NULL;
+    if (n_threads < 1 || n_threads > 1024) return ENG_E_RANGE;
+    struct eng_pool *p = calloc(1, sizeof *p);
+    if (!p) return ENG_E_NOMEM;
+    p->n_threads = n_threads;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->threads = calloc((size_t)n_threads, sizeof *p->threads);
+    if (!p->threads) goto err;
+    for (int i = 1; i < n_threads; i++) {
+        struct pool_worker_arg *wa = malloc(sizeof *wa);
+        if (!wa) goto err;
+        wa->p = p;
+        wa->ith = i;
+        if (pthread_create(&p->threads[i], NULL, pool_worker_main, wa) != 0) {
+            free(wa);
+            p->n_threads = i; /* join only the ones that started */
+            goto err;
+        }
+    }
+    *out = p;
+    return 0;
+err:
+    eng_pool_free(p);
+    return ENG_E_NOMEM;
+}
+
+void eng_pool_free(struct eng_pool *p) {
+    if (!p) return;
+    atomic_store(&p->stop, 1);
+    pthread_mutex_lock(&p->mu);
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 1; i < p->n_threads; i++)
+        if (p->threads && p->threads[i]) pthread_join(p->threads[i], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p->threads);
+    free(p);
+}
+
+int eng_pool_n_threads(const struct eng_pool *p) { return p->n_threads; }
+
+void eng_pool_run(struct eng_pool *p, eng_pool_fn fn, void *arg) {
+    if (p->n_threads == 1) { fn(arg, 0, 1); return; }
+    p->fn = fn;
+    p->arg = arg;
+    atomic_store_explicit(&p->n_done, 0, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->generation, 1, memory_order_acq_rel);
+    if (atomic_load(&p->n_sleeping) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+    fn(arg, 0, p->n_threads);
+    while (atomic_load_explicit(&p->n_done, memory_order_acquire) < p->n_threads - 1) POOL_PAUSE();
+}
+
+void eng_pool_barrier(struct eng_pool *p) {
+    if (p->n_threads == 1) return;
+    unsigned phase = atomic_load_explicit(&p->barrier_phase, memory_order_acquire);
+    if (atomic_fetch_add_explicit(&p->barrier_count, 1, memory_order_acq_rel) == p->n_threads - 1) {
+        atomic_store_explicit(&p->barrier_count, 0, memory_order_relaxed);
+        atomic_fetch_add_explicit(&p->barrier_phase, 1, memory_order_acq_rel);
+        return;
+    }
+    while (atomic_load_explicit(&p->barrier_phase, memory_order_acquire) == phase) POOL_PAUSE();
+}
+
+void eng_split(long n, int ith, int nth, long align, long *begin, long *end) {
+    if (align < 1) align = 1;
+    long chunks = (n + align - 1) / align;
+    long per = chunks / nth, extra = chunks % nth;
+    long c0 = ith * per + (ith < extra ? ith : extra);
+    long c1 = c0 + per + (ith < extra ? 1 : 0);
+    *begin = c0 * align < n ? c0 * align : n;
+    *end = c1 * align < n ? c1 * align : n;
+}
