@@ -101,11 +101,16 @@ int gguf_writer_set_u32(struct gguf_writer *w, const char *key, uint32_t v);
 int gguf_writer_set_i32(struct gguf_writer *w, const char *key, int32_t v);
 int gguf_writer_set_f32(struct gguf_writer *w, const char *key, float v);
 int gguf_writer_set_bool(struct gguf_writer *w, const char *key, bool v);
+/* Any numeric or bool scalar type; v points to one value of that type, as the
+ * file stores it (bool: one byte, 0 or 1).  For the types without a setter of their own. */
+int gguf_writer_set_scalar(struct gguf_writer *w, const char *key, enum gguf_vtype type, const void *v);
 int gguf_writer_set_str(struct gguf_writer *w, const char *key, const char *v);
 int gguf_writer_set_arr(struct gguf_writer *w, const char *key, enum gguf_vtype elem,
                         const void *data, uint64_t n);     /* numeric elements, packed */
 int gguf_writer_set_arr_str(struct gguf_writer *w, const char *key, const char *const *v, uint64_t n);
-/* ne[0] is the row length; data holds kq_row_bytes(type, ne[0]) * rows bytes (copied). */
+/* ne[0] is the row length; data holds kq_row_bytes(type, ne[0]) * rows bytes (copied;
+ * NULL writes zeros).  Setting an existing key replaces its value; a repeated
+ * tensor name is ENG_E_INVALID. */
 int gguf_writer_add_tensor(struct gguf_writer *w, const char *name, int type,
                            uint32_t n_dims, const int64_t *ne, const void *data);
 /* Version 3, alignment 32 (or general.alignment if set).  Writes atomically (tmp + rename). */
