@@ -1,0 +1,218 @@
+/* cli_generate.c — `ppd generate`: one prompt from the command line.
+ *
+ * Text goes to stdout as it is produced (whole UTF-8 characters only); load
+ * and progress messages go to stderr.  --json prints one object at the end
+ * instead, with the token ids and timings (the form tests and scripts read).
+ */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "engine/engine.h"
+#include "engine/err.h"
+#include "engine/generate.h"
+#include "engine/log.h"
+#include "engine/tokenizer.h"
+
+struct gen_opts {
+    const char *model, *prompt, *prompt_file, *chat_template, *system;
+    int chat, json, ignore_eos, n_threads, n_ctx;
+    long n_predict;
+    struct eng_sampler_params sp;
+};
+
+static void gen_usage(FILE *fp) {
+    fprintf(fp,
+            "usage: ppd generate [flags]\n"
+            "  -m, --model FILE        GGUF model (default %s)\n"
+            "  -p, --prompt TEXT       prompt text\n"
+            "  -f, --file FILE         read the prompt from FILE\n"
+            "      --chat              wrap the prompt as a user message in the model's chat template\n"
+            "      --system TEXT       system message (with --chat)\n"
+            "      --chat-template NAME  chatml, vicuna, llama2, llama3, zephyr (default: from the model)\n"
+            "  -n, --n-predict N       new tokens at most (default 128)\n"
+            "      --temp T            temperature (default 0: greedy)\n"
+            "      --top-k K           (default 0: off)\n"
+            "      --top-p P           (default 1.0: off)\n"
+            "      --min-p P           (default 0.0: off)\n"
+            "      --seed S            sampling seed (default 0)\n"
+            "  -t, --threads N         CPU threads (default: PPD_THREADS or the CPUs, at most 8)\n"
+            "  -c, --ctx-size N        KV entries (default min(model context, 4096))\n"
+            "      --ignore-eos        keep generating past end-of-turn tokens\n"
+            "      --no-ppd            plain decoding (the only mode until PPD lands)\n"
+            "      --json              print one JSON object: text, tokens, timings\n"
+            "  -v, --verbose           debug logging\n",
+            PPD_DEFAULT_MODEL);
+}
+
+static int gen_parse(int argc, char **argv, struct gen_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->model = PPD_DEFAULT_MODEL;
+    o->n_predict = 128;
+    o->n_threads = cli_default_threads();
+    o->sp.temperature = 0.0f;
+    o->sp.top_p = 1.0f;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        long l;
+        double d;
+#define VAL() do { if (!(v = cli_value(argc, argv, &i))) return 2; } while (0)
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { gen_usage(stdout); return 1; }
+        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); o->model = v; }
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { VAL(); o->prompt = v; }
+        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { VAL(); o->prompt_file = v; }
+        else if (!strcmp(a, "--chat")) o->chat = 1;
+        else if (!strcmp(a, "--system")) { VAL(); o->system = v; }
+        else if (!strcmp(a, "--chat-template")) { VAL(); o->chat_template = v; }
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (cli_int(a, v, 1, 1 << 20, &o->n_predict)) return 2; }
+        else if (!strcmp(a, "--temp")) { VAL(); if (cli_float(a, v, 0, 100, &d)) return 2; o->sp.temperature = (float)d; }
+        else if (!strcmp(a, "--top-k")) { VAL(); if (cli_int(a, v, 0, 1 << 24, &l)) return 2; o->sp.top_k = (int)l; }
+        else if (!strcmp(a, "--top-p")) { VAL(); if (cli_float(a, v, 0, 1, &d)) return 2; o->sp.top_p = (float)d; }
+        else if (!strcmp(a, "--min-p")) { VAL(); if (cli_float(a, v, 0, 1, &d)) return 2; o->sp.min_p = (float)d; }
+        else if (!strcmp(a, "--seed")) { VAL(); if (cli_int(a, v, 0, 0x7fffffffffffffffL, &l)) return 2; o->sp.seed = (uint64_t)l; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (cli_int(a, v, 1, 1024, &l)) return 2; o->n_threads = (int)l; }
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { VAL(); if (cli_int(a, v, 16, 1 << 20, &l)) return 2; o->n_ctx = (int)l; }
+        else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
+        else if (!strcmp(a, "--no-ppd")) { /* plain decoding is the only mode so far */ }
+        else if (!strcmp(a, "--json")) o->json = 1;
+        else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) eng_log_set_level(ENG_LOG_DEBUG);
+        else { fprintf(stderr, "ppd generate: unknown flag '%s' (see --help)\n", a); return 2; }
+#undef VAL
+    }
+    if (!!o->prompt + !!o->prompt_file != 1) {
+        fprintf(stderr, "ppd generate: give exactly one of -p TEXT or -f FILE\n");
+        return 2;
+    }
+    return 0;
+}
+
+struct gen_stream {
+    const struct tok *tok;
+    struct tok_detok detok;
+    char *text;          /* everything generated, for --json */
+    size_t len, cap;
+    int echo;            /* write to stdout as we go */
+    char *piece;         /* tok_detok_cap() bytes */
+    size_t piece_cap;
+};
+
+static void gen_append(struct gen_stream *s, const char *p, size_t n) {
+    if (!n) return;
+    if (s->echo) { fwrite(p, 1, n, stdout); fflush(stdout); }
+    if (s->len + n + 1 > s->cap) {
+        size_t nc = (s->len + n + 1) * 2;
+        char *nt = realloc(s->text, nc);
+        if (!nt) return;
+        s->text = nt;
+        s->cap = nc;
+    }
+    memcpy(s->text + s->len, p, n);
+    s->len += n;
+    s->text[s->len] = 0;
+}
+
+static int gen_on_tokens(void *user, const int32_t *ids, int n) {
+    struct gen_stream *s = user;
+    for (int i = 0; i < n; i++) {
+        if (tok_is_eog(s->tok, ids[i])) continue;   /* end-of-turn markers are not text */
+        size_t k = tok_detok_push(s->tok, &s->detok, ids[i], s->piece, s->piece_cap);
+        if (k != (size_t)-1) gen_append(s, s->piece, k);
+    }
+    return 0;
+}
+
+int cmd_generate(int argc, char **argv) {
+    struct gen_opts o;
+    int rc = gen_parse(argc, argv, &o);
+    if (rc) return rc == 1 ? 0 : rc;
+    char *file_text = NULL;
+    if (o.prompt_file && !(file_text = cli_read_file(o.prompt_file))) return 1;
+    const char *prompt = o.prompt ? o.prompt : file_text;
+
+    struct eng_engine_params ep = {.model_path = o.model, .n_threads = o.n_threads, .n_ctx = o.n_ctx,
+                                   .n_slot = 1, .max_rows = 512, .chat_template = o.chat_template};
+    char err[512];
+    struct eng_engine *e = NULL;
+    int32_t *ids = NULL, *out = NULL;
+    int n_ids = 0, status = 1;
+    struct gen_stream s = {0};
+    if (eng_engine_open(&e, &ep, err, sizeof err)) {
+        fprintf(stderr, "ppd: %s\n", err);
+        goto done;
+    }
+    if (o.chat) {
+        struct chat_msg msgs[2];
+        int n = 0;
+        if (o.system) msgs[n++] = (struct chat_msg){"system", o.system};
+        msgs[n++] = (struct chat_msg){"user", prompt};
+        if (eng_engine_chat_tokens(e, msgs, n, &ids, &n_ids, err, sizeof err)) {
+            fprintf(stderr, "ppd: %s\n", err);
+            goto done;
+        }
+    } else if ((rc = eng_engine_text_tokens(e, prompt, &ids, &n_ids))) {
+        fprintf(stderr, "ppd: cannot tokenize the prompt: %s\n", eng_err_msg(rc));
+        goto done;
+    }
+    if (n_ids < 1) { fprintf(stderr, "ppd: the prompt is empty\n"); goto done; }
+    if (n_ids >= e->kv.max_seq) {
+        fprintf(stderr, "ppd: the prompt has %d tokens; the context holds %d (-c)\n", n_ids, e->kv.max_seq);
+        goto done;
+    }
+    long room = e->kv.max_seq - n_ids;
+    if (o.n_predict > room) o.n_predict = room;
+    out = malloc(sizeof *out * (size_t)o.n_predict);
+    if (!out) goto done;
+    struct eng_gen_params gp = {.n_predict = (int)o.n_predict, .ignore_eog = o.ignore_eos, .sp = o.sp};
+    struct eng_gen_stats st;
+    s.tok = e->tok;
+    s.echo = !o.json;
+    tok_detok_init(&s.detok, 0);
+    s.piece_cap = tok_detok_cap(e->tok);
+    if (!(s.piece = malloc(s.piece_cap))) goto done;
+    if ((rc = eng_generate(&e->fwd, &e->kv, 0, e->tok, ids, n_ids, &gp, gen_on_tokens, &s, out, &st))) {
+        fprintf(stderr, "ppd: generation failed: %s\n", eng_err_msg(rc));
+        goto done;
+    }
+    char tail[TOK_DETOK_FLUSH_CAP];
+    size_t nt = tok_detok_flush(&s.detok, tail, sizeof tail);
+    if (nt != (size_t)-1) gen_append(&s, tail, nt);
+    double decode_tps = st.n_gen > 1 && st.decode_s > 0 ? (st.n_gen - 1) / st.decode_s : 0;
+    double prefill_tps = st.prefill_s > 0 ? st.n_prompt / st.prefill_s : 0;
+    static const char *finish_names[] = {"length", "stop", "stop", "length"};
+    if (o.json) {
+        json_t *j = json_object(), *toks = json_array(), *acc = json_array();
+        for (int i = 0; i < st.n_gen; i++) json_array_append_new(toks, json_integer(out[i]));
+        for (int i = 0; i < st.steps; i++) json_array_append_new(acc, json_integer(1));
+        json_object_set_new(j, "text", json_stringn(s.text ? s.text : "", s.len));
+        json_object_set_new(j, "tokens", toks);
+        json_object_set_new(j, "n_prompt", json_integer(st.n_prompt));
+        json_object_set_new(j, "n_gen", json_integer(st.n_gen));
+        json_object_set_new(j, "steps", json_integer(st.steps));
+        json_object_set_new(j, "tokens_per_step", acc);
+        json_object_set_new(j, "finish_reason", json_string(finish_names[st.finish]));
+        json_object_set_new(j, "prefill_s", json_real(st.prefill_s));
+        json_object_set_new(j, "decode_s", json_real(st.decode_s));
+        json_object_set_new(j, "prefill_tokens_per_s", json_real(prefill_tps));
+        json_object_set_new(j, "decode_tokens_per_s", json_real(decode_tps));
+        json_object_set_new(j, "ppd", json_false());
+        json_object_set_new(j, "threads", json_integer(o.n_threads));
+        char *txt = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII);
+        if (txt) { puts(txt); free(txt); }
+        json_decref(j);
+    } else {
+        printf("\n");
+        fprintf(stderr, "ppd: prompt %d tokens (%.1f tok/s), generated %d tokens (%.1f tok/s), finish: %s\n",
+                st.n_prompt, prefill_tps, st.n_gen, decode_tps, finish_names[st.finish]);
+    }
+    status = 0;
+done:
+    free(s.text);
+    free(s.piece);
+    free(out);
+    free(ids);
+    free(file_text);
+    eng_engine_close(e);
+    return status;
+}

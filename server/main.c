@@ -1,0 +1,30 @@
+/* main.c — `ppd`, one binary with git-style subcommands. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+struct cli_cmd { const char *name; int (*fn)(int, char **); const char *help; };
+
+static const struct cli_cmd cli_cmds[] = {
+    {"generate", cmd_generate, "generate text for one prompt (--json for machine-readable output)"},
+    {"bench", cmd_bench, "prefill and decode speed over a prompt set"},
+};
+
+static void usage(FILE *fp) {
+    fprintf(fp, "ppd %s — LLM inference with Parallel Prompt Decoding\n\nusage: ppd COMMAND [flags]\n\n", PPD_VERSION);
+    for (unsigned i = 0; i < sizeof cli_cmds / sizeof cli_cmds[0]; i++)
+        fprintf(fp, "  %-10s %s\n", cli_cmds[i].name, cli_cmds[i].help);
+    fprintf(fp, "\n`ppd COMMAND --help` lists a command's flags.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) { usage(stderr); return 2; }
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) { printf("ppd %s\n", PPD_VERSION); return 0; }
+    for (unsigned i = 0; i < sizeof cli_cmds / sizeof cli_cmds[0]; i++)
+        if (!strcmp(argv[1], cli_cmds[i].name)) return cli_cmds[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "ppd: unknown command '%s'\n\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
