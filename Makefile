@@ -3,6 +3,7 @@
 #   make test       install what is missing, fetch the default model, build, run every test
 #   make run        install what is missing, fetch the model, build, answer a sample question
 #   make asan       the unit tests under AddressSanitizer + UBSan (objects in build-asan/)
+#   make check-golden  every golden prompt against llama.cpp (make test runs a subset)
 #   make bench      decode/prefill speed and the row-scaling table (see BENCHMARKS.md)
 # Variables: V=1 (echo commands), WERROR=1 (warnings are errors; CI sets it),
 #            SAN=1 (sanitizers), CUDA=0 (never build the CUDA backend).
@@ -53,7 +54,7 @@ BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libppd.a
 
-.PHONY: bench-bins all deps model test test-unit test-golden run asan bench clean features
+.PHONY: check-golden bench-bins all deps model test test-unit test-golden run asan bench clean features
 all: features $(BUILD)/ppd
 
 features:
@@ -97,8 +98,14 @@ test: deps model
 test-unit: $(TEST_BIN) $(BUILD)/ppd
 	@PPD_TEST_MODEL=$(MODEL) PPD_BIN=$(BUILD)/ppd scripts/run-tests.sh $(TEST_BIN)
 
-asan:
-	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 test-unit
+# Under the sanitizers the golden comparisons run on one prompt each (they are
+# ~10x slower there); `make check-golden` runs them all at full speed.
+asan: deps model
+	@PPD_TEST_GOLDEN_CASES=1 $(MAKE) --no-print-directory BUILD=build-asan SAN=1 test-unit
+
+check-golden: deps model
+	@$(MAKE) --no-print-directory $(BUILD)/tests/test_forward
+	@PPD_TEST_GOLDEN_CASES=24 PPD_TEST_MODEL=$(MODEL) $(BUILD)/tests/test_forward
 
 run: deps model
 	@$(MAKE) --no-print-directory all

@@ -28,7 +28,8 @@ int eng_forward_init(struct eng_forward *f, struct eng_model *m, int max_rows) {
     f->ids_dev = BE(f)->buf_alloc(BCTX(f), R * sizeof(int32_t));
     f->logits = calloc(R * NV, sizeof(float));
     f->logit_rows = calloc(R, sizeof(int32_t));
-    if (!f->ids_dev || !f->logits || !f->logit_rows) goto err;
+    f->row_logit = calloc(R, sizeof(int32_t));
+    if (!f->ids_dev || !f->logits || !f->logit_rows || !f->row_logit) goto err;
     return 0;
 err:
     eng_forward_free(f);
@@ -43,6 +44,7 @@ void eng_forward_free(struct eng_forward *f) {
     if (f->ids_dev) BE(f)->buf_free(BCTX(f), f->ids_dev);
     free(f->logits);
     free(f->logit_rows);
+    free(f->row_logit);
     memset(f, 0, sizeof *f);
 }
 
@@ -101,6 +103,7 @@ int eng_forward_run(struct eng_forward *f, const struct eng_batch *b, struct eng
      * every tree row for PPD) so the vocabulary matmul runs only for them. */
     int n_out = 0;
     for (int r = 0; r < n; r++) {
+        f->row_logit[r] = b->want_logits[r] ? n_out : -1;
         if (!b->want_logits[r]) continue;
         if (n_out != r)
             BE(f)->buf_copy(BCTX(f), f->x + (size_t)n_out * E, f->x + (size_t)r * E, sizeof(float) * (size_t)E);

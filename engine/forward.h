@@ -26,6 +26,7 @@ struct eng_forward {
     float *logits_dev;   /* [max_rows, n_vocab] backend */
     float *logits;       /* [max_rows, n_vocab] host copy */
     int32_t *logit_rows; /* [max_rows] batch row of each logits row */
+    int32_t *row_logit;  /* [max_rows] logits row of each batch row, -1 when it has none */
     int32_t *ids_dev;    /* [max_rows] token ids in backend memory */
     int n_logits;
 };
