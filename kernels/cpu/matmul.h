@@ -51,4 +51,15 @@ void kq_weight_row_f32(const struct kq_weight *w, int64_t row, float *out);
 /* Which SIMD path kq_matmul uses on this CPU ("avx512vnni", "avx2", "scalar"). */
 const char *kq_matmul_path(void);
 
+/* Output ranges split at multiples of this share no work between threads (the
+ * fast kernels compute 8 outputs at a time; any split is still correct). */
+#define KQ_MATMUL_OUT_ALIGN 8
+
+/* Block type of the quantized input for weights of type wtype: KQ_Q8_0,
+ * KQ_Q8_1 or KQ_Q8_K, or KQ_F32 for the float weight types; -1 if unknown. */
+int kq_act_type(int wtype);
+/* Row r of a quantized input: n_in/block elements of kq_act_type(wtype) blocks
+ * in GGUF layout (for float weight types, the row's n_in floats). */
+const void *kq_act_row(int wtype, const void *act, int64_t n_in, int r);
+
 #endif

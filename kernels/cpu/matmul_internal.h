@@ -1,0 +1,96 @@
+/* matmul_internal.h — what the matmul files (quant_act.c, matmul_ref.c,
+ * matmul_avx2.c, matmul.c) share and nobody else needs: the byte layout of a
+ * quantized input row and of the repacked weight panels.
+ *
+ * It deliberately holds no code that computes anything; the arithmetic lives
+ * in the .c files so that each file can be read on its own.
+ *
+ * Quantized input ("act") layout, one row after another, row r at r*stride:
+ *   32-block weights (Q4_0, Q4_1, Q8_0):
+ *     [nb blocks kq_block_q8_0 or kq_block_q8_1, GGUF layout]
+ *     [nb float d]  the block scale, = f16_to_f32(block.d)
+ *     [nb int32 asum (Q8_0) | nb float s (Q8_1)]  s = f16_to_f32(block.s)
+ *     The two arrays duplicate what the blocks hold (or, for asum, what they
+ *     imply) so that the SIMD kernels broadcast a ready f32/int32 straight
+ *     from memory; the reference reads only the GGUF blocks.
+ *   k-quant weights: [nb_k blocks kq_block_q8_K]
+ *   float weights:   the row's n_in floats (act is x itself, stride n_in*4)
+ *   Quantized strides are rounded up to 64 bytes; a row's layout depends only
+ *   on (weight type, n_in), never on how many rows share the buffer.
+ *
+ * Repacked weights ("panels"): outputs are grouped 8 at a time, a panel of 8
+ * outputs p*8 .. p*8+7 (n_out padded with zero rows to a multiple of 8), and
+ * per panel the nb blocks follow one another:
+ *   Q4_1 block (160 B): [8 x f16 d][8 x f16 m][4 x 32 B nibbles]
+ *   Q4_0 block (144 B): [8 x f16 d][4 x 32 B nibbles]
+ *   Q8_0 block (272 B): [8 x f16 d][8 x 32 B int8]
+ * In the nibble vectors, vector v (0..3) holds in its 32-bit lane o the GGUF
+ * bytes qs[4v .. 4v+3] of output o: low nibbles are elements 4v..4v+3, high
+ * nibbles elements 16+4v..16+4v+3.  In the Q8_0 vectors, vector g (0..7)
+ * holds in lane o the elements 4g..4g+3 of output o.  This is a pure dword
+ * interleave of the GGUF bytes: nothing is re-quantized.
+ */
+#ifndef PPD_MATMUL_INTERNAL_H
+#define PPD_MATMUL_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "matmul.h"
+#include "qtypes.h"
+
+#define KQ_PANEL 8          /* outputs per repacked panel (one AVX2 float vector) */
+#define KQ_ACT_ALIGN 64     /* quantized row strides are multiples of this */
+
+#define KQ_PANEL_Q4_1_BYTES (16 + 16 + 128)
+#define KQ_PANEL_Q4_0_BYTES (16 + 128)
+#define KQ_PANEL_Q8_0_BYTES (16 + 256)
+
+/* Byte offsets inside one quantized row of a 32-block weight type. */
+struct kq_act_geom {
+    size_t stride;     /* bytes per row */
+    size_t blk_bytes;  /* sizeof(kq_block_q8_0) or sizeof(kq_block_q8_1) */
+    size_t off_d;      /* float d[nb] */
+    size_t off_s;      /* int32 asum[nb] (Q8_0) or float s[nb] (Q8_1) */
+};
+
+/* Layout of a quantized row for a 32-block weight type (Q4_0, Q4_1, Q8_0). */
+static inline struct kq_act_geom kq_act_geom_q32(int wtype, int64_t n_in) {
+    struct kq_act_geom g;
+    size_t nb = (size_t)(n_in / KQ_QK);
+    g.blk_bytes = wtype == KQ_Q4_1 ? sizeof(kq_block_q8_1) : sizeof(kq_block_q8_0);
+    g.off_d = (nb * g.blk_bytes + 3) & ~(size_t)3;
+    g.off_s = g.off_d + nb * 4;
+    g.stride = (g.off_s + nb * 4 + KQ_ACT_ALIGN - 1) & ~(size_t)(KQ_ACT_ALIGN - 1);
+    return g;
+}
+
+/* Bytes per packed block of a panel for a repacked type; 0 when the type is
+ * not repacked. */
+static inline size_t kq_panel_block_bytes(int type) {
+    switch (type) {
+    case KQ_Q4_1: return KQ_PANEL_Q4_1_BYTES;
+    case KQ_Q4_0: return KQ_PANEL_Q4_0_BYTES;
+    case KQ_Q8_0: return KQ_PANEL_Q8_0_BYTES;
+    default:      return 0;
+    }
+}
+
+/* Block helpers shared by dequant.c and matmul_ref.c. */
+void kq_k4_scale_min(const uint8_t *scales, int j, int *sc, int *m); /* Q4_K/Q5_K sub-block j */
+int kq_q6_k_value(const kq_block_q6_K *x, int e);                    /* element e, in [-32, 31] */
+
+/* The fast paths (matmul_avx2.c).  Each returns 0 when it handled the call. */
+int kq_avx2_usable(void);
+int kq_avx2_repack(struct kq_weight *w);      /* 0, or ENG_E_NOMEM; no-op for other types */
+int kq_avx2_matmul(const struct kq_weight *w, const void *act, int n_rows,
+                   float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
+void kq_avx2_act_quantize_q32(int wtype, const float *x, int64_t n_in, int r_begin,
+                              int r_end, void *act);
+
+/* The scalar activation quantizer for the 32-block types (quant_act.c); the
+ * AVX2 one must give the same bytes. */
+void kq_act_quantize_q32_scalar(int wtype, const float *x, int64_t n_in, int r_begin,
+                                int r_end, void *act);
+
+#endif

@@ -1,0 +1,450 @@
+/* bench_matmul.c — how close the CPU matmul kernels come to this machine's
+ * floors, on the default model's shapes (SmolLM2-135M, random weights).
+ *
+ * Measures, with 2 threads (override with -t):
+ *   1. memory read bandwidth: a streaming AVX2 read of a 256 MiB buffer;
+ *   2. the int8 multiply-add peak, register only: (a) vpmaddubsw+vpaddw pairs
+ *      alone, (b) the Q4_1 kernel's instruction mix per 8 outputs x 1 row x 1
+ *      block (8 x (vpmaddubsw+vpaddw), vpmaddwd, vcvtdq2ps, 3 vmulps, 2 vaddps);
+ *   3. a "model matmul step": 30 layers x (q 576x576, k 576x192, v 576x192,
+ *      o 576x576, gate 576x1536, up 576x1536, down 1536x576) in Q4_1 plus the
+ *      output 576x49152 in Q8_0, in sequence, each preceded by the activation
+ *      quantization its input needs (rows split over threads, then outputs split
+ *      over threads, spin barriers between), for n_rows = 1, 2, 4, ... 64.
+ * Prints, per row count, the best and median step time, the floors
+ * bytes/bandwidth and rows*MACs/peak, and t(n)/t(1).
+ *
+ * It does not check results (tests/unit/test_matmul.c does) and needs no model
+ * file.
+ */
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/qtypes.h"
+
+#define MAX_THREADS 8
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static uint64_t rng_state = 12345;
+static uint64_t rng_next(void) {
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+static float rng_sym(void) { return (float)(rng_next() >> 40) * (2.0f / 16777216.0f) - 1.0f; }
+
+/* ---- a spin barrier (sense reversal) ------------------------------------------ */
+
+struct spin_barrier {
+    atomic_int count;
+    atomic_int sense;
+    int n;
+};
+
+static void barrier_wait(struct spin_barrier *b, int *local_sense) {
+    *local_sense = !*local_sense;
+    if (atomic_fetch_add(&b->count, 1) == b->n - 1) {
+        atomic_store(&b->count, 0);
+        atomic_store(&b->sense, *local_sense);
+    } else {
+        while (atomic_load(&b->sense) != *local_sense) __builtin_ia32_pause();
+    }
+}
+
+/* ---- generic "run fn on n threads" ------------------------------------------- */
+
+struct team;
+typedef void (*team_fn)(struct team *t, int tid);
+struct team {
+    int n;
+    team_fn fn;
+    void *arg;
+    double result[MAX_THREADS];
+};
+struct team_slot { struct team *t; int tid; };
+
+static void *team_entry(void *p) {
+    struct team_slot *s = p;
+    s->t->fn(s->t, s->tid);
+    return NULL;
+}
+
+static void team_run(struct team *t) {
+    pthread_t th[MAX_THREADS];
+    struct team_slot slots[MAX_THREADS];
+    for (int i = 1; i < t->n; i++) {
+        slots[i] = (struct team_slot){t, i};
+        pthread_create(&th[i], NULL, team_entry, &slots[i]);
+    }
+    t->fn(t, 0);
+    for (int i = 1; i < t->n; i++) pthread_join(th[i], NULL);
+}
+
+/* ---- 1. bandwidth ------------------------------------------------------------- */
+
+struct bw_arg { const uint8_t *buf; size_t bytes; struct spin_barrier bar; };
+
+__attribute__((target("avx2"))) static void bw_thread(struct team *t, int tid) {
+    struct bw_arg *a = t->arg;
+    const size_t chunk = a->bytes / (size_t)t->n;
+    const __m256i *p = (const __m256i *)(a->buf + chunk * (size_t)tid);
+    const size_t nv = chunk / 32;
+    int sense = 0;
+    barrier_wait(&a->bar, &sense);
+    double t0 = now_s();
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+    for (size_t i = 0; i + 4 <= nv; i += 4) {
+        s0 = _mm256_xor_si256(s0, _mm256_load_si256(p + i));
+        s1 = _mm256_xor_si256(s1, _mm256_load_si256(p + i + 1));
+        s2 = _mm256_xor_si256(s2, _mm256_load_si256(p + i + 2));
+        s3 = _mm256_xor_si256(s3, _mm256_load_si256(p + i + 3));
+    }
+    barrier_wait(&a->bar, &sense);
+    double t1 = now_s();
+    __m256i s = _mm256_xor_si256(_mm256_xor_si256(s0, s1), _mm256_xor_si256(s2, s3));
+    t->result[tid] = (t1 - t0) + 1e-30 * (double)_mm256_extract_epi32(s, 0);
+}
+
+static double bench_bandwidth(int n_threads, size_t bytes) {
+    uint8_t *buf = aligned_alloc(64, bytes);
+    if (!buf) return 0.0;
+    memset(buf, 1, bytes);
+    struct bw_arg a = {buf, bytes, {0, 0, n_threads}};
+    struct team t = {n_threads, bw_thread, &a, {0}};
+    double best = 1e30;
+    for (int rep = 0; rep < 5; rep++) {
+        team_run(&t);
+        if (t.result[0] < best) best = t.result[0];
+    }
+    free(buf);
+    return (double)bytes / best;
+}
+
+/* ---- 2. register-only int8 peak ----------------------------------------------- */
+
+#define PEAK_ITERS 4000000L
+struct peak_arg { int mix; struct spin_barrier bar; };
+
+/* Written in asm so that the compiler can neither hoist products out of the
+ * loop nor spill accumulators to memory: these are instruction-mix ceilings. */
+
+/* (a) vpmaddubsw+vpaddw pairs, 8 independent accumulators: 256 MACs/iteration */
+__attribute__((target("avx2"))) static void peak_pairs(long iters) {
+    __asm__ volatile(
+        "vpcmpeqb %%ymm0, %%ymm0, %%ymm0\n\t"
+        "vpabsb %%ymm0, %%ymm0\n\t"
+        "vmovdqa %%ymm0, %%ymm1\n\t vmovdqa %%ymm0, %%ymm2\n\t vmovdqa %%ymm0, %%ymm3\n\t"
+        "vmovdqa %%ymm0, %%ymm4\n\t vmovdqa %%ymm0, %%ymm5\n\t"
+        "vpxor %%ymm8, %%ymm8, %%ymm8\n\t vpxor %%ymm9, %%ymm9, %%ymm9\n\t"
+        "vpxor %%ymm10, %%ymm10, %%ymm10\n\t vpxor %%ymm11, %%ymm11, %%ymm11\n\t"
+        "vpxor %%ymm12, %%ymm12, %%ymm12\n\t vpxor %%ymm13, %%ymm13, %%ymm13\n\t"
+        "vpxor %%ymm14, %%ymm14, %%ymm14\n\t vpxor %%ymm15, %%ymm15, %%ymm15\n\t"
+        "1:\n\t"
+        "vpmaddubsw %%ymm4, %%ymm0, %%ymm6\n\t vpaddw %%ymm6, %%ymm8, %%ymm8\n\t"
+        "vpmaddubsw %%ymm4, %%ymm1, %%ymm7\n\t vpaddw %%ymm7, %%ymm9, %%ymm9\n\t"
+        "vpmaddubsw %%ymm4, %%ymm2, %%ymm6\n\t vpaddw %%ymm6, %%ymm10, %%ymm10\n\t"
+        "vpmaddubsw %%ymm4, %%ymm3, %%ymm7\n\t vpaddw %%ymm7, %%ymm11, %%ymm11\n\t"
+        "vpmaddubsw %%ymm5, %%ymm0, %%ymm6\n\t vpaddw %%ymm6, %%ymm12, %%ymm12\n\t"
+        "vpmaddubsw %%ymm5, %%ymm1, %%ymm7\n\t vpaddw %%ymm7, %%ymm13, %%ymm13\n\t"
+        "vpmaddubsw %%ymm5, %%ymm2, %%ymm6\n\t vpaddw %%ymm6, %%ymm14, %%ymm14\n\t"
+        "vpmaddubsw %%ymm5, %%ymm3, %%ymm7\n\t vpaddw %%ymm7, %%ymm15, %%ymm15\n\t"
+        "dec %0\n\t jnz 1b\n\t"
+        "vzeroupper"
+        : "+r"(iters)
+        :
+        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+          "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc");
+}
+
+/* (b) the Q4_1 kernel's work per (8 outputs, 1 row, 1 block), two blocks per
+ * iteration (512 MACs): 8 x (vpmaddubsw + vpaddw), vpmaddwd, vcvtdq2ps,
+ * 3 vmulps, 2 vaddps each.  With loads != 0 the 8 activation broadcasts and
+ * the 2 scale broadcasts come from L1 as in the kernel (vpbroadcastd,
+ * vbroadcastss), which is the kernel's full inner-loop mix. */
+__attribute__((target("avx2"))) static void peak_mix(long iters, int loads) {
+    static int32_t l1buf[16] __attribute__((aligned(64))) = {0x01010101, 0x02020202};
+    if (!loads) {
+        __asm__ volatile(
+            "vpcmpeqb %%ymm0, %%ymm0, %%ymm0\n\t vpabsb %%ymm0, %%ymm0\n\t"
+            "vmovdqa %%ymm0, %%ymm1\n\t vmovdqa %%ymm0, %%ymm2\n\t vmovdqa %%ymm0, %%ymm3\n\t"
+            "vmovdqa %%ymm0, %%ymm4\n\t vmovdqa %%ymm0, %%ymm5\n\t"
+            "vpcmpeqw %%ymm8, %%ymm8, %%ymm8\n\t vpabsw %%ymm8, %%ymm8\n\t"
+            "vxorps %%ymm9, %%ymm9, %%ymm9\n\t vxorps %%ymm10, %%ymm10, %%ymm10\n\t"
+            "vxorps %%ymm11, %%ymm11, %%ymm11\n\t vxorps %%ymm12, %%ymm12, %%ymm12\n\t"
+            "vxorps %%ymm13, %%ymm13, %%ymm13\n\t"
+            "1:\n\t"
+            "vpmaddubsw %%ymm4, %%ymm0, %%ymm6\n\t"
+            "vpmaddubsw %%ymm4, %%ymm1, %%ymm7\n\t vpaddw %%ymm7, %%ymm6, %%ymm6\n\t"
+            "vpmaddubsw %%ymm4, %%ymm2, %%ymm7\n\t vpaddw %%ymm7, %%ymm6, %%ymm6\n\t"
+            "vpmaddubsw %%ymm4, %%ymm3, %%ymm7\n\t vpaddw %%ymm7, %%ymm6, %%ymm6\n\t"
+            "vpmaddubsw %%ymm5, %%ymm0, %%ymm7\n\t vpaddw %%ymm7, %%ymm6, %%ymm6\n\t"
+            "vpmaddubsw %%ymm5, %%ymm1, %%ymm7\n\t vpaddw %%ymm7, %%ymm6, %%ymm6\n\t"
+            "vpmaddubsw %%ymm5, %%ymm2, %%ymm7\n\t vpaddw %%ymm7, %%ymm6, %%ymm6\n\t"
+            "vpmaddubsw %%ymm5, %%ymm3, %%ymm7\n\t vpaddw %%ymm7, %%ymm6, %%ymm6\n\t"
+            "vpmaddwd %%ymm8, %%ymm6, %%ymm6\n\t vcvtdq2ps %%ymm6, %%ymm6\n\t"
+            "vmulps %%ymm10, %%ymm9, %%ymm7\n\t vmulps %%ymm6, %%ymm7, %%ymm6\n\t"
+            "vmulps %%ymm12, %%ymm11, %%ymm7\n\t vaddps %%ymm7, %%ymm6, %%ymm6\n\t"
+            "vaddps %%ymm6, %%ymm13, %%ymm13\n\t"
+            "vpmaddubsw %%ymm5, %%ymm0, %%ymm14\n\t"
+            "vpmaddubsw %%ymm5, %%ymm1, %%ymm15\n\t vpaddw %%ymm15, %%ymm14, %%ymm14\n\t"
+            "vpmaddubsw %%ymm5, %%ymm2, %%ymm15\n\t vpaddw %%ymm15, %%ymm14, %%ymm14\n\t"
+            "vpmaddubsw %%ymm5, %%ymm3, %%ymm15\n\t vpaddw %%ymm15, %%ymm14, %%ymm14\n\t"
+            "vpmaddubsw %%ymm4, %%ymm0, %%ymm15\n\t vpaddw %%ymm15, %%ymm14, %%ymm14\n\t"
+            "vpmaddubsw %%ymm4, %%ymm1, %%ymm15\n\t vpaddw %%ymm15, %%ymm14, %%ymm14\n\t"
+            "vpmaddubsw %%ymm4, %%ymm2, %%ymm15\n\t vpaddw %%ymm15, %%ymm14, %%ymm14\n\t"
+            "vpmaddubsw %%ymm4, %%ymm3, %%ymm15\n\t vpaddw %%ymm15, %%ymm14, %%ymm14\n\t"
+            "vpmaddwd %%ymm8, %%ymm14, %%ymm14\n\t vcvtdq2ps %%ymm14, %%ymm14\n\t"
+            "vmulps %%ymm12, %%ymm9, %%ymm15\n\t vmulps %%ymm14, %%ymm15, %%ymm14\n\t"
+            "vmulps %%ymm10, %%ymm11, %%ymm15\n\t vaddps %%ymm15, %%ymm14, %%ymm14\n\t"
+            "vaddps %%ymm14, %%ymm13, %%ymm13\n\t"
+            "dec %0\n\t jnz 1b\n\t"
+            "vzeroupper"
+            : "+r"(iters)
+            :
+            : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+              "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc");
+        return;
+    }
+    __asm__ volatile(
+        "vpcmpeqb %%ymm0, %%ymm0, %%ymm0\n\t vpabsb %%ymm0, %%ymm0\n\t"
+        "vmovdqa %%ymm0, %%ymm1\n\t vmovdqa %%ymm0, %%ymm2\n\t vmovdqa %%ymm0, %%ymm3\n\t"
+        "vmovdqa %%ymm0, %%ymm4\n\t vmovdqa %%ymm0, %%ymm5\n\t vmovdqa %%ymm0, %%ymm6\n\t"
+        "vmovdqa %%ymm0, %%ymm7\n\t"
+        "vpcmpeqw %%ymm8, %%ymm8, %%ymm8\n\t vpabsw %%ymm8, %%ymm8\n\t"
+        "vxorps %%ymm9, %%ymm9, %%ymm9\n\t vxorps %%ymm10, %%ymm10, %%ymm10\n\t"
+        "vxorps %%ymm13, %%ymm13, %%ymm13\n\t"
+        "1:\n\t"
+        "vpbroadcastd 0(%1), %%ymm11\n\t vpmaddubsw %%ymm11, %%ymm0, %%ymm12\n\t"
+        "vpbroadcastd 4(%1), %%ymm11\n\t vpmaddubsw %%ymm11, %%ymm1, %%ymm11\n\t vpaddw %%ymm11, %%ymm12, %%ymm12\n\t"
+        "vpbroadcastd 8(%1), %%ymm11\n\t vpmaddubsw %%ymm11, %%ymm2, %%ymm11\n\t vpaddw %%ymm11, %%ymm12, %%ymm12\n\t"
+        "vpbroadcastd 12(%1), %%ymm11\n\t vpmaddubsw %%ymm11, %%ymm3, %%ymm11\n\t vpaddw %%ymm11, %%ymm12, %%ymm12\n\t"
+        "vpbroadcastd 16(%1), %%ymm11\n\t vpmaddubsw %%ymm11, %%ymm4, %%ymm11\n\t vpaddw %%ymm11, %%ymm12, %%ymm12\n\t"
+        "vpbroadcastd 20(%1), %%ymm11\n\t vpmaddubsw %%ymm11, %%ymm5, %%ymm11\n\t vpaddw %%ymm11, %%ymm12, %%ymm12\n\t"
+        "vpbroadcastd 24(%1), %%ymm11\n\t vpmaddubsw %%ymm11, %%ymm6, %%ymm11\n\t vpaddw %%ymm11, %%ymm12, %%ymm12\n\t"
+        "vpbroadcastd 28(%1), %%ymm11\n\t vpmaddubsw %%ymm11, %%ymm7, %%ymm11\n\t vpaddw %%ymm11, %%ymm12, %%ymm12\n\t"
+        "vpmaddwd %%ymm8, %%ymm12, %%ymm12\n\t vcvtdq2ps %%ymm12, %%ymm12\n\t"
+        "vbroadcastss 32(%1), %%ymm11\n\t vmulps %%ymm11, %%ymm9, %%ymm11\n\t vmulps %%ymm12, %%ymm11, %%ymm12\n\t"
+        "vbroadcastss 36(%1), %%ymm11\n\t vmulps %%ymm11, %%ymm10, %%ymm11\n\t vaddps %%ymm11, %%ymm12, %%ymm12\n\t"
+        "vaddps %%ymm12, %%ymm13, %%ymm13\n\t"
+        "vpbroadcastd 0(%1), %%ymm14\n\t vpmaddubsw %%ymm14, %%ymm7, %%ymm15\n\t"
+        "vpbroadcastd 4(%1), %%ymm14\n\t vpmaddubsw %%ymm14, %%ymm6, %%ymm14\n\t vpaddw %%ymm14, %%ymm15, %%ymm15\n\t"
+        "vpbroadcastd 8(%1), %%ymm14\n\t vpmaddubsw %%ymm14, %%ymm5, %%ymm14\n\t vpaddw %%ymm14, %%ymm15, %%ymm15\n\t"
+        "vpbroadcastd 12(%1), %%ymm14\n\t vpmaddubsw %%ymm14, %%ymm4, %%ymm14\n\t vpaddw %%ymm14, %%ymm15, %%ymm15\n\t"
+        "vpbroadcastd 16(%1), %%ymm14\n\t vpmaddubsw %%ymm14, %%ymm3, %%ymm14\n\t vpaddw %%ymm14, %%ymm15, %%ymm15\n\t"
+        "vpbroadcastd 20(%1), %%ymm14\n\t vpmaddubsw %%ymm14, %%ymm2, %%ymm14\n\t vpaddw %%ymm14, %%ymm15, %%ymm15\n\t"
+        "vpbroadcastd 24(%1), %%ymm14\n\t vpmaddubsw %%ymm14, %%ymm1, %%ymm14\n\t vpaddw %%ymm14, %%ymm15, %%ymm15\n\t"
+        "vpbroadcastd 28(%1), %%ymm14\n\t vpmaddubsw %%ymm14, %%ymm0, %%ymm14\n\t vpaddw %%ymm14, %%ymm15, %%ymm15\n\t"
+        "vpmaddwd %%ymm8, %%ymm15, %%ymm15\n\t vcvtdq2ps %%ymm15, %%ymm15\n\t"
+        "vbroadcastss 32(%1), %%ymm14\n\t vmulps %%ymm14, %%ymm9, %%ymm14\n\t vmulps %%ymm15, %%ymm14, %%ymm15\n\t"
+        "vbroadcastss 36(%1), %%ymm14\n\t vmulps %%ymm14, %%ymm10, %%ymm14\n\t vaddps %%ymm14, %%ymm15, %%ymm15\n\t"
+        "vaddps %%ymm15, %%ymm13, %%ymm13\n\t"
+        "dec %0\n\t jnz 1b\n\t"
+        "vzeroupper"
+        : "+r"(iters)
+        : "r"(l1buf)
+        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+          "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory");
+}
+
+static void peak_thread(struct team *t, int tid) {
+    struct peak_arg *a = t->arg;
+    int sense = 0;
+    barrier_wait(&a->bar, &sense);
+    double t0 = now_s();
+    if (a->mix == 0) peak_pairs(PEAK_ITERS);
+    else peak_mix(PEAK_ITERS / 2, a->mix == 2);
+    barrier_wait(&a->bar, &sense);
+    t->result[tid] = now_s() - t0;
+}
+
+/* MACs per second over all threads; mix 0: pairs, 1: kernel mix, 2: with loads */
+static double bench_peak(int n_threads, int mix) {
+    struct peak_arg a = {mix, {0, 0, n_threads}};
+    struct team t = {n_threads, peak_thread, &a, {0}};
+    const double macs = (double)PEAK_ITERS * 256;
+    double best = 1e30;
+    for (int rep = 0; rep < 5; rep++) {
+        team_run(&t);
+        if (t.result[0] < best) best = t.result[0];
+    }
+    return macs * n_threads / best;
+}
+
+/* ---- 3. the model step ----------------------------------------------------------- */
+
+#define N_LAYER 30
+#define N_EMBD 576
+#define N_KV 192
+#define N_FF 1536
+#define N_VOCAB 49152
+#define MAX_ROWS 64
+
+/* Matrices of one layer, in execution order, and which input each quantizes:
+ * a new input starts at q (attn), o, gate (ffn) and down. */
+static const struct { int64_t n_in, n_out; int new_input; } layer_mats[7] = {
+    {N_EMBD, N_EMBD, 1}, {N_EMBD, N_KV, 0}, {N_EMBD, N_KV, 0}, /* q k v */
+    {N_EMBD, N_EMBD, 1},                                       /* o */
+    {N_EMBD, N_FF, 1}, {N_EMBD, N_FF, 0},                      /* gate up */
+    {N_FF, N_EMBD, 1},                                         /* down */
+};
+
+struct model {
+    struct kq_weight w[N_LAYER * 7 + 1];
+    void *data[N_LAYER * 7 + 1];
+    int new_input[N_LAYER * 7 + 1];
+    int n_mat;
+    float *x;       /* MAX_ROWS x N_FF inputs */
+    void *act;      /* quantized inputs */
+    float *y;       /* MAX_ROWS x N_VOCAB outputs */
+    double bytes, macs_per_row;
+};
+
+static void *random_weight_data(int type, int64_t n_in, int64_t n_out) {
+    const size_t bytes = kq_row_bytes(type, n_in) * (size_t)n_out;
+    uint8_t *p = malloc(bytes);
+    if (!p) return NULL;
+    for (size_t i = 0; i + 8 <= bytes; i += 8) { uint64_t r = rng_next(); memcpy(p + i, &r, 8); }
+    const size_t bb = kq_type_block_bytes(type);
+    for (size_t off = 0; off < bytes; off += bb) { /* sane f16 scales */
+        kq_f16 d = kq_f32_to_f16(0.01f * rng_sym()), m = kq_f32_to_f16(-0.05f);
+        memcpy(p + off, &d, 2);
+        if (type == KQ_Q4_1) memcpy(p + off + 2, &m, 2);
+    }
+    return p;
+}
+
+static int model_init(struct model *m) {
+    memset(m, 0, sizeof *m);
+    for (int l = 0; l < N_LAYER; l++)
+        for (int j = 0; j < 7; j++) {
+            int i = m->n_mat++;
+            m->data[i] = random_weight_data(KQ_Q4_1, layer_mats[j].n_in, layer_mats[j].n_out);
+            if (!m->data[i] || kq_weight_init(&m->w[i], KQ_Q4_1, m->data[i], layer_mats[j].n_in, layer_mats[j].n_out))
+                return -1;
+            m->new_input[i] = layer_mats[j].new_input;
+        }
+    int i = m->n_mat++;
+    m->data[i] = random_weight_data(KQ_Q8_0, N_EMBD, N_VOCAB);
+    if (!m->data[i] || kq_weight_init(&m->w[i], KQ_Q8_0, m->data[i], N_EMBD, N_VOCAB)) return -1;
+    m->new_input[i] = 1;
+    for (int k = 0; k < m->n_mat; k++) {
+        m->bytes += (double)kq_row_bytes(m->w[k].type, m->w[k].n_in) * (double)m->w[k].n_out;
+        m->macs_per_row += (double)m->w[k].n_in * (double)m->w[k].n_out;
+    }
+    m->x = malloc(sizeof(float) * MAX_ROWS * N_FF);
+    m->act = malloc(kq_act_bytes(KQ_Q4_1, N_FF, MAX_ROWS) > kq_act_bytes(KQ_Q8_0, N_FF, MAX_ROWS)
+                        ? kq_act_bytes(KQ_Q4_1, N_FF, MAX_ROWS) : kq_act_bytes(KQ_Q8_0, N_FF, MAX_ROWS));
+    m->y = malloc(sizeof(float) * MAX_ROWS * N_VOCAB);
+    if (!m->x || !m->act || !m->y) return -1;
+    for (int k = 0; k < MAX_ROWS * N_FF; k++) m->x[k] = 3.0f * rng_sym();
+    return 0;
+}
+
+static void model_free(struct model *m) {
+    for (int k = 0; k < m->n_mat; k++) { kq_weight_free(&m->w[k]); free(m->data[k]); }
+    free(m->x); free(m->act); free(m->y);
+}
+
+struct step_arg {
+    struct model *m;
+    int n_rows, reps;
+    struct spin_barrier bar;
+    double times[64], t_out[64];
+};
+
+static void step_thread(struct team *t, int tid) {
+    struct step_arg *a = t->arg;
+    struct model *m = a->m;
+    const int nt = t->n, n_rows = a->n_rows;
+    int sense = 0;
+    for (int rep = 0; rep < a->reps; rep++) {
+        barrier_wait(&a->bar, &sense);
+        const double t0 = now_s();
+        double t_before_out = t0;
+        for (int k = 0; k < m->n_mat; k++) {
+            const struct kq_weight *w = &m->w[k];
+            if (k == m->n_mat - 1) t_before_out = now_s();
+            if (m->new_input[k]) {
+                const int r0 = n_rows * tid / nt, r1 = n_rows * (tid + 1) / nt;
+                kq_act_quantize(w->type, m->x, w->n_in, r0, r1, m->act);
+                barrier_wait(&a->bar, &sense);
+            }
+            const int64_t panels = (w->n_out + KQ_MATMUL_OUT_ALIGN - 1) / KQ_MATMUL_OUT_ALIGN;
+            int64_t o0 = panels * tid / nt * KQ_MATMUL_OUT_ALIGN, o1 = panels * (tid + 1) / nt * KQ_MATMUL_OUT_ALIGN;
+            if (o1 > w->n_out) o1 = w->n_out;
+            kq_matmul(w, m->act, n_rows, m->y, N_VOCAB, o0, o1);
+            barrier_wait(&a->bar, &sense);
+        }
+        if (tid == 0) {
+            const double t1 = now_s();
+            a->times[rep] = t1 - t0;
+            a->t_out[rep] = t1 - t_before_out;
+        }
+    }
+}
+
+int main(int argc, char **argv) {
+    int n_threads = 2, reps = 7;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-t") && i + 1 < argc) n_threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-r") && i + 1 < argc) reps = atoi(argv[++i]);
+        else { fprintf(stderr, "usage: %s [-t threads] [-r reps]\n", argv[0]); return 2; }
+    }
+    if (n_threads < 1 || n_threads > MAX_THREADS || reps < 1 || reps > 64) {
+        fprintf(stderr, "threads 1..%d, reps 1..64\n", MAX_THREADS);
+        return 2;
+    }
+    printf("matmul path: %s, threads: %d\n", kq_matmul_path(), n_threads);
+
+    const double bw = bench_bandwidth(n_threads, (size_t)256 << 20);
+    const double peak_pairs_macs = bench_peak(n_threads, 0), peak_mix_macs = bench_peak(n_threads, 1);
+    const double peak_load_macs = bench_peak(n_threads, 2);
+    printf("read bandwidth:                      %.1f GB/s\n", bw / 1e9);
+    printf("int8 peak, maddubs+add pairs:        %.0f G MAC/s\n", peak_pairs_macs / 1e9);
+    printf("int8 peak, Q4_1 kernel mix:          %.0f G MAC/s (the compute floor below)\n", peak_mix_macs / 1e9);
+    printf("int8 peak, mix + L1 broadcast loads: %.0f G MAC/s\n", peak_load_macs / 1e9);
+
+    struct model m;
+    if (model_init(&m)) { fprintf(stderr, "out of memory\n"); return 1; }
+    printf("model step: %d matrices, %.1f MB of weights, %.1f M MACs per row\n",
+           m.n_mat, m.bytes / 1e6, m.macs_per_row / 1e6);
+    printf("%5s %9s %9s %8s %9s %9s %7s %7s\n", "rows", "best ms", "median", "out ms", "bw floor",
+           "mac floor", "t/floor", "t/t(1)");
+    static const int row_list[] = {1, 2, 4, 8, 16, 32, 64};
+    double t1 = 0.0;
+    for (size_t i = 0; i < sizeof row_list / sizeof row_list[0]; i++) {
+        struct step_arg a = {&m, row_list[i], reps + 1, {0, 0, n_threads}, {0}, {0}};
+        struct team t = {n_threads, step_thread, &a, {0}};
+        team_run(&t);
+        double sorted[64];
+        memcpy(sorted, a.times + 1, sizeof(double) * (size_t)reps); /* rep 0 warms up */
+        qsort(sorted, (size_t)reps, sizeof(double), cmp_double);
+        double best = sorted[0], med = sorted[reps / 2], out_best = 1e30;
+        for (int r = 1; r <= reps; r++)
+            if (a.t_out[r] < out_best) out_best = a.t_out[r];
+        if (row_list[i] == 1) t1 = best;
+        const double fb = m.bytes / bw, fm = row_list[i] * m.macs_per_row / peak_mix_macs;
+        const double floor = fb > fm ? fb : fm;
+        printf("%5d %9.2f %9.2f %8.2f %9.2f %9.2f %7.2f %7.2f\n", row_list[i], best * 1e3, med * 1e3,
+               out_best * 1e3, fb * 1e3, fm * 1e3, best / floor, best / t1);
+    }
+    model_free(&m);
+    return 0;
+}

@@ -1,0 +1,530 @@
+/* test_matmul.c — the CPU matmul kernels (kernels/cpu/matmul*.c, quant_act.c,
+ * dequant.c).
+ *
+ * What must hold, and is checked here:
+ *   - kq_matmul (the SIMD path this CPU gets) equals kq_matmul_ref bit for bit
+ *     (memcmp), for every weight type, n_rows in {1,2,3,7,8,9,16,17,64}, and
+ *     output ranges starting and ending at odd places; outputs outside the
+ *     range are left untouched;
+ *   - row independence: each row computed alone equals the same row computed
+ *     in a batch of 64, bit for bit (this is what makes PPD lossless);
+ *   - the reference agrees with a float64 dequantize-then-dot within a stated
+ *     tolerance (max relative error printed);
+ *   - dequantization of hand-built blocks gives hand-computed values (a wrong
+ *     nibble order or scale unpacking fails);
+ *   - activation quantization: hand-computed bytes (ties to even, Q8_1's s,
+ *     Q8_K's signed max), and the AVX2 quantizer equals the scalar one.
+ * Seeds are fixed; nothing here depends on the machine except which path runs.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/err.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul_internal.h"
+#include "kernels/cpu/qtypes.h"
+
+/* ---- deterministic data ---------------------------------------------------- */
+
+static uint64_t rng_state;
+
+static void rng_seed(uint64_t s) { rng_state = s; }
+
+static uint64_t rng_next(void) { /* splitmix64 */
+    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static float rng_unit(void) { return (float)(rng_next() >> 40) * (1.0f / 16777216.0f); }
+static float rng_sym(void) { return 2.0f * rng_unit() - 1.0f; }
+
+struct type_case {
+    int type;
+    int64_t n_in;
+};
+
+/* n_in values: odd for float types (SIMD tail), several blocks otherwise */
+static const struct type_case cases[] = {
+    {KQ_F32, 37},   {KQ_F16, 70},   {KQ_BF16, 53},
+    {KQ_Q4_0, 96},  {KQ_Q4_1, 160}, {KQ_Q8_0, 96},
+    {KQ_Q4_K, 512}, {KQ_Q5_K, 512}, {KQ_Q6_K, 512},
+};
+#define N_CASES ((int)(sizeof cases / sizeof cases[0]))
+#define N_OUT 45
+
+/* Random weights of any type, with sane (finite, small) scales. */
+static void *make_weights(int type, int64_t n_in, int64_t n_out) {
+    const size_t rb = kq_row_bytes(type, n_in), total = rb * (size_t)n_out;
+    uint8_t *buf = malloc(total);
+    ck_assert_ptr_nonnull(buf);
+    for (size_t i = 0; i < total; i++) buf[i] = (uint8_t)rng_next();
+    const int64_t n = n_in * n_out;
+    switch (type) {
+    case KQ_F32:
+        for (int64_t k = 0; k < n; k++) { float f = rng_sym(); memcpy(buf + 4 * k, &f, 4); }
+        break;
+    case KQ_F16:
+        for (int64_t k = 0; k < n; k++) { kq_f16 h = kq_f32_to_f16(rng_sym()); memcpy(buf + 2 * k, &h, 2); }
+        break;
+    case KQ_BF16:
+        for (int64_t k = 0; k < n; k++) {
+            float f = rng_sym();
+            uint32_t u;
+            memcpy(&u, &f, 4);
+            kq_bf16 h = (kq_bf16)(u >> 16);
+            memcpy(buf + 2 * k, &h, 2);
+        }
+        break;
+    case KQ_Q4_0: {
+        kq_block_q4_0 *b = (kq_block_q4_0 *)buf;
+        for (int64_t i = 0; i < n / KQ_QK; i++) b[i].d = kq_f32_to_f16(0.05f * rng_sym());
+        break;
+    }
+    case KQ_Q4_1: {
+        kq_block_q4_1 *b = (kq_block_q4_1 *)buf;
+        for (int64_t i = 0; i < n / KQ_QK; i++) {
+            float d = 0.001f + 0.02f * rng_unit();
+            b[i].d = kq_f32_to_f16(d);
+            b[i].m = kq_f32_to_f16(-8.0f * d * (0.5f + rng_unit()));
+        }
+        break;
+    }
+    case KQ_Q8_0: { /* random qs include -128, which a GGUF may hold */
+        kq_block_q8_0 *b = (kq_block_q8_0 *)buf;
+        for (int64_t i = 0; i < n / KQ_QK; i++) b[i].d = kq_f32_to_f16(0.003f * rng_sym());
+        break;
+    }
+    case KQ_Q4_K: {
+        kq_block_q4_K *b = (kq_block_q4_K *)buf;
+        for (int64_t i = 0; i < n / KQ_QK_K; i++) {
+            b[i].d = kq_f32_to_f16(0.002f * rng_unit());
+            b[i].dmin = kq_f32_to_f16(0.002f * rng_unit());
+        }
+        break;
+    }
+    case KQ_Q5_K: {
+        kq_block_q5_K *b = (kq_block_q5_K *)buf;
+        for (int64_t i = 0; i < n / KQ_QK_K; i++) {
+            b[i].d = kq_f32_to_f16(0.001f * rng_unit());
+            b[i].dmin = kq_f32_to_f16(0.002f * rng_unit());
+        }
+        break;
+    }
+    case KQ_Q6_K: {
+        kq_block_q6_K *b = (kq_block_q6_K *)buf;
+        for (int64_t i = 0; i < n / KQ_QK_K; i++) b[i].d = kq_f32_to_f16(0.0005f * rng_sym());
+        break;
+    }
+    default:
+        ck_abort_msg("no generator for type %d", type);
+    }
+    return buf;
+}
+
+/* Inputs: mostly in [-3, 3], every 53rd element an outlier, and one all-zero
+ * 32-element stretch in row 0 (the amax == 0 path). */
+static float *make_inputs(int64_t n_in, int n_rows) {
+    float *x = malloc(sizeof(float) * (size_t)n_in * (size_t)n_rows);
+    ck_assert_ptr_nonnull(x);
+    for (int64_t k = 0; k < n_in * n_rows; k++) {
+        x[k] = 3.0f * rng_sym();
+        if (k % 53 == 7) x[k] *= 20.0f;
+    }
+    if (n_in >= 64)
+        for (int k = 32; k < 64; k++) x[k] = 0.0f;
+    return x;
+}
+
+static void *quantize(int type, const float *x, int64_t n_in, int n_rows) {
+    void *act = malloc(kq_act_bytes(type, n_in, n_rows) + 1);
+    ck_assert_ptr_nonnull(act);
+    kq_act_quantize(type, x, n_in, 0, n_rows, act);
+    return act;
+}
+
+/* ---- fast == reference ------------------------------------------------------ */
+
+static const int row_counts[] = {1, 2, 3, 7, 8, 9, 16, 17, 64};
+static const int64_t ranges[][2] = {{0, N_OUT}, {3, 42}, {5, 6}, {1, 9}, {8, 16}, {17, N_OUT}, {40, 45}};
+
+START_TEST(test_fast_equals_ref) {
+    const struct type_case *tc = &cases[_i];
+    rng_seed(1000 + (uint64_t)_i);
+    void *wd = make_weights(tc->type, tc->n_in, N_OUT);
+    struct kq_weight w;
+    ck_assert_int_eq(kq_weight_init(&w, tc->type, wd, tc->n_in, N_OUT), 0);
+    const int64_t ldy = N_OUT + 3;
+    for (size_t ri = 0; ri < sizeof row_counts / sizeof row_counts[0]; ri++) {
+        const int n_rows = row_counts[ri];
+        float *x = make_inputs(tc->n_in, n_rows);
+        void *act = quantize(tc->type, x, tc->n_in, n_rows);
+        float *yref = malloc(sizeof(float) * (size_t)ldy * (size_t)n_rows);
+        float *yf = malloc(sizeof(float) * (size_t)ldy * (size_t)n_rows);
+        kq_matmul_ref(&w, act, n_rows, yref, ldy, 0, N_OUT);
+        for (size_t gi = 0; gi < sizeof ranges / sizeof ranges[0]; gi++) {
+            const int64_t ob = ranges[gi][0], oe = ranges[gi][1];
+            memset(yf, 0x7f, sizeof(float) * (size_t)ldy * (size_t)n_rows); /* sentinel */
+            kq_matmul(&w, act, n_rows, yf, ldy, ob, oe);
+            for (int r = 0; r < n_rows; r++) {
+                const float *a = yref + (size_t)r * (size_t)ldy, *b = yf + (size_t)r * (size_t)ldy;
+                ck_assert_msg(memcmp(a + ob, b + ob, sizeof(float) * (size_t)(oe - ob)) == 0,
+                              "%s n_rows=%d range [%lld,%lld) row %d: fast != ref",
+                              kq_type_name(tc->type), n_rows, (long long)ob, (long long)oe, r);
+                for (int64_t o = 0; o < ldy; o++) {
+                    if (o >= ob && o < oe) continue;
+                    uint32_t u;
+                    memcpy(&u, b + o, 4);
+                    ck_assert_msg(u == 0x7f7f7f7fu, "%s: output %lld outside [%lld,%lld) written",
+                                  kq_type_name(tc->type), (long long)o, (long long)ob, (long long)oe);
+                }
+            }
+        }
+        free(x); free(act); free(yref); free(yf);
+    }
+    kq_weight_free(&w);
+    free(wd);
+}
+END_TEST
+
+/* ---- row independence ------------------------------------------------------- */
+
+START_TEST(test_row_independence) {
+    const struct type_case *tc = &cases[_i];
+    rng_seed(2000 + (uint64_t)_i);
+    const int n_rows = 64;
+    void *wd = make_weights(tc->type, tc->n_in, N_OUT);
+    struct kq_weight w;
+    ck_assert_int_eq(kq_weight_init(&w, tc->type, wd, tc->n_in, N_OUT), 0);
+    float *x = make_inputs(tc->n_in, n_rows);
+    void *act = quantize(tc->type, x, tc->n_in, n_rows);
+    float *ybatch = malloc(sizeof(float) * N_OUT * n_rows), *yrefb = malloc(sizeof(float) * N_OUT * n_rows);
+    kq_matmul(&w, act, n_rows, ybatch, N_OUT, 0, N_OUT);
+    kq_matmul_ref(&w, act, n_rows, yrefb, N_OUT, 0, N_OUT);
+    for (int r = 0; r < n_rows; r++) {
+        void *act1 = quantize(tc->type, x + (size_t)r * (size_t)tc->n_in, tc->n_in, 1);
+        float y1[N_OUT], y1ref[N_OUT];
+        kq_matmul(&w, act1, 1, y1, N_OUT, 0, N_OUT);
+        kq_matmul_ref(&w, act1, 1, y1ref, N_OUT, 0, N_OUT);
+        ck_assert_msg(memcmp(y1, ybatch + (size_t)r * N_OUT, sizeof y1) == 0,
+                      "%s row %d alone != in a batch of 64 (fast)", kq_type_name(tc->type), r);
+        ck_assert_msg(memcmp(y1ref, yrefb + (size_t)r * N_OUT, sizeof y1) == 0,
+                      "%s row %d alone != in a batch of 64 (ref)", kq_type_name(tc->type), r);
+        free(act1);
+    }
+    free(x); free(act); free(ybatch); free(yrefb);
+    kq_weight_free(&w);
+    free(wd);
+}
+END_TEST
+
+/* ---- reference vs float64 ------------------------------------------------- */
+
+/* Row r of the quantized input, dequantized to doubles (the values the integer
+ * kernels multiply by).  Q8_1's s is handled by the caller. */
+static void act_row_f64(int type, const void *act, int64_t n_in, int r, double *out) {
+    const void *row = kq_act_row(type, act, n_in, r);
+    switch (kq_act_type(type)) {
+    case KQ_Q8_0: {
+        const kq_block_q8_0 *b = row;
+        for (int64_t k = 0; k < n_in; k++) out[k] = (double)kq_f16_to_f32(b[k / 32].d) * b[k / 32].qs[k % 32];
+        break;
+    }
+    case KQ_Q8_1: {
+        const kq_block_q8_1 *b = row;
+        for (int64_t k = 0; k < n_in; k++) out[k] = (double)kq_f16_to_f32(b[k / 32].d) * b[k / 32].qs[k % 32];
+        break;
+    }
+    case KQ_Q8_K: {
+        const kq_block_q8_K *b = row;
+        for (int64_t k = 0; k < n_in; k++) out[k] = (double)b[k / 256].d * b[k / 256].qs[k % 256];
+        break;
+    }
+    default:
+        for (int64_t k = 0; k < n_in; k++) out[k] = ((const float *)row)[k];
+        break;
+    }
+}
+
+#define REF_F64_TOL 1e-5   /* relative to sum |w*a|: f32 accumulation over <= 20 blocks */
+#define QUANT_F64_TOL 5e-2 /* relative to sum |w*x|: 8-bit activations, with outliers
+                            * (every 53rd input is x20) coarsening their blocks */
+
+START_TEST(test_ref_vs_f64) {
+    const struct type_case *tc = &cases[_i];
+    rng_seed(3000 + (uint64_t)_i);
+    const int n_rows = 5;
+    const int64_t n_in = tc->n_in;
+    void *wd = make_weights(tc->type, n_in, N_OUT);
+    struct kq_weight w;
+    ck_assert_int_eq(kq_weight_init(&w, tc->type, wd, n_in, N_OUT), 0);
+    float *x = make_inputs(n_in, n_rows);
+    void *act = quantize(tc->type, x, n_in, n_rows);
+    float *y = malloc(sizeof(float) * N_OUT * n_rows);
+    kq_matmul_ref(&w, act, n_rows, y, N_OUT, 0, N_OUT);
+    float *wrow = malloc(sizeof(float) * (size_t)n_in);
+    double *a = malloc(sizeof(double) * (size_t)n_in);
+    double max_rel = 0.0, max_rel_x = 0.0;
+    for (int r = 0; r < n_rows; r++) {
+        act_row_f64(tc->type, act, n_in, r, a);
+        for (int64_t o = 0; o < N_OUT; o++) {
+            kq_weight_row_f32(&w, o, wrow);
+            double s = 0.0, mag = 0.0, sx = 0.0, magx = 0.0;
+            for (int64_t k = 0; k < n_in; k++) {
+                s += (double)wrow[k] * a[k];
+                mag += fabs((double)wrow[k] * a[k]);
+                sx += (double)wrow[k] * x[(size_t)r * (size_t)n_in + (size_t)k];
+                magx += fabs((double)wrow[k] * x[(size_t)r * (size_t)n_in + (size_t)k]);
+            }
+            if (tc->type == KQ_Q4_1) { /* Q8_1's s is stored in f16: the format's value */
+                const kq_block_q4_1 *wb = (const kq_block_q4_1 *)((const uint8_t *)wd + (size_t)o * kq_row_bytes(KQ_Q4_1, n_in));
+                const kq_block_q8_1 *ab = kq_act_row(KQ_Q4_1, act, n_in, r);
+                for (int64_t b = 0; b < n_in / 32; b++) {
+                    int sq = 0;
+                    for (int j = 0; j < 32; j++) sq += ab[b].qs[j];
+                    double c = (double)kq_f16_to_f32(wb[b].m) *
+                               ((double)kq_f16_to_f32(ab[b].s) - (double)kq_f16_to_f32(ab[b].d) * sq);
+                    s += c;
+                    mag += fabs(c);
+                }
+            }
+            const double got = y[(size_t)r * N_OUT + (size_t)o];
+            const double rel = fabs(got - s) / (mag + 1e-30), relx = fabs(got - sx) / (magx + 1e-30);
+            if (rel > max_rel) max_rel = rel;
+            if (relx > max_rel_x) max_rel_x = relx;
+        }
+    }
+    printf("matmul %-4s ref vs f64 (same quantized input): max rel err %.3g (tol %.0e); "
+           "vs unquantized input: %.3g (tol %.0e)\n",
+           kq_type_name(tc->type), max_rel, REF_F64_TOL, max_rel_x, QUANT_F64_TOL);
+    ck_assert_msg(max_rel <= REF_F64_TOL, "%s: ref vs f64 rel err %g", kq_type_name(tc->type), max_rel);
+    ck_assert_msg(max_rel_x <= QUANT_F64_TOL, "%s: vs unquantized rel err %g", kq_type_name(tc->type), max_rel_x);
+    free(wrow); free(a); free(x); free(act); free(y);
+    kq_weight_free(&w);
+    free(wd);
+}
+END_TEST
+
+/* ---- dequantization of hand-built blocks ----------------------------------- */
+
+static void row_of(int type, const void *blk, int64_t n, float *out) {
+    struct kq_weight w;
+    ck_assert_int_eq(kq_weight_init(&w, type, blk, n, 1), 0);
+    kq_weight_row_f32(&w, 0, out);
+    kq_weight_free(&w);
+}
+
+#define F16_HALF 0x3800 /* 0.5 */
+#define F16_ONE 0x3C00
+#define F16_MONE 0xBC00 /* -1 */
+#define F16_QUARTER 0x3400
+
+START_TEST(test_dequant_q4_0_q4_1_q8_0) {
+    float y[32];
+    kq_block_q4_0 b0 = {.d = F16_HALF};
+    for (int j = 0; j < 16; j++) b0.qs[j] = (uint8_t)(j | ((15 - j) << 4));
+    row_of(KQ_Q4_0, &b0, 32, y);
+    for (int j = 0; j < 16; j++) {
+        ck_assert_float_eq(y[j], (float)(j - 8) * 0.5f);        /* low nibble: element j */
+        ck_assert_float_eq(y[j + 16], (float)(7 - j) * 0.5f);   /* high nibble: element j+16 */
+    }
+    ck_assert_float_eq(y[0], -4.0f);
+    ck_assert_float_eq(y[16], 3.5f);
+
+    kq_block_q4_1 b1 = {.d = F16_HALF, .m = F16_MONE};
+    memcpy(b1.qs, b0.qs, 16);
+    row_of(KQ_Q4_1, &b1, 32, y);
+    for (int j = 0; j < 16; j++) {
+        ck_assert_float_eq(y[j], (float)j * 0.5f - 1.0f);
+        ck_assert_float_eq(y[j + 16], (float)(15 - j) * 0.5f - 1.0f);
+    }
+
+    kq_block_q8_0 b8 = {.d = F16_QUARTER};
+    for (int j = 0; j < 32; j++) b8.qs[j] = (int8_t)(j * 9 - 128);
+    row_of(KQ_Q8_0, &b8, 32, y);
+    for (int j = 0; j < 32; j++) ck_assert_float_eq(y[j], (float)(int8_t)(j * 9 - 128) * 0.25f);
+}
+END_TEST
+
+/* Pack 8 (scale, min) pairs of 6 bits as GGML's Q4_K/Q5_K quantizer does. */
+static void pack_k4_scales(const int sc[8], const int mn[8], uint8_t out[12]) {
+    memset(out, 0, 12);
+    for (int j = 0; j < 8; j++) {
+        if (j < 4) {
+            out[j] = (uint8_t)sc[j];
+            out[j + 4] = (uint8_t)mn[j];
+        } else {
+            out[j + 4] = (uint8_t)((sc[j] & 0xF) | ((mn[j] & 0xF) << 4));
+            out[j - 4] |= (uint8_t)((sc[j] >> 4) << 6);
+            out[j] |= (uint8_t)((mn[j] >> 4) << 6);
+        }
+    }
+}
+
+START_TEST(test_dequant_q4_k_q5_k) {
+    static const int sc[8] = {1, 2, 63, 17, 33, 58, 47, 5}, mn[8] = {5, 0, 9, 63, 25, 40, 1, 62};
+    kq_block_q4_K b = {.d = F16_ONE, .dmin = F16_HALF};
+    pack_k4_scales(sc, mn, b.scales);
+    /* literal bytes for two sub-blocks, worked by hand: sub-block 0 has
+     * sc = byte0 & 63, m = byte4 & 63; sub-block 5 takes its low 4 bits from
+     * byte 9 and its top 2 from bytes 1 (scale) and 5 (min). */
+    ck_assert_int_eq(b.scales[0] & 63, 1);
+    ck_assert_int_eq(b.scales[4] & 63, 5);
+    ck_assert_int_eq((b.scales[9] & 0xF) | ((b.scales[1] >> 6) << 4), 58);
+    ck_assert_int_eq((b.scales[9] >> 4) | ((b.scales[5] >> 6) << 4), 40);
+    for (int i = 0; i < 128; i++) b.qs[i] = (uint8_t)((i % 16) | ((15 - i % 16) << 4));
+    float y[256];
+    row_of(KQ_Q4_K, &b, 256, y);
+    for (int e = 0; e < 256; e++) {
+        const int j = e / 32, l = e % 32; /* sub-block j: bytes 32*(j/2).., low nibble if j even */
+        const int byte = b.qs[32 * (j / 2) + l], q = j % 2 ? byte >> 4 : byte & 0xF;
+        ck_assert_float_eq(y[e], 1.0f * (float)sc[j] * (float)q - 0.5f * (float)mn[j]);
+    }
+    ck_assert_float_eq(y[0], 1.0f * 1 * 0 - 0.5f * 5);        /* qs[0] low = 0 */
+    ck_assert_float_eq(y[32], 1.0f * 2 * 15 - 0.0f);          /* qs[0] high = 15 */
+    ck_assert_float_eq(y[5 * 32 + 1], 58.0f * 14 - 0.5f * 40); /* qs[65] high = 14 */
+
+    kq_block_q5_K b5 = {.d = F16_HALF, .dmin = F16_ONE};
+    pack_k4_scales(sc, mn, b5.scales);
+    memcpy(b5.qs, b.qs, 128);
+    memset(b5.qh, 0, 32);
+    b5.qh[0] = 0x01; /* element 0 (sub-block 0) + 16 */
+    b5.qh[1] = 0x02; /* element 33 (sub-block 1, l=1) + 16 */
+    b5.qh[3] = 0x80; /* element 227 (sub-block 7, l=3) + 16 */
+    row_of(KQ_Q5_K, &b5, 256, y);
+    for (int e = 0; e < 256; e++) {
+        const int j = e / 32, l = e % 32;
+        const int byte = b5.qs[32 * (j / 2) + l];
+        int q = j % 2 ? byte >> 4 : byte & 0xF;
+        if ((e == 0) || (e == 33) || (e == 227)) q += 16;
+        ck_assert_msg(y[e] == 0.5f * (float)sc[j] * (float)q - 1.0f * (float)mn[j], "q5_K element %d", e);
+    }
+}
+END_TEST
+
+START_TEST(test_dequant_q6_k) {
+    kq_block_q6_K b;
+    memset(&b, 0, sizeof b);
+    b.d = F16_HALF;
+    b.ql[0] = 0x21;  /* element 0: low 1; element 64: high 2 */
+    b.ql[32] = 0x43; /* element 32: low 3; element 96: high 4 */
+    b.qh[0] = 0xE4;  /* 2-bit fields 0,1,2,3 for elements 0, 32, 64, 96 */
+    b.ql[64] = 0x0F; /* second half: element 128 low 15 */
+    b.qh[32] = 0x03; /* element 128 high bits 3 */
+    b.scales[0] = 3; b.scales[2] = -2; b.scales[4] = 5; b.scales[6] = 1; b.scales[8] = -128;
+    float y[256];
+    row_of(KQ_Q6_K, &b, 256, y);
+    ck_assert_float_eq(y[0], 0.5f * 3 * (1 - 32));          /* -46.5 */
+    ck_assert_float_eq(y[32], 0.5f * -2 * ((3 | 16) - 32));  /* 13 */
+    ck_assert_float_eq(y[64], 0.5f * 5 * ((2 | 32) - 32));   /* 5 */
+    ck_assert_float_eq(y[96], 0.5f * 1 * ((4 | 48) - 32));   /* 10 */
+    ck_assert_float_eq(y[128], 0.5f * -128 * ((15 | 48) - 32)); /* -1984 */
+    ck_assert_float_eq(y[1], 0.5f * 3 * -32);               /* all-zero bits: -32 */
+}
+END_TEST
+
+/* ---- activation quantization ------------------------------------------------ */
+
+START_TEST(test_act_quant_hand) {
+    float x[32] = {0};
+    x[0] = 127.0f; /* amax 127: d = 1, id = 1 */
+    x[1] = 2.5f; x[2] = 3.5f; x[3] = -2.5f; x[4] = -0.4f; x[5] = 126.6f; x[6] = -127.0f;
+    x[7] = 0.5f; x[8] = 1.5f;
+    static const int8_t want[9] = {127, 2, 4, -2, 0, 127, -127, 0, 2}; /* ties to even */
+    void *a8 = quantize(KQ_Q8_0, x, 32, 1);
+    const kq_block_q8_0 *b8 = kq_act_row(KQ_Q8_0, a8, 32, 0);
+    ck_assert_uint_eq(b8->d, F16_ONE);
+    for (int j = 0; j < 9; j++) ck_assert_int_eq(b8->qs[j], want[j]);
+    void *a1 = quantize(KQ_Q4_1, x, 32, 1);
+    const kq_block_q8_1 *b1 = kq_act_row(KQ_Q4_1, a1, 32, 0);
+    ck_assert_int_eq(memcmp(b1->qs, b8->qs, 32), 0);
+    int sum = 0;
+    for (int j = 0; j < 32; j++) sum += b1->qs[j];
+    ck_assert_int_eq(sum, 127 + 2 + 4 - 2 + 0 + 127 - 127 + 0 + 2);
+    ck_assert_uint_eq(b1->s, kq_f32_to_f16((float)sum));
+    free(a8); free(a1);
+
+    /* Q8_K: the largest magnitude is negative, so iscale = -127/max > 0 */
+    float xk[256];
+    for (int j = 0; j < 256; j++) xk[j] = 0.01f * (float)(j % 7);
+    xk[10] = -4.0f; xk[11] = 1.0f; xk[12] = 2.0f;
+    void *ak = quantize(KQ_Q4_K, xk, 256, 1);
+    const kq_block_q8_K *bk = kq_act_row(KQ_Q4_K, ak, 256, 0);
+    ck_assert_int_eq(bk->qs[10], -127);
+    ck_assert_int_eq(bk->qs[11], 32);  /* 31.75 */
+    ck_assert_int_eq(bk->qs[12], 64);  /* 63.5 -> 64 (even) */
+    ck_assert_float_eq(bk->d, 1.0f / (-127.0f / -4.0f));
+    int bs = 0;
+    for (int j = 0; j < 16; j++) bs += bk->qs[j];
+    ck_assert_int_eq(bk->bsums[0], bs);
+    free(ak);
+}
+END_TEST
+
+START_TEST(test_act_quant_simd_equals_scalar) {
+    if (!kq_avx2_usable()) return;
+    rng_seed(4000);
+    const int64_t n_in = 256;
+    const int n_rows = 6;
+    float *x = make_inputs(n_in, n_rows);
+    x[100] = NAN; x[101] = INFINITY; x[300] = -INFINITY; x[400] = 1e-40f; x[401] = -0.0f;
+    for (int k = 512; k < 544; k++) x[k] = 1e-42f; /* a block of denormals */
+    x[600] = 1e30f;
+    const int types[2] = {KQ_Q8_0, KQ_Q4_1};
+    for (int t = 0; t < 2; t++) {
+        const size_t bytes = kq_act_bytes(types[t], n_in, n_rows);
+        uint8_t *a = calloc(1, bytes), *b = calloc(1, bytes);
+        kq_act_quantize_q32_scalar(types[t], x, n_in, 0, n_rows, a);
+        kq_avx2_act_quantize_q32(types[t], x, n_in, 0, n_rows, b);
+        ck_assert_msg(memcmp(a, b, bytes) == 0, "AVX2 quantizer != scalar for %s", kq_type_name(types[t]));
+        free(a); free(b);
+    }
+    free(x);
+}
+END_TEST
+
+START_TEST(test_init_errors) {
+    struct kq_weight w;
+    uint8_t dummy[64] = {0};
+    ck_assert_int_eq(kq_weight_init(&w, KQ_Q8_1, dummy, 32, 1), ENG_E_UNSUPPORTED);
+    ck_assert_int_eq(kq_weight_init(&w, KQ_Q8_K, dummy, 256, 1), ENG_E_UNSUPPORTED);
+    ck_assert_int_eq(kq_weight_init(&w, KQ_Q4_1, dummy, 33, 1), ENG_E_INVALID);
+    ck_assert_int_eq(kq_weight_init(&w, KQ_Q4_K, dummy, 32, 1), ENG_E_INVALID);
+    kq_weight_free(NULL);
+    ck_assert_int_eq(kq_weight_init(&w, KQ_Q4_1, dummy, 32, 0), 0);
+    kq_weight_free(&w);
+    kq_weight_free(&w);
+    printf("matmul path on this CPU: %s\n", kq_matmul_path());
+    ck_assert(strcmp(kq_matmul_path(), "avx2") == 0 || strcmp(kq_matmul_path(), "scalar") == 0);
+}
+END_TEST
+
+static Suite *matmul_suite(void) {
+    Suite *s = suite_create("matmul");
+    TCase *tc = tcase_create("kernels");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test_fast_equals_ref, 0, N_CASES);
+    tcase_add_loop_test(tc, test_row_independence, 0, N_CASES);
+    tcase_add_loop_test(tc, test_ref_vs_f64, 0, N_CASES);
+    tcase_add_test(tc, test_dequant_q4_0_q4_1_q8_0);
+    tcase_add_test(tc, test_dequant_q4_k_q5_k);
+    tcase_add_test(tc, test_dequant_q6_k);
+    tcase_add_test(tc, test_act_quant_hand);
+    tcase_add_test(tc, test_act_quant_simd_equals_scalar);
+    tcase_add_test(tc, test_init_errors);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(matmul_suite());
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
