@@ -13,7 +13,8 @@
  *   - dequantization of hand-built blocks gives hand-computed values (a wrong
  *     nibble order or scale unpacking fails);
  *   - activation quantization: hand-computed bytes (ties to even, Q8_1's s,
- *     Q8_K's signed max), and the AVX2 quantizer equals the scalar one.
+ *     Q8_K's signed max), the AVX2 quantizer equals the scalar one, and both
+ *     equal llama.cpp's bytes (tests/golden/data/act_quant.bin).
  * Seeds are fixed; nothing here depends on the machine except which path runs.
  */
 #include <check.h>
@@ -487,6 +488,47 @@ START_TEST(test_act_quant_simd_equals_scalar) {
 }
 END_TEST
 
+/* Our quantizers against llama.cpp's own (tests/golden/gen_act_quant.py):
+ * the same bytes for Q8_0, Q8_1 and Q8_K, ties included. */
+static int read_exact(FILE *f, void *p, size_t n) { return fread(p, 1, n, f) == n; }
+
+START_TEST(test_act_quant_golden_llama_cpp) {
+    FILE *f = fopen("tests/golden/data/act_quant.bin", "rb");
+    ck_assert_msg(f != NULL, "tests/golden/data/act_quant.bin missing (run from the repo root)");
+    char magic[8];
+    uint32_t n_sec = 0;
+    ck_assert(read_exact(f, magic, 8) && memcmp(magic, "PPDAQ1\0\0", 8) == 0);
+    ck_assert(read_exact(f, &n_sec, 4) && n_sec >= 3);
+    for (uint32_t s = 0; s < n_sec; s++) {
+        int32_t hdr[3];
+        ck_assert(read_exact(f, hdr, sizeof hdr));
+        const int act_type = hdr[0], n_rows = hdr[1];
+        const int64_t n_in = hdr[2];
+        const int wtype = act_type == KQ_Q8_0 ? KQ_Q8_0 : act_type == KQ_Q8_1 ? KQ_Q4_1 : KQ_Q4_K;
+        ck_assert_int_eq(kq_act_type(wtype), act_type);
+        const size_t row_bytes = kq_row_bytes(act_type, n_in);
+        float *x = malloc(sizeof(float) * (size_t)n_rows * (size_t)n_in);
+        uint8_t *want = malloc(row_bytes * (size_t)n_rows);
+        ck_assert(read_exact(f, x, sizeof(float) * (size_t)n_rows * (size_t)n_in));
+        ck_assert(read_exact(f, want, row_bytes * (size_t)n_rows));
+        void *act = quantize(wtype, x, n_in, n_rows);
+        void *act_scalar = calloc(1, kq_act_bytes(wtype, n_in, n_rows));
+        if (act_type != KQ_Q8_K) kq_act_quantize_q32_scalar(wtype, x, n_in, 0, n_rows, act_scalar);
+        for (int r = 0; r < n_rows; r++) {
+            ck_assert_msg(memcmp(kq_act_row(wtype, act, n_in, r), want + (size_t)r * row_bytes, row_bytes) == 0,
+                          "%s row %d differs from llama.cpp", kq_type_name(act_type), r);
+            if (act_type != KQ_Q8_K)
+                ck_assert_msg(memcmp(kq_act_row(wtype, act_scalar, n_in, r), want + (size_t)r * row_bytes, row_bytes) == 0,
+                              "%s row %d (scalar quantizer) differs from llama.cpp", kq_type_name(act_type), r);
+        }
+        printf("activation quantization %s: %d rows x %lld equal to llama.cpp's bytes\n",
+               kq_type_name(act_type), n_rows, (long long)n_in);
+        free(x); free(want); free(act); free(act_scalar);
+    }
+    fclose(f);
+}
+END_TEST
+
 START_TEST(test_init_errors) {
     struct kq_weight w;
     uint8_t dummy[64] = {0};
@@ -515,6 +557,7 @@ static Suite *matmul_suite(void) {
     tcase_add_test(tc, test_dequant_q6_k);
     tcase_add_test(tc, test_act_quant_hand);
     tcase_add_test(tc, test_act_quant_simd_equals_scalar);
+    tcase_add_test(tc, test_act_quant_golden_llama_cpp);
     tcase_add_test(tc, test_init_errors);
     suite_add_tcase(s, tc);
     return s;
