@@ -1,0 +1,64 @@
+/* ppd_adapter.h — the PPD adapter file (`*.ppd.gguf`): the trained prompt-token
+ * embeddings of one base model, and what is known about them.
+ *
+ * Contents (architecture.md §3 "PPD adapter file"):
+ *   tensor ppd.prompt_embeddings  F32, ne = {H, N}: row i is prompt token i (V = 1)
+ *   tensor ppd.accuracy           F32, ne = {K, N}: a[i][k], the probability that the
+ *                                 rank-k guess of prompt token i+1 is right (optional:
+ *                                 an untrained adapter has none); the tree builder's input
+ *   ppd.n_prompt (u32) N, ppd.topk (u32) K, ppd.base.name (str),
+ *   ppd.base.fingerprint (u64) = eng_model.fingerprint of the base model,
+ *   ppd.provenance (str) how the embeddings were made, ppd.init_text (str) optional.
+ * Loading checks shapes and, when a model is given, the fingerprint: an adapter
+ * made for another model is refused with a message naming both models.
+ *
+ * Not here: training (engine/train.c), importing the paper's PEFT safetensors
+ * files, V > 1 ensembles (inference uses V = 1 only, ppd-spec.md §6.2).
+ */
+#ifndef PPD_PPD_ADAPTER_H
+#define PPD_PPD_ADAPTER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct eng_model;
+struct tok;
+
+#define ENG_PPD_MAX_PROMPT 16    /* N at most: keeps per-node arrays small and fixed */
+#define ENG_PPD_MAX_TOPK 64
+/* The paper's init text, used for every N (ppd-spec.md §1.5, §6.3). */
+#define ENG_PPD_INIT_TEXT "Next 2 word"
+
+struct eng_ppd_adapter {
+    int n_prompt;                /* N */
+    int topk;                    /* K */
+    int n_embd;                  /* H */
+    float *emb;                  /* [N, H] host memory */
+    float *accuracy;             /* [N, K], or NULL when not measured */
+    char base_name[128];
+    uint64_t base_fingerprint;
+    char provenance[256];
+    char init_text[128];         /* empty when not from a text init */
+};
+
+/* Load and validate path.  When m is not NULL the adapter must belong to it
+ * (same fingerprint and hidden size); otherwise ENG_E_INVALID with a message
+ * naming the adapter's base model and m.  Bad files: ENG_E_FORMAT with
+ * "PATH: FIELD: problem". */
+int eng_ppd_adapter_load(struct eng_ppd_adapter **out, const char *path, const struct eng_model *m,
+                         char *err, size_t err_cap);
+/* Write a (version 3) GGUF atomically. */
+int eng_ppd_adapter_save(const struct eng_ppd_adapter *a, const char *path, char *err, size_t err_cap);
+/* An untrained adapter for m by the paper's text initialisation: tokenize text
+ * (BOS as the model's tokenizer asks), take the first n_prompt ids, repeating
+ * the list cyclically when it is shorter, and copy those rows of the token
+ * embedding matrix (dequantized to f32). */
+int eng_ppd_adapter_init_text(struct eng_ppd_adapter **out, const struct eng_model *m, const struct tok *t,
+                              int n_prompt, int topk, const char *text, char *err, size_t err_cap);
+void eng_ppd_adapter_free(struct eng_ppd_adapter *a);   /* accepts NULL */
+
+/* The conventional adapter path for a model file: "DIR/STEM.ppd.gguf" where the
+ * model is "DIR/STEM.gguf".  ENG_E_RANGE when it does not fit in cap. */
+int eng_ppd_adapter_default_path(const char *model_path, char *out, size_t cap);
+
+#endif

@@ -1,0 +1,216 @@
+/* test_ppd_adapter.c — PPD adapter files: round trip, text initialisation, the
+ * base-model check, and broken files giving a clear error (never a crash). */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/backend.h"
+#include "engine/err.h"
+#include "engine/gguf.h"
+#include "engine/model.h"
+#include "engine/ppd_adapter.h"
+#include "engine/tokenizer.h"
+
+static const char *model_path(void) {
+    const char *p = getenv("PPD_TEST_MODEL");
+    return p && *p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+static struct eng_ppd_adapter *make_adapter(int n, int k, int h, int with_acc) {
+    struct eng_ppd_adapter *a = calloc(1, sizeof *a);
+    a->n_prompt = n;
+    a->topk = k;
+    a->n_embd = h;
+    a->emb = malloc(sizeof(float) * (size_t)n * h);
+    for (int i = 0; i < n * h; i++) a->emb[i] = (float)sin(i * 0.37) * 0.25f;
+    if (with_acc) {
+        a->accuracy = malloc(sizeof(float) * (size_t)n * k);
+        for (int i = 0; i < n * k; i++) a->accuracy[i] = 0.5f / (float)(1 + i);
+    }
+    snprintf(a->base_name, sizeof a->base_name, "test-model");
+    a->base_fingerprint = 0x0123456789abcdefull;
+    snprintf(a->provenance, sizeof a->provenance, "unit test");
+    return a;
+}
+
+START_TEST(test_round_trip) {
+    char path[] = "/tmp/ppd-adapter-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    char err[512];
+    for (int acc = 0; acc < 2; acc++) {
+        struct eng_ppd_adapter *a = make_adapter(3, 10, 64, acc), *b = NULL;
+        ck_assert_int_eq(eng_ppd_adapter_save(a, path, err, sizeof err), 0);
+        int rc = eng_ppd_adapter_load(&b, path, NULL, err, sizeof err);
+        ck_assert_msg(rc == 0, "load: %s", err);
+        ck_assert_int_eq(b->n_prompt, 3);
+        ck_assert_int_eq(b->topk, 10);
+        ck_assert_int_eq(b->n_embd, 64);
+        ck_assert(b->base_fingerprint == a->base_fingerprint);
+        ck_assert_str_eq(b->base_name, "test-model");
+        ck_assert_str_eq(b->provenance, "unit test");
+        ck_assert_int_eq(memcmp(a->emb, b->emb, sizeof(float) * 3 * 64), 0);
+        ck_assert_int_eq(!!b->accuracy, acc);
+        if (acc) ck_assert_int_eq(memcmp(a->accuracy, b->accuracy, sizeof(float) * 30), 0);
+        eng_ppd_adapter_free(a);
+        eng_ppd_adapter_free(b);
+    }
+    unlink(path);
+}
+END_TEST
+
+/* Every proper prefix of a good file and a set of single-byte flips must load
+ * or fail with a message; never crash, never succeed with a wrong shape. */
+START_TEST(test_corrupt_files) {
+    char good[] = "/tmp/ppd-adapter-XXXXXX", bad[] = "/tmp/ppd-adapter-bad-XXXXXX";
+    int fd = mkstemp(good);
+    close(fd);
+    fd = mkstemp(bad);
+    close(fd);
+    char err[512];
+    struct eng_ppd_adapter *a = make_adapter(2, 4, 8, 1), *b = NULL;
+    ck_assert_int_eq(eng_ppd_adapter_save(a, good, err, sizeof err), 0);
+    FILE *f = fopen(good, "rb");
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *buf = malloc((size_t)n);
+    ck_assert_int_eq((long)fread(buf, 1, (size_t)n, f), n);
+    fclose(f);
+    for (long cut = 0; cut < n; cut += (cut < 400 ? 1 : 7)) {
+        f = fopen(bad, "wb");
+        fwrite(buf, 1, (size_t)cut, f);
+        fclose(f);
+        err[0] = 0;
+        int rc = eng_ppd_adapter_load(&b, bad, NULL, err, sizeof err);
+        ck_assert_msg(rc < 0, "prefix %ld of %ld loaded", cut, n);
+        ck_assert_ptr_null(b);
+        ck_assert_msg(strstr(err, bad) != NULL, "message without the file name: %s", err);
+    }
+    for (long at = 0; at < n; at += 3) {
+        unsigned char save = buf[at];
+        buf[at] ^= 0x5a;
+        f = fopen(bad, "wb");
+        fwrite(buf, 1, (size_t)n, f);
+        fclose(f);
+        buf[at] = save;
+        err[0] = 0;
+        int rc = eng_ppd_adapter_load(&b, bad, NULL, err, sizeof err);
+        if (rc == 0) {
+            ck_assert(b->n_prompt >= 1 && b->topk >= 1 && b->n_embd >= 1);
+            eng_ppd_adapter_free(b);
+            b = NULL;
+        } else {
+            ck_assert(err[0] != 0);
+        }
+    }
+    free(buf);
+    eng_ppd_adapter_free(a);
+    unlink(good);
+    unlink(bad);
+}
+END_TEST
+
+/* Files with a field missing or wrong, built with the writer. */
+START_TEST(test_bad_fields) {
+    char path[] = "/tmp/ppd-adapter-XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    char err[512];
+    float emb[2 * 8] = {0}, acc_bad[2 * 4] = {0.5f, 2.0f};
+    emb[3] = NAN;
+    for (int c = 0; c < 6; c++) {
+        struct gguf_writer *w = gguf_writer_new();
+        uint64_t fp = 1;
+        int64_t ne_e[2] = {8, 2}, ne_wrong[2] = {8, 3}, ne_a[2] = {4, 2};
+        if (c != 0) gguf_writer_set_u32(w, "ppd.n_prompt", 2);
+        gguf_writer_set_u32(w, "ppd.topk", c == 1 ? 1000 : 4);
+        gguf_writer_set_str(w, "ppd.base.name", "m");
+        if (c != 2) gguf_writer_set_scalar(w, "ppd.base.fingerprint", GGUF_VT_UINT64, &fp);
+        gguf_writer_add_tensor(w, "ppd.prompt_embeddings", 0, 2, c == 3 ? ne_wrong : ne_e, c == 4 ? emb : NULL);
+        if (c == 5) gguf_writer_add_tensor(w, "ppd.accuracy", 0, 2, ne_a, acc_bad);
+        ck_assert_int_eq(gguf_writer_write(w, path, err, sizeof err), 0);
+        gguf_writer_free(w);
+        struct eng_ppd_adapter *b = NULL;
+        err[0] = 0;
+        int rc = eng_ppd_adapter_load(&b, path, NULL, err, sizeof err);
+        ck_assert_msg(rc == ENG_E_FORMAT, "case %d: rc %d (%s)", c, rc, err);
+        static const char *want[] = {"ppd.n_prompt", "ppd.topk", "ppd.base.fingerprint", "ppd.prompt_embeddings",
+                                     "not finite", "not a probability"};
+        ck_assert_msg(strstr(err, want[c]) != NULL, "case %d: '%s' lacks '%s'", c, err, want[c]);
+    }
+    unlink(path);
+}
+END_TEST
+
+START_TEST(test_init_text_and_base_check) {
+    char err[768];
+    struct eng_backend be;
+    struct eng_model *m = NULL;
+    struct tok *t = NULL;
+    ck_assert_int_eq(eng_backend_cpu_init(&be, 1), 0);
+    int rc = eng_model_load(&m, model_path(), &be, err, sizeof err);
+    ck_assert_msg(rc == 0, "%s", err);
+    ck_assert_int_eq(tok_load(&t, m->gguf, err, sizeof err), 0);
+    struct eng_ppd_adapter *a = NULL, *b = NULL;
+    ck_assert_int_eq(eng_ppd_adapter_init_text(&a, m, t, 5, 10, ENG_PPD_INIT_TEXT, err, sizeof err), 0);
+    ck_assert_int_eq(a->n_embd, m->hp.n_embd);
+    ck_assert(a->base_fingerprint == m->fingerprint);
+    /* The rows are the embeddings of the init text's tokens, cyclically repeated. */
+    int32_t ids[16];
+    int n_ids = 0;
+    ck_assert_int_eq(tok_encode(t, ENG_PPD_INIT_TEXT, strlen(ENG_PPD_INIT_TEXT), true, false, ids, 16, &n_ids), 0);
+    ck_assert_int_ge(n_ids, 1);
+    float *row = malloc(sizeof(float) * (size_t)m->hp.n_embd);
+    for (int i = 0; i < 5; i++) {
+        int32_t id = ids[i % n_ids];
+        be.iface->embed(be.ctx, &m->tok_embd, &id, 1, NULL, 0, row);
+        ck_assert_int_eq(memcmp(row, a->emb + (size_t)i * m->hp.n_embd, sizeof(float) * (size_t)m->hp.n_embd), 0);
+    }
+    free(row);
+    char path[] = "/tmp/ppd-adapter-XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    ck_assert_int_eq(eng_ppd_adapter_save(a, path, err, sizeof err), 0);
+    rc = eng_ppd_adapter_load(&b, path, m, err, sizeof err);
+    ck_assert_msg(rc == 0, "%s", err);
+    eng_ppd_adapter_free(b);
+    b = NULL;
+    /* The same file claimed for another model is refused, naming both. */
+    a->base_fingerprint ^= 1;
+    snprintf(a->base_name, sizeof a->base_name, "Vicuna 7B v1.3");
+    ck_assert_int_eq(eng_ppd_adapter_save(a, path, err, sizeof err), 0);
+    rc = eng_ppd_adapter_load(&b, path, m, err, sizeof err);
+    ck_assert_int_eq(rc, ENG_E_INVALID);
+    ck_assert_ptr_null(b);
+    ck_assert_msg(strstr(err, "Vicuna 7B v1.3") && strstr(err, m->name), "%s", err);
+    char def[256];
+    ck_assert_int_eq(eng_ppd_adapter_default_path("models/x.Q4_1.gguf", def, sizeof def), 0);
+    ck_assert_str_eq(def, "models/x.Q4_1.ppd.gguf");
+    unlink(path);
+    eng_ppd_adapter_free(a);
+    tok_free(t);
+    eng_model_free(m);
+    eng_backend_free(&be);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("ppd_adapter");
+    TCase *tc = tcase_create("ppd_adapter");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_round_trip);
+    tcase_add_test(tc, test_corrupt_files);
+    tcase_add_test(tc, test_bad_fields);
+    tcase_add_test(tc, test_init_text_and_base_check);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
