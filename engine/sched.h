@@ -1,0 +1,164 @@
+/* sched.h — continuous batching: many sequences, one forward pass per step.
+ *
+ * Design note.  A request (eng_sched_req) is built by the submitter with its
+ * prompt ids, sampler parameters, token limit and stop strings, and handed to
+ * eng_sched_submit; it waits in a FIFO until a KV slot is free.  Each
+ * eng_sched_step():
+ *   1. finishes cancelled requests (waiting or running) and frees their slots,
+ *   2. admits waiting requests into free slots (FIFO),
+ *   3. builds one eng_batch: every decoding sequence adds its rows first (one
+ *      row for plain decoding; a PPD tree later), then prefilling sequences
+ *      share what is left of max_rows evenly, at most prefill_chunk each, so a
+ *      long prompt never stalls the running streams,
+ *   4. runs one eng_forward_run,
+ *   5. lets every sequence in the batch consume its logits rows: commit its KV
+ *      rows, sample (per-request seeded RNG), detokenize, match stop strings,
+ *      and emit one event per sequence per step.
+ * Steps 3 and 5 are per-sequence "add rows / consume logits" functions, the
+ * shape PPD plugs into.  Rows of different slots see only their own slot's
+ * KV, and every row's result is independent of the batch it shares, so a
+ * sequence produces exactly the tokens eng_generate produces for it alone.
+ *
+ * Ownership: the request belongs to the scheduler from submit until the event
+ * with finish != ENG_SCHED_RUNNING has been emitted; after that the scheduler
+ * never touches it and the submitter frees it.  `cancel` is the only field
+ * another thread may write while the request is inside.
+ *
+ * Usage counting: every sampled token is delivered and counted (the
+ * end-of-generation token too, as `ppd generate` counts it), except that
+ * nothing after a completed stop string or past max_tokens is.
+ *
+ * Not here: threads, queues, HTTP or JSON (server/), PPD trees (engine/ppd*.c
+ * will add rows through the same per-sequence hooks).  Nothing allocates in a
+ * step: batch, sampler scratch and per-request buffers are allocated at init.
+ */
+#ifndef PPD_SCHED_H
+#define PPD_SCHED_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "batch.h"
+#include "forward.h"
+#include "kv_cache.h"
+#include "sampler.h"
+#include "textout.h"
+
+struct tok;
+
+enum eng_sched_finish {
+    ENG_SCHED_RUNNING = 0,
+    ENG_SCHED_FINISH_LENGTH,      /* max_tokens reached */
+    ENG_SCHED_FINISH_EOG,         /* end-of-generation token */
+    ENG_SCHED_FINISH_STOP,        /* a stop string completed */
+    ENG_SCHED_FINISH_CONTEXT,     /* the slot's context is full */
+    ENG_SCHED_FINISH_CANCELLED,   /* cancel was set */
+    ENG_SCHED_FINISH_ERROR,       /* the forward pass failed (err holds the code) */
+};
+
+/* OpenAI's finish_reason for a finish: "stop", "length", or NULL when the
+ * request produced no normal end (cancelled, error). */
+const char *eng_sched_finish_reason(enum eng_sched_finish f);
+
+enum eng_sched_state { ENG_SEQ_WAITING = 0, ENG_SEQ_PREFILL, ENG_SEQ_DECODE, ENG_SEQ_DONE };
+
+struct eng_sched_req {
+    /* set by eng_sched_req_init, read-only afterwards */
+    int32_t *prompt;                 /* [n_prompt] */
+    int n_prompt;
+    int max_tokens;                  /* >= 1 */
+    bool ignore_eog;
+    struct eng_sampler_params sp;
+    void *user;                      /* the submitter's handle, passed back in events */
+    double t_submit;                 /* eng_now_s() at submit */
+    /* any thread */
+    atomic_bool cancel;
+    /* scheduler state */
+    enum eng_sched_state state;
+    int slot;
+    int n_prefilled;                 /* prompt tokens whose K/V are committed */
+    int32_t *out_ids;                /* [max_tokens] generated tokens */
+    int n_gen;
+    struct eng_rng rng;
+    struct eng_textout text;
+    double t_admit;
+    int row0, n_rows;                /* this step's rows in the batch */
+    struct eng_sched_req *next;      /* waiting FIFO */
+};
+
+/* Allocates the request and its buffers (prompt copied).  max_tokens >= 1. */
+int eng_sched_req_init(struct eng_sched_req **out, const struct tok *tok, const int32_t *prompt, int n_prompt,
+                       int max_tokens, const struct eng_sampler_params *sp, const char *const *stop, int n_stop);
+void eng_sched_req_free(struct eng_sched_req *r);   /* accepts NULL */
+
+/* What one sequence delivered in one step. */
+struct eng_sched_event {
+    struct eng_sched_req *req;
+    const int32_t *ids;              /* tokens delivered this step (req->out_ids tail) */
+    int n_ids;
+    const char *text;                /* text released this step (may be empty) */
+    size_t n_text;
+    enum eng_sched_finish finish;    /* not RUNNING: the request's last event */
+    int err;                         /* ENG_E_* with ENG_SCHED_FINISH_ERROR */
+    int n_prompt, n_gen;             /* usage so far */
+    double queue_s;                  /* submit to admission (0 if never admitted) */
+};
+
+/* Called on the scheduler's thread; must not call back into the scheduler. */
+typedef void (*eng_sched_emit_fn)(void *user, const struct eng_sched_event *ev);
+
+struct eng_sched_params {
+    int n_slot;                      /* slots used (<= kv->n_slot); 0: all */
+    int max_rows;                    /* rows per step (<= forward max_rows); 0: forward max_rows */
+    int prefill_chunk;               /* rows per sequence per step while prefilling; 0: max_rows */
+    eng_sched_emit_fn emit;
+    void *user;
+};
+
+struct eng_sched_stats {
+    int n_rows;                      /* rows in the last step's batch */
+    int n_decode, n_prefill;         /* sequences decoding / prefilling in it */
+    double step_s;                   /* wall time of the last step */
+    long long n_steps;
+};
+
+struct eng_sched {
+    struct eng_forward *f;
+    struct eng_kv *kv;
+    const struct tok *tok;
+    struct eng_sched_params p;
+    struct eng_batch batch;
+    struct eng_sampler_scratch *scratch;
+    float *pen_logits;               /* [n_vocab] penalised copy of a logits row */
+    struct eng_sched_req **active;   /* [n_slot] admitted requests, admission order */
+    int n_active;
+    bool *slot_busy;                 /* [n_slot] */
+    struct eng_sched_req *wait_head, *wait_tail;
+    int n_waiting;
+    struct eng_sched_stats stats;
+};
+
+int eng_sched_init(struct eng_sched *s, struct eng_forward *f, struct eng_kv *kv, const struct tok *tok,
+                   const struct eng_sched_params *p);
+/* Frees the scheduler's memory; requests still inside are not emitted or
+ * freed (cancel them and step until idle first). */
+void eng_sched_free(struct eng_sched *s);   /* accepts NULL */
+
+void eng_sched_submit(struct eng_sched *s, struct eng_sched_req *r);
+
+/* One step (see the design note).  Returns the number of rows run (0 when
+ * there was nothing to run), or a negative ENG_E_* code when the forward
+ * pass failed; then every sequence in that batch has been finished with
+ * ENG_SCHED_FINISH_ERROR and its slot freed. */
+int eng_sched_step(struct eng_sched *s);
+
+/* No request waiting or running. */
+bool eng_sched_idle(const struct eng_sched *s);
+int eng_sched_n_running(const struct eng_sched *s);
+int eng_sched_n_waiting(const struct eng_sched *s);
+/* KV entries committed over all slots, and the total. */
+long eng_sched_kv_used(const struct eng_sched *s);
+long eng_sched_kv_total(const struct eng_sched *s);
+
+#endif
