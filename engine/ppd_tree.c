@@ -208,7 +208,10 @@ int eng_ppd_tree_family_save(const struct eng_ppd_tree_family *f, const char *pa
             const struct eng_ppd_tree_node *x = &f->nodes[d][i];
             fprintf(fp, "%s\n    [[", i ? "," : "");
             for (int t = 0; t < x->len; t++) fprintf(fp, "%s%d", t ? ", " : "", x->path[t]);
-            fprintf(fp, "], %.17g, %d]", x->acc, x->n);
+            char num[40];   /* the shortest of %.15g / %.17g that reads back exactly */
+            snprintf(num, sizeof num, "%.15g", x->acc);
+            if (strtod(num, NULL) != x->acc) snprintf(num, sizeof num, "%.17g", x->acc);
+            fprintf(fp, "], %s, %d]", num, x->n);
         }
         fprintf(fp, "]");
     }
