@@ -10,7 +10,7 @@
 
 BUILD    ?= build
 CC       ?= cc
-PKGS     := libpcre2-8 jansson check
+PKGS     := libpcre2-8 jansson libuv libmicrohttpd check
 MODEL    ?= models/SmolLM2-135M-Instruct.Q4_1.gguf
 
 CFLAGS_BASE := -std=c11 -O2 -g -Wall -Wextra -Wshadow -Wno-unused-parameter \
@@ -25,7 +25,7 @@ CFLAGS_BASE += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-san
 LDFLAGS_SAN := -fsanitize=address,undefined
 endif
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   = $(shell pkg-config --libs libpcre2-8 jansson 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs libpcre2-8 jansson libuv libmicrohttpd 2>/dev/null)
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 CFLAGS   += $(CFLAGS_BASE) $(PKG_CFLAGS)
 LDLIBS   += $(PKG_LIBS) -lm -pthread $(LDFLAGS_SAN)
