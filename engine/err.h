@@ -21,7 +21,9 @@
     X(FULL,       "queue full",                                  429)        \
     X(BUSY,       "not ready",                                   503)        \
     X(CANCELLED,  "cancelled",                                   499)        \
-    X(INTERNAL,   "internal error",                              500)
+    X(INTERNAL,   "internal error",                              500)        \
+    X(UNAUTHORIZED,"missing or wrong API key",                   401)        \
+    X(TOO_LARGE,  "request body too large",                      413)
 
 enum eng_err {
     ENG_OK = 0,

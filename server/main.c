@@ -9,6 +9,7 @@ int cmd_adapter(int argc, char **argv);   /* cli_adapter.c */
 struct cli_cmd { const char *name; int (*fn)(int, char **); const char *help; };
 
 static const struct cli_cmd cli_cmds[] = {
+    {"serve", cmd_serve, "the OpenAI-compatible HTTP server (--help lists its settings)"},
     {"generate", cmd_generate, "generate text for one prompt (--json for machine-readable output)"},
     {"bench", cmd_bench, "prefill and decode speed over a prompt set"},
     {"adapter", cmd_adapter, "make or inspect a PPD adapter (init, show)"},

@@ -1,0 +1,143 @@
+/* cli_serve.c — `ppd serve`: load the model, start the engine thread and the
+ * HTTP loop, run until SIGTERM/SIGINT, drain, exit 0.
+ *
+ * Shutdown: the first signal stops accepting connections (MHD quiesced),
+ * makes /health and new generations answer 503, and waits for in-flight
+ * requests; after --drain-timeout seconds the rest are cancelled.  Once no
+ * job is left, the engine thread is joined, MHD stopped and the loop's
+ * handles closed, so uv_run returns.  A second signal cancels at once.
+ *
+ * Not here: HTTP handling (http.c), the engine thread (worker.c).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "engine/err.h"
+#include "engine/log.h"
+#include "serve.h"
+
+static void srv_try_finish(struct srv *s);
+
+static void on_wake(uv_async_t *a) {
+    struct srv *s = a->data;
+    srv_http_on_events(s);
+    srv_try_finish(s);
+}
+
+static void srv_close_handles(struct srv *s) {
+    uv_close((uv_handle_t *)&s->wake, NULL);
+    uv_close((uv_handle_t *)&s->drain_timer, NULL);
+    uv_close((uv_handle_t *)&s->sig_int, NULL);
+    uv_close((uv_handle_t *)&s->sig_term, NULL);
+}
+
+/* While draining: finished when no job is left and no request is open (or,
+ * after the drain timeout, when no job is left). */
+static void srv_try_finish(struct srv *s) {
+    if (!s->draining || s->stopping) return;
+    if (s->n_jobs > 0 || (s->n_open > 0 && !s->force_stop)) return;
+    s->stopping = true;
+    LOG_INFO("drained; stopping");
+    srv_worker_stop(s);
+    /* Events the engine posted after the last wake-up (its final stats). */
+    srv_http_on_events(s);
+    srv_http_stop(s);
+    srv_close_handles(s);
+}
+
+static void on_drain_timeout(uv_timer_t *t) {
+    struct srv *s = t->data;
+    LOG_WARN("drain timeout: cancelling %d request(s) still running", s->n_jobs);
+    s->force_stop = true;
+    srv_http_cancel_all(s);
+    srv_try_finish(s);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    struct srv *s = h->data;
+    if (s->draining) {
+        LOG_WARN("second signal: cancelling everything");
+        on_drain_timeout(&s->drain_timer);
+        return;
+    }
+    LOG_INFO("%s: draining %d request(s) (at most %lds)", signum == SIGINT ? "SIGINT" : "SIGTERM", s->n_jobs, s->cfg.drain_s);
+    s->draining = true;
+    MHD_socket ls = MHD_quiesce_daemon(s->mhd);
+    if (ls != MHD_INVALID_SOCKET) close(ls);
+    uv_timer_start(&s->drain_timer, on_drain_timeout, (uint64_t)s->cfg.drain_s * 1000, 0);
+    srv_http_run_mhd(s);
+    srv_try_finish(s);
+}
+
+int cmd_serve(int argc, char **argv) {
+    struct srv *s = calloc(1, sizeof *s);
+    if (!s) return 1;
+    int status = 1, rc = srv_config_load(&s->cfg, argc, argv);
+    if (rc) { free(s); return rc == 1 ? 0 : rc; }
+    if (s->cfg.verbose) eng_log_set_level(ENG_LOG_DEBUG);
+    srv_config_log(&s->cfg);
+    bool q_in = false, q_out = false, loop_ok = false;
+    uv_loop_t loop;
+    char err[512] = "";
+    if (srv_queue_init(&s->inbox) == 0) q_in = true;
+    if (srv_queue_init(&s->outbox) == 0) q_out = true;
+    if (!q_in || !q_out) goto done;
+
+    struct eng_engine_params ep = {.model_path = s->cfg.model, .n_threads = (int)s->cfg.n_threads,
+                                   .n_ctx = (int)s->cfg.n_ctx, .n_slot = (int)s->cfg.n_parallel,
+                                   .max_rows = (int)s->cfg.batch, .chat_template = s->cfg.chat_template};
+    if (eng_engine_open(&s->eng, &ep, err, sizeof err)) {
+        fprintf(stderr, "ppd serve: %s\n", err);
+        goto done;
+    }
+    s->n_ctx = s->eng->kv.max_seq;
+    if (s->cfg.alias && *s->cfg.alias) {
+        snprintf(s->model_id, sizeof s->model_id, "%s", s->cfg.alias);
+    } else {
+        const char *base = strrchr(s->cfg.model, '/');
+        snprintf(s->model_id, sizeof s->model_id, "%s", base ? base + 1 : s->cfg.model);
+    }
+    srv_metrics_init(&s->metrics);
+
+    if (uv_loop_init(&loop)) goto done;
+    loop_ok = true;
+    s->loop = &loop;
+    uv_async_init(&loop, &s->wake, on_wake);
+    s->wake.data = s;
+    uv_timer_init(&loop, &s->drain_timer);
+    s->drain_timer.data = s;
+    uv_signal_init(&loop, &s->sig_int);
+    uv_signal_init(&loop, &s->sig_term);
+    s->sig_int.data = s->sig_term.data = s;
+    uv_signal_start(&s->sig_int, on_signal, SIGINT);
+    uv_signal_start(&s->sig_term, on_signal, SIGTERM);
+    if ((rc = srv_worker_start(s))) {
+        fprintf(stderr, "ppd serve: cannot start the engine thread: %s\n", eng_err_msg(rc));
+        srv_close_handles(s);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        goto done;
+    }
+    if (srv_http_start(s, err, sizeof err)) {
+        fprintf(stderr, "ppd serve: %s\n", err);
+        srv_worker_stop(s);
+        srv_close_handles(s);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        goto done;
+    }
+    LOG_INFO("model '%s': %d slots x %d tokens of context", s->model_id, (int)s->cfg.n_parallel, s->n_ctx);
+    LOG_INFO("listening on http://%s:%d", s->cfg.host, s->listen_port);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    LOG_INFO("stopped");
+    status = 0;
+done:
+    if (loop_ok) uv_loop_close(&loop);
+    eng_engine_close(s->eng);
+    if (q_in) srv_queue_free(&s->inbox);
+    if (q_out) srv_queue_free(&s->outbox);
+    free(s);
+    return status;
+}

@@ -1,0 +1,136 @@
+/* config.c — the settings table of config.h and its three readers. */
+#include "config.h"
+
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "engine/log.h"
+
+enum cfg_type { CFG_STR, CFG_INT, CFG_FLAG };
+
+struct cfg_entry {
+    const char *name;       /* long flag without "--"; env PPD_<NAME upper, '-' -> '_'> */
+    const char *short_flag; /* "-m" or NULL */
+    enum cfg_type type;
+    size_t off;
+    long min, max;          /* CFG_INT bounds */
+    const char *def;        /* default as text (NULL: unset) */
+    const char *help;
+};
+
+#define F(field) offsetof(struct srv_config, field)
+
+static const struct cfg_entry cfg_table[] = {
+    {"model", "-m", CFG_STR, F(model), 0, 0, PPD_DEFAULT_MODEL, "GGUF model file"},
+    {"alias", "-a", CFG_STR, F(alias), 0, 0, NULL, "model id served by the API (default: the model file name)"},
+    {"host", NULL, CFG_STR, F(host), 0, 0, "127.0.0.1", "address to listen on"},
+    {"port", NULL, CFG_INT, F(port), 0, 65535, "8080", "TCP port (0: any free port, logged)"},
+    {"api-key", NULL, CFG_STR, F(api_key), 0, 0, NULL, "require 'Authorization: Bearer KEY' on /v1 routes"},
+    {"ctx-size", "-c", CFG_INT, F(n_ctx), 16, 1 << 20, "4096", "KV entries per slot (prompt + generated tokens)"},
+    {"n-predict", "-n", CFG_INT, F(n_predict), -1, 1 << 20, "-1", "default max_tokens (-1: until the context is full)"},
+    {"threads", "-t", CFG_INT, F(n_threads), 1, 1024, NULL, "CPU threads (default: CPUs online, at most 8)"},
+    {"parallel", "-np", CFG_INT, F(n_parallel), 1, 256, "4", "sequences decoded at once (KV slots)"},
+    {"batch-size", "-b", CFG_INT, F(batch), 1, 4096, "256", "rows per forward step"},
+    {"prefill-chunk", NULL, CFG_INT, F(prefill_chunk), 1, 4096, "256", "prompt rows per sequence per step"},
+    {"max-queue", NULL, CFG_INT, F(max_queue), 0, 1 << 20, "64", "requests waiting for a slot before 429"},
+    {"max-body", NULL, CFG_INT, F(max_body), 1024, 1 << 30, "1048576", "request body bytes before 413"},
+    {"drain-timeout", NULL, CFG_INT, F(drain_s), 0, 3600, "30", "seconds SIGTERM waits for in-flight requests"},
+    {"chat-template", NULL, CFG_STR, F(chat_template), 0, 0, NULL,
+     "chatml, vicuna, llama2, llama3, zephyr (default: from the model)"},
+    {"verbose", "-v", CFG_FLAG, F(verbose), 0, 1, "0", "debug logging"},
+};
+#define CFG_N (int)(sizeof cfg_table / sizeof cfg_table[0])
+
+static void cfg_env_name(const struct cfg_entry *e, char *buf, size_t cap) {
+    size_t n = (size_t)snprintf(buf, cap, "PPD_%s", e->name);
+    for (size_t i = 4; i < n && i < cap; i++) buf[i] = buf[i] == '-' ? '_' : (char)(buf[i] >= 'a' && buf[i] <= 'z' ? buf[i] - 32 : buf[i]);
+}
+
+static int cfg_set(struct srv_config *c, const struct cfg_entry *e, const char *what, const char *v) {
+    char *base = (char *)c;
+    if (e->type == CFG_STR) {
+        *(const char **)(base + e->off) = v;
+        return 0;
+    }
+    long l;
+    if (e->type == CFG_FLAG) {
+        if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes")) l = 1;
+        else if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no") || !*v) l = 0;
+        else { fprintf(stderr, "ppd serve: %s: '%s' is not a boolean (1/0, true/false)\n", what, v); return 2; }
+    } else if (cli_int(what, v, e->min, e->max, &l)) {
+        return 2;
+    }
+    *(long *)(base + e->off) = l;
+    return 0;
+}
+
+void srv_config_usage(FILE *fp) {
+    fprintf(fp, "usage: ppd serve [flags]\n\nEvery flag can also be set by the environment variable shown "
+                "(a flag given on the command line wins).\n\n");
+    for (int i = 0; i < CFG_N; i++) {
+        const struct cfg_entry *e = &cfg_table[i];
+        char env[64], left[64];
+        cfg_env_name(e, env, sizeof env);
+        snprintf(left, sizeof left, "%s%s--%s%s", e->short_flag ? e->short_flag : "", e->short_flag ? ", " : "",
+                 e->name, e->type == CFG_FLAG ? "" : e->type == CFG_INT ? " N" : " TEXT");
+        fprintf(fp, "  %-26s %s", left, e->help);
+        if (e->type == CFG_INT) fprintf(fp, " [%ld..%ld]", e->min, e->max);
+        if (e->def && e->type != CFG_FLAG) fprintf(fp, " (default %s)", e->def);
+        fprintf(fp, "\n  %-26s env %s\n", "", env);
+    }
+    fprintf(fp, "  %-26s this text\n", "-h, --help");
+}
+
+int srv_config_load(struct srv_config *c, int argc, char **argv) {
+    memset(c, 0, sizeof *c);
+    for (int i = 0; i < CFG_N; i++)
+        if (cfg_table[i].def && cfg_set(c, &cfg_table[i], cfg_table[i].name, cfg_table[i].def)) return 2;
+    c->n_threads = cli_default_threads();
+    for (int i = 0; i < CFG_N; i++) {
+        char env[64];
+        cfg_env_name(&cfg_table[i], env, sizeof env);
+        const char *v = getenv(env);
+        if (v && *v && cfg_set(c, &cfg_table[i], env, v)) return 2;
+    }
+    for (int a = 1; a < argc; a++) {
+        const char *arg = argv[a];
+        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) { srv_config_usage(stdout); return 1; }
+        const struct cfg_entry *e = NULL;
+        const char *inline_val = NULL;
+        for (int i = 0; i < CFG_N && !e; i++) {
+            const struct cfg_entry *t = &cfg_table[i];
+            size_t nl = strlen(t->name);
+            if (t->short_flag && !strcmp(arg, t->short_flag)) e = t;
+            else if (!strncmp(arg, "--", 2) && !strncmp(arg + 2, t->name, nl) && (arg[2 + nl] == 0 || arg[2 + nl] == '=')) {
+                e = t;
+                if (arg[2 + nl] == '=') inline_val = arg + 3 + nl;
+            }
+        }
+        if (!e) {
+            fprintf(stderr, "ppd serve: unknown flag '%s' (see ppd serve --help)\n", arg);
+            return 2;
+        }
+        const char *v = inline_val;
+        if (!v) v = e->type == CFG_FLAG ? "1" : cli_value(argc, argv, &a);
+        if (!v) return 2;
+        if (cfg_set(c, e, arg, v)) return 2;
+    }
+    return 0;
+}
+
+void srv_config_log(const struct srv_config *c) {
+    const char *base = (const char *)c;
+    LOG_INFO("effective configuration:");
+    for (int i = 0; i < CFG_N; i++) {
+        const struct cfg_entry *e = &cfg_table[i];
+        if (e->type == CFG_STR) {
+            const char *v = *(const char *const *)(base + e->off);
+            if (e->off == F(api_key) && v && *v) v = "(set)";
+            LOG_INFO("  %-14s %s", e->name, v ? v : "(unset)");
+        } else {
+            LOG_INFO("  %-14s %ld", e->name, *(const long *)(base + e->off));
+        }
+    }
+}

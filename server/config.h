@@ -1,0 +1,42 @@
+/* config.h — the server's settings: one table feeds the flags, the PPD_*
+ * environment variables, `ppd serve --help` and the start-up log.
+ *
+ * Precedence: built-in default < environment variable < command-line flag
+ * (the flag a user typed wins, as with llama.cpp's LLAMA_ARG_*).  Unknown
+ * flags and out-of-range values stop start-up naming the key and the allowed
+ * range.  Not here yet: the config file (config/ppd.conf); the table already
+ * carries every key it will use.
+ */
+#ifndef PPD_SERVER_CONFIG_H
+#define PPD_SERVER_CONFIG_H
+
+#include <stdio.h>
+
+struct srv_config {
+    const char *model;        /* GGUF path */
+    const char *alias;        /* model id in the API; NULL: the model file's name */
+    const char *host;
+    long port;
+    const char *api_key;      /* NULL/empty: no authentication */
+    long n_ctx;               /* KV entries per slot */
+    long n_predict;           /* default max_tokens; -1: until the context is full */
+    long n_threads;
+    long n_parallel;          /* slots */
+    long batch;               /* rows per forward step */
+    long prefill_chunk;       /* prompt rows per sequence per step */
+    long max_queue;           /* requests waiting beyond the slots before 429 */
+    long max_body;            /* request body bytes before 413 */
+    long drain_s;             /* seconds SIGTERM waits for in-flight requests */
+    const char *chat_template;
+    long verbose;
+};
+
+/* Fill from defaults, then PPD_* variables, then argv (argv[0] is the
+ * subcommand).  Returns 0, 1 when --help was printed, 2 on a usage error
+ * (message on stderr). */
+int srv_config_load(struct srv_config *c, int argc, char **argv);
+void srv_config_usage(FILE *fp);
+/* The effective configuration as one log block (the API key is masked). */
+void srv_config_log(const struct srv_config *c);
+
+#endif

@@ -1,0 +1,502 @@
+/* http.c — the loop thread's HTTP side: libmicrohttpd in external-loop mode
+ * under libuv, the routes, each request's lifecycle and the SSE stream.
+ *
+ * Design note.  MHD runs with MHD_USE_EPOLL and no thread of its own: its
+ * epoll fd sits under a uv_poll, and a uv_timer follows MHD_get_timeout, so
+ * MHD_run is only called when there is something to do.  MHD callbacks never
+ * block: a generation request is parsed, validated, tokenized and pushed to
+ * the inbox, then
+ *   - streamed: a 200 with a content-reader response is queued at once; the
+ *     reader hands out buffered SSE bytes and, when there are none, suspends
+ *     the connection (returning 0); each engine event appends a chunk and
+ *     resumes it;
+ *   - not streamed: the connection is suspended until the last event, then
+ *     resumed and answered with the whole completion.
+ * A suspended connection is invisible to MHD, so a uv_poll on its socket
+ * notices a client that hangs up while it waits; that, or MHD reporting a
+ * failed write, sets the job's cancel flag.  The srv_req is freed only when
+ * both MHD is done with the connection and the engine has sent the job's last
+ * event (the engine may still hold the job until then).
+ *
+ * Not here: JSON shapes (api.c), metrics text (metrics.c), the engine thread
+ * (worker.c), start-up and signals (cli_serve.c).
+ */
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/err.h"
+#include "engine/generate.h"
+#include "engine/log.h"
+#include "serve.h"
+
+/* ---- small helpers ---- */
+
+static int out_append(struct srv_req *r, const char *p, size_t n) {
+    if (r->n_out + n + 1 > r->cap_out) {
+        size_t nc = (r->n_out + n + 1) * 2;
+        if (nc < 4096) nc = 4096;
+        char *np = realloc(r->out, nc);
+        if (!np) return -1;
+        r->out = np;
+        r->cap_out = nc;
+    }
+    memcpy(r->out + r->n_out, p, n);
+    r->n_out += n;
+    r->out[r->n_out] = 0;
+    return 0;
+}
+
+/* One SSE event: "data: JSON\n\n" (takes ownership of json). */
+static void sse_data(struct srv_req *r, char *json) {
+    if (!json) return;
+    out_append(r, "data: ", 6);
+    out_append(r, json, strlen(json));
+    out_append(r, "\n\n", 2);
+    free(json);
+}
+
+static enum MHD_Result respond(struct MHD_Connection *c, unsigned status, char *body, const char *ctype) {
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(body ? strlen(body) : 0, body ? body : (char *)"", MHD_RESPMEM_MUST_FREE);
+    if (!resp) { free(body); return MHD_NO; }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (status == 429) MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (status == 401) MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    enum MHD_Result rc = MHD_queue_response(c, status, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
+static enum MHD_Result respond_err(struct srv *s, struct MHD_Connection *c, const struct srv_err *e) {
+    s->metrics.http_rejected++;
+    int status = eng_err_http_status(e->code);
+    if (status < 400 || status > 599) status = 500;
+    return respond(c, (unsigned)status, srv_err_json(e), "application/json");
+}
+
+static void req_unlink(struct srv *s, struct srv_req *r) {
+    if (r->prev) r->prev->next = r->next;
+    else s->reqs = r->next;
+    if (r->next) r->next->prev = r->prev;
+}
+
+static void watch_closed(uv_handle_t *h) { free(h); }
+
+static void req_watch_stop(struct srv_req *r) {
+    if (!r->watch) return;
+    uv_close((uv_handle_t *)r->watch, watch_closed);
+    r->watch = NULL;
+}
+
+static void req_free(struct srv *s, struct srv_req *r) {
+    req_watch_stop(r);
+    req_unlink(s, r);
+    s->n_open--;
+    eng_sched_req_free(r->job);
+    free(r->body);
+    free(r->out);
+    free(r);
+}
+
+static void req_cancel(struct srv_req *r) {
+    if (r->job) atomic_store(&r->job->cancel, true);
+}
+
+static void req_resume(struct srv_req *r) {
+    if (r->suspended && r->conn) {
+        r->suspended = false;
+        MHD_resume_connection(r->conn);
+    }
+}
+
+/* The client hung up (EOF or error on its socket) while we waited. */
+static void on_watch(uv_poll_t *h, int status, int events) {
+    struct srv_req *r = h->data;
+    char c;
+    if (status < 0 || (events & UV_DISCONNECT) || recv(r->watch_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+        LOG_DEBUG("%s: client disconnected, cancelling", r->id);
+        req_cancel(r);
+    }
+    /* Either way stop watching: data from the client (a pipelined request)
+     * is MHD's business, and one cancel is enough. */
+    req_watch_stop(r);
+}
+
+static void req_watch_start(struct srv *s, struct srv_req *r) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci) return;
+    uv_poll_t *w = malloc(sizeof *w);
+    if (!w) return;
+    r->watch_fd = ci->connect_fd;
+    if (uv_poll_init(s->loop, w, r->watch_fd)) { free(w); return; }
+    w->data = r;
+    r->watch = w;
+    uv_poll_start(w, UV_READABLE | UV_DISCONNECT, on_watch);
+}
+
+/* ---- authentication ---- */
+
+static bool auth_ok(struct srv *s, struct MHD_Connection *c) {
+    const char *key = s->cfg.api_key;
+    if (!key || !*key) return true;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!h || strncasecmp(h, "Bearer ", 7)) return false;
+    h += 7;
+    /* Constant time in the key's length: no early exit on the first mismatch. */
+    size_t nk = strlen(key), nh = strlen(h);
+    unsigned char diff = (unsigned char)(nk != nh);
+    for (size_t i = 0; i < nk; i++) diff |= (unsigned char)(key[i] ^ (i < nh ? h[i] : 0));
+    return diff == 0;
+}
+
+/* ---- SSE content reader ---- */
+
+static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    struct srv_req *r = cls;
+    if (r->off_out < r->n_out) {
+        size_t n = r->n_out - r->off_out < max ? r->n_out - r->off_out : max;
+        memcpy(buf, r->out + r->off_out, n);
+        r->off_out += n;
+        if (r->off_out == r->n_out) r->off_out = r->n_out = 0;
+        return (ssize_t)n;
+    }
+    if (r->finished) return MHD_CONTENT_READER_END_OF_STREAM;
+    /* Nothing to send yet: park the connection until the next event. */
+    r->suspended = true;
+    MHD_suspend_connection(r->conn);
+    return 0;
+}
+
+/* ---- generation requests ---- */
+
+static enum MHD_Result handle_generate(struct srv *s, struct srv_req *r, enum srv_kind kind) {
+    struct srv_err err = {0};
+    if (s->draining) {
+        srv_err_set(&err, ENG_E_BUSY, NULL, NULL, "the server is shutting down");
+        return respond_err(s, r->conn, &err);
+    }
+    if (r->body_too_large) {
+        srv_err_set(&err, ENG_E_TOO_LARGE, NULL, "request_too_large", "the request body exceeds %ld bytes", s->cfg.max_body);
+        return respond_err(s, r->conn, &err);
+    }
+    struct srv_gen g;
+    json_t *root = NULL;
+    int rc = srv_api_parse(s, kind, r->body ? r->body : "", r->n_body, &g, &root, &err);
+    if (rc == 0 && s->n_jobs >= s->cfg.n_parallel + s->cfg.max_queue) {
+        srv_err_set(&err, ENG_E_FULL, NULL, "queue_full", "too many requests are waiting (%d); retry later", s->n_jobs);
+        rc = -1;
+    }
+    if (rc == 0) {
+        int room = s->n_ctx - g.n_prompt;
+        int max_tokens = g.max_tokens > 0 ? g.max_tokens : s->cfg.n_predict > 0 ? (int)s->cfg.n_predict : room;
+        if (max_tokens > room) max_tokens = room;
+        int erc = eng_sched_req_init(&r->job, s->eng->tok, g.prompt, g.n_prompt, max_tokens, &g.sp, g.stop, g.n_stop);
+        if (erc) { srv_err_set(&err, erc, NULL, NULL, "%s", eng_err_msg(erc)); rc = -1; }
+    }
+    if (rc == 0) {
+        r->kind = kind;
+        r->stream = g.stream;
+        r->include_usage = g.stream && g.include_usage;
+        r->n_prompt = g.n_prompt;
+    }
+    srv_gen_free(&g);
+    json_decref(root);
+    if (rc) return respond_err(s, r->conn, &err);
+
+    snprintf(r->id, sizeof r->id, "%s-%llx%08llx", kind == SRV_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long long)time(NULL), ++s->next_id);
+    r->created = (long long)time(NULL);
+    r->job->user = r;
+    r->submit.req = r;
+    s->n_jobs++;
+    srv_queue_push(&s->inbox, &r->submit.node);
+    LOG_DEBUG("%s: %d prompt tokens, max_tokens %d%s", r->id, r->n_prompt, r->job->max_tokens, r->stream ? ", streamed" : "");
+    req_watch_start(s, r);
+    if (!r->stream) {
+        r->suspended = true;
+        MHD_suspend_connection(r->conn);
+        return MHD_YES;
+    }
+    if (kind == SRV_CHAT) sse_data(r, srv_api_chunk(r, s->model_id, "", 0, true, NULL));
+    struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse_reader, r, NULL);
+    if (!resp) { req_cancel(r); return MHD_NO; }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+    enum MHD_Result q = MHD_queue_response(r->conn, 200, resp);
+    MHD_destroy_response(resp);
+    return q;
+}
+
+/* A non-streamed request whose job has ended: answer it. */
+static enum MHD_Result respond_final(struct srv *s, struct srv_req *r) {
+    struct srv_err err = {0};
+    if (r->finish == ENG_SCHED_FINISH_ERROR) {
+        srv_err_set(&err, r->err ? r->err : ENG_E_INTERNAL, NULL, NULL, "generation failed: %s", eng_err_msg(r->err));
+        return respond_err(s, r->conn, &err);
+    }
+    if (r->finish == ENG_SCHED_FINISH_CANCELLED) {
+        srv_err_set(&err, ENG_E_BUSY, NULL, NULL, "the request was cancelled (the server is shutting down)");
+        return respond_err(s, r->conn, &err);
+    }
+    return respond(r->conn, 200, srv_api_completion(r, s->model_id, r->out ? r->out : "", r->n_out), "application/json");
+}
+
+/* ---- the MHD callbacks ---- */
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                  const char *version, const char *upload, size_t *upload_size, void **con_cls) {
+    (void)version;
+    struct srv *s = cls;
+    struct srv_req *r = *con_cls;
+    if (!r) {
+        if (!(r = calloc(1, sizeof *r))) return MHD_NO;
+        r->srv = s;
+        r->conn = conn;
+        r->t_arrive = eng_now_s();
+        r->next = s->reqs;
+        if (s->reqs) s->reqs->prev = r;
+        s->reqs = r;
+        s->n_open++;
+        *con_cls = r;
+        return MHD_YES;
+    }
+    if (*upload_size) {
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (r->body_too_large || r->n_body + n > (size_t)s->cfg.max_body) {
+            r->body_too_large = true;   /* keep reading, answer 413 at the end */
+            return MHD_YES;
+        }
+        if (r->n_body + n + 1 > r->cap_body) {
+            size_t nc = (r->n_body + n + 1) * 2;
+            char *nb = realloc(r->body, nc);
+            if (!nb) return MHD_NO;
+            r->body = nb;
+            r->cap_body = nc;
+        }
+        memcpy(r->body + r->n_body, upload, n);
+        r->n_body += n;
+        r->body[r->n_body] = 0;
+        return MHD_YES;
+    }
+    if (r->dispatched) return r->finished && !r->stream ? respond_final(s, r) : MHD_YES;
+    r->dispatched = true;
+
+    bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
+    struct srv_err err = {0};
+    if (get && !strcmp(url, "/health")) {
+        if (s->draining) {
+            srv_err_set(&err, ENG_E_BUSY, NULL, NULL, "the server is shutting down");
+            return respond(conn, 503, srv_err_json(&err), "application/json");
+        }
+        return respond(conn, 200, strdup("{\"status\":\"ok\"}"), "application/json");
+    }
+    if (get && !strcmp(url, "/metrics"))
+        return respond(conn, 200, srv_metrics_render(&s->metrics, &s->cfg), "text/plain; version=0.0.4; charset=utf-8");
+    bool api = !strncmp(url, "/v1/", 4) || !strcmp(url, "/models");
+    if (api && !auth_ok(s, conn)) {
+        srv_err_set(&err, ENG_E_UNAUTHORIZED, NULL, "invalid_api_key", "missing or incorrect API key (Authorization: Bearer KEY)");
+        return respond_err(s, conn, &err);
+    }
+    if (get && (!strcmp(url, "/v1/models") || !strcmp(url, "/models")))
+        return respond(conn, 200, srv_api_models(s), "application/json");
+    if (post && !strcmp(url, "/v1/chat/completions")) return handle_generate(s, r, SRV_CHAT);
+    if (post && !strcmp(url, "/v1/completions")) return handle_generate(s, r, SRV_COMPLETION);
+    srv_err_set(&err, ENG_E_NOT_FOUND, NULL, "unknown_url", "Unknown request URL: %s %s", method, url);
+    return respond_err(s, conn, &err);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe) {
+    (void)conn;
+    struct srv *s = cls;
+    struct srv_req *r = *con_cls;
+    *con_cls = NULL;
+    if (!r) return;
+    r->conn_gone = true;
+    r->conn = NULL;
+    r->suspended = false;
+    req_watch_stop(r);
+    if (r->job) {
+        /* The engine still holds the job: cancel, free at its last event. */
+        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) LOG_DEBUG("%s: connection ended early, cancelling", r->id);
+        req_cancel(r);
+        return;
+    }
+    req_free(s, r);
+}
+
+/* ---- engine events ---- */
+
+static void req_on_event(struct srv *s, struct srv_req *r, const struct srv_event *ev) {
+    double now = eng_now_s();
+    struct srv_metrics *m = &s->metrics;
+    if (ev->n_ids > 0) {
+        if (r->t_first == 0) {
+            r->t_first = now;
+            srv_hist_observe(&m->ttft, now - r->t_arrive);
+            srv_hist_observe(&m->queue, ev->queue_s);
+        } else {
+            double dt = (now - r->t_last) / ev->n_ids;
+            for (int i = 0; i < ev->n_ids; i++) srv_hist_observe(&m->itl, dt);
+        }
+        r->t_last = now;
+    }
+    r->n_gen = ev->n_gen;
+    bool last = ev->finish != ENG_SCHED_RUNNING;
+    if (!r->conn_gone) {
+        if (r->stream) {
+            if (ev->n_text) sse_data(r, srv_api_chunk(r, s->model_id, ev->text, ev->n_text, false, NULL));
+            if (last) {
+                r->finish = ev->finish;
+                const char *reason = eng_sched_finish_reason((enum eng_sched_finish)ev->finish);
+                if (reason) {
+                    sse_data(r, srv_api_chunk(r, s->model_id, "", 0, false, reason));
+                    if (r->include_usage) sse_data(r, srv_api_usage_chunk(r, s->model_id));
+                    out_append(r, "data: [DONE]\n\n", 14);
+                } else {
+                    struct srv_err err = {0};
+                    if (ev->finish == ENG_SCHED_FINISH_CANCELLED)
+                        srv_err_set(&err, ENG_E_BUSY, NULL, NULL, "the request was cancelled (the server is shutting down)");
+                    else
+                        srv_err_set(&err, ev->err ? ev->err : ENG_E_INTERNAL, NULL, NULL, "generation failed: %s",
+                                    eng_err_msg(ev->err));
+                    sse_data(r, srv_err_json(&err));
+                }
+                r->finished = true;
+            }
+            req_resume(r);
+        } else {
+            out_append(r, ev->text, ev->n_text);
+            if (last) {
+                r->finish = ev->finish;
+                r->err = ev->err;
+                r->finished = true;
+                req_resume(r);
+            }
+        }
+    }
+    if (!last) return;
+    eng_sched_req_free(r->job);
+    r->job = NULL;
+    s->n_jobs--;
+    req_watch_stop(r);
+    m->prompt_tokens += (unsigned long long)ev->n_prompt;
+    m->gen_tokens += (unsigned long long)ev->n_gen;
+    switch (ev->finish) {
+    case ENG_SCHED_FINISH_EOG:
+    case ENG_SCHED_FINISH_STOP: m->success_stop++; break;
+    case ENG_SCHED_FINISH_LENGTH:
+    case ENG_SCHED_FINISH_CONTEXT: m->success_length++; break;
+    case ENG_SCHED_FINISH_CANCELLED: m->cancelled++; break;
+    default: m->failed++; break;
+    }
+    if (ev->finish != ENG_SCHED_FINISH_CANCELLED) srv_hist_observe(&m->e2e, now - r->t_arrive);
+    const char *why = eng_sched_finish_reason((enum eng_sched_finish)ev->finish);
+    LOG_DEBUG("%s: done (%s), %d + %d tokens", r->id, why ? why : "cancelled/error", ev->n_prompt, ev->n_gen);
+    if (r->conn_gone) req_free(s, r);
+}
+
+void srv_http_on_events(struct srv *s) {
+    struct srv_qnode *n = srv_queue_take(&s->outbox);
+    while (n) {
+        struct srv_event *ev = (struct srv_event *)n;
+        n = n->next;
+        if (ev->kind == SRV_EV_STATS) {
+            s->metrics.n_running = ev->n_running;
+            s->metrics.n_waiting = ev->n_waiting;
+            s->metrics.kv_used = ev->kv_used;
+            s->metrics.kv_total = ev->kv_total;
+            if (ev->n_rows > 0) {
+                s->metrics.steps++;
+                srv_hist_observe(&s->metrics.step, ev->step_s);
+            }
+        } else {
+            req_on_event(s, ev->req, ev);
+        }
+        free(ev);
+    }
+    srv_http_run_mhd(s);
+}
+
+/* ---- MHD under libuv ---- */
+
+static void on_mhd_timer(uv_timer_t *t) { srv_http_run_mhd(t->data); }
+
+static void on_mhd_poll(uv_poll_t *h, int status, int events) {
+    (void)status;
+    (void)events;
+    srv_http_run_mhd(h->data);
+}
+
+void srv_http_run_mhd(struct srv *s) {
+    if (!s->mhd) return;
+    MHD_run(s->mhd);
+    MHD_UNSIGNED_LONG_LONG to;
+    if (MHD_get_timeout(s->mhd, &to) == MHD_YES) uv_timer_start(&s->mhd_timer, on_mhd_timer, to, 0);
+    else uv_timer_stop(&s->mhd_timer);
+}
+
+int srv_http_start(struct srv *s, char *err, size_t cap) {
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE}, *ai = NULL;
+    char port[16];
+    snprintf(port, sizeof port, "%ld", s->cfg.port);
+    int g = getaddrinfo(s->cfg.host, port, &hints, &ai);
+    if (g || !ai) {
+        snprintf(err, cap, "--host %s: %s", s->cfg.host, gai_strerror(g));
+        return ENG_E_INVALID;
+    }
+    unsigned flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
+    s->mhd = MHD_start_daemon(flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s,
+                              MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                              MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                              MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)120,
+                              MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1,
+                              MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!s->mhd) {
+        snprintf(err, cap, "cannot listen on %s:%ld (in use, or not an address of this machine?)", s->cfg.host, s->cfg.port);
+        return ENG_E_IO;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    const union MHD_DaemonInfo *pi = MHD_get_daemon_info(s->mhd, MHD_DAEMON_INFO_BIND_PORT);
+    s->listen_port = pi ? pi->port : (int)s->cfg.port;
+    if (!di || uv_poll_init(s->loop, &s->mhd_poll, di->epoll_fd) || uv_timer_init(s->loop, &s->mhd_timer)) {
+        snprintf(err, cap, "cannot watch the HTTP daemon's epoll fd");
+        MHD_stop_daemon(s->mhd);
+        s->mhd = NULL;
+        return ENG_E_IO;
+    }
+    s->mhd_poll.data = s;
+    s->mhd_timer.data = s;
+    uv_poll_start(&s->mhd_poll, UV_READABLE, on_mhd_poll);
+    srv_http_run_mhd(s);
+    return 0;
+}
+
+void srv_http_cancel_all(struct srv *s) {
+    for (struct srv_req *r = s->reqs; r; r = r->next) req_cancel(r);
+}
+
+void srv_http_stop(struct srv *s) {
+    if (!s->mhd) return;
+    /* MHD must not be stopped with suspended connections. */
+    for (struct srv_req *r = s->reqs; r; r = r->next) {
+        r->finished = true;
+        req_resume(r);
+    }
+    uv_poll_stop(&s->mhd_poll);
+    uv_timer_stop(&s->mhd_timer);
+    MHD_stop_daemon(s->mhd);
+    s->mhd = NULL;
+    uv_close((uv_handle_t *)&s->mhd_poll, NULL);
+    uv_close((uv_handle_t *)&s->mhd_timer, NULL);
+}

@@ -1,0 +1,183 @@
+/* serve.h — the pieces of `ppd serve` and what they share.
+ *
+ * Threads (architecture.md §2): the loop thread owns the uv loop, the MHD
+ * daemon, every connection and srv_req, and the metrics; the engine thread
+ * owns the engine (model, KV cache) and the scheduler.  They meet only in two
+ * srv_queues: the inbox carries submissions (srv_req.submit), the outbox
+ * carries srv_events.  The one other thing the loop touches on a submitted
+ * request is its atomic cancel flag.  The tokenizer and chat template are
+ * read-only after load, so the loop thread tokenizes prompts itself and can
+ * reject an over-long one before anything is queued.
+ *
+ * Files: config.c (settings), queue.c (the queues), api.c (OpenAI JSON in and
+ * out, the error formatter), metrics.c (Prometheus text), worker.c (engine
+ * thread), http.c (MHD on libuv, routes, request lifecycle, SSE), cli_serve.c
+ * (start-up, signals, drain).
+ */
+#ifndef PPD_SERVER_SERVE_H
+#define PPD_SERVER_SERVE_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "config.h"
+#include "engine/engine.h"
+#include "engine/sched.h"
+#include "queue.h"
+
+enum srv_kind { SRV_CHAT = 1, SRV_COMPLETION };
+
+/* An error on its way to the client: an ENG_E_* code (which gives the HTTP
+ * status), a message, the offending field and OpenAI's string code. */
+struct srv_err {
+    int code;
+    char msg[512];
+    const char *param;       /* NULL: null */
+    const char *oai_code;    /* NULL: null */
+};
+
+/* A validated generation request (api.c). */
+struct srv_gen {
+    enum srv_kind kind;
+    bool stream, include_usage;
+    int max_tokens;          /* 0: the server default */
+    struct eng_sampler_params sp;
+    const char *stop[ENG_TEXTOUT_MAX_STOP];   /* into the parsed JSON */
+    int n_stop;
+    int32_t *prompt;         /* malloc'd */
+    int n_prompt;
+};
+
+/* ---- metrics (loop thread only) ---- */
+#define SRV_HIST_MAX_BUCKET 16
+struct srv_hist {
+    const double *bounds;
+    int n_bounds;
+    unsigned long long counts[SRV_HIST_MAX_BUCKET + 1];   /* per bucket, last: +Inf */
+    double sum;
+    unsigned long long count;
+};
+
+struct srv_metrics {
+    int n_running, n_waiting;
+    long kv_used, kv_total;
+    unsigned long long success_stop, success_length, cancelled, failed;
+    unsigned long long prompt_tokens, gen_tokens, steps, http_rejected;
+    unsigned long long spec_drafts, spec_draft_tokens, spec_accepted;
+    struct srv_hist ttft, itl, e2e, queue, step;
+};
+
+void srv_metrics_init(struct srv_metrics *m);
+void srv_hist_observe(struct srv_hist *h, double v);
+/* The Prometheus text exposition of everything; malloc'd. */
+char *srv_metrics_render(const struct srv_metrics *m, const struct srv_config *c);
+
+/* ---- engine -> loop events ---- */
+enum srv_ev_kind { SRV_EV_SEQ = 1, SRV_EV_STATS };
+
+struct srv_event {
+    struct srv_qnode node;   /* first: the queue links through it */
+    enum srv_ev_kind kind;
+    struct srv_req *req;     /* SRV_EV_SEQ */
+    int finish;              /* enum eng_sched_finish */
+    int err;
+    int n_ids, n_prompt, n_gen;
+    double queue_s;
+    /* SRV_EV_STATS */
+    int n_running, n_waiting, n_rows;
+    long kv_used, kv_total;
+    double step_s;
+    size_t n_text;
+    char text[];
+};
+
+/* ---- the server ---- */
+struct srv {
+    struct srv_config cfg;
+    char model_id[256];
+    struct eng_engine *eng;          /* tok and chat read by both threads, the rest engine thread only */
+    int n_ctx;
+    /* queues */
+    struct srv_queue inbox, outbox;
+    pthread_t worker;
+    bool worker_started;
+    struct eng_sched sched;          /* engine thread only */
+    /* loop thread only from here */
+    uv_loop_t *loop;
+    uv_async_t wake;
+    uv_poll_t mhd_poll;
+    uv_timer_t mhd_timer, drain_timer;
+    uv_signal_t sig_int, sig_term;
+    struct MHD_Daemon *mhd;
+    int listen_port;
+    int n_jobs;                      /* submitted, final event not yet received */
+    int n_open;                      /* srv_reqs alive */
+    bool draining, stopping, force_stop;
+    unsigned long long next_id;
+    struct srv_metrics metrics;
+    struct srv_req *reqs;            /* every live srv_req (for drain) */
+};
+
+/* One HTTP request (loop thread). */
+struct srv_req {
+    struct srv *srv;
+    struct srv_req *prev, *next;     /* srv->reqs */
+    struct MHD_Connection *conn;
+    char *body;
+    size_t n_body, cap_body;
+    bool body_too_large;
+    bool dispatched;                 /* a final response or stream was set up */
+    bool conn_gone;                  /* MHD finished with the connection */
+    bool suspended;
+    bool finished;                   /* the job's last event arrived */
+    enum srv_kind kind;
+    bool stream, include_usage;
+    char id[48];
+    long long created;
+    struct {                         /* inbox node */
+        struct srv_qnode node;
+        struct srv_req *req;
+    } submit;
+    struct eng_sched_req *job;       /* owned by the engine between submit and the last event */
+    uv_poll_t *watch;                /* notices a client that hangs up while we wait */
+    int watch_fd;
+    /* produced output */
+    char *out;                       /* SSE bytes to send, or the non-streamed text */
+    size_t n_out, off_out, cap_out;
+    int n_prompt, n_gen;
+    int finish, err;
+    double t_arrive, t_first, t_last;
+};
+
+/* api.c */
+int srv_api_parse(struct srv *s, enum srv_kind kind, const char *body, size_t n, struct srv_gen *g, json_t **root,
+                  struct srv_err *err);
+void srv_gen_free(struct srv_gen *g);
+void srv_err_set(struct srv_err *e, int code, const char *param, const char *oai_code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+/* {"error":{"message","type","param","code"}}; malloc'd. */
+char *srv_err_json(const struct srv_err *e);
+const char *srv_err_type(int http_status);
+/* Response bodies (malloc'd, compact JSON). */
+char *srv_api_completion(const struct srv_req *r, const char *model, const char *text, size_t n_text);
+char *srv_api_chunk(const struct srv_req *r, const char *model, const char *text, size_t n_text, bool role,
+                    const char *finish);
+char *srv_api_usage_chunk(const struct srv_req *r, const char *model);
+char *srv_api_models(const struct srv *s);
+
+/* worker.c */
+int srv_worker_start(struct srv *s);
+void srv_worker_stop(struct srv *s);   /* closes the inbox and joins */
+
+/* http.c */
+int srv_http_start(struct srv *s, char *err, size_t cap);
+void srv_http_on_events(struct srv *s);   /* drain the outbox (uv_async callback) */
+void srv_http_run_mhd(struct srv *s);     /* MHD_run and re-arm the timer */
+void srv_http_stop(struct srv *s);
+void srv_http_cancel_all(struct srv *s);
+
+#endif

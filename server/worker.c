@@ -1,0 +1,115 @@
+/* worker.c — the engine thread: drain the inbox into the scheduler, run one
+ * step, post what it produced to the outbox, wake the loop.
+ *
+ * It sleeps on the inbox only when the scheduler is idle.  Events of one step
+ * are collected into a local list and pushed with one lock and one
+ * uv_async_send, followed by one stats event.  An event is malloc'd here and
+ * freed by the loop thread; the scheduler itself never allocates.
+ *
+ * Not here: HTTP, JSON, metrics arithmetic (the loop thread does those).
+ */
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/err.h"
+#include "engine/log.h"
+#include "serve.h"
+
+struct worker_batch {
+    struct srv_qnode *first, *last;
+    bool oom;
+};
+
+static void worker_append(struct worker_batch *wb, struct srv_event *ev) {
+    ev->node.next = NULL;
+    if (wb->last) wb->last->next = &ev->node;
+    else wb->first = &ev->node;
+    wb->last = &ev->node;
+}
+
+static struct worker_batch *worker_cur;   /* the batch of the step running (engine thread) */
+
+static void worker_on_event(void *user, const struct eng_sched_event *e) {
+    (void)user;
+    struct srv_event *ev = malloc(sizeof *ev + e->n_text + 1);
+    if (!ev) {
+        /* Without memory the event cannot travel; the request is cancelled so
+         * that its slot is freed, and its final event (small) retried then. */
+        LOG_ERROR("out of memory: an event of a request is lost; cancelling it");
+        worker_cur->oom = true;
+        atomic_store(&e->req->cancel, true);
+        return;
+    }
+    memset(ev, 0, sizeof *ev);
+    ev->kind = SRV_EV_SEQ;
+    ev->req = e->req->user;
+    ev->finish = e->finish;
+    ev->err = e->err;
+    ev->n_ids = e->n_ids;
+    ev->n_prompt = e->n_prompt;
+    ev->n_gen = e->n_gen;
+    ev->queue_s = e->queue_s;
+    ev->n_text = e->n_text;
+    memcpy(ev->text, e->text, e->n_text);
+    ev->text[e->n_text] = 0;
+    worker_append(worker_cur, ev);
+}
+
+static void *worker_main(void *arg) {
+    struct srv *s = arg;
+    for (;;) {
+        bool closed;
+        struct srv_qnode *n = srv_queue_wait(&s->inbox, !eng_sched_idle(&s->sched), &closed);
+        while (n) {
+            struct srv_qnode *next = n->next;
+            struct eng_sched_req *job = ((struct srv_req *)((char *)n - offsetof(struct srv_req, submit.node)))->job;
+            eng_sched_submit(&s->sched, job);
+            n = next;
+        }
+        if (eng_sched_idle(&s->sched)) {
+            if (closed) break;
+            continue;
+        }
+        struct worker_batch wb = {0};
+        worker_cur = &wb;
+        int rc = eng_sched_step(&s->sched);
+        worker_cur = NULL;
+        if (rc < 0) LOG_ERROR("engine step failed: %s", eng_err_msg(rc));
+        struct srv_event *st = calloc(1, sizeof *st + 1);
+        if (st) {
+            st->kind = SRV_EV_STATS;
+            st->n_running = eng_sched_n_running(&s->sched);
+            st->n_waiting = eng_sched_n_waiting(&s->sched);
+            st->n_rows = rc > 0 ? rc : 0;
+            st->kv_used = eng_sched_kv_used(&s->sched);
+            st->kv_total = eng_sched_kv_total(&s->sched);
+            st->step_s = s->sched.stats.step_s;
+            worker_append(&wb, st);
+        }
+        srv_queue_push_list(&s->outbox, wb.first, wb.last);
+        uv_async_send(&s->wake);
+    }
+    return NULL;
+}
+
+int srv_worker_start(struct srv *s) {
+    struct eng_sched_params p = {.n_slot = (int)s->cfg.n_parallel, .max_rows = (int)s->cfg.batch,
+                                 .prefill_chunk = (int)s->cfg.prefill_chunk, .emit = worker_on_event, .user = s};
+    int rc = eng_sched_init(&s->sched, &s->eng->fwd, &s->eng->kv, s->eng->tok, &p);
+    if (rc) return rc;
+    if (pthread_create(&s->worker, NULL, worker_main, s)) {
+        eng_sched_free(&s->sched);
+        return ENG_E_NOMEM;
+    }
+    s->worker_started = true;
+    return 0;
+}
+
+void srv_worker_stop(struct srv *s) {
+    if (!s->worker_started) return;
+    srv_queue_close(&s->inbox);
+    pthread_join(s->worker, NULL);
+    s->worker_started = false;
+    eng_sched_free(&s->sched);
+}
