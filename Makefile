@@ -113,7 +113,8 @@ run: deps model
 
 bench: deps model
 	@$(MAKE) --no-print-directory all
-	scripts/bench.sh
+	@$(MAKE) --no-print-directory bench-bins
+	scripts/bench.sh 3
 
 clean:
 	rm -rf build build-asan
