@@ -1,0 +1,295 @@
+/* ppd.c — the PPD decode step of ppd.h: batch rows, verification, emission,
+ * KV compaction, next guesses; and the single-sequence loop on top of it.
+ *
+ * Nothing here allocates per step: the candidate array and the sampler
+ * scratch are sized at eng_ppd_seq_init.
+ */
+#include "ppd.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "tokenizer.h"
+
+int eng_ppd_init(struct eng_ppd *p, const struct eng_ppd_adapter *ad, const struct eng_ppd_tree_family *fam,
+                 char *err, size_t cap) {
+    memset(p, 0, sizeof *p);
+    if (fam->n_prompt != ad->n_prompt || fam->topk != ad->topk) {
+        snprintf(err, cap, "the tree family is for N=%d, K=%d but the adapter has N=%d, K=%d", fam->n_prompt,
+                 fam->topk, ad->n_prompt, ad->topk);
+        return ENG_E_INVALID;
+    }
+    int rc = eng_ppd_trees_init(&p->trees, fam, err, cap);
+    if (rc) return rc;
+    p->ad = ad;
+    p->n_prompt = ad->n_prompt;
+    p->topk = ad->topk;
+    return 0;
+}
+
+void eng_ppd_free(struct eng_ppd *p) {
+    if (!p) return;
+    eng_ppd_trees_free(&p->trees);
+    memset(p, 0, sizeof *p);
+}
+
+int eng_ppd_seq_init(struct eng_ppd_seq *s, const struct eng_ppd *ppd, int slot, const struct eng_sampler_params *sp,
+                     int n_predict, const struct tok *tok, bool ignore_eog, int n_vocab) {
+    memset(s, 0, sizeof *s);
+    s->ppd = ppd;
+    s->slot = slot;
+    s->sp = *sp;
+    eng_rng_seed(&s->rng, sp->seed);
+    s->tok = tok;
+    s->ignore_eog = ignore_eog;
+    s->n_predict = n_predict;
+    s->d = ppd->n_prompt;
+    s->cand = calloc(1 + (size_t)ppd->topk * (size_t)ppd->n_prompt, sizeof *s->cand);
+    int rc = s->cand ? eng_sampler_scratch_init(&s->scratch, n_vocab) : ENG_E_NOMEM;
+    if (rc) eng_ppd_seq_free(s);
+    return rc;
+}
+
+void eng_ppd_seq_free(struct eng_ppd_seq *s) {
+    if (!s) return;
+    free(s->cand);
+    eng_sampler_scratch_free(s->scratch);
+    s->cand = NULL;
+    s->scratch = NULL;
+}
+
+int eng_ppd_seq_step_rows(const struct eng_ppd_seq *s) { return s->ppd->trees.st[s->d].T; }
+
+/* The K best ids of a logits row, best first; equal logits keep the lower id
+ * first, NaN never enters. */
+static void ppd_topk(const float *logits, int n_vocab, int K, int32_t *ids) {
+    float val[ENG_PPD_MAX_TOPK];
+    int n = 0;
+    for (int v = 0; v < n_vocab; v++) {
+        float x = logits[v];
+        if (x != x || (n == K && !(x > val[K - 1]))) continue;
+        int i = n < K ? n++ : K - 1;
+        while (i > 0 && val[i - 1] < x) { val[i] = val[i - 1]; ids[i] = ids[i - 1]; i--; }
+        val[i] = x;
+        ids[i] = v;
+    }
+    for (int i = n; i < K; i++) ids[i] = ids[n ? n - 1 : 0];   /* vocabulary smaller than K: repeat */
+}
+
+static const float *ppd_row_logits(const struct eng_forward *f, int batch_row) {
+    int r = f->row_logit[batch_row];
+    return r < 0 ? NULL : f->logits + (size_t)r * (size_t)f->m->hp.n_vocab;
+}
+
+/* Emit one token; true when the sequence is finished. */
+static bool ppd_emit(struct eng_ppd_seq *s, int32_t id, int32_t *out, int *n_out) {
+    out[(*n_out)++] = id;
+    s->n_emitted++;
+    if (!s->ignore_eog && s->tok && tok_is_eog(s->tok, id)) {
+        s->done = true;
+        s->finish = ENG_FINISH_EOG;
+    } else if (s->n_emitted >= s->n_predict) {
+        s->done = true;
+        s->finish = ENG_FINISH_LENGTH;
+    }
+    return s->done;
+}
+
+/* The guesses of d prompt rows (batch rows given) into cand[1 ..]. */
+static int ppd_take_guesses(struct eng_ppd_seq *s, const struct eng_forward *f, const int32_t *rows, int d) {
+    const int K = s->ppd->topk, n_vocab = f->m->hp.n_vocab;
+    for (int t = 0; t < d; t++) {
+        const float *lg = ppd_row_logits(f, rows[t]);
+        if (!lg) return ENG_E_INTERNAL;
+        ppd_topk(lg, n_vocab, K, s->cand + 1 + (size_t)K * t);
+    }
+    s->d = d;
+    if (s->guess_fn) s->guess_fn(s->guess_user, s->cand, d, K, s->n_emitted);
+    return 0;
+}
+
+int eng_ppd_seq_prefill_add(struct eng_ppd_seq *s, struct eng_batch *b, const struct eng_kv *kv, int32_t last_token) {
+    const int N = s->ppd->n_prompt, P1 = kv->len[s->slot];
+    if (P1 + 1 + N > kv->max_seq) return ENG_E_TOO_LONG;
+    int32_t toks[ENG_PPD_MAX_PROMPT + 1];
+    toks[0] = last_token;
+    for (int i = 0; i < N; i++) toks[1 + i] = -1 - i;   /* prompt token i: row i of the adapter */
+    s->b_first = b->n_tok;
+    int rc = eng_batch_add_causal(b, s->slot, P1, toks, N + 1, false);
+    if (rc) return rc;
+    for (int i = 0; i <= N; i++) b->want_logits[s->b_first + i] = true;
+    s->pending = 1;
+    s->n_past = P1;
+    return 0;
+}
+
+int eng_ppd_seq_prefill_finish(struct eng_ppd_seq *s, const struct eng_forward *f, struct eng_kv *kv, int32_t *out,
+                               int *n_out) {
+    *n_out = 0;
+    if (s->pending != 1) return ENG_E_INVALID;
+    s->pending = 0;
+    const int N = s->ppd->n_prompt;
+    kv->len[s->slot] = s->n_past + 1;   /* the prompt rows' entries are dropped (§2.4) */
+    const float *lg = ppd_row_logits(f, s->b_first);
+    if (!lg) return ENG_E_INTERNAL;
+    int32_t root = eng_sample(&s->sp, &s->rng, lg, f->m->hp.n_vocab, s->scratch);
+    if (root < 0) return root;
+    s->cand[0] = root;
+    if (ppd_emit(s, root, out, n_out)) return 0;
+    int32_t rows[ENG_PPD_MAX_PROMPT];
+    for (int i = 0; i < N; i++) rows[i] = s->b_first + 1 + i;
+    return ppd_take_guesses(s, f, rows, N);
+}
+
+int eng_ppd_seq_step_add(struct eng_ppd_seq *s, struct eng_batch *b, const struct eng_kv *kv) {
+    if (s->done) return ENG_E_INVALID;
+    const struct eng_ppd_tree *tr = &s->ppd->trees.st[s->d];
+    const int P = kv->len[s->slot], T = tr->T, W = b->vis_words;
+    if (P + T > kv->max_seq) return ENG_E_TOO_LONG;
+    if (b->n_tok + T > b->cap || T > W * 64) return ENG_E_RANGE;
+    s->b_first = b->n_tok;
+    for (int t = 0; t < T; t++) {
+        const int r = b->n_tok + t;
+        b->token[r] = tr->src[t] >= 0 ? s->cand[tr->src[t]] : tr->src[t];   /* < 0: prompt row -1 - src */
+        b->pos[r] = P + tr->pos_off[t];
+        b->slot[r] = s->slot;
+        b->kv_idx[r] = P + t;
+        b->n_prefix[r] = P;
+        b->grp_first[r] = P;
+        b->grp_len[r] = T;
+        uint64_t *v = b->vis + (size_t)r * W;
+        memcpy(v, tr->mask + (size_t)t * tr->vis_words, sizeof *v * (size_t)tr->vis_words);
+        if (W > tr->vis_words) memset(v + tr->vis_words, 0, sizeof *v * (size_t)(W - tr->vis_words));
+        b->want_logits[r] = true;
+    }
+    b->n_tok += T;
+    s->pending = 2;
+    s->n_past = P;
+    return 0;
+}
+
+/* Move the accepted rows' K/V (tree positions pos[0..n)) to P, P+1, ...: in
+ * ascending order, which is safe in place because pos[c] >= c and increases. */
+static void ppd_kv_compact(struct eng_kv *kv, int slot, int P, const int32_t *pos, int n) {
+    const struct eng_backend *be = kv->be;
+    const size_t bytes = sizeof(float) * (size_t)kv->kv_dim;
+    for (int c = 0; c < n; c++) {
+        if (pos[c] == c) continue;
+        for (int l = 0; l < kv->n_layer; l++) {
+            size_t dst = eng_kv_offset(kv, l, slot, P + c), src = eng_kv_offset(kv, l, slot, P + pos[c]);
+            be->iface->buf_copy(be->ctx, kv->k + dst, kv->k + src, bytes);
+            be->iface->buf_copy(be->ctx, kv->v + dst, kv->v + src, bytes);
+        }
+    }
+}
+
+int eng_ppd_seq_step_finish(struct eng_ppd_seq *s, const struct eng_forward *f, struct eng_kv *kv, int32_t *out,
+                            int *n_out) {
+    *n_out = 0;
+    if (s->pending != 2) return ENG_E_INVALID;
+    s->pending = 0;
+    const struct eng_ppd_tree *tr = &s->ppd->trees.st[s->d];
+    const int n_vocab = f->m->hp.n_vocab, P = s->n_past, N = s->ppd->n_prompt;
+    int32_t acc_pos[ENG_PPD_MAX_PROMPT + 1];
+    int node = 0, A = 0;
+    acc_pos[0] = 0;
+    int32_t next = -1;
+    for (;;) {
+        const float *lg = ppd_row_logits(f, s->b_first + tr->normal_pos[node]);
+        if (!lg) return ENG_E_INTERNAL;
+        int32_t id = eng_sample(&s->sp, &s->rng, lg, n_vocab, s->scratch);
+        if (id < 0) return id;
+        int child = -1;
+        for (int c = tr->child_first[node]; c < tr->child_first[node + 1]; c++)
+            if (s->cand[tr->node_cand[tr->child_ids[c]]] == id) { child = tr->child_ids[c]; break; }
+        if (child >= 0) {
+            node = child;
+            acc_pos[++A] = tr->normal_pos[node];
+        } else {
+            next = id;
+        }
+        if (ppd_emit(s, id, out, n_out) || child < 0) break;
+    }
+    s->steps++;
+    s->hist[A + 1]++;
+    s->last_acc = A + 1;
+    if (s->done) return 0;
+    /* commit the root and the accepted nodes */
+    ppd_kv_compact(kv, s->slot, P, acc_pos, A + 1);
+    kv->len[s->slot] = P + A + 1;
+    s->cand[0] = next;
+    int32_t rows[ENG_PPD_MAX_PROMPT];
+    const int d = tr->n_special[node];
+    for (int j = 0; j < d; j++) rows[j] = s->b_first + tr->special[(size_t)node * N + j];
+    return ppd_take_guesses(s, f, rows, d);
+}
+
+int eng_ppd_generate(struct eng_forward *f, struct eng_kv *kv, int slot, const struct tok *t,
+                     const struct eng_ppd *ppd, const int32_t *prompt, int n_prompt, const struct eng_gen_params *p,
+                     eng_gen_token_fn on_tokens, void *user, int32_t *out_ids, int *acc_len,
+                     struct eng_ppd_gen_stats *st, eng_ppd_guess_fn guess_fn, void *guess_user) {
+    memset(st, 0, sizeof *st);
+    st->gen.n_prompt = n_prompt;
+    if (n_prompt < 1 || p->n_predict < 1) return ENG_E_INVALID;
+    const int N = ppd->n_prompt;
+    if (n_prompt + N > kv->max_seq) return ENG_E_TOO_LONG;
+    int chunk = p->prefill_chunk > 0 && p->prefill_chunk <= f->max_rows ? p->prefill_chunk : f->max_rows;
+    int rows = chunk > ppd->trees.max_T ? chunk : ppd->trees.max_T;
+    if (rows < N + 1) rows = N + 1;
+    if (ppd->trees.max_T > f->max_rows || N + 1 > f->max_rows) return ENG_E_RANGE;
+    struct eng_batch b;
+    int rc = eng_batch_init(&b, rows, rows);
+    if (rc) return rc;
+    struct eng_ppd_seq s;
+    if ((rc = eng_ppd_seq_init(&s, ppd, slot, &p->sp, p->n_predict, t, p->ignore_eog, f->m->hp.n_vocab))) {
+        eng_batch_free(&b);
+        return rc;
+    }
+    s.guess_fn = guess_fn;
+    s.guess_user = guess_user;
+    const float *extra = ppd->ad->emb;
+    int32_t emitted[ENG_PPD_MAX_PROMPT + 2];
+    int n_em = 0;
+
+    double t0 = eng_now_s();
+    kv->len[slot] = 0;
+    for (int i = 0; i < n_prompt - 1; i += chunk) {
+        int n = n_prompt - 1 - i < chunk ? n_prompt - 1 - i : chunk;
+        eng_batch_clear(&b);
+        eng_batch_add_causal(&b, slot, kv->len[slot], prompt + i, n, false);
+        if ((rc = eng_forward_run(f, &b, kv, NULL, 0))) goto out;
+        kv->len[slot] += n;
+    }
+    eng_batch_clear(&b);
+    if ((rc = eng_ppd_seq_prefill_add(&s, &b, kv, prompt[n_prompt - 1]))) goto out;
+    if ((rc = eng_forward_run(f, &b, kv, extra, N))) goto out;
+    if ((rc = eng_ppd_seq_prefill_finish(&s, f, kv, emitted, &n_em))) goto out;
+    st->gen.prefill_s = eng_now_s() - t0;
+
+    t0 = eng_now_s();
+    for (;;) {
+        memcpy(out_ids + st->gen.n_gen, emitted, sizeof *emitted * (size_t)n_em);
+        st->gen.n_gen += n_em;
+        int stop = on_tokens && n_em ? on_tokens(user, emitted, n_em) : 0;
+        if (s.done) { st->gen.finish = s.finish; break; }
+        if (stop) { st->gen.finish = ENG_FINISH_STOPPED; break; }
+        eng_batch_clear(&b);
+        rc = eng_ppd_seq_step_add(&s, &b, kv);
+        if (rc == ENG_E_TOO_LONG) { rc = 0; st->gen.finish = ENG_FINISH_CONTEXT; break; }
+        if (rc) goto out;
+        double tf = eng_now_s();
+        if ((rc = eng_forward_run(f, &b, kv, extra, N))) goto out;
+        st->forward_s += eng_now_s() - tf;
+        if ((rc = eng_ppd_seq_step_finish(&s, f, kv, emitted, &n_em))) goto out;
+        if (acc_len) acc_len[s.steps - 1] = s.last_acc;
+    }
+    st->gen.decode_s = eng_now_s() - t0;
+    st->gen.steps = s.steps;
+    memcpy(st->hist, s.hist, sizeof st->hist);
+out:
+    eng_ppd_seq_free(&s);
+    eng_batch_free(&b);
+    return rc;
+}

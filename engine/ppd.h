@@ -1,0 +1,135 @@
+/* ppd.h — Parallel Prompt Decoding for one sequence, shaped for batching
+ * (ppd-spec.md §2.4–§2.5, with the pitfalls of §6 fixed).
+ *
+ * A sequence's decoding is a chain of steps, each exactly one forward pass:
+ *   eng_ppd_seq_step_add     append this step's rows to a shared eng_batch: the
+ *                            root, the candidate nodes of the current depth
+ *                            state's tree and their prompt-token rows, at
+ *                            positions P + pos_off, each row seeing the
+ *                            committed prefix plus its tree ancestors;
+ *   (the caller runs eng_forward_run over the batch, possibly holding many
+ *    sequences)
+ *   eng_ppd_seq_step_finish  read this sequence's logits rows, verify by walking
+ *                            the tree, emit the accepted tokens, compact their
+ *                            K/V to the front in ascending order, take the next
+ *                            guesses from the accepted node's prompt rows and
+ *                            switch to its depth state.
+ * Prefill is the caller's: ordinary causal chunks for prompt[0 .. P-1), then
+ * eng_ppd_seq_prefill_add / _finish for the last prompt token plus the N
+ * prompt-token rows (§2.4), which yields the first root and guesses.
+ *
+ * Verification (one rule for greedy and sampling, both lossless): at the root
+ * and then at every accepted node, choose the next token from the model's own
+ * logits there exactly as plain decoding would (eng_sample: argmax at
+ * temperature 0, else one uniform draw from the temperature/top-k/top-p/min-p
+ * distribution); if it is one of the node's children, accept that child and
+ * go on, otherwise it becomes the next step's root.  Every emitted token costs
+ * one draw, in emission order, so a seed gives the same text as plain
+ * sampling.  Retrieve rows are never consulted, so the reference's padding
+ * sentinel cannot be accepted (§6.4).  Emission stops at the first
+ * end-of-generation token and at n_predict, inside a step if need be (§6.8).
+ *
+ * Not here: penalties (presence/frequency need the per-node history; the
+ * plain loop does not apply them either), Medusa typical acceptance (§2.5e),
+ * scheduling many sequences (engine/sched.c).
+ */
+#ifndef PPD_PPD_H
+#define PPD_PPD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "batch.h"
+#include "forward.h"
+#include "generate.h"
+#include "kv_cache.h"
+#include "ppd_adapter.h"
+#include "ppd_tree.h"
+#include "sampler.h"
+
+struct tok;
+
+/* What sequences share: the adapter and the tree buffers of every state. */
+struct eng_ppd {
+    const struct eng_ppd_adapter *ad;    /* not owned */
+    struct eng_ppd_trees trees;
+    int n_prompt, topk;
+};
+
+/* The tree family must match the adapter's N and K. */
+int eng_ppd_init(struct eng_ppd *p, const struct eng_ppd_adapter *ad, const struct eng_ppd_tree_family *fam,
+                 char *err, size_t err_cap);
+void eng_ppd_free(struct eng_ppd *p);    /* accepts NULL */
+
+/* Called after each step's guesses are chosen, before the next step is built:
+ * cand[0] is the root, cand[1 + K*t + r] the rank-r guess of prompt token t+1
+ * for t < d.  Tests replace guesses through it (e.g. with a known
+ * continuation) to drive acceptance; verification keeps the output exact. */
+typedef void (*eng_ppd_guess_fn)(void *user, int32_t *cand, int d, int topk, int n_emitted);
+
+struct eng_ppd_seq {
+    const struct eng_ppd *ppd;
+    int slot;
+    struct eng_sampler_params sp;
+    struct eng_rng rng;
+    struct eng_sampler_scratch *scratch;
+    const struct tok *tok;       /* end-of-generation test; NULL: none */
+    bool ignore_eog;
+    int n_predict;               /* tokens to emit at most */
+    int n_emitted;
+    bool done;
+    enum eng_finish finish;
+    /* step state */
+    int d;                       /* depth state of the next step */
+    int32_t *cand;               /* [1 + K*N]: root, then the guesses of each prompt token */
+    int b_first;                 /* first batch row of the pending step */
+    int pending;                 /* 0: none, 1: prefill tail, 2: tree step */
+    int n_past;                  /* committed entries when the pending step was built */
+    eng_ppd_guess_fn guess_fn;
+    void *guess_user;
+    /* statistics */
+    int steps;                               /* tree steps finished */
+    int last_acc;                            /* root + accepted candidates of the last step */
+    int hist[ENG_PPD_MAX_PROMPT + 2];        /* [a]: steps that emitted a tokens (root included) */
+};
+
+int eng_ppd_seq_init(struct eng_ppd_seq *s, const struct eng_ppd *ppd, int slot, const struct eng_sampler_params *sp,
+                     int n_predict, const struct tok *tok, bool ignore_eog, int n_vocab);
+void eng_ppd_seq_free(struct eng_ppd_seq *s);   /* accepts NULL */
+
+/* Prefill tail: the last prompt token (committed entries n_past = P - 1 before
+ * it) and the N prompt-token rows, causal.  ENG_E_RANGE if the batch is full,
+ * ENG_E_TOO_LONG if the KV slot cannot hold P + N entries. */
+int eng_ppd_seq_prefill_add(struct eng_ppd_seq *s, struct eng_batch *b, const struct eng_kv *kv, int32_t last_token);
+/* After the forward: commit P entries, choose (and emit) the first root, take
+ * the first guesses.  Emitted tokens go to out (room for ENG_PPD_MAX_PROMPT + 2). */
+int eng_ppd_seq_prefill_finish(struct eng_ppd_seq *s, const struct eng_forward *f, struct eng_kv *kv, int32_t *out,
+                               int *n_out);
+
+/* This step's rows.  ENG_E_TOO_LONG when the slot cannot hold P + T more
+ * entries (the caller finishes the sequence with ENG_FINISH_CONTEXT);
+ * ENG_E_RANGE when the batch has no room. */
+int eng_ppd_seq_step_add(struct eng_ppd_seq *s, struct eng_batch *b, const struct eng_kv *kv);
+/* Verify, emit (into out, at most N + 1 tokens), compact, next state. */
+int eng_ppd_seq_step_finish(struct eng_ppd_seq *s, const struct eng_forward *f, struct eng_kv *kv, int32_t *out,
+                            int *n_out);
+
+/* Rows a step of the current state feeds (for batch planning). */
+int eng_ppd_seq_step_rows(const struct eng_ppd_seq *s);
+
+/* ---- one sequence start to end (ppd generate, bench, tests) ---- */
+
+struct eng_ppd_gen_stats {
+    struct eng_gen_stats gen;    /* steps = tree steps */
+    double forward_s;            /* decode time inside eng_forward_run */
+    int hist[ENG_PPD_MAX_PROMPT + 2];
+};
+
+/* Like eng_generate, with PPD.  acc_len, when not NULL, receives each tree
+ * step's accepted length, root included (capacity p->n_predict). */
+int eng_ppd_generate(struct eng_forward *f, struct eng_kv *kv, int slot, const struct tok *t,
+                     const struct eng_ppd *ppd, const int32_t *prompt, int n_prompt, const struct eng_gen_params *p,
+                     eng_gen_token_fn on_tokens, void *user, int32_t *out_ids, int *acc_len,
+                     struct eng_ppd_gen_stats *st, eng_ppd_guess_fn guess_fn, void *guess_user);
+
+#endif

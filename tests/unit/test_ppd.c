@@ -1,0 +1,274 @@
+/* test_ppd.c — PPD decoding is lossless: on the golden chat prompts, greedy
+ * PPD emits exactly the tokens of plain greedy decoding, and seeded sampling
+ * PPD exactly those of plain seeded sampling; with the untrained adapter, with
+ * a random adapter, and with "oracle" guesses (the known continuation put in
+ * the guess lists, mostly right) so that long accepted runs, KV compaction,
+ * state switches, EOS inside an accepted block, max_tokens inside a step and
+ * the KV capacity check are all exercised.
+ * PPD_TEST_PPD_CASES (default 2; the CPU is slow) sets how many golden prompts
+ * are used; `PPD_TEST_PPD_CASES=24` runs them all.
+ */
+#include <check.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/backend.h"
+#include "engine/err.h"
+#include "engine/forward.h"
+#include "engine/generate.h"
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+#include "engine/ppd.h"
+#include "engine/ppd_adapter.h"
+#include "engine/ppd_tree.h"
+#include "engine/tokenizer.h"
+
+static const char *model_path(void) {
+    const char *p = getenv("PPD_TEST_MODEL");
+    return p && *p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+static const double acc7b[30] = {
+    0.48335, 0.14342, 0.0736, 0.0454, 0.03087, 0.02155, 0.01658, 0.01323, 0.00932, 0.00845,
+    0.26256, 0.14561, 0.08114, 0.0576, 0.04283, 0.0323, 0.0257, 0.02152, 0.01903, 0.0155,
+    0.16413, 0.11756, 0.08092, 0.05784, 0.04586, 0.03672, 0.03128, 0.02317, 0.02372, 0.01789};
+
+struct fx {
+    struct eng_backend be;
+    struct eng_model *m;
+    struct tok *tok;
+    struct eng_kv kv;
+    struct eng_forward f;
+    struct eng_ppd_adapter *ad;
+    struct eng_ppd_tree_family *fam;
+    struct eng_ppd ppd;
+    int n_case;
+    int32_t *prompts[32];
+    int n_prompt[32];
+};
+
+static void fx_open(struct fx *x, int max_seq, int tree_L) {
+    memset(x, 0, sizeof *x);
+    char err[512];
+    ck_assert_int_eq(eng_backend_cpu_init(&x->be, 2), 0);
+    ck_assert_msg(eng_model_load(&x->m, model_path(), &x->be, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(tok_load(&x->tok, x->m->gguf, err, sizeof err) == 0, "%s", err);
+    const struct eng_hparams *hp = &x->m->hp;
+    ck_assert_int_eq(eng_kv_init(&x->kv, &x->be, hp->n_layer, 1, max_seq, hp->n_head_kv * hp->head_dim), 0);
+    ck_assert_int_eq(eng_forward_init(&x->f, x->m, 256), 0);
+    ck_assert_int_eq(eng_ppd_adapter_init_text(&x->ad, x->m, x->tok, 3, 10, ENG_PPD_INIT_TEXT, err, sizeof err), 0);
+    ck_assert_int_eq(eng_ppd_tree_build(&x->fam, acc7b, 3, 10, tree_L, NULL), 0);
+    ck_assert_msg(eng_ppd_init(&x->ppd, x->ad, x->fam, err, sizeof err) == 0, "%s", err);
+    /* prompts: the golden chat prompts */
+    json_error_t je;
+    json_t *root = json_load_file("tests/golden/data/greedy.json", 0, &je);
+    ck_assert_msg(root != NULL, "greedy.json: %s", je.text);
+    json_t *cases = json_object_get(root, "cases");
+    const char *env = getenv("PPD_TEST_PPD_CASES");
+    int want = env && atoi(env) > 0 ? atoi(env) : 2;
+    for (size_t i = 0; i < json_array_size(cases) && x->n_case < want && x->n_case < 32; i++) {
+        json_t *c = json_array_get(cases, i), *ids = json_object_get(c, "prompt_ids");
+        json_t *arr = json_is_string(ids) ? json_loads(json_string_value(ids), JSON_DECODE_ANY, &je) : json_incref(ids);
+        ck_assert(json_is_array(arr));
+        int n = (int)json_array_size(arr);
+        x->prompts[x->n_case] = malloc(sizeof(int32_t) * (size_t)n);
+        for (int k = 0; k < n; k++) x->prompts[x->n_case][k] = (int32_t)json_integer_value(json_array_get(arr, k));
+        x->n_prompt[x->n_case++] = n;
+        json_decref(arr);
+    }
+    json_decref(root);
+    ck_assert_int_ge(x->n_case, 1);
+}
+
+static void fx_close(struct fx *x) {
+    for (int i = 0; i < x->n_case; i++) free(x->prompts[i]);
+    eng_ppd_free(&x->ppd);
+    eng_ppd_tree_family_free(x->fam);
+    eng_ppd_adapter_free(x->ad);
+    eng_forward_free(&x->f);
+    eng_kv_free(&x->kv);
+    tok_free(x->tok);
+    eng_model_free(x->m);
+    eng_backend_free(&x->be);
+}
+
+/* Guesses from a known continuation: the token t places after the root goes
+ * to rank (n_emitted + t) % 3 of prompt token t, except every 7th. */
+struct oracle { const int32_t *ids; int n; };
+
+static void oracle_guess(void *user, int32_t *cand, int d, int K, int n_emitted) {
+    const struct oracle *o = user;
+    for (int t = 1; t <= d; t++) {
+        int at = n_emitted - 1 + t;
+        if (at >= o->n || (n_emitted + t) % 7 == 0) continue;
+        int rank = (n_emitted + t) % 3;
+        int32_t *row = cand + 1 + (size_t)K * (t - 1);
+        for (int r = 0; r < K; r++)   /* keep the siblings distinct */
+            if (row[r] == o->ids[at]) row[r] = row[rank];
+        row[rank] = o->ids[at];
+    }
+}
+
+static int run_plain(struct fx *x, int c, const struct eng_gen_params *gp, int32_t *out, struct eng_gen_stats *st) {
+    int rc = eng_generate(&x->f, &x->kv, 0, x->tok, x->prompts[c], x->n_prompt[c], gp, NULL, NULL, out, st);
+    ck_assert_int_eq(rc, 0);
+    return st->n_gen;
+}
+
+static int run_ppd(struct fx *x, int c, const struct eng_gen_params *gp, int32_t *out, struct eng_ppd_gen_stats *st,
+                   struct oracle *o) {
+    int rc = eng_ppd_generate(&x->f, &x->kv, 0, x->tok, &x->ppd, x->prompts[c], x->n_prompt[c], gp, NULL, NULL, out,
+                              NULL, st, o ? oracle_guess : NULL, o);
+    ck_assert_int_eq(rc, 0);
+    return st->gen.n_gen;
+}
+
+static void expect_same(const int32_t *a, int na, const int32_t *b, int nb, const char *what, int c) {
+    int i = 0;
+    while (i < na && i < nb && a[i] == b[i]) i++;
+    ck_assert_msg(na == nb && i == na, "%s, prompt %d: plain %d tokens, PPD %d, first difference at %d", what, c, na,
+                  nb, i);
+}
+
+static double mean_acc(const struct eng_ppd_gen_stats *st) {
+    long tok = 0, steps = 0;
+    for (int a = 0; a < ENG_PPD_MAX_PROMPT + 2; a++) { tok += (long)a * st->hist[a]; steps += st->hist[a]; }
+    return steps ? (double)tok / steps : 0;
+}
+
+static void equivalence(float temp, int n_predict, int tree_L) {
+    struct fx x;
+    fx_open(&x, 1024, tree_L);
+    struct eng_gen_params gp = {.n_predict = n_predict, .ignore_eog = false};
+    eng_sampler_params_default(&gp.sp);
+    gp.sp.temperature = temp;
+    gp.sp.top_p = temp > 0 ? 0.95f : 1.0f;
+    int32_t *plain = malloc(sizeof(int32_t) * (size_t)n_predict), *ppd = malloc(sizeof(int32_t) * (size_t)n_predict);
+    double sum_untrained = 0, sum_oracle = 0;
+    for (int c = 0; c < x.n_case; c++) {
+        gp.sp.seed = 1000 + (uint64_t)c;
+        struct eng_gen_stats ps;
+        struct eng_ppd_gen_stats qs;
+        int np = run_plain(&x, c, &gp, plain, &ps);
+        int nq = run_ppd(&x, c, &gp, ppd, &qs, NULL);
+        expect_same(plain, np, ppd, nq, "untrained adapter", c);
+        ck_assert_int_eq(qs.gen.finish, ps.finish);
+        sum_untrained += mean_acc(&qs);
+        struct oracle o = {plain, np};
+        nq = run_ppd(&x, c, &gp, ppd, &qs, &o);
+        expect_same(plain, np, ppd, nq, "oracle guesses", c);
+        ck_assert_int_eq(qs.gen.finish, ps.finish);
+        sum_oracle += mean_acc(&qs);
+        /* max_tokens inside an accepted block */
+        for (int cut = 5; c == 0 && cut < np; cut += 13) {
+            struct eng_gen_params g2 = gp;
+            g2.n_predict = cut;
+            nq = run_ppd(&x, c, &g2, ppd, &qs, &o);
+            expect_same(plain, cut, ppd, nq, "n_predict cut", c);
+            ck_assert_int_eq(qs.gen.finish, ENG_FINISH_LENGTH);
+        }
+    }
+    printf("temp %.1f, tree L=%d, %d prompts x %d tokens: identical; mean accepted/step untrained %.3f, oracle %.3f\n",
+           temp, tree_L, x.n_case, n_predict, sum_untrained / x.n_case, sum_oracle / x.n_case);
+    ck_assert(sum_oracle / x.n_case > 2.0);   /* the oracle really drove long accepted runs */
+    free(plain);
+    free(ppd);
+    fx_close(&x);
+}
+
+START_TEST(test_greedy_equals_plain) { equivalence(0.0f, 64, 20); }
+END_TEST
+
+START_TEST(test_sampling_equals_plain) { equivalence(0.8f, 64, 20); }
+END_TEST
+
+START_TEST(test_greedy_equals_plain_big_tree) { equivalence(0.0f, 48, 60); }
+END_TEST
+
+/* A random adapter guesses garbage: still lossless. */
+START_TEST(test_random_adapter) {
+    struct fx x;
+    fx_open(&x, 1024, 20);
+    uint64_t st = 7;
+    for (int i = 0; i < x.ad->n_prompt * x.ad->n_embd; i++) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        x.ad->emb[i] = (float)((double)(st >> 11) / 9007199254740992.0 - 0.5) * 0.2f;
+    }
+    struct eng_gen_params gp = {.n_predict = 40};
+    eng_sampler_params_default(&gp.sp);
+    gp.sp.temperature = 0;
+    int32_t plain[40], ppd[40];
+    for (int c = 0; c < x.n_case && c < 3; c++) {
+        struct eng_gen_stats ps;
+        struct eng_ppd_gen_stats qs;
+        int np = run_plain(&x, c, &gp, plain, &ps), nq = run_ppd(&x, c, &gp, ppd, &qs, NULL);
+        expect_same(plain, np, ppd, nq, "random adapter", c);
+    }
+    fx_close(&x);
+}
+END_TEST
+
+/* A small KV slot: PPD stops with ENG_FINISH_CONTEXT before the tree would
+ * overflow it, having emitted a prefix of the plain output. */
+START_TEST(test_kv_capacity) {
+    struct fx x;
+    fx_open(&x, 1024, 20);
+    int c = 0;
+    int cap = x.n_prompt[c] + 30;
+    eng_kv_free(&x.kv);
+    const struct eng_hparams *hp = &x.m->hp;
+    ck_assert_int_eq(eng_kv_init(&x.kv, &x.be, hp->n_layer, 1, cap, hp->n_head_kv * hp->head_dim), 0);
+    struct eng_gen_params gp = {.n_predict = 100, .ignore_eog = true};
+    eng_sampler_params_default(&gp.sp);
+    gp.sp.temperature = 0;
+    int32_t plain[100], ppd[100];
+    struct eng_gen_stats ps;
+    struct eng_ppd_gen_stats qs;
+    int np = run_plain(&x, c, &gp, plain, &ps);
+    ck_assert_int_eq(ps.finish, ENG_FINISH_CONTEXT);
+    struct oracle o = {plain, np};
+    int nq = run_ppd(&x, c, &gp, ppd, &qs, &o);
+    ck_assert_int_eq(qs.gen.finish, ENG_FINISH_CONTEXT);
+    ck_assert_int_le(nq, np);
+    ck_assert_int_ge(nq, 2);
+    expect_same(plain, nq, ppd, nq, "capacity prefix", c);
+    fx_close(&x);
+}
+END_TEST
+
+START_TEST(test_tree_adapter_mismatch) {
+    struct fx x;
+    fx_open(&x, 64, 20);
+    struct eng_ppd_tree_family *f2 = NULL;
+    double acc[20] = {0.5, 0.2};
+    ck_assert_int_eq(eng_ppd_tree_build(&f2, acc, 2, 10, 20, NULL), 0);
+    struct eng_ppd p2;
+    char err[256];
+    ck_assert_int_eq(eng_ppd_init(&p2, x.ad, f2, err, sizeof err), ENG_E_INVALID);
+    ck_assert_ptr_nonnull(strstr(err, "N=2"));
+    eng_ppd_tree_family_free(f2);
+    fx_close(&x);
+}
+END_TEST
+
+int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    Suite *s = suite_create("ppd");
+    TCase *tc = tcase_create("ppd");
+    tcase_set_timeout(tc, 900);
+    tcase_add_test(tc, test_tree_adapter_mismatch);
+    tcase_add_test(tc, test_kv_capacity);
+    tcase_add_test(tc, test_random_adapter);
+    tcase_add_test(tc, test_greedy_equals_plain);
+    tcase_add_test(tc, test_sampling_equals_plain);
+    tcase_add_test(tc, test_greedy_equals_plain_big_tree);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
