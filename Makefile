@@ -1,7 +1,8 @@
 # ppd — one plain Makefile.
 #   make            build build/ppd
 #   make test       install what is missing, fetch the default model, build, run every test
-#   make run        install what is missing, fetch the model, build, answer a sample question
+#   make run        install what is missing, fetch the model, build, serve on 127.0.0.1:8080
+#   make test-integration  the server on loopback driven by the openai SDK (pytest, venv under build/)
 #   make asan       the unit tests under AddressSanitizer + UBSan (objects in build-asan/)
 #   make check-golden  every golden prompt against llama.cpp (make test runs a subset)
 #   make bench      decode/prefill speed and the row-scaling table (see BENCHMARKS.md)
@@ -54,7 +55,7 @@ BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libppd.a
 
-.PHONY: check-golden bench-bins all deps model test test-unit test-golden run asan bench clean features
+.PHONY: check-golden bench-bins all deps model test test-unit test-integration test-golden run asan bench clean features
 all: features $(BUILD)/ppd
 
 features:
@@ -94,6 +95,19 @@ model:
 test: deps model
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory test-unit
+	@$(MAKE) --no-print-directory test-integration
+
+# The integration tests' Python side (openai SDK, pytest, requests) lives in a
+# venv under build/, rebuilt when tests/integration/requirements.txt changes.
+ITEST_VENV := $(BUILD)/itest-venv
+$(ITEST_VENV)/.ok: tests/integration/requirements.txt
+	@rm -rf $(ITEST_VENV)
+	python3 -m venv $(ITEST_VENV)
+	$(ITEST_VENV)/bin/pip install -q -r tests/integration/requirements.txt
+	@touch $@
+
+test-integration: $(BUILD)/ppd $(ITEST_VENV)/.ok
+	@PPD_TEST_MODEL=$(MODEL) PPD_BIN=$(BUILD)/ppd $(ITEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integration
 
 test-unit: $(TEST_BIN) $(BUILD)/ppd
 	@PPD_TEST_MODEL=$(MODEL) PPD_BIN=$(BUILD)/ppd scripts/run-tests.sh $(TEST_BIN)
@@ -109,7 +123,7 @@ check-golden: deps model
 
 run: deps model
 	@$(MAKE) --no-print-directory all
-	$(BUILD)/ppd generate -m $(MODEL) --chat -n 128 -p "What is the capital of France, and why is it famous?"
+	$(BUILD)/ppd serve -m $(MODEL) --host 127.0.0.1 --port 8080
 
 bench: deps model
 	@$(MAKE) --no-print-directory all

@@ -4,7 +4,8 @@
 set -euo pipefail
 
 pkgs=(build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev check
-      libpcre2-dev python3-venv python3-pip unzip ca-certificates)
+      libpcre2-dev python3-venv python3-pip unzip ca-certificates
+      prometheus)   # promtool, for the /metrics check of the integration tests
 
 missing=()
 for p in "${pkgs[@]}"; do

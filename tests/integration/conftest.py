@@ -1,0 +1,102 @@
+"""Fixtures for the integration tests: a `ppd serve` on a free loopback port.
+
+The server binary comes from PPD_BIN (default build/ppd), the model from
+PPD_TEST_MODEL.  One shared server (4 slots, one engine thread, 1 CPU thread:
+this machine has 2 cores and the test client needs the other) serves most
+tests; tests that need other flags start their own with `start_server`.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+
+PPD_BIN = os.environ.get("PPD_BIN", "build/ppd")
+MODEL = os.environ.get("PPD_TEST_MODEL", "models/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+class Server:
+    def __init__(self, proc, port, log_path):
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def metrics(self):
+        """The /metrics samples as {name_with_labels: float}."""
+        out = {}
+        for line in requests.get(self.url + "/metrics", timeout=10).text.splitlines():
+            if line and not line.startswith("#"):
+                k, v = line.rsplit(" ", 1)
+                out[k] = float(v)
+        return out
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+def start_server(tmp_path_factory, *args, name="ppd"):
+    log_path = str(tmp_path_factory.mktemp(name) / "server.log")
+    log = open(log_path, "w")
+    cmd = [PPD_BIN, "serve", "-m", MODEL, "--host", "127.0.0.1", "--port", "0", "-t", "1", *args]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    port = None
+    while time.time() < deadline and port is None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"ppd serve exited with {proc.returncode}:\n" + open(log_path).read())
+        m = re.search(r"listening on http://[^:]+:(\d+)", open(log_path).read())
+        if m:
+            port = int(m.group(1))
+        else:
+            time.sleep(0.05)
+    if port is None:
+        proc.kill()
+        raise RuntimeError("ppd serve did not start:\n" + open(log_path).read())
+    return Server(proc, port, log_path)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    s = start_server(tmp_path_factory, "-np", "4", "-c", "1024", name="shared")
+    yield s
+    rc = s.stop()
+    assert rc == 0, s.log()
+
+
+@pytest.fixture(scope="session")
+def model_id(server):
+    return requests.get(server.url + "/v1/models", timeout=10).json()["data"][0]["id"]
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+_gen_cache = {}
+
+
+def ppd_generate(prompt, n, chat=True, extra=()):
+    """`ppd generate --json` for the same prompt: the reference output."""
+    key = (prompt, n, chat, tuple(extra))
+    if key not in _gen_cache:
+        cmd = [PPD_BIN, "generate", "-m", MODEL, "-t", "1", "-c", "1024", "-n", str(n), "--json", "-p", prompt]
+        if chat:
+            cmd.append("--chat")
+        cmd.extend(extra)
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        _gen_cache[key] = json.loads(out)
+    return _gen_cache[key]

@@ -1,0 +1,126 @@
+"""Errors in OpenAI's shape with the statuses of architecture.md §4, and
+authentication with --api-key."""
+import openai
+import pytest
+import requests
+
+from conftest import start_server
+
+
+def check_error(r, status, param=None, code=None):
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Type"].startswith("application/json")
+    body = r.json()
+    assert set(body) == {"error"}
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert isinstance(err["message"], str) and err["message"]
+    assert isinstance(err["type"], str)
+    if param is not None:
+        assert err["param"] == param
+    if code is not None:
+        assert err["code"] == code
+    return err
+
+
+def post(server, path, **kw):
+    return requests.post(server.url + path, timeout=60, **kw)
+
+
+def test_unknown_model_404(server, client):
+    err = check_error(post(server, "/v1/chat/completions",
+                           json={"model": "gpt-9", "messages": [{"role": "user", "content": "Hi"}]}),
+                      404, "model", "model_not_found")
+    assert err["type"] == "not_found_error"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "Hi"}])
+
+
+def test_malformed_json_400(server):
+    check_error(post(server, "/v1/chat/completions", data=b'{"messages": [', headers={"Content-Type": "application/json"}),
+                400, code="invalid_json")
+    check_error(post(server, "/v1/completions", data=b"[1, 2]"), 400)
+    check_error(post(server, "/v1/completions", data=b""), 400)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("temperature", "hot"), ("temperature", 3.5), ("max_tokens", "ten"), ("max_tokens", 0), ("top_p", 1.5),
+    ("top_k", 1.5), ("stream", "yes"), ("stop", 5), ("stop", ["a", 1]), ("seed", "x"), ("n", 2),
+    ("presence_penalty", 9), ("stream_options", 3), ("logprobs", True), ("model", 7),
+])
+def test_wrong_field_400(server, field, value):
+    body = {"messages": [{"role": "user", "content": "Hi"}], field: value}
+    check_error(post(server, "/v1/chat/completions", json=body), 400, param=field)
+
+
+@pytest.mark.parametrize("body,param", [
+    ({}, "messages"), ({"messages": []}, "messages"), ({"messages": "hi"}, "messages"),
+    ({"messages": [{"content": "hi"}]}, "messages"), ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages"),
+    ({"messages": [{"role": "user", "content": 5}]}, "messages"),
+])
+def test_bad_messages_400(server, body, param):
+    check_error(post(server, "/v1/chat/completions", json=body), 400, param=param)
+
+
+def test_bad_prompt_400(server):
+    check_error(post(server, "/v1/completions", json={}), 400, param="prompt")
+    check_error(post(server, "/v1/completions", json={"prompt": 5}), 400, param="prompt")
+    check_error(post(server, "/v1/completions", json={"prompt": ["a", "b"]}), 400, param="prompt")
+    check_error(post(server, "/v1/completions", json={"prompt": [1, 10 ** 9]}), 400, param="prompt")
+
+
+def test_over_long_prompt_400(server, client, model_id):
+    long = "hello " * 1500          # > 1024 tokens of context
+    err = check_error(post(server, "/v1/completions", json={"prompt": long}), 400, code="context_length_exceeded")
+    assert "1024" in err["message"]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": long}])
+
+
+def test_unknown_route_404(server):
+    check_error(requests.get(server.url + "/v1/nothing", timeout=10), 404)
+    check_error(requests.get(server.url + "/v1/chat/completions", timeout=10), 404)
+
+
+def test_body_too_large_413(server):
+    big = b'{"prompt": "' + b"a" * (2 << 20) + b'"}'
+    check_error(post(server, "/v1/completions", data=big), 413)
+
+
+def test_bad_request_does_not_disturb_streams(server, client, model_id):
+    msgs = [{"role": "user", "content": "Count from one to five."}]
+    ref = client.chat.completions.create(model=model_id, messages=msgs, temperature=0, max_tokens=24)
+    stream = client.chat.completions.create(model=model_id, messages=msgs, temperature=0, max_tokens=24, stream=True)
+    text = ""
+    for i, c in enumerate(stream):
+        if i == 2:
+            check_error(post(server, "/v1/chat/completions", data=b"{{{"), 400)
+        if c.choices:
+            text += c.choices[0].delta.content or ""
+    assert text == ref.choices[0].message.content
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory):
+    s = start_server(tmp_path_factory, "-np", "1", "-c", "256", "--api-key", "sekrit", name="keyed")
+    yield s
+    assert s.stop() == 0
+
+
+def test_api_key_401(keyed):
+    from openai import OpenAI
+
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    err = check_error(requests.post(keyed.url + "/v1/chat/completions", json=body, timeout=30), 401)
+    assert err["type"] == "authentication_error"
+    check_error(requests.post(keyed.url + "/v1/chat/completions", json=body, timeout=30,
+                              headers={"Authorization": "Bearer wrong"}), 401)
+    check_error(requests.get(keyed.url + "/v1/models", timeout=30, headers={"Authorization": "Bearer sekri"}), 401)
+    with pytest.raises(openai.AuthenticationError):
+        OpenAI(base_url=keyed.url + "/v1", api_key="nope", max_retries=0).models.list()
+    good = OpenAI(base_url=keyed.url + "/v1", api_key="sekrit", max_retries=0)
+    assert good.chat.completions.create(model=good.models.list().data[0].id, messages=body["messages"],
+                                        max_tokens=2).usage.completion_tokens <= 2
+    # health and metrics stay open
+    assert requests.get(keyed.url + "/health", timeout=30).status_code == 200
+    assert requests.get(keyed.url + "/metrics", timeout=30).status_code == 200
