@@ -68,6 +68,10 @@ struct eng_ppd_tree_build_info {
 int eng_ppd_tree_build(struct eng_ppd_tree_family **out, const double *acc, int n_prompt, int topk, int L,
                        struct eng_ppd_tree_build_info *info);
 
+/* The paper's Vicuna-7B accuracy rows (ppd-spec.md §3.1; N = 3, K = 10), a
+ * prior for building trees when an adapter has no measured accuracy. */
+extern const double eng_ppd_acc_vicuna7b[30];
+
 /* The buffers of one depth state d (§2.3). */
 struct eng_ppd_tree {
     int d;

@@ -14,12 +14,18 @@
 #include "engine/err.h"
 #include "engine/generate.h"
 #include "engine/log.h"
+#include "engine/ppd.h"
+#include "engine/ppd_adapter.h"
+#include "engine/ppd_tree.h"
 #include "engine/tokenizer.h"
 
 struct gen_opts {
     const char *model, *prompt, *prompt_file, *chat_template, *system;
     int chat, json, ignore_eos, n_threads, n_ctx;
     long n_predict;
+    const char *ppd_adapter, *tree_file;   /* adapter NULL: the model's committed one, if any */
+    int no_ppd;
+    long tree_L;
     struct eng_sampler_params sp;
 };
 
@@ -41,8 +47,12 @@ static void gen_usage(FILE *fp) {
             "  -t, --threads N         CPU threads (default: PPD_THREADS or the CPUs, at most 8)\n"
             "  -c, --ctx-size N        KV entries (default min(model context, 4096))\n"
             "      --ignore-eos        keep generating past end-of-turn tokens\n"
-            "      --no-ppd            plain decoding (the only mode until PPD lands)\n"
-            "      --json              print one JSON object: text, tokens, timings\n"
+            "      --ppd FILE          PPD adapter (default: MODEL with .ppd.gguf when that file exists)\n"
+            "      --no-ppd            plain decoding, one token per forward pass\n"
+            "      --tree FILE         PPD tree family (JSON); default: built at start-up from the\n"
+            "                          adapter's accuracy table (or the paper's Vicuna-7B one) with --tree-size\n"
+            "      --tree-size L       tree budget L for the built tree (default 20)\n"
+            "      --json              print one JSON object: text, tokens, timings, PPD statistics\n"
             "  -v, --verbose           debug logging\n",
             PPD_DEFAULT_MODEL);
 }
@@ -54,6 +64,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o) {
     o->n_threads = cli_default_threads();
     o->sp.temperature = 0.0f;
     o->sp.top_p = 1.0f;
+    o->tree_L = 20;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         long l;
@@ -75,7 +86,10 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o) {
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (cli_int(a, v, 1, 1024, &l)) return 2; o->n_threads = (int)l; }
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { VAL(); if (cli_int(a, v, 16, 1 << 20, &l)) return 2; o->n_ctx = (int)l; }
         else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
-        else if (!strcmp(a, "--no-ppd")) { /* plain decoding is the only mode so far */ }
+        else if (!strcmp(a, "--no-ppd")) o->no_ppd = 1;
+        else if (!strcmp(a, "--ppd")) { VAL(); o->ppd_adapter = v; }
+        else if (!strcmp(a, "--tree")) { VAL(); o->tree_file = v; }
+        else if (!strcmp(a, "--tree-size")) { VAL(); if (cli_int(a, v, 1, 4096, &o->tree_L)) return 2; }
         else if (!strcmp(a, "--json")) o->json = 1;
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) eng_log_set_level(ENG_LOG_DEBUG);
         else { fprintf(stderr, "ppd generate: unknown flag '%s' (see --help)\n", a); return 2; }
@@ -83,6 +97,10 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o) {
     }
     if (!!o->prompt + !!o->prompt_file != 1) {
         fprintf(stderr, "ppd generate: give exactly one of -p TEXT or -f FILE\n");
+        return 2;
+    }
+    if (o->no_ppd && (o->ppd_adapter || o->tree_file)) {
+        fprintf(stderr, "ppd generate: --no-ppd cannot be combined with --ppd or --tree\n");
         return 2;
     }
     return 0;
@@ -123,6 +141,50 @@ static int gen_on_tokens(void *user, const int32_t *ids, int n) {
     return 0;
 }
 
+/* PPD on unless --no-ppd: the adapter named by --ppd, else the model's
+ * committed one when it exists (otherwise plain decoding); the tree from
+ * --tree, else built from the adapter's accuracy table (the paper's Vicuna-7B
+ * table when it has none).  Returns 0, or 1 after printing why. */
+static int gen_ppd_open(const struct gen_opts *o, const struct eng_engine *e, struct eng_ppd_adapter **ad,
+                        struct eng_ppd_tree_family **fam, struct eng_ppd *ppd, int *on) {
+    char path[1024], err[768];
+    const char *ap = o->ppd_adapter;
+    *on = 0;
+    if (o->no_ppd) return 0;
+    if (!ap) {
+        FILE *fp;
+        if (eng_ppd_adapter_default_path(o->model, path, sizeof path) || !(fp = fopen(path, "rb"))) {
+            if (o->tree_file) { fprintf(stderr, "ppd: --tree needs an adapter (--ppd FILE)\n"); return 1; }
+            return 0;
+        }
+        fclose(fp);
+        ap = path;
+    }
+    if (eng_ppd_adapter_load(ad, ap, e->model, err, sizeof err)) { fprintf(stderr, "ppd: %s\n", err); return 1; }
+    if (o->tree_file) {
+        if (eng_ppd_tree_family_load(fam, o->tree_file, err, sizeof err)) { fprintf(stderr, "ppd: %s\n", err); return 1; }
+    } else {
+        const int N = (*ad)->n_prompt, K = (*ad)->topk;
+        double *acc = malloc(sizeof *acc * (size_t)N * (size_t)K);
+        if (!acc) return 1;
+        for (int i = 0; i < N; i++)
+            for (int k = 0; k < K; k++)
+                acc[i * K + k] = (*ad)->accuracy ? (*ad)->accuracy[i * K + k]
+                               : N == 3 && K == 10 ? eng_ppd_acc_vicuna7b[i * K + k]
+                               : 0.5 / (double)(i + 1) / (double)(k + 1) / (double)K;
+        int rc = eng_ppd_tree_build(fam, acc, N, K, (int)o->tree_L, NULL);
+        free(acc);
+        if (rc) { fprintf(stderr, "ppd: cannot build a tree with L=%ld: %s\n", o->tree_L, eng_err_msg(rc)); return 1; }
+    }
+    if (eng_ppd_init(ppd, *ad, *fam, err, sizeof err)) { fprintf(stderr, "ppd: %s\n", err); return 1; }
+    if (ppd->trees.max_T > e->fwd.max_rows) {
+        fprintf(stderr, "ppd: the tree feeds %d rows per step; at most %d\n", ppd->trees.max_T, e->fwd.max_rows);
+        return 1;
+    }
+    *on = 1;
+    return 0;
+}
+
 int cmd_generate(int argc, char **argv) {
     struct gen_opts o;
     int rc = gen_parse(argc, argv, &o);
@@ -136,12 +198,16 @@ int cmd_generate(int argc, char **argv) {
     char err[512];
     struct eng_engine *e = NULL;
     int32_t *ids = NULL, *out = NULL;
-    int n_ids = 0, status = 1;
+    int n_ids = 0, status = 1, use_ppd = 0, *acc_len = NULL;
     struct gen_stream s = {0};
+    struct eng_ppd_adapter *ad = NULL;
+    struct eng_ppd_tree_family *fam = NULL;
+    struct eng_ppd ppd = {0};
     if (eng_engine_open(&e, &ep, err, sizeof err)) {
         fprintf(stderr, "ppd: %s\n", err);
         goto done;
     }
+    if (gen_ppd_open(&o, e, &ad, &fam, &ppd, &use_ppd)) goto done;
     if (o.chat) {
         struct chat_msg msgs[2];
         int n = 0;
@@ -163,18 +229,36 @@ int cmd_generate(int argc, char **argv) {
     long room = e->kv.max_seq - n_ids;
     if (o.n_predict > room) o.n_predict = room;
     out = malloc(sizeof *out * (size_t)o.n_predict);
-    if (!out) goto done;
+    acc_len = malloc(sizeof *acc_len * (size_t)o.n_predict);
+    if (!out || !acc_len) goto done;
     struct eng_gen_params gp = {.n_predict = (int)o.n_predict, .ignore_eog = o.ignore_eos, .sp = o.sp};
     struct eng_gen_stats st;
+    struct eng_ppd_gen_stats pst = {0};
     s.tok = e->tok;
     s.echo = !o.json;
     tok_detok_init(&s.detok, 0);
     s.piece_cap = tok_detok_cap(e->tok);
     if (!(s.piece = malloc(s.piece_cap))) goto done;
-    if ((rc = eng_generate(&e->fwd, &e->kv, 0, e->tok, ids, n_ids, &gp, gen_on_tokens, &s, out, &st))) {
+    if (use_ppd) {
+        rc = eng_ppd_generate(&e->fwd, &e->kv, 0, e->tok, &ppd, ids, n_ids, &gp, gen_on_tokens, &s, out, acc_len,
+                              &pst, NULL, NULL);
+        st = pst.gen;
+    } else {
+        rc = eng_generate(&e->fwd, &e->kv, 0, e->tok, ids, n_ids, &gp, gen_on_tokens, &s, out, &st);
+        /* plain decoding: the first token comes from the prefill, then one per step */
+        for (int i = 0; i < st.n_gen - 1; i++) acc_len[i] = 1;
+        st.steps = st.n_gen > 0 ? st.n_gen - 1 : 0;
+        pst.hist[1] = st.steps;
+        pst.forward_s = st.decode_s;
+    }
+    if (rc) {
         fprintf(stderr, "ppd: generation failed: %s\n", eng_err_msg(rc));
         goto done;
     }
+    long acc_sum = 0;
+    for (int i = 0; i < st.steps; i++) acc_sum += acc_len[i];
+    double mean_acc = st.steps ? (double)acc_sum / st.steps : 0;
+    double overhead = st.steps > 0 && st.decode_s > 0 ? (st.decode_s - pst.forward_s) / st.decode_s : 0;
     char tail[TOK_DETOK_FLUSH_CAP];
     size_t nt = tok_detok_flush(&s.detok, tail, sizeof tail);
     if (nt != (size_t)-1) gen_append(&s, tail, nt);
@@ -184,7 +268,11 @@ int cmd_generate(int argc, char **argv) {
     if (o.json) {
         json_t *j = json_object(), *toks = json_array(), *acc = json_array();
         for (int i = 0; i < st.n_gen; i++) json_array_append_new(toks, json_integer(out[i]));
-        for (int i = 0; i < st.steps; i++) json_array_append_new(acc, json_integer(1));
+        json_t *hist = json_array();
+        for (int i = 0; i < st.steps; i++) json_array_append_new(acc, json_integer(acc_len[i]));
+        int top = ENG_PPD_MAX_PROMPT + 1;
+        while (top > 0 && !pst.hist[top]) top--;
+        for (int a = 0; a <= top; a++) json_array_append_new(hist, json_integer(pst.hist[a]));
         json_object_set_new(j, "text", json_stringn(s.text ? s.text : "", s.len));
         json_object_set_new(j, "tokens", toks);
         json_object_set_new(j, "n_prompt", json_integer(st.n_prompt));
@@ -196,7 +284,17 @@ int cmd_generate(int argc, char **argv) {
         json_object_set_new(j, "decode_s", json_real(st.decode_s));
         json_object_set_new(j, "prefill_tokens_per_s", json_real(prefill_tps));
         json_object_set_new(j, "decode_tokens_per_s", json_real(decode_tps));
-        json_object_set_new(j, "ppd", json_false());
+        json_object_set_new(j, "ppd", json_boolean(use_ppd));
+        json_object_set_new(j, "mean_accepted_per_step", json_real(mean_acc));
+        json_object_set_new(j, "accepted_hist", hist);
+        json_object_set_new(j, "forward_s", json_real(pst.forward_s));
+        json_object_set_new(j, "step_overhead", json_real(overhead));
+        if (use_ppd) {
+            json_t *rows = json_array();
+            for (int d = 1; d <= ppd.n_prompt; d++) json_array_append_new(rows, json_integer(ppd.trees.st[d].T));
+            json_object_set_new(j, "tree_rows", rows);
+            json_object_set_new(j, "adapter", json_string(ad->provenance));
+        }
         json_object_set_new(j, "threads", json_integer(o.n_threads));
         char *txt = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII);
         if (txt) { puts(txt); free(txt); }
@@ -205,12 +303,19 @@ int cmd_generate(int argc, char **argv) {
         printf("\n");
         fprintf(stderr, "ppd: prompt %d tokens (%.1f tok/s), generated %d tokens (%.1f tok/s), finish: %s\n",
                 st.n_prompt, prefill_tps, st.n_gen, decode_tps, finish_names[st.finish]);
+        if (use_ppd)
+            fprintf(stderr, "ppd: PPD %d steps, %.3f tokens per step, %.1f%% of step time outside the forward pass\n",
+                    st.steps, mean_acc, 100.0 * overhead);
     }
     status = 0;
 done:
     free(s.text);
     free(s.piece);
     free(out);
+    free(acc_len);
+    eng_ppd_free(&ppd);
+    eng_ppd_tree_family_free(fam);
+    eng_ppd_adapter_free(ad);
     free(ids);
     free(file_text);
     eng_engine_close(e);
