@@ -2,6 +2,7 @@
 #include "threadpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -18,6 +19,15 @@
  * between two regions of one forward pass, short enough not to burn a core
  * while the server is idle. */
 #define POOL_SPIN_LIMIT 20000
+/* Spins before a thread that waits for its peers inside a region yields the
+ * core: when the machine is oversubscribed the peer we wait for may be the
+ * one that needs our core, and pure spinning then costs a whole time slice. */
+#define POOL_YIELD_AFTER 2000
+
+static inline void pool_wait_step(int *spins) {
+    if (++*spins < POOL_YIELD_AFTER) POOL_PAUSE();
+    else { *spins = 0; sched_yield(); }
+}
 
 struct eng_pool {
     int n_threads;
@@ -49,7 +59,11 @@ static void *pool_worker_main(void *varg) {
         int spins = 0;
         while ((gen = atomic_load_explicit(&p->generation, memory_order_acquire)) == seen &&
                !atomic_load_explicit(&p->stop, memory_order_acquire)) {
-            if (++spins < POOL_SPIN_LIMIT) { POOL_PAUSE(); continue; }
+            if (++spins < POOL_SPIN_LIMIT) {
+                if (spins % POOL_YIELD_AFTER == 0) sched_yield();
+                else POOL_PAUSE();
+                continue;
+            }
             pthread_mutex_lock(&p->mu);
             atomic_fetch_add(&p->n_sleeping, 1);
             while (atomic_load(&p->generation) == seen && !atomic_load(&p->stop))
@@ -121,7 +135,8 @@ void eng_pool_run(struct eng_pool *p, eng_pool_fn fn, void *arg) {
         pthread_mutex_unlock(&p->mu);
     }
     fn(arg, 0, p->n_threads);
-    while (atomic_load_explicit(&p->n_done, memory_order_acquire) < p->n_threads - 1) POOL_PAUSE();
+    int spins = 0;
+    while (atomic_load_explicit(&p->n_done, memory_order_acquire) < p->n_threads - 1) pool_wait_step(&spins);
 }
 
 void eng_pool_barrier(struct eng_pool *p) {
@@ -132,7 +147,8 @@ void eng_pool_barrier(struct eng_pool *p) {
         atomic_fetch_add_explicit(&p->barrier_phase, 1, memory_order_acq_rel);
         return;
     }
-    while (atomic_load_explicit(&p->barrier_phase, memory_order_acquire) == phase) POOL_PAUSE();
+    int spins = 0;
+    while (atomic_load_explicit(&p->barrier_phase, memory_order_acquire) == phase) pool_wait_step(&spins);
 }
 
 void eng_split(long n, int ith, int nth, long align, long *begin, long *end) {
