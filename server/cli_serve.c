@@ -77,7 +77,7 @@ int cmd_serve(int argc, char **argv) {
     struct srv *s = calloc(1, sizeof *s);
     if (!s) return 1;
     int status = 1, rc = srv_config_load(&s->cfg, argc, argv);
-    if (rc) { free(s); return rc == 1 ? 0 : rc; }
+    if (rc) { srv_config_free(&s->cfg); free(s); return rc == 1 ? 0 : rc; }
     if (s->cfg.verbose) eng_log_set_level(ENG_LOG_DEBUG);
     srv_config_log(&s->cfg);
     bool q_in = false, q_out = false, loop_ok = false;
@@ -138,6 +138,7 @@ done:
     eng_engine_close(s->eng);
     if (q_in) srv_queue_free(&s->inbox);
     if (q_out) srv_queue_free(&s->outbox);
+    srv_config_free(&s->cfg);
     free(s);
     return status;
 }

@@ -40,6 +40,7 @@ static const struct cfg_entry cfg_table[] = {
     {"chat-template", NULL, CFG_STR, F(chat_template), 0, 0, NULL,
      "chatml, vicuna, llama2, llama3, zephyr (default: from the model)"},
     {"verbose", "-v", CFG_FLAG, F(verbose), 0, 1, "0", "debug logging"},
+    {"config", NULL, CFG_STR, F(config), 0, 0, NULL, "read settings from FILE first (key = value lines)"},
 };
 #define CFG_N (int)(sizeof cfg_table / sizeof cfg_table[0])
 
@@ -83,11 +84,70 @@ void srv_config_usage(FILE *fp) {
     fprintf(fp, "  %-26s this text\n", "-h, --help");
 }
 
+static const struct cfg_entry *cfg_find(const char *name, size_t n) {
+    for (int i = 0; i < CFG_N; i++)
+        if (strlen(cfg_table[i].name) == n && !strncmp(cfg_table[i].name, name, n)) return &cfg_table[i];
+    return NULL;
+}
+
+static char *cfg_trim(char *p) {
+    while (*p == ' ' || *p == '\t') p++;
+    char *e = p + strlen(p);
+    while (e > p && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r')) *--e = 0;
+    return p;
+}
+
+/* Read `key = value` lines; values may be "quoted".  The text stays alive in
+ * c->file_text because string settings point into it. */
+static int cfg_read_file(struct srv_config *c, const char *path) {
+    if (!(c->file_text = cli_read_file(path))) return 2;
+    int line = 0;
+    for (char *p = c->file_text; p && *p;) {
+        char *nl = strchr(p, '\n');
+        if (nl) *nl = 0;
+        line++;
+        char *hash = strchr(p, '#');
+        if (hash) *hash = 0;
+        char *t = cfg_trim(p);
+        p = nl ? nl + 1 : NULL;
+        if (!*t) continue;
+        char *eq = strchr(t, '=');
+        char where[512];
+        if (!eq) {
+            fprintf(stderr, "ppd serve: %s:%d: expected 'key = value'\n", path, line);
+            return 2;
+        }
+        *eq = 0;
+        char *key = cfg_trim(t), *val = cfg_trim(eq + 1);
+        size_t nv = strlen(val);
+        if (nv >= 2 && val[0] == '"' && val[nv - 1] == '"') { val[nv - 1] = 0; val++; }
+        const struct cfg_entry *e = cfg_find(key, strlen(key));
+        snprintf(where, sizeof where, "%s:%d: %s", path, line, key);
+        if (!e || e->off == F(config)) {
+            fprintf(stderr, "ppd serve: %s: unknown key (see ppd serve --help)\n", where);
+            return 2;
+        }
+        if (cfg_set(c, e, where, val)) return 2;
+    }
+    return 0;
+}
+
 int srv_config_load(struct srv_config *c, int argc, char **argv) {
     memset(c, 0, sizeof *c);
     for (int i = 0; i < CFG_N; i++)
         if (cfg_table[i].def && cfg_set(c, &cfg_table[i], cfg_table[i].name, cfg_table[i].def)) return 2;
     c->n_threads = cli_default_threads();
+    /* The config file comes first, wherever --config stands on the line. */
+    const char *file = getenv("PPD_CONFIG");
+    for (int a = 1; a < argc; a++) {
+        if (!strcmp(argv[a], "--config") && a + 1 < argc) file = argv[a + 1];
+        else if (!strncmp(argv[a], "--config=", 9)) file = argv[a] + 9;
+    }
+    if (file && *file) {
+        c->config = file;
+        int rc = cfg_read_file(c, file);
+        if (rc) return rc;
+    }
     for (int i = 0; i < CFG_N; i++) {
         char env[64];
         cfg_env_name(&cfg_table[i], env, sizeof env);
@@ -118,6 +178,12 @@ int srv_config_load(struct srv_config *c, int argc, char **argv) {
         if (cfg_set(c, e, arg, v)) return 2;
     }
     return 0;
+}
+
+void srv_config_free(struct srv_config *c) {
+    if (!c) return;
+    free(c->file_text);
+    c->file_text = NULL;
 }
 
 void srv_config_log(const struct srv_config *c) {

@@ -1,11 +1,13 @@
-/* config.h — the server's settings: one table feeds the flags, the PPD_*
- * environment variables, `ppd serve --help` and the start-up log.
+/* config.h — the server's settings: one table feeds the config file, the
+ * flags, the PPD_* environment variables, `ppd serve --help` and the start-up
+ * log.
  *
- * Precedence: built-in default < environment variable < command-line flag
- * (the flag a user typed wins, as with llama.cpp's LLAMA_ARG_*).  Unknown
- * flags and out-of-range values stop start-up naming the key and the allowed
- * range.  Not here yet: the config file (config/ppd.conf); the table already
- * carries every key it will use.
+ * Precedence: built-in default < config file (--config FILE or PPD_CONFIG;
+ * lines `key = value`, keys are the long flag names, `#` starts a comment) <
+ * environment variable < command-line flag (the flag a user typed wins, as
+ * with llama.cpp's LLAMA_ARG_*).  Unknown keys and flags and out-of-range
+ * values stop start-up naming the key (and file:line) and the allowed range.
+ * config/ppd.conf is the documented example.
  */
 #ifndef PPD_SERVER_CONFIG_H
 #define PPD_SERVER_CONFIG_H
@@ -29,12 +31,15 @@ struct srv_config {
     long drain_s;             /* seconds SIGTERM waits for in-flight requests */
     const char *chat_template;
     long verbose;
+    const char *config;       /* the config file read, if any */
+    char *file_text;          /* its contents; string settings may point into it */
 };
 
 /* Fill from defaults, then PPD_* variables, then argv (argv[0] is the
  * subcommand).  Returns 0, 1 when --help was printed, 2 on a usage error
  * (message on stderr). */
 int srv_config_load(struct srv_config *c, int argc, char **argv);
+void srv_config_free(struct srv_config *c);   /* accepts NULL */
 void srv_config_usage(FILE *fp);
 /* The effective configuration as one log block (the API key is masked). */
 void srv_config_log(const struct srv_config *c);

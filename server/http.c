@@ -62,8 +62,8 @@ static void sse_data(struct srv_req *r, char *json) {
 }
 
 static enum MHD_Result respond(struct MHD_Connection *c, unsigned status, char *body, const char *ctype) {
-    struct MHD_Response *resp =
-        MHD_create_response_from_buffer(body ? strlen(body) : 0, body ? body : (char *)"", MHD_RESPMEM_MUST_FREE);
+    if (!body) return MHD_NO;   /* out of memory building it: drop the connection */
+    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
     if (!resp) { free(body); return MHD_NO; }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     if (status == 429) MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
