@@ -60,7 +60,10 @@ int eng_sched_init(struct eng_sched *s, struct eng_forward *f, struct eng_kv *kv
     if (s->p.n_slot <= 0 || s->p.n_slot > kv->n_slot) s->p.n_slot = kv->n_slot;
     if (s->p.max_rows <= 0 || s->p.max_rows > f->max_rows) s->p.max_rows = f->max_rows;
     if (s->p.prefill_chunk <= 0 || s->p.prefill_chunk > s->p.max_rows) s->p.prefill_chunk = s->p.max_rows;
-    int rc = eng_batch_init(&s->batch, s->p.max_rows, s->p.max_rows);
+    /* Every decoding sequence needs its row in every step. */
+    int rc = ENG_E_RANGE;
+    if (s->p.n_slot > s->p.max_rows) goto err;
+    rc = eng_batch_init(&s->batch, s->p.max_rows, s->p.max_rows);
     if (rc) goto err;
     if ((rc = eng_sampler_scratch_init(&s->scratch, f->m->hp.n_vocab))) goto err;
     rc = ENG_E_NOMEM;

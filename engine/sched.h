@@ -139,6 +139,8 @@ struct eng_sched {
     struct eng_sched_stats stats;
 };
 
+/* ENG_E_RANGE when there are more slots than rows per step (each decoding
+ * sequence needs one row every step). */
 int eng_sched_init(struct eng_sched *s, struct eng_forward *f, struct eng_kv *kv, const struct tok *tok,
                    const struct eng_sched_params *p);
 /* Frees the scheduler's memory; requests still inside are not emitted or

@@ -294,7 +294,8 @@ int srv_api_parse(struct srv *s, enum srv_kind kind, const char *body, size_t n,
         api_number(root, "presence_penalty", -2, 2, &g->sp.presence_penalty, err) ||
         api_number(root, "frequency_penalty", -2, 2, &g->sp.frequency_penalty, err) ||
         api_int(root, "n", 1, 128, &n_choices, NULL, err) || api_bool(root, "logprobs", &logprobs, err) ||
-        api_bool(root, "echo", &echo, err) || api_stop(root, g, err))
+        api_bool(root, "echo", &echo, err) || api_bool(root, "ignore_eos", &g->ignore_eos, err) ||
+        api_stop(root, g, err))
         return -1;
     if (so && !json_is_object(so)) {
         srv_err_set(err, ENG_E_INVALID, "stream_options", "invalid_type", "'stream_options' must be an object");

@@ -80,6 +80,13 @@ int cmd_serve(int argc, char **argv) {
     if (rc) { srv_config_free(&s->cfg); free(s); return rc == 1 ? 0 : rc; }
     if (s->cfg.verbose) eng_log_set_level(ENG_LOG_DEBUG);
     srv_config_log(&s->cfg);
+    if (s->cfg.n_parallel > s->cfg.batch) {
+        fprintf(stderr, "ppd serve: --parallel %ld is larger than --batch-size %ld (each decoding sequence needs a row per step)\n",
+                s->cfg.n_parallel, s->cfg.batch);
+        srv_config_free(&s->cfg);
+        free(s);
+        return 2;
+    }
     bool q_in = false, q_out = false, loop_ok = false;
     uv_loop_t loop;
     char err[512] = "";

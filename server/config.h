@@ -29,6 +29,7 @@ struct srv_config {
     long max_queue;           /* requests waiting beyond the slots before 429 */
     long max_body;            /* request body bytes before 413 */
     long drain_s;             /* seconds SIGTERM waits for in-flight requests */
+    long keepalive_s;         /* SSE comment after this many quiet seconds */
     const char *chat_template;
     long verbose;
     const char *config;       /* the config file read, if any */

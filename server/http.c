@@ -12,6 +12,7 @@
  *     resumes it;
  *   - not streamed: the connection is suspended until the last event, then
  *     resumed and answered with the whole completion.
+ * A stream that has had nothing to send for --sse-keepalive seconds gets an SSE comment line.
  * A suspended connection is invisible to MHD, so a uv_poll on its socket
  * notices a client that hangs up while it waits; that, or MHD reporting a
  * failed write, sets the job's cancel flag.  The srv_req is freed only when
@@ -115,7 +116,8 @@ static void req_resume(struct srv_req *r) {
     }
 }
 
-/* The client hung up (EOF or error on its socket) while we waited. */
+/* The client hung up (EOF, or an error such as a reset, which libuv reports
+ * as status UV_EBADF) while we waited. */
 static void on_watch(uv_poll_t *h, int status, int events) {
     struct srv_req *r = h->data;
     char c;
@@ -199,6 +201,7 @@ static enum MHD_Result handle_generate(struct srv *s, struct srv_req *r, enum sr
         if (max_tokens > room) max_tokens = room;
         int erc = eng_sched_req_init(&r->job, s->eng->tok, g.prompt, g.n_prompt, max_tokens, &g.sp, g.stop, g.n_stop);
         if (erc) { srv_err_set(&err, erc, NULL, NULL, "%s", eng_err_msg(erc)); rc = -1; }
+        else r->job->ignore_eog = g.ignore_eos;
     }
     if (rc == 0) {
         r->kind = kind;
@@ -426,6 +429,26 @@ void srv_http_on_events(struct srv *s) {
     srv_http_run_mhd(s);
 }
 
+/* ---- keep-alive comments ---- */
+
+/* A stream with nothing to say for a while (waiting for a slot, or a long
+ * prefill) gets an SSE comment line: proxies do not time it out, and a
+ * client that has gone away is noticed by the failed write. */
+static void on_keepalive(uv_timer_t *t) {
+    struct srv *s = t->data;
+    double now = eng_now_s();
+    bool any = false;
+    for (struct srv_req *r = s->reqs; r; r = r->next) {
+        if (!r->stream || r->finished || r->conn_gone || !r->job) continue;
+        double last = r->t_last > 0 ? r->t_last : r->t_arrive;
+        if (now - last < (double)s->cfg.keepalive_s) continue;
+        out_append(r, ": keep-alive\n\n", 14);
+        req_resume(r);
+        any = true;
+    }
+    if (any) srv_http_run_mhd(s);
+}
+
 /* ---- MHD under libuv ---- */
 
 static void on_mhd_timer(uv_timer_t *t) { srv_http_run_mhd(t->data); }
@@ -478,6 +501,10 @@ int srv_http_start(struct srv *s, char *err, size_t cap) {
     s->mhd_poll.data = s;
     s->mhd_timer.data = s;
     uv_poll_start(&s->mhd_poll, UV_READABLE, on_mhd_poll);
+    uv_timer_init(s->loop, &s->keepalive_timer);
+    s->keepalive_timer.data = s;
+    uint64_t ka_ms = (uint64_t)s->cfg.keepalive_s * 1000 / 2;   /* check twice per period */
+    uv_timer_start(&s->keepalive_timer, on_keepalive, ka_ms, ka_ms);
     srv_http_run_mhd(s);
     return 0;
 }
@@ -499,4 +526,5 @@ void srv_http_stop(struct srv *s) {
     s->mhd = NULL;
     uv_close((uv_handle_t *)&s->mhd_poll, NULL);
     uv_close((uv_handle_t *)&s->mhd_timer, NULL);
+    uv_close((uv_handle_t *)&s->keepalive_timer, NULL);
 }

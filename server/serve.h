@@ -44,6 +44,7 @@ struct srv_err {
 struct srv_gen {
     enum srv_kind kind;
     bool stream, include_usage;
+    bool ignore_eos;         /* llama.cpp's extension: keep going past end-of-turn tokens */
     int max_tokens;          /* 0: the server default */
     struct eng_sampler_params sp;
     const char *stop[ENG_TEXTOUT_MAX_STOP];   /* into the parsed JSON */
@@ -110,7 +111,7 @@ struct srv {
     uv_loop_t *loop;
     uv_async_t wake;
     uv_poll_t mhd_poll;
-    uv_timer_t mhd_timer, drain_timer;
+    uv_timer_t mhd_timer, drain_timer, keepalive_timer;
     uv_signal_t sig_int, sig_term;
     struct MHD_Daemon *mhd;
     int listen_port;

@@ -1,5 +1,6 @@
 """Configuration: --help, bad flags, the config file < PPD_* env < flag
 precedence, and the bounded queue (429 with Retry-After)."""
+import json
 import os
 import subprocess
 import time
@@ -46,7 +47,8 @@ def test_precedence_and_queue_full(tmp_path_factory, monkeypatch):
         r1 = requests.post(s.url + "/v1/chat/completions", stream=True, timeout=60,
                            json={"messages": [{"role": "user", "content": "Write a long story."}], "stream": True,
                                  "max_tokens": 200})
-        next(r1.iter_lines())
+        r1_lines = r1.iter_lines()   # keep it: a dropped generator closes the connection
+        next(r1_lines)
         r2 = requests.post(s.url + "/v1/chat/completions", timeout=60,
                            json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
         assert r2.status_code == 429
@@ -60,5 +62,31 @@ def test_precedence_and_queue_full(tmp_path_factory, monkeypatch):
         r3 = requests.post(s.url + "/v1/chat/completions", timeout=60,
                            json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
         assert r3.status_code == 200
+    finally:
+        assert s.stop() == 0
+
+
+def test_keepalive_while_waiting(tmp_path_factory):
+    """One slot: the second stream waits for the first and gets SSE comment
+    lines meanwhile; its content is still the same greedy answer."""
+    s = start_server(tmp_path_factory, "-np", "1", "-c", "512", "--sse-keepalive", "1", name="keepalive")
+    try:
+        body = {"messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 8, "temperature": 0}
+        alone = requests.post(s.url + "/v1/chat/completions", json=body, timeout=60).json()
+        long = requests.post(s.url + "/v1/chat/completions", stream=True, timeout=60,
+                             json={"messages": [{"role": "user", "content": "Write a long story."}], "stream": True,
+                                   "max_tokens": 250, "temperature": 0, "ignore_eos": True})
+        long_lines = long.iter_lines()   # keep it: a dropped generator closes the connection
+        next(long_lines)
+        t0 = time.time()
+        r = requests.post(s.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=120)
+        waited = time.time() - t0
+        long.close()
+        raw = r.text
+        text = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content") or ""
+                       for e in raw.split("\n\n") if e.startswith("data: {") and json.loads(e[6:])["choices"])
+        assert text == alone["choices"][0]["message"]["content"]
+        assert waited > 1.5, waited   # 250 tokens at well under 150 tokens/s
+        assert ": keep-alive\n\n" in raw
     finally:
         assert s.stop() == 0
