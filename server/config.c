@@ -37,6 +37,7 @@ static const struct cfg_entry cfg_table[] = {
     {"max-queue", NULL, CFG_INT, F(max_queue), 0, 1 << 20, "64", "requests waiting for a slot before 429"},
     {"max-body", NULL, CFG_INT, F(max_body), 1024, 1 << 30, "1048576", "request body bytes before 413"},
     {"drain-timeout", NULL, CFG_INT, F(drain_s), 0, 3600, "30", "seconds SIGTERM waits for in-flight requests"},
+    {"timeout", "-to", CFG_INT, F(timeout_s), 0, 86400, "600", "seconds a request may take before it is cancelled (0: no limit)"},
     {"sse-keepalive", NULL, CFG_INT, F(keepalive_s), 1, 3600, "5", "seconds a stream may stay quiet before a keep-alive comment"},
     {"chat-template", NULL, CFG_STR, F(chat_template), 0, 0, NULL,
      "chatml, vicuna, llama2, llama3, zephyr (default: from the model)"},

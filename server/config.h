@@ -30,6 +30,7 @@ struct srv_config {
     long max_body;            /* request body bytes before 413 */
     long drain_s;             /* seconds SIGTERM waits for in-flight requests */
     long keepalive_s;         /* SSE comment after this many quiet seconds */
+    long timeout_s;           /* per-request deadline; 0: none */
     const char *chat_template;
     long verbose;
     const char *config;       /* the config file read, if any */

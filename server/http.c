@@ -12,7 +12,8 @@
  *     resumes it;
  *   - not streamed: the connection is suspended until the last event, then
  *     resumed and answered with the whole completion.
- * A stream that has had nothing to send for --sse-keepalive seconds gets an SSE comment line.
+ * A stream that has had nothing to send for --sse-keepalive seconds gets an
+ * SSE comment line; a request older than --timeout is cancelled.
  * A suspended connection is invisible to MHD, so a uv_poll on its socket
  * notices a client that hangs up while it waits; that, or MHD reporting a
  * failed write, sets the job's cancel flag.  The srv_req is freed only when
@@ -176,6 +177,15 @@ static ssize_t sse_reader(void *cls, uint64_t pos, char *buf, size_t max) {
     return 0;
 }
 
+/* Why a request the client did not abandon was cancelled. */
+static void req_cancel_reason(const struct srv *s, const struct srv_req *r, struct srv_err *err) {
+    if (r->timed_out)
+        srv_err_set(err, ENG_E_BUSY, NULL, "timeout", "the request took longer than the server's limit of %lds (--timeout)",
+                    s->cfg.timeout_s);
+    else
+        srv_err_set(err, ENG_E_BUSY, NULL, NULL, "the request was cancelled (the server is shutting down)");
+}
+
 /* ---- generation requests ---- */
 
 static enum MHD_Result handle_generate(struct srv *s, struct srv_req *r, enum srv_kind kind) {
@@ -246,7 +256,7 @@ static enum MHD_Result respond_final(struct srv *s, struct srv_req *r) {
         return respond_err(s, r->conn, &err);
     }
     if (r->finish == ENG_SCHED_FINISH_CANCELLED) {
-        srv_err_set(&err, ENG_E_BUSY, NULL, NULL, "the request was cancelled (the server is shutting down)");
+        req_cancel_reason(s, r, &err);
         return respond_err(s, r->conn, &err);
     }
     return respond(r->conn, 200, srv_api_completion(r, s->model_id, r->out ? r->out : "", r->n_out), "application/json");
@@ -367,7 +377,7 @@ static void req_on_event(struct srv *s, struct srv_req *r, const struct srv_even
                 } else {
                     struct srv_err err = {0};
                     if (ev->finish == ENG_SCHED_FINISH_CANCELLED)
-                        srv_err_set(&err, ENG_E_BUSY, NULL, NULL, "the request was cancelled (the server is shutting down)");
+                        req_cancel_reason(s, r, &err);
                     else
                         srv_err_set(&err, ev->err ? ev->err : ENG_E_INTERNAL, NULL, NULL, "generation failed: %s",
                                     eng_err_msg(ev->err));
@@ -429,19 +439,25 @@ void srv_http_on_events(struct srv *s) {
     srv_http_run_mhd(s);
 }
 
-/* ---- keep-alive comments ---- */
+/* ---- the periodic tick: keep-alive comments and deadlines ---- */
 
 /* A stream with nothing to say for a while (waiting for a slot, or a long
  * prefill) gets an SSE comment line: proxies do not time it out, and a
- * client that has gone away is noticed by the failed write. */
-static void on_keepalive(uv_timer_t *t) {
+ * client that has gone away is noticed by the failed write.  A request older
+ * than --timeout is cancelled (its answer says why). */
+static void on_tick(uv_timer_t *t) {
     struct srv *s = t->data;
     double now = eng_now_s();
     bool any = false;
     for (struct srv_req *r = s->reqs; r; r = r->next) {
-        if (!r->stream || r->finished || r->conn_gone || !r->job) continue;
+        if (r->finished || r->conn_gone || !r->job) continue;
+        if (s->cfg.timeout_s > 0 && !r->timed_out && now - r->t_arrive > (double)s->cfg.timeout_s) {
+            LOG_INFO("%s: deadline of %lds passed, cancelling", r->id, s->cfg.timeout_s);
+            r->timed_out = true;
+            req_cancel(r);
+        }
         double last = r->t_last > 0 ? r->t_last : r->t_arrive;
-        if (now - last < (double)s->cfg.keepalive_s) continue;
+        if (!r->stream || now - last < (double)s->cfg.keepalive_s) continue;
         out_append(r, ": keep-alive\n\n", 14);
         req_resume(r);
         any = true;
@@ -503,8 +519,10 @@ int srv_http_start(struct srv *s, char *err, size_t cap) {
     uv_poll_start(&s->mhd_poll, UV_READABLE, on_mhd_poll);
     uv_timer_init(s->loop, &s->keepalive_timer);
     s->keepalive_timer.data = s;
-    uint64_t ka_ms = (uint64_t)s->cfg.keepalive_s * 1000 / 2;   /* check twice per period */
-    uv_timer_start(&s->keepalive_timer, on_keepalive, ka_ms, ka_ms);
+    /* Twice per keep-alive period, and often enough for short deadlines. */
+    uint64_t tick_ms = (uint64_t)s->cfg.keepalive_s * 500;
+    if (s->cfg.timeout_s > 0 && tick_ms > (uint64_t)s->cfg.timeout_s * 250) tick_ms = (uint64_t)s->cfg.timeout_s * 250;
+    uv_timer_start(&s->keepalive_timer, on_tick, tick_ms, tick_ms);
     srv_http_run_mhd(s);
     return 0;
 }

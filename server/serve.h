@@ -135,6 +135,7 @@ struct srv_req {
     bool conn_gone;                  /* MHD finished with the connection */
     bool suspended;
     bool finished;                   /* the job's last event arrived */
+    bool timed_out;                  /* cancelled by the --timeout deadline */
     enum srv_kind kind;
     bool stream, include_usage;
     char id[48];

@@ -90,3 +90,24 @@ def test_keepalive_while_waiting(tmp_path_factory):
         assert ": keep-alive\n\n" in raw
     finally:
         assert s.stop() == 0
+
+
+def test_request_deadline(tmp_path_factory):
+    s = start_server(tmp_path_factory, "-np", "2", "-c", "2048", "--timeout", "1", name="deadline")
+    try:
+        body = {"messages": [{"role": "user", "content": "Write a long story."}], "max_tokens": 2000,
+                "temperature": 0, "ignore_eos": True}
+        t0 = time.time()
+        r = requests.post(s.url + "/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 503
+        assert r.json()["error"]["code"] == "timeout"
+        assert time.time() - t0 < 10
+        raw = requests.post(s.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=60).text
+        last = [e for e in raw.split("\n\n") if e.startswith("data: ")][-1]
+        assert json.loads(last[6:])["error"]["code"] == "timeout"
+        # a short request still passes
+        ok = requests.post(s.url + "/v1/chat/completions", timeout=60,
+                           json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2})
+        assert ok.status_code == 200
+    finally:
+        assert s.stop() == 0
