@@ -18,7 +18,6 @@
 
 struct worker_batch {
     struct srv_qnode *first, *last;
-    bool oom;
 };
 
 static void worker_append(struct worker_batch *wb, struct srv_event *ev) {
@@ -34,10 +33,10 @@ static void worker_on_event(void *user, const struct eng_sched_event *e) {
     (void)user;
     struct srv_event *ev = malloc(sizeof *ev + e->n_text + 1);
     if (!ev) {
-        /* Without memory the event cannot travel; the request is cancelled so
-         * that its slot is freed, and its final event (small) retried then. */
+        /* Without memory the event cannot travel.  The request is cancelled so
+         * that its slot is freed; if this was its final event, the loop never
+         * learns it ended (a leak we accept over aborting the server). */
         LOG_ERROR("out of memory: an event of a request is lost; cancelling it");
-        worker_cur->oom = true;
         atomic_store(&e->req->cancel, true);
         return;
     }
