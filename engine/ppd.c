@@ -6,6 +6,7 @@
  */
 #include "ppd.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,8 +47,14 @@ int eng_ppd_seq_init(struct eng_ppd_seq *s, const struct eng_ppd *ppd, int slot,
     s->ignore_eog = ignore_eog;
     s->n_predict = n_predict;
     s->d = ppd->n_prompt;
+    s->typical = (struct eng_ppd_typical){0.09f, 0.3f};
+    const size_t mt = (size_t)ppd->trees.max_T + 1;
     s->cand = calloc(1 + (size_t)ppd->topk * (size_t)ppd->n_prompt, sizeof *s->cand);
-    int rc = s->cand ? eng_sampler_scratch_init(&s->scratch, n_vocab) : ENG_E_NOMEM;
+    s->node_lse = calloc(mt, sizeof *s->node_lse);
+    s->node_tau = calloc(mt, sizeof *s->node_tau);
+    s->node_seen = calloc(mt, sizeof *s->node_seen);
+    int rc = s->cand && s->node_lse && s->node_tau && s->node_seen ? eng_sampler_scratch_init(&s->scratch, n_vocab)
+                                                                   : ENG_E_NOMEM;
     if (rc) eng_ppd_seq_free(s);
     return rc;
 }
@@ -55,8 +62,13 @@ int eng_ppd_seq_init(struct eng_ppd_seq *s, const struct eng_ppd *ppd, int slot,
 void eng_ppd_seq_free(struct eng_ppd_seq *s) {
     if (!s) return;
     free(s->cand);
+    free(s->node_lse);
+    free(s->node_tau);
+    free(s->node_seen);
     eng_sampler_scratch_free(s->scratch);
     s->cand = NULL;
+    s->node_lse = s->node_tau = NULL;
+    s->node_seen = NULL;
     s->scratch = NULL;
 }
 
@@ -134,7 +146,8 @@ int eng_ppd_seq_prefill_finish(struct eng_ppd_seq *s, const struct eng_forward *
     kv->len[s->slot] = s->n_past + 1;   /* the prompt rows' entries are dropped (§2.4) */
     const float *lg = ppd_row_logits(f, s->b_first);
     if (!lg) return ENG_E_INTERNAL;
-    int32_t root = eng_sample(&s->sp, &s->rng, lg, f->m->hp.n_vocab, s->scratch);
+    int32_t root = s->accept == ENG_PPD_ACCEPT_TYPICAL ? eng_sampler_argmax(lg, f->m->hp.n_vocab)
+                                                       : eng_sample(&s->sp, &s->rng, lg, f->m->hp.n_vocab, s->scratch);
     if (root < 0) return root;
     s->cand[0] = root;
     if (ppd_emit(s, root, out, n_out)) return 0;
@@ -185,6 +198,58 @@ static void ppd_kv_compact(struct eng_kv *kv, int slot, int P, const int32_t *po
     }
 }
 
+/* Probability of token id at node k under softmax(logits / temperature), and
+ * whether it passes the typical-acceptance threshold of k. */
+static bool ppd_typical_ok(struct eng_ppd_seq *s, const struct eng_forward *f, const struct eng_ppd_tree *tr, int k,
+                           int32_t id, double *logp) {
+    const int n_vocab = f->m->hp.n_vocab;
+    const float *lg = ppd_row_logits(f, s->b_first + tr->normal_pos[k]);
+    const double inv_t = 1.0 / (s->sp.temperature > 0 ? s->sp.temperature : 1.0f);
+    if (s->node_seen[k] != s->steps + 1) {
+        double mx = -INFINITY, z = 0, ez = 0;
+        for (int v = 0; v < n_vocab; v++) if (lg[v] * inv_t > mx) mx = lg[v] * inv_t;
+        for (int v = 0; v < n_vocab; v++) {
+            double e = exp(lg[v] * inv_t - mx);
+            z += e;
+            ez += e * (lg[v] * inv_t - mx);
+        }
+        double lse = mx + log(z);
+        /* entropy -sum p log p with p = e / z: log z - ez / z (the reference adds
+         * 1e-5 inside the log; the difference is far below the thresholds' scale) */
+        double H = log(z) - ez / z;
+        double tau = s->typical.alpha * exp(-H);
+        s->node_lse[k] = lse;
+        s->node_tau[k] = tau < s->typical.eps ? tau : s->typical.eps;
+        s->node_seen[k] = s->steps + 1;
+    }
+    *logp = lg[id] * inv_t - s->node_lse[k];
+    return exp(*logp) > s->node_tau[k];
+}
+
+/* Typical acceptance over the retrieve rows: the accepted node ids into nodes[0..A]. */
+static int ppd_typical_select(struct eng_ppd_seq *s, const struct eng_forward *f, const struct eng_ppd_tree *tr,
+                              int32_t *nodes) {
+    int best_A = 0, best_r = 0;
+    double best_score = -INFINITY;
+    for (int r = 0; r < tr->R; r++) {
+        const int32_t *row = tr->rows + (size_t)r * (tr->D + 1);
+        int A = 0;
+        double score = 0, lp;
+        for (int c = 0; c < tr->D && row[c + 1] != ENG_PPD_PAD; c++) {
+            if (!ppd_typical_ok(s, f, tr, row[c], s->cand[tr->node_cand[row[c + 1]]], &lp)) break;
+            A++;
+            score += lp;
+        }
+        if (A > best_A || (A == best_A && A > 0 && score > best_score)) {
+            best_A = A;
+            best_r = r;
+            best_score = score;
+        }
+    }
+    for (int c = 0; c <= best_A; c++) nodes[c] = tr->rows[(size_t)best_r * (tr->D + 1) + c];
+    return best_A;
+}
+
 int eng_ppd_seq_step_finish(struct eng_ppd_seq *s, const struct eng_forward *f, struct eng_kv *kv, int32_t *out,
                             int *n_out) {
     *n_out = 0;
@@ -196,7 +261,22 @@ int eng_ppd_seq_step_finish(struct eng_ppd_seq *s, const struct eng_forward *f, 
     int node = 0, A = 0;
     acc_pos[0] = 0;
     int32_t next = -1;
-    for (;;) {
+    if (s->accept == ENG_PPD_ACCEPT_TYPICAL) {
+        int32_t nodes[ENG_PPD_MAX_PROMPT + 1];
+        int nA = ppd_typical_select(s, f, tr, nodes);
+        for (int c = 1; c <= nA && !s->done; c++) {
+            node = nodes[c];
+            acc_pos[++A] = tr->normal_pos[node];
+            ppd_emit(s, s->cand[tr->node_cand[node]], out, n_out);
+        }
+        if (!s->done) {
+            const float *lg = ppd_row_logits(f, s->b_first + tr->normal_pos[node]);
+            next = eng_sampler_argmax(lg, n_vocab);
+            if (next < 0) return next;
+            ppd_emit(s, next, out, n_out);
+        }
+    }
+    for (; s->accept != ENG_PPD_ACCEPT_TYPICAL;) {
         const float *lg = ppd_row_logits(f, s->b_first + tr->normal_pos[node]);
         if (!lg) return ENG_E_INTERNAL;
         int32_t id = eng_sample(&s->sp, &s->rng, lg, n_vocab, s->scratch);
@@ -229,7 +309,7 @@ int eng_ppd_seq_step_finish(struct eng_ppd_seq *s, const struct eng_forward *f, 
 int eng_ppd_generate(struct eng_forward *f, struct eng_kv *kv, int slot, const struct tok *t,
                      const struct eng_ppd *ppd, const int32_t *prompt, int n_prompt, const struct eng_gen_params *p,
                      eng_gen_token_fn on_tokens, void *user, int32_t *out_ids, int *acc_len,
-                     struct eng_ppd_gen_stats *st, eng_ppd_guess_fn guess_fn, void *guess_user) {
+                     struct eng_ppd_gen_stats *st, const struct eng_ppd_gen_opts *opts) {
     memset(st, 0, sizeof *st);
     st->gen.n_prompt = n_prompt;
     if (n_prompt < 1 || p->n_predict < 1) return ENG_E_INVALID;
@@ -247,8 +327,12 @@ int eng_ppd_generate(struct eng_forward *f, struct eng_kv *kv, int slot, const s
         eng_batch_free(&b);
         return rc;
     }
-    s.guess_fn = guess_fn;
-    s.guess_user = guess_user;
+    if (opts) {
+        s.guess_fn = opts->guess_fn;
+        s.guess_user = opts->guess_user;
+        s.accept = opts->accept;
+        if (opts->typical.eps > 0) s.typical = opts->typical;
+    }
     const float *extra = ppd->ad->emb;
     int32_t emitted[ENG_PPD_MAX_PROMPT + 2];
     int n_em = 0;

@@ -29,9 +29,15 @@
  * sentinel cannot be accepted (§6.4).  Emission stops at the first
  * end-of-generation token and at n_predict, inside a step if need be (§6.8).
  *
+ * Opt-in instead: Medusa-style typical acceptance (§2.5e; not lossless, no
+ * random draws): roots are argmax; along each retrieve row a candidate is
+ * accepted while its probability under softmax(logits / temperature) exceeds
+ * min(eps, alpha * exp(-entropy)); the longest row wins, ties by the largest
+ * sum of log-probabilities, then the first row.
+ *
  * Not here: penalties (presence/frequency need the per-node history; the
- * plain loop does not apply them either), Medusa typical acceptance (§2.5e),
- * scheduling many sequences (engine/sched.c).
+ * plain loop does not apply them either), scheduling many sequences
+ * (engine/sched.c).
  */
 #ifndef PPD_PPD_H
 #define PPD_PPD_H
@@ -61,6 +67,16 @@ int eng_ppd_init(struct eng_ppd *p, const struct eng_ppd_adapter *ad, const stru
                  char *err, size_t err_cap);
 void eng_ppd_free(struct eng_ppd *p);    /* accepts NULL */
 
+enum eng_ppd_accept {
+    ENG_PPD_ACCEPT_EXACT = 0,    /* lossless: greedy, or sampling one draw per token */
+    ENG_PPD_ACCEPT_TYPICAL,      /* Medusa typical acceptance (opt-in, not lossless) */
+};
+
+struct eng_ppd_typical {
+    float eps;                   /* posterior_threshold, 0.09 in the reference */
+    float alpha;                 /* posterior_alpha, 0.3 */
+};
+
 /* Called after each step's guesses are chosen, before the next step is built:
  * cand[0] is the root, cand[1 + K*t + r] the rank-r guess of prompt token t+1
  * for t < d.  Tests replace guesses through it (e.g. with a known
@@ -87,6 +103,11 @@ struct eng_ppd_seq {
     int n_past;                  /* committed entries when the pending step was built */
     eng_ppd_guess_fn guess_fn;
     void *guess_user;
+    enum eng_ppd_accept accept;  /* set after init; EXACT by default */
+    struct eng_ppd_typical typical;
+    double *node_lse;            /* [max_T] typical acceptance: per-node log-sum-exp, */
+    double *node_tau;            /* [max_T] threshold, */
+    int32_t *node_seen;          /* [max_T] and the step they were computed in */
     /* statistics */
     int steps;                               /* tree steps finished */
     int last_acc;                            /* root + accepted candidates of the last step */
@@ -127,9 +148,17 @@ struct eng_ppd_gen_stats {
 
 /* Like eng_generate, with PPD.  acc_len, when not NULL, receives each tree
  * step's accepted length, root included (capacity p->n_predict). */
+struct eng_ppd_gen_opts {
+    enum eng_ppd_accept accept;
+    struct eng_ppd_typical typical;
+    eng_ppd_guess_fn guess_fn;   /* tests */
+    void *guess_user;
+};
+
+/* opts may be NULL: exact acceptance, no guess hook. */
 int eng_ppd_generate(struct eng_forward *f, struct eng_kv *kv, int slot, const struct tok *t,
                      const struct eng_ppd *ppd, const int32_t *prompt, int n_prompt, const struct eng_gen_params *p,
                      eng_gen_token_fn on_tokens, void *user, int32_t *out_ids, int *acc_len,
-                     struct eng_ppd_gen_stats *st, eng_ppd_guess_fn guess_fn, void *guess_user);
+                     struct eng_ppd_gen_stats *st, const struct eng_ppd_gen_opts *opts);
 
 #endif

@@ -26,6 +26,7 @@ struct gen_opts {
     const char *ppd_adapter, *tree_file;   /* adapter NULL: the model's committed one, if any */
     int no_ppd;
     long tree_L;
+    struct eng_ppd_gen_opts popts;
     struct eng_sampler_params sp;
 };
 
@@ -52,6 +53,9 @@ static void gen_usage(FILE *fp) {
             "      --tree FILE         PPD tree family (JSON); default: built at start-up from the\n"
             "                          adapter's accuracy table (or the paper's Vicuna-7B one) with --tree-size\n"
             "      --tree-size L       tree budget L for the built tree (default 20)\n"
+            "      --typical           PPD with Medusa typical acceptance (faster, not lossless; needs --temp > 0)\n"
+            "      --typical-eps E     typical acceptance threshold (default 0.09)\n"
+            "      --typical-alpha A   typical acceptance entropy factor (default 0.3)\n"
             "      --json              print one JSON object: text, tokens, timings, PPD statistics\n"
             "  -v, --verbose           debug logging\n",
             PPD_DEFAULT_MODEL);
@@ -65,6 +69,8 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o) {
     o->sp.temperature = 0.0f;
     o->sp.top_p = 1.0f;
     o->tree_L = 20;
+    o->popts.typical.eps = 0.09f;
+    o->popts.typical.alpha = 0.3f;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         long l;
@@ -89,6 +95,9 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o) {
         else if (!strcmp(a, "--no-ppd")) o->no_ppd = 1;
         else if (!strcmp(a, "--ppd")) { VAL(); o->ppd_adapter = v; }
         else if (!strcmp(a, "--tree")) { VAL(); o->tree_file = v; }
+        else if (!strcmp(a, "--typical")) o->popts.accept = ENG_PPD_ACCEPT_TYPICAL;
+        else if (!strcmp(a, "--typical-eps")) { VAL(); if (cli_float(a, v, 1e-9, 1, &d)) return 2; o->popts.typical.eps = (float)d; }
+        else if (!strcmp(a, "--typical-alpha")) { VAL(); if (cli_float(a, v, 1e-9, 100, &d)) return 2; o->popts.typical.alpha = (float)d; }
         else if (!strcmp(a, "--tree-size")) { VAL(); if (cli_int(a, v, 1, 4096, &o->tree_L)) return 2; }
         else if (!strcmp(a, "--json")) o->json = 1;
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) eng_log_set_level(ENG_LOG_DEBUG);
@@ -99,8 +108,12 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o) {
         fprintf(stderr, "ppd generate: give exactly one of -p TEXT or -f FILE\n");
         return 2;
     }
-    if (o->no_ppd && (o->ppd_adapter || o->tree_file)) {
-        fprintf(stderr, "ppd generate: --no-ppd cannot be combined with --ppd or --tree\n");
+    if (o->no_ppd && (o->ppd_adapter || o->tree_file || o->popts.accept)) {
+        fprintf(stderr, "ppd generate: --no-ppd cannot be combined with --ppd, --tree or --typical\n");
+        return 2;
+    }
+    if (o->popts.accept == ENG_PPD_ACCEPT_TYPICAL && o->sp.temperature <= 0) {
+        fprintf(stderr, "ppd generate: --typical needs --temp > 0 (at temperature 0 PPD is greedy and lossless)\n");
         return 2;
     }
     return 0;
@@ -241,7 +254,7 @@ int cmd_generate(int argc, char **argv) {
     if (!(s.piece = malloc(s.piece_cap))) goto done;
     if (use_ppd) {
         rc = eng_ppd_generate(&e->fwd, &e->kv, 0, e->tok, &ppd, ids, n_ids, &gp, gen_on_tokens, &s, out, acc_len,
-                              &pst, NULL, NULL);
+                              &pst, &o.popts);
         st = pst.gen;
     } else {
         rc = eng_generate(&e->fwd, &e->kv, 0, e->tok, ids, n_ids, &gp, gen_on_tokens, &s, out, &st);
@@ -294,6 +307,7 @@ int cmd_generate(int argc, char **argv) {
             for (int d = 1; d <= ppd.n_prompt; d++) json_array_append_new(rows, json_integer(ppd.trees.st[d].T));
             json_object_set_new(j, "tree_rows", rows);
             json_object_set_new(j, "adapter", json_string(ad->provenance));
+            json_object_set_new(j, "acceptance", json_string(o.popts.accept == ENG_PPD_ACCEPT_TYPICAL ? "typical" : "exact"));
         }
         json_object_set_new(j, "threads", json_integer(o.n_threads));
         char *txt = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII);

@@ -120,8 +120,9 @@ static int run_plain(struct fx *x, int c, const struct eng_gen_params *gp, int32
 
 static int run_ppd(struct fx *x, int c, const struct eng_gen_params *gp, int32_t *out, struct eng_ppd_gen_stats *st,
                    struct oracle *o) {
+    struct eng_ppd_gen_opts opts = {.accept = ENG_PPD_ACCEPT_EXACT, .guess_fn = o ? oracle_guess : NULL, .guess_user = o};
     int rc = eng_ppd_generate(&x->f, &x->kv, 0, x->tok, &x->ppd, x->prompts[c], x->n_prompt[c], gp, NULL, NULL, out,
-                              NULL, st, o ? oracle_guess : NULL, o);
+                              NULL, st, &opts);
     ck_assert_int_eq(rc, 0);
     return st->gen.n_gen;
 }
@@ -239,6 +240,39 @@ START_TEST(test_kv_capacity) {
 }
 END_TEST
 
+/* Typical acceptance (opt-in, not lossless): at a temperature near 0 only the
+ * argmax passes the threshold, so with oracle guesses it must reproduce greedy
+ * decoding while accepting long runs; at 0.7 it runs and accepts. */
+START_TEST(test_typical_acceptance) {
+    struct fx x;
+    fx_open(&x, 1024, 20);
+    struct eng_gen_params gp = {.n_predict = 40};
+    eng_sampler_params_default(&gp.sp);
+    gp.sp.temperature = 0;
+    int32_t plain[40], ppd[40];
+    struct eng_gen_stats ps;
+    struct eng_ppd_gen_stats qs;
+    int np = run_plain(&x, 0, &gp, plain, &ps);
+    struct oracle o = {plain, np};
+    struct eng_ppd_gen_opts opts = {.accept = ENG_PPD_ACCEPT_TYPICAL, .typical = {0.09f, 0.3f},
+                                    .guess_fn = oracle_guess, .guess_user = &o};
+    gp.sp.temperature = 0.01f;
+    ck_assert_int_eq(eng_ppd_generate(&x.f, &x.kv, 0, x.tok, &x.ppd, x.prompts[0], x.n_prompt[0], &gp, NULL, NULL,
+                                      ppd, NULL, &qs, &opts), 0);
+    expect_same(plain, np, ppd, qs.gen.n_gen, "typical at temperature 0.01", 0);
+    double low = mean_acc(&qs);
+    ck_assert(low > 2.0);
+    gp.sp.temperature = 0.7f;
+    opts.guess_fn = NULL;
+    ck_assert_int_eq(eng_ppd_generate(&x.f, &x.kv, 0, x.tok, &x.ppd, x.prompts[1 % x.n_case], x.n_prompt[1 % x.n_case],
+                                      &gp, NULL, NULL, ppd, NULL, &qs, &opts), 0);
+    ck_assert_int_ge(qs.gen.n_gen, 1);
+    printf("typical acceptance: oracle at temperature 0.01 %.3f tokens/step; untrained at 0.7 %.3f\n", low,
+           mean_acc(&qs));
+    fx_close(&x);
+}
+END_TEST
+
 START_TEST(test_tree_adapter_mismatch) {
     struct fx x;
     fx_open(&x, 64, 20);
@@ -262,6 +296,7 @@ int main(void) {
     tcase_add_test(tc, test_tree_adapter_mismatch);
     tcase_add_test(tc, test_kv_capacity);
     tcase_add_test(tc, test_random_adapter);
+    tcase_add_test(tc, test_typical_acceptance);
     tcase_add_test(tc, test_greedy_equals_plain);
     tcase_add_test(tc, test_sampling_equals_plain);
     tcase_add_test(tc, test_greedy_equals_plain_big_tree);
