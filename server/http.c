@@ -101,6 +101,7 @@ static void req_free(struct srv *s, struct srv_req *r) {
     req_unlink(s, r);
     s->n_open--;
     eng_sched_req_free(r->job);
+    free(r->spare);
     free(r->body);
     free(r->out);
     free(r);
@@ -210,6 +211,11 @@ static enum MHD_Result handle_generate(struct srv *s, struct srv_req *r, enum sr
         int max_tokens = g.max_tokens > 0 ? g.max_tokens : s->cfg.n_predict > 0 ? (int)s->cfg.n_predict : room;
         if (max_tokens > room) max_tokens = room;
         int erc = eng_sched_req_init(&r->job, s->eng->tok, g.prompt, g.n_prompt, max_tokens, &g.sp, g.stop, g.n_stop);
+        if (!erc && !(r->spare = malloc(sizeof *r->spare + 1))) {
+            eng_sched_req_free(r->job);   /* never submitted: no event will come for it */
+            r->job = NULL;
+            erc = ENG_E_NOMEM;
+        }
         if (erc) { srv_err_set(&err, erc, NULL, NULL, "%s", eng_err_msg(erc)); rc = -1; }
         else r->job->ignore_eog = g.ignore_eos;
     }
@@ -432,6 +438,7 @@ void srv_http_on_events(struct srv *s) {
                 srv_hist_observe(&s->metrics.step, ev->step_s);
             }
         } else {
+            if (ev == ev->req->spare) ev->req->spare = NULL;   /* freed below, not with the request */
             req_on_event(s, ev->req, ev);
         }
         free(ev);

@@ -145,6 +145,7 @@ struct srv_req {
         struct srv_req *req;
     } submit;
     struct eng_sched_req *job;       /* owned by the engine between submit and the last event */
+    struct srv_event *spare;         /* the last event's carrier if malloc fails on the engine thread */
     uv_poll_t *watch;                /* notices a client that hangs up while we wait */
     int watch_fd;
     /* produced output */

@@ -31,27 +31,34 @@ static struct worker_batch *worker_cur;   /* the batch of the step running (engi
 
 static void worker_on_event(void *user, const struct eng_sched_event *e) {
     (void)user;
+    struct srv_req *r = e->req->user;
     struct srv_event *ev = malloc(sizeof *ev + e->n_text + 1);
+    size_t n_text = e->n_text;
     if (!ev) {
-        /* Without memory the event cannot travel.  The request is cancelled so
-         * that its slot is freed; if this was its final event, the loop never
-         * learns it ended (a leak we accept over aborting the server). */
-        LOG_ERROR("out of memory: an event of a request is lost; cancelling it");
-        atomic_store(&e->req->cancel, true);
-        return;
+        if (e->finish == ENG_SCHED_RUNNING) {
+            /* This step's text is lost; cancel rather than send a stream
+             * with a hole in it.  The final event will use the spare. */
+            LOG_ERROR("out of memory: cancelling a request whose text could not be passed on");
+            atomic_store(&e->req->cancel, true);
+            return;
+        }
+        /* The final event must arrive, or the request would never be freed:
+         * it travels in the carrier allocated with the request, without text. */
+        ev = r->spare;
+        n_text = 0;
     }
     memset(ev, 0, sizeof *ev);
     ev->kind = SRV_EV_SEQ;
-    ev->req = e->req->user;
+    ev->req = r;
     ev->finish = e->finish;
     ev->err = e->err;
     ev->n_ids = e->n_ids;
     ev->n_prompt = e->n_prompt;
     ev->n_gen = e->n_gen;
     ev->queue_s = e->queue_s;
-    ev->n_text = e->n_text;
-    memcpy(ev->text, e->text, e->n_text);
-    ev->text[e->n_text] = 0;
+    ev->n_text = n_text;
+    memcpy(ev->text, e->text, n_text);
+    ev->text[n_text] = 0;
     worker_append(worker_cur, ev);
 }
 
