@@ -19,6 +19,7 @@
  */
 #include <immintrin.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,7 +51,7 @@ static uint64_t rng_next(void) {
 }
 static float rng_sym(void) { return (float)(rng_next() >> 40) * (2.0f / 16777216.0f) - 1.0f; }
 
-/* ---- a spin barrier (sense reversal) ------------------------------------------ */
+/* ---- a spin barrier (sense reversal), yielding after a short spin ------------------------------------------ */
 
 struct spin_barrier {
     atomic_int count;
@@ -64,7 +65,12 @@ static void barrier_wait(struct spin_barrier *b, int *local_sense) {
         atomic_store(&b->count, 0);
         atomic_store(&b->sense, *local_sense);
     } else {
-        while (atomic_load(&b->sense) != *local_sense) __builtin_ia32_pause();
+        /* spin briefly, then yield: on a shared machine the other thread may
+         * be descheduled, and spinning through its time slice costs ms */
+        for (int i = 0; atomic_load(&b->sense) != *local_sense; i++) {
+            if (i < 4096) __builtin_ia32_pause();
+            else sched_yield();
+        }
     }
 }
 
@@ -129,7 +135,7 @@ static double bench_bandwidth(int n_threads, size_t bytes) {
     struct bw_arg a = {buf, bytes, {0, 0, n_threads}};
     struct team t = {n_threads, bw_thread, &a, {0}};
     double best = 1e30;
-    for (int rep = 0; rep < 5; rep++) {
+    for (int rep = 0; rep < 8; rep++) {
         team_run(&t);
         if (t.result[0] < best) best = t.result[0];
     }
@@ -280,7 +286,7 @@ static double bench_peak(int n_threads, int mix) {
     struct team t = {n_threads, peak_thread, &a, {0}};
     const double macs = (double)PEAK_ITERS * 256;
     double best = 1e30;
-    for (int rep = 0; rep < 5; rep++) {
+    for (int rep = 0; rep < 8; rep++) {
         team_run(&t);
         if (t.result[0] < best) best = t.result[0];
     }
@@ -401,7 +407,7 @@ static void step_thread(struct team *t, int tid) {
 }
 
 int main(int argc, char **argv) {
-    int n_threads = 2, reps = 7;
+    int n_threads = 2, reps = 10;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-t") && i + 1 < argc) n_threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-r") && i + 1 < argc) reps = atoi(argv[++i]);
