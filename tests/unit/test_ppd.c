@@ -273,6 +273,74 @@ START_TEST(test_typical_acceptance) {
 }
 END_TEST
 
+/* The scheduler's shape: two sequences on two slots share every forward pass
+ * (prefill tails together, then one tree each per step, in different depth
+ * states) and each still emits exactly its plain greedy tokens. */
+START_TEST(test_two_sequences_one_batch) {
+    struct fx x;
+    fx_open(&x, 512, 20);
+    const struct eng_hparams *hp = &x.m->hp;
+    struct eng_kv kv2;
+    ck_assert_int_eq(eng_kv_init(&kv2, &x.be, hp->n_layer, 2, 512, hp->n_head_kv * hp->head_dim), 0);
+    enum { NP = 40 };
+    struct eng_gen_params gp = {.n_predict = NP, .ignore_eog = true};
+    eng_sampler_params_default(&gp.sp);
+    gp.sp.temperature = 0;
+    int32_t plain[2][NP], got[2][NP];
+    int n_plain[2], n_got[2] = {0, 0};
+    const int ca[2] = {0, 1 % x.n_case};
+    struct oracle o[2];
+    for (int i = 0; i < 2; i++) {
+        struct eng_gen_stats ps;
+        n_plain[i] = run_plain(&x, ca[i], &gp, plain[i], &ps);
+        o[i] = (struct oracle){plain[i], n_plain[i]};
+    }
+    struct eng_batch b;
+    ck_assert_int_eq(eng_batch_init(&b, 256, 256), 0);
+    struct eng_ppd_seq sq[2];
+    for (int i = 0; i < 2; i++) {
+        ck_assert_int_eq(eng_ppd_seq_init(&sq[i], &x.ppd, i, &gp.sp, NP, x.tok, true, hp->n_vocab), 0);
+        if (i == 1) { sq[i].guess_fn = oracle_guess; sq[i].guess_user = &o[i]; }   /* different states */
+        kv2.len[i] = 0;
+        eng_batch_clear(&b);
+        ck_assert_int_eq(eng_batch_add_causal(&b, i, 0, x.prompts[ca[i]], x.n_prompt[ca[i]] - 1, false), 0);
+        ck_assert_int_eq(eng_forward_run(&x.f, &b, &kv2, NULL, 0), 0);
+        kv2.len[i] = x.n_prompt[ca[i]] - 1;
+    }
+    eng_batch_clear(&b);
+    for (int i = 0; i < 2; i++)
+        ck_assert_int_eq(eng_ppd_seq_prefill_add(&sq[i], &b, &kv2, x.prompts[ca[i]][x.n_prompt[ca[i]] - 1]), 0);
+    ck_assert_int_eq(eng_forward_run(&x.f, &b, &kv2, x.ad->emb, x.ad->n_prompt), 0);
+    for (int i = 0; i < 2; i++) {
+        int n;
+        ck_assert_int_eq(eng_ppd_seq_prefill_finish(&sq[i], &x.f, &kv2, got[i] + n_got[i], &n), 0);
+        n_got[i] += n;
+    }
+    int mixed = 0;
+    while (!sq[0].done || !sq[1].done) {
+        eng_batch_clear(&b);
+        for (int i = 0; i < 2; i++)
+            if (!sq[i].done) ck_assert_int_eq(eng_ppd_seq_step_add(&sq[i], &b, &kv2), 0);
+        if (!sq[0].done && !sq[1].done && sq[0].d != sq[1].d) mixed++;
+        ck_assert_int_eq(eng_forward_run(&x.f, &b, &kv2, x.ad->emb, x.ad->n_prompt), 0);
+        for (int i = 0; i < 2; i++) {
+            if (sq[i].pending != 2) continue;
+            int n;
+            ck_assert_int_eq(eng_ppd_seq_step_finish(&sq[i], &x.f, &kv2, got[i] + n_got[i], &n), 0);
+            n_got[i] += n;
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        expect_same(plain[i], n_plain[i], got[i], n_got[i], "two sequences in one batch", i);
+        eng_ppd_seq_free(&sq[i]);
+    }
+    printf("two sequences in one batch: identical; %d steps with the two in different depth states\n", mixed);
+    eng_batch_free(&b);
+    eng_kv_free(&kv2);
+    fx_close(&x);
+}
+END_TEST
+
 START_TEST(test_tree_adapter_mismatch) {
     struct fx x;
     fx_open(&x, 64, 20);
@@ -291,16 +359,19 @@ END_TEST
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     Suite *s = suite_create("ppd");
-    TCase *tc = tcase_create("ppd");
+    TCase *tc = tcase_create("basic"), *te = tcase_create("equivalence");   /* CK_RUN_CASE picks one */
     tcase_set_timeout(tc, 900);
+    tcase_set_timeout(te, 900);
     tcase_add_test(tc, test_tree_adapter_mismatch);
     tcase_add_test(tc, test_kv_capacity);
     tcase_add_test(tc, test_random_adapter);
     tcase_add_test(tc, test_typical_acceptance);
-    tcase_add_test(tc, test_greedy_equals_plain);
-    tcase_add_test(tc, test_sampling_equals_plain);
-    tcase_add_test(tc, test_greedy_equals_plain_big_tree);
+    tcase_add_test(tc, test_two_sequences_one_batch);
+    tcase_add_test(te, test_greedy_equals_plain);
+    tcase_add_test(te, test_sampling_equals_plain);
+    tcase_add_test(te, test_greedy_equals_plain_big_tree);
     suite_add_tcase(s, tc);
+    suite_add_tcase(s, te);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
