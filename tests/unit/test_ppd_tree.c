@@ -234,6 +234,7 @@ START_TEST(test_file_round_trip) {
         }
     }
     unlink(path);
+    eng_ppd_tree_family_free(g);
     ck_assert_int_lt(eng_ppd_tree_family_load(&g, "/nonexistent/tree.json", err, sizeof err), 0);
     ck_assert_ptr_nonnull(strstr(err, "/nonexistent/tree.json"));
     eng_ppd_tree_family_free(f);
