@@ -123,8 +123,11 @@ static int ppd_take_guesses(struct eng_ppd_seq *s, const struct eng_forward *f, 
 }
 
 int eng_ppd_seq_prefill_add(struct eng_ppd_seq *s, struct eng_batch *b, const struct eng_kv *kv, int32_t last_token) {
-    const int N = s->ppd->n_prompt, P1 = kv->len[s->slot];
-    if (P1 + 1 + N > kv->max_seq) return ENG_E_TOO_LONG;
+    const int P1 = kv->len[s->slot];
+    if (P1 + 1 > kv->max_seq) return ENG_E_TOO_LONG;
+    /* No room for the prompt rows: plain decoding from the start (see plain). */
+    const int N = P1 + 1 + s->ppd->n_prompt > kv->max_seq ? 0 : s->ppd->n_prompt;
+    s->plain = N == 0;
     int32_t toks[ENG_PPD_MAX_PROMPT + 1];
     toks[0] = last_token;
     for (int i = 0; i < N; i++) toks[1 + i] = -1 - i;   /* prompt token i: row i of the adapter */
@@ -150,7 +153,7 @@ int eng_ppd_seq_prefill_finish(struct eng_ppd_seq *s, const struct eng_forward *
                                                        : eng_sample(&s->sp, &s->rng, lg, f->m->hp.n_vocab, s->scratch);
     if (root < 0) return root;
     s->cand[0] = root;
-    if (ppd_emit(s, root, out, n_out)) return 0;
+    if (ppd_emit(s, root, out, n_out) || s->plain) return 0;
     int32_t rows[ENG_PPD_MAX_PROMPT];
     for (int i = 0; i < N; i++) rows[i] = s->b_first + 1 + i;
     return ppd_take_guesses(s, f, rows, N);
@@ -160,9 +163,19 @@ int eng_ppd_seq_step_add(struct eng_ppd_seq *s, struct eng_batch *b, const struc
     if (s->done) return ENG_E_INVALID;
     const struct eng_ppd_tree *tr = &s->ppd->trees.st[s->d];
     const int P = kv->len[s->slot], T = tr->T, W = b->vis_words;
-    if (P + T > kv->max_seq) return ENG_E_TOO_LONG;
-    if (b->n_tok + T > b->cap || T > W * 64) return ENG_E_RANGE;
+    if (P + 1 > kv->max_seq) return ENG_E_TOO_LONG;
     s->b_first = b->n_tok;
+    if (s->plain || P + T > kv->max_seq) {
+        /* The tree no longer fits before the end of the slot: finish with plain
+         * one-row steps, so PPD stops exactly where plain decoding would. */
+        int rc = eng_batch_add_causal(b, s->slot, P, &s->cand[0], 1, true);
+        if (rc) return rc;
+        s->plain = true;
+        s->pending = 3;
+        s->n_past = P;
+        return 0;
+    }
+    if (b->n_tok + T > b->cap || T > W * 64) return ENG_E_RANGE;
     for (int t = 0; t < T; t++) {
         const int r = b->n_tok + t;
         b->token[r] = tr->src[t] >= 0 ? s->cand[tr->src[t]] : tr->src[t];   /* < 0: prompt row -1 - src */
@@ -253,6 +266,21 @@ static int ppd_typical_select(struct eng_ppd_seq *s, const struct eng_forward *f
 int eng_ppd_seq_step_finish(struct eng_ppd_seq *s, const struct eng_forward *f, struct eng_kv *kv, int32_t *out,
                             int *n_out) {
     *n_out = 0;
+    if (s->pending == 3) {   /* a plain one-row step: its row is the root */
+        s->pending = 0;
+        const float *lg = ppd_row_logits(f, s->b_first);
+        if (!lg) return ENG_E_INTERNAL;
+        int32_t id = s->accept == ENG_PPD_ACCEPT_TYPICAL ? eng_sampler_argmax(lg, f->m->hp.n_vocab)
+                                                         : eng_sample(&s->sp, &s->rng, lg, f->m->hp.n_vocab, s->scratch);
+        if (id < 0) return id;
+        s->steps++;
+        s->hist[1]++;
+        s->last_acc = 1;
+        kv->len[s->slot] = s->n_past + 1;
+        s->cand[0] = id;
+        ppd_emit(s, id, out, n_out);
+        return 0;
+    }
     if (s->pending != 2) return ENG_E_INVALID;
     s->pending = 0;
     const struct eng_ppd_tree *tr = &s->ppd->trees.st[s->d];
@@ -314,7 +342,7 @@ int eng_ppd_generate(struct eng_forward *f, struct eng_kv *kv, int slot, const s
     st->gen.n_prompt = n_prompt;
     if (n_prompt < 1 || p->n_predict < 1) return ENG_E_INVALID;
     const int N = ppd->n_prompt;
-    if (n_prompt + N > kv->max_seq) return ENG_E_TOO_LONG;
+    if (n_prompt > kv->max_seq) return ENG_E_TOO_LONG;
     int chunk = p->prefill_chunk > 0 && p->prefill_chunk <= f->max_rows ? p->prefill_chunk : f->max_rows;
     int rows = chunk > ppd->trees.max_T ? chunk : ppd->trees.max_T;
     if (rows < N + 1) rows = N + 1;

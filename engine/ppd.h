@@ -99,7 +99,8 @@ struct eng_ppd_seq {
     int d;                       /* depth state of the next step */
     int32_t *cand;               /* [1 + K*N]: root, then the guesses of each prompt token */
     int b_first;                 /* first batch row of the pending step */
-    int pending;                 /* 0: none, 1: prefill tail, 2: tree step */
+    int pending;                 /* 0: none, 1: prefill tail, 2: tree step, 3: plain step */
+    bool plain;                  /* near the end of the KV slot: one-row steps from now on */
     int n_past;                  /* committed entries when the pending step was built */
     eng_ppd_guess_fn guess_fn;
     void *guess_user;
@@ -119,17 +120,20 @@ int eng_ppd_seq_init(struct eng_ppd_seq *s, const struct eng_ppd *ppd, int slot,
 void eng_ppd_seq_free(struct eng_ppd_seq *s);   /* accepts NULL */
 
 /* Prefill tail: the last prompt token (committed entries n_past = P - 1 before
- * it) and the N prompt-token rows, causal.  ENG_E_RANGE if the batch is full,
- * ENG_E_TOO_LONG if the KV slot cannot hold P + N entries. */
+ * it) and the N prompt-token rows, causal (only the token when the slot cannot
+ * hold P + N entries: the sequence then decodes plainly).  ENG_E_RANGE if the
+ * batch is full, ENG_E_TOO_LONG if the slot cannot hold P entries. */
 int eng_ppd_seq_prefill_add(struct eng_ppd_seq *s, struct eng_batch *b, const struct eng_kv *kv, int32_t last_token);
 /* After the forward: commit P entries, choose (and emit) the first root, take
  * the first guesses.  Emitted tokens go to out (room for ENG_PPD_MAX_PROMPT + 2). */
 int eng_ppd_seq_prefill_finish(struct eng_ppd_seq *s, const struct eng_forward *f, struct eng_kv *kv, int32_t *out,
                                int *n_out);
 
-/* This step's rows.  ENG_E_TOO_LONG when the slot cannot hold P + T more
- * entries (the caller finishes the sequence with ENG_FINISH_CONTEXT);
- * ENG_E_RANGE when the batch has no room. */
+/* This step's rows.  Near the end of the slot, where the tree's T entries no
+ * longer fit after P, the step is one plain row (the root), and so are all
+ * later steps: PPD then stops exactly where plain decoding would.
+ * ENG_E_TOO_LONG when not even that fits (the caller finishes the sequence
+ * with ENG_FINISH_CONTEXT); ENG_E_RANGE when the batch has no room. */
 int eng_ppd_seq_step_add(struct eng_ppd_seq *s, struct eng_batch *b, const struct eng_kv *kv);
 /* Verify, emit (into out, at most N + 1 tokens), compact, next state. */
 int eng_ppd_seq_step_finish(struct eng_ppd_seq *s, const struct eng_forward *f, struct eng_kv *kv, int32_t *out,
