@@ -28,7 +28,8 @@ static void adapter_usage(FILE *fp) {
             "  -o, --output FILE    adapter to write (default: MODEL with .ppd.gguf)\n"
             "      --n-prompt N     prompt tokens (default 3)\n"
             "      --topk K         guesses per prompt token (default 10)\n"
-            "      --text TEXT      init text (default \"%s\")\n",
+            "      --text TEXT      init text (default \"%s\")\n"
+            "      --force          overwrite an existing output file\n",
             PPD_DEFAULT_MODEL, ENG_PPD_INIT_TEXT);
 }
 
@@ -45,11 +46,13 @@ static int adapter_open_model(const char *path, struct eng_backend *be, struct e
 static int adapter_init(int argc, char **argv) {
     const char *model = PPD_DEFAULT_MODEL, *output = NULL, *text = ENG_PPD_INIT_TEXT, *v;
     long n_prompt = 3, topk = 10;
+    int force = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { adapter_usage(stdout); return 0; }
         if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = cli_value(argc, argv, &i))) return 2; model = v; }
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { if (!(v = cli_value(argc, argv, &i))) return 2; output = v; }
+        else if (!strcmp(a, "--force")) force = 1;
         else if (!strcmp(a, "--text")) { if (!(v = cli_value(argc, argv, &i))) return 2; text = v; }
         else if (!strcmp(a, "--n-prompt")) {
             if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 1, ENG_PPD_MAX_PROMPT, &n_prompt)) return 2;
@@ -61,6 +64,12 @@ static int adapter_init(int argc, char **argv) {
     if (!output) {
         if (eng_ppd_adapter_default_path(model, path, sizeof path)) { fprintf(stderr, "ppd: model path too long\n"); return 2; }
         output = path;
+    }
+    FILE *exists = force ? NULL : fopen(output, "rb");
+    if (exists) {
+        fclose(exists);
+        fprintf(stderr, "ppd: %s exists; --force overwrites it\n", output);
+        return 1;
     }
     struct eng_backend be = {0};
     struct eng_model *m = NULL;

@@ -62,7 +62,7 @@ static void make_adapter(void) {
     ck_assert_int_ge(fd, 0);
     close(fd);
     char out[4096], err[8192];
-    char *argv[] = {(char *)ppd_bin(), "adapter", "init", "-m", (char *)model_path(), "-o", adapter_path, NULL};
+    char *argv[] = {(char *)ppd_bin(), "adapter", "init", "-m", (char *)model_path(), "-o", adapter_path, "--force", NULL};
     int rc = run(argv, out, sizeof out, err, sizeof err);
     ck_assert_msg(rc == 0, "adapter init: %d %s", rc, err);
 }
