@@ -196,7 +196,11 @@ static int32_t seq_sample(struct eng_sched *s, struct eng_sched_req *r, int lrow
 }
 
 /* After the forward pass: commit this step's rows, and when they carried
- * logits, sample and detokenize.  Returns -1 when there is nothing to emit
+ * logits, sample and detokenize.  (PPD replaces this for decoding sequences:
+ * verify the tree, compact the accepted rows' K/V, then push the accepted
+ * tokens one at a time through the same checks below, stopping at the first
+ * end-of-generation token, completed stop string or max_tokens, so that usage
+ * counts only delivered tokens; the event then carries n_new > 1.)  Returns -1 when there is nothing to emit
  * (a prompt chunk that does not end the prompt), else the finish to emit with
  * one new token (ERROR: the sampler failed, *err holds its code). */
 static int seq_consume(struct eng_sched *s, struct eng_sched_req *r, int *err) {
