@@ -34,4 +34,9 @@ float kq_dot_f32(const float *a, const float *b, int n);
 /* out[d] += w * v[d] for d < n. */
 void kq_axpy_f32(float *out, float w, const float *v, int n);
 
+/* The plain C versions of the two above (kq_dot_f32 / kq_axpy_f32 use AVX2
+ * when the CPU has it, with bit-identical results: tests compare them). */
+float kq_dot_f32_ref(const float *a, const float *b, int n);
+void kq_axpy_f32_ref(float *out, float w, const float *v, int n);
+
 #endif
