@@ -13,49 +13,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static const char *ppd_bin(void) {
-    const char *p = getenv("PPD_BIN");
-    return p && *p ? p : "build/ppd";
-}
-
-static const char *model_path(void) {
-    const char *p = getenv("PPD_TEST_MODEL");
-    return p && *p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
-
-/* Run argv with stdout and stderr captured into out/err (NUL-terminated,
- * truncated at cap); returns the exit status, or 128+signal when killed. */
-static int run(char *const argv[], char *out, size_t out_cap, char *err, size_t err_cap) {
-    char out_path[] = "/tmp/ppd-cli-out-XXXXXX", err_path[] = "/tmp/ppd-cli-err-XXXXXX";
-    int fo = mkstemp(out_path), fe = mkstemp(err_path);
-    ck_assert(fo >= 0 && fe >= 0);
-    pid_t pid = fork();
-    ck_assert(pid >= 0);
-    if (pid == 0) {
-        dup2(fo, 1);
-        dup2(fe, 2);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    int status;
-    waitpid(pid, &status, 0);
-    char *bufs[2] = {out, err};
-    size_t caps[2] = {out_cap, err_cap};
-    int fds[2] = {fo, fe};
-    for (int i = 0; i < 2; i++) {
-        lseek(fds[i], 0, SEEK_SET);
-        ssize_t n = read(fds[i], bufs[i], caps[i] - 1);
-        bufs[i][n > 0 ? n : 0] = 0;
-        close(fds[i]);
-    }
-    unlink(out_path);
-    unlink(err_path);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
+#include "tests/unit/common_test.h"
 
 /* Write the first n bytes of the model, with optional byte edits, to path. */
 static void write_variant(const char *path, size_t n, size_t edit_at, const void *edit, size_t edit_len) {
-    FILE *in = fopen(model_path(), "rb");
+    FILE *in = fopen(test_model_path(), "rb");
     ck_assert_ptr_nonnull(in);
     FILE *outf = fopen(path, "wb");
     ck_assert_ptr_nonnull(outf);
@@ -78,8 +40,8 @@ static void write_variant(const char *path, size_t n, size_t edit_at, const void
 
 static void expect_model_error(const char *path, const char *want_in_msg) {
     char out[4096], err[8192];
-    char *argv[] = {(char *)ppd_bin(), "generate", "-m", (char *)path, "-p", "hi", "-n", "2", NULL};
-    int st = run(argv, out, sizeof out, err, sizeof err);
+    char *argv[] = {(char *)test_ppd_bin(), "generate", "-m", (char *)path, "-p", "hi", "-n", "2", NULL};
+    int st = test_run_capture(argv, out, sizeof out, err, sizeof err);
     ck_assert_msg(st == 1, "%s: exit status %d (want 1); stderr: %s", path, st, err);
     ck_assert_msg(strstr(err, path) != NULL, "message does not name the file: %s", err);
     if (want_in_msg) ck_assert_msg(strstr(err, want_in_msg) != NULL, "message lacks '%s': %s", want_in_msg, err);
@@ -105,27 +67,27 @@ END_TEST
 
 START_TEST(test_bad_flags) {
     char out[4096], err[4096];
-    char *a1[] = {(char *)ppd_bin(), "generate", "-n", "many", "-p", "x", NULL};
-    ck_assert_int_eq(run(a1, out, sizeof out, err, sizeof err), 2);
+    char *a1[] = {(char *)test_ppd_bin(), "generate", "-n", "many", "-p", "x", NULL};
+    ck_assert_int_eq(test_run_capture(a1, out, sizeof out, err, sizeof err), 2);
     ck_assert_ptr_nonnull(strstr(err, "-n"));
-    char *a2[] = {(char *)ppd_bin(), "generate", "--temp", "-1", "-p", "x", NULL};
-    ck_assert_int_eq(run(a2, out, sizeof out, err, sizeof err), 2);
-    char *a3[] = {(char *)ppd_bin(), "generate", NULL};
-    ck_assert_int_eq(run(a3, out, sizeof out, err, sizeof err), 2);
-    char *a4[] = {(char *)ppd_bin(), "frobnicate", NULL};
-    ck_assert_int_eq(run(a4, out, sizeof out, err, sizeof err), 2);
+    char *a2[] = {(char *)test_ppd_bin(), "generate", "--temp", "-1", "-p", "x", NULL};
+    ck_assert_int_eq(test_run_capture(a2, out, sizeof out, err, sizeof err), 2);
+    char *a3[] = {(char *)test_ppd_bin(), "generate", NULL};
+    ck_assert_int_eq(test_run_capture(a3, out, sizeof out, err, sizeof err), 2);
+    char *a4[] = {(char *)test_ppd_bin(), "frobnicate", NULL};
+    ck_assert_int_eq(test_run_capture(a4, out, sizeof out, err, sizeof err), 2);
     ck_assert_ptr_nonnull(strstr(err, "frobnicate"));
-    char *a5[] = {(char *)ppd_bin(), "generate", "--chat-template", "nope", "-m", (char *)model_path(), "-p", "x", NULL};
-    ck_assert_int_eq(run(a5, out, sizeof out, err, sizeof err), 1);
+    char *a5[] = {(char *)test_ppd_bin(), "generate", "--chat-template", "nope", "-m", (char *)test_model_path(), "-p", "x", NULL};
+    ck_assert_int_eq(test_run_capture(a5, out, sizeof out, err, sizeof err), 1);
     ck_assert_ptr_nonnull(strstr(err, "nope"));
 }
 END_TEST
 
 START_TEST(test_generate_json) {
     static char out[1 << 16], err[1 << 16];
-    char *argv[] = {(char *)ppd_bin(), "generate", "-m", (char *)model_path(), "--chat", "-p",
+    char *argv[] = {(char *)test_ppd_bin(), "generate", "-m", (char *)test_model_path(), "--chat", "-p",
                     "Name three colours.", "-n", "16", "-t", "2", "--json", NULL};
-    ck_assert_int_eq(run(argv, out, sizeof out, err, sizeof err), 0);
+    ck_assert_int_eq(test_run_capture(argv, out, sizeof out, err, sizeof err), 0);
     json_error_t je;
     json_t *j = json_loads(out, 0, &je);
     ck_assert_msg(j != NULL, "stdout is not one JSON object: %s", out);
@@ -140,7 +102,7 @@ START_TEST(test_generate_json) {
     ck_assert(json_real_value(json_object_get(j, "decode_tokens_per_s")) > 0);
     /* greedy is deterministic: a second run prints the same tokens */
     static char out2[1 << 16];
-    ck_assert_int_eq(run(argv, out2, sizeof out2, err, sizeof err), 0);
+    ck_assert_int_eq(test_run_capture(argv, out2, sizeof out2, err, sizeof err), 0);
     json_t *j2 = json_loads(out2, 0, &je);
     ck_assert(json_equal(json_object_get(j, "tokens"), json_object_get(j2, "tokens")));
     json_decref(j);
@@ -150,12 +112,12 @@ END_TEST
 
 START_TEST(test_seeded_sampling_repeats) {
     static char o1[1 << 16], o2[1 << 16], o3[1 << 16], err[1 << 16];
-    char *a[] = {(char *)ppd_bin(), "generate", "-m", (char *)model_path(), "-p", "The weather today",
+    char *a[] = {(char *)test_ppd_bin(), "generate", "-m", (char *)test_model_path(), "-p", "The weather today",
                  "-n", "24", "--temp", "0.9", "--top-p", "0.95", "--seed", "11", "--json", "--ignore-eos", NULL};
-    ck_assert_int_eq(run(a, o1, sizeof o1, err, sizeof err), 0);
-    ck_assert_int_eq(run(a, o2, sizeof o2, err, sizeof err), 0);
+    ck_assert_int_eq(test_run_capture(a, o1, sizeof o1, err, sizeof err), 0);
+    ck_assert_int_eq(test_run_capture(a, o2, sizeof o2, err, sizeof err), 0);
     a[13] = "12";
-    ck_assert_int_eq(run(a, o3, sizeof o3, err, sizeof err), 0);
+    ck_assert_int_eq(test_run_capture(a, o3, sizeof o3, err, sizeof err), 0);
     json_error_t je;
     json_t *j1 = json_loads(o1, 0, &je), *j2 = json_loads(o2, 0, &je), *j3 = json_loads(o3, 0, &je);
     ck_assert(j1 && j2 && j3);
@@ -176,9 +138,5 @@ int main(void) {
     tcase_add_test(tc, test_generate_json);
     tcase_add_test(tc, test_seeded_sampling_repeats);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_suite(s);
 }

@@ -24,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/unit/common_test.h"
+
 #include "engine/backend.h"
 #include "engine/batch.h"
 #include "engine/forward.h"
@@ -33,11 +35,6 @@
 #include "kernels/cpu/qtypes.h"
 
 #define GOLDEN_DIR "tests/golden/data/"
-
-static const char *model_path(void) {
-    const char *p = getenv("PPD_TEST_MODEL");
-    return p && *p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
 
 enum variant { VAR_Q4_1, VAR_F32, VAR_CUT1 };
 
@@ -74,7 +71,7 @@ static void fx_variant(struct fx *x, enum variant v) {
 static void fx_open(struct fx *x, int max_rows) {
     char err[512];
     ck_assert_int_eq(eng_backend_cpu_init(&x->be, 2), 0);
-    int rc = eng_model_load(&x->m, model_path(), &x->be, err, sizeof err);
+    int rc = eng_model_load(&x->m, test_model_path(), &x->be, err, sizeof err);
     ck_assert_msg(rc == 0, "load: %s", err);
     const struct eng_hparams *hp = &x->m->hp;
     ck_assert_int_eq(eng_kv_init(&x->kv, &x->be, hp->n_layer, 1, 512, hp->n_head_kv * hp->head_dim), 0);
@@ -350,7 +347,6 @@ START_TEST(test_bad_batch_rejected) {
 END_TEST
 
 int main(void) {
-    setvbuf(stdout, NULL, _IOLBF, 0);  /* keep printed figures when a forked test fails */
     Suite *s = suite_create("forward");
     TCase *tc = tcase_create("forward");
     tcase_set_timeout(tc, 900);
@@ -363,9 +359,5 @@ int main(void) {
     tcase_add_test(tc, test_greedy_f32_matches_llamacpp);
     tcase_add_test(tc, test_greedy_q4_1_vs_llamacpp);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_suite(s);
 }

@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "tests/unit/common_test.h"
+
 #define ERR_CAP 512
 
 static char tmp_dir[PATH_MAX];
@@ -28,11 +30,6 @@ static const char *tmp_path(const char *name) {
     static char buf[PATH_MAX + 64];
     snprintf(buf, sizeof buf, "%s/%s", tmp_dir, name);
     return buf;
-}
-
-static const char *model_path(void) {
-    const char *p = getenv("PPD_TEST_MODEL");
-    return p && *p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 }
 
 static void fill_bytes(uint8_t *p, size_t n, uint32_t seed) {
@@ -630,7 +627,7 @@ END_TEST
 
 START_TEST(test_real_model) {
     char err[ERR_CAP];
-    const char *path = model_path();
+    const char *path = test_model_path();
     struct gguf_file *f;
     ck_assert_msg(gguf_open(&f, path, err, sizeof err) == 0, "%s (run `make model` to fetch it)", err);
     ck_assert_uint_eq(f->version, 3);

@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/unit/common_test.h"
+
 #include "engine/backend.h"
 #include "engine/err.h"
 #include "engine/forward.h"
@@ -25,11 +27,6 @@
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_tree.h"
 #include "engine/tokenizer.h"
-
-static const char *model_path(void) {
-    const char *p = getenv("PPD_TEST_MODEL");
-    return p && *p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
 
 static const double acc7b[30] = {
     0.48335, 0.14342, 0.0736, 0.0454, 0.03087, 0.02155, 0.01658, 0.01323, 0.00932, 0.00845,
@@ -54,7 +51,7 @@ static void fx_open(struct fx *x, int max_seq, int tree_L) {
     memset(x, 0, sizeof *x);
     char err[512];
     ck_assert_int_eq(eng_backend_cpu_init(&x->be, 2), 0);
-    ck_assert_msg(eng_model_load(&x->m, model_path(), &x->be, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(eng_model_load(&x->m, test_model_path(), &x->be, err, sizeof err) == 0, "%s", err);
     ck_assert_msg(tok_load(&x->tok, x->m->gguf, err, sizeof err) == 0, "%s", err);
     const struct eng_hparams *hp = &x->m->hp;
     ck_assert_int_eq(eng_kv_init(&x->kv, &x->be, hp->n_layer, 1, max_seq, hp->n_head_kv * hp->head_dim), 0);
@@ -374,9 +371,5 @@ int main(void) {
     tcase_add_test(te, test_greedy_equals_plain_big_tree);
     suite_add_tcase(s, tc);
     suite_add_tcase(s, te);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_suite(s);
 }

@@ -7,17 +7,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "tests/unit/common_test.h"
+
 #include "engine/backend.h"
 #include "engine/err.h"
 #include "engine/gguf.h"
 #include "engine/model.h"
 #include "engine/ppd_adapter.h"
 #include "engine/tokenizer.h"
-
-static const char *model_path(void) {
-    const char *p = getenv("PPD_TEST_MODEL");
-    return p && *p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
 
 static struct eng_ppd_adapter *make_adapter(int n, int k, int h, int with_acc) {
     struct eng_ppd_adapter *a = calloc(1, sizeof *a);
@@ -153,7 +150,7 @@ START_TEST(test_init_text_and_base_check) {
     struct eng_model *m = NULL;
     struct tok *t = NULL;
     ck_assert_int_eq(eng_backend_cpu_init(&be, 1), 0);
-    int rc = eng_model_load(&m, model_path(), &be, err, sizeof err);
+    int rc = eng_model_load(&m, test_model_path(), &be, err, sizeof err);
     ck_assert_msg(rc == 0, "%s", err);
     ck_assert_int_eq(tok_load(&t, m->gguf, err, sizeof err), 0);
     struct eng_ppd_adapter *a = NULL, *b = NULL;
@@ -208,9 +205,5 @@ int main(void) {
     tcase_add_test(tc, test_bad_fields);
     tcase_add_test(tc, test_init_text_and_base_check);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_suite(s);
 }

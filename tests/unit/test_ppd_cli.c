@@ -14,46 +14,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tests/unit/common_test.h"
+
 #include "engine/ppd_adapter.h"
-
-static const char *ppd_bin(void) {
-    const char *p = getenv("PPD_BIN");
-    return p && *p ? p : "build/ppd";
-}
-
-static const char *model_path(void) {
-    const char *p = getenv("PPD_TEST_MODEL");
-    return p && *p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
-
-/* Run argv, capturing stdout/stderr; returns the exit status (128+signal when killed). */
-static int run(char *const argv[], char *out, size_t out_cap, char *err, size_t err_cap) {
-    char out_path[] = "/tmp/ppd-cli-out-XXXXXX", err_path[] = "/tmp/ppd-cli-err-XXXXXX";
-    int fo = mkstemp(out_path), fe = mkstemp(err_path);
-    ck_assert(fo >= 0 && fe >= 0);
-    pid_t pid = fork();
-    ck_assert(pid >= 0);
-    if (pid == 0) {
-        dup2(fo, 1);
-        dup2(fe, 2);
-        execv(argv[0], argv);
-        _exit(127);
-    }
-    int status;
-    waitpid(pid, &status, 0);
-    char *bufs[2] = {out, err};
-    size_t caps[2] = {out_cap, err_cap};
-    int fds[2] = {fo, fe};
-    for (int i = 0; i < 2; i++) {
-        lseek(fds[i], 0, SEEK_SET);
-        ssize_t n = read(fds[i], bufs[i], caps[i] - 1);
-        bufs[i][n > 0 ? n : 0] = 0;
-        close(fds[i]);
-    }
-    unlink(out_path);
-    unlink(err_path);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
 
 static char adapter_path[] = "/tmp/ppd-cli-adapter-XXXXXX";
 
@@ -62,8 +25,8 @@ static void make_adapter(void) {
     ck_assert_int_ge(fd, 0);
     close(fd);
     char out[4096], err[8192];
-    char *argv[] = {(char *)ppd_bin(), "adapter", "init", "-m", (char *)model_path(), "-o", adapter_path, "--force", NULL};
-    int rc = run(argv, out, sizeof out, err, sizeof err);
+    char *argv[] = {(char *)test_ppd_bin(), "adapter", "init", "-m", (char *)test_model_path(), "-o", adapter_path, "--force", NULL};
+    int rc = test_run_capture(argv, out, sizeof out, err, sizeof err);
     ck_assert_msg(rc == 0, "adapter init: %d %s", rc, err);
 }
 
@@ -71,10 +34,10 @@ static json_t *generate(const char *prompt, const char *mode, const char *temp, 
     static char out[1 << 16], err[1 << 14];
     char *argv[24];
     int n = 0;
-    argv[n++] = (char *)ppd_bin();
+    argv[n++] = (char *)test_ppd_bin();
     argv[n++] = "generate";
     argv[n++] = "-m";
-    argv[n++] = (char *)model_path();
+    argv[n++] = (char *)test_model_path();
     argv[n++] = "-p";
     argv[n++] = (char *)prompt;
     argv[n++] = "-n";
@@ -93,7 +56,7 @@ static json_t *generate(const char *prompt, const char *mode, const char *temp, 
         argv[n++] = "--no-ppd";
     }
     argv[n] = NULL;
-    int rc = run(argv, out, sizeof out, err, sizeof err);
+    int rc = test_run_capture(argv, out, sizeof out, err, sizeof err);
     ck_assert_msg(rc == 0, "generate: %d %s", rc, err);
     json_error_t je;
     json_t *j = json_loads(out, 0, &je);
@@ -148,7 +111,7 @@ END_TEST
 
 static void expect_fail(char *const argv[], int want_rc, const char *want1, const char *want2) {
     char out[8192], err[8192];
-    int rc = run(argv, out, sizeof out, err, sizeof err);
+    int rc = test_run_capture(argv, out, sizeof out, err, sizeof err);
     ck_assert_msg(rc == want_rc, "exit %d (want %d): %s", rc, want_rc, err);
     ck_assert_msg(strstr(err, want1) != NULL, "'%s' lacks '%s'", err, want1);
     if (want2) ck_assert_msg(strstr(err, want2) != NULL, "'%s' lacks '%s'", err, want2);
@@ -160,7 +123,7 @@ START_TEST(test_bad_adapters_and_trees) {
     close(fd);
     fd = mkstemp(p2);
     close(fd);
-    char *B = (char *)ppd_bin(), *M = (char *)model_path();
+    char *B = (char *)test_ppd_bin(), *M = (char *)test_model_path();
     /* an adapter for another model */
     struct eng_ppd_adapter a = {.n_prompt = 3, .topk = 10, .n_embd = 576, .base_fingerprint = 42};
     float emb[3 * 576] = {0};
@@ -196,7 +159,7 @@ START_TEST(test_bad_adapters_and_trees) {
     char out[1 << 14], e2[8192];
     char *g5[] = {B, "generate", "-m", M, "-p", "hi", "-n", "4", "--ppd", adapter_path, "--tree",
                   "config/trees/vicuna-7b-L60.json", "--json", NULL};
-    ck_assert_msg(run(g5, out, sizeof out, e2, sizeof e2) == 0, "%s", e2);
+    ck_assert_msg(test_run_capture(g5, out, sizeof out, e2, sizeof e2) == 0, "%s", e2);
     ck_assert_ptr_nonnull(strstr(out, "\"tree_rows\":[44,64,64]"));
     unlink(adapter_path);
     unlink(p1);
@@ -213,9 +176,5 @@ int main(void) {
     tcase_add_test(tc, test_greedy_equals_no_ppd);
     tcase_add_test(tc, test_sampling_equals_no_ppd);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_suite(s);
 }

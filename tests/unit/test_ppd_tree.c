@@ -9,6 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "tests/unit/common_test.h"
+
 #include "engine/err.h"
 #include "engine/ppd_tree.h"
 
@@ -287,9 +289,5 @@ int main(void) {
     tcase_add_test(tc, test_file_round_trip);
     tcase_add_test(tc, test_bad_files);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_suite(s);
 }

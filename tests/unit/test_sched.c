@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tests/unit/common_test.h"
+
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/generate.h"
@@ -21,11 +23,6 @@
 #include "engine/tokenizer.h"
 
 #define MAX_REQ 8
-
-static const char *model_path(void) {
-    const char *p = getenv("PPD_TEST_MODEL");
-    return p && *p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
 
 static const char *prompts[] = {
     "What is the capital of France?",
@@ -68,7 +65,7 @@ static void on_event(void *user, const struct eng_sched_event *ev) {
 }
 
 static struct eng_engine *open_engine(int n_slot) {
-    struct eng_engine_params ep = {.model_path = model_path(), .n_threads = 1, .n_ctx = 512,
+    struct eng_engine_params ep = {.model_path = test_model_path(), .n_threads = 1, .n_ctx = 512,
                                    .n_slot = n_slot, .max_rows = 64};
     char err[512];
     struct eng_engine *e = NULL;
@@ -300,9 +297,5 @@ int main(void) {
     tcase_add_test(tc, test_seeded_batched_equals_alone);
     tcase_add_test(tc, test_cancel_frees_slot_and_full_waits);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return test_run_suite(s);
 }

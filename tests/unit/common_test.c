@@ -1,0 +1,55 @@
+/* common_test.c — the helpers of common_test.h. */
+#include "common_test.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+const char *test_model_path(void) {
+    const char *p = getenv("PPD_TEST_MODEL");
+    return p && *p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+const char *test_ppd_bin(void) {
+    const char *p = getenv("PPD_BIN");
+    return p && *p ? p : "build/ppd";
+}
+
+int test_run_capture(char *const argv[], char *out, size_t out_cap, char *err, size_t err_cap) {
+    char out_path[] = "/tmp/ppd-test-out-XXXXXX", err_path[] = "/tmp/ppd-test-err-XXXXXX";
+    int fo = mkstemp(out_path), fe = mkstemp(err_path);
+    ck_assert(fo >= 0 && fe >= 0);
+    fflush(stdout);
+    pid_t pid = fork();
+    ck_assert(pid >= 0);
+    if (pid == 0) {
+        dup2(fo, 1);
+        dup2(fe, 2);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    char *bufs[2] = {out, err};
+    size_t caps[2] = {out_cap, err_cap};
+    int fds[2] = {fo, fe};
+    for (int i = 0; i < 2; i++) {
+        lseek(fds[i], 0, SEEK_SET);
+        ssize_t n = read(fds[i], bufs[i], caps[i] - 1);
+        bufs[i][n > 0 ? n : 0] = 0;
+        close(fds[i]);
+    }
+    unlink(out_path);
+    unlink(err_path);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+int test_run_suite(Suite *s) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
