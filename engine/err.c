@@ -1,6 +1,9 @@
 /* err.c — names, messages and HTTP statuses for the codes of err.h. */
 #include "err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
+
 struct err_row { int code; const char *name, *msg; int http; };
 
 static const struct err_row err_rows[] = {
@@ -19,3 +22,13 @@ static const struct err_row *err_find(int code) {
 const char *eng_err_name(int code) { const struct err_row *r = err_find(code); return r ? r->name : "ENG_E_UNKNOWN"; }
 const char *eng_err_msg(int code)  { const struct err_row *r = err_find(code); return r ? r->msg : "unknown error"; }
 int eng_err_http_status(int code)  { const struct err_row *r = err_find(code); return r ? r->http : 500; }
+
+int eng_err_set(char *err, size_t cap, int code, const char *fmt, ...) {
+    if (err && cap) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, cap, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}

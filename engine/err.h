@@ -8,6 +8,8 @@
 #ifndef PPD_ERR_H
 #define PPD_ERR_H
 
+#include <stddef.h>
+
 /*        name           message                                 http */
 #define ENG_ERR_LIST(X)                                                      \
     X(NOMEM,      "out of memory",                               500)        \
@@ -38,5 +40,9 @@ enum eng_err {
 const char *eng_err_name(int code);
 const char *eng_err_msg(int code);
 int eng_err_http_status(int code);
+
+/* Format a message into err (when err and cap are non-zero) and return code:
+ * `return eng_err_set(err, cap, ENG_E_FORMAT, "%s: ...", path);` */
+int eng_err_set(char *err, size_t cap, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 #endif

@@ -143,17 +143,6 @@ static int gguf_fail(struct gguf_parser *p, int code, const char *fmt, ...) {
     return code;
 }
 
-__attribute__((format(printf, 4, 5)))
-static int gguf_err_set(char *err, size_t cap, int code, const char *fmt, ...) {
-    if (err && cap) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, cap, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 /* A file-supplied name made safe to print: printable ASCII kept, other bytes
  * shown as '?', long names cut with "...". */
 static void gguf_show(char *dst, size_t cap, const uint8_t *s, uint64_t len) {
@@ -505,9 +494,9 @@ int gguf_parse(struct gguf_file **out, const void *buf, size_t size, const char 
 
     *out = NULL;
     if (err && err_cap) err[0] = 0;
-    if (!buf && size) return gguf_err_set(err, err_cap, ENG_E_INVALID, "%s: no buffer", p.name);
+    if (!buf && size) return eng_err_set(err, err_cap, ENG_E_INVALID, "%s: no buffer", p.name);
     if (!(f = calloc(1, sizeof *f)) || !(f->path = strdup(p.name))) {
-        rc = gguf_err_set(err, err_cap, ENG_E_NOMEM, "%s: out of memory", p.name);
+        rc = eng_err_set(err, err_cap, ENG_E_NOMEM, "%s: out of memory", p.name);
         goto err;
     }
     f->base = buf;
@@ -530,7 +519,7 @@ int gguf_parse(struct gguf_file **out, const void *buf, size_t size, const char 
     f->kv = calloc(n_kv ? n_kv : 1, sizeof *f->kv);
     f->tensors = calloc(n_tensors ? n_tensors : 1, sizeof *f->tensors);
     if (!ar || !f->kv || !f->tensors) {
-        rc = gguf_err_set(err, err_cap, ENG_E_NOMEM, "%s: out of memory (%zu bytes of strings)",
+        rc = eng_err_set(err, err_cap, ENG_E_NOMEM, "%s: out of memory (%zu bytes of strings)",
                           p.name, arena_bytes);
         goto err;
     }
@@ -568,17 +557,17 @@ int gguf_open(struct gguf_file **out, const char *path, char *err, size_t err_ca
 
     *out = NULL;
     if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return gguf_err_set(err, err_cap, ENG_E_IO, "%s: open: %s", path, strerror(errno));
+        return eng_err_set(err, err_cap, ENG_E_IO, "%s: open: %s", path, strerror(errno));
     if (fstat(fd, &st) < 0) {
-        rc = gguf_err_set(err, err_cap, ENG_E_IO, "%s: stat: %s", path, strerror(errno));
+        rc = eng_err_set(err, err_cap, ENG_E_IO, "%s: stat: %s", path, strerror(errno));
         goto err;
     }
     if (!S_ISREG(st.st_mode)) {
-        rc = gguf_err_set(err, err_cap, ENG_E_IO, "%s: open: not a regular file", path);
+        rc = eng_err_set(err, err_cap, ENG_E_IO, "%s: open: not a regular file", path);
         goto err;
     }
     if ((uint64_t)st.st_size > SIZE_MAX) {
-        rc = gguf_err_set(err, err_cap, ENG_E_IO, "%s: open: file too large to map", path);
+        rc = eng_err_set(err, err_cap, ENG_E_IO, "%s: open: file too large to map", path);
         goto err;
     }
     size = (size_t)st.st_size;
@@ -587,7 +576,7 @@ int gguf_open(struct gguf_file **out, const char *path, char *err, size_t err_ca
         map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
         if (map == MAP_FAILED) {
             map = NULL;
-            rc = gguf_err_set(err, err_cap, ENG_E_IO, "%s: mmap: %s", path, strerror(errno));
+            rc = eng_err_set(err, err_cap, ENG_E_IO, "%s: mmap: %s", path, strerror(errno));
             goto err;
         }
     }
@@ -630,7 +619,7 @@ const struct gguf_tensor *gguf_find_tensor(const struct gguf_file *f, const char
 static const struct gguf_kv *gguf_get_kv(const struct gguf_file *f, const char *key, char *err,
                                          size_t err_cap, int *rc) {
     const struct gguf_kv *kv = gguf_find_kv(f, key);
-    *rc = kv ? 0 : gguf_err_set(err, err_cap, ENG_E_NOT_FOUND, "%s: kv '%s': not found", f->path, key);
+    *rc = kv ? 0 : eng_err_set(err, err_cap, ENG_E_NOT_FOUND, "%s: kv '%s': not found", f->path, key);
     return kv;
 }
 
@@ -652,7 +641,7 @@ static int gguf_kv_int(const struct gguf_file *f, const struct gguf_kv *kv, int 
         *neg = kv->v.i < 0;
         *mag = *neg ? (uint64_t)0 - (uint64_t)kv->v.i : (uint64_t)kv->v.i;
     } else {
-        return gguf_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': has type %s, expected an integer",
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': has type %s, expected an integer",
                             f->path, kv->key, gguf_vt_name(kv->type));
     }
     return 0;
@@ -665,7 +654,7 @@ int gguf_get_u32(const struct gguf_file *f, const char *key, uint32_t *out, char
     if (!kv) return rc;
     if ((rc = gguf_kv_int(f, kv, &neg, &mag, err, err_cap))) return rc;
     if (neg || mag > UINT32_MAX)
-        return gguf_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': value %s%llu does not fit in UINT32",
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': value %s%llu does not fit in UINT32",
                             f->path, key, neg ? "-" : "", (unsigned long long)mag);
     *out = (uint32_t)mag;
     return 0;
@@ -678,7 +667,7 @@ int gguf_get_i64(const struct gguf_file *f, const char *key, int64_t *out, char 
     if (!kv) return rc;
     if ((rc = gguf_kv_int(f, kv, &neg, &mag, err, err_cap))) return rc;
     if (!neg && mag > (uint64_t)INT64_MAX)
-        return gguf_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': value %llu does not fit in INT64",
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': value %llu does not fit in INT64",
                             f->path, key, (unsigned long long)mag);
     *out = gguf_vt_is_unsigned(kv->type) ? (int64_t)mag : kv->v.i;
     return 0;
@@ -689,10 +678,10 @@ int gguf_get_f32(const struct gguf_file *f, const char *key, float *out, char *e
     const struct gguf_kv *kv = gguf_get_kv(f, key, err, err_cap, &rc);
     if (!kv) return rc;
     if (kv->type != GGUF_VT_FLOAT32 && kv->type != GGUF_VT_FLOAT64)
-        return gguf_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': has type %s, expected FLOAT32",
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': has type %s, expected FLOAT32",
                             f->path, key, gguf_vt_name(kv->type));
     if (isfinite(kv->v.f) && fabs(kv->v.f) > FLT_MAX)
-        return gguf_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': value %g does not fit in FLOAT32",
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': value %g does not fit in FLOAT32",
                             f->path, key, kv->v.f);
     *out = (float)kv->v.f;
     return 0;
@@ -703,7 +692,7 @@ int gguf_get_bool(const struct gguf_file *f, const char *key, bool *out, char *e
     const struct gguf_kv *kv = gguf_get_kv(f, key, err, err_cap, &rc);
     if (!kv) return rc;
     if (kv->type != GGUF_VT_BOOL)
-        return gguf_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': has type %s, expected BOOL",
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': has type %s, expected BOOL",
                             f->path, key, gguf_vt_name(kv->type));
     *out = kv->v.b;
     return 0;
@@ -715,7 +704,7 @@ int gguf_get_str(const struct gguf_file *f, const char *key, const struct gguf_s
     const struct gguf_kv *kv = gguf_get_kv(f, key, err, err_cap, &rc);
     if (!kv) return rc;
     if (kv->type != GGUF_VT_STRING)
-        return gguf_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': has type %s, expected STRING",
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': has type %s, expected STRING",
                             f->path, key, gguf_vt_name(kv->type));
     *out = &kv->str;
     return 0;
@@ -727,12 +716,12 @@ int gguf_get_arr(const struct gguf_file *f, const char *key, enum gguf_vtype wan
     const struct gguf_kv *kv = gguf_get_kv(f, key, err, err_cap, &rc);
     if (!kv) return rc;
     if (kv->type != GGUF_VT_ARRAY)
-        return gguf_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': has type %s, expected an array of %s",
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: kv '%s': has type %s, expected an array of %s",
                             f->path, key, gguf_vt_name(kv->type), gguf_vt_name(want));
     int ok = kv->arr_type == want ||
              (want == GGUF_VT_INT32 && kv->arr_type == GGUF_VT_UINT32);
     if (!ok)
-        return gguf_err_set(err, err_cap, ENG_E_FORMAT,
+        return eng_err_set(err, err_cap, ENG_E_FORMAT,
                             "%s: kv '%s': is an array of %s, expected an array of %s",
                             f->path, key, gguf_vt_name(kv->arr_type), gguf_vt_name(want));
     *out = kv;

@@ -270,17 +270,6 @@ static void gguf_w_pad(struct gguf_wout *o, uint32_t align) {
     gguf_w_zeros(o, (align - o->pos % align) % align);
 }
 
-__attribute__((format(printf, 4, 5)))
-static int gguf_w_fail(char *err, size_t cap, int code, const char *fmt, ...) {
-    if (err && cap) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, cap, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 /* general.alignment if it was set (it must be a UINT32 power of two), else 32. */
 static int gguf_w_alignment(const struct gguf_writer *w, const char *path, uint32_t *align,
                             char *err, size_t err_cap) {
@@ -290,10 +279,10 @@ static int gguf_w_alignment(const struct gguf_writer *w, const char *path, uint3
         uint32_t type, a;
         memcpy(&type, w->kv[i].val, 4);
         if (type != GGUF_VT_UINT32)
-            return gguf_w_fail(err, err_cap, ENG_E_INVALID, "%s: general.alignment: must be set as a UINT32", path);
+            return eng_err_set(err, err_cap, ENG_E_INVALID, "%s: general.alignment: must be set as a UINT32", path);
         memcpy(&a, w->kv[i].val + 4, 4);
         if (!a || (a & (a - 1)))
-            return gguf_w_fail(err, err_cap, ENG_E_INVALID,
+            return eng_err_set(err, err_cap, ENG_E_INVALID,
                                "%s: general.alignment: %u is not a nonzero power of two", path, a);
         *align = a;
     }
@@ -307,7 +296,7 @@ int gguf_writer_write(struct gguf_writer *w, const char *path, char *err, size_t
     int rc;
 
     if (err && err_cap) err[0] = 0;
-    if (!w || !path) return gguf_w_fail(err, err_cap, ENG_E_INVALID, "gguf writer: no writer or path");
+    if (!w || !path) return eng_err_set(err, err_cap, ENG_E_INVALID, "gguf writer: no writer or path");
     if ((rc = gguf_w_alignment(w, path, &align, err, err_cap))) return rc;
     uint64_t off = 0;
     for (size_t i = 0; i < w->n_t; i++) {
@@ -317,11 +306,11 @@ int gguf_writer_write(struct gguf_writer *w, const char *path, char *err, size_t
     }
 
     size_t plen = strlen(path);
-    if (!(tmp = malloc(plen + 5))) return gguf_w_fail(err, err_cap, ENG_E_NOMEM, "%s: out of memory", path);
+    if (!(tmp = malloc(plen + 5))) return eng_err_set(err, err_cap, ENG_E_NOMEM, "%s: out of memory", path);
     memcpy(tmp, path, plen);
     memcpy(tmp + plen, ".tmp", 5);
     if (!(o.fp = fopen(tmp, "wb"))) {
-        rc = gguf_w_fail(err, err_cap, ENG_E_IO, "%s: open: %s", tmp, strerror(errno));
+        rc = eng_err_set(err, err_cap, ENG_E_IO, "%s: open: %s", tmp, strerror(errno));
         goto err;
     }
 
@@ -353,11 +342,11 @@ int gguf_writer_write(struct gguf_writer *w, const char *path, char *err, size_t
     int close_rc = fclose(o.fp);
     o.fp = NULL;
     if (o.bad || close_rc) {
-        rc = gguf_w_fail(err, err_cap, ENG_E_IO, "%s: write: %s", tmp, strerror(errno));
+        rc = eng_err_set(err, err_cap, ENG_E_IO, "%s: write: %s", tmp, strerror(errno));
         goto err;
     }
     if (rename(tmp, path)) {
-        rc = gguf_w_fail(err, err_cap, ENG_E_IO, "%s: rename from %s: %s", path, tmp, strerror(errno));
+        rc = eng_err_set(err, err_cap, ENG_E_IO, "%s: rename from %s: %s", path, tmp, strerror(errno));
         goto err;
     }
     free(tmp);

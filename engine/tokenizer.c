@@ -26,19 +26,6 @@
 #define TOK_VOCAB_MAX (1 << 24)         /* far above any real vocabulary; keeps offsets in 32 bits */
 #define TOK_SHOW_MAX 40                 /* bytes of a token text quoted in messages */
 
-static int tok_err(char *err, size_t cap, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int tok_err(char *err, size_t cap, int code, const char *fmt, ...) {
-    if (err && cap) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, cap, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 /* ---------------------------------------------------------------- hash map */
 
 uint64_t tok_hash(const char *s, size_t len) {
@@ -119,7 +106,7 @@ static int tok_load_id(const struct gguf_file *g, const char *key, int32_t n_voc
     int rc = gguf_get_i64(g, key, &v, err, err_cap);
     if (rc) return rc;
     if (v < 0 || v >= n_vocab)
-        return tok_err(err, err_cap, ENG_E_FORMAT, "%s: %s: id %lld out of range (n_vocab %d)",
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: %s: id %lld out of range (n_vocab %d)",
                        tok_path(g), key, (long long)v, n_vocab);
     *id = (int32_t)v;
     return 0;
@@ -136,16 +123,16 @@ static int tok_load_tokens(struct tok *t, const struct gguf_file *g, char *err, 
     const struct gguf_kv *kv;
     int rc = gguf_get_arr(g, "tokenizer.ggml.tokens", GGUF_VT_STRING, &kv, err, err_cap);
     if (rc == ENG_E_NOT_FOUND)
-        return tok_err(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.tokens: missing", tok_path(g));
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.tokens: missing", tok_path(g));
     if (rc) return rc;
     if (kv->arr_n == 0 || kv->arr_n > TOK_VOCAB_MAX)
-        return tok_err(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.tokens: %llu tokens (want 1..%d)",
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.tokens: %llu tokens (want 1..%d)",
                        tok_path(g), (unsigned long long)kv->arr_n, TOK_VOCAB_MAX);
     int32_t n = (int32_t)kv->arr_n;
     uint64_t total = 0;
     for (int32_t i = 0; i < n; i++) total += (kv->arr_str[i].len ? kv->arr_str[i].len : 24) + 1;
     if (total > UINT32_MAX)
-        return tok_err(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.tokens: texts too large", tok_path(g));
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.tokens: texts too large", tok_path(g));
     t->n_vocab = n;
     t->text = malloc(total);
     t->text_off = malloc((size_t)n * sizeof *t->text_off);
@@ -177,7 +164,7 @@ static int tok_load_tokens(struct tok *t, const struct gguf_file *g, char *err, 
     for (int32_t i = 0; i < n; i++) {
         int32_t j = tok_map_insert(&t->vocab, i);
         if (j != i)
-            return tok_err(err, err_cap, ENG_E_FORMAT,
+            return eng_err_set(err, err_cap, ENG_E_FORMAT,
                            "%s: tokenizer.ggml.tokens: duplicate token \"%.*s\" at ids %d and %d", tok_path(g),
                            (int)(t->text_len[i] < TOK_SHOW_MAX ? t->text_len[i] : TOK_SHOW_MAX),
                            t->text + t->text_off[i], j, i);
@@ -189,10 +176,10 @@ static int tok_load_scores_types(struct tok *t, const struct gguf_file *g, char 
     const struct gguf_kv *kv = gguf_find_kv(g, "tokenizer.ggml.scores");
     if (kv) {
         if (kv->type != GGUF_VT_ARRAY || (kv->arr_type != GGUF_VT_FLOAT32 && kv->arr_type != GGUF_VT_INT32))
-            return tok_err(err, err_cap, ENG_E_FORMAT,
+            return eng_err_set(err, err_cap, ENG_E_FORMAT,
                            "%s: tokenizer.ggml.scores: want an array of FLOAT32 or INT32", tok_path(g));
         if (kv->arr_n < (uint64_t)t->n_vocab)
-            return tok_err(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.scores: %llu scores for %d tokens",
+            return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.scores: %llu scores for %d tokens",
                            tok_path(g), (unsigned long long)kv->arr_n, t->n_vocab);
         for (int32_t i = 0; i < t->n_vocab; i++)
             t->score[i] = kv->arr_type == GGUF_VT_FLOAT32 ? gguf_arr_f32(kv, (uint64_t)i)
@@ -203,7 +190,7 @@ static int tok_load_scores_types(struct tok *t, const struct gguf_file *g, char 
         int rc = gguf_get_arr(g, "tokenizer.ggml.token_type", GGUF_VT_INT32, &kv, err, err_cap);
         if (rc) return rc;
         if (kv->arr_n < (uint64_t)t->n_vocab)
-            return tok_err(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.token_type: %llu types for %d tokens",
+            return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.token_type: %llu types for %d tokens",
                            tok_path(g), (unsigned long long)kv->arr_n, t->n_vocab);
         for (int32_t i = 0; i < t->n_vocab; i++) {
             /* llama_token_type: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte */
@@ -223,23 +210,23 @@ static int tok_load_merges(struct tok *t, const struct gguf_file *g, char *err, 
     const struct gguf_kv *kv;
     int rc = gguf_get_arr(g, "tokenizer.ggml.merges", GGUF_VT_STRING, &kv, err, err_cap);
     if (rc == ENG_E_NOT_FOUND)
-        return tok_err(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.merges: missing (needed by a gpt2 vocabulary)",
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.merges: missing (needed by a gpt2 vocabulary)",
                        tok_path(g));
     if (rc) return rc;
     if (kv->arr_n > INT32_MAX)
-        return tok_err(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.merges: too many", tok_path(g));
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.merges: too many", tok_path(g));
     int32_t n = (int32_t)kv->arr_n;
     uint64_t total = 0;
     for (int32_t i = 0; i < n; i++) {
         const struct gguf_str *s = &kv->arr_str[i];
         if (s->len < 2 || !memchr(s->s + 1, ' ', s->len - 1))
-            return tok_err(err, err_cap, ENG_E_FORMAT,
+            return eng_err_set(err, err_cap, ENG_E_FORMAT,
                            "%s: tokenizer.ggml.merges[%d]: \"%.*s\" is not two symbols separated by a space",
                            tok_path(g), i, (int)(s->len < TOK_SHOW_MAX ? s->len : TOK_SHOW_MAX), s->s);
         total += s->len;
     }
     if (total > UINT32_MAX)
-        return tok_err(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.merges: too large", tok_path(g));
+        return eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.merges: too large", tok_path(g));
     t->n_merge = n;
     t->merge = malloc(total ? total : 1);
     t->merge_off = malloc((size_t)(n ? n : 1) * sizeof *t->merge_off);
@@ -494,7 +481,7 @@ int tok_load(struct tok **out, const struct gguf_file *g, char *err, size_t err_
     int32_t fim_pad = TOK_NULL, fim_rep = TOK_NULL, fim_sep = TOK_NULL, sep = TOK_NULL;
     int rc = gguf_get_str(g, "tokenizer.ggml.model", &model, err, err_cap);
     if (rc == ENG_E_NOT_FOUND) {
-        rc = tok_err(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.model: missing", tok_path(g));
+        rc = eng_err_set(err, err_cap, ENG_E_FORMAT, "%s: tokenizer.ggml.model: missing", tok_path(g));
         goto err;
     }
     if (rc) goto err;
@@ -503,7 +490,7 @@ int tok_load(struct tok **out, const struct gguf_file *g, char *err, size_t err_
     } else if (strcmp(model->s, "llama") == 0) {
         t->kind = TOK_KIND_SPM;
     } else {
-        rc = tok_err(err, err_cap, ENG_E_UNSUPPORTED,
+        rc = eng_err_set(err, err_cap, ENG_E_UNSUPPORTED,
                      "%s: tokenizer.ggml.model: \"%.*s\" is not supported (gpt2 and llama are)", tok_path(g),
                      TOK_SHOW_MAX, model->s);
         goto err;
@@ -544,13 +531,13 @@ int tok_load(struct tok **out, const struct gguf_file *g, char *err, size_t err_
     for (size_t k = 0; k < sizeof ids / sizeof ids[0]; k++)
         if ((rc = tok_load_id(g, ids[k].key, t->n_vocab, ids[k].id, err, err_cap))) goto err;
     if (t->add_bos && t->bos == TOK_NULL) {
-        rc = tok_err(err, err_cap, ENG_E_FORMAT,
+        rc = eng_err_set(err, err_cap, ENG_E_FORMAT,
                      "%s: tokenizer.ggml.add_bos_token is true, but tokenizer.ggml.bos_token_id is not set",
                      tok_path(g));
         goto err;
     }
     if (t->add_eos && t->eos == TOK_NULL) {
-        rc = tok_err(err, err_cap, ENG_E_FORMAT,
+        rc = eng_err_set(err, err_cap, ENG_E_FORMAT,
                      "%s: tokenizer.ggml.add_eos_token is true, but tokenizer.ggml.eos_token_id is not set",
                      tok_path(g));
         goto err;
@@ -564,7 +551,7 @@ int tok_load(struct tok **out, const struct gguf_file *g, char *err, size_t err_
     return 0;
 err:
     if (rc == ENG_E_NOMEM && err && err_cap && !err[0])
-        tok_err(err, err_cap, rc, "%s: tokenizer: out of memory", tok_path(g));
+        eng_err_set(err, err_cap, rc, "%s: tokenizer: out of memory", tok_path(g));
     tok_free(t);
     return rc;
 }
