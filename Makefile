@@ -115,7 +115,7 @@ test-unit: $(TEST_BIN) $(BUILD)/ppd
 # Under the sanitizers the golden comparisons run on one prompt each (they are
 # ~10x slower there); `make check-golden` runs them all at full speed.
 asan: deps model
-	@PPD_TEST_GOLDEN_CASES=1 $(MAKE) --no-print-directory BUILD=build-asan SAN=1 test-unit
+	@PPD_TEST_GOLDEN_CASES=1 PPD_TEST_PPD_CASES=1 $(MAKE) --no-print-directory BUILD=build-asan SAN=1 test-unit
 
 check-golden: deps model
 	@$(MAKE) --no-print-directory $(BUILD)/tests/test_forward
