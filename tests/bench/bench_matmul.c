@@ -406,6 +406,33 @@ static void step_thread(struct team *t, int tid) {
     }
 }
 
+/* Before timing anything, check the kernel it times: the fast path must equal
+ * the plain reference bit for bit on one matrix of each type (as llm.c checks
+ * each kernel against its CPU twin before timing it). */
+static int check_fast_equals_ref(struct model *m) {
+    const int n_rows = 8;
+    for (int k = 0; k < m->n_mat; k++) {
+        const struct kq_weight *w = &m->w[k];
+        if (k != 0 && k != m->n_mat - 1) continue;   /* the first Q4_1 and the Q8_0 output */
+        const int64_t n_out = w->n_out < 256 ? w->n_out : 256;
+        kq_act_quantize(w->type, m->x, w->n_in, 0, n_rows, m->act);
+        float *a = malloc(sizeof(float) * (size_t)n_rows * (size_t)n_out);
+        float *b = malloc(sizeof(float) * (size_t)n_rows * (size_t)n_out);
+        if (!a || !b) { free(a); free(b); return -1; }
+        kq_matmul(w, m->act, n_rows, a, n_out, 0, n_out);
+        kq_matmul_ref(w, m->act, n_rows, b, n_out, 0, n_out);
+        int same = memcmp(a, b, sizeof(float) * (size_t)n_rows * (size_t)n_out) == 0;
+        free(a);
+        free(b);
+        if (!same) {
+            fprintf(stderr, "bench_matmul: the %s fast path differs from the reference; not timing it\n",
+                    kq_type_name(w->type));
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int n_threads = 2, reps = 10;
     for (int i = 1; i < argc; i++) {
@@ -429,6 +456,7 @@ int main(int argc, char **argv) {
 
     struct model m;
     if (model_init(&m)) { fprintf(stderr, "out of memory\n"); return 1; }
+    if (check_fast_equals_ref(&m)) return 1;
     printf("model step: %d matrices, %.1f MB of weights, %.1f M MACs per row\n",
            m.n_mat, m.bytes / 1e6, m.macs_per_row / 1e6);
     printf("%5s %9s %9s %8s %9s %9s %7s %7s\n", "rows", "best ms", "median", "out ms", "bw floor",
