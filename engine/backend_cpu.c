@@ -29,6 +29,9 @@ struct cpu_ctx {
     size_t act_cap;
     float *scores;          /* [n_threads][scores_cap] attention scratch */
     size_t scores_cap;
+    int32_t *pieces;        /* grouped attention: first row of each piece, then n_tok */
+    size_t pieces_cap;
+    int n_pieces;
 };
 
 static void *cpu_buf_alloc(void *vctx, size_t bytes) { (void)vctx; return calloc(1, bytes ? bytes : 1); }
@@ -250,19 +253,118 @@ static void attn_region(void *arg, int ith, int nth) {
     for (long t = t0; t < t1; t++) attn_row_head(j, (int)(t / j->n_head), (int)(t % j->n_head), scores, idx);
 }
 
+/* Many rows (a PPD tree, a prefill chunk): rows of one slot that see the same
+ * committed prefix are taken ATTN_ROWS_PER_TASK at a time, with all the query
+ * heads that share one KV head, so each K and V entry of the prefix is loaded
+ * once per task instead of once per (row, head).  Per (row, head) the scores,
+ * the softmax and the accumulation of V happen in exactly the order of
+ * attn_row_head (prefix entries, then the row's visible group entries), so the
+ * results are bit-identical to it. */
+#define ATTN_ROWS_PER_TASK 4
+
+static void attn_rows_kvhead(const struct attn_job *j, int r0, int r1, int kvh, float *sc, int32_t *gidx) {
+    const struct eng_batch *b = j->b;
+    const struct eng_kv *kv = j->kv;
+    const int hd = j->head_dim, n_rep = j->n_head / j->n_head_kv, nr = r1 - r0;
+    const int slot = b->slot[r0], P = b->n_prefix[r0];
+    const size_t cap = (size_t)kv->max_seq, gcap = (size_t)b->vis_words * 64;
+    int n_vis[ATTN_ROWS_PER_TASK];
+#define ATTN_Q(rr, g) (j->q + ((size_t)(r0 + (rr)) * j->n_head + (size_t)kvh * n_rep + (g)) * hd)
+#define ATTN_O(rr, g) (j->out + ((size_t)(r0 + (rr)) * j->n_head + (size_t)kvh * n_rep + (g)) * hd)
+#define ATTN_S(rr, g) (sc + ((size_t)(rr) * n_rep + (g)) * cap)
+    for (int e = 0; e < P; e++) {
+        const float *k = kv->k + eng_kv_offset(kv, j->layer, slot, e) + (size_t)kvh * hd;
+        for (int rr = 0; rr < nr; rr++)
+            for (int g = 0; g < n_rep; g++) ATTN_S(rr, g)[e] = kq_dot_f32(ATTN_Q(rr, g), k, hd) * j->scale;
+    }
+    for (int rr = 0; rr < nr; rr++) {
+        const int r = r0 + rr;
+        const uint64_t *vis = b->vis + (size_t)r * b->vis_words;
+        int n = P;
+        int32_t *gi = gidx + (size_t)rr * gcap;
+        for (int g2 = 0; g2 < b->grp_len[r]; g2++) {
+            if (!(vis[g2 >> 6] >> (g2 & 63) & 1)) continue;
+            const int e = b->grp_first[r] + g2;
+            const float *k = kv->k + eng_kv_offset(kv, j->layer, slot, e) + (size_t)kvh * hd;
+            for (int g = 0; g < n_rep; g++) ATTN_S(rr, g)[n] = kq_dot_f32(ATTN_Q(rr, g), k, hd) * j->scale;
+            gi[n - P] = e;
+            n++;
+        }
+        n_vis[rr] = n;
+        for (int g = 0; g < n_rep; g++) {
+            kq_softmax(ATTN_S(rr, g), n);
+            memset(ATTN_O(rr, g), 0, sizeof(float) * (size_t)hd);
+        }
+    }
+    for (int e = 0; e < P; e++) {
+        const float *v = kv->v + eng_kv_offset(kv, j->layer, slot, e) + (size_t)kvh * hd;
+        for (int rr = 0; rr < nr; rr++)
+            for (int g = 0; g < n_rep; g++) kq_axpy_f32(ATTN_O(rr, g), ATTN_S(rr, g)[e], v, hd);
+    }
+    for (int rr = 0; rr < nr; rr++) {
+        const int32_t *gi = gidx + (size_t)rr * gcap;
+        for (int t = P; t < n_vis[rr]; t++) {
+            const float *v = kv->v + eng_kv_offset(kv, j->layer, slot, gi[t - P]) + (size_t)kvh * hd;
+            for (int g = 0; g < n_rep; g++) kq_axpy_f32(ATTN_O(rr, g), ATTN_S(rr, g)[t], v, hd);
+        }
+    }
+#undef ATTN_Q
+#undef ATTN_O
+#undef ATTN_S
+}
+
+static void attn_grouped_region(void *arg, int ith, int nth) {
+    struct attn_job *j = arg;
+    struct cpu_ctx *c = j->c;
+    float *sc = c->scores + (size_t)ith * c->scores_cap;
+    const size_t per_rows = (size_t)ATTN_ROWS_PER_TASK * (size_t)(j->n_head / j->n_head_kv) * (size_t)j->kv->max_seq;
+    int32_t *gidx = (int32_t *)(sc + per_rows);
+    long t0, t1;
+    eng_split((long)c->n_pieces * j->n_head_kv, ith, nth, 1, &t0, &t1);
+    for (long t = t0; t < t1; t++) {
+        const int p = (int)(t / j->n_head_kv), kvh = (int)(t % j->n_head_kv);
+        attn_rows_kvhead(j, c->pieces[p], c->pieces[p + 1], kvh, sc, gidx);
+    }
+}
+
 static void cpu_attention(void *vctx, const float *q, const struct eng_batch *b, const struct eng_kv *kv,
                           int layer, int n_head, int n_head_kv, int head_dim, float scale, float *out) {
     struct cpu_ctx *c = vctx;
-    /* scores and entry indices share one per-thread buffer of 2 * max_seq floats */
-    size_t need = 2 * (size_t)kv->max_seq + 16;
+    struct attn_job j = {c, q, b, kv, layer, n_head, n_head_kv, head_dim, scale, out};
+    const int grouped = b->n_tok >= ATTN_ROWS_PER_TASK;
+    /* Per-thread scratch: scores of up to ATTN_ROWS_PER_TASK rows x n_rep heads
+     * over max_seq entries, then the rows' visible group entries (grouped
+     * path); or one row's scores and entry list (per-row path). */
+    size_t need = grouped ? (size_t)ATTN_ROWS_PER_TASK * (size_t)(n_head / n_head_kv) * (size_t)kv->max_seq +
+                                (size_t)ATTN_ROWS_PER_TASK * (size_t)b->vis_words * 64 + 16
+                          : 2 * (size_t)kv->max_seq + 16;
     if (need > c->scores_cap) {
         float *s = realloc(c->scores, sizeof(float) * need * (size_t)c->n_threads);
-        if (!s) abort();
+        if (!s) abort(); /* out of memory mid-step: cannot continue */
         c->scores = s;
         c->scores_cap = need;
     }
-    struct attn_job j = {c, q, b, kv, layer, n_head, n_head_kv, head_dim, scale, out};
-    eng_pool_run(c->pool, attn_region, &j);
+    if (!grouped) {
+        eng_pool_run(c->pool, attn_region, &j);
+        return;
+    }
+    /* Pieces: runs of rows with the same slot and committed prefix, cut every
+     * ATTN_ROWS_PER_TASK rows; pieces[p] .. pieces[p + 1] is piece p. */
+    if ((size_t)b->n_tok + 1 > c->pieces_cap) {
+        int32_t *np = realloc(c->pieces, sizeof *np * ((size_t)b->n_tok + 1));
+        if (!np) abort();
+        c->pieces = np;
+        c->pieces_cap = (size_t)b->n_tok + 1;
+    }
+    c->n_pieces = 0;
+    for (int r = 0; r < b->n_tok; r++) {
+        const int start = c->n_pieces ? c->pieces[c->n_pieces - 1] : -1;
+        if (start < 0 || r - start >= ATTN_ROWS_PER_TASK || b->slot[r] != b->slot[start] ||
+            b->n_prefix[r] != b->n_prefix[start])
+            c->pieces[c->n_pieces++] = r;
+    }
+    c->pieces[c->n_pieces] = b->n_tok;
+    eng_pool_run(c->pool, attn_grouped_region, &j);
 }
 
 /* ---- elementwise ---- */
@@ -298,6 +400,7 @@ static void cpu_free(void *vctx) {
     eng_pool_free(c->pool);
     free(c->act);
     free(c->scores);
+    free(c->pieces);
     free(c);
 }
 

@@ -326,6 +326,39 @@ START_TEST(test_visibility_mask_equals_sequence) {
 }
 END_TEST
 
+/* The same with a tree of 8 rows over a committed prefix of 5, which takes the
+ * grouped attention path (rows of one slot sharing K/V loads): row 3 sees rows
+ * 0 and 3, row 7 sees rows 0, 3 and 7, at positions 5, 6, 7; so row 7 must equal
+ * the sequence prefix + (t0, t3, t7), bit for bit. */
+START_TEST(test_visibility_mask_grouped_path) {
+    struct fx x;
+    fx_open(&x, 16);
+    const int n_vocab = x.m->hp.n_vocab;
+    int32_t prefix[5] = {504, 2685, 314, 1100, 28}, tree[8] = {42, 77, 901, 3300, 12, 8, 640, 2000};
+    struct eng_batch b;
+    ck_assert_int_eq(eng_batch_init(&b, 16, 16), 0);
+    prefill(&x, &b, prefix, 5);
+    eng_batch_clear(&b);
+    ck_assert_int_eq(eng_batch_add_causal(&b, 0, 5, tree, 8, false), 0);
+    b.vis[3 * b.vis_words] = (1u << 0) | (1u << 3);
+    b.vis[7 * b.vis_words] = (1u << 0) | (1u << 3) | (1u << 7);
+    b.pos[3] = 6;
+    b.pos[7] = 7;
+    b.want_logits[7] = true;
+    ck_assert_int_eq(eng_forward_run(&x.f, &b, &x.kv, NULL, 0), 0);
+    float *t = malloc(sizeof(float) * (size_t)n_vocab);
+    memcpy(t, x.f.logits, sizeof(float) * (size_t)n_vocab);
+    prefill(&x, &b, prefix, 5);
+    step(&x, &b, tree[0]);
+    step(&x, &b, tree[3]);
+    step(&x, &b, tree[7]);
+    ck_assert_int_eq(memcmp(t, x.f.logits, sizeof(float) * (size_t)n_vocab), 0);
+    free(t);
+    eng_batch_free(&b);
+    fx_close(&x);
+}
+END_TEST
+
 START_TEST(test_bad_batch_rejected) {
     struct fx x;
     fx_open(&x, 4);
@@ -353,6 +386,7 @@ int main(void) {
     tcase_add_test(tc, test_bad_batch_rejected);
     tcase_add_test(tc, test_batch_equals_sequential_bitwise);
     tcase_add_test(tc, test_visibility_mask_equals_sequence);
+    tcase_add_test(tc, test_visibility_mask_grouped_path);
     tcase_add_test(tc, test_logits_cut1_close);
     tcase_add_test(tc, test_logits_f32_close);
     tcase_add_test(tc, test_logits_q4_1_close);
