@@ -49,6 +49,7 @@ int eng_generate(struct eng_forward *f, struct eng_kv *kv, int slot, const struc
     st->finish = ENG_FINISH_LENGTH;
     for (int g = 0; g < p->n_predict; g++) {
         int32_t id = eng_sample(&p->sp, &rng, f->logits, n_vocab, scratch);
+        if (id < 0) { rc = id; goto out; }   /* no finite logit: never store an error as a token */
         out_ids[st->n_gen++] = id;
         st->steps++;
         int stop = on_tokens ? on_tokens(user, &id, 1) : 0;
