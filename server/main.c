@@ -4,7 +4,6 @@
 
 #include "cli.h"
 
-int cmd_adapter(int argc, char **argv);   /* cli_adapter.c */
 
 struct cli_cmd { const char *name; int (*fn)(int, char **); const char *help; };
 
