@@ -261,6 +261,7 @@ static void attn_region(void *arg, int ith, int nth) {
  * attn_row_head (prefix entries, then the row's visible group entries), so the
  * results are bit-identical to it. */
 #define ATTN_ROWS_PER_TASK 4
+#define ATTN_MAX_REP 16       /* query heads per KV head the grouped path takes (else: per row) */
 
 static void attn_rows_kvhead(const struct attn_job *j, int r0, int r1, int kvh, float *sc, int32_t *gidx) {
     const struct eng_batch *b = j->b;
@@ -272,10 +273,23 @@ static void attn_rows_kvhead(const struct attn_job *j, int r0, int r1, int kvh, 
 #define ATTN_Q(rr, g) (j->q + ((size_t)(r0 + (rr)) * j->n_head + (size_t)kvh * n_rep + (g)) * hd)
 #define ATTN_O(rr, g) (j->out + ((size_t)(r0 + (rr)) * j->n_head + (size_t)kvh * n_rep + (g)) * hd)
 #define ATTN_S(rr, g) (sc + ((size_t)(rr) * n_rep + (g)) * cap)
+    /* The (row, head) pairs of this task, eight dots per kq_dot8_f32 call (the
+     * last call padded with repeats of pair 0, whose results are dropped). */
+    const int n_pair = nr * n_rep;
+    const float *qp[ATTN_ROWS_PER_TASK * ATTN_MAX_REP + 8];
+    float *sp[ATTN_ROWS_PER_TASK * ATTN_MAX_REP + 8];
+    for (int t = 0; t < n_pair; t++) {
+        qp[t] = ATTN_Q(t / n_rep, t % n_rep);
+        sp[t] = ATTN_S(t / n_rep, t % n_rep);
+    }
+    for (int t = n_pair; t % 8; t++) qp[t] = qp[0];
     for (int e = 0; e < P; e++) {
         const float *k = kv->k + eng_kv_offset(kv, j->layer, slot, e) + (size_t)kvh * hd;
-        for (int rr = 0; rr < nr; rr++)
-            for (int g = 0; g < n_rep; g++) ATTN_S(rr, g)[e] = kq_dot_f32(ATTN_Q(rr, g), k, hd) * j->scale;
+        for (int t0 = 0; t0 < n_pair; t0 += 8) {
+            float d8[8];
+            kq_dot8_f32(qp + t0, k, hd, d8);
+            for (int t = t0; t < n_pair && t < t0 + 8; t++) sp[t][e] = d8[t - t0] * j->scale;
+        }
     }
     for (int rr = 0; rr < nr; rr++) {
         const int r = r0 + rr;
@@ -331,7 +345,7 @@ static void cpu_attention(void *vctx, const float *q, const struct eng_batch *b,
                           int layer, int n_head, int n_head_kv, int head_dim, float scale, float *out) {
     struct cpu_ctx *c = vctx;
     struct attn_job j = {c, q, b, kv, layer, n_head, n_head_kv, head_dim, scale, out};
-    const int grouped = b->n_tok >= ATTN_ROWS_PER_TASK;
+    const int grouped = b->n_tok >= ATTN_ROWS_PER_TASK && n_head / n_head_kv <= ATTN_MAX_REP;
     /* Per-thread scratch: scores of up to ATTN_ROWS_PER_TASK rows x n_rep heads
      * over max_seq entries, then the rows' visible group entries (grouped
      * path); or one row's scores and entry list (per-row path). */

@@ -34,6 +34,10 @@ float kq_dot_f32(const float *a, const float *b, int n);
 /* out[d] += w * v[d] for d < n. */
 void kq_axpy_f32(float *out, float w, const float *v, int n);
 
+/* out[d] = kq_dot_f32(a[d], b, n) for d < 8, bit for bit, faster: b is loaded
+ * once and the eight final reductions share their shuffles. */
+void kq_dot8_f32(const float *const a[8], const float *b, int n, float out[8]);
+
 /* The plain C versions of the two above (kq_dot_f32 / kq_axpy_f32 use AVX2
  * when the CPU has it, with bit-identical results: tests compare them). */
 float kq_dot_f32_ref(const float *a, const float *b, int n);

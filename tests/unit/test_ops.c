@@ -30,6 +30,25 @@ START_TEST(test_dot_axpy_match_reference) {
 }
 END_TEST
 
+START_TEST(test_dot8_matches_dot) {
+    uint32_t seed = 11;
+    static float a[8][136], b[136];
+    for (int n = 0; n <= 136; n++) {
+        for (int i = 0; i < n; i++) {
+            b[i] = frand(&seed) * 4;
+            for (int d = 0; d < 8; d++) a[d][i] = frand(&seed) * (float)(d + 1);
+        }
+        const float *ap[8] = {a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]};
+        float out[8];
+        kq_dot8_f32(ap, b, n, out);
+        for (int d = 0; d < 8; d++) {
+            float want = kq_dot_f32_ref(a[d], b, n);
+            ck_assert_msg(memcmp(&out[d], &want, sizeof want) == 0, "n=%d d=%d: %a vs %a", n, d, out[d], want);
+        }
+    }
+}
+END_TEST
+
 START_TEST(test_dot_value) {
     float a[10], b[10];
     for (int i = 0; i < 10; i++) { a[i] = (float)(i + 1); b[i] = 0.5f; }
@@ -80,6 +99,7 @@ int main(void) {
     TCase *tc = tcase_create("ops");
     tcase_add_test(tc, test_dot_axpy_match_reference);
     tcase_add_test(tc, test_dot_value);
+    tcase_add_test(tc, test_dot8_matches_dot);
     tcase_add_test(tc, test_rmsnorm_softmax_swiglu);
     tcase_add_test(tc, test_rope);
     suite_add_tcase(s, tc);
