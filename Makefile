@@ -55,7 +55,7 @@ BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libppd.a
 
-.PHONY: check-golden bench-bins all deps model test test-unit test-integration test-golden run asan bench clean features
+.PHONY: check-ppd check-golden bench-bins all deps model test test-unit test-integration test-golden run asan bench clean features
 all: features $(BUILD)/ppd
 
 features:
@@ -116,6 +116,11 @@ test-unit: $(TEST_BIN) $(BUILD)/ppd
 # ~10x slower there); `make check-golden` runs them all at full speed.
 asan: deps model
 	@PPD_TEST_GOLDEN_CASES=1 PPD_TEST_PPD_CASES=1 $(MAKE) --no-print-directory BUILD=build-asan SAN=1 test-unit
+
+# Issue 3's acceptance run: PPD == plain decoding on MT-Bench + HumanEval first turns.
+check-ppd: deps model
+	@$(MAKE) --no-print-directory all
+	python3 scripts/check-ppd.py --count 50 -n 256 --temps 0,0.7,1.0
 
 check-golden: deps model
 	@$(MAKE) --no-print-directory $(BUILD)/tests/test_forward
