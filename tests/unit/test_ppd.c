@@ -356,7 +356,6 @@ START_TEST(test_tree_adapter_mismatch) {
 END_TEST
 
 int main(void) {
-    setvbuf(stdout, NULL, _IOLBF, 0);
     Suite *s = suite_create("ppd");
     TCase *tc = tcase_create("basic"), *te = tcase_create("equivalence");   /* CK_RUN_CASE picks one */
     tcase_set_timeout(tc, 900);

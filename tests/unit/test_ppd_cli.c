@@ -168,7 +168,6 @@ START_TEST(test_bad_adapters_and_trees) {
 END_TEST
 
 int main(void) {
-    setvbuf(stdout, NULL, _IOLBF, 0);
     Suite *s = suite_create("ppd_cli");
     TCase *tc = tcase_create("ppd_cli");
     tcase_set_timeout(tc, 600);

@@ -277,7 +277,6 @@ START_TEST(test_bad_files) {
 END_TEST
 
 int main(void) {
-    setvbuf(stdout, NULL, _IOLBF, 0);
     Suite *s = suite_create("ppd_tree");
     TCase *tc = tcase_create("ppd_tree");
     tcase_set_timeout(tc, 120);
