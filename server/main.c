@@ -11,7 +11,9 @@ static const struct cli_cmd cli_cmds[] = {
     {"serve", cmd_serve, "the OpenAI-compatible HTTP server (--help lists its settings)"},
     {"generate", cmd_generate, "generate text for one prompt (--json for machine-readable output)"},
     {"bench", cmd_bench, "prefill and decode speed over a prompt set"},
-    {"adapter", cmd_adapter, "make or inspect a PPD adapter (init, show)"},
+    {"adapter", cmd_adapter, "make, import or inspect a PPD adapter (init, import, show)"},
+    {"distill", cmd_distill, "let the model answer a prompt set greedily (training data for `ppd train`)"},
+    {"train", cmd_train, "train PPD prompt tokens on distilled sequences"},
 };
 
 static void usage(FILE *fp) {
