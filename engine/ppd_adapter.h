@@ -13,7 +13,8 @@
  * made for another model is refused with a message naming both models.
  *
  * Not here: training (engine/train.c), importing the paper's PEFT safetensors
- * files, V > 1 ensembles (inference uses V = 1 only, ppd-spec.md §6.2).
+ * files (engine/ppd_import.h), V > 1 ensembles (inference uses V = 1 only,
+ * ppd-spec.md §6.2).
  */
 #ifndef PPD_PPD_ADAPTER_H
 #define PPD_PPD_ADAPTER_H

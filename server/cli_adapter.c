@@ -4,8 +4,12 @@
  *       an untrained adapter by the paper's text initialisation (ppd-spec.md §1.5)
  *   ppd adapter show FILE [-m MODEL]
  *       the adapter's metadata; with -m also whether it fits that model
+ *   ppd adapter import DIR|FILE.safetensors [CONFIG.json] [-m MODEL] [-o FILE] [--topk K]
+ *                      [--n-prompt N] [--ensemble-member J] [--force]
+ *       the paper's released PEFT adapter as an adapter for MODEL
+ *       (engine/ppd_import.h says what is accepted)
  *
- * Not here: training (`ppd train`) and importing the paper's PEFT files.
+ * Not here: training (`ppd train`).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +20,7 @@
 #include "engine/err.h"
 #include "engine/model.h"
 #include "engine/ppd_adapter.h"
+#include "engine/ppd_import.h"
 #include "engine/tokenizer.h"
 
 int cmd_adapter(int argc, char **argv);
@@ -24,11 +29,17 @@ static void adapter_usage(FILE *fp) {
     fprintf(fp,
             "usage: ppd adapter init [flags]    make an untrained adapter (text initialisation)\n"
             "       ppd adapter show FILE [-m MODEL]\n"
+            "       ppd adapter import DIR|FILE.safetensors [CONFIG.json] [flags]\n"
+            "                          import the paper's PEFT adapter (adapter_model.safetensors\n"
+            "                          + adapter_config.json) for MODEL\n"
             "  -m, --model FILE     base model (default %s)\n"
             "  -o, --output FILE    adapter to write (default: MODEL with .ppd.gguf)\n"
-            "      --n-prompt N     prompt tokens (default 3)\n"
+            "      --n-prompt N     prompt tokens (init: default 3; import: only when there is no config,\n"
+            "                       V = 1 is then assumed)\n"
             "      --topk K         guesses per prompt token (default 10)\n"
             "      --text TEXT      init text (default \"%s\")\n"
+            "      --ensemble-member J  import: for V > 1 adapters, take virtual token J of every\n"
+            "                       prompt token alone (ppd runs V = 1; without it V > 1 is refused)\n"
             "      --force          overwrite an existing output file\n",
             PPD_DEFAULT_MODEL, ENG_PPD_INIT_TEXT);
 }
@@ -128,11 +139,72 @@ done:
     return status;
 }
 
+static int adapter_import(int argc, char **argv) {
+    const char *model = PPD_DEFAULT_MODEL, *output = NULL, *src = NULL, *v;
+    struct eng_ppd_import_opts o = ENG_PPD_IMPORT_OPTS_DEFAULT;
+    long n_prompt = 0, topk = o.topk, member = -1;
+    int force = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        size_t len = strlen(a);
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { adapter_usage(stdout); return 0; }
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = cli_value(argc, argv, &i))) return 2; model = v; }
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { if (!(v = cli_value(argc, argv, &i))) return 2; output = v; }
+        else if (!strcmp(a, "--force")) force = 1;
+        else if (!strcmp(a, "--n-prompt")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 1, ENG_PPD_MAX_PROMPT, &n_prompt)) return 2;
+        } else if (!strcmp(a, "--topk")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 1, ENG_PPD_MAX_TOPK, &topk)) return 2;
+        } else if (!strcmp(a, "--ensemble-member")) {
+            if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 0, 1 << 20, &member)) return 2;
+        } else if (a[0] == '-') {
+            fprintf(stderr, "ppd adapter import: unknown flag '%s' (see --help)\n", a);
+            return 2;
+        } else if (len > 5 && !strcmp(a + len - 5, ".json")) {
+            if (o.config_path) { fprintf(stderr, "ppd adapter import: one config file at a time\n"); return 2; }
+            o.config_path = a;
+        } else if (!src) src = a;
+        else { fprintf(stderr, "ppd adapter import: one adapter at a time\n"); return 2; }
+    }
+    if (!src) { adapter_usage(stderr); return 2; }
+    o.n_prompt = (int)n_prompt;
+    o.topk = (int)topk;
+    o.ensemble_member = (int)member;
+    char path[1024], err[1024];
+    if (!output) {
+        if (eng_ppd_adapter_default_path(model, path, sizeof path)) { fprintf(stderr, "ppd: model path too long\n"); return 2; }
+        output = path;
+    }
+    FILE *exists = force ? NULL : fopen(output, "rb");
+    if (exists) {
+        fclose(exists);
+        fprintf(stderr, "ppd: %s exists; --force overwrites it\n", output);
+        return 1;
+    }
+    struct eng_backend be = {0};
+    struct eng_model *m = NULL;
+    struct eng_ppd_adapter *ad = NULL;
+    int status = 1;
+    if (adapter_open_model(model, &be, &m, NULL)) goto done;
+    if (eng_ppd_adapter_import(&ad, src, m, &o, err, sizeof err) || eng_ppd_adapter_save(ad, output, err, sizeof err)) {
+        fprintf(stderr, "ppd: %s\n", err);
+        goto done;
+    }
+    fprintf(stderr, "ppd: wrote %s (N=%d, K=%d, H=%d, %s)\n", output, ad->n_prompt, ad->topk, ad->n_embd, ad->provenance);
+    status = 0;
+done:
+    eng_ppd_adapter_free(ad);
+    eng_model_free(m);
+    eng_backend_free(&be);
+    return status;
+}
+
 int cmd_adapter(int argc, char **argv) {
     if (argc < 2) { adapter_usage(stderr); return 2; }
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) { adapter_usage(stdout); return 0; }
     if (!strcmp(argv[1], "init")) return adapter_init(argc - 1, argv + 1);
     if (!strcmp(argv[1], "show")) return adapter_show(argc - 1, argv + 1);
-    fprintf(stderr, "ppd adapter: unknown subcommand '%s' (init, show)\n", argv[1]);
+    if (!strcmp(argv[1], "import")) return adapter_import(argc - 1, argv + 1);
+    fprintf(stderr, "ppd adapter: unknown subcommand '%s' (init, show, import)\n", argv[1]);
     return 2;
 }
