@@ -1,4 +1,4 @@
-/* sched.c — the continuous-batching step of sched.h. */
+/* sched.c — the continuous-batching step of sched.h, plain and PPD sequences. */
 #include "sched.h"
 
 #include <stdlib.h>
@@ -6,6 +6,7 @@
 
 #include "err.h"
 #include "generate.h"
+#include "log.h"
 #include "tokenizer.h"
 
 const char *eng_sched_finish_reason(enum eng_sched_finish f) {
@@ -34,6 +35,7 @@ int eng_sched_req_init(struct eng_sched_req **out, const struct tok *tok, const 
     r->max_tokens = max_tokens;
     r->sp = *sp;
     r->slot = -1;
+    r->use_ppd = true;
     atomic_init(&r->cancel, false);
     *out = r;
     return 0;
@@ -45,9 +47,16 @@ err:
 void eng_sched_req_free(struct eng_sched_req *r) {
     if (!r) return;
     eng_textout_free(&r->text);
+    eng_ppd_seq_free(&r->ppd);   /* a request freed while still inside (see eng_sched_free) */
     free(r->prompt);
     free(r->out_ids);
     free(r);
+}
+
+/* Rows one PPD sequence may need in a step: its largest tree, or the prefill
+ * tail (last prompt token + N prompt rows). */
+static int sched_ppd_rows_max(const struct eng_ppd *ppd) {
+    return ppd->trees.max_T > ppd->n_prompt + 1 ? ppd->trees.max_T : ppd->n_prompt + 1;
 }
 
 int eng_sched_init(struct eng_sched *s, struct eng_forward *f, struct eng_kv *kv, const struct tok *tok,
@@ -60,9 +69,19 @@ int eng_sched_init(struct eng_sched *s, struct eng_forward *f, struct eng_kv *kv
     if (s->p.n_slot <= 0 || s->p.n_slot > kv->n_slot) s->p.n_slot = kv->n_slot;
     if (s->p.max_rows <= 0 || s->p.max_rows > f->max_rows) s->p.max_rows = f->max_rows;
     if (s->p.prefill_chunk <= 0 || s->p.prefill_chunk > s->p.max_rows) s->p.prefill_chunk = s->p.max_rows;
-    /* Every decoding sequence needs its row in every step. */
+    /* Every decoding sequence needs its row in every step; with PPD its whole
+     * tree (or the N + 1 rows of its prefill tail). */
     int rc = ENG_E_RANGE;
     if (s->p.n_slot > s->p.max_rows) goto err;
+    if (s->p.ppd) {
+        const int per = sched_ppd_rows_max(s->p.ppd);
+        if (per > s->p.max_rows / s->p.n_slot) {
+            LOG_ERROR("PPD needs %d slots x %d rows (the largest tree) = %d rows per step, but a step has %d: "
+                      "raise the rows per step, use fewer slots or a smaller tree", s->p.n_slot, per,
+                      s->p.n_slot * per, s->p.max_rows);
+            goto err;
+        }
+    }
     rc = eng_batch_init(&s->batch, s->p.max_rows, s->p.max_rows);
     if (rc) goto err;
     if ((rc = eng_sampler_scratch_init(&s->scratch, f->m->hp.n_vocab))) goto err;
@@ -123,6 +142,7 @@ static void sched_emit(struct eng_sched *s, struct eng_sched_req *r, int n_new, 
 /* Remove an admitted request: free its slot, keep the admission order. */
 static void sched_retire(struct eng_sched *s, int i) {
     struct eng_sched_req *r = s->active[i];
+    if (r->ppd_on) eng_ppd_seq_free(&r->ppd);
     s->slot_busy[r->slot] = false;
     s->kv->len[r->slot] = 0;
     memmove(s->active + i, s->active + i + 1, sizeof *s->active * (size_t)(s->n_active - i - 1));
@@ -146,6 +166,27 @@ static void sched_drop_cancelled(struct eng_sched *s) {
     }
 }
 
+/* Decide whether r decodes with PPD and set up its sequence state: the same
+ * seed, sampler and token limit as the plain path, so the same tokens. */
+static void sched_ppd_admit(struct eng_sched *s, struct eng_sched_req *r) {
+    r->ppd_on = false;
+    if (!s->p.ppd || !r->use_ppd || r->sp.presence_penalty != 0.0f || r->sp.frequency_penalty != 0.0f) return;
+    int rc = eng_ppd_seq_init(&r->ppd, s->p.ppd, r->slot, &r->sp, r->max_tokens, s->tok, r->ignore_eog,
+                              s->f->m->hp.n_vocab);
+    if (rc) {
+        LOG_WARN("cannot set up PPD for a request (%s); it decodes plainly", eng_err_msg(rc));
+        return;
+    }
+    if (s->p.ppd_accept == ENG_PPD_ACCEPT_TYPICAL && r->sp.temperature > 0) {
+        r->ppd.accept = ENG_PPD_ACCEPT_TYPICAL;
+        if (s->p.ppd_typical.eps > 0) r->ppd.typical = s->p.ppd_typical;
+    }
+    r->ppd.guess_fn = s->p.ppd_guess_fn;
+    r->ppd.guess_user = r->user;
+    r->ppd_on = true;
+    s->stats.ppd_seqs++;
+}
+
 static void sched_admit(struct eng_sched *s) {
     while (s->wait_head && s->n_active < s->p.n_slot) {
         struct eng_sched_req *r = s->wait_head;
@@ -161,6 +202,7 @@ static void sched_admit(struct eng_sched *s) {
         r->n_gen = 0;
         r->t_admit = eng_now_s();
         eng_rng_seed(&r->rng, r->sp.seed);
+        sched_ppd_admit(s, r);
         s->kv->len[slot] = 0;
         s->active[s->n_active++] = r;
     }
@@ -175,12 +217,31 @@ static int seq_add_decode(struct eng_sched *s, struct eng_sched_req *r) {
     return eng_batch_add_causal(&s->batch, r->slot, s->kv->len[r->slot], &r->out_ids[r->n_gen - 1], 1, true);
 }
 
-/* The next prompt chunk of n rows; logits only when it ends the prompt. */
+/* The next prompt chunk of n rows; logits only when it ends the prompt (a
+ * PPD sequence's chunks stop before the last token: see seq_prefill_left). */
 static int seq_add_prefill(struct eng_sched *s, struct eng_sched_req *r, int n) {
     r->row0 = s->batch.n_tok;
     r->n_rows = n;
     return eng_batch_add_causal(&s->batch, r->slot, s->kv->len[r->slot], r->prompt + r->n_prefilled, n,
-                                r->n_prefilled + n == r->n_prompt);
+                                !r->ppd_on && r->n_prefilled + n == r->n_prompt);
+}
+
+/* Prompt tokens still to go through ordinary chunks: all of them for plain
+ * decoding, all but the last for PPD (the last goes with the prompt rows). */
+static int seq_prefill_left(const struct eng_sched_req *r) {
+    return r->n_prompt - (r->ppd_on ? 1 : 0) - r->n_prefilled;
+}
+
+/* A PPD sequence's rows: the prefill tail once its chunks are done, then one
+ * tree per step.  Leaves r->n_rows = 0 when nothing was added. */
+static int seq_add_ppd(struct eng_sched *s, struct eng_sched_req *r) {
+    const int before = s->batch.n_tok;
+    r->row0 = before;
+    int rc = r->state == ENG_SEQ_PREFILL
+                 ? eng_ppd_seq_prefill_add(&r->ppd, &s->batch, s->kv, r->prompt[r->n_prompt - 1])
+                 : eng_ppd_seq_step_add(&r->ppd, &s->batch, s->kv);
+    r->n_rows = s->batch.n_tok - before;
+    return rc;
 }
 
 /* Sample one token from logits row `lrow`, with the request's penalties. */
@@ -195,15 +256,74 @@ static int32_t seq_sample(struct eng_sched *s, struct eng_sched_req *r, int lrow
     return eng_sample(&r->sp, &r->rng, logits, n_vocab, s->scratch);
 }
 
+/* Deliver one new token: record, detokenize, and check the end conditions in
+ * the order plain decoding always has.  Returns the finish (RUNNING: go on). */
+static int seq_deliver(struct eng_sched *s, struct eng_sched_req *r, int32_t id) {
+    r->out_ids[r->n_gen++] = id;
+    bool stopped = eng_textout_push(&r->text, id);
+    if (!r->ignore_eog && tok_is_eog(s->tok, id)) return ENG_SCHED_FINISH_EOG;
+    if (stopped) return ENG_SCHED_FINISH_STOP;
+    if (r->n_gen >= r->max_tokens) return ENG_SCHED_FINISH_LENGTH;
+    return ENG_SCHED_RUNNING;
+}
+
+/* The slot cannot take the next token's row: the same test after one token
+ * (plain) or after a PPD step's last token, since a step's earlier tokens
+ * sit inside its tree, which fitted in the slot. */
+static int seq_check_context(const struct eng_sched *s, const struct eng_sched_req *r, int fin) {
+    if (fin == ENG_SCHED_RUNNING && s->kv->len[r->slot] + 1 > s->kv->max_seq) return ENG_SCHED_FINISH_CONTEXT;
+    return fin;
+}
+
+/* Count a finished PPD step (see eng_sched_stats). */
+static void sched_ppd_count(struct eng_sched *s, const struct eng_ppd_seq *q, int n_out) {
+    struct eng_sched_stats *st = &s->stats;
+    const int acc = q->last_acc - 1;
+    st->ppd_steps++;
+    st->ppd_emitted += n_out;
+    if (n_out >= 0 && n_out <= ENG_PPD_MAX_PROMPT + 1) st->ppd_hist[n_out]++;
+    for (int i = 1; i <= acc && i <= ENG_PPD_MAX_PROMPT; i++) st->ppd_accepted_pos[i]++;
+    st->ppd_accepted += acc;
+}
+
+/* A PPD sequence after the forward pass: commit its rows (ppd.c moves the
+ * KV length itself for the tail and the trees), then deliver the step's
+ * tokens in order until one finishes the request; the rest are dropped. */
+static int seq_consume_ppd(struct eng_sched *s, struct eng_sched_req *r, int *n_new, int *err) {
+    if (r->state == ENG_SEQ_PREFILL && seq_prefill_left(r) > 0) {
+        s->kv->len[r->slot] += r->n_rows;
+        r->n_prefilled += r->n_rows;
+        return -1;
+    }
+    int32_t toks[ENG_PPD_MAX_PROMPT + 2];
+    int n_out = 0, rc;
+    if (r->state == ENG_SEQ_PREFILL) {
+        rc = eng_ppd_seq_prefill_finish(&r->ppd, s->f, s->kv, toks, &n_out);
+        r->n_prefilled = r->n_prompt;
+        r->state = ENG_SEQ_DECODE;
+    } else {
+        rc = eng_ppd_seq_step_finish(&r->ppd, s->f, s->kv, toks, &n_out);
+        if (!rc) sched_ppd_count(s, &r->ppd, n_out);
+    }
+    if (rc) { *err = rc; return ENG_SCHED_FINISH_ERROR; }
+    int fin = ENG_SCHED_RUNNING;
+    for (int i = 0; i < n_out && fin == ENG_SCHED_RUNNING; i++) {
+        fin = seq_deliver(s, r, toks[i]);
+        (*n_new)++;
+    }
+    /* ppd.c stops at end-of-generation and max_tokens exactly as the checks
+     * above do, so a finished sequence has always been finished here too. */
+    if (fin == ENG_SCHED_RUNNING && r->ppd.done) fin = ENG_SCHED_FINISH_LENGTH;
+    return seq_check_context(s, r, fin);
+}
+
 /* After the forward pass: commit this step's rows, and when they carried
- * logits, sample and detokenize.  (PPD replaces this for decoding sequences:
- * verify the tree, compact the accepted rows' K/V, then push the accepted
- * tokens one at a time through the same checks below, stopping at the first
- * end-of-generation token, completed stop string or max_tokens, so that usage
- * counts only delivered tokens; the event then carries n_new > 1.)  Returns -1 when there is nothing to emit
- * (a prompt chunk that does not end the prompt), else the finish to emit with
- * one new token (ERROR: the sampler failed, *err holds its code). */
-static int seq_consume(struct eng_sched *s, struct eng_sched_req *r, int *err) {
+ * logits, sample and deliver.  Returns -1 when there is nothing to emit (a
+ * prompt chunk that does not end the prompt), else the finish to emit with
+ * *n_new new tokens (ERROR: the sampler failed, *err holds its code). */
+static int seq_consume(struct eng_sched *s, struct eng_sched_req *r, int *n_new, int *err) {
+    *n_new = 0;
+    if (r->ppd_on) return seq_consume_ppd(s, r, n_new, err);
     s->kv->len[r->slot] += r->n_rows;
     if (r->state == ENG_SEQ_PREFILL) {
         r->n_prefilled += r->n_rows;
@@ -213,13 +333,8 @@ static int seq_consume(struct eng_sched *s, struct eng_sched_req *r, int *err) {
     int lrow = s->f->row_logit[r->row0 + r->n_rows - 1];
     int32_t id = seq_sample(s, r, lrow);
     if (id < 0) { *err = id; return ENG_SCHED_FINISH_ERROR; }
-    r->out_ids[r->n_gen++] = id;
-    bool stopped = eng_textout_push(&r->text, id);
-    if (!r->ignore_eog && tok_is_eog(s->tok, id)) return ENG_SCHED_FINISH_EOG;
-    if (stopped) return ENG_SCHED_FINISH_STOP;
-    if (r->n_gen >= r->max_tokens) return ENG_SCHED_FINISH_LENGTH;
-    if (s->kv->len[r->slot] + 1 > s->kv->max_seq) return ENG_SCHED_FINISH_CONTEXT;
-    return ENG_SCHED_RUNNING;
+    *n_new = 1;
+    return seq_check_context(s, r, seq_deliver(s, r, id));
 }
 
 int eng_sched_step(struct eng_sched *s) {
@@ -231,32 +346,55 @@ int eng_sched_step(struct eng_sched *s) {
     for (int i = 0; i < s->n_active; i++) {
         struct eng_sched_req *r = s->active[i];
         r->n_rows = 0;
+        r->add_err = 0;
         if (r->state == ENG_SEQ_DECODE) {
-            if (seq_add_decode(s, r)) return ENG_E_INTERNAL;
+            if (r->ppd_on) r->add_err = seq_add_ppd(s, r);
+            else if (seq_add_decode(s, r)) return ENG_E_INTERNAL;
             n_decode++;
         } else {
             n_prefill++;
         }
     }
     /* What is left is shared evenly by the prefilling sequences, in admission
-     * order; a share a sequence does not need goes to those after it. */
+     * order; a share a sequence does not need goes to those after it.  A PPD
+     * prefill tail is one unit of N + 1 rows (the sizing rule of init makes
+     * every share at least that large). */
     int budget = s->p.max_rows - s->batch.n_tok, left = n_prefill;
     for (int i = 0; i < s->n_active && budget > 0; i++) {
         struct eng_sched_req *r = s->active[i];
         if (r->state != ENG_SEQ_PREFILL) continue;
         int share = budget / left > 0 ? budget / left : 1;
-        int n = r->n_prompt - r->n_prefilled;
-        if (n > share) n = share;
-        if (n > s->p.prefill_chunk) n = s->p.prefill_chunk;
-        if (seq_add_prefill(s, r, n)) return ENG_E_INTERNAL;
-        budget -= n;
+        int n = seq_prefill_left(r);
+        if (n == 0) {   /* PPD: the tail */
+            r->add_err = seq_add_ppd(s, r);
+            if (r->add_err == ENG_E_RANGE) r->add_err = 0;   /* no room this step: it waits */
+        } else {
+            if (n > share) n = share;
+            if (n > s->p.prefill_chunk) n = s->p.prefill_chunk;
+            if (seq_add_prefill(s, r, n)) return ENG_E_INTERNAL;
+        }
+        budget -= r->n_rows;
         left--;
+    }
+    /* Sequences whose rows could not be added end here: a decoding slot is
+     * full (ppd.c's ENG_E_TOO_LONG; the context check after each step
+     * normally catches it first), or a prompt does not fit its slot, or ppd.c
+     * refused (errors). */
+    for (int i = 0; i < s->n_active;) {
+        struct eng_sched_req *r = s->active[i];
+        int e = r->add_err;
+        if (!e || e == ENG_E_RANGE) { i++; continue; }
+        bool full = e == ENG_E_TOO_LONG && r->state == ENG_SEQ_DECODE;
+        sched_retire(s, i);
+        if (full) sched_emit(s, r, 0, ENG_SCHED_FINISH_CONTEXT, 0);
+        else sched_emit(s, r, 0, ENG_SCHED_FINISH_ERROR, e);
     }
     s->stats.n_rows = s->batch.n_tok;
     s->stats.n_decode = n_decode;
     s->stats.n_prefill = n_prefill;
     if (s->batch.n_tok == 0) return 0;
-    int rc = eng_forward_run(s->f, &s->batch, s->kv, NULL, 0);
+    const float *extra = s->p.ppd ? s->p.ppd->ad->emb : NULL;
+    int rc = eng_forward_run(s->f, &s->batch, s->kv, extra, s->p.ppd ? s->p.ppd->n_prompt : 0);
     if (rc) {
         for (int i = 0; i < s->n_active;) {
             struct eng_sched_req *r = s->active[i];
@@ -268,9 +406,9 @@ int eng_sched_step(struct eng_sched *s) {
     }
     for (int i = 0; i < s->n_active;) {
         struct eng_sched_req *r = s->active[i];
-        int err = 0, fin = r->n_rows > 0 ? seq_consume(s, r, &err) : -1;
+        int err = 0, n_new = 0, fin = r->n_rows > 0 ? seq_consume(s, r, &n_new, &err) : -1;
         if (fin < 0) { i++; continue; }
-        int n_new = fin == ENG_SCHED_FINISH_ERROR ? 0 : 1;
+        if (fin == ENG_SCHED_FINISH_ERROR) n_new = 0;
         /* The last event hands the request back: retire it first. */
         if (fin != ENG_SCHED_RUNNING) sched_retire(s, i);
         else i++;

@@ -19,6 +19,23 @@
  * KV, and every row's result is independent of the batch it shares, so a
  * sequence produces exactly the tokens eng_generate produces for it alone.
  *
+ * PPD (params.ppd set): a request with use_ppd (the default) and no
+ * presence/frequency penalty (ppd.c does not apply them) decodes with PPD.
+ * Its prompt is prefilled in ordinary chunks up to its last token; the last
+ * token and the N prompt-token rows are one further prefill step
+ * (eng_ppd_seq_prefill_add, N + 1 rows), which yields the first token and
+ * the first guesses; from then on each step adds the sequence's tree
+ * (eng_ppd_seq_step_rows rows) and emits 1..N+1 tokens.  Those tokens pass one
+ * at a time through the same end-of-generation / stop-string / max_tokens
+ * checks as a plain token, so nothing after the first finishing token is
+ * delivered or counted.  The sequence's eng_ppd_seq is seeded with the
+ * request's seed and makes one eng_sample draw per emitted token in order, as
+ * the plain path does with r->rng: the same seed gives the same tokens with
+ * or without PPD (and greedy is bit-exact).  Sizing: every slot must be able
+ * to hold its largest tree in one step, so init refuses (ENG_E_RANGE)
+ * n_slot * max(max_T, N + 1) > max_rows rather than letting trees wait or
+ * shrink under load; step latency stays predictable.
+ *
  * Ownership: the request belongs to the scheduler from submit until the event
  * with finish != ENG_SCHED_RUNNING has been emitted; after that the scheduler
  * never touches it and the submitter frees it.  `cancel` is the only field
@@ -28,9 +45,11 @@
  * end-of-generation token too, as `ppd generate` counts it), except that
  * nothing after a completed stop string or past max_tokens is.
  *
- * Not here: threads, queues, HTTP or JSON (server/), PPD trees (engine/ppd*.c
- * will add rows through the same per-sequence hooks).  Nothing allocates in a
- * step: batch, sampler scratch and per-request buffers are allocated at init.
+ * Not here: threads, queues, HTTP or JSON (server/), tree buffers and
+ * verification (engine/ppd.c, reached through the per-sequence hooks).
+ * Nothing allocates in a step, except that admitting a PPD request sets up
+ * its eng_ppd_seq (candidate arrays, sampler scratch); when that fails the
+ * request decodes plainly, which gives the same tokens.
  */
 #ifndef PPD_SCHED_H
 #define PPD_SCHED_H
@@ -42,6 +61,7 @@
 #include "batch.h"
 #include "forward.h"
 #include "kv_cache.h"
+#include "ppd.h"
 #include "sampler.h"
 #include "textout.h"
 
@@ -85,6 +105,12 @@ struct eng_sched_req {
     double t_admit;
     int row0, n_rows;                /* this step's rows in the batch */
     struct eng_sched_req *next;      /* waiting FIFO */
+    /* set by the submitter before submit; eng_sched_req_init sets true */
+    bool use_ppd;                    /* decode with the scheduler's PPD when it has one */
+    /* scheduler state */
+    bool ppd_on;                     /* decided at admission: this request decodes with PPD */
+    int add_err;                     /* this step's rows could not be added (ENG_E_*) */
+    struct eng_ppd_seq ppd;          /* with ppd_on, from admission to retirement */
 };
 
 /* Allocates the request and its buffers (prompt copied).  max_tokens >= 1. */
@@ -114,6 +140,11 @@ struct eng_sched_params {
     int prefill_chunk;               /* rows per sequence per step while prefilling; 0: max_rows */
     eng_sched_emit_fn emit;
     void *user;
+    /* PPD (optional; all zero: plain decoding for everyone) */
+    const struct eng_ppd *ppd;       /* not owned; NULL: no PPD */
+    enum eng_ppd_accept ppd_accept;  /* EXACT (lossless, default) or TYPICAL (only for temperature > 0) */
+    struct eng_ppd_typical ppd_typical;   /* eps 0: ppd.c's defaults */
+    eng_ppd_guess_fn ppd_guess_fn;   /* tests: ppd.h's guess hook for every PPD sequence, user = req->user */
 };
 
 struct eng_sched_stats {
@@ -121,6 +152,21 @@ struct eng_sched_stats {
     int n_decode, n_prefill;         /* sequences decoding / prefilling in it */
     double step_s;                   /* wall time of the last step */
     long long n_steps;
+    /* PPD, cumulative.  A PPD step is one eng_ppd_seq_step_finish of one
+     * sequence (a batched step holds one per PPD sequence).  Emitted tokens
+     * are what the step produced, before stop-string truncation (usage counts
+     * delivered tokens).  A step's accepted guesses are its accepted length
+     * minus the root (ppd.c's last_acc - 1); it emitted accepted + 1 tokens,
+     * except when its last accepted guess ended the sequence (end of
+     * generation or max_tokens), then accepted.  So:
+     *   sum hist[a] = ppd_steps,  sum a * hist[a] = ppd_emitted,
+     *   sum accepted_pos[i] = ppd_accepted,  accepted_pos[i] >= accepted_pos[i+1]. */
+    long long ppd_seqs;                              /* requests admitted with PPD */
+    long long ppd_steps;
+    long long ppd_emitted;
+    long long ppd_accepted;
+    long long ppd_hist[ENG_PPD_MAX_PROMPT + 2];      /* [a]: steps that emitted a tokens, a = 1..N+1 */
+    long long ppd_accepted_pos[ENG_PPD_MAX_PROMPT + 1];   /* [i]: steps whose i-th guess (i = 1..N) was accepted */
 };
 
 struct eng_sched {
@@ -140,7 +186,8 @@ struct eng_sched {
 };
 
 /* ENG_E_RANGE when there are more slots than rows per step (each decoding
- * sequence needs one row every step). */
+ * sequence needs one row every step), or, with p->ppd, when n_slot trees of
+ * max(max_T, N + 1) rows do not fit in max_rows (logged with the figures). */
 int eng_sched_init(struct eng_sched *s, struct eng_forward *f, struct eng_kv *kv, const struct tok *tok,
                    const struct eng_sched_params *p);
 /* Frees the scheduler's memory; requests still inside are not emitted or

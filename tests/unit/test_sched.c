@@ -7,6 +7,13 @@
  * seeded sampling alike.  Rows are batch-independent, so this is exact.
  * Then: cancellation frees the slot at the next step; requests wait while
  * every slot is busy; stop strings split across tokens are held back.
+ *
+ * With PPD (an untrained text-initialised adapter, so acceptance is low and
+ * the interesting multi-token steps come from an oracle guess hook that
+ * feeds the known continuation): the same requests give exactly the tokens
+ * of plain decoding, greedy and seeded; a stop string or max_tokens ending
+ * inside a multi-token step truncates exactly where plain decoding stops;
+ * cancelling a PPD sequence frees its slot; the PPD counters add up.
  */
 #include <check.h>
 #include <stdio.h>
@@ -18,6 +25,9 @@
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/generate.h"
+#include "engine/ppd.h"
+#include "engine/ppd_adapter.h"
+#include "engine/ppd_tree.h"
 #include "engine/sched.h"
 #include "engine/textout.h"
 #include "engine/tokenizer.h"
@@ -64,14 +74,64 @@ static void on_event(void *user, const struct eng_sched_event *ev) {
     }
 }
 
-static struct eng_engine *open_engine(int n_slot) {
+static struct eng_engine *open_engine_rows(int n_slot, int max_rows) {
     struct eng_engine_params ep = {.model_path = test_model_path(), .n_threads = 1, .n_ctx = 512,
-                                   .n_slot = n_slot, .max_rows = 64};
+                                   .n_slot = n_slot, .max_rows = max_rows};
     char err[512];
     struct eng_engine *e = NULL;
     int rc = eng_engine_open(&e, &ep, err, sizeof err);
     ck_assert_msg(rc == 0, "open: %s", err);
     return e;
+}
+
+static struct eng_engine *open_engine(int n_slot) { return open_engine_rows(n_slot, 64); }
+
+/* PPD for the engine's model: an untrained adapter (N = 3, K = 10, the
+ * paper's text initialisation) and a tree built from the paper's Vicuna-7B
+ * accuracy table with budget L. */
+struct ppd_fx {
+    struct eng_ppd_adapter *ad;
+    struct eng_ppd_tree_family *fam;
+    struct eng_ppd ppd;
+};
+
+static void ppd_fx_open(struct ppd_fx *x, const struct eng_engine *e, int tree_L) {
+    char err[512];
+    memset(x, 0, sizeof *x);
+    ck_assert_msg(eng_ppd_adapter_init_text(&x->ad, e->model, e->tok, 3, 10, ENG_PPD_INIT_TEXT, err, sizeof err) == 0,
+                  "%s", err);
+    ck_assert_int_eq(eng_ppd_tree_build(&x->fam, eng_ppd_acc_vicuna7b, 3, 10, tree_L, NULL), 0);
+    ck_assert_msg(eng_ppd_init(&x->ppd, x->ad, x->fam, err, sizeof err) == 0, "%s", err);
+}
+
+static void ppd_fx_close(struct ppd_fx *x) {
+    eng_ppd_free(&x->ppd);
+    eng_ppd_tree_family_free(x->fam);
+    eng_ppd_adapter_free(x->ad);
+}
+
+/* The PPD counters' identities (sched.h); returns the steps. */
+static long long check_ppd_counters(const struct eng_sched_stats *st) {
+    long long steps = 0, emitted = 0, accepted = 0;
+    for (int a = 0; a < ENG_PPD_MAX_PROMPT + 2; a++) {
+        steps += st->ppd_hist[a];
+        emitted += (long long)a * st->ppd_hist[a];
+    }
+    ck_assert_int_eq(st->ppd_hist[0], 0);
+    for (int a = 3 + 2; a < ENG_PPD_MAX_PROMPT + 2; a++) ck_assert_int_eq(st->ppd_hist[a], 0);   /* at most N + 1 */
+    for (int i = 1; i <= ENG_PPD_MAX_PROMPT; i++) {
+        accepted += st->ppd_accepted_pos[i];
+        if (i > 1) ck_assert_int_le(st->ppd_accepted_pos[i], st->ppd_accepted_pos[i - 1]);
+        if (i > 3) ck_assert_int_eq(st->ppd_accepted_pos[i], 0);
+    }
+    ck_assert_int_eq(steps, st->ppd_steps);
+    ck_assert_int_eq(emitted, st->ppd_emitted);
+    ck_assert_int_eq(accepted, st->ppd_accepted);
+    /* each step emits its accepted guesses plus one drawn token, except a
+     * sequence's last step when it ends on an accepted guess */
+    ck_assert_int_ge(st->ppd_accepted, st->ppd_emitted - st->ppd_steps);
+    ck_assert_int_le(st->ppd_accepted, st->ppd_emitted - st->ppd_steps + st->ppd_seqs);
+    return steps;
 }
 
 static void chat_ids(struct eng_engine *e, const char *text, int32_t **ids, int *n) {
@@ -89,8 +149,30 @@ static int solo(struct eng_engine *e, const int32_t *ids, int n, int n_predict, 
     return st.n_gen;
 }
 
-static void run_together(const struct eng_sampler_params *sp_base, int seed_step) {
-    struct eng_engine *e = open_engine(4);
+/* Greedy guesses replaced by the known continuation of request `user`
+ * (rank 0 of every prompt token), so steps accept up to N + 1 tokens. */
+static const int32_t *oracle_ids[MAX_REQ];
+static int oracle_n[MAX_REQ];
+
+static void oracle_guess(void *user, int32_t *cand, int d, int K, int n_emitted) {
+    const int i = (int)(intptr_t)user;
+    for (int t = 1; t <= d; t++) {
+        int at = n_emitted - 1 + t;
+        if (!oracle_ids[i] || at >= oracle_n[i]) continue;
+        int32_t *row = cand + 1 + (size_t)K * (t - 1);
+        for (int r = 0; r < K; r++)   /* keep the siblings distinct */
+            if (row[r] == oracle_ids[i][at]) row[r] = row[0];
+        row[0] = oracle_ids[i][at];
+    }
+}
+
+/* All prompts through one scheduler (with PPD when px is given; the last
+ * request then opts out, and with `oracle` guesses come from the reference
+ * continuations), each equal to its solo plain output. */
+static void run_together_ppd(const struct eng_sampler_params *sp_base, int seed_step, bool use_ppd, bool oracle) {
+    struct eng_engine *e = open_engine_rows(4, 128);
+    struct ppd_fx px;
+    if (use_ppd) ppd_fx_open(&px, e, 20);
     int32_t *ids[N_PROMPT], ref[N_PROMPT][32];
     int n_ids[N_PROMPT], n_ref[N_PROMPT];
     const int max_tokens = 24;
@@ -102,16 +184,24 @@ static void run_together(const struct eng_sampler_params *sp_base, int seed_step
     }
     memset(seen, 0, sizeof seen);
     struct eng_sched s;
-    /* 64 rows per step, 16 per prefilling sequence: the long prompt takes
-     * several steps while the others decode; 5 requests for 4 slots. */
-    struct eng_sched_params p = {.max_rows = 64, .prefill_chunk = 16, .emit = on_event};
+    /* 64 rows per step (PPD: 4 trees of 24 rows, 96), 16 per prefilling
+     * sequence: the long prompt takes several steps while the others decode;
+     * 5 requests for 4 slots. */
+    struct eng_sched_params p = {.max_rows = use_ppd ? 96 : 64, .prefill_chunk = 16, .emit = on_event};
+    if (use_ppd) {
+        p.ppd = &px.ppd;
+        if (oracle) p.ppd_guess_fn = oracle_guess;
+        for (int i = 0; i < N_PROMPT; i++) { oracle_ids[i] = ref[i]; oracle_n[i] = n_ref[i]; }
+    }
     ck_assert_int_eq(eng_sched_init(&s, &e->fwd, &e->kv, e->tok, &p), 0);
     struct eng_sched_req *reqs[N_PROMPT];
     for (int i = 0; i < N_PROMPT; i++) {
         struct eng_sampler_params sp = *sp_base;
         sp.seed += (uint64_t)(i * seed_step);
         ck_assert_int_eq(eng_sched_req_init(&reqs[i], e->tok, ids[i], n_ids[i], max_tokens, &sp, NULL, 0), 0);
+        ck_assert(reqs[i]->use_ppd);
         reqs[i]->user = (void *)(intptr_t)i;
+        if (i == N_PROMPT - 1) reqs[i]->use_ppd = false;   /* the per-request opt-out */
         eng_sched_submit(&s, reqs[i]);
     }
     int steps = 0, max_batch = 0;
@@ -123,7 +213,10 @@ static void run_together(const struct eng_sampler_params *sp_base, int seed_step
         ck_assert_int_lt(++steps, 1000);
     }
     ck_assert_int_gt(max_batch, 4);   /* prefill chunks really shared steps with decoding */
+    long long n_gen_ppd = 0;
     for (int i = 0; i < N_PROMPT; i++) {
+        ck_assert_int_eq(reqs[i]->ppd_on, use_ppd && i != N_PROMPT - 1);
+        if (reqs[i]->ppd_on) n_gen_ppd += n_ref[i];
         ck_assert_int_eq(seen[i].done, 1);
         ck_assert_int_eq(seen[i].n_tokens, n_ref[i]);
         ck_assert_int_eq(seen[i].n_gen, n_ref[i]);
@@ -142,8 +235,29 @@ static void run_together(const struct eng_sampler_params *sp_base, int seed_step
         eng_sched_req_free(reqs[i]);
         free(ids[i]);
     }
+    if (use_ppd) {
+        const struct eng_sched_stats *st = &s.stats;
+        ck_assert_int_eq(st->ppd_seqs, N_PROMPT - 1);
+        long long n_steps = check_ppd_counters(st);
+        /* no stop strings: every emitted token was delivered; the first token
+         * of each PPD request comes from its prefill, not from a step */
+        ck_assert_int_eq(st->ppd_emitted, n_gen_ppd - (N_PROMPT - 1));
+        double mean = n_steps ? (double)st->ppd_emitted / (double)n_steps : 0;
+        printf("PPD %s%s: %lld steps, %lld tokens, %.2f tokens/step, accepted per position %lld %lld %lld\n",
+               sp_base->temperature > 0 ? "seeded" : "greedy", oracle ? " (oracle guesses)" : "", n_steps,
+               st->ppd_emitted, mean, st->ppd_accepted_pos[1], st->ppd_accepted_pos[2], st->ppd_accepted_pos[3]);
+        if (oracle) ck_assert(mean > 2.5);   /* the multi-token path really ran */
+        ppd_fx_close(&px);
+    } else {
+        ck_assert_int_eq(s.stats.ppd_steps, 0);
+    }
+    memset(oracle_ids, 0, sizeof oracle_ids);
     eng_sched_free(&s);
     eng_engine_close(e);
+}
+
+static void run_together(const struct eng_sampler_params *sp_base, int seed_step) {
+    run_together_ppd(sp_base, seed_step, false, false);
 }
 
 START_TEST(test_greedy_batched_equals_alone) {
@@ -165,8 +279,10 @@ START_TEST(test_seeded_batched_equals_alone) {
 }
 END_TEST
 
-START_TEST(test_cancel_frees_slot_and_full_waits) {
+static void cancel_case(bool use_ppd) {
     struct eng_engine *e = open_engine(2);
+    struct ppd_fx px;
+    if (use_ppd) ppd_fx_open(&px, e, 20);
     struct eng_sampler_params sp;
     eng_sampler_params_default(&sp);
     sp.temperature = 0;
@@ -176,7 +292,7 @@ START_TEST(test_cancel_frees_slot_and_full_waits) {
     int n_ref = solo(e, ids[2], n_ids[2], 30, &sp, ref);
     memset(seen, 0, sizeof seen);
     struct eng_sched s;
-    struct eng_sched_params p = {.emit = on_event};
+    struct eng_sched_params p = {.emit = on_event, .ppd = use_ppd ? &px.ppd : NULL};
     ck_assert_int_eq(eng_sched_init(&s, &e->fwd, &e->kv, e->tok, &p), 0);
     struct eng_sched_req *reqs[3];
     for (int i = 0; i < 3; i++) {
@@ -192,6 +308,9 @@ START_TEST(test_cancel_frees_slot_and_full_waits) {
         ck_assert_int_eq(seen[2].n_events, 0);
     }
     ck_assert_int_eq(seen[0].done, 0);
+    /* with PPD, request 0 is decoding trees when it is cancelled */
+    ck_assert_int_eq(reqs[0]->ppd_on, use_ppd);
+    ck_assert_int_eq(reqs[0]->state, ENG_SEQ_DECODE);
     int before = seen[0].n_events;
     atomic_store(&reqs[0]->cancel, true);
     ck_assert_int_gt(eng_sched_step(&s), 0);
@@ -221,7 +340,156 @@ START_TEST(test_cancel_frees_slot_and_full_waits) {
     for (int k = 0; k < n_ref; k++) ck_assert_int_eq(seen[2].ids[k], ref[k]);
     for (int i = 1; i < 3; i++) eng_sched_req_free(reqs[i]);
     for (int i = 0; i < 3; i++) free(ids[i]);
+    if (use_ppd) ppd_fx_close(&px);
     eng_sched_free(&s);
+    eng_engine_close(e);
+}
+
+START_TEST(test_cancel_frees_slot_and_full_waits) { cancel_case(false); }
+END_TEST
+
+START_TEST(test_ppd_cancel_frees_slot) { cancel_case(true); }
+END_TEST
+
+START_TEST(test_ppd_greedy_equals_plain) {
+    struct eng_sampler_params sp;
+    eng_sampler_params_default(&sp);
+    sp.temperature = 0;
+    run_together_ppd(&sp, 0, true, false);
+    run_together_ppd(&sp, 0, true, true);
+}
+END_TEST
+
+START_TEST(test_ppd_seeded_equals_plain) {
+    struct eng_sampler_params sp;
+    eng_sampler_params_default(&sp);
+    sp.temperature = 0.7f;
+    sp.seed = 99;
+    run_together_ppd(&sp, 13, true, false);
+    sp.top_k = 40;
+    sp.top_p = 0.9f;
+    run_together_ppd(&sp, 13, true, true);
+}
+END_TEST
+
+/* One request alone through a scheduler, with PPD (oracle guesses from
+ * `cont`) or without; what it delivered lands in seen[0]. */
+static void run_one(struct eng_engine *e, const struct eng_ppd *ppd, const int32_t *ids, int n_ids, int max_tokens,
+                    const char *const *stop, int n_stop, const int32_t *cont, int n_cont, struct eng_sched_stats *st) {
+    struct eng_sampler_params sp;
+    eng_sampler_params_default(&sp);
+    sp.temperature = 0;
+    memset(seen, 0, sizeof seen);
+    oracle_ids[0] = cont;
+    oracle_n[0] = n_cont;
+    struct eng_sched s;
+    struct eng_sched_params p = {.emit = on_event, .ppd = ppd, .ppd_guess_fn = oracle_guess};
+    ck_assert_int_eq(eng_sched_init(&s, &e->fwd, &e->kv, e->tok, &p), 0);
+    struct eng_sched_req *r;
+    ck_assert_int_eq(eng_sched_req_init(&r, e->tok, ids, n_ids, max_tokens, &sp, stop, n_stop), 0);
+    r->user = (void *)(intptr_t)0;
+    eng_sched_submit(&s, r);
+    while (!eng_sched_idle(&s)) ck_assert_int_ge(eng_sched_step(&s), 0);
+    ck_assert_int_eq(r->ppd_on, ppd != NULL);
+    ck_assert_int_eq(seen[0].done, 1);
+    *st = s.stats;
+    eng_sched_req_free(r);
+    oracle_ids[0] = NULL;
+    eng_sched_free(&s);
+}
+
+static void expect_seen_equal(const struct seen *a, const struct seen *b, const char *what) {
+    ck_assert_msg(a->n_tokens == b->n_tokens && a->n_gen == b->n_gen && a->finish == b->finish,
+                  "%s: plain %d tokens (finish %d), PPD %d (finish %d)", what, a->n_tokens, a->finish, b->n_tokens,
+                  b->finish);
+    ck_assert_int_eq(b->n_gen, b->n_tokens);
+    ck_assert(memcmp(a->ids, b->ids, sizeof *a->ids * (size_t)a->n_tokens) == 0);
+    ck_assert_msg(a->n_text == b->n_text && !memcmp(a->text, b->text, a->n_text), "%s: text '%.*s' vs '%.*s'", what,
+                  (int)a->n_text, a->text, (int)b->n_text, b->text);
+}
+
+/* Stop strings and max_tokens that end inside a multi-token PPD step cut the
+ * step exactly where plain decoding stops: same tokens, text, usage, finish. */
+START_TEST(test_ppd_truncates_like_plain) {
+    struct eng_engine *e = open_engine(1);
+    struct ppd_fx px;
+    ppd_fx_open(&px, e, 20);
+    int32_t *ids, full[48];
+    int n_ids;
+    chat_ids(e, prompts[2], &ids, &n_ids);
+    struct eng_sched_stats st;
+    run_one(e, NULL, ids, n_ids, 40, NULL, 0, NULL, 0, &st);
+    int n_full = seen[0].n_tokens;
+    ck_assert_int_ge(n_full, 20);
+    memcpy(full, seen[0].ids, sizeof *full * (size_t)n_full);
+    struct seen plain;
+    int cut_stop = 0, cut_len = 0;
+    for (int k = 3; k <= 10; k++) {
+        /* a stop string: the text of tokens k-1 and k */
+        char stop[256];
+        size_t ns = tok_decode(e->tok, full + k - 1, 2, 0, stop, sizeof stop - 1);
+        stop[ns] = 0;
+        const char *sv[] = {stop};
+        if (ns == 0) continue;
+        run_one(e, NULL, ids, n_ids, 40, sv, 1, NULL, 0, &st);
+        plain = seen[0];
+        ck_assert_int_eq(plain.finish, ENG_SCHED_FINISH_STOP);
+        run_one(e, &px.ppd, ids, n_ids, 40, sv, 1, full, n_full, &st);
+        expect_seen_equal(&plain, &seen[0], "stop string");
+        check_ppd_counters(&st);
+        /* the step that completed the stop string had produced more tokens */
+        if (st.ppd_emitted > seen[0].n_gen - 1) cut_stop++;
+        /* max_tokens = k */
+        run_one(e, NULL, ids, n_ids, k, NULL, 0, NULL, 0, &st);
+        plain = seen[0];
+        ck_assert_int_eq(plain.finish, ENG_SCHED_FINISH_LENGTH);
+        run_one(e, &px.ppd, ids, n_ids, k, NULL, 0, full, n_full, &st);
+        expect_seen_equal(&plain, &seen[0], "max_tokens");
+        check_ppd_counters(&st);
+        ck_assert_int_eq(st.ppd_emitted, k - 1);
+        /* the last step ended on an accepted guess: max_tokens cut it short */
+        if (st.ppd_accepted > st.ppd_emitted - st.ppd_steps) cut_len++;
+    }
+    printf("PPD truncation: %d stop strings and %d max_tokens ended inside a step\n", cut_stop, cut_len);
+    ck_assert_int_gt(cut_stop, 0);
+    ck_assert_int_gt(cut_len, 0);
+    free(ids);
+    ppd_fx_close(&px);
+    eng_engine_close(e);
+}
+END_TEST
+
+/* The sizing rule; requests with penalties decode plainly. */
+START_TEST(test_ppd_sizing_and_penalties) {
+    struct eng_engine *e = open_engine_rows(4, 128);
+    struct ppd_fx px;
+    ppd_fx_open(&px, e, 20);
+    ck_assert_int_eq(px.ppd.trees.max_T, 24);
+    struct eng_sched s;
+    struct eng_sched_params p = {.max_rows = 95, .emit = on_event, .ppd = &px.ppd};
+    ck_assert_int_eq(eng_sched_init(&s, &e->fwd, &e->kv, e->tok, &p), ENG_E_RANGE);   /* 4 x 24 > 95 */
+    p.max_rows = 96;
+    ck_assert_int_eq(eng_sched_init(&s, &e->fwd, &e->kv, e->tok, &p), 0);
+    struct eng_sampler_params sp;
+    eng_sampler_params_default(&sp);
+    sp.temperature = 0;
+    sp.presence_penalty = 0.5f;
+    int32_t *ids;
+    int n_ids;
+    chat_ids(e, prompts[0], &ids, &n_ids);
+    memset(seen, 0, sizeof seen);
+    struct eng_sched_req *r;
+    ck_assert_int_eq(eng_sched_req_init(&r, e->tok, ids, n_ids, 4, &sp, NULL, 0), 0);
+    r->user = (void *)(intptr_t)0;
+    eng_sched_submit(&s, r);
+    while (!eng_sched_idle(&s)) ck_assert_int_ge(eng_sched_step(&s), 0);
+    ck_assert(!r->ppd_on);
+    ck_assert_int_eq(seen[0].n_gen, 4);
+    ck_assert_int_eq(s.stats.ppd_seqs, 0);
+    eng_sched_req_free(r);
+    free(ids);
+    eng_sched_free(&s);
+    ppd_fx_close(&px);
     eng_engine_close(e);
 }
 END_TEST
@@ -296,6 +564,11 @@ int main(void) {
     tcase_add_test(tc, test_greedy_batched_equals_alone);
     tcase_add_test(tc, test_seeded_batched_equals_alone);
     tcase_add_test(tc, test_cancel_frees_slot_and_full_waits);
+    tcase_add_test(tc, test_ppd_sizing_and_penalties);
+    tcase_add_test(tc, test_ppd_greedy_equals_plain);
+    tcase_add_test(tc, test_ppd_seeded_equals_plain);
+    tcase_add_test(tc, test_ppd_truncates_like_plain);
+    tcase_add_test(tc, test_ppd_cancel_frees_slot);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
 }
