@@ -46,10 +46,11 @@ void kq_gemm_f32_nt_ref(const float *x, int64_t ldx, int n_rows, const float *b,
         }
 }
 
+/* gemm_fold8's order with three vector adds: (j, j+4), then (j, j+2), then (0, 1). */
 __attribute__((target("avx2,fma"))) static inline float gemm_fold8_avx2(__m256 v) {
-    float l[8];
-    _mm256_storeu_ps(l, v);
-    return gemm_fold8(l);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
 /* MR rows × NR outputs over one K block of n elements; sums added into y. */
