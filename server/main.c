@@ -14,6 +14,7 @@ static const struct cli_cmd cli_cmds[] = {
     {"adapter", cmd_adapter, "make, import or inspect a PPD adapter (init, import, show)"},
     {"distill", cmd_distill, "let the model answer a prompt set greedily (training data for `ppd train`)"},
     {"train", cmd_train, "train PPD prompt tokens on distilled sequences"},
+    {"tree", cmd_tree, "build a PPD tree family from an adapter, or choose its size for this machine"},
 };
 
 static void usage(FILE *fp) {
