@@ -17,12 +17,13 @@
 #include <string.h>
 
 #include "cli.h"
-#include "cli_ppd.h"
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/generate.h"
 #include "engine/ppd.h"
 #include "engine/ppd_tree.h"
+
+#define TREE_L_DEFAULT 20
 
 static void tree_usage(FILE *fp) {
     fprintf(fp,
@@ -38,7 +39,7 @@ static void tree_usage(FILE *fp) {
             "      --sizes LIST     budgets to try (default 2,4,6,8,12,16,24,32,48,64)\n"
             "  -t, --threads N      CPU threads\n"
             "  -o, --output FILE    tree family to write (JSON)\n",
-            PPD_DEFAULT_MODEL, CLI_PPD_TREE_L_DEFAULT);
+            PPD_DEFAULT_MODEL, TREE_L_DEFAULT);
 }
 
 static int tree_from_adapter(const char *adapter, int L, struct eng_ppd_tree_family **fam,
@@ -184,7 +185,7 @@ int cmd_tree(int argc, char **argv) {
     }
     const char *sub = argv[1], *adapter = NULL, *out = NULL, *file = NULL, *model = PPD_DEFAULT_MODEL;
     const char *sizes = "2,4,6,8,12,16,24,32,48,64";
-    long L = CLI_PPD_TREE_L_DEFAULT, skip = 0, count = 6, n_predict = 128, threads = cli_default_threads();
+    long L = TREE_L_DEFAULT, skip = 0, count = 6, n_predict = 128, threads = cli_default_threads();
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v;
 #define VAL() do { if (!(v = cli_value(argc, argv, &i))) return 2; } while (0)
