@@ -289,6 +289,7 @@ struct dist_run {
     double t0, t_last_log;
     int tty;
     FILE *fp;
+    const char *fp_path;            /* what fp writes (OUT, or OUT.tmp while resuming) */
     struct dist_buf line;           /* the record being written */
 };
 
@@ -354,7 +355,7 @@ static const char *dist_header_diff(const json_t *old, const json_t *new) {
 /* Append one line and flush it; -1 with a message on a write error. */
 static int dist_write_line(struct dist_run *r, const char *s, size_t n) {
     if (fwrite(s, 1, n, r->fp) != n || fflush(r->fp)) {
-        fprintf(stderr, "ppd distill: cannot write %s: %s\n", r->o->out, strerror(errno));
+        fprintf(stderr, "ppd distill: cannot write %s: %s\n", r->fp_path, strerror(errno));
         return -1;
     }
     return 0;
@@ -433,6 +434,7 @@ static int dist_out_open(struct dist_run *r, json_t *hdr) {
         if (!(old = dist_read_all(o->out, &old_len))) goto out;
     }
     if (old_len == 0) {
+        r->fp_path = o->out;
         if (!(r->fp = fopen(o->out, "wb"))) {
             fprintf(stderr, "ppd distill: cannot create %s: %s\n", o->out, strerror(errno));
             goto out;
@@ -492,12 +494,17 @@ static int dist_out_open(struct dist_run *r, json_t *hdr) {
     size_t tl = strlen(o->out) + 5;
     if (!(tmp = malloc(tl))) goto nomem;
     snprintf(tmp, tl, "%s.tmp", o->out);
+    r->fp_path = tmp;
     if (!(r->fp = fopen(tmp, "wb"))) {
         fprintf(stderr, "ppd distill: cannot create %s: %s\n", tmp, strerror(errno));
         goto out;
     }
-    if (dist_write_line(r, hs, strlen(hs)) || dist_write_line(r, "\n", 1) || dist_write_line(r, rec, keep_bytes) ||
-        fsync(fileno(r->fp))) {
+    if (dist_write_line(r, hs, strlen(hs)) || dist_write_line(r, "\n", 1) || dist_write_line(r, rec, keep_bytes)) {
+        unlink(tmp);
+        goto out;
+    }
+    if (fsync(fileno(r->fp))) {   /* the kept records must be on disk before the old file goes */
+        fprintf(stderr, "ppd distill: cannot write %s: %s\n", tmp, strerror(errno));
         unlink(tmp);
         goto out;
     }
@@ -506,6 +513,7 @@ static int dist_out_open(struct dist_run *r, json_t *hdr) {
         unlink(tmp);
         goto out;
     }
+    r->fp_path = o->out;
     fprintf(stderr, "ppd distill: resuming %s: %ld record(s) kept, %ld prompt(s) skipped so far\n", o->out, kept,
             r->n_skipped);
     rc = 0;
