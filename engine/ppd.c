@@ -74,19 +74,40 @@ void eng_ppd_seq_free(struct eng_ppd_seq *s) {
 
 int eng_ppd_seq_step_rows(const struct eng_ppd_seq *s) { return s->ppd->trees.st[s->d].T; }
 
+/* Insert (x, v) into the best-first list val/ids of *n <= K entries: below the
+ * entries >= x, so equal logits keep the lower id first. */
+static inline void ppd_topk_push(float *val, int32_t *ids, int *n, int K, float x, int32_t v) {
+    int i = *n < K ? (*n)++ : K - 1;
+    while (i > 0 && val[i - 1] < x) { val[i] = val[i - 1]; ids[i] = ids[i - 1]; i--; }
+    val[i] = x;
+    ids[i] = v;
+}
+
+#define PPD_TOPK_BLOCK 32
+
 /* The K best ids of a logits row, best first; equal logits keep the lower id
- * first, NaN never enters. */
+ * first, NaN never enters.  Called for every guessing prompt row of every
+ * step, so it is the bulk of the step's work outside the forward pass: once K
+ * entries are held, a block of logits is first tested as a whole against the
+ * K-th best (a fixed-length compare-or the compiler vectorises), and only a
+ * block holding a larger one is walked entry by entry.  Same result as the
+ * entry-by-entry walk: the test is the walk's own (x > K-th best; false for
+ * NaN) against a threshold that only rises. */
 static void ppd_topk(const float *logits, int n_vocab, int K, int32_t *ids) {
     float val[ENG_PPD_MAX_TOPK];
-    int n = 0;
-    for (int v = 0; v < n_vocab; v++) {
-        float x = logits[v];
-        if (x != x || (n == K && !(x > val[K - 1]))) continue;
-        int i = n < K ? n++ : K - 1;
-        while (i > 0 && val[i - 1] < x) { val[i] = val[i - 1]; ids[i] = ids[i - 1]; i--; }
-        val[i] = x;
-        ids[i] = v;
+    int n = 0, v = 0;
+    for (; v < n_vocab && n < K; v++)
+        if (logits[v] == logits[v]) ppd_topk_push(val, ids, &n, K, logits[v], v);
+    for (; v + PPD_TOPK_BLOCK <= n_vocab; v += PPD_TOPK_BLOCK) {
+        const float thr = val[K - 1];
+        int any = 0;
+        for (int j = 0; j < PPD_TOPK_BLOCK; j++) any |= logits[v + j] > thr;
+        if (!any) continue;
+        for (int j = 0; j < PPD_TOPK_BLOCK; j++)
+            if (logits[v + j] > val[K - 1]) ppd_topk_push(val, ids, &n, K, logits[v + j], v + j);
     }
+    for (; v < n_vocab; v++)
+        if (logits[v] > val[K - 1]) ppd_topk_push(val, ids, &n, K, logits[v], v);
     for (int i = n; i < K; i++) ids[i] = ids[n ? n - 1 : 0];   /* vocabulary smaller than K: repeat */
 }
 
@@ -387,14 +408,20 @@ int eng_ppd_generate(struct eng_forward *f, struct eng_kv *kv, int slot, const s
         int stop = on_tokens && n_em ? on_tokens(user, emitted, n_em) : 0;
         if (s.done) { st->gen.finish = s.finish; break; }
         if (stop) { st->gen.finish = ENG_FINISH_STOPPED; break; }
+        double tb = eng_now_s();
         eng_batch_clear(&b);
         rc = eng_ppd_seq_step_add(&s, &b, kv);
         if (rc == ENG_E_TOO_LONG) { rc = 0; st->gen.finish = ENG_FINISH_CONTEXT; break; }
         if (rc) goto out;
         double tf = eng_now_s();
         if ((rc = eng_forward_run(f, &b, kv, extra, N))) goto out;
-        st->forward_s += eng_now_s() - tf;
-        if ((rc = eng_ppd_seq_step_finish(&s, f, kv, emitted, &n_em))) goto out;
+        double tv = eng_now_s();
+        rc = eng_ppd_seq_step_finish(&s, f, kv, emitted, &n_em);
+        double te = eng_now_s();
+        st->build_s += tf - tb;
+        st->forward_s += tv - tf;
+        st->verify_s += te - tv;
+        if (rc) goto out;
         if (acc_len) acc_len[s.steps - 1] = s.last_acc;
     }
     st->gen.decode_s = eng_now_s() - t0;

@@ -147,6 +147,10 @@ int eng_ppd_seq_step_rows(const struct eng_ppd_seq *s);
 struct eng_ppd_gen_stats {
     struct eng_gen_stats gen;    /* steps = tree steps */
     double forward_s;            /* decode time inside eng_forward_run */
+    double build_s;              /* decode time in eng_ppd_seq_step_add (the step's rows) */
+    double verify_s;             /* decode time in eng_ppd_seq_step_finish (verification,
+                                    compaction, next guesses); the rest of decode_s is
+                                    the loop and the caller's on_tokens */
     int hist[ENG_PPD_MAX_PROMPT + 2];
 };
 

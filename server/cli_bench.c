@@ -1,15 +1,29 @@
-/* cli_bench.c — `ppd bench`: speed on a prompt set, and the cost of one
- * forward pass as the number of rows grows.
+/* cli_bench.c — `ppd bench`: plain decoding against PPD on prompt sets, in one
+ * run; and the cost of one forward pass as the number of rows grows.
  *
- *   ppd bench [-f PROMPTS.jsonl] [--count N] [-n 128] [--ignore-eos] [--no-ppd]
+ *   ppd bench -f PROMPTS.jsonl [-f MORE.jsonl ...] [--count N] [-n 128]
+ *             [--ppd ADAPTER] [--tree FILE] [--no-ppd] [--temp T --seed S] ...
  *       each prompt's first turn through the chat template, generated alone
- *       (batch 1); per-prompt prefill and decode tokens/s, then medians.
+ *       (batch 1) twice: plain decoding (eng_generate) and PPD
+ *       (eng_ppd_generate), the two runs of a prompt back to back and their
+ *       order alternating from prompt to prompt, so machine noise falls on
+ *       both alike.  Per file: accepted tokens per step (root included, the
+ *       paper's measure) and their histogram, decode tokens/s of both, the
+ *       speed-up, and the PPD step overhead (the share of decode time spent
+ *       outside eng_forward_run).  PPD must reproduce plain decoding token for
+ *       token (greedy, or sampling with the same seed): any prompt where it
+ *       does not is counted, named on stderr, and makes the exit status 1.
  *   ppd bench --rows 1,8,16,64 [--prefix 256] [--repeat 15]
  *       one forward pass of R rows that all see a committed prefix (the shape
  *       of a PPD tree step), median over repeats; reports ms and the ratio to
- *       one row.
- * Results go to stdout as one JSON object per line; progress to stderr.
- * Until PPD lands, plain decoding is the only mode (--no-ppd is implied).
+ *       one row (JSON lines).
+ * A table goes to stdout, or with --json one JSON object per prompt file;
+ * progress goes to stderr.  The adapter and the tree are chosen as
+ * `ppd generate --ppd` chooses them (server/cli_ppd.c), except that with no
+ * adapter file an untrained text-initialised one is made in memory.
+ *
+ * Not here: batching several prompts at once (the server's scheduler), and
+ * typical acceptance (not lossless, so the token check would not hold).
  */
 #include <jansson.h>
 #include <stdio.h>
@@ -17,12 +31,35 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_ppd.h"
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/generate.h"
 #include "engine/log.h"
+#include "engine/ppd.h"
 
 #define BENCH_DEFAULT_PROMPTS "../shared/data/eval-mt_bench.jsonl"
+#define BENCH_MAX_FILES 16
+
+struct bench_opts {
+    const char *model, *files[BENCH_MAX_FILES], *rows;
+    int n_files, ignore_eos, json, no_ppd;
+    long count, n_predict, threads, prefix, repeat, tree_L;
+    const char *adapter, *tree_file;
+    struct eng_sampler_params sp;
+};
+
+/* One prompt file's sums over its prompts. */
+struct bench_acc {
+    int prompts, mismatches;
+    long base_gen, ppd_gen;           /* tokens generated */
+    long base_dec_tok, ppd_dec_tok;   /* tokens after the first (the decode phase) */
+    double base_dec_s, ppd_dec_s;
+    double fwd_s, build_s, verify_s;  /* PPD decode time inside the forward pass, building, verifying */
+    long steps;
+    long hist[ENG_PPD_MAX_PROMPT + 2];
+    double *pre_tps, *dec_tps;        /* [count] plain, per prompt (medians, as before PPD) */
+};
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -39,16 +76,25 @@ static void bench_usage(FILE *fp) {
     fprintf(fp,
             "usage: ppd bench [flags]\n"
             "  -m, --model FILE     GGUF model (default %s)\n"
-            "  -f, --file FILE      prompt set, JSON lines with \"turns\" (default %s)\n"
-            "      --count N        first N prompts (default 10)\n"
+            "  -f, --file FILE      prompt set, JSON lines with \"turns\"; repeat for several (default %s)\n"
+            "      --count N        first N prompts of each file (default 10)\n"
             "  -n, --n-predict N    tokens per prompt (default 128)\n"
             "      --ignore-eos     always generate n tokens (fixed-length speed runs)\n"
+            "      --ppd FILE       PPD adapter (default: MODEL with .ppd.gguf when that file exists,\n"
+            "                       else an untrained text-initialised one made in memory)\n"
+            "      --tree FILE      PPD tree family (JSON); default: built from the adapter's accuracy\n"
+            "                       table with --tree-size, as ppd generate does\n"
+            "      --tree-size L    tree budget L for the built tree (default %d)\n"
+            "      --no-ppd         plain decoding only\n"
+            "      --temp T         temperature (default 0: greedy); --top-k K, --top-p P, --min-p P\n"
+            "      --seed S         sampling seed (default 0; both runs of a prompt use it)\n"
             "  -t, --threads N      CPU threads\n"
+            "      --json           one JSON object per prompt file instead of the table\n"
             "      --rows LIST      instead: forward-pass cost for these row counts, e.g. 1,8,16,64\n"
             "      --prefix N       committed KV entries the rows see (default 256)\n"
             "      --repeat N       passes per row count (default 15; the median is reported)\n"
-            "      --no-ppd         plain decoding (the only mode until PPD lands)\n",
-            PPD_DEFAULT_MODEL, BENCH_DEFAULT_PROMPTS);
+            "Exit status 1 when PPD's tokens differ from plain decoding's on any prompt.\n",
+            PPD_DEFAULT_MODEL, BENCH_DEFAULT_PROMPTS, CLI_PPD_TREE_L_DEFAULT);
 }
 
 static int bench_rows(struct eng_engine *e, const char *list, int prefix, int repeat) {
@@ -62,13 +108,16 @@ static int bench_rows(struct eng_engine *e, const char *list, int prefix, int re
     struct eng_batch b;
     if (eng_batch_init(&b, f->max_rows, f->max_rows)) return 1;
     int32_t *ids = malloc(sizeof *ids * (size_t)(prefix > f->max_rows ? prefix : f->max_rows));
+    double *t = malloc(sizeof *t * (size_t)repeat);
+    int status = 1;
+    if (!ids || !t) goto done;
     for (int i = 0; i < prefix || i < f->max_rows; i++) ids[i] = (int32_t)(1000 + (i * 7919) % 40000);
     kv->len[0] = 0;
     for (int i = 0; i < prefix; i += f->max_rows) {
         int n = prefix - i < f->max_rows ? prefix - i : f->max_rows;
         eng_batch_clear(&b);
         eng_batch_add_causal(&b, 0, i, ids + i, n, true);
-        if (eng_forward_run(f, &b, kv, NULL, 0)) { fprintf(stderr, "ppd bench: prefill failed\n"); return 1; }
+        if (eng_forward_run(f, &b, kv, NULL, 0)) { fprintf(stderr, "ppd bench: prefill failed\n"); goto done; }
     }
     kv->len[0] = prefix;
     double t1 = 0;
@@ -78,14 +127,14 @@ static int bench_rows(struct eng_engine *e, const char *list, int prefix, int re
         long rows = strtol(p, &end, 10);
         if (end == p || rows < 1 || rows > f->max_rows) {
             fprintf(stderr, "ppd bench: --rows: bad row count at '%s' (1..%d)\n", p, f->max_rows);
-            return 2;
+            status = 2;
+            goto done;
         }
         p = *end == ',' ? end + 1 : end;
         /* A tree-shaped step: all rows see the prefix and themselves, logits for all. */
         eng_batch_clear(&b);
         eng_batch_add_causal(&b, 0, prefix, ids, (int)rows, false);
         for (int r = 0; r < rows; r++) b.want_logits[r] = true;
-        double *t = malloc(sizeof *t * (size_t)repeat);
         eng_forward_run(f, &b, kv, NULL, 0);  /* warm-up */
         for (int k = 0; k < repeat; k++) {
             double t0 = eng_now_s();
@@ -93,101 +142,306 @@ static int bench_rows(struct eng_engine *e, const char *list, int prefix, int re
             t[k] = eng_now_s() - t0;
         }
         double med = median(t, repeat);
-        free(t);
         if (rows == 1 || t1 == 0) t1 = med;
         printf("{\"bench\":\"rows\",\"rows\":%ld,\"prefix\":%d,\"step_ms\":%.3f,\"ratio_to_first\":%.3f,"
                "\"weight_bytes\":%zu}\n", rows, prefix, med * 1e3, med / t1, e->model->weight_bytes);
         fflush(stdout);
     }
+    status = 0;
+done:
+    free(t);
     free(ids);
     eng_batch_free(&b);
-    return 0;
+    return status;
 }
 
-int cmd_bench(int argc, char **argv) {
-    const char *model = PPD_DEFAULT_MODEL, *file = BENCH_DEFAULT_PROMPTS, *rows = NULL;
-    long count = 10, n_predict = 128, threads = cli_default_threads(), prefix = 256, repeat = 15;
-    int ignore_eos = 0;
+static int bench_parse(int argc, char **argv, struct bench_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->model = PPD_DEFAULT_MODEL;
+    o->count = 10;
+    o->n_predict = 128;
+    o->threads = cli_default_threads();
+    o->prefix = 256;
+    o->repeat = 15;
+    o->tree_L = CLI_PPD_TREE_L_DEFAULT;
+    o->sp.top_p = 1.0f;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
+        long l;
+        double d;
 #define VAL() do { if (!(v = cli_value(argc, argv, &i))) return 2; } while (0)
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { bench_usage(stdout); return 0; }
-        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); model = v; }
-        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { VAL(); file = v; }
-        else if (!strcmp(a, "--count")) { VAL(); if (cli_int(a, v, 1, 1000000, &count)) return 2; }
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (cli_int(a, v, 1, 1 << 20, &n_predict)) return 2; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (cli_int(a, v, 1, 1024, &threads)) return 2; }
-        else if (!strcmp(a, "--rows")) { VAL(); rows = v; }
-        else if (!strcmp(a, "--prefix")) { VAL(); if (cli_int(a, v, 1, 1 << 20, &prefix)) return 2; }
-        else if (!strcmp(a, "--repeat")) { VAL(); if (cli_int(a, v, 1, 100000, &repeat)) return 2; }
-        else if (!strcmp(a, "--ignore-eos")) ignore_eos = 1;
-        else if (!strcmp(a, "--no-ppd")) { }
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { bench_usage(stdout); return 1; }
+        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); o->model = v; }
+        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) {
+            VAL();
+            if (o->n_files == BENCH_MAX_FILES) { fprintf(stderr, "ppd bench: at most %d files\n", BENCH_MAX_FILES); return 2; }
+            o->files[o->n_files++] = v;
+        }
+        else if (!strcmp(a, "--count")) { VAL(); if (cli_int(a, v, 1, 1000000, &o->count)) return 2; }
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (cli_int(a, v, 1, 1 << 20, &o->n_predict)) return 2; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (cli_int(a, v, 1, 1024, &o->threads)) return 2; }
+        else if (!strcmp(a, "--rows")) { VAL(); o->rows = v; }
+        else if (!strcmp(a, "--prefix")) { VAL(); if (cli_int(a, v, 1, 1 << 20, &o->prefix)) return 2; }
+        else if (!strcmp(a, "--repeat")) { VAL(); if (cli_int(a, v, 1, 100000, &o->repeat)) return 2; }
+        else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
+        else if (!strcmp(a, "--no-ppd")) o->no_ppd = 1;
+        else if (!strcmp(a, "--ppd")) { VAL(); o->adapter = v; }
+        else if (!strcmp(a, "--tree")) { VAL(); o->tree_file = v; }
+        else if (!strcmp(a, "--tree-size")) { VAL(); if (cli_int(a, v, 1, 4096, &o->tree_L)) return 2; }
+        else if (!strcmp(a, "--temp")) { VAL(); if (cli_float(a, v, 0, 100, &d)) return 2; o->sp.temperature = (float)d; }
+        else if (!strcmp(a, "--top-k")) { VAL(); if (cli_int(a, v, 0, 1 << 24, &l)) return 2; o->sp.top_k = (int)l; }
+        else if (!strcmp(a, "--top-p")) { VAL(); if (cli_float(a, v, 0, 1, &d)) return 2; o->sp.top_p = (float)d; }
+        else if (!strcmp(a, "--min-p")) { VAL(); if (cli_float(a, v, 0, 1, &d)) return 2; o->sp.min_p = (float)d; }
+        else if (!strcmp(a, "--seed")) { VAL(); if (cli_int(a, v, 0, 0x7fffffffffffffffL, &l)) return 2; o->sp.seed = (uint64_t)l; }
+        else if (!strcmp(a, "--json")) o->json = 1;
         else { fprintf(stderr, "ppd bench: unknown flag '%s' (see --help)\n", a); return 2; }
 #undef VAL
     }
-    struct eng_engine_params ep = {.model_path = model, .n_threads = (int)threads, .n_slot = 1, .max_rows = 256,
-                                   .n_ctx = rows ? (int)prefix + 512 : 0};
-    char err[512];
-    struct eng_engine *e = NULL;
-    if (eng_engine_open(&e, &ep, err, sizeof err)) { fprintf(stderr, "ppd: %s\n", err); return 1; }
-    int status = 1;
-    if (rows) {
-        status = bench_rows(e, rows, (int)prefix, (int)repeat);
-        eng_engine_close(e);
-        return status;
+    if (o->no_ppd && (o->adapter || o->tree_file)) {
+        fprintf(stderr, "ppd bench: --no-ppd cannot be combined with --ppd or --tree\n");
+        return 2;
     }
+    if (!o->n_files) o->files[o->n_files++] = BENCH_DEFAULT_PROMPTS;
+    return 0;
+}
+
+static const char *bench_basename(const char *path) {
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+/* Plain decoding and (unless --no-ppd) PPD on one prompt, in the order given;
+ * adds to a.  Returns 0 or an ENG_E_* code. */
+static int bench_prompt(struct eng_engine *e, const struct cli_ppd *cp, const struct bench_opts *o, const int32_t *ids,
+                        int n_ids, int ppd_first, int32_t *out_base, int32_t *out_ppd, struct bench_acc *a,
+                        const char *file, int line) {
+    struct eng_gen_params gp = {.n_predict = (int)o->n_predict, .ignore_eog = o->ignore_eos, .sp = o->sp};
+    struct eng_gen_stats st = {0};
+    struct eng_ppd_gen_stats pst = {0};
+    int rc = 0;
+    for (int k = 0; k < 2 && !rc; k++) {
+        if ((k == 0) == !!ppd_first)
+            rc = o->no_ppd ? 0
+                           : eng_ppd_generate(&e->fwd, &e->kv, 0, e->tok, &cp->ppd, ids, n_ids, &gp, NULL, NULL,
+                                              out_ppd, NULL, &pst, NULL);
+        else
+            rc = eng_generate(&e->fwd, &e->kv, 0, e->tok, ids, n_ids, &gp, NULL, NULL, out_base, &st);
+    }
+    if (rc) return rc;
+    const int i = a->prompts++;
+    a->pre_tps[i] = st.prefill_s > 0 ? st.n_prompt / st.prefill_s : 0;
+    a->dec_tps[i] = st.n_gen > 1 && st.decode_s > 0 ? (st.n_gen - 1) / st.decode_s : 0;
+    a->base_gen += st.n_gen;
+    a->base_dec_tok += st.n_gen > 1 ? st.n_gen - 1 : 0;
+    a->base_dec_s += st.decode_s;
+    if (o->no_ppd) return 0;
+    a->ppd_gen += pst.gen.n_gen;
+    a->ppd_dec_tok += pst.gen.n_gen > 1 ? pst.gen.n_gen - 1 : 0;
+    a->ppd_dec_s += pst.gen.decode_s;
+    a->fwd_s += pst.forward_s;
+    a->build_s += pst.build_s;
+    a->verify_s += pst.verify_s;
+    a->steps += pst.gen.steps;
+    for (int h = 0; h < ENG_PPD_MAX_PROMPT + 2; h++) a->hist[h] += pst.hist[h];
+    int n = st.n_gen < pst.gen.n_gen ? st.n_gen : pst.gen.n_gen, j = 0;
+    while (j < n && out_base[j] == out_ppd[j]) j++;
+    if (j < n || st.n_gen != pst.gen.n_gen) {
+        a->mismatches++;
+        fprintf(stderr, "\nppd bench: %s line %d: PPD differs from plain decoding at token %d (plain %d tokens, PPD %d)\n",
+                file, line, j, st.n_gen, pst.gen.n_gen);
+    }
+    return 0;
+}
+
+static double ratio(double x, double y) { return y > 0 ? x / y : 0; }
+
+static int bench_hist_top(const struct bench_acc *a) {
+    int top = ENG_PPD_MAX_PROMPT + 1;
+    while (top > 1 && !a->hist[top]) top--;
+    return top;
+}
+
+static void bench_report_json(const struct bench_opts *o, const struct cli_ppd *cp, const char *file,
+                              struct bench_acc *a) {
+    json_t *j = json_object();
+    json_object_set_new(j, "bench", json_string("prompts"));
+    json_object_set_new(j, "engine", json_string("ppd"));
+    json_object_set_new(j, "mode", json_string(o->no_ppd ? "no-ppd" : "ppd"));
+    json_object_set_new(j, "file", json_string(file));
+    json_object_set_new(j, "threads", json_integer(o->threads));
+    json_object_set_new(j, "prompts", json_integer(a->prompts));
+    json_object_set_new(j, "n_predict", json_integer(o->n_predict));
+    json_object_set_new(j, "temperature", json_real(o->sp.temperature));
+    json_object_set_new(j, "seed", json_integer((json_int_t)o->sp.seed));
+    json_object_set_new(j, "generated", json_integer(a->base_gen));
+    /* plain decoding, medians over prompts (the figures of the baseline-only bench) */
+    json_object_set_new(j, "prefill_tokens_per_s", json_real(median(a->pre_tps, a->prompts)));
+    json_object_set_new(j, "decode_tokens_per_s", json_real(median(a->dec_tps, a->prompts)));
+    if (!o->no_ppd) {
+        double base_tps = ratio((double)a->base_dec_tok, a->base_dec_s), ppd_tps = ratio((double)a->ppd_dec_tok, a->ppd_dec_s);
+        long acc = 0;
+        json_t *hist = json_array(), *rows = json_array();
+        for (int h = 0; h <= bench_hist_top(a); h++) {
+            json_array_append_new(hist, json_integer(a->hist[h]));
+            acc += h * a->hist[h];
+        }
+        for (int d = 1; d <= cp->ppd.n_prompt; d++) json_array_append_new(rows, json_integer(cp->ppd.trees.st[d].T));
+        json_object_set_new(j, "adapter",
+                            json_string(cp->src == CLI_PPD_TEXT_INIT ? "text-init (untrained)" : cp->path));
+        json_object_set_new(j, "adapter_provenance", json_string(cp->ad->provenance));
+        json_object_set_new(j, "tree", o->tree_file ? json_string(o->tree_file) : json_null());
+        json_object_set_new(j, "tree_L", o->tree_file ? json_null() : json_integer(o->tree_L));
+        json_object_set_new(j, "tree_rows", rows);
+        json_object_set_new(j, "ppd_generated", json_integer(a->ppd_gen));
+        json_object_set_new(j, "mismatches", json_integer(a->mismatches));
+        json_object_set_new(j, "steps", json_integer(a->steps));
+        json_object_set_new(j, "mean_accepted_per_step", json_real(ratio((double)acc, (double)a->steps)));
+        json_object_set_new(j, "accepted_hist", hist);
+        /* decode speeds as total tokens over total time, so the ratio is the time saved */
+        json_object_set_new(j, "baseline_decode_tokens_per_s", json_real(base_tps));
+        json_object_set_new(j, "ppd_decode_tokens_per_s", json_real(ppd_tps));
+        json_object_set_new(j, "speedup", json_real(ratio(ppd_tps, base_tps)));
+        json_object_set_new(j, "baseline_decode_s", json_real(a->base_dec_s));
+        json_object_set_new(j, "ppd_decode_s", json_real(a->ppd_dec_s));
+        json_object_set_new(j, "forward_s", json_real(a->fwd_s));
+        json_object_set_new(j, "build_s", json_real(a->build_s));
+        json_object_set_new(j, "verify_s", json_real(a->verify_s));
+        json_object_set_new(j, "step_overhead", json_real(ratio(a->ppd_dec_s - a->fwd_s, a->ppd_dec_s)));
+        json_object_set_new(j, "step_ms", json_real(1e3 * ratio(a->ppd_dec_s, (double)a->steps)));
+        json_object_set_new(j, "overhead_us_per_step", json_real(1e6 * ratio(a->ppd_dec_s - a->fwd_s, (double)a->steps)));
+    }
+    char *txt = json_dumps(j, JSON_COMPACT | JSON_ENSURE_ASCII);
+    if (txt) { puts(txt); free(txt); }
+    json_decref(j);
+    fflush(stdout);
+}
+
+static void bench_report_header(const struct bench_opts *o, const struct cli_ppd *cp) {
+    char mode[96];
+    if (o->sp.temperature > 0)
+        snprintf(mode, sizeof mode, "sampling T=%g seed %llu", o->sp.temperature, (unsigned long long)o->sp.seed);
+    else
+        snprintf(mode, sizeof mode, "greedy");
+    printf("ppd bench: %s, -n %ld%s, %ld threads\n", mode, o->n_predict, o->ignore_eos ? " --ignore-eos" : "", o->threads);
+    if (o->no_ppd) {
+        printf("%-28s %7s %7s %13s %13s\n", "file", "prompts", "tokens", "prefill tok/s", "decode tok/s");
+        return;
+    }
+    printf("adapter: %s (%s)\n", cp->src == CLI_PPD_TEXT_INIT ? "text-init (untrained)" : cp->path, cp->ad->provenance);
+    if (o->tree_file) printf("tree: %s, rows per step by state:", o->tree_file);
+    else printf("tree: built with L=%ld, rows per step by state:", o->tree_L);
+    for (int d = 1; d <= cp->ppd.n_prompt; d++) printf(" %d", cp->ppd.trees.st[d].T);
+    printf("\n%-28s %7s %7s %8s %11s %9s %8s %9s %10s\n", "file", "prompts", "tokens", "acc/step", "plain tok/s",
+           "PPD tok/s", "speed-up", "overhead", "mismatches");
+}
+
+static void bench_report_row(const struct bench_opts *o, const char *file, struct bench_acc *a) {
+    const char *name = bench_basename(file);
+    if (o->no_ppd) {
+        printf("%-28s %7d %7ld %13.1f %13.1f\n", name, a->prompts, a->base_gen, median(a->pre_tps, a->prompts),
+               median(a->dec_tps, a->prompts));
+        fflush(stdout);
+        return;
+    }
+    double base_tps = ratio((double)a->base_dec_tok, a->base_dec_s), ppd_tps = ratio((double)a->ppd_dec_tok, a->ppd_dec_s);
+    long acc = 0;
+    for (int h = 0; h <= bench_hist_top(a); h++) acc += h * a->hist[h];
+    printf("%-28s %7d %7ld %8.3f %11.1f %9.1f %7.2fx %8.2f%% %10d\n", name, a->prompts, a->ppd_gen,
+           ratio((double)acc, (double)a->steps), base_tps, ppd_tps, ratio(ppd_tps, base_tps),
+           100 * ratio(a->ppd_dec_s - a->fwd_s, a->ppd_dec_s), a->mismatches);
+    printf("  accepted per step (steps):");
+    for (int h = 1; h <= bench_hist_top(a); h++) printf(" %d: %ld", h, a->hist[h]);
+    printf("\n  PPD step %.2f ms: forward %.2f, rows %.3f, verify %.3f, rest %.3f\n",
+           1e3 * ratio(a->ppd_dec_s, (double)a->steps), 1e3 * ratio(a->fwd_s, (double)a->steps),
+           1e3 * ratio(a->build_s, (double)a->steps), 1e3 * ratio(a->verify_s, (double)a->steps),
+           1e3 * ratio(a->ppd_dec_s - a->fwd_s - a->build_s - a->verify_s, (double)a->steps));
+    fflush(stdout);
+}
+
+/* One prompt file: returns 0, or 1 after printing why. */
+static int bench_file(struct eng_engine *e, const struct cli_ppd *cp, const struct bench_opts *o, const char *file,
+                      struct bench_acc *a) {
     FILE *fp = fopen(file, "r");
-    if (!fp) { fprintf(stderr, "ppd bench: cannot open %s (use -f FILE)\n", file); eng_engine_close(e); return 1; }
-    double *pre = calloc((size_t)count, sizeof *pre), *dec = calloc((size_t)count, sizeof *dec);
-    int32_t *out = malloc(sizeof *out * (size_t)n_predict);
-    char *line = NULL;
+    if (!fp) { fprintf(stderr, "ppd bench: cannot open %s (use -f FILE)\n", file); return 1; }
+    int32_t *out_base = malloc(sizeof *out_base * (size_t)o->n_predict);
+    int32_t *out_ppd = malloc(sizeof *out_ppd * (size_t)o->n_predict);
+    char *line = NULL, err[512];
     size_t line_cap = 0;
-    int n_done = 0;
-    long total_gen = 0;
-    while (n_done < count && getline(&line, &line_cap, fp) > 0) {
+    int status = 1, n_line = 0;
+    if (!out_base || !out_ppd) goto done;
+    while (a->prompts < o->count && getline(&line, &line_cap, fp) > 0) {
+        n_line++;
+        if (line[strspn(line, " \t\r\n")] == 0) continue;
         json_error_t je;
         json_t *row = json_loads(line, 0, &je);
         json_t *turns = row ? json_object_get(row, "turns") : NULL;
         const char *text = turns ? json_string_value(json_array_get(turns, 0)) : NULL;
         if (!text) {
-            fprintf(stderr, "ppd bench: %s: line %d has no \"turns\"[0] string\n", file, n_done + 1);
+            fprintf(stderr, "ppd bench: %s: line %d has no \"turns\"[0] string\n", file, n_line);
             json_decref(row);
             goto done;
         }
         struct chat_msg msg = {"user", text};
         int32_t *ids = NULL;
         int n_ids = 0;
-        if (eng_engine_chat_tokens(e, &msg, 1, &ids, &n_ids, err, sizeof err)) {
-            fprintf(stderr, "ppd bench: %s\n", err);
-            json_decref(row);
-            goto done;
-        }
+        int rc = eng_engine_chat_tokens(e, &msg, 1, &ids, &n_ids, err, sizeof err);
         json_decref(row);
-        struct eng_gen_params gp = {.n_predict = (int)n_predict, .ignore_eog = ignore_eos};
-        struct eng_gen_stats st;
-        int rc = n_ids + n_predict < e->kv.max_seq
-                     ? eng_generate(&e->fwd, &e->kv, 0, e->tok, ids, n_ids, &gp, NULL, NULL, out, &st)
-                     : ENG_E_TOO_LONG;
+        if (rc) { fprintf(stderr, "ppd bench: %s\n", err); goto done; }
+        rc = n_ids + o->n_predict < e->kv.max_seq
+                 ? bench_prompt(e, cp, o, ids, n_ids, a->prompts % 2, out_base, out_ppd, a, file, n_line)
+                 : ENG_E_TOO_LONG;
         free(ids);
-        if (rc) { fprintf(stderr, "ppd bench: prompt %d: %s\n", n_done + 1, eng_err_msg(rc)); goto done; }
-        pre[n_done] = st.n_prompt / st.prefill_s;
-        dec[n_done] = st.n_gen > 1 ? (st.n_gen - 1) / st.decode_s : 0;
-        total_gen += st.n_gen;
-        n_done++;
-        fprintf(stderr, "\rppd bench: %d/%ld prompts, last: prefill %.0f tok/s, decode %.1f tok/s   ", n_done, count,
-                pre[n_done - 1], dec[n_done - 1]);
+        if (rc) { fprintf(stderr, "ppd bench: %s line %d: %s\n", file, n_line, eng_err_msg(rc)); goto done; }
+        fprintf(stderr, "\rppd bench: %s: %d/%ld prompts   ", bench_basename(file), a->prompts, o->count);
     }
     fprintf(stderr, "\n");
-    printf("{\"bench\":\"prompts\",\"engine\":\"ppd\",\"mode\":\"no-ppd\",\"threads\":%ld,\"prompts\":%d,"
-           "\"n_predict\":%ld,\"generated\":%ld,\"prefill_tokens_per_s\":%.1f,\"decode_tokens_per_s\":%.1f}\n",
-           threads, n_done, n_predict, total_gen, median(pre, n_done), median(dec, n_done));
     status = 0;
 done:
     free(line);
-    free(out);
-    free(pre);
-    free(dec);
+    free(out_base);
+    free(out_ppd);
     fclose(fp);
+    return status;
+}
+
+int cmd_bench(int argc, char **argv) {
+    struct bench_opts o;
+    int rc = bench_parse(argc, argv, &o);
+    if (rc) return rc == 1 ? 0 : rc;
+    struct eng_engine_params ep = {.model_path = o.model, .n_threads = (int)o.threads, .n_slot = 1, .max_rows = 256,
+                                   .n_ctx = o.rows ? (int)o.prefix + 512 : 0};
+    char err[512];
+    struct eng_engine *e = NULL;
+    if (eng_engine_open(&e, &ep, err, sizeof err)) { fprintf(stderr, "ppd: %s\n", err); return 1; }
+    if (o.rows) {
+        int status = bench_rows(e, o.rows, (int)o.prefix, (int)o.repeat);
+        eng_engine_close(e);
+        return status;
+    }
+    struct cli_ppd cp = {0};
+    struct cli_ppd_opts po = {.model = o.model, .adapter = o.adapter, .tree_file = o.tree_file, .tree_L = o.tree_L,
+                              .untrained = true};
+    struct bench_acc a = {0};
+    int status = 1, mismatches = 0;
+    if (!o.no_ppd && cli_ppd_open(&cp, &po, e)) goto done;
+    a.pre_tps = calloc((size_t)o.count, sizeof *a.pre_tps);
+    a.dec_tps = calloc((size_t)o.count, sizeof *a.dec_tps);
+    if (!a.pre_tps || !a.dec_tps) goto done;
+    if (!o.json) bench_report_header(&o, &cp);
+    for (int i = 0; i < o.n_files; i++) {
+        struct bench_acc fresh = {.pre_tps = a.pre_tps, .dec_tps = a.dec_tps};
+        a = fresh;
+        if (bench_file(e, &cp, &o, o.files[i], &a)) goto done;
+        if (o.json) bench_report_json(&o, &cp, o.files[i], &a);
+        else bench_report_row(&o, o.files[i], &a);
+        mismatches += a.mismatches;
+    }
+    if (mismatches) fprintf(stderr, "ppd bench: %d prompts where PPD's tokens differ from plain decoding's\n", mismatches);
+    status = mismatches ? 1 : 0;
+done:
+    free(a.pre_tps);
+    free(a.dec_tps);
+    cli_ppd_close(&cp);
     eng_engine_close(e);
     return status;
 }

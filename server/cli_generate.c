@@ -18,6 +18,7 @@
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_tree.h"
 #include "engine/tokenizer.h"
+#include "cli_ppd.h"
 
 struct gen_opts {
     const char *model, *prompt, *prompt_file, *chat_template, *system;
@@ -68,7 +69,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o) {
     o->n_threads = cli_default_threads();
     o->sp.temperature = 0.0f;
     o->sp.top_p = 1.0f;
-    o->tree_L = 20;
+    o->tree_L = CLI_PPD_TREE_L_DEFAULT;
     o->popts.typical.eps = 0.09f;
     o->popts.typical.alpha = 0.3f;
     for (int i = 1; i < argc; i++) {
@@ -154,50 +155,6 @@ static int gen_on_tokens(void *user, const int32_t *ids, int n) {
     return 0;
 }
 
-/* PPD on unless --no-ppd: the adapter named by --ppd, else the model's
- * committed one when it exists (otherwise plain decoding); the tree from
- * --tree, else built from the adapter's accuracy table (the paper's Vicuna-7B
- * table when it has none).  Returns 0, or 1 after printing why. */
-static int gen_ppd_open(const struct gen_opts *o, const struct eng_engine *e, struct eng_ppd_adapter **ad,
-                        struct eng_ppd_tree_family **fam, struct eng_ppd *ppd, int *on) {
-    char path[1024], err[768];
-    const char *ap = o->ppd_adapter;
-    *on = 0;
-    if (o->no_ppd) return 0;
-    if (!ap) {
-        FILE *fp;
-        if (eng_ppd_adapter_default_path(o->model, path, sizeof path) || !(fp = fopen(path, "rb"))) {
-            if (o->tree_file) { fprintf(stderr, "ppd: --tree needs an adapter (--ppd FILE)\n"); return 1; }
-            return 0;
-        }
-        fclose(fp);
-        ap = path;
-    }
-    if (eng_ppd_adapter_load(ad, ap, e->model, err, sizeof err)) { fprintf(stderr, "ppd: %s\n", err); return 1; }
-    if (o->tree_file) {
-        if (eng_ppd_tree_family_load(fam, o->tree_file, err, sizeof err)) { fprintf(stderr, "ppd: %s\n", err); return 1; }
-    } else {
-        const int N = (*ad)->n_prompt, K = (*ad)->topk;
-        double *acc = malloc(sizeof *acc * (size_t)N * (size_t)K);
-        if (!acc) return 1;
-        for (int i = 0; i < N; i++)
-            for (int k = 0; k < K; k++)
-                acc[i * K + k] = (*ad)->accuracy ? (*ad)->accuracy[i * K + k]
-                               : N == 3 && K == 10 ? eng_ppd_acc_vicuna7b[i * K + k]
-                               : 0.5 / (double)(i + 1) / (double)(k + 1) / (double)K;
-        int rc = eng_ppd_tree_build(fam, acc, N, K, (int)o->tree_L, NULL);
-        free(acc);
-        if (rc) { fprintf(stderr, "ppd: cannot build a tree with L=%ld: %s\n", o->tree_L, eng_err_msg(rc)); return 1; }
-    }
-    if (eng_ppd_init(ppd, *ad, *fam, err, sizeof err)) { fprintf(stderr, "ppd: %s\n", err); return 1; }
-    if (ppd->trees.max_T > e->fwd.max_rows) {
-        fprintf(stderr, "ppd: the tree feeds %d rows per step; at most %d\n", ppd->trees.max_T, e->fwd.max_rows);
-        return 1;
-    }
-    *on = 1;
-    return 0;
-}
-
 int cmd_generate(int argc, char **argv) {
     struct gen_opts o;
     int rc = gen_parse(argc, argv, &o);
@@ -213,14 +170,15 @@ int cmd_generate(int argc, char **argv) {
     int32_t *ids = NULL, *out = NULL;
     int n_ids = 0, status = 1, use_ppd = 0, *acc_len = NULL;
     struct gen_stream s = {0};
-    struct eng_ppd_adapter *ad = NULL;
-    struct eng_ppd_tree_family *fam = NULL;
-    struct eng_ppd ppd = {0};
+    struct cli_ppd cp = {0};
     if (eng_engine_open(&e, &ep, err, sizeof err)) {
         fprintf(stderr, "ppd: %s\n", err);
         goto done;
     }
-    if (gen_ppd_open(&o, e, &ad, &fam, &ppd, &use_ppd)) goto done;
+    /* PPD on unless --no-ppd, when an adapter is named or sits next to the model */
+    struct cli_ppd_opts po = {.model = o.model, .adapter = o.ppd_adapter, .tree_file = o.tree_file, .tree_L = o.tree_L};
+    if (!o.no_ppd && cli_ppd_open(&cp, &po, e)) goto done;
+    use_ppd = cp.src != CLI_PPD_OFF;
     if (o.chat) {
         struct chat_msg msgs[2];
         int n = 0;
@@ -253,7 +211,7 @@ int cmd_generate(int argc, char **argv) {
     s.piece_cap = tok_detok_cap(e->tok);
     if (!(s.piece = malloc(s.piece_cap))) goto done;
     if (use_ppd) {
-        rc = eng_ppd_generate(&e->fwd, &e->kv, 0, e->tok, &ppd, ids, n_ids, &gp, gen_on_tokens, &s, out, acc_len,
+        rc = eng_ppd_generate(&e->fwd, &e->kv, 0, e->tok, &cp.ppd, ids, n_ids, &gp, gen_on_tokens, &s, out, acc_len,
                               &pst, &o.popts);
         st = pst.gen;
     } else {
@@ -304,9 +262,9 @@ int cmd_generate(int argc, char **argv) {
         json_object_set_new(j, "step_overhead", json_real(overhead));
         if (use_ppd) {
             json_t *rows = json_array();
-            for (int d = 1; d <= ppd.n_prompt; d++) json_array_append_new(rows, json_integer(ppd.trees.st[d].T));
+            for (int d = 1; d <= cp.ppd.n_prompt; d++) json_array_append_new(rows, json_integer(cp.ppd.trees.st[d].T));
             json_object_set_new(j, "tree_rows", rows);
-            json_object_set_new(j, "adapter", json_string(ad->provenance));
+            json_object_set_new(j, "adapter", json_string(cp.ad->provenance));
             json_object_set_new(j, "acceptance", json_string(o.popts.accept == ENG_PPD_ACCEPT_TYPICAL ? "typical" : "exact"));
         }
         json_object_set_new(j, "threads", json_integer(o.n_threads));
@@ -327,9 +285,7 @@ done:
     free(s.piece);
     free(out);
     free(acc_len);
-    eng_ppd_free(&ppd);
-    eng_ppd_tree_family_free(fam);
-    eng_ppd_adapter_free(ad);
+    cli_ppd_close(&cp);
     free(ids);
     free(file_text);
     eng_engine_close(e);
