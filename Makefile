@@ -55,7 +55,7 @@ BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libppd.a
 
-.PHONY: check-ppd check-golden bench-bins all deps model test test-unit test-integration test-golden run asan bench clean features
+.PHONY: check-ppd check-golden bench-bins all deps model test test-unit test-integration test-golden run asan bench adapter bench-adapter clean features
 all: features $(BUILD)/ppd
 
 features:
@@ -129,6 +129,18 @@ check-golden: deps model
 run: deps model
 	@$(MAKE) --no-print-directory all
 	$(BUILD)/ppd serve -m $(MODEL) --host 127.0.0.1 --port 8080
+
+# The committed PPD adapter and tree, reproduced from the training prompts
+# (scripts/make-adapter.sh; about PPD_DISTILL_COUNT answers, see README).
+adapter: deps model
+	@$(MAKE) --no-print-directory all
+	scripts/make-adapter.sh
+
+# Trained vs untrained adapter vs plain decoding on the four evaluation sets:
+# the results table and docs/ppd-speedup.png (scripts/bench-adapter.sh).
+bench-adapter: deps model
+	@$(MAKE) --no-print-directory all
+	scripts/bench-adapter.sh
 
 bench: deps model
 	@$(MAKE) --no-print-directory all

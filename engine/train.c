@@ -110,6 +110,10 @@ static int tr_load(const char *path, const struct eng_model *m, const struct eng
     snprintf(want_fp, sizeof want_fp, "0x%016llx", (unsigned long long)m->fingerprint);
     while ((len = getline(&line, &line_cap, fp)) > 0) {
         lineno++;
+        if (line[len - 1] != '\n' && feof(fp)) {   /* a record still being written (distill running) */
+            ENG_LOG(ENG_LOG_WARN, "%s:%d: incomplete last line ignored", path, lineno);
+            break;
+        }
         json_error_t je;
         json_t *o = json_loadb(line, (size_t)len, 0, &je);
         if (!o || !json_is_object(o)) {

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# make-adapter.sh — reproduce the committed PPD adapter of the default model
+# and its tree (`make adapter`), from the training prompts only:
+#   1. ppd distill  the model answers PPD_DISTILL_COUNT training prompts greedily
+#   2. ppd train    prompt tokens trained on those answers (held-out hit rates
+#                   go into the adapter's accuracy table)
+#   3. ppd tree tune  the tree budget with the best measured speed-up on this
+#                   machine, on other training prompts, written under config/trees/
+# Every step is seeded and resumable (re-running continues where it stopped).
+# Times and figures go to build/adapter/report.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PROMPTS=${PPD_TRAIN_PROMPTS:-../shared/data/train-prompts.jsonl}
+COUNT=${PPD_DISTILL_COUNT:-1200}
+EPOCHS=${PPD_TRAIN_EPOCHS:-1}
+MODEL=${PPD_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
+ADAPTER=${PPD_ADAPTER_OUT:-models/SmolLM2-135M-Instruct.ppd.gguf}
+TREE=${PPD_TREE_OUT:-config/trees/smollm2-135m-cpu.json}
+WORK=build/adapter
+PPD=build/ppd
+
+case "$(basename "$PROMPTS")" in
+  eval-*) echo "make-adapter: refusing to train on an evaluation file ($PROMPTS)" >&2; exit 1 ;;
+esac
+[ -f "$PROMPTS" ] || { echo "make-adapter: $PROMPTS not found (set PPD_TRAIN_PROMPTS)" >&2; exit 1; }
+mkdir -p "$WORK"
+start=$(date +%s)
+
+t0=$(date +%s)
+"$PPD" distill -m "$MODEL" -f "$PROMPTS" -o "$WORK/distill.jsonl" --count "$COUNT" -n 256 --seed 1
+t1=$(date +%s)
+"$PPD" train -m "$MODEL" -d "$WORK/distill.jsonl" -o "$WORK/adapter.ppd.gguf" --force \
+  --epochs "$EPOCHS" --batch 4 --cuts 16 --lr 1e-2 --seed 1 --val 0.05 --val-max 48 \
+  --checkpoint "$WORK/train.ckpt" --resume --save-every 25 --eval-every 100 | tee "$WORK/train.json"
+t2=$(date +%s)
+# Tune on training prompts from the end of the file (the distilled ones are a
+# seeded sample of the whole file; these are for choosing L, not for reporting).
+"$PPD" tree tune -m "$MODEL" -a "$WORK/adapter.ppd.gguf" -f "$PROMPTS" --skip 13200 --count 6 -n 128 \
+  -o "$WORK/tree.json" | tee "$WORK/tune.txt"
+t3=$(date +%s)
+cp "$WORK/adapter.ppd.gguf" "$ADAPTER"
+cp "$WORK/tree.json" "$TREE"
+{
+  echo "make adapter: $(date -u +%FT%TZ) on $(nproc) CPUs"
+  echo "distill: $((t1 - t0)) s  train: $((t2 - t1)) s  tree tune: $((t3 - t2)) s  total: $((t3 - start)) s"
+  echo "data: $(($(wc -l < "$WORK/distill.jsonl") - 1)) sequences from $PROMPTS"
+  cat "$WORK/train.json" "$WORK/tune.txt"
+} | tee "$WORK/report.txt"
+echo "make-adapter: wrote $ADAPTER and $TREE"
