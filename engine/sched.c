@@ -241,6 +241,7 @@ static int seq_add_ppd(struct eng_sched *s, struct eng_sched_req *r) {
                  ? eng_ppd_seq_prefill_add(&r->ppd, &s->batch, s->kv, r->prompt[r->n_prompt - 1])
                  : eng_ppd_seq_step_add(&r->ppd, &s->batch, s->kv);
     r->n_rows = s->batch.n_tok - before;
+    r->ppd_depth = r->ppd.plain ? 0 : s->p.ppd->trees.st[r->ppd.d].D;
     return rc;
 }
 
@@ -276,10 +277,11 @@ static int seq_check_context(const struct eng_sched *s, const struct eng_sched_r
 }
 
 /* Count a finished PPD step (see eng_sched_stats). */
-static void sched_ppd_count(struct eng_sched *s, const struct eng_ppd_seq *q, int n_out) {
+static void sched_ppd_count(struct eng_sched *s, const struct eng_sched_req *r, int n_out) {
     struct eng_sched_stats *st = &s->stats;
-    const int acc = q->last_acc - 1;
+    const int acc = r->ppd.last_acc - 1;
     st->ppd_steps++;
+    st->ppd_draft_tokens += r->ppd_depth;
     st->ppd_emitted += n_out;
     if (n_out >= 0 && n_out <= ENG_PPD_MAX_PROMPT + 1) st->ppd_hist[n_out]++;
     for (int i = 1; i <= acc && i <= ENG_PPD_MAX_PROMPT; i++) st->ppd_accepted_pos[i]++;
@@ -303,7 +305,7 @@ static int seq_consume_ppd(struct eng_sched *s, struct eng_sched_req *r, int *n_
         r->state = ENG_SEQ_DECODE;
     } else {
         rc = eng_ppd_seq_step_finish(&r->ppd, s->f, s->kv, toks, &n_out);
-        if (!rc) sched_ppd_count(s, &r->ppd, n_out);
+        if (!rc) sched_ppd_count(s, r, n_out);
     }
     if (rc) { *err = rc; return ENG_SCHED_FINISH_ERROR; }
     int fin = ENG_SCHED_RUNNING;

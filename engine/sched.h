@@ -110,6 +110,7 @@ struct eng_sched_req {
     /* scheduler state */
     bool ppd_on;                     /* decided at admission: this request decodes with PPD */
     int add_err;                     /* this step's rows could not be added (ENG_E_*) */
+    int ppd_depth;                   /* guesses this step's tree can accept at most (0: a plain step) */
     struct eng_ppd_seq ppd;          /* with ppd_on, from admission to retirement */
 };
 
@@ -160,11 +161,13 @@ struct eng_sched_stats {
      * except when its last accepted guess ended the sequence (end of
      * generation or max_tokens), then accepted.  So:
      *   sum hist[a] = ppd_steps,  sum a * hist[a] = ppd_emitted,
-     *   sum accepted_pos[i] = ppd_accepted,  accepted_pos[i] >= accepted_pos[i+1]. */
+     *   sum accepted_pos[i] = ppd_accepted,  accepted_pos[i] >= accepted_pos[i+1],
+ *   ppd_accepted <= ppd_draft_tokens <= N * ppd_steps. */
     long long ppd_seqs;                              /* requests admitted with PPD */
     long long ppd_steps;
     long long ppd_emitted;
     long long ppd_accepted;
+    long long ppd_draft_tokens;      /* sum over steps of the tree's depth: guesses a step could accept */
     long long ppd_hist[ENG_PPD_MAX_PROMPT + 2];      /* [a]: steps that emitted a tokens, a = 1..N+1 */
     long long ppd_accepted_pos[ENG_PPD_MAX_PROMPT + 1];   /* [i]: steps whose i-th guess (i = 1..N) was accepted */
 };

@@ -3,9 +3,11 @@
  * tokenized), build the response objects and chunks, and the one formatter
  * that turns an ENG_E_* code into the OpenAI error object.
  *
- * Accepted fields are those of architecture.md §4; unknown fields are
- * ignored, a known field of the wrong type or out of range is a 400 naming
- * it.  Deliberately refused (400): n > 1, logprobs true, echo true, prompt
+ * Accepted fields are those of architecture.md §4, plus two extensions:
+ * ignore_eos (llama.cpp's) and "ppd": false, which decodes the request
+ * plainly (PPD is lossless, so this changes speed, never the text); unknown
+ * fields are ignored, a known field of the wrong type or out of range is a
+ * 400 naming it.  Deliberately refused (400): n > 1, logprobs true, echo true, prompt
  * lists of more than one prompt.  Not here: HTTP, SSE framing, threads.
  */
 #include <math.h>
@@ -258,6 +260,7 @@ int srv_api_parse(struct srv *s, enum srv_kind kind, const char *body, size_t n,
                   struct srv_err *err) {
     memset(g, 0, sizeof *g);
     g->kind = kind;
+    g->use_ppd = true;
     eng_sampler_params_default(&g->sp);
     json_error_t je;
     json_t *root = json_loadb(body, n, JSON_REJECT_DUPLICATES, &je);
@@ -295,6 +298,7 @@ int srv_api_parse(struct srv *s, enum srv_kind kind, const char *body, size_t n,
         api_number(root, "frequency_penalty", -2, 2, &g->sp.frequency_penalty, err) ||
         api_int(root, "n", 1, 128, &n_choices, NULL, err) || api_bool(root, "logprobs", &logprobs, err) ||
         api_bool(root, "echo", &echo, err) || api_bool(root, "ignore_eos", &g->ignore_eos, err) ||
+        api_bool(root, "ppd", &g->use_ppd, err) ||
         api_stop(root, g, err))
         return -1;
     if (so && !json_is_object(so)) {
@@ -425,6 +429,22 @@ char *srv_api_usage_chunk(const struct srv_req *r, const char *model) {
     return api_dump(o);
 }
 
+/* What /v1/models says about PPD: enabled or not, and with what. */
+static json_t *api_ppd_info(const struct srv *s) {
+    json_t *p = json_object();
+    const struct cli_ppd *c = &s->ppd;
+    json_object_set_new(p, "enabled", json_boolean(c->src != CLI_PPD_OFF));
+    if (c->src == CLI_PPD_OFF) return p;
+    json_object_set_new(p, "adapter", c->src == CLI_PPD_FILE ? json_string(c->path) : json_null());
+    json_object_set_new(p, "n_prompt", json_integer(c->ppd.n_prompt));
+    json_object_set_new(p, "topk", json_integer(c->ppd.topk));
+    json_object_set_new(p, "tree", json_string(s->ppd_tree_L > 0 ? "auto" : s->cfg.tree));
+    if (s->ppd_tree_L > 0) json_object_set_new(p, "tree_size", json_integer(s->ppd_tree_L));
+    json_object_set_new(p, "tree_rows", json_integer(c->ppd.trees.max_T));
+    json_object_set_new(p, "accept", json_string(s->cfg.ppd_accept));
+    return p;
+}
+
 char *srv_api_models(const struct srv *s) {
     json_t *m = json_object();
     json_object_set_new(m, "id", json_string(s->model_id));
@@ -436,6 +456,7 @@ char *srv_api_models(const struct srv *s) {
     json_object_set_new(meta, "n_vocab", json_integer(s->eng->model->hp.n_vocab));
     json_object_set_new(meta, "n_embd", json_integer(s->eng->model->hp.n_embd));
     json_object_set_new(meta, "n_parallel", json_integer(s->cfg.n_parallel));
+    json_object_set_new(meta, "ppd", api_ppd_info(s));
     json_object_set_new(m, "meta", meta);
     json_t *data = json_array();
     json_array_append_new(data, m);

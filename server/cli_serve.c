@@ -7,6 +7,13 @@
  * job is left, the engine thread is joined, MHD stopped and the loop's
  * handles closed, so uv_run returns.  A second signal cancels at once.
  *
+ * PPD: on when an adapter is found (--ppd FILE, else MODEL.ppd.gguf next to
+ * the model) unless --no-ppd / --ppd none.  Every slot's largest tree must
+ * fit in one step (engine/sched.h's sizing rule), so the auto tree's budget
+ * is lowered until it does; when even the smallest does not fit, a named
+ * adapter or tree file is an error and the auto-detected adapter is left off
+ * with a warning.
+ *
  * Not here: HTTP handling (http.c), the engine thread (worker.c).
  */
 #include <stdio.h>
@@ -16,6 +23,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_ppd.h"
 #include "engine/err.h"
 #include "engine/log.h"
 #include "serve.h"
@@ -73,6 +81,60 @@ static void on_signal(uv_signal_t *h, int signum) {
     srv_try_finish(s);
 }
 
+/* Rows one PPD sequence may need in a step (as the scheduler counts them). */
+static long serve_ppd_rows(const struct eng_ppd *p) {
+    return p->trees.max_T > p->n_prompt + 1 ? p->trees.max_T : p->n_prompt + 1;
+}
+
+/* Set s->ppd up from the configuration (see the file comment).  Returns 0
+ * (s->ppd.src says whether PPD is on) or 1 after printing why not. */
+static int serve_ppd_open(struct srv *s) {
+    const struct srv_config *c = &s->cfg;
+    if (c->no_ppd || !strcmp(c->ppd, "none")) {
+        LOG_INFO("PPD: off (%s)", c->no_ppd ? "--no-ppd" : "--ppd none");
+        return 0;
+    }
+    const bool named = strcmp(c->ppd, "auto") != 0, auto_tree = !strcmp(c->tree, "auto");
+    struct cli_ppd_opts o = {.model = c->model, .adapter = named ? c->ppd : NULL,
+                             .tree_file = auto_tree ? NULL : c->tree, .tree_L = c->tree_size};
+    for (;;) {
+        if (cli_ppd_open(&s->ppd, &o, s->eng)) return 1;
+        if (s->ppd.src == CLI_PPD_OFF) {
+            LOG_INFO("PPD: off (no adapter next to the model; --ppd FILE names one)");
+            return 0;
+        }
+        const long per = serve_ppd_rows(&s->ppd.ppd);
+        if (per * c->n_parallel <= c->batch) break;
+        if (auto_tree && o.tree_L > 1) {   /* a smaller tree, still lossless */
+            cli_ppd_close(&s->ppd);
+            o.tree_L--;
+            continue;
+        }
+        cli_ppd_close(&s->ppd);
+        if (named || !auto_tree) {
+            fprintf(stderr, "ppd serve: PPD needs %ld slots x %ld rows (the largest tree) = %ld rows per step, but "
+                    "--batch-size is %ld: raise it, lower --parallel%s, or use --no-ppd\n", c->n_parallel, per,
+                    per * c->n_parallel, c->batch, auto_tree ? "" : ", use a smaller --tree");
+            return 1;
+        }
+        LOG_WARN("PPD: off: %ld slots x %ld rows (the smallest tree) need --batch-size >= %ld (it is %ld)",
+                 c->n_parallel, per, per * c->n_parallel, c->batch);
+        return 0;
+    }
+    if (auto_tree && o.tree_L != c->tree_size)
+        LOG_WARN("PPD: tree budget lowered from %ld to %ld so that %ld slots' trees fit in --batch-size %ld",
+                 c->tree_size, o.tree_L, c->n_parallel, c->batch);
+    s->ppd_tree_L = auto_tree ? o.tree_L : 0;
+    const struct eng_ppd *p = &s->ppd.ppd;
+    char tree[320];
+    if (auto_tree) snprintf(tree, sizeof tree, "auto (L=%ld)", o.tree_L);
+    else snprintf(tree, sizeof tree, "%s", c->tree);
+    LOG_INFO("PPD: on: adapter %s (N=%d, K=%d), tree %s of at most %d rows, %s acceptance%s",
+             s->ppd.src == CLI_PPD_FILE ? s->ppd.path : "(untrained)", p->n_prompt, p->topk, tree, p->trees.max_T,
+             c->ppd_accept, strcmp(c->ppd_accept, "typical") ? " (lossless)" : " for temperature > 0 (not lossless)");
+    return 0;
+}
+
 int cmd_serve(int argc, char **argv) {
     struct srv *s = calloc(1, sizeof *s);
     if (!s) return 1;
@@ -108,7 +170,9 @@ int cmd_serve(int argc, char **argv) {
         const char *base = strrchr(s->cfg.model, '/');
         snprintf(s->model_id, sizeof s->model_id, "%s", base ? base + 1 : s->cfg.model);
     }
+    if (serve_ppd_open(s)) goto done;
     srv_metrics_init(&s->metrics);
+    if (s->ppd.src != CLI_PPD_OFF) s->metrics.ppd_n_prompt = s->ppd.ppd.n_prompt;
 
     if (uv_loop_init(&loop)) goto done;
     loop_ok = true;
@@ -142,6 +206,7 @@ int cmd_serve(int argc, char **argv) {
     status = 0;
 done:
     if (loop_ok) uv_loop_close(&loop);
+    cli_ppd_close(&s->ppd);
     eng_engine_close(s->eng);
     if (q_in) srv_queue_free(&s->inbox);
     if (q_out) srv_queue_free(&s->outbox);

@@ -41,10 +41,32 @@ static const struct cfg_entry cfg_table[] = {
     {"sse-keepalive", NULL, CFG_INT, F(keepalive_s), 1, 3600, "5", "seconds a stream may stay quiet before a keep-alive comment"},
     {"chat-template", NULL, CFG_STR, F(chat_template), 0, 0, NULL,
      "chatml, vicuna, llama2, llama3, zephyr (default: from the model)"},
+    {"ppd", NULL, CFG_STR, F(ppd), 0, 0, "auto",
+     "PPD adapter FILE; auto: MODEL.ppd.gguf next to the model when it exists; none: plain decoding"},
+    {"no-ppd", NULL, CFG_FLAG, F(no_ppd), 0, 1, "0", "plain decoding (the same as --ppd none)"},
+    {"tree", NULL, CFG_STR, F(tree), 0, 0, "auto",
+     "PPD tree family: auto (built from the adapter's accuracy table) or a JSON file"},
+    {"tree-size", NULL, CFG_INT, F(tree_size), 1, 4096, "20",
+     "budget L of the auto tree (lowered until every slot's tree fits in --batch-size)"},
+    {"ppd-accept", NULL, CFG_STR, F(ppd_accept), 0, 0, "exact",
+     "PPD acceptance: exact (lossless) or typical (Medusa typical acceptance for temperature > 0; not lossless)"},
     {"verbose", "-v", CFG_FLAG, F(verbose), 0, 1, "0", "debug logging"},
     {"config", NULL, CFG_STR, F(config), 0, 0, NULL, "read settings from FILE first (key = value lines)"},
 };
 #define CFG_N (int)(sizeof cfg_table / sizeof cfg_table[0])
+
+/* Other names the config file accepts for a key (the PPD settings grouped
+ * the way the design notes write them). */
+static const struct { const char *alias, *name; } cfg_file_aliases[] = {
+    {"ppd.adapter", "ppd"}, {"ppd.tree", "tree"}, {"ppd.tree-size", "tree-size"}, {"ppd.accept", "ppd-accept"},
+};
+#define CFG_N_ALIAS (int)(sizeof cfg_file_aliases / sizeof cfg_file_aliases[0])
+
+static const char *cfg_alias_of(const char *name) {
+    for (int i = 0; i < CFG_N_ALIAS; i++)
+        if (!strcmp(cfg_file_aliases[i].name, name)) return cfg_file_aliases[i].alias;
+    return NULL;
+}
 
 static void cfg_env_name(const struct cfg_entry *e, char *buf, size_t cap) {
     size_t n = (size_t)snprintf(buf, cap, "PPD_%s", e->name);
@@ -81,7 +103,8 @@ void srv_config_usage(FILE *fp) {
         fprintf(fp, "  %-26s %s", left, e->help);
         if (e->type == CFG_INT) fprintf(fp, " [%ld..%ld]", e->min, e->max);
         if (e->def && e->type != CFG_FLAG) fprintf(fp, " (default %s)", e->def);
-        fprintf(fp, "\n  %-26s env %s\n", "", env);
+        const char *alias = cfg_alias_of(e->name);
+        fprintf(fp, "\n  %-26s env %s%s%s\n", "", env, alias ? "; config-file key also " : "", alias ? alias : "");
     }
     fprintf(fp, "  %-26s this text\n", "-h, --help");
 }
@@ -90,6 +113,13 @@ static const struct cfg_entry *cfg_find(const char *name, size_t n) {
     for (int i = 0; i < CFG_N; i++)
         if (strlen(cfg_table[i].name) == n && !strncmp(cfg_table[i].name, name, n)) return &cfg_table[i];
     return NULL;
+}
+
+/* A config-file key: the long name or its alias. */
+static const struct cfg_entry *cfg_find_key(const char *key) {
+    for (int i = 0; i < CFG_N_ALIAS; i++)
+        if (!strcmp(cfg_file_aliases[i].alias, key)) key = cfg_file_aliases[i].name;
+    return cfg_find(key, strlen(key));
 }
 
 static char *cfg_trim(char *p) {
@@ -123,7 +153,7 @@ static int cfg_read_file(struct srv_config *c, const char *path) {
         char *key = cfg_trim(t), *val = cfg_trim(eq + 1);
         size_t nv = strlen(val);
         if (nv >= 2 && val[0] == '"' && val[nv - 1] == '"') { val[nv - 1] = 0; val++; }
-        const struct cfg_entry *e = cfg_find(key, strlen(key));
+        const struct cfg_entry *e = cfg_find_key(key);
         snprintf(where, sizeof where, "%s:%d: %s", path, line, key);
         if (!e || e->off == F(config)) {
             fprintf(stderr, "ppd serve: %s: unknown key (see ppd serve --help)\n", where);
@@ -178,6 +208,14 @@ int srv_config_load(struct srv_config *c, int argc, char **argv) {
         if (!v) v = e->type == CFG_FLAG ? "1" : cli_value(argc, argv, &a);
         if (!v) return 2;
         if (cfg_set(c, e, arg, v)) return 2;
+    }
+    if (strcmp(c->ppd_accept, "exact") && strcmp(c->ppd_accept, "typical")) {
+        fprintf(stderr, "ppd serve: ppd-accept: '%s' is not one of exact, typical\n", c->ppd_accept);
+        return 2;
+    }
+    if (!*c->ppd || !*c->tree) {
+        fprintf(stderr, "ppd serve: %s: give a file, auto or none\n", !*c->ppd ? "ppd" : "tree");
+        return 2;
     }
     return 0;
 }

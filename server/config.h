@@ -7,7 +7,8 @@
  * environment variable < command-line flag (the flag a user typed wins, as
  * with llama.cpp's LLAMA_ARG_*).  Unknown keys and flags and out-of-range
  * values stop start-up naming the key (and file:line) and the allowed range.
- * config/ppd.conf is the documented example.
+ * config/ppd.conf is the documented example.  In the file, the PPD keys may
+ * also be written ppd.adapter, ppd.tree, ppd.tree-size and ppd.accept.
  */
 #ifndef PPD_SERVER_CONFIG_H
 #define PPD_SERVER_CONFIG_H
@@ -32,6 +33,11 @@ struct srv_config {
     long keepalive_s;         /* SSE comment after this many quiet seconds */
     long timeout_s;           /* per-request deadline; 0: none */
     const char *chat_template;
+    const char *ppd;          /* PPD adapter: FILE, "auto" (MODEL.ppd.gguf when it exists) or "none" */
+    long no_ppd;              /* the same as ppd = none */
+    const char *tree;         /* PPD tree family: "auto" (built from the adapter) or a JSON file */
+    long tree_size;           /* budget L of the auto tree (lowered when the slots' trees do not fit a step) */
+    const char *ppd_accept;   /* "exact" (lossless) or "typical" (Medusa typical acceptance, sampling only) */
     long verbose;
     const char *config;       /* the config file read, if any */
     char *file_text;          /* its contents; string settings may point into it */

@@ -217,7 +217,7 @@ static enum MHD_Result handle_generate(struct srv *s, struct srv_req *r, enum sr
             erc = ENG_E_NOMEM;
         }
         if (erc) { srv_err_set(&err, erc, NULL, NULL, "%s", eng_err_msg(erc)); rc = -1; }
-        else r->job->ignore_eog = g.ignore_eos;
+        else { r->job->ignore_eog = g.ignore_eos; r->job->use_ppd = g.use_ppd; }
     }
     if (rc == 0) {
         r->kind = kind;
@@ -433,6 +433,7 @@ void srv_http_on_events(struct srv *s) {
             s->metrics.n_waiting = ev->n_waiting;
             s->metrics.kv_used = ev->kv_used;
             s->metrics.kv_total = ev->kv_total;
+            s->metrics.eng = ev->stats;
             if (ev->n_rows > 0) {
                 s->metrics.steps++;
                 srv_hist_observe(&s->metrics.step, ev->step_s);

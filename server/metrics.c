@@ -4,8 +4,16 @@
  * and token figures are updated as the engine's events arrive, the engine's
  * own figures (running/waiting, KV use, step time) come in its per-step stats
  * event.  So nothing here is shared between threads.  Names follow
- * architecture.md §4 (prefix ppd_, vLLM's meanings); the four spec-decode
- * counters stay zero until PPD lands (the per-position family appears then).
+ * architecture.md §4 (prefix ppd_, vLLM's meanings).
+ *
+ * PPD (spec-decode) figures come from the scheduler's cumulative counters
+ * (engine/sched.h): a "draft" is one sequence's PPD step; its draft tokens are
+ * the guesses its tree could accept at most (the tree's depth), so
+ * accepted / draft tokens is the acceptance rate and 1 + accepted / drafts the
+ * mean accepted length, as with vLLM.  Per position i = 1..N: steps whose
+ * i-th guess was accepted.  The accepted-length histogram counts the tokens
+ * each step emitted (bucket le="a": at most a tokens; its sum is the emitted
+ * total).  Without PPD they stay 0 and the per-position family is absent.
  *
  * Not here: HTTP (http.c serves the text), per-request labels.
  */
@@ -99,6 +107,42 @@ static double rss_bytes(void) {
     return k == 2 ? (double)rss * (double)sysconf(_SC_PAGESIZE) : 0;
 }
 
+static void mb_ppd(struct mbuf *b, const struct srv_metrics *m) {
+    const struct eng_sched_stats *e = &m->eng;
+    const int N = m->ppd_n_prompt;
+    mb_gauge(b, "spec_decode_enabled", "1 when the server decodes with PPD (requests may still opt out).", N > 0);
+    mb_counter(b, "spec_decode_num_requests_total", "Requests decoded with PPD.", (unsigned long long)e->ppd_seqs);
+    mb_counter(b, "spec_decode_num_drafts_total", "PPD steps (one per sequence per batched step).",
+               (unsigned long long)e->ppd_steps);
+    mb_counter(b, "spec_decode_num_draft_tokens_total",
+               "Guesses the PPD steps' trees could accept at most (the tree depth per step).",
+               (unsigned long long)e->ppd_draft_tokens);
+    mb_counter(b, "spec_decode_num_accepted_tokens_total", "Guessed tokens accepted by PPD verification.",
+               (unsigned long long)e->ppd_accepted);
+    mb_counter(b, "spec_decode_num_emitted_tokens_total",
+               "Tokens emitted by PPD steps (accepted guesses plus one drawn token each), before stop-string truncation.",
+               (unsigned long long)e->ppd_emitted);
+    if (N > 0) {
+        mb_head(b, "spec_decode_num_accepted_tokens_per_pos_total", "counter",
+                "PPD steps whose guess at this position (1 = the token after the root) was accepted.");
+        for (int i = 1; i <= N && i <= ENG_PPD_MAX_PROMPT; i++)
+            mb_printf(b, "ppd_spec_decode_num_accepted_tokens_per_pos_total{position=\"%d\"} %lld\n", i,
+                      e->ppd_accepted_pos[i]);
+    }
+    /* A histogram over whole token counts: bucket a holds the steps that
+     * emitted at most a tokens. */
+    mb_head(b, "spec_decode_accepted_length", "histogram", "Tokens emitted per PPD step (accepted guesses + 1).");
+    long long cum = 0;
+    const int top = N > 0 ? N + 1 : 1;
+    for (int a = 1; a <= top && a < ENG_PPD_MAX_PROMPT + 2; a++) {
+        cum += e->ppd_hist[a];
+        mb_printf(b, "ppd_spec_decode_accepted_length_bucket{le=\"%d\"} %lld\n", a, cum);
+    }
+    mb_printf(b, "ppd_spec_decode_accepted_length_bucket{le=\"+Inf\"} %lld\n", e->ppd_steps);
+    mb_printf(b, "ppd_spec_decode_accepted_length_sum %lld\nppd_spec_decode_accepted_length_count %lld\n",
+              e->ppd_emitted, e->ppd_steps);
+}
+
 char *srv_metrics_render(const struct srv_metrics *m, const struct srv_config *c) {
     struct mbuf b = {0};
     b.cap = 8192;
@@ -124,11 +168,7 @@ char *srv_metrics_render(const struct srv_metrics *m, const struct srv_config *c
     mb_hist(&b, "e2e_request_latency_seconds", "Time from request arrival to its last token.", &m->e2e);
     mb_hist(&b, "request_queue_time_seconds", "Time a request waited for a KV slot.", &m->queue);
     mb_hist(&b, "step_duration_seconds", "Wall time of one batched scheduler step.", &m->step);
-    mb_counter(&b, "spec_decode_num_drafts_total", "PPD tree verification steps (0 without PPD).", m->spec_drafts);
-    mb_counter(&b, "spec_decode_num_draft_tokens_total", "Candidate tokens verified by PPD (0 without PPD).",
-               m->spec_draft_tokens);
-    mb_counter(&b, "spec_decode_num_accepted_tokens_total", "Candidate tokens accepted by PPD (0 without PPD).",
-               m->spec_accepted);
+    mb_ppd(&b, m);
     mb_gauge(&b, "process_resident_memory_bytes", "Resident memory of the server process.", rss_bytes());
     if (b.bad) { free(b.p); return NULL; }
     return b.p;

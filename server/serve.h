@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "cli_ppd.h"
 #include "config.h"
 #include "engine/engine.h"
 #include "engine/sched.h"
@@ -45,6 +46,7 @@ struct srv_gen {
     enum srv_kind kind;
     bool stream, include_usage;
     bool ignore_eos;         /* llama.cpp's extension: keep going past end-of-turn tokens */
+    bool use_ppd;            /* our extension "ppd": false decodes this request plainly (default true) */
     int max_tokens;          /* 0: the server default */
     struct eng_sampler_params sp;
     const char *stop[ENG_TEXTOUT_MAX_STOP];   /* into the parsed JSON */
@@ -68,8 +70,9 @@ struct srv_metrics {
     long kv_used, kv_total;
     unsigned long long success_stop, success_length, cancelled, failed;
     unsigned long long prompt_tokens, gen_tokens, steps, http_rejected;
-    unsigned long long spec_drafts, spec_draft_tokens, spec_accepted;
     struct srv_hist ttft, itl, e2e, queue, step;
+    struct eng_sched_stats eng;      /* the engine's cumulative counters (PPD) as of its last stats event */
+    int ppd_n_prompt;                /* N when PPD is on, else 0 (no per-position series) */
 };
 
 void srv_metrics_init(struct srv_metrics *m);
@@ -92,6 +95,7 @@ struct srv_event {
     int n_running, n_waiting, n_rows;
     long kv_used, kv_total;
     double step_s;
+    struct eng_sched_stats stats;    /* a copy of the scheduler's statistics after the step */
     size_t n_text;
     char text[];
 };
@@ -107,6 +111,8 @@ struct srv {
     pthread_t worker;
     bool worker_started;
     struct eng_sched sched;          /* engine thread only */
+    struct cli_ppd ppd;              /* adapter and trees; read-only while serving (src: whether PPD is on) */
+    long ppd_tree_L;                 /* budget of the auto tree in use (0: a tree file) */
     /* loop thread only from here */
     uv_loop_t *loop;
     uv_async_t wake;

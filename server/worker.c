@@ -91,6 +91,7 @@ static void *worker_main(void *arg) {
             st->kv_used = eng_sched_kv_used(&s->sched);
             st->kv_total = eng_sched_kv_total(&s->sched);
             st->step_s = s->sched.stats.step_s;
+            st->stats = s->sched.stats;
             worker_append(&wb, st);
         }
         srv_queue_push_list(&s->outbox, wb.first, wb.last);
@@ -102,6 +103,10 @@ static void *worker_main(void *arg) {
 int srv_worker_start(struct srv *s) {
     struct eng_sched_params p = {.n_slot = (int)s->cfg.n_parallel, .max_rows = (int)s->cfg.batch,
                                  .prefill_chunk = (int)s->cfg.prefill_chunk, .emit = worker_on_event, .user = s};
+    if (s->ppd.src != CLI_PPD_OFF) {
+        p.ppd = &s->ppd.ppd;
+        p.ppd_accept = strcmp(s->cfg.ppd_accept, "typical") ? ENG_PPD_ACCEPT_EXACT : ENG_PPD_ACCEPT_TYPICAL;
+    }
     int rc = eng_sched_init(&s->sched, &s->eng->fwd, &s->eng->kv, s->eng->tok, &p);
     if (rc) return rc;
     if (pthread_create(&s->worker, NULL, worker_main, s)) {

@@ -91,7 +91,7 @@ _gen_cache = {}
 
 def ppd_generate(prompt, n, chat=True, extra=()):
     """`ppd generate --json --no-ppd` for the same prompt: the reference output (plain
-    decoding, what the server does until PPD is wired into the scheduler)."""
+    decoding; the server gives the same with or without PPD, which is lossless)."""
     key = (prompt, n, chat, tuple(extra))
     if key not in _gen_cache:
         cmd = [PPD_BIN, "generate", "-m", MODEL, "-t", "1", "-c", "1024", "-n", str(n), "--json", "--no-ppd", "-p", prompt]

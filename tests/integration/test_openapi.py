@@ -88,6 +88,8 @@ CHAT_BODIES = [
     {"messages": [{"role": "user", "content": "Hi"}], "stream_options": {"include_usage": None}, "logprobs": False},
     {"messages": [{"role": "user", "content": "Hi"}], "unknown_field": {"ignored": True}, "user": "u1"},
     {"messages": [{"role": "user", "content": "Hi"}], "ignore_eos": True},
+    {"messages": [{"role": "user", "content": "Hi"}], "ppd": False},
+    {"messages": [{"role": "user", "content": "Hi"}], "ppd": None},
     {"messages": [{"role": "user", "content": "Hi"}], "temperature": 2, "top_p": 0, "min_p": 1,
      "presence_penalty": -2, "frequency_penalty": 2},
     # rejected
@@ -104,6 +106,7 @@ CHAT_BODIES = [
     {"messages": [{"role": "user", "content": "Hi"}], "logprobs": True},
     {"messages": [{"role": "user", "content": "Hi"}], "seed": 1.5},
     {"messages": [{"role": "user", "content": "Hi"}], "ignore_eos": "no"},
+    {"messages": [{"role": "user", "content": "Hi"}], "ppd": "off"},
     {"messages": [{"role": "user", "content": "Hi"}], "stream_options": {"include_usage": "yes"}},
 ]
 

@@ -131,6 +131,8 @@ static long long check_ppd_counters(const struct eng_sched_stats *st) {
      * sequence's last step when it ends on an accepted guess */
     ck_assert_int_ge(st->ppd_accepted, st->ppd_emitted - st->ppd_steps);
     ck_assert_int_le(st->ppd_accepted, st->ppd_emitted - st->ppd_steps + st->ppd_seqs);
+    ck_assert_int_le(st->ppd_accepted, st->ppd_draft_tokens);
+    ck_assert_int_le(st->ppd_draft_tokens, 3 * st->ppd_steps);
     return steps;
 }
 
