@@ -19,8 +19,13 @@
  *   on (weight type, n_in), never on how many rows share the buffer.
  *
  * Repacked weights ("panels"): outputs are grouped 8 at a time, a panel of 8
- * outputs p*8 .. p*8+7 (n_out padded with zero rows to a multiple of 8), and
- * per panel the nb blocks follow one another:
+ * outputs p*8 .. p*8+7, and panels 2k and 2k+1 form a pair (n_out padded with
+ * zero rows to a multiple of 16).  Per pair, the blocks b = 0 .. nb-1 follow
+ * one another, and in each the two panels' blocks sit side by side:
+ *   [pair 0: (panel 0, b 0)(panel 1, b 0)(panel 0, b 1)(panel 1, b 1) ...]
+ *   [pair 1: (panel 2, b 0)(panel 3, b 0) ...] ...
+ * so that the AVX2 kernel, which computes both panels of a pair together,
+ * reads one sequential stream (kq_packed_block_offset).  One panel block:
  *   Q4_1 block (160 B): [8 x f16 d][8 x f16 m][4 x 32 B nibbles]
  *   Q4_0 block (144 B): [8 x f16 d][4 x 32 B nibbles]
  *   Q8_0 block (272 B): [8 x f16 d][8 x 32 B int8]
@@ -40,6 +45,7 @@
 #include "qtypes.h"
 
 #define KQ_PANEL 8          /* outputs per repacked panel (one AVX2 float vector) */
+#define KQ_PANEL_PAIR 2     /* panels whose blocks are interleaved in the packed layout */
 #define KQ_ACT_ALIGN 64     /* quantized row strides are multiples of this */
 
 #define KQ_PANEL_Q4_1_BYTES (16 + 16 + 128)
@@ -74,6 +80,20 @@ static inline size_t kq_panel_block_bytes(int type) {
     case KQ_Q8_0: return KQ_PANEL_Q8_0_BYTES;
     default:      return 0;
     }
+}
+
+/* Bytes of the packed copy of an n_in x n_out weight of a repacked type. */
+static inline size_t kq_packed_bytes(int type, int64_t n_in, int64_t n_out) {
+    const int64_t per_pair = KQ_PANEL * KQ_PANEL_PAIR;
+    const size_t n_pairs = (size_t)((n_out + per_pair - 1) / per_pair);
+    return n_pairs * (size_t)(n_in / KQ_QK) * KQ_PANEL_PAIR * kq_panel_block_bytes(type);
+}
+
+/* Byte offset of block b of panel p in the packed copy (nb blocks per row). */
+static inline size_t kq_packed_block_offset(int type, int64_t nb, int64_t p, int64_t b) {
+    const size_t pbb = kq_panel_block_bytes(type);
+    return ((size_t)(p / KQ_PANEL_PAIR) * (size_t)nb + (size_t)b) * KQ_PANEL_PAIR * pbb +
+           (size_t)(p % KQ_PANEL_PAIR) * pbb;
 }
 
 /* Block helpers shared by dequant.c and matmul_ref.c. */

@@ -10,15 +10,22 @@
  *      o 576x576, gate 576x1536, up 576x1536, down 1536x576) in Q4_1 plus the
  *      output 576x49152 in Q8_0, in sequence, each preceded by the activation
  *      quantization its input needs (rows split over threads, then outputs split
- *      over threads, spin barriers between), for n_rows = 1, 2, 4, ... 64.
- * Prints, per row count, the best and median step time, the floors
- * bytes/bandwidth and rows*MACs/peak, and t(n)/t(1).
+ *      over threads at multiples of 16 outputs as engine/backend_cpu.c does,
+ *      spin barriers between), for n_rows = 1, 2, 4, ... 64.
+ *      Prints, per row count, the best and median step time, the floors
+ *      bytes/bandwidth and rows*MACs/peak, and t(n)/t(1);
+ *   4. the kernels alone, one thread, weights in cache (Q4_1 576x576, Q8_0
+ *      576x4096): the best of many calls, as ns and CPU-clock cycles (TSC
+ *      ticks rescaled by a dependent-add chain) per (row, 8-output panel,
+ *      32-block) = 256 MACs.  Being one thread with the best of many short
+ *      calls, this is the figure that survives a loaded machine.
  *
  * Before timing, it checks that the fast path equals the reference on the
  * first Q4_1 and the Q8_0 matrix (exit 1 otherwise); the full comparison is
  * tests/unit/test_matmul.c.  It needs no model file.
  */
 #include <immintrin.h>
+#include <x86intrin.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -369,6 +376,10 @@ static void model_free(struct model *m) {
     free(m->x); free(m->act); free(m->y);
 }
 
+/* Outputs per thread share: a pair of 8-output panels, as engine/backend_cpu.c
+ * splits (the AVX2 kernel computes the two panels of a pair together). */
+#define STEP_OUT_ALIGN 16
+
 struct step_arg {
     struct model *m;
     int n_rows, reps;
@@ -393,8 +404,8 @@ static void step_thread(struct team *t, int tid) {
                 kq_act_quantize(w->type, m->x, w->n_in, r0, r1, m->act);
                 barrier_wait(&a->bar, &sense);
             }
-            const int64_t panels = (w->n_out + KQ_MATMUL_OUT_ALIGN - 1) / KQ_MATMUL_OUT_ALIGN;
-            int64_t o0 = panels * tid / nt * KQ_MATMUL_OUT_ALIGN, o1 = panels * (tid + 1) / nt * KQ_MATMUL_OUT_ALIGN;
+            const int64_t units = (w->n_out + STEP_OUT_ALIGN - 1) / STEP_OUT_ALIGN;
+            int64_t o0 = units * tid / nt * STEP_OUT_ALIGN, o1 = units * (tid + 1) / nt * STEP_OUT_ALIGN;
             if (o1 > w->n_out) o1 = w->n_out;
             kq_matmul(w, m->act, n_rows, m->y, N_VOCAB, o0, o1);
             barrier_wait(&a->bar, &sense);
@@ -432,6 +443,62 @@ static int check_fast_equals_ref(struct model *m) {
         }
     }
     return 0;
+}
+
+/* ---- 4. the kernels alone -------------------------------------------------------- */
+
+/* TSC ticks per core cycle: a chain of dependent adds runs at one per cycle. */
+static double tsc_per_cycle(void) {
+    uint64_t best = ~0ull;
+    for (int rep = 0; rep < 200; rep++) {
+        long n = 100000;
+        const uint64_t t0 = __rdtsc();
+        __asm__ volatile("1:\n\t add $1, %%rax\n\t add $1, %%rax\n\t add $1, %%rax\n\t add $1, %%rax\n\t"
+                         "dec %0\n\t jnz 1b" : "+r"(n) : : "rax", "cc");
+        const uint64_t t = __rdtsc() - t0;
+        if (t < best) best = t;
+    }
+    return (double)best / 400000.0;
+}
+
+/* TSC ticks per second, against the monotonic clock over 20 ms. */
+static double tsc_hz(void) {
+    const double t0 = now_s();
+    const uint64_t c0 = __rdtsc();
+    while (now_s() - t0 < 0.02) {
+    }
+    return (double)(__rdtsc() - c0) / (now_s() - t0);
+}
+
+static void bench_kernel(int type, int64_t n_in, int64_t n_out, double tpc) {
+    void *data = random_weight_data(type, n_in, n_out);
+    struct kq_weight w;
+    float *x = malloc(sizeof(float) * (size_t)n_in * 16), *y = malloc(sizeof(float) * (size_t)n_out * 16);
+    void *act = malloc(kq_act_bytes(type, n_in, 16));
+    if (!data || !x || !y || !act || kq_weight_init(&w, type, data, n_in, n_out)) {
+        fprintf(stderr, "out of memory\n");
+        free(data); free(x); free(y); free(act);
+        return;
+    }
+    for (int64_t k = 0; k < n_in * 16; k++) x[k] = 3.0f * rng_sym();
+    kq_act_quantize(type, x, n_in, 0, 16, act);
+    printf("%-4s %4lldx%-5lld", kq_type_name(type), (long long)n_in, (long long)n_out);
+    static const int rows[] = {1, 2, 3, 4, 8, 16};
+    const double units = (double)((n_out + 7) / 8) * (double)(n_in / 32);
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        const int trials = 2000 / rows[i];
+        uint64_t best = ~0ull;
+        for (int k = 0; k < trials; k++) {
+            const uint64_t t0 = __rdtsc();
+            kq_matmul(&w, act, rows[i], y, n_out, 0, n_out);
+            const uint64_t t = __rdtsc() - t0;
+            if (t < best) best = t;
+        }
+        printf(" %6.2f", (double)best / tpc / (units * rows[i]));
+    }
+    printf("\n");
+    kq_weight_free(&w);
+    free(data); free(x); free(y); free(act);
 }
 
 int main(int argc, char **argv) {
@@ -481,5 +548,12 @@ int main(int argc, char **argv) {
                out_best * 1e3, fb * 1e3, fm * 1e3, best / floor, best / t1);
     }
     model_free(&m);
+
+    const double tpc = tsc_per_cycle();
+    printf("kernels alone, 1 thread, weights in cache, core clock %.2f GHz: cycles per\n"
+           "(row, 8-output panel, 32-block) = 256 MACs, best of many calls\n", tsc_hz() / tpc / 1e9);
+    printf("%-15s %6s %6s %6s %6s %6s %6s\n", "rows:", "1", "2", "3", "4", "8", "16");
+    bench_kernel(KQ_Q4_1, N_EMBD, N_EMBD, tpc);
+    bench_kernel(KQ_Q8_0, N_EMBD, 4096, tpc);
     return 0;
 }

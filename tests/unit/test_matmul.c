@@ -3,9 +3,15 @@
  *
  * What must hold, and is checked here:
  *   - kq_matmul (the SIMD path this CPU gets) equals kq_matmul_ref bit for bit
- *     (memcmp), for every weight type, n_rows in {1,2,3,7,8,9,16,17,64}, and
- *     output ranges starting and ending at odd places; outputs outside the
- *     range are left untouched;
+ *     (memcmp), for every weight type, every n_rows from 1 to 40 and 64 (the
+ *     AVX2 kernel cuts rows into tiles of up to 4 and outputs into pairs of
+ *     8-output panels, so this covers every tile shape and remainder), and
+ *     output ranges starting and ending at odd places, inside one panel, on
+ *     either panel of a pair, across pairs; outputs outside the range are left
+ *     untouched;
+ *   - on the model's shapes (n_in 576 and 1536, n_out not a multiple of 16),
+ *     the outputs assembled from a split into 2..5 ranges (at multiples of 8,
+ *     of 16 and anywhere, as threads would take them) equal the reference;
  *   - row independence: each row computed alone equals the same row computed
  *     in a batch of 64, bit for bit (this is what makes PPD lossless);
  *   - the reference agrees with a float64 dequantize-then-dot within a stated
@@ -150,8 +156,11 @@ static void *quantize(int type, const float *x, int64_t n_in, int n_rows) {
 
 /* ---- fast == reference ------------------------------------------------------ */
 
-static const int row_counts[] = {1, 2, 3, 7, 8, 9, 16, 17, 64};
-static const int64_t ranges[][2] = {{0, N_OUT}, {3, 42}, {5, 6}, {1, 9}, {8, 16}, {17, N_OUT}, {40, 45}};
+#define MAX_ROWS_ALL 40 /* every row count 1..MAX_ROWS_ALL, then 64 */
+static int row_count(int i) { return i < MAX_ROWS_ALL ? i + 1 : 64; }
+/* N_OUT = 45: panels 0..5 (the last one 5 lanes wide), pairs {0,1} {2,3} {4,5} */
+static const int64_t ranges[][2] = {{0, N_OUT}, {3, 42}, {5, 6}, {1, 9}, {8, 16}, {17, N_OUT},
+                                    {40, 45}, {8, 24}, {16, 32}, {9, 31}, {24, 40}, {0, 8}};
 
 START_TEST(test_fast_equals_ref) {
     const struct type_case *tc = &cases[_i];
@@ -160,8 +169,8 @@ START_TEST(test_fast_equals_ref) {
     struct kq_weight w;
     ck_assert_int_eq(kq_weight_init(&w, tc->type, wd, tc->n_in, N_OUT), 0);
     const int64_t ldy = N_OUT + 3;
-    for (size_t ri = 0; ri < sizeof row_counts / sizeof row_counts[0]; ri++) {
-        const int n_rows = row_counts[ri];
+    for (int ri = 0; ri <= MAX_ROWS_ALL; ri++) {
+        const int n_rows = row_count(ri);
         float *x = make_inputs(tc->n_in, n_rows);
         void *act = quantize(tc->type, x, tc->n_in, n_rows);
         float *yref = malloc(sizeof(float) * (size_t)ldy * (size_t)n_rows);
@@ -183,6 +192,53 @@ START_TEST(test_fast_equals_ref) {
                     ck_assert_msg(u == 0x7f7f7f7fu, "%s: output %lld outside [%lld,%lld) written",
                                   kq_type_name(tc->type), (long long)o, (long long)ob, (long long)oe);
                 }
+            }
+        }
+        free(x); free(act); free(yref); free(yf);
+    }
+    kq_weight_free(&w);
+    free(wd);
+}
+END_TEST
+
+/* ---- splits on the model's shapes ------------------------------------------ */
+
+static const struct { int type; int64_t n_in, n_out; } split_cases[] = {
+    {KQ_Q4_1, 576, 88}, {KQ_Q4_1, 1536, 40}, {KQ_Q4_0, 576, 72}, {KQ_Q8_0, 576, 104},
+};
+#define N_SPLIT_CASES ((int)(sizeof split_cases / sizeof split_cases[0]))
+
+START_TEST(test_fast_splits) {
+    const int type = split_cases[_i].type;
+    const int64_t n_in = split_cases[_i].n_in, n_out = split_cases[_i].n_out;
+    rng_seed(5000 + (uint64_t)_i);
+    void *wd = make_weights(type, n_in, n_out);
+    struct kq_weight w;
+    ck_assert_int_eq(kq_weight_init(&w, type, wd, n_in, n_out), 0);
+    static const int rows[] = {1, 2, 3, 4, 5, 7, 8, 13, 16, 24};
+    for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++) {
+        const int n_rows = rows[ri];
+        float *x = make_inputs(n_in, n_rows);
+        void *act = quantize(type, x, n_in, n_rows);
+        const size_t ny = (size_t)n_rows * (size_t)n_out;
+        float *yref = malloc(sizeof(float) * ny), *yf = malloc(sizeof(float) * ny);
+        kq_matmul_ref(&w, act, n_rows, yref, n_out, 0, n_out);
+        for (int parts = 2; parts <= 5; parts++) {
+            static const int aligns[] = {1, 8, 16};
+            for (int ai = 0; ai < 3; ai++) {
+                const int align = aligns[ai];
+                memset(yf, 0x7f, sizeof(float) * ny);
+                int64_t cut[6];
+                cut[0] = 0;
+                cut[parts] = n_out;
+                for (int k = 1; k < parts; k++) { /* random, sorted, aligned cuts */
+                    int64_t c = (int64_t)(rng_next() % (uint64_t)(n_out + 1)) / align * align;
+                    cut[k] = c < cut[k - 1] ? cut[k - 1] : c;
+                }
+                for (int k = 0; k < parts; k++) kq_matmul(&w, act, n_rows, yf, n_out, cut[k], cut[k + 1]);
+                ck_assert_msg(memcmp(yref, yf, sizeof(float) * ny) == 0,
+                              "%s %lldx%lld n_rows=%d split into %d (align %d): fast != ref",
+                              kq_type_name(type), (long long)n_in, (long long)n_out, n_rows, parts, align);
             }
         }
         free(x); free(act); free(yref); free(yf);
@@ -550,6 +606,7 @@ static Suite *matmul_suite(void) {
     TCase *tc = tcase_create("kernels");
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, test_fast_equals_ref, 0, N_CASES);
+    tcase_add_loop_test(tc, test_fast_splits, 0, N_SPLIT_CASES);
     tcase_add_loop_test(tc, test_row_independence, 0, N_CASES);
     tcase_add_loop_test(tc, test_ref_vs_f64, 0, N_CASES);
     tcase_add_test(tc, test_dequant_q4_0_q4_1_q8_0);
