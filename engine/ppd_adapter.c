@@ -106,6 +106,7 @@ int eng_ppd_adapter_load(struct eng_ppd_adapter **out, const char *path, const s
     a->base_fingerprint = fp->v.u;
     if (gguf_get_str(g, "ppd.provenance", &s, err, cap) == 0) adapter_copy_str(a->provenance, sizeof a->provenance, s->s);
     if (gguf_get_str(g, "ppd.init_text", &s, err, cap) == 0) adapter_copy_str(a->init_text, sizeof a->init_text, s->s);
+    if (gguf_find_kv(g, "ppd.tree_L") && (rc = adapter_get_u32(g, "ppd.tree_L", 1, 4096, &a->tree_L, err, cap))) goto err;
     err[0] = 0;
 
     const struct gguf_tensor *te = gguf_find_tensor(g, "ppd.prompt_embeddings");
@@ -181,6 +182,7 @@ int eng_ppd_adapter_save(const struct eng_ppd_adapter *a, const char *path, char
         (rc = gguf_writer_set_scalar(w, "ppd.base.fingerprint", GGUF_VT_UINT64, &fp)) ||
         (rc = gguf_writer_set_str(w, "ppd.provenance", a->provenance)) ||
         (a->init_text[0] && (rc = gguf_writer_set_str(w, "ppd.init_text", a->init_text))) ||
+        (a->tree_L > 0 && (rc = gguf_writer_set_u32(w, "ppd.tree_L", (uint32_t)a->tree_L))) ||
         (rc = gguf_writer_add_tensor(w, "ppd.prompt_embeddings", ADAPTER_KQ_F32, 2, ne_e, a->emb)) ||
         (a->accuracy && (rc = gguf_writer_add_tensor(w, "ppd.accuracy", ADAPTER_KQ_F32, 2, ne_a, a->accuracy))))
         goto out;

@@ -8,7 +8,9 @@
  *                                 an untrained adapter has none); the tree builder's input
  *   ppd.n_prompt (u32) N, ppd.topk (u32) K, ppd.base.name (str),
  *   ppd.base.fingerprint (u64) = eng_model.fingerprint of the base model,
- *   ppd.provenance (str) how the embeddings were made, ppd.init_text (str) optional.
+ *   ppd.provenance (str) how the embeddings were made, ppd.init_text (str) optional,
+ *   ppd.tree_L (u32) optional: the tree budget measured best (`ppd tree tune`); the
+ *   default tree is built from ppd.accuracy with it.
  * Loading checks shapes and, when a model is given, the fingerprint: an adapter
  * made for another model is refused with a message naming both models.
  *
@@ -40,6 +42,7 @@ struct eng_ppd_adapter {
     uint64_t base_fingerprint;
     char provenance[256];
     char init_text[128];         /* empty when not from a text init */
+    int tree_L;                  /* tree budget chosen for this adapter (ppd tree tune); 0: none */
 };
 
 /* Load and validate path.  When m is not NULL the adapter must belong to it

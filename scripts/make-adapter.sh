@@ -37,7 +37,7 @@ t2=$(date +%s)
 # Tune on training prompts from the end of the file (the distilled ones are a
 # seeded sample of the whole file; these are for choosing L, not for reporting).
 "$PPD" tree tune -m "$MODEL" -a "$WORK/adapter.ppd.gguf" -f "$PROMPTS" --skip 13200 --count 6 -n 128 \
-  -o "$WORK/tree.json" | tee "$WORK/tune.txt"
+  -o "$WORK/tree.json" --set-adapter | tee "$WORK/tune.txt"
 t3=$(date +%s)
 cp "$WORK/adapter.ppd.gguf" "$ADAPTER"
 cp "$WORK/tree.json" "$TREE"

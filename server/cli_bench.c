@@ -84,7 +84,7 @@ static void bench_usage(FILE *fp) {
             "                       else an untrained text-initialised one made in memory)\n"
             "      --tree FILE      PPD tree family (JSON); default: built from the adapter's accuracy\n"
             "                       table with --tree-size, as ppd generate does\n"
-            "      --tree-size L    tree budget L for the built tree (default %d)\n"
+            "      --tree-size L    tree budget L for the built tree (default: the adapter's tuned one, else %d)\n"
             "      --no-ppd         plain decoding only\n"
             "      --temp T         temperature (default 0: greedy); --top-k K, --top-p P, --min-p P\n"
             "      --seed S         sampling seed (default 0; both runs of a prompt use it)\n"
@@ -163,7 +163,7 @@ static int bench_parse(int argc, char **argv, struct bench_opts *o) {
     o->threads = cli_default_threads();
     o->prefix = 256;
     o->repeat = 15;
-    o->tree_L = CLI_PPD_TREE_L_DEFAULT;
+    o->tree_L = 0;   /* the adapter's tuned budget, else CLI_PPD_TREE_L_DEFAULT */
     o->sp.top_p = 1.0f;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -290,7 +290,7 @@ static void bench_report_json(const struct bench_opts *o, const struct cli_ppd *
                             json_string(cp->src == CLI_PPD_TEXT_INIT ? "text-init (untrained)" : cp->path));
         json_object_set_new(j, "adapter_provenance", json_string(cp->ad->provenance));
         json_object_set_new(j, "tree", o->tree_file ? json_string(o->tree_file) : json_null());
-        json_object_set_new(j, "tree_L", o->tree_file ? json_null() : json_integer(o->tree_L));
+        json_object_set_new(j, "tree_L", o->tree_file ? json_null() : json_integer(cp->tree_L));
         json_object_set_new(j, "tree_rows", rows);
         json_object_set_new(j, "ppd_generated", json_integer(a->ppd_gen));
         json_object_set_new(j, "mismatches", json_integer(a->mismatches));
@@ -329,7 +329,7 @@ static void bench_report_header(const struct bench_opts *o, const struct cli_ppd
     }
     printf("adapter: %s (%s)\n", cp->src == CLI_PPD_TEXT_INIT ? "text-init (untrained)" : cp->path, cp->ad->provenance);
     if (o->tree_file) printf("tree: %s, rows per step by state:", o->tree_file);
-    else printf("tree: built with L=%ld, rows per step by state:", o->tree_L);
+    else printf("tree: built with L=%ld, rows per step by state:", cp->tree_L);
     for (int d = 1; d <= cp->ppd.n_prompt; d++) printf(" %d", cp->ppd.trees.st[d].T);
     printf("\n%-28s %7s %7s %8s %11s %9s %8s %9s %10s\n", "file", "prompts", "tokens", "acc/step", "plain tok/s",
            "PPD tok/s", "speed-up", "overhead", "mismatches");

@@ -53,7 +53,7 @@ static void gen_usage(FILE *fp) {
             "      --no-ppd            plain decoding, one token per forward pass\n"
             "      --tree FILE         PPD tree family (JSON); default: built at start-up from the\n"
             "                          adapter's accuracy table (or the paper's Vicuna-7B one) with --tree-size\n"
-            "      --tree-size L       tree budget L for the built tree (default 20)\n"
+            "      --tree-size L       tree budget L for the built tree (default: the adapter's tuned one, else 20)\n"
             "      --typical           PPD with Medusa typical acceptance (faster, not lossless; needs --temp > 0)\n"
             "      --typical-eps E     typical acceptance threshold (default 0.09)\n"
             "      --typical-alpha A   typical acceptance entropy factor (default 0.3)\n"
@@ -69,7 +69,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o) {
     o->n_threads = cli_default_threads();
     o->sp.temperature = 0.0f;
     o->sp.top_p = 1.0f;
-    o->tree_L = CLI_PPD_TREE_L_DEFAULT;
+    o->tree_L = 0;   /* the adapter's tuned budget, else CLI_PPD_TREE_L_DEFAULT */
     o->popts.typical.eps = 0.09f;
     o->popts.typical.alpha = 0.3f;
     for (int i = 1; i < argc; i++) {

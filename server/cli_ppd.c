@@ -30,10 +30,12 @@ static int cli_ppd_tree(struct cli_ppd *c, const struct cli_ppd_opts *o) {
             acc[i * K + k] = c->ad->accuracy ? c->ad->accuracy[i * K + k]
                            : N == 3 && K == 10 ? eng_ppd_acc_vicuna7b[i * K + k]
                            : 0.5 / (double)(i + 1) / (double)(k + 1) / (double)K;
-    int rc = eng_ppd_tree_build(&c->fam, acc, N, K, (int)o->tree_L, NULL);
+    /* budget: the flag, else the one `ppd tree tune` measured best for this adapter */
+    c->tree_L = o->tree_L > 0 ? o->tree_L : c->ad->tree_L > 0 ? c->ad->tree_L : CLI_PPD_TREE_L_DEFAULT;
+    int rc = eng_ppd_tree_build(&c->fam, acc, N, K, (int)c->tree_L, NULL);
     free(acc);
     if (rc) {
-        fprintf(stderr, "ppd: cannot build a tree with L=%ld: %s\n", o->tree_L, eng_err_msg(rc));
+        fprintf(stderr, "ppd: cannot build a tree with L=%ld: %s\n", c->tree_L, eng_err_msg(rc));
         return 1;
     }
     return 0;

@@ -25,7 +25,7 @@ struct cli_ppd_opts {
     const char *model;       /* model path: the default adapter sits next to it */
     const char *adapter;     /* --ppd FILE, or NULL for the default */
     const char *tree_file;   /* --tree FILE, or NULL: build one */
-    long tree_L;             /* budget of the built tree */
+    long tree_L;             /* budget of the built tree; 0: the adapter's ppd.tree_L, else the default */
     bool untrained;          /* no adapter file: text-init one in memory (bench) instead of plain decoding */
 };
 
@@ -40,6 +40,7 @@ struct cli_ppd {
     char path[1024];                      /* the adapter file (CLI_PPD_FILE) */
     struct eng_ppd_adapter *ad;
     struct eng_ppd_tree_family *fam;
+    long tree_L;                          /* budget the tree was built with (0: from --tree FILE) */
     struct eng_ppd ppd;                   /* ready when src != CLI_PPD_OFF */
 };
 

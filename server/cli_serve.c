@@ -105,9 +105,9 @@ static int serve_ppd_open(struct srv *s) {
         }
         const long per = serve_ppd_rows(&s->ppd.ppd);
         if (per * c->n_parallel <= c->batch) break;
-        if (auto_tree && o.tree_L > 1) {   /* a smaller tree, still lossless */
+        if (auto_tree && s->ppd.tree_L > 1) {   /* a smaller tree, still lossless */
+            o.tree_L = s->ppd.tree_L - 1;
             cli_ppd_close(&s->ppd);
-            o.tree_L--;
             continue;
         }
         cli_ppd_close(&s->ppd);
@@ -122,12 +122,12 @@ static int serve_ppd_open(struct srv *s) {
         return 0;
     }
     if (auto_tree && o.tree_L != c->tree_size)
-        LOG_WARN("PPD: tree budget lowered from %ld to %ld so that %ld slots' trees fit in --batch-size %ld",
-                 c->tree_size, o.tree_L, c->n_parallel, c->batch);
-    s->ppd_tree_L = auto_tree ? o.tree_L : 0;
+        LOG_WARN("PPD: tree budget lowered to %ld so that %ld slots' trees fit in --batch-size %ld",
+                 s->ppd.tree_L, c->n_parallel, c->batch);
+    s->ppd_tree_L = auto_tree ? s->ppd.tree_L : 0;
     const struct eng_ppd *p = &s->ppd.ppd;
     char tree[320];
-    if (auto_tree) snprintf(tree, sizeof tree, "auto (L=%ld)", o.tree_L);
+    if (auto_tree) snprintf(tree, sizeof tree, "auto (L=%ld)", s->ppd.tree_L);
     else snprintf(tree, sizeof tree, "%s", c->tree);
     LOG_INFO("PPD: on: adapter %s (N=%d, K=%d), tree %s of at most %d rows, %s acceptance%s",
              s->ppd.src == CLI_PPD_FILE ? s->ppd.path : "(untrained)", p->n_prompt, p->topk, tree, p->trees.max_T,

@@ -38,7 +38,9 @@ static void tree_usage(FILE *fp) {
             "  -n, --n-predict N    tokens per prompt (default 128)\n"
             "      --sizes LIST     budgets to try (default 2,4,6,8,12,16,24,32,48,64)\n"
             "  -t, --threads N      CPU threads\n"
-            "  -o, --output FILE    tree family to write (JSON)\n",
+            "  -o, --output FILE    tree family to write (JSON)\n"
+            "      --set-adapter    record the chosen budget in the adapter (ppd.tree_L): the default\n"
+            "                       tree of generate, bench and serve is then built with it\n",
             PPD_DEFAULT_MODEL, TREE_L_DEFAULT);
 }
 
@@ -104,8 +106,23 @@ done:
     return status;
 }
 
+/* Record the chosen budget in the adapter (ppd.tree_L): the default tree of
+ * `ppd generate`, `ppd bench` and `ppd serve` is then built with it. */
+static int tune_set_adapter(const char *adapter, int L) {
+    char err[512];
+    struct eng_ppd_adapter *ad = NULL;
+    int rc = eng_ppd_adapter_load(&ad, adapter, NULL, err, sizeof err);
+    if (!rc) {
+        ad->tree_L = L;
+        rc = eng_ppd_adapter_save(ad, adapter, err, sizeof err);
+    }
+    eng_ppd_adapter_free(ad);
+    if (rc) fprintf(stderr, "ppd tree: %s\n", err);
+    return rc ? 1 : 0;
+}
+
 static int cmd_tree_tune(const char *model, const char *adapter, const char *file, long skip, long count,
-                         long n_predict, const char *sizes, int n_threads, const char *out_path) {
+                         long n_predict, const char *sizes, int n_threads, const char *out_path, int set_adapter) {
     char err[512];
     struct eng_engine_params ep = {.model_path = model, .n_threads = n_threads, .n_slot = 1, .max_rows = 512};
     struct eng_engine *e = NULL;
@@ -169,7 +186,7 @@ static int cmd_tree_tune(const char *model, const char *adapter, const char *fil
         eng_ppd_tree_family_free(fam);
     }
     printf("best: L=%d, speed-up %.3f%s%s\n", best_L, best, out_path ? ", written to " : "", out_path ? out_path : "");
-    status = 0;
+    status = set_adapter && best_L > 0 ? tune_set_adapter(adapter, best_L) : 0;
 done:
     for (int i = 0; i < n_pr; i++) free(pr[i].ids);
     free(pr);
@@ -185,6 +202,7 @@ int cmd_tree(int argc, char **argv) {
     }
     const char *sub = argv[1], *adapter = NULL, *out = NULL, *file = NULL, *model = PPD_DEFAULT_MODEL;
     const char *sizes = "2,4,6,8,12,16,24,32,48,64";
+    int set_adapter = 0;
     long L = TREE_L_DEFAULT, skip = 0, count = 6, n_predict = 128, threads = cli_default_threads();
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v;
@@ -194,6 +212,7 @@ int cmd_tree(int argc, char **argv) {
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); model = v; }
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { VAL(); file = v; }
         else if (!strcmp(a, "--sizes")) { VAL(); sizes = v; }
+        else if (!strcmp(a, "--set-adapter")) set_adapter = 1;
         else if (!strcmp(a, "-L") || !strcmp(a, "--size")) { VAL(); if (cli_int(a, v, 1, 256, &L)) return 2; }
         else if (!strcmp(a, "--skip")) { VAL(); if (cli_int(a, v, 0, 100000000, &skip)) return 2; }
         else if (!strcmp(a, "--count")) { VAL(); if (cli_int(a, v, 1, 100000, &count)) return 2; }
@@ -217,7 +236,7 @@ int cmd_tree(int argc, char **argv) {
     }
     if (!strcmp(sub, "tune")) {
         if (!file) { fprintf(stderr, "ppd tree tune: -f PROMPTS.jsonl is required\n"); return 2; }
-        return cmd_tree_tune(model, adapter, file, skip, count, n_predict, sizes, (int)threads, out);
+        return cmd_tree_tune(model, adapter, file, skip, count, n_predict, sizes, (int)threads, out, set_adapter);
     }
     fprintf(stderr, "ppd tree: unknown subcommand '%s' (build, tune)\n", sub);
     return 2;
