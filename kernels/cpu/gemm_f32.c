@@ -77,6 +77,8 @@ __attribute__((target("avx2,fma"))) static inline float gemm_fold8_avx2(__m256 v
             }                                                                                                \
     }
 
+#define GEMM_RBLOCK 64
+
 GEMM_TILE(4, 3)
 GEMM_TILE(1, 3)
 GEMM_TILE(4, 1)
@@ -88,22 +90,28 @@ __attribute__((target("avx2,fma"))) static void gemm_avx2(const float *x, int64_
     if (!accumulate)
         for (int r = 0; r < n_rows; r++)
             for (int64_t o = o_begin; o < o_end; o++) y[r * ldy + o] = 0.0f;
+    /* Row blocks of GEMM_RBLOCK keep their x slice (≤ 256 KB) in L2 while
+     * every output triple streams past it; the order of each element's sum
+     * does not depend on this blocking. */
     for (int64_t kb = 0; kb < k; kb += KQ_GEMM_KBLOCK) {
         int64_t n = k - kb < KQ_GEMM_KBLOCK ? k - kb : KQ_GEMM_KBLOCK;
-        int64_t o = o_begin;
-        for (; o + 3 <= o_end; o += 3) {
-            int r = 0;
-            for (; r + 4 <= n_rows; r += 4)
-                gemm_tile_4x3(x + r * ldx + kb, ldx, b + o * ldb + kb, ldb, n, y + r * ldy + o, ldy);
-            for (; r < n_rows; r++)
-                gemm_tile_1x3(x + r * ldx + kb, ldx, b + o * ldb + kb, ldb, n, y + r * ldy + o, ldy);
-        }
-        for (; o < o_end; o++) {
-            int r = 0;
-            for (; r + 4 <= n_rows; r += 4)
-                gemm_tile_4x1(x + r * ldx + kb, ldx, b + o * ldb + kb, ldb, n, y + r * ldy + o, ldy);
-            for (; r < n_rows; r++)
-                gemm_tile_1x1(x + r * ldx + kb, ldx, b + o * ldb + kb, ldb, n, y + r * ldy + o, ldy);
+        for (int rb = 0; rb < n_rows; rb += GEMM_RBLOCK) {
+            const int re = n_rows - rb < GEMM_RBLOCK ? n_rows : rb + GEMM_RBLOCK;
+            int64_t o = o_begin;
+            for (; o + 3 <= o_end; o += 3) {
+                int r = rb;
+                for (; r + 4 <= re; r += 4)
+                    gemm_tile_4x3(x + r * ldx + kb, ldx, b + o * ldb + kb, ldb, n, y + r * ldy + o, ldy);
+                for (; r < re; r++)
+                    gemm_tile_1x3(x + r * ldx + kb, ldx, b + o * ldb + kb, ldb, n, y + r * ldy + o, ldy);
+            }
+            for (; o < o_end; o++) {
+                int r = rb;
+                for (; r + 4 <= re; r += 4)
+                    gemm_tile_4x1(x + r * ldx + kb, ldx, b + o * ldb + kb, ldb, n, y + r * ldy + o, ldy);
+                for (; r < re; r++)
+                    gemm_tile_1x1(x + r * ldx + kb, ldx, b + o * ldb + kb, ldb, n, y + r * ldy + o, ldy);
+            }
         }
     }
 }

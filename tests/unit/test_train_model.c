@@ -21,7 +21,7 @@ static float frand(void) {   /* uniform in [-1, 1) */
 }
 
 START_TEST(gemm_matches_reference) {
-    const int shapes[][3] = {{1, 1, 1}, {5, 7, 13}, {4, 3, 8}, {9, 10, 576}, {7, 5, 1030}, {3, 4, 2100}, {13, 11, 64}};
+    const int shapes[][3] = {{1, 1, 1}, {5, 7, 13}, {4, 3, 8}, {9, 10, 576}, {7, 5, 1030}, {3, 4, 2100}, {13, 11, 64}, {130, 7, 600}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int R = shapes[s][0], O = shapes[s][1], K = shapes[s][2];
         float *x = malloc(sizeof(float) * R * K), *b = malloc(sizeof(float) * O * K);
