@@ -8,6 +8,7 @@
  * largest batch seen and is then reused: the decode loop does not allocate.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,6 +17,7 @@
 #include "err.h"
 #include "kv_cache.h"
 #include "threadpool.h"
+#include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/qtypes.h"
@@ -29,9 +31,18 @@ struct cpu_ctx {
     size_t act_cap;
     float *scores;          /* [n_threads][scores_cap] attention scratch */
     size_t scores_cap;
-    int32_t *pieces;        /* grouped attention: first row of each piece, then n_tok */
+    int32_t *pieces;        /* attention: first row of each piece, then n_tok */
+    int32_t *piece_common;  /* [n_pieces] leading step entries all rows of the piece see */
+    int64_t *piece_cum;     /* [n_pieces + 1] cumulative cost of the pieces (work split) */
     size_t pieces_cap;
     int n_pieces;
+    int32_t *iota;          /* [iota_cap] 0, 1, 2, ...: the shared entry list */
+    size_t iota_cap;
+    int32_t *rope_pos;      /* [rope_cap] positions whose RoPE angles rope_cs holds */
+    float *rope_cs;         /* [rope_cap][KQ_ROPE_MAX_ROT] cos, sin per pair */
+    size_t rope_cap;
+    int rope_n, rope_n_rot; /* rows and n_rot of the table (rope_n = 0: none) */
+    float rope_base;
 };
 
 static void *cpu_buf_alloc(void *vctx, size_t bytes) { (void)vctx; return calloc(1, bytes ? bytes : 1); }
@@ -100,7 +111,9 @@ static void rmsnorm_region(void *arg, int ith, int nth) {
 static void cpu_rmsnorm(void *vctx, const float *x, const float *w, int n_tok, int n, float eps, float *out) {
     struct cpu_ctx *c = vctx;
     struct rmsnorm_job j = {x, w, n_tok, n, eps, out};
-    if (n_tok < 4) rmsnorm_region(&j, 0, 1);
+    /* A row of 576 takes about 0.1 µs: below 32 rows one thread is quicker
+     * than starting the region. */
+    if ((long)n_tok * n < 32 * 576) rmsnorm_region(&j, 0, 1);
     else eng_pool_run(c->pool, rmsnorm_region, &j);
 }
 
@@ -179,14 +192,27 @@ static void cpu_matmul(void *vctx, const struct eng_weight *const *w, float *con
             off += (kq_act_bytes(w[i]->type, w[i]->n_in, n_tok) + 63) & ~(size_t)63;
         }
     }
+    /* A few rows are quantized here, before the region, in less time than
+     * the barrier between the region's two phases would take (one row of 576:
+     * about 0.1 µs; the barrier: a microsecond, far more when the machine is
+     * busy and the peer thread has lost its core). */
+    for (int i = 0; i < n_w && i < CPU_MAX_MATMUL_GROUP; i++) {
+        if (!j.quantize_here[i] || (long)n_tok * w[i]->n_in > 8 * 1536) continue;
+        kq_act_quantize(w[i]->type, x, w[i]->n_in, 0, n_tok, (void *)j.act[i]);
+        j.quantize_here[i] = 0;
+    }
     eng_pool_run(c->pool, matmul_region, &j);
 }
 
-/* ---- rope + kv store ---- */
+/* ---- rope + kv store ----
+ * RoPE's angles depend on the position alone, and every layer of a forward
+ * pass rotates the same positions: the cos/sin table of each row is computed
+ * at the first layer and kept while the batch's positions stay the same
+ * (kq_rope_row would compute 32 sincos per head group per layer). */
 
 struct rope_job {
-    float *q, *k; const float *v; const struct eng_batch *b; struct eng_kv *kv;
-    int layer, n_head, n_head_kv, head_dim, n_rot, neox; float freq_base;
+    float *q, *k; const float *v; const struct eng_batch *b; struct eng_kv *kv; float *cs;
+    int layer, n_head, n_head_kv, head_dim, n_rot, neox, fill; float freq_base;
 };
 
 static void rope_region(void *arg, int ith, int nth) {
@@ -195,9 +221,10 @@ static void rope_region(void *arg, int ith, int nth) {
     long r0, r1;
     eng_split(j->b->n_tok, ith, nth, 1, &r0, &r1);
     for (long r = r0; r < r1; r++) {
-        float *qr = j->q + r * q_dim, *kr = j->k + r * kv_dim;
-        kq_rope_row(qr, j->n_head, j->head_dim, j->n_rot, j->b->pos[r], j->freq_base, j->neox);
-        kq_rope_row(kr, j->n_head_kv, j->head_dim, j->n_rot, j->b->pos[r], j->freq_base, j->neox);
+        float *qr = j->q + r * q_dim, *kr = j->k + r * kv_dim, *cs = j->cs + r * j->n_rot;
+        if (j->fill) kq_rope_angles(j->b->pos[r], j->n_rot, j->freq_base, cs);
+        kq_rope_apply(qr, j->n_head, j->head_dim, j->n_rot, cs, j->neox);
+        kq_rope_apply(kr, j->n_head_kv, j->head_dim, j->n_rot, cs, j->neox);
         size_t off = eng_kv_offset(j->kv, j->layer, j->b->slot[r], j->b->kv_idx[r]);
         memcpy(j->kv->k + off, kr, sizeof(float) * (size_t)kv_dim);
         memcpy(j->kv->v + off, j->v + r * kv_dim, sizeof(float) * (size_t)kv_dim);
@@ -208,177 +235,188 @@ static void cpu_rope_kv_store(void *vctx, float *q, float *k, const float *v, co
                               struct eng_kv *kv, int layer, int n_head, int n_head_kv, int head_dim,
                               int n_rot, float freq_base, int neox) {
     struct cpu_ctx *c = vctx;
-    struct rope_job j = {q, k, v, b, kv, layer, n_head, n_head_kv, head_dim, n_rot, neox, freq_base};
-    if (b->n_tok < 4) rope_region(&j, 0, 1);
+    const int n = b->n_tok;
+    if (n_rot > KQ_ROPE_MAX_ROT) n_rot = KQ_ROPE_MAX_ROT;
+    const int fill = !(n == c->rope_n && n_rot == c->rope_n_rot && freq_base == c->rope_base &&
+                       !memcmp(b->pos, c->rope_pos, sizeof(int32_t) * (size_t)n));
+    if (fill) {
+        if ((size_t)n > c->rope_cap) {
+            int32_t *p = realloc(c->rope_pos, sizeof *p * (size_t)n);
+            if (p) c->rope_pos = p;
+            float *t = realloc(c->rope_cs, sizeof *t * (size_t)n * KQ_ROPE_MAX_ROT);
+            if (t) c->rope_cs = t;
+            if (!p || !t) abort(); /* out of memory mid-step: cannot continue */
+            c->rope_cap = (size_t)n;
+        }
+        memcpy(c->rope_pos, b->pos, sizeof(int32_t) * (size_t)n);
+        c->rope_n = n;
+        c->rope_n_rot = n_rot;
+        c->rope_base = freq_base;
+    }
+    struct rope_job j = {q, k, v, b, kv, c->rope_cs, layer, n_head, n_head_kv, head_dim, n_rot, neox, fill, freq_base};
+    /* Below 16 rows (about 1.5 µs a row once the angles are known) the
+     * region's start and end cost more than a second thread saves. */
+    if (n < 16) rope_region(&j, 0, 1);
     else eng_pool_run(c->pool, rope_region, &j);
 }
 
-/* ---- attention ---- */
+/* ---- attention ----
+ * The batch is cut into pieces: runs of up to ATTN_PIECE_ROWS consecutive rows
+ * of one slot with the same committed prefix (a PPD tree, a prefill chunk, or
+ * a lone decode row).  A piece's rows share the prefix and, where they all see
+ * it, a leading run of this step's entries (the tree root; most of a prefill
+ * chunk); kq_attn_run walks those K/V entries once, front to back, for all the
+ * rows and query heads of its task.  Work units are (piece, query head), split
+ * evenly over the threads; each thread makes one task of each piece's heads in
+ * its share.  Heads as the finest unit keep 1..4-row steps balanced (9 units
+ * for one row of SmolLM2), and a many-row step gives each thread whole pieces.
+ * Whatever the cut, a (row, head) gets the same entry list in the same order
+ * (prefix, then its visible entries of the step, ascending) and kq_attn_run's
+ * result depends on nothing else: attention.h. */
+#define ATTN_PIECE_ROWS 8
 
 struct attn_job {
     struct cpu_ctx *c; const float *q; const struct eng_batch *b; const struct eng_kv *kv;
     int layer, n_head, n_head_kv, head_dim; float scale; float *out;
 };
 
-/* One (row, head): scores over the visible entries, softmax, weighted sum of V. */
-static void attn_row_head(const struct attn_job *j, int r, int h, float *scores, int32_t *idx) {
+/* Query heads [h0, h1) for the rows of piece p. */
+static void attn_task(const struct attn_job *j, int p, int h0, int h1, float *sc, int32_t *own_buf) {
+    const struct cpu_ctx *c = j->c;
     const struct eng_batch *b = j->b;
-    const struct eng_kv *kv = j->kv;
-    const int hd = j->head_dim, kvh = h / (j->n_head / j->n_head_kv);
-    const float *q = j->q + ((size_t)r * j->n_head + h) * hd;
-    int n = 0;
-    for (int e = 0; e < b->n_prefix[r]; e++) idx[n++] = e;
-    const uint64_t *vis = b->vis + (size_t)r * b->vis_words;
-    for (int g = 0; g < b->grp_len[r]; g++)
-        if (vis[g >> 6] >> (g & 63) & 1) idx[n++] = b->grp_first[r] + g;
-    for (int i = 0; i < n; i++) {
-        const float *k = kv->k + eng_kv_offset(kv, j->layer, b->slot[r], idx[i]) + (size_t)kvh * hd;
-        scores[i] = kq_dot_f32(q, k, hd) * j->scale;
-    }
-    kq_softmax(scores, n);
-    float *o = j->out + ((size_t)r * j->n_head + h) * hd;
-    memset(o, 0, sizeof(float) * (size_t)hd);
-    for (int i = 0; i < n; i++) {
-        const float *v = kv->v + eng_kv_offset(kv, j->layer, b->slot[r], idx[i]) + (size_t)kvh * hd;
-        kq_axpy_f32(o, scores[i], v, hd);
-    }
-}
-
-static void attn_region(void *arg, int ith, int nth) {
-    struct attn_job *j = arg;
-    float *scores = j->c->scores + (size_t)ith * j->c->scores_cap;
-    int32_t *idx = (int32_t *)(scores + j->c->scores_cap / 2);
-    long t0, t1;
-    eng_split((long)j->b->n_tok * j->n_head, ith, nth, 1, &t0, &t1);
-    for (long t = t0; t < t1; t++) attn_row_head(j, (int)(t / j->n_head), (int)(t % j->n_head), scores, idx);
-}
-
-/* Many rows (a PPD tree, a prefill chunk): rows of one slot that see the same
- * committed prefix are taken ATTN_ROWS_PER_TASK at a time, with all the query
- * heads that share one KV head, so each K and V entry of the prefix is loaded
- * once per task instead of once per (row, head).  Per (row, head) the scores,
- * the softmax and the accumulation of V happen in exactly the order of
- * attn_row_head (prefix entries, then the row's visible group entries), so the
- * results are bit-identical to it. */
-#define ATTN_ROWS_PER_TASK 4
-#define ATTN_MAX_REP 16       /* query heads per KV head the grouped path takes (else: per row) */
-
-static void attn_rows_kvhead(const struct attn_job *j, int r0, int r1, int kvh, float *sc, int32_t *gidx) {
-    const struct eng_batch *b = j->b;
-    const struct eng_kv *kv = j->kv;
-    const int hd = j->head_dim, n_rep = j->n_head / j->n_head_kv, nr = r1 - r0;
-    const int slot = b->slot[r0], P = b->n_prefix[r0];
-    const size_t cap = (size_t)kv->max_seq, gcap = (size_t)b->vis_words * 64;
-    int n_vis[ATTN_ROWS_PER_TASK];
-#define ATTN_Q(rr, g) (j->q + ((size_t)(r0 + (rr)) * j->n_head + (size_t)kvh * n_rep + (g)) * hd)
-#define ATTN_O(rr, g) (j->out + ((size_t)(r0 + (rr)) * j->n_head + (size_t)kvh * n_rep + (g)) * hd)
-#define ATTN_S(rr, g) (sc + ((size_t)(rr) * n_rep + (g)) * cap)
-    /* The (row, head) pairs of this task, eight dots per kq_dot8_f32 call (the
-     * last call padded with repeats of pair 0, whose results are dropped). */
-    const int n_pair = nr * n_rep;
-    const float *qp[ATTN_ROWS_PER_TASK * ATTN_MAX_REP + 8];
-    float *sp[ATTN_ROWS_PER_TASK * ATTN_MAX_REP + 8];
-    for (int t = 0; t < n_pair; t++) {
-        qp[t] = ATTN_Q(t / n_rep, t % n_rep);
-        sp[t] = ATTN_S(t / n_rep, t % n_rep);
-    }
-    for (int t = n_pair; t % 8; t++) qp[t] = qp[0];
-    for (int e = 0; e < P; e++) {
-        const float *k = kv->k + eng_kv_offset(kv, j->layer, slot, e) + (size_t)kvh * hd;
-        for (int t0 = 0; t0 < n_pair; t0 += 8) {
-            float d8[8];
-            kq_dot8_f32(qp + t0, k, hd, d8);
-            for (int t = t0; t < n_pair && t < t0 + 8; t++) sp[t][e] = d8[t - t0] * j->scale;
-        }
-    }
+    const int r0 = c->pieces[p], r1 = c->pieces[p + 1], nr = r1 - r0, common = c->piece_common[p];
+    const int hd = j->head_dim, gcap = b->vis_words * 64;
+    const int32_t *own[ATTN_PIECE_ROWS];
+    int n_own[ATTN_PIECE_ROWS];
     for (int rr = 0; rr < nr; rr++) {
         const int r = r0 + rr;
         const uint64_t *vis = b->vis + (size_t)r * b->vis_words;
-        int n = P;
-        int32_t *gi = gidx + (size_t)rr * gcap;
-        for (int g2 = 0; g2 < b->grp_len[r]; g2++) {
-            if (!(vis[g2 >> 6] >> (g2 & 63) & 1)) continue;
-            const int e = b->grp_first[r] + g2;
-            const float *k = kv->k + eng_kv_offset(kv, j->layer, slot, e) + (size_t)kvh * hd;
-            for (int g = 0; g < n_rep; g++) ATTN_S(rr, g)[n] = kq_dot_f32(ATTN_Q(rr, g), k, hd) * j->scale;
-            gi[n - P] = e;
-            n++;
-        }
-        n_vis[rr] = n;
-        for (int g = 0; g < n_rep; g++) {
-            kq_softmax(ATTN_S(rr, g), n);
-            memset(ATTN_O(rr, g), 0, sizeof(float) * (size_t)hd);
-        }
+        int32_t *list = own_buf + (size_t)rr * gcap;
+        int n = 0;
+        for (int g = common; g < b->grp_len[r]; g++)
+            if (vis[g >> 6] >> (g & 63) & 1) list[n++] = b->grp_first[r] + g;
+        own[rr] = list;
+        n_own[rr] = n;
     }
-    for (int e = 0; e < P; e++) {
-        const float *v = kv->v + eng_kv_offset(kv, j->layer, slot, e) + (size_t)kvh * hd;
-        for (int rr = 0; rr < nr; rr++)
-            for (int g = 0; g < n_rep; g++) kq_axpy_f32(ATTN_O(rr, g), ATTN_S(rr, g)[e], v, hd);
-    }
-    for (int rr = 0; rr < nr; rr++) {
-        const int32_t *gi = gidx + (size_t)rr * gcap;
-        for (int t = P; t < n_vis[rr]; t++) {
-            const float *v = kv->v + eng_kv_offset(kv, j->layer, slot, gi[t - P]) + (size_t)kvh * hd;
-            for (int g = 0; g < n_rep; g++) kq_axpy_f32(ATTN_O(rr, g), ATTN_S(rr, g)[t], v, hd);
-        }
-    }
-#undef ATTN_Q
-#undef ATTN_O
-#undef ATTN_S
+    const size_t row_stride = (size_t)j->n_head * hd;
+    const size_t kv0 = eng_kv_offset(j->kv, j->layer, b->slot[r0], 0);
+    struct kq_attn_task t = {
+        .k = j->kv->k + kv0, .v = j->kv->v + kv0, .kv_stride = (size_t)j->kv->kv_dim,
+        .head_dim = hd, .scale = j->scale, .n_rep = j->n_head / j->n_head_kv, .head0 = h0, .n_head = h1 - h0,
+        .q = j->q + (size_t)r0 * row_stride, .q_stride = row_stride,
+        .out = j->out + (size_t)r0 * row_stride, .out_stride = row_stride,
+        .n_row = nr, .shared = c->iota, .n_shared = b->n_prefix[r0] + common,
+        .own = own, .n_own = n_own,
+    };
+    kq_attn_run(&t, sc);
 }
 
-static void attn_grouped_region(void *arg, int ith, int nth) {
+/* Units are (piece, head) in that order; unit (p, h) costs piece_cost[p]
+ * (its rows' visible entries, plus a little per row) and belongs to the thread
+ * whose equal share of the total cost holds the unit's midpoint.  A thread's
+ * units are consecutive, so each piece gives it at most one task. */
+static void attn_region(void *arg, int ith, int nth) {
     struct attn_job *j = arg;
     struct cpu_ctx *c = j->c;
     float *sc = c->scores + (size_t)ith * c->scores_cap;
-    const size_t per_rows = (size_t)ATTN_ROWS_PER_TASK * (size_t)(j->n_head / j->n_head_kv) * (size_t)j->kv->max_seq;
-    int32_t *gidx = (int32_t *)(sc + per_rows);
-    long t0, t1;
-    eng_split((long)c->n_pieces * j->n_head_kv, ith, nth, 1, &t0, &t1);
-    for (long t = t0; t < t1; t++) {
-        const int p = (int)(t / j->n_head_kv), kvh = (int)(t % j->n_head_kv);
-        attn_rows_kvhead(j, c->pieces[p], c->pieces[p + 1], kvh, sc, gidx);
+    int32_t *own_buf = (int32_t *)(sc + c->scores_cap) - (size_t)ATTN_PIECE_ROWS * (size_t)j->b->vis_words * 64;
+    const int64_t total2 = 2 * (int64_t)j->n_head * c->piece_cum[c->n_pieces];
+    for (int p = 0; p < c->n_pieces; p++) {
+        const int64_t cost = c->piece_cum[p + 1] - c->piece_cum[p], base = (int64_t)j->n_head * c->piece_cum[p];
+        int h0 = -1, h1 = -1;
+        for (int h = 0; h < j->n_head; h++) {
+            const int64_t mid2 = 2 * (base + h * cost) + cost;
+            if (mid2 * nth / total2 == ith) {
+                if (h0 < 0) h0 = h;
+                h1 = h + 1;
+            }
+        }
+        if (h0 >= 0) attn_task(j, p, h0, h1, sc, own_buf);
     }
+}
+
+/* Entries 0 .. grp_len of row r's step entries that it sees, counted from the first. */
+static int attn_leading_visible(const struct eng_batch *b, int r) {
+    const uint64_t *vis = b->vis + (size_t)r * b->vis_words;
+    int n = 0;
+    while (n < b->grp_len[r] && (vis[n >> 6] >> (n & 63) & 1)) n++;
+    return n;
+}
+
+static int attn_row_visible(const struct eng_batch *b, int r) {
+    const uint64_t *vis = b->vis + (size_t)r * b->vis_words;
+    int n = b->n_prefix[r];
+    for (int w = 0; w < b->vis_words && w * 64 < b->grp_len[r]; w++) {
+        const int bits = b->grp_len[r] - w * 64;
+        n += __builtin_popcountll(bits >= 64 ? vis[w] : vis[w] & ((1ull << bits) - 1));
+    }
+    return n;
 }
 
 static void cpu_attention(void *vctx, const float *q, const struct eng_batch *b, const struct eng_kv *kv,
                           int layer, int n_head, int n_head_kv, int head_dim, float scale, float *out) {
     struct cpu_ctx *c = vctx;
-    struct attn_job j = {c, q, b, kv, layer, n_head, n_head_kv, head_dim, scale, out};
-    const int grouped = b->n_tok >= ATTN_ROWS_PER_TASK && n_head / n_head_kv <= ATTN_MAX_REP;
-    /* Per-thread scratch: scores of up to ATTN_ROWS_PER_TASK rows x n_rep heads
-     * over max_seq entries, then the rows' visible group entries (grouped
-     * path); or one row's scores and entry list (per-row path). */
-    size_t need = grouped ? (size_t)ATTN_ROWS_PER_TASK * (size_t)(n_head / n_head_kv) * (size_t)kv->max_seq +
-                                (size_t)ATTN_ROWS_PER_TASK * (size_t)b->vis_words * 64 + 16
-                          : 2 * (size_t)kv->max_seq + 16;
+    const int n = b->n_tok;
+    int piece_rows = ATTN_PIECE_ROWS;
+    while (piece_rows > 1 && piece_rows * n_head > KQ_ATTN_MAX_QUERIES) piece_rows--;
+    if ((size_t)n + 1 > c->pieces_cap) {
+        int32_t *np = realloc(c->pieces, sizeof *np * 2 * ((size_t)n + 1));
+        int64_t *nc = realloc(c->piece_cum, sizeof *nc * ((size_t)n + 1));
+        if (np) c->pieces = np;
+        if (nc) c->piece_cum = nc;
+        if (!np || !nc) abort(); /* out of memory mid-step: cannot continue */
+        c->piece_common = np + n + 1;
+        c->pieces_cap = (size_t)n + 1;
+    }
+    /* Runs of rows with the same slot, prefix and step entries, each cut into
+     * pieces of near-equal size (12 rows: 6 + 6, not 8 + 4); per piece the
+     * leading step entries all its rows see and the piece's cost. */
+    c->n_pieces = 0;
+    c->piece_cum[0] = 0;
+    int n_keys_max = 0;
+    for (int r = 0; r < n;) {
+        int e = r + 1;
+        while (e < n && b->slot[e] == b->slot[r] && b->n_prefix[e] == b->n_prefix[r] &&
+               b->grp_first[e] == b->grp_first[r])
+            e++;
+        const int k = (e - r + piece_rows - 1) / piece_rows;
+        for (int i = 0; i < k; i++) {
+            const int p0 = r + (int)((long)(e - r) * i / k), p1 = r + (int)((long)(e - r) * (i + 1) / k);
+            int common = INT32_MAX;
+            int64_t cost = 0;
+            for (int rr = p0; rr < p1; rr++) {
+                const int lead = b->grp_first[rr] == b->n_prefix[rr] ? attn_leading_visible(b, rr) : 0;
+                if (lead < common) common = lead;
+                cost += attn_row_visible(b, rr) + 32;
+                if (b->n_prefix[rr] + b->grp_len[rr] > n_keys_max) n_keys_max = b->n_prefix[rr] + b->grp_len[rr];
+            }
+            c->pieces[c->n_pieces] = p0;
+            c->piece_common[c->n_pieces] = common;
+            c->piece_cum[c->n_pieces + 1] = c->piece_cum[c->n_pieces] + cost;
+            c->n_pieces++;
+        }
+        r = e;
+    }
+    c->pieces[c->n_pieces] = n;
+    /* Shared entries are 0 .. n_prefix + common - 1: one list of 0, 1, 2, ... */
+    if ((size_t)n_keys_max > c->iota_cap) {
+        int32_t *ni = realloc(c->iota, sizeof *ni * (size_t)n_keys_max);
+        if (!ni) abort();
+        for (int i = (int)c->iota_cap; i < n_keys_max; i++) ni[i] = i;
+        c->iota = ni;
+        c->iota_cap = (size_t)n_keys_max;
+    }
+    /* Per-thread scratch: the task's scores, then its rows' own entry lists. */
+    const size_t own_ints = (size_t)ATTN_PIECE_ROWS * (size_t)b->vis_words * 64;
+    const size_t need = kq_attn_scratch_floats(piece_rows * n_head, n_keys_max) + own_ints + 16;
     if (need > c->scores_cap) {
-        float *s = realloc(c->scores, sizeof(float) * need * (size_t)c->n_threads);
-        if (!s) abort(); /* out of memory mid-step: cannot continue */
-        c->scores = s;
+        float *sc = realloc(c->scores, sizeof(float) * need * (size_t)c->n_threads);
+        if (!sc) abort();
+        c->scores = sc;
         c->scores_cap = need;
     }
-    if (!grouped) {
-        eng_pool_run(c->pool, attn_region, &j);
-        return;
-    }
-    /* Pieces: runs of rows with the same slot and committed prefix, cut every
-     * ATTN_ROWS_PER_TASK rows; pieces[p] .. pieces[p + 1] is piece p. */
-    if ((size_t)b->n_tok + 1 > c->pieces_cap) {
-        int32_t *np = realloc(c->pieces, sizeof *np * ((size_t)b->n_tok + 1));
-        if (!np) abort();
-        c->pieces = np;
-        c->pieces_cap = (size_t)b->n_tok + 1;
-    }
-    c->n_pieces = 0;
-    for (int r = 0; r < b->n_tok; r++) {
-        const int start = c->n_pieces ? c->pieces[c->n_pieces - 1] : -1;
-        if (start < 0 || r - start >= ATTN_ROWS_PER_TASK || b->slot[r] != b->slot[start] ||
-            b->n_prefix[r] != b->n_prefix[start])
-            c->pieces[c->n_pieces++] = r;
-    }
-    c->pieces[c->n_pieces] = b->n_tok;
-    eng_pool_run(c->pool, attn_grouped_region, &j);
+    struct attn_job j = {c, q, b, kv, layer, n_head, n_head_kv, head_dim, scale, out};
+    eng_pool_run(c->pool, attn_region, &j);
 }
 
 /* ---- elementwise ---- */
@@ -415,6 +453,10 @@ static void cpu_free(void *vctx) {
     free(c->act);
     free(c->scores);
     free(c->pieces);
+    free(c->piece_cum);
+    free(c->iota);
+    free(c->rope_pos);
+    free(c->rope_cs);
     free(c);
 }
 

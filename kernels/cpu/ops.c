@@ -1,41 +1,82 @@
-/* ops.c — plain C versions of ops.h, plus AVX2 versions of the two attention
- * inner loops (dot and axpy), which are a fifth of a decode step at a few
- * hundred tokens of context.  The AVX2 versions perform the very same float
- * operations per lane (multiply, then add; no FMA) in the same order, so they
- * are bit-identical to the plain ones and need no separate reference. */
+/* ops.c — plain C versions of ops.h, plus AVX2 versions of the loops that
+ * matter in a forward pass (dot and axpy for attention, the exponential of
+ * softmax and SwiGLU).  Every AVX2 version performs the very same float
+ * operations per element (multiply, then add; no FMA) in the same order as its
+ * plain twin, so the two are bit-identical and which one runs never changes a
+ * result; tests compare them.  Not here: the attention loop itself
+ * (attention.c) and the matmuls (matmul*.c). */
 #include "ops.h"
 
 #include <math.h>
+#include <stdint.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define OPS_HAVE_AVX2_PATH 1
 #endif
 
-void kq_rmsnorm_row(const float *x, const float *w, int n, float eps, float *out) {
-    double sum = 0.0;
-    for (int i = 0; i < n; i++) sum += (double)(x[i] * x[i]);
-    const float mean = (float)(sum / n);
-    const float scale = 1.0f / sqrtf(mean + eps);
+/* The sum of squares is taken in double in eight lanes (element i in lane
+ * i % 8) joined in a fixed tree, so the AVX2 version can add eight at a time
+ * and still match; in double the order hardly matters anyway (each square is
+ * a float, exact in double; 576 of them lose nothing a float result can see). */
+static double sum8_tree(const double s[8]) {
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+static void rmsnorm_scale_plain(const float *x, const float *w, int n, float scale, float *out) {
     for (int i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
 }
 
-void kq_rope_row(float *x, int n_head, int head_dim, int n_rot, int32_t pos, float freq_base, int neox) {
+static float rmsnorm_inv(double sum, int n, float eps) {
+    const float mean = (float)(sum / n);
+    return 1.0f / sqrtf(mean + eps);
+}
+
+static void rmsnorm_plain(const float *x, const float *w, int n, float eps, float *out) {
+    double s[8] = {0};
+    for (int i = 0; i < n; i++) s[i & 7] += (double)(x[i] * x[i]);
+    rmsnorm_scale_plain(x, w, n, rmsnorm_inv(sum8_tree(s), n, eps), out);
+}
+
+#ifdef OPS_HAVE_AVX2_PATH
+__attribute__((target("avx2"))) static void rmsnorm_avx2(const float *x, const float *w, int n, float eps, float *out) {
+    __m256d s_lo = _mm256_setzero_pd(), s_hi = _mm256_setzero_pd();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i), sq = _mm256_mul_ps(v, v);
+        s_lo = _mm256_add_pd(s_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
+        s_hi = _mm256_add_pd(s_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(sq, 1)));
+    }
+    double s[8];
+    _mm256_storeu_pd(s, s_lo);
+    _mm256_storeu_pd(s + 4, s_hi);
+    for (; i < n; i++) s[i & 7] += (double)(x[i] * x[i]);
+    const float scale = rmsnorm_inv(sum8_tree(s), n, eps);
+    const __m256 sv = _mm256_set1_ps(scale);
+    for (i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), sv), _mm256_loadu_ps(w + i)));
+    rmsnorm_scale_plain(x + i, w + i, n - i, scale, out + i);
+}
+#endif
+
+void kq_rope_angles(int32_t pos, int n_rot, float freq_base, float *cs) {
     /* Angles by repeated multiplication, as ggml computes them, rather than
      * powf per dimension: it keeps our logits within float noise of llama.cpp's. */
     const float theta_scale = powf(freq_base, -2.0f / (float)n_rot);
-    float cache[2 * 512];
-    int half = n_rot / 2;
     float theta = (float)pos;
-    for (int i = 0; i < half && i < 512; i++) {
-        cache[2 * i] = cosf(theta);
-        cache[2 * i + 1] = sinf(theta);
+    for (int i = 0; i < n_rot / 2; i++) {
+        cs[2 * i] = cosf(theta);
+        cs[2 * i + 1] = sinf(theta);
         theta *= theta_scale;
     }
+}
+
+void kq_rope_apply(float *x, int n_head, int head_dim, int n_rot, const float *cs, int neox) {
+    const int half = n_rot / 2;
     for (int h = 0; h < n_head; h++) {
         float *hx = x + (long)h * head_dim;
         for (int i = 0; i < half; i++) {
-            const float c = cache[2 * i], s = cache[2 * i + 1];
+            const float c = cs[2 * i], s = cs[2 * i + 1];
             const int a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
             const float x0 = hx[a], x1 = hx[b];
             hx[a] = x0 * c - x1 * s;
@@ -44,28 +85,147 @@ void kq_rope_row(float *x, int n_head, int head_dim, int n_rot, int32_t pos, flo
     }
 }
 
-void kq_swiglu(const float *gate, const float *up, int n, float *out) {
+void kq_rope_row(float *x, int n_head, int head_dim, int n_rot, int32_t pos, float freq_base, int neox) {
+    float cs[2 * KQ_ROPE_MAX_ROT];
+    if (n_rot > KQ_ROPE_MAX_ROT) n_rot = KQ_ROPE_MAX_ROT;
+    kq_rope_angles(pos, n_rot, freq_base, cs);
+    kq_rope_apply(x, n_head, head_dim, n_rot, cs, neox);
+}
+
+/* ---- the exponential ----
+ * One exp for softmax and SwiGLU, written with plain float multiplies and adds
+ * (Cephes' expf: x = n ln2 + r, a degree-5 polynomial in r, times 2^n) so
+ * that the AVX2 lanes and the plain C loop compute exactly the same function:
+ * libm's expf is accurate but scalar, and a different vector exp in each path
+ * would make a row's result depend on which path ran it.  Relative error about
+ * 1e-7 (tests check it against expf).  Inputs are clamped to [-88.376, 88.376]:
+ * below about -87.7 the result is 0 (no denormals), -inf and NaN give 0, and
+ * anything above 88.376 gives exp(88.376) = 2.4e38. */
+#define EXP_HI 88.3762626647949f
+#define EXP_LO (-88.3762626647949f)
+#define EXP_LOG2E 1.44269504088896341f
+#define EXP_C1 0.693359375f
+#define EXP_C2 (-2.12194440e-4f)
+#define EXP_P0 1.9875691500e-4f
+#define EXP_P1 1.3981999507e-3f
+#define EXP_P2 8.3334519073e-3f
+#define EXP_P3 4.1665795894e-2f
+#define EXP_P4 1.6666665459e-1f
+#define EXP_P5 5.0000001201e-1f
+
+float kq_expf(float x) {
+    /* Written as _mm256_max_ps / _mm256_min_ps behave, NaN included. */
+    x = x > EXP_LO ? x : EXP_LO;
+    x = x < EXP_HI ? x : EXP_HI;
+    const float fx = floorf(x * EXP_LOG2E + 0.5f);
+    x = x - fx * EXP_C1;
+    x = x - fx * EXP_C2;
+    const float z = x * x;
+    float y = EXP_P0;
+    y = y * x + EXP_P1;
+    y = y * x + EXP_P2;
+    y = y * x + EXP_P3;
+    y = y * x + EXP_P4;
+    y = y * x + EXP_P5;
+    y = y * z + x;
+    y = y + 1.0f;
+    union { uint32_t u; float f; } p2 = {.u = (uint32_t)((int32_t)fx + 127) << 23};
+    return y * p2.f;
+}
+
+#ifdef OPS_HAVE_AVX2_PATH
+__attribute__((target("avx2"))) static inline __m256 exp8_avx2(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(EXP_LO));
+    x = _mm256_min_ps(x, _mm256_set1_ps(EXP_HI));
+    const __m256 fx = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(EXP_LOG2E)), _mm256_set1_ps(0.5f)));
+    x = _mm256_sub_ps(x, _mm256_mul_ps(fx, _mm256_set1_ps(EXP_C1)));
+    x = _mm256_sub_ps(x, _mm256_mul_ps(fx, _mm256_set1_ps(EXP_C2)));
+    const __m256 z = _mm256_mul_ps(x, x);
+    __m256 y = _mm256_set1_ps(EXP_P0);
+    y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(EXP_P1));
+    y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(EXP_P2));
+    y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(EXP_P3));
+    y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(EXP_P4));
+    y = _mm256_add_ps(_mm256_mul_ps(y, x), _mm256_set1_ps(EXP_P5));
+    y = _mm256_add_ps(_mm256_mul_ps(y, z), x);
+    y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+    const __m256i n = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(n, 23)));
+}
+#endif
+
+/* ---- SwiGLU, softmax: plain versions ---- */
+
+static void swiglu_plain(const float *gate, const float *up, int n, float *out) {
     for (int i = 0; i < n; i++) {
         const float g = gate[i];
-        out[i] = (g / (1.0f + expf(-g))) * up[i];
+        out[i] = (g / (1.0f + kq_expf(-g))) * up[i];
     }
 }
+
+/* The sum of the exponentials: eight double lanes as in rmsnorm. */
+static void softmax_plain(float *x, int n) {
+    float max = -INFINITY;
+    for (int i = 0; i < n; i++) if (x[i] > max) max = x[i];
+    double s[8] = {0};
+    for (int i = 0; i < n; i++) {
+        x[i] = kq_expf(x[i] - max);
+        s[i & 7] += (double)x[i];
+    }
+    const double sum = sum8_tree(s);
+    const float inv = sum > 0.0 ? (float)(1.0 / sum) : 0.0f;
+    for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+#ifdef OPS_HAVE_AVX2_PATH
+__attribute__((target("avx2"))) static void swiglu_avx2(const float *gate, const float *up, int n, float *out) {
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        const __m256 e = exp8_avx2(_mm256_xor_ps(g, sign));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+    }
+    swiglu_plain(gate + i, up + i, n - i, out + i);
+}
+
+/* The maximum is exact whatever the order (a -0/+0 tie changes nothing below). */
+__attribute__((target("avx2"))) static void softmax_avx2(float *x, int n) {
+    float max = -INFINITY;
+    int i = 0;
+    if (n >= 8) {
+        __m256 m = _mm256_loadu_ps(x);
+        for (i = 8; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+        float l[8];
+        _mm256_storeu_ps(l, m);
+        for (int j = 0; j < 8; j++) if (l[j] > max) max = l[j];
+    }
+    for (; i < n; i++) if (x[i] > max) max = x[i];
+    const __m256 mv = _mm256_set1_ps(max);
+    __m256d s_lo = _mm256_setzero_pd(), s_hi = _mm256_setzero_pd();
+    for (i = 0; i + 8 <= n; i += 8) {
+        const __m256 e = exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), mv));
+        _mm256_storeu_ps(x + i, e);
+        s_lo = _mm256_add_pd(s_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        s_hi = _mm256_add_pd(s_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double s[8];
+    _mm256_storeu_pd(s, s_lo);
+    _mm256_storeu_pd(s + 4, s_hi);
+    for (; i < n; i++) {
+        x[i] = kq_expf(x[i] - max);
+        s[i & 7] += (double)x[i];
+    }
+    const double sum = sum8_tree(s);
+    const float inv = sum > 0.0 ? (float)(1.0 / sum) : 0.0f;
+    const __m256 iv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), iv));
+    for (; i < n; i++) x[i] *= inv;
+}
+#endif
 
 void kq_add(float *x, const float *y, int n) {
     for (int i = 0; i < n; i++) x[i] += y[i];
-}
-
-void kq_softmax(float *x, int n) {
-    float max = -INFINITY;
-    for (int i = 0; i < n; i++) if (x[i] > max) max = x[i];
-    double sum = 0.0;
-    for (int i = 0; i < n; i++) {
-        const float e = x[i] == -INFINITY ? 0.0f : expf(x[i] - max);
-        x[i] = e;
-        sum += (double)e;
-    }
-    const float inv = sum > 0.0 ? (float)(1.0 / sum) : 0.0f;
-    for (int i = 0; i < n; i++) x[i] *= inv;
 }
 
 /* Eight independent partial sums (lane j takes elements j, j+8, ...),
@@ -102,25 +262,6 @@ __attribute__((target("avx2"))) static void axpy_f32_avx2(float *out, float w, c
     for (; i < n; i++) out[i] += w * v[i];
 }
 
-/* Eight dots sharing b.  The lane sums are formed exactly as in dot_f32_avx2;
- * the final tree ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)) of all eight is done with
- * horizontal adds: hadd pairs lanes (0,1),(2,3) within each 128-bit half, the
- * second hadd adds those pairs, and the last add joins the two halves, which is
- * the very same sequence of additions per dot, so the results are identical. */
-__attribute__((target("avx2"))) static void dot8_f32_avx2(const float *const a[8], const float *b, int n, float out[8]) {
-    __m256 acc[8];
-    for (int d = 0; d < 8; d++) acc[d] = _mm256_setzero_ps();
-    for (int i = 0; i < n; i += 8) {
-        const __m256 bv = _mm256_loadu_ps(b + i);
-        for (int d = 0; d < 8; d++) acc[d] = _mm256_add_ps(acc[d], _mm256_mul_ps(_mm256_loadu_ps(a[d] + i), bv));
-    }
-    const __m256 t0 = _mm256_hadd_ps(acc[0], acc[1]), t1 = _mm256_hadd_ps(acc[2], acc[3]);
-    const __m256 t2 = _mm256_hadd_ps(acc[4], acc[5]), t3 = _mm256_hadd_ps(acc[6], acc[7]);
-    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(u0), _mm256_extractf128_ps(u0, 1)));
-    _mm_storeu_ps(out + 4, _mm_add_ps(_mm256_castps256_ps128(u1), _mm256_extractf128_ps(u1, 1)));
-}
-
 static int ops_avx2(void) {
     static int cached = -1;
     if (cached < 0) cached = __builtin_cpu_supports("avx2") ? 1 : 0;
@@ -142,12 +283,31 @@ void kq_axpy_f32(float *out, float w, const float *v, int n) {
     axpy_f32_plain(out, w, v, n);
 }
 
-void kq_dot8_f32(const float *const a[8], const float *b, int n, float out[8]) {
-#ifdef OPS_HAVE_AVX2_PATH
-    if (ops_avx2() && n % 8 == 0) { dot8_f32_avx2(a, b, n, out); return; }
-#endif
-    for (int d = 0; d < 8; d++) out[d] = kq_dot_f32(a[d], b, n);
-}
-
 float kq_dot_f32_ref(const float *a, const float *b, int n) { return dot_f32_plain(a, b, n); }
 void kq_axpy_f32_ref(float *out, float w, const float *v, int n) { axpy_f32_plain(out, w, v, n); }
+
+void kq_swiglu(const float *gate, const float *up, int n, float *out) {
+#ifdef OPS_HAVE_AVX2_PATH
+    if (ops_avx2()) { swiglu_avx2(gate, up, n, out); return; }
+#endif
+    swiglu_plain(gate, up, n, out);
+}
+
+void kq_softmax(float *x, int n) {
+#ifdef OPS_HAVE_AVX2_PATH
+    if (ops_avx2()) { softmax_avx2(x, n); return; }
+#endif
+    softmax_plain(x, n);
+}
+
+void kq_swiglu_ref(const float *gate, const float *up, int n, float *out) { swiglu_plain(gate, up, n, out); }
+void kq_softmax_ref(float *x, int n) { softmax_plain(x, n); }
+
+void kq_rmsnorm_row(const float *x, const float *w, int n, float eps, float *out) {
+#ifdef OPS_HAVE_AVX2_PATH
+    if (ops_avx2()) { rmsnorm_avx2(x, w, n, eps, out); return; }
+#endif
+    rmsnorm_plain(x, w, n, eps, out);
+}
+
+void kq_rmsnorm_row_ref(const float *x, const float *w, int n, float eps, float *out) { rmsnorm_plain(x, w, n, eps, out); }

@@ -12,20 +12,41 @@
 
 #include <stdint.h>
 
-/* out[i] = (x[i] * 1/sqrt(mean(x²) + eps)) * w[i] for one row of n. out may alias x. */
+/* out[i] = (x[i] * 1/sqrt(mean(x²) + eps)) * w[i] for one row of n, the sum
+ * of squares in double in eight lanes (element i in lane i % 8) joined in a
+ * fixed tree.  out may alias x. */
 void kq_rmsnorm_row(const float *x, const float *w, int n, float eps, float *out);
 
 /* Rotate n_head heads of head_dim at position pos, first n_rot dims of each head.
- * neox = 0: pairs (2i, 2i+1) (GGUF "normal" llama layout); neox = 1: pairs (i, i + n_rot/2). */
+ * neox = 0: pairs (2i, 2i+1) (GGUF "normal" llama layout); neox = 1: pairs (i, i + n_rot/2).
+ * Same as kq_rope_angles then kq_rope_apply; n_rot is capped at KQ_ROPE_MAX_ROT. */
 void kq_rope_row(float *x, int n_head, int head_dim, int n_rot, int32_t pos, float freq_base, int neox);
 
-/* out[i] = silu(gate[i]) * up[i] for n elements. */
+#define KQ_ROPE_MAX_ROT 1024
+
+/* cs[2i], cs[2i + 1] = cos, sin of the angle of pair i at pos, for i < n_rot / 2
+ * (the angles depend on the position only, so a forward pass can compute them
+ * once per row for all layers). */
+void kq_rope_angles(int32_t pos, int n_rot, float freq_base, float *cs);
+/* Rotate as kq_rope_row does, with angles from kq_rope_angles. */
+void kq_rope_apply(float *x, int n_head, int head_dim, int n_rot, const float *cs, int neox);
+
+/* out[i] = silu(gate[i]) * up[i] = (g / (1 + kq_expf(-g))) * up[i] for n elements. */
 void kq_swiglu(const float *gate, const float *up, int n, float *out);
+
+/* e^x by one fixed sequence of float multiplies and adds (relative error about
+ * 1e-7), the exponential of kq_swiglu and kq_softmax: the same function in
+ * every lane of every SIMD path, so results never depend on the path.  Returns
+ * 0 for x below about -87.7 (and for -inf and NaN); x above 88.376 counts as
+ * 88.376 (2.4e38). */
+float kq_expf(float x);
 
 /* x[i] += y[i]. */
 void kq_add(float *x, const float *y, int n);
 
-/* In place: x[i] = exp(x[i] - max) / sum over n values; entries equal to -INFINITY become 0. */
+/* In place: x[i] = kq_expf(x[i] - max) / sum over n values, the sum taken in
+ * double in eight lanes (element i in lane i % 8) joined in a fixed tree;
+ * entries equal to -INFINITY become 0 (all of them: all 0). */
 void kq_softmax(float *x, int n);
 
 /* Dot product of two float vectors of n, in a fixed order. */
@@ -34,13 +55,13 @@ float kq_dot_f32(const float *a, const float *b, int n);
 /* out[d] += w * v[d] for d < n. */
 void kq_axpy_f32(float *out, float w, const float *v, int n);
 
-/* out[d] = kq_dot_f32(a[d], b, n) for d < 8, bit for bit, faster: b is loaded
- * once and the eight final reductions share their shuffles. */
-void kq_dot8_f32(const float *const a[8], const float *b, int n, float out[8]);
-
-/* The plain C versions of the two above (kq_dot_f32 / kq_axpy_f32 use AVX2
- * when the CPU has it, with bit-identical results: tests compare them). */
+/* The plain C versions of kq_dot_f32, kq_axpy_f32, kq_swiglu, kq_softmax and kq_rmsnorm_row
+ * (those use AVX2 when the CPU has it, with bit-identical results: tests
+ * compare them). */
 float kq_dot_f32_ref(const float *a, const float *b, int n);
 void kq_axpy_f32_ref(float *out, float w, const float *v, int n);
+void kq_swiglu_ref(const float *gate, const float *up, int n, float *out);
+void kq_softmax_ref(float *x, int n);
+void kq_rmsnorm_row_ref(const float *x, const float *w, int n, float eps, float *out);
 
 #endif
