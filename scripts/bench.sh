@@ -25,7 +25,7 @@ if [ -x "${GOLDEN_VENV:-/tmp/ppd-golden-venv}/bin/python" ]; then py="${GOLDEN_V
 if [ -f "$prompts" ]; then
   for r in $(seq "$rounds"); do
     echo "bench: round $r/$rounds: ppd" >&2
-    build/ppd bench -f "$prompts" --count 10 -n 128 --ignore-eos -t "$threads" 2>/dev/null | tee -a "$out"
+    build/ppd bench -f "$prompts" --count 10 -n 128 --ignore-eos --no-ppd --json -t "$threads" 2>/dev/null | tee -a "$out"
     if [ -n "$py" ]; then
       echo "bench: round $r/$rounds: llama.cpp" >&2
       "$py" scripts/bench-llamacpp.py --prompts "$prompts" --count 10 -n 128 -t "$threads" 2>/dev/null | tee -a "$out"
