@@ -44,7 +44,10 @@
  * Memory: the packed layout puts the blocks of the two panels of a tile side
  * by side (matmul_internal.h), so a tile reads one sequential stream, and the
  * tiles of one panel pair reread it from L1 for every 4 rows: each weight byte
- * comes from memory once per call whatever the row count.
+ * comes from memory once per call whatever the row count.  The first row tile
+ * of each pair prefetches 8 blocks ahead; at 1 to 4 rows, where the stream
+ * is the bottleneck, that took a model step from 6.7 to 6.2 ms (1 row) and
+ * from 8.6 to 7.5 ms (4 rows) on one thread.
  *
  * Exactness of the int16 sums: Q4 weights are 0..15 and activations -127..127,
  * so a pair is at most 3,810 and eight pairs 30,480 < 32,767 in any order
@@ -130,6 +133,18 @@ KQ_INLINE KQ_AVX2 __m256 bcast_f32(const uint8_t *p) {
 /* Keep v in a register here, in this order: see "re-association" above. */
 #define KQ_PIN(v) __asm__("" : "+x"(v))
 
+/* Blocks ahead that the first row tile of a pair prefetches (both panels'
+ * blocks, bstep bytes each step): ~2.5 KB for Q4_1, a few hundred cycles of
+ * work ahead at any row count, past the memory latency.  Prefetch never
+ * faults, so running past the end of the packed copy is harmless (the
+ * address is formed as an integer for that reason). */
+#define KQ_PREFETCH_BLOCKS 8
+
+KQ_INLINE void prefetch_block(const uint8_t *pw, size_t bstep) {
+    const uintptr_t a = (uintptr_t)pw + KQ_PREFETCH_BLOCKS * bstep;
+    for (size_t l = 0; l < bstep; l += 64) _mm_prefetch((const char *)(a + l), _MM_HINT_T0);
+}
+
 /* Where a panel's results go: y[r*ldy + o0 + lane] for lanes [lo, hi). */
 struct panel_out {
     float *y;
@@ -161,6 +176,7 @@ struct tile_args {
     int64_t nb;
     const struct panel_out *out; /* one per panel */
     int r0;
+    int prefetch; /* 1 for the first row tile of a pair: it streams the weights from memory */
 };
 
 /* ---- Q4_1 x Q8_1 ------------------------------------------------------- */
@@ -176,6 +192,7 @@ KQ_INLINE KQ_AVX2 void tile_q4_1(const struct tile_args *t, const int R, const i
         for (int p = 0; p < P; p++) acc[r][p] = _mm256_setzero_ps();
     const uint8_t *pw = t->pw;
     for (int64_t b = 0; b < t->nb; b++, pw += t->bstep, q += t->qstep, rd += 4, rs += 4) {
+        if (t->prefetch) prefetch_block(pw, t->bstep);
         __m256i s[KQ_TILE_ROWS][KQ_TILE_PANELS];
         /* group g: low nibbles of vector g for g < 4, high nibbles of g-4
          * after; either way the activation bytes are 4g..4g+3 */
@@ -235,6 +252,7 @@ KQ_INLINE KQ_AVX2 void tile_q4_0(const struct tile_args *t, const int R, const i
         for (int p = 0; p < P; p++) acc[r][p] = _mm256_setzero_ps();
     const uint8_t *pw = t->pw;
     for (int64_t b = 0; b < t->nb; b++, pw += t->bstep, q += t->qstep, rd += 4, rs += 4) {
+        if (t->prefetch) prefetch_block(pw, t->bstep);
         __m256i s[KQ_TILE_ROWS][KQ_TILE_PANELS];
 #pragma GCC unroll 8
         for (int g = 0; g < 8; g++) {
@@ -290,6 +308,7 @@ KQ_INLINE KQ_AVX2 void tile_q8_0(const struct tile_args *t, const int R, const i
         for (int p = 0; p < P; p++) acc[r][p] = _mm256_setzero_ps();
     const uint8_t *pw = t->pw;
     for (int64_t b = 0; b < t->nb; b++, pw += t->bstep, q += t->qstep, rd += 4) {
+        if (t->prefetch) prefetch_block(pw, t->bstep);
         __m256i s[KQ_TILE_ROWS][KQ_TILE_PANELS];
 #pragma GCC unroll 8
         for (int g = 0; g < 8; g++) {
@@ -374,6 +393,7 @@ KQ_INLINE int tile_rows(int n_rows, int r0) {
                 t.d = row + g->off_d;                                                            \
                 t.s = row + g->off_s;                                                            \
                 t.r0 = r0;                                                                       \
+                t.prefetch = r0 == 0;                                                            \
                 switch (R * 4 + P) {                                                             \
                 KQ_TILE_CASE(KERNEL, 4, 2) KQ_TILE_CASE(KERNEL, 4, 1)                            \
                 KQ_TILE_CASE(KERNEL, 3, 2) KQ_TILE_CASE(KERNEL, 3, 1)                            \
