@@ -41,13 +41,31 @@ NVCC := $(shell command -v nvcc 2>/dev/null)
 ifeq ($(CUDA),0)
 NVCC :=
 endif
+# With nvcc: kernels/cuda/*.cu and engine/backend_cuda.c join the library (sm_80
+# and sm_90), linked to the CUDA runtime and cuBLAS; without it (or CUDA=0)
+# engine/backend_cuda_stub.c answers "unsupported".  A CUDA-enabled binary
+# touches the GPU only when the CUDA backend is asked for.
+ifneq ($(NVCC),)
+CUDA_HOME  ?= $(patsubst %/bin/nvcc,%,$(NVCC))
+CUDA_SRC   := $(sort $(wildcard kernels/cuda/*.cu))
+CUDA_OBJ   := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+CUDA_SKIP  := engine/backend_cuda_stub.c
+NVCCFLAGS  := -O2 -std=c++17 -fmad=false -I. -MMD -MP -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+ifeq ($(WERROR),1)
+NVCCFLAGS  += -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror
+endif
+LDLIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+else
+CUDA_OBJ   :=
+CUDA_SKIP  := engine/backend_cuda.c
+endif
 
-LIB_SRC  := $(sort $(wildcard engine/*.c kernels/cpu/*.c))
+LIB_SRC  := $(filter-out $(CUDA_SKIP),$(sort $(wildcard engine/*.c kernels/cpu/*.c)))
 CLI_SRC  := $(sort $(wildcard server/*.c))
 TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
 TEST_COMMON := $(sort $(wildcard tests/unit/common_*.c))
 
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CUDA_OBJ)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_COMMON_OBJ := $(TEST_COMMON:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
@@ -59,16 +77,27 @@ LIB      := $(BUILD)/libppd.a
 all: features $(BUILD)/ppd
 
 features:
-	@echo "ppd build: $(if $(NVCC),CUDA found ($(NVCC)) - CUDA backend pending,CUDA not built) | $(if $(filter 1,$(SAN)),sanitizers on,sanitizers off)"
+	@echo "ppd build: $(if $(NVCC),CUDA backend built ($(NVCC); sm_80 sm_90),CUDA not built) | $(if $(filter 1,$(SAN)),sanitizers on,sanitizers off)"
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  CC    $<")
 	$(Q)$(CC) $(CFLAGS) -c $< -o $@
 
-$(LIB): $(LIB_OBJ)
+$(BUILD)/kernels/cuda/%.o: kernels/cuda/%.cu
 	@mkdir -p $(dir $@)
-	$(Q)rm -f $@ && ar rcs $@ $^
+	@$(if $(Q),echo "  NVCC  $<")
+	$(Q)$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(BUILD)/engine/backend_cuda.o: CFLAGS += -I$(CUDA_HOME)/include
+
+# The library is rebuilt when the CUDA choice changes (the object lists differ).
+CUDA_STATE := $(BUILD)/cuda-state
+$(shell mkdir -p $(BUILD) && s='$(if $(NVCC),on,off)' && [ "$$(cat $(CUDA_STATE) 2>/dev/null)" = "$$s" ] || echo "$$s" > $(CUDA_STATE))
+
+$(LIB): $(LIB_OBJ) $(CUDA_STATE)
+	@mkdir -p $(dir $@)
+	$(Q)rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
 $(BUILD)/ppd: $(CLI_OBJ) $(LIB)
 	@$(if $(Q),echo "  LINK  $@")

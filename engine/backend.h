@@ -1,7 +1,7 @@
 /* backend.h — the device interface the forward pass is written against.
  *
  * A backend is a table of functions plus a context (as in ggml-backend): one
- * implementation per device (backend_cpu.c, later backend_cuda.c), chosen at
+ * implementation per device (backend_cpu.c, backend_cuda.c), chosen at
  * run time.  Activations, weights and the KV cache are backend memory; the
  * forward pass only passes pointers to the ops.  Every op has the same name
  * stem and argument order in every backend, and the CPU one is the reference.
@@ -70,5 +70,14 @@ struct eng_backend {
 /* The CPU backend with n_threads threads (the calling thread included). */
 int eng_backend_cpu_init(struct eng_backend *be, int n_threads);
 void eng_backend_free(struct eng_backend *be);    /* accepts NULL / already freed */
+
+/* The CUDA backend on GPU `device` (backend_cuda.c): weights dequantized to f16
+ * on the device, matrix products through cuBLAS.  ENG_E_UNSUPPORTED in a build
+ * without CUDA (backend_cuda_stub.c) or when no usable GPU exists; err (when
+ * cap > 0) says which. */
+int eng_backend_cuda_init(struct eng_backend *be, int device, char *err, size_t cap);
+/* Usable CUDA GPUs: 0 without CUDA, without a driver or without a GPU.  The
+ * only CUDA call a CPU run makes, and only when asked (--device auto). */
+int eng_backend_cuda_count(void);
 
 #endif

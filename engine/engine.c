@@ -10,13 +10,50 @@
 #include "log.h"
 #include "tokenizer.h"
 
+int eng_device_parse(const char *s) {
+    if (!strcmp(s, "auto")) return ENG_DEVICE_AUTO;
+    if (!strcmp(s, "cpu")) return ENG_DEVICE_CPU;
+    if (!strcmp(s, "cuda")) return ENG_DEVICE_CUDA;
+    return -1;
+}
+
+/* The backend p->device asks for.  Only CUDA and auto make a CUDA call, so a
+ * CUDA-enabled build runs on a machine without a GPU or driver. */
+static int engine_backend_open(struct eng_backend *be, const struct eng_engine_params *p, char *err, size_t cap) {
+    int dev = p->device;
+    if (dev == ENG_DEVICE_AUTO) {
+        char cerr[256] = "";
+        if (eng_backend_cuda_count() > 0) {
+            if (eng_backend_cuda_init(be, 0, cerr, sizeof cerr) == 0) return 0;
+            LOG_WARN("--device auto: %s; running on the CPU", cerr);
+        } else {
+            eng_backend_cuda_init(be, 0, cerr, sizeof cerr);   /* says why: no GPU, or no CUDA in this build */
+            LOG_INFO("--device auto: %s; running on the CPU", cerr);
+        }
+        dev = ENG_DEVICE_CPU;
+    }
+    if (dev == ENG_DEVICE_CUDA) {
+        char cerr[256] = "";
+        int rc = eng_backend_cuda_init(be, 0, cerr, sizeof cerr);
+        if (rc) snprintf(err, cap, "--device cuda: %s", cerr[0] ? cerr : eng_err_msg(rc));
+        return rc;
+    }
+    if (dev != ENG_DEVICE_CPU) {
+        snprintf(err, cap, "unknown device %d", p->device);
+        return ENG_E_INVALID;
+    }
+    int rc = eng_backend_cpu_init(be, p->n_threads > 0 ? p->n_threads : 1);
+    if (rc) snprintf(err, cap, "cannot start %d CPU threads", p->n_threads);
+    return rc;
+}
+
 int eng_engine_open(struct eng_engine **out, const struct eng_engine_params *p, char *err, size_t cap) {
     *out = NULL;
     err[0] = 0;
     struct eng_engine *e = calloc(1, sizeof *e);
     if (!e) return ENG_E_NOMEM;
-    int rc = eng_backend_cpu_init(&e->be, p->n_threads > 0 ? p->n_threads : 1);
-    if (rc) { snprintf(err, cap, "cannot start %d CPU threads", p->n_threads); goto err; }
+    int rc = engine_backend_open(&e->be, p, err, cap);
+    if (rc) goto err;
     if ((rc = eng_model_load(&e->model, p->model_path, &e->be, err, cap))) goto err;
     if ((rc = tok_load(&e->tok, e->model->gguf, err, cap))) goto err;
     if (tok_n_vocab(e->tok) > e->model->hp.n_vocab) {

@@ -15,8 +15,19 @@
 
 struct tok;
 
+/* Where the model runs.  0 (CPU) is the default of a zeroed eng_engine_params. */
+enum eng_device {
+    ENG_DEVICE_CPU = 0,
+    ENG_DEVICE_AUTO,        /* CUDA when a usable GPU exists, else the CPU (one log line) */
+    ENG_DEVICE_CUDA,        /* CUDA or an error */
+};
+
+/* "auto", "cpu", "cuda" to enum eng_device; -1 for anything else. */
+int eng_device_parse(const char *s);
+
 struct eng_engine_params {
     const char *model_path;
+    int device;             /* enum eng_device */
     int n_threads;          /* CPU threads (>= 1) */
     int n_ctx;              /* KV entries per slot; 0: min(model's context, 4096) */
     int n_slot;             /* sequences served at once */

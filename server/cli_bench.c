@@ -44,6 +44,7 @@
 struct bench_opts {
     const char *model, *files[BENCH_MAX_FILES], *rows;
     int n_files, ignore_eos, json, no_ppd;
+    int device;                       /* enum eng_device */
     long count, n_predict, threads, prefix, repeat, tree_L;
     const char *adapter, *tree_file;
     struct eng_sampler_params sp;
@@ -89,6 +90,7 @@ static void bench_usage(FILE *fp) {
             "      --temp T         temperature (default 0: greedy); --top-k K, --top-p P, --min-p P\n"
             "      --seed S         sampling seed (default 0; both runs of a prompt use it)\n"
             "  -t, --threads N      CPU threads\n"
+            "      --device D       auto, cpu or cuda (default auto: CUDA when a GPU is usable)\n"
             "      --json           one JSON object per prompt file instead of the table\n"
             "      --rows LIST      instead: forward-pass cost for these row counts, e.g. 1,8,16,64\n"
             "      --prefix N       committed KV entries the rows see (default 256)\n"
@@ -161,6 +163,7 @@ static int bench_parse(int argc, char **argv, struct bench_opts *o) {
     o->count = 10;
     o->n_predict = 128;
     o->threads = cli_default_threads();
+    o->device = ENG_DEVICE_AUTO;
     o->prefix = 256;
     o->repeat = 15;
     o->tree_L = 0;   /* the adapter's tuned budget, else CLI_PPD_TREE_L_DEFAULT */
@@ -184,6 +187,10 @@ static int bench_parse(int argc, char **argv, struct bench_opts *o) {
         else if (!strcmp(a, "--prefix")) { VAL(); if (cli_int(a, v, 1, 1 << 20, &o->prefix)) return 2; }
         else if (!strcmp(a, "--repeat")) { VAL(); if (cli_int(a, v, 1, 100000, &o->repeat)) return 2; }
         else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
+        else if (!strcmp(a, "--device")) {
+            VAL();
+            if ((o->device = eng_device_parse(v)) < 0) { fprintf(stderr, "ppd bench: --device '%s' is not one of auto, cpu, cuda\n", v); return 2; }
+        }
         else if (!strcmp(a, "--no-ppd")) o->no_ppd = 1;
         else if (!strcmp(a, "--ppd")) { VAL(); o->adapter = v; }
         else if (!strcmp(a, "--tree")) { VAL(); o->tree_file = v; }
@@ -408,7 +415,7 @@ int cmd_bench(int argc, char **argv) {
     struct bench_opts o;
     int rc = bench_parse(argc, argv, &o);
     if (rc) return rc == 1 ? 0 : rc;
-    struct eng_engine_params ep = {.model_path = o.model, .n_threads = (int)o.threads, .n_slot = 1, .max_rows = 256,
+    struct eng_engine_params ep = {.model_path = o.model, .device = o.device, .n_threads = (int)o.threads, .n_slot = 1, .max_rows = 256,
                                    .n_ctx = o.rows ? (int)o.prefix + 512 : 0};
     char err[512];
     struct eng_engine *e = NULL;

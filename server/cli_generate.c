@@ -23,6 +23,7 @@
 struct gen_opts {
     const char *model, *prompt, *prompt_file, *chat_template, *system;
     int chat, json, ignore_eos, n_threads, n_ctx;
+    int device;             /* enum eng_device */
     long n_predict;
     const char *ppd_adapter, *tree_file;   /* adapter NULL: the model's committed one, if any */
     int no_ppd;
@@ -47,6 +48,7 @@ static void gen_usage(FILE *fp) {
             "      --min-p P           (default 0.0: off)\n"
             "      --seed S            sampling seed (default 0)\n"
             "  -t, --threads N         CPU threads (default: PPD_THREADS or the CPUs, at most 8)\n"
+            "      --device D          auto, cpu or cuda (default auto: CUDA when a GPU is usable)\n"
             "  -c, --ctx-size N        KV entries (default min(model context, 4096))\n"
             "      --ignore-eos        keep generating past end-of-turn tokens\n"
             "      --ppd FILE          PPD adapter (default: MODEL with .ppd.gguf when that file exists)\n"
@@ -67,6 +69,7 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o) {
     o->model = PPD_DEFAULT_MODEL;
     o->n_predict = 128;
     o->n_threads = cli_default_threads();
+    o->device = ENG_DEVICE_AUTO;
     o->sp.temperature = 0.0f;
     o->sp.top_p = 1.0f;
     o->tree_L = 0;   /* the adapter's tuned budget, else CLI_PPD_TREE_L_DEFAULT */
@@ -93,6 +96,10 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o) {
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (cli_int(a, v, 1, 1024, &l)) return 2; o->n_threads = (int)l; }
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { VAL(); if (cli_int(a, v, 16, 1 << 20, &l)) return 2; o->n_ctx = (int)l; }
         else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
+        else if (!strcmp(a, "--device")) {
+            VAL();
+            if ((o->device = eng_device_parse(v)) < 0) { fprintf(stderr, "ppd generate: --device '%s' is not one of auto, cpu, cuda\n", v); return 2; }
+        }
         else if (!strcmp(a, "--no-ppd")) o->no_ppd = 1;
         else if (!strcmp(a, "--ppd")) { VAL(); o->ppd_adapter = v; }
         else if (!strcmp(a, "--tree")) { VAL(); o->tree_file = v; }
@@ -163,7 +170,7 @@ int cmd_generate(int argc, char **argv) {
     if (o.prompt_file && !(file_text = cli_read_file(o.prompt_file))) return 1;
     const char *prompt = o.prompt ? o.prompt : file_text;
 
-    struct eng_engine_params ep = {.model_path = o.model, .n_threads = o.n_threads, .n_ctx = o.n_ctx,
+    struct eng_engine_params ep = {.model_path = o.model, .device = o.device, .n_threads = o.n_threads, .n_ctx = o.n_ctx,
                                    .n_slot = 1, .max_rows = 512, .chat_template = o.chat_template};
     char err[512];
     struct eng_engine *e = NULL;

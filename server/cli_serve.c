@@ -156,7 +156,8 @@ int cmd_serve(int argc, char **argv) {
     if (srv_queue_init(&s->outbox) == 0) q_out = true;
     if (!q_in || !q_out) goto done;
 
-    struct eng_engine_params ep = {.model_path = s->cfg.model, .n_threads = (int)s->cfg.n_threads,
+    struct eng_engine_params ep = {.model_path = s->cfg.model, .device = eng_device_parse(s->cfg.device),
+                                   .n_threads = (int)s->cfg.n_threads,
                                    .n_ctx = (int)s->cfg.n_ctx, .n_slot = (int)s->cfg.n_parallel,
                                    .max_rows = (int)s->cfg.batch, .chat_template = s->cfg.chat_template};
     if (eng_engine_open(&s->eng, &ep, err, sizeof err)) {

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "engine/engine.h"
 #include "engine/log.h"
 
 enum cfg_type { CFG_STR, CFG_INT, CFG_FLAG };
@@ -31,6 +32,7 @@ static const struct cfg_entry cfg_table[] = {
     {"ctx-size", "-c", CFG_INT, F(n_ctx), 16, 1 << 20, "4096", "KV entries per slot (prompt + generated tokens)"},
     {"n-predict", "-n", CFG_INT, F(n_predict), -1, 1 << 20, "-1", "default max_tokens (-1: until the context is full)"},
     {"threads", "-t", CFG_INT, F(n_threads), 1, 1024, NULL, "CPU threads (default: CPUs online, at most 8)"},
+    {"device", NULL, CFG_STR, F(device), 0, 0, "auto", "auto, cpu or cuda (auto: CUDA when a GPU is usable, else the CPU)"},
     {"parallel", "-np", CFG_INT, F(n_parallel), 1, 256, "4", "sequences decoded at once (KV slots)"},
     {"batch-size", "-b", CFG_INT, F(batch), 1, 4096, "256", "rows per forward step"},
     {"prefill-chunk", NULL, CFG_INT, F(prefill_chunk), 1, 4096, "256", "prompt rows per sequence per step"},
@@ -208,6 +210,10 @@ int srv_config_load(struct srv_config *c, int argc, char **argv) {
         if (!v) v = e->type == CFG_FLAG ? "1" : cli_value(argc, argv, &a);
         if (!v) return 2;
         if (cfg_set(c, e, arg, v)) return 2;
+    }
+    if (eng_device_parse(c->device) < 0) {
+        fprintf(stderr, "ppd serve: device: '%s' is not one of auto, cpu, cuda\n", c->device);
+        return 2;
     }
     if (strcmp(c->ppd_accept, "exact") && strcmp(c->ppd_accept, "typical")) {
         fprintf(stderr, "ppd serve: ppd-accept: '%s' is not one of exact, typical\n", c->ppd_accept);

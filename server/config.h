@@ -24,6 +24,7 @@ struct srv_config {
     long n_ctx;               /* KV entries per slot */
     long n_predict;           /* default max_tokens; -1: until the context is full */
     long n_threads;
+    const char *device;       /* "auto", "cpu" or "cuda" (eng_device_parse) */
     long n_parallel;          /* slots */
     long batch;               /* rows per forward step */
     long prefill_chunk;       /* prompt rows per sequence per step */

@@ -1,0 +1,395 @@
+/* backend_cuda.c — the CUDA implementation of backend.h.
+ *
+ * Memory is device memory (cudaMalloc), all work goes in order on one stream,
+ * and the ops are the kernels of kernels/cuda (kcuda.h).  Weights are
+ * dequantized to f16 on the device once, at weight_init (the GGUF bytes go up
+ * through one reused staging buffer); matrix products are cuBLAS GemmEx with
+ * f16 inputs and f32 accumulation, the activations converted to f16 per call
+ * into a buffer reused from call to call.  The batch's per-row arrays (host
+ * memory, batch.h) go up once per forward pass: a host copy of what was last
+ * uploaded is compared with the batch at each op that needs it.  Per step the
+ * host sends token ids, the batch arrays and any PPD prompt rows, and gets the
+ * logit rows back; scratch grows to the largest batch seen and is then reused.
+ * A CUDA failure in the middle of a step cannot be undone: it is logged and the
+ * process aborts (as the CPU backend does when memory runs out mid-step).
+ * It does not do KV compaction, sampling or CUDA graphs (not yet).
+ * Nothing here runs unless the CUDA backend is asked for: a binary built with
+ * CUDA starts and runs on the CPU on a machine without a GPU or driver.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "backend.h"
+#include "batch.h"
+#include "err.h"
+#include "kv_cache.h"
+#include "log.h"
+#include "kernels/cpu/qtypes.h"
+#include "kernels/cuda/kcuda.h"
+
+struct cuda_ctx {
+    int device;
+    cudaStream_t st;
+    cublasHandle_t blas;
+    void *stage;            /* device: raw GGUF bytes of the weight being loaded */
+    size_t stage_cap;
+    uint16_t *x16;          /* device: f16 copy of a matmul's input */
+    size_t x16_cap;         /* elements */
+    int32_t *ids_dev;       /* device: embed's ids, remapped */
+    int32_t *ids_host;
+    size_t ids_cap;
+    float *extra_dev;       /* device: the PPD prompt rows one embed call uses */
+    float *extra_host;
+    size_t extra_cap;       /* floats */
+    /* The batch as last uploaded: six int arrays of n_tok, then the visibility words. */
+    void *b_dev, *b_host;
+    size_t b_cap;           /* bytes */
+    size_t b_bytes;         /* bytes of the current upload (0: none) */
+    struct kc_batch kb;
+};
+
+#define CUDA_CHECK(call)                                                                              \
+    do {                                                                                              \
+        cudaError_t e_ = (call);                                                                      \
+        if (e_ != cudaSuccess) cuda_fatal(#call, cudaGetErrorString(e_), __LINE__);                   \
+    } while (0)
+
+static void cuda_fatal(const char *what, const char *why, int line) {
+    LOG_ERROR("cuda: %s failed: %s (backend_cuda.c:%d); the step cannot continue", what, why, line);
+    abort();
+}
+
+/* A launch error shows up at the next call; check after each op so a bad
+ * launch is reported where it happened. */
+static void cuda_check_launch(const char *op) {
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) cuda_fatal(op, cudaGetErrorString(e), __LINE__);
+}
+
+/* Grow a device buffer (and optionally its host twin) to at least `need` bytes;
+ * 1 when it grew (the device contents are gone), else 0. */
+static int cuda_grow(struct cuda_ctx *c, void **dev, void **host, size_t *cap, size_t need) {
+    if (need <= *cap) return 0;
+    size_t n = need + need / 4 + 256;
+    CUDA_CHECK(cudaStreamSynchronize(c->st));
+    if (*dev) CUDA_CHECK(cudaFree(*dev));
+    *dev = NULL;
+    CUDA_CHECK(cudaMalloc(dev, n));
+    if (host) {
+        void *h = realloc(*host, n);
+        if (!h) cuda_fatal("realloc", "out of host memory", __LINE__);
+        *host = h;
+    }
+    *cap = n;
+    return 1;
+}
+
+/* ---- memory ---- */
+
+static void *cuda_buf_alloc(void *vctx, size_t bytes) {
+    struct cuda_ctx *c = vctx;
+    void *p = NULL;
+    if (cudaSetDevice(c->device) != cudaSuccess) return NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 1) != cudaSuccess) {
+        (void)cudaGetLastError();   /* an allocation failure is not sticky: clear it */
+        return NULL;
+    }
+    if (cudaMemsetAsync(p, 0, bytes, c->st) != cudaSuccess) {
+        (void)cudaFree(p);
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_buf_free(void *vctx, void *buf) {
+    struct cuda_ctx *c = vctx;
+    if (!buf) return;
+    CUDA_CHECK(cudaStreamSynchronize(c->st));
+    CUDA_CHECK(cudaFree(buf));
+}
+
+/* From pageable host memory the copy is staged before cudaMemcpyAsync returns:
+ * the caller may reuse src at once. */
+static void cuda_buf_upload(void *vctx, void *dst, const void *src, size_t bytes) {
+    struct cuda_ctx *c = vctx;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->st));
+}
+
+static void cuda_buf_download(void *vctx, void *dst, const void *src, size_t bytes) {
+    struct cuda_ctx *c = vctx;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->st));
+    CUDA_CHECK(cudaStreamSynchronize(c->st));
+}
+
+static void cuda_buf_copy(void *vctx, void *dst, const void *src, size_t bytes) {
+    struct cuda_ctx *c = vctx;
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->st));
+}
+
+static void cuda_sync(void *vctx) {
+    struct cuda_ctx *c = vctx;
+    CUDA_CHECK(cudaStreamSynchronize(c->st));
+}
+
+/* ---- weights: f16 on the device ---- */
+
+static int cuda_weight_init(void *vctx, struct eng_weight *w, int type, const void *data, int64_t n_in, int64_t n_out) {
+    struct cuda_ctx *c = vctx;
+    if (!kc_dequant_supported(type)) return ENG_E_UNSUPPORTED;
+    const size_t row = kq_row_bytes(type, n_in);
+    if (!row || n_out < 1 || n_in > INT32_MAX || n_out > INT32_MAX) return ENG_E_RANGE;
+    const size_t raw = row * (size_t)n_out;
+    if (raw > c->stage_cap) {
+        if (cudaStreamSynchronize(c->st) != cudaSuccess) return ENG_E_INTERNAL;
+        if (c->stage) cudaFree(c->stage);
+        c->stage = NULL;
+        c->stage_cap = 0;
+        if (cudaMalloc(&c->stage, raw) != cudaSuccess) { (void)cudaGetLastError(); return ENG_E_NOMEM; }
+        c->stage_cap = raw;
+    }
+    uint16_t *d16 = NULL;
+    if (cudaMalloc((void **)&d16, (size_t)n_in * (size_t)n_out * sizeof(uint16_t)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return ENG_E_NOMEM;
+    }
+    if (cudaMemcpyAsync(c->stage, data, raw, cudaMemcpyHostToDevice, c->st) != cudaSuccess ||
+        kc_dequant_f16(type, c->stage, n_in, n_out, d16, c->st) != 0 || cudaGetLastError() != cudaSuccess) {
+        cudaFree(d16);
+        return ENG_E_INTERNAL;
+    }
+    w->type = type;
+    w->n_in = n_in;
+    w->n_out = n_out;
+    w->impl = d16;
+    return 0;
+}
+
+static void cuda_weight_free(void *vctx, struct eng_weight *w) {
+    struct cuda_ctx *c = vctx;
+    if (!w || !w->impl) return;
+    CUDA_CHECK(cudaStreamSynchronize(c->st));
+    cudaFree(w->impl);
+    w->impl = NULL;
+}
+
+/* ---- the batch on the device ---- */
+
+/* Upload b's per-row arrays unless the device copy already holds them. */
+static void cuda_batch_sync(struct cuda_ctx *c, const struct eng_batch *b) {
+    const size_t n = (size_t)b->n_tok, ints = 6 * n * sizeof(int32_t);
+    const size_t bytes = ints + n * (size_t)b->vis_words * sizeof(uint64_t);
+    if (cuda_grow(c, &c->b_dev, &c->b_host, &c->b_cap, bytes)) c->b_bytes = 0;
+    /* The host copy is compared array by array and rewritten only on a change. */
+    const int32_t *src[6] = {b->pos, b->slot, b->kv_idx, b->n_prefix, b->grp_first, b->grp_len};
+    int same = bytes == c->b_bytes && c->kb.n_tok == b->n_tok && c->kb.vis_words == b->vis_words;
+    char *h = c->b_host;
+    for (int i = 0; i < 6 && same; i++) same = !memcmp(h + i * n * sizeof(int32_t), src[i], n * sizeof(int32_t));
+    if (same) same = !memcmp(h + ints, b->vis, bytes - ints);
+    if (same) return;
+    for (int i = 0; i < 6; i++) memcpy(h + i * n * sizeof(int32_t), src[i], n * sizeof(int32_t));
+    memcpy(h + ints, b->vis, bytes - ints);
+    CUDA_CHECK(cudaMemcpyAsync(c->b_dev, c->b_host, bytes, cudaMemcpyHostToDevice, c->st));
+    c->b_bytes = bytes;
+    const int32_t *d = c->b_dev;
+    c->kb.n_tok = b->n_tok;
+    c->kb.vis_words = b->vis_words;
+    c->kb.pos = d;
+    c->kb.slot = d + n;
+    c->kb.kv_idx = d + 2 * n;
+    c->kb.n_prefix = d + 3 * n;
+    c->kb.grp_first = d + 4 * n;
+    c->kb.grp_len = d + 5 * n;
+    c->kb.vis = (const uint64_t *)((const char *)c->b_dev + ints);
+}
+
+static struct kc_kv cuda_kv(const struct eng_kv *kv) {
+    struct kc_kv k = {kv->k, kv->v, kv->n_slot, kv->max_seq, kv->kv_dim};
+    return k;
+}
+
+/* ---- ops ---- */
+
+static void cuda_embed(void *vctx, const struct eng_weight *table, const int32_t *ids, int n_tok,
+                       const float *extra, int n_extra, float *out) {
+    struct cuda_ctx *c = vctx;
+    if (n_tok < 1) return;
+    CUDA_CHECK(cudaSetDevice(c->device));
+    const int64_t n = table->n_in;
+    cuda_grow(c, (void **)&c->ids_dev, (void **)&c->ids_host, &c->ids_cap, sizeof(int32_t) * (size_t)n_tok);
+    /* Prompt-token rows: the rows this call uses go up, packed, in row order. */
+    int n_used = 0;
+    for (int r = 0; r < n_tok; r++) {
+        if (ids[r] >= 0) {
+            c->ids_host[r] = ids[r];
+        } else if (-1 - (int64_t)ids[r] < n_extra && extra) {
+            const size_t need = sizeof(float) * (size_t)(n_used + 1) * (size_t)n;
+            if (need > c->extra_cap) {
+                /* Keep the rows packed so far across the host buffer's growth. */
+                float *h = realloc(c->extra_host, need + need / 4 + 256);
+                if (!h) cuda_fatal("realloc", "out of host memory", __LINE__);
+                c->extra_host = h;
+                CUDA_CHECK(cudaStreamSynchronize(c->st));
+                if (c->extra_dev) CUDA_CHECK(cudaFree(c->extra_dev));
+                c->extra_dev = NULL;
+                CUDA_CHECK(cudaMalloc((void **)&c->extra_dev, need + need / 4 + 256));
+                c->extra_cap = need + need / 4 + 256;
+            }
+            memcpy(c->extra_host + (size_t)n_used * (size_t)n, extra + (-1 - (int64_t)ids[r]) * n,
+                   sizeof(float) * (size_t)n);
+            c->ids_host[r] = -1 - n_used++;
+        } else {
+            c->ids_host[r] = INT32_MIN;     /* beyond the extra table: a zero row */
+        }
+    }
+    CUDA_CHECK(cudaMemcpyAsync(c->ids_dev, c->ids_host, sizeof(int32_t) * (size_t)n_tok, cudaMemcpyHostToDevice,
+                               c->st));
+    if (n_used)
+        CUDA_CHECK(cudaMemcpyAsync(c->extra_dev, c->extra_host, sizeof(float) * (size_t)n_used * (size_t)n,
+                                   cudaMemcpyHostToDevice, c->st));
+    kc_embed(table->impl, n, c->ids_dev, n_tok, c->extra_dev, n_used, out, c->st);
+    cuda_check_launch("embed");
+}
+
+static void cuda_rmsnorm(void *vctx, const float *x, const float *w, int n_tok, int n, float eps, float *out) {
+    struct cuda_ctx *c = vctx;
+    kc_rmsnorm(x, w, n_tok, n, eps, out, c->st);
+    cuda_check_launch("rmsnorm");
+}
+
+static void cuda_matmul(void *vctx, const struct eng_weight *const *w, float *const *out, int n_w,
+                        const float *x, int n_tok) {
+    struct cuda_ctx *c = vctx;
+    if (n_w < 1 || n_tok < 1) return;
+    const size_t elems = (size_t)n_tok * (size_t)w[0]->n_in;
+    size_t cap_bytes = c->x16_cap * sizeof(uint16_t);
+    cuda_grow(c, (void **)&c->x16, NULL, &cap_bytes, elems * sizeof(uint16_t));
+    c->x16_cap = cap_bytes / sizeof(uint16_t);
+    kc_f32_to_f16(x, (int64_t)elems, c->x16, c->st);
+    cuda_check_launch("f32_to_f16");
+    for (int i = 0; i < n_w; i++) {
+        int s = kc_matmul(c->blas, w[i]->impl, w[i]->n_in, w[i]->n_out, c->x16, n_tok, out[i]);
+        if (s) {
+            char why[32];
+            snprintf(why, sizeof why, "cublasStatus %d", s);
+            cuda_fatal("cublasGemmEx", why, __LINE__);
+        }
+    }
+}
+
+static void cuda_rope_kv_store(void *vctx, float *q, float *k, const float *v, const struct eng_batch *b,
+                               struct eng_kv *kv, int layer, int n_head, int n_head_kv, int head_dim, int n_rot,
+                               float freq_base, int neox) {
+    struct cuda_ctx *c = vctx;
+    cuda_batch_sync(c, b);
+    struct kc_kv kk = cuda_kv(kv);
+    kc_rope_kv_store(q, k, v, &c->kb, &kk, layer, n_head, n_head_kv, head_dim, n_rot, freq_base, neox, c->st);
+    cuda_check_launch("rope_kv_store");
+}
+
+static void cuda_attention(void *vctx, const float *q, const struct eng_batch *b, const struct eng_kv *kv, int layer,
+                           int n_head, int n_head_kv, int head_dim, float scale, float *out) {
+    struct cuda_ctx *c = vctx;
+    if (head_dim > KC_ATTN_MAX_HEAD_DIM) cuda_fatal("attention", "head_dim above 256", __LINE__);
+    cuda_batch_sync(c, b);
+    struct kc_kv kk = cuda_kv(kv);
+    kc_attention(q, &c->kb, &kk, layer, n_head, n_head_kv, head_dim, scale, out, c->st);
+    cuda_check_launch("attention");
+}
+
+static void cuda_swiglu(void *vctx, const float *gate, const float *up, int n_tok, int n, float *out) {
+    struct cuda_ctx *c = vctx;
+    kc_swiglu(gate, up, n_tok, n, out, c->st);
+    cuda_check_launch("swiglu");
+}
+
+static void cuda_add(void *vctx, float *x, const float *y, int n_tok, int n) {
+    struct cuda_ctx *c = vctx;
+    kc_add(x, y, n_tok, n, c->st);
+    cuda_check_launch("add");
+}
+
+static void cuda_free(void *vctx) {
+    struct cuda_ctx *c = vctx;
+    if (!c) return;
+    if (c->st) cudaStreamSynchronize(c->st);
+    cudaFree(c->stage);
+    cudaFree(c->x16);
+    cudaFree(c->ids_dev);
+    cudaFree(c->extra_dev);
+    cudaFree(c->b_dev);
+    free(c->ids_host);
+    free(c->extra_host);
+    free(c->b_host);
+    if (c->blas) cublasDestroy(c->blas);
+    if (c->st) cudaStreamDestroy(c->st);
+    free(c);
+}
+
+static const struct eng_backend_i cuda_iface = {
+    .name = "cuda",
+    .free = cuda_free,
+    .buf_alloc = cuda_buf_alloc,
+    .buf_free = cuda_buf_free,
+    .buf_upload = cuda_buf_upload,
+    .buf_download = cuda_buf_download,
+    .buf_copy = cuda_buf_copy,
+    .sync = cuda_sync,
+    .weight_init = cuda_weight_init,
+    .weight_free = cuda_weight_free,
+    .embed = cuda_embed,
+    .rmsnorm = cuda_rmsnorm,
+    .matmul = cuda_matmul,
+    .rope_kv_store = cuda_rope_kv_store,
+    .attention = cuda_attention,
+    .swiglu = cuda_swiglu,
+    .add = cuda_add,
+};
+
+int eng_backend_cuda_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+int eng_backend_cuda_init(struct eng_backend *be, int device, char *err, size_t cap) {
+    be->iface = NULL;
+    be->ctx = NULL;
+    int n = eng_backend_cuda_count();
+    if (n < 1) return eng_err_set(err, cap, ENG_E_UNSUPPORTED, "no CUDA GPU found (cudaGetDeviceCount: 0)");
+    if (device < 0 || device >= n)
+        return eng_err_set(err, cap, ENG_E_RANGE, "CUDA device %d does not exist (%d found)", device, n);
+    struct cuda_ctx *c = calloc(1, sizeof *c);
+    if (!c) return ENG_E_NOMEM;
+    c->device = device;
+    struct cudaDeviceProp prop;
+    cudaError_t e;
+    if ((e = cudaSetDevice(device)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, device)) != cudaSuccess ||
+        (e = cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking)) != cudaSuccess) {
+        eng_err_set(err, cap, ENG_E_UNSUPPORTED, "cannot start CUDA device %d: %s", device, cudaGetErrorString(e));
+        goto err;
+    }
+    if (prop.major < 7) {
+        eng_err_set(err, cap, ENG_E_UNSUPPORTED, "CUDA device %d (%s) is sm_%d%d; ppd needs sm_80 or sm_90", device,
+                    prop.name, prop.major, prop.minor);
+        goto err;
+    }
+    if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(c->blas, c->st) != CUBLAS_STATUS_SUCCESS) {
+        eng_err_set(err, cap, ENG_E_UNSUPPORTED, "cannot start cuBLAS on CUDA device %d", device);
+        goto err;
+    }
+    LOG_INFO("CUDA device %d: %s (sm_%d%d, %.1f GiB)", device, prop.name, prop.major, prop.minor,
+             (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    be->iface = &cuda_iface;
+    be->ctx = c;
+    return 0;
+err:
+    cuda_free(c);
+    return ENG_E_UNSUPPORTED;
+}

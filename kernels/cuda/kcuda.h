@@ -1,0 +1,78 @@
+/* kcuda.h — the CUDA kernels' launchers, callable from C (backend_cuda.c).
+ *
+ * One launcher per op, one op per .cu file, each with the name stem and the
+ * argument order of its CPU twin (kernels/cpu, engine/backend_cpu.c).  Every
+ * pointer is device memory unless its comment says otherwise; every launcher
+ * enqueues on `st` and returns at once (no synchronisation, no allocation).
+ * Each (row, head) or row is computed by one fixed group of threads in a fixed
+ * order, so a row's result never depends on which other rows share the batch.
+ * It does not manage memory or streams: backend_cuda.c does.
+ */
+#ifndef PPD_KCUDA_H
+#define PPD_KCUDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* struct eng_batch's per-row arrays as device copies (batch.h defines them). */
+struct kc_batch {
+    int n_tok, vis_words;
+    const int32_t *pos, *slot, *kv_idx, *n_prefix, *grp_first, *grp_len;
+    const uint64_t *vis;    /* [n_tok][vis_words] */
+};
+
+/* The KV cache's geometry (kv_cache.h): element offset of (layer, slot, pos) is
+ * ((layer * n_slot + slot) * max_seq + pos) * kv_dim. */
+struct kc_kv {
+    float *k, *v;
+    int n_slot, max_seq, kv_dim;
+};
+
+/* GGUF weight bytes (n_out rows of n_in elements of `type`, enum kq_type) to
+ * row-major f16.  Returns 0, or -1 for a type it does not know (nothing launched). */
+int kc_dequant_f16(int type, const void *src, int64_t n_in, int64_t n_out, uint16_t *dst, cudaStream_t st);
+/* 1 when kc_dequant_f16 knows the type. */
+int kc_dequant_supported(int type);
+
+/* out[r] = f16 table row ids[r]; ids[r] < 0 selects row -1-ids[r] of extra
+ * (f32, n wide, n_extra rows), beyond n_extra a zero row. */
+void kc_embed(const uint16_t *table, int64_t n, const int32_t *ids, int n_tok, const float *extra, int n_extra,
+              float *out, cudaStream_t st);
+/* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, rows of n. */
+void kc_rmsnorm(const float *x, const float *w, int n_tok, int n, float eps, float *out, cudaStream_t st);
+/* RoPE on q (n_head heads) and k (n_head_kv heads) at the batch's positions, then
+ * K and V rows into the cache at (layer, slot[r], kv_idx[r]).  neox: pairs
+ * (i, i + n_rot/2), else (2i, 2i+1). */
+void kc_rope_kv_store(float *q, float *k, const float *v, const struct kc_batch *b, const struct kc_kv *kv,
+                      int layer, int n_head, int n_head_kv, int head_dim, int n_rot, float freq_base, int neox,
+                      cudaStream_t st);
+/* Largest head_dim kc_attention supports. */
+#define KC_ATTN_MAX_HEAD_DIM 256
+/* out[r] = softmax(q[r] K^T * scale) V over the entries row r sees (its slot's
+ * [0, n_prefix) and the set bits of its group), online softmax, one warp per
+ * (row, query head); GQA: query head h reads KV head h / (n_head / n_head_kv). */
+void kc_attention(const float *q, const struct kc_batch *b, const struct kc_kv *kv, int layer, int n_head,
+                  int n_head_kv, int head_dim, float scale, float *out, cudaStream_t st);
+/* out = silu(gate) * up over n_tok * n elements (out may be gate). */
+void kc_swiglu(const float *gate, const float *up, int n_tok, int n, float *out, cudaStream_t st);
+/* x += y over n_tok * n elements. */
+void kc_add(float *x, const float *y, int n_tok, int n, cudaStream_t st);
+/* f32 to f16 (round to nearest even) over n elements. */
+void kc_f32_to_f16(const float *x, int64_t n, uint16_t *out, cudaStream_t st);
+/* out[r][o] = sum_i x16[r][i] * w16[o][i]: f16 inputs, f32 accumulation and
+ * output, through cuBLAS on `handle` (whose stream is set).  Returns 0 or the
+ * cublasStatus_t. */
+int kc_matmul(void *cublas_handle, const uint16_t *w16, int64_t n_in, int64_t n_out, const uint16_t *x16,
+              int n_tok, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
