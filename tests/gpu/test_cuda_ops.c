@@ -1,0 +1,513 @@
+/* test_cuda_ops.c — every CUDA backend op against the CPU backend (the
+ * reference) on fresh random inputs, then the default model end to end.
+ * Built and run by tests/gpu/run.sh on a machine with a GPU; prints one line
+ * per check (markdown table rows, for the report) and exits 1 when any check
+ * fails, 77 when no CUDA GPU is usable.
+ *
+ * Bounds (NMSE = sum (gpu - cpu)^2 / sum cpu^2):
+ *   rmsnorm, add, swiglu         1e-10  (same f32 operations; expf vs the CPU's exp)
+ *   rope (q and stored K/V)      1e-10  (cosf/sinf of the same angles)
+ *   attention                    1e-8   (other summation order)
+ *   embed                        1e-6   (f16 storage of the dequantized rows)
+ *   matmul                       2e-3   (f16 weights and inputs vs the CPU's Q8 activations)
+ *   model logits (teacher-forced)  2e-3 per step
+ * Greedy: the CUDA sequence equals the CPU's, or first differs at a step where
+ * the CPU's top-2 logits are within PPD_GPU_TOP2_TOL (default 1e-3).
+ * Attention on the GPU must also be batch-invariant bit for bit (a row alone ==
+ * the same row in the batch); matmul's batch invariance is reported, not
+ * required (cuBLAS chooses algorithms by shape).
+ * It does not benchmark (run.sh calls ppd bench) or test PPD (run.sh compares
+ * ppd generate --ppd with --no-ppd).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/backend.h"
+#include "engine/batch.h"
+#include "engine/engine.h"
+#include "engine/err.h"
+#include "engine/kv_cache.h"
+#include "kernels/cpu/qtypes.h"
+
+static int n_fail, n_check;
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+
+static uint64_t rng_next(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+static float frand(void) { return (float)((rng_next() >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f; }
+static void fill(float *x, size_t n, float scale) {
+    for (size_t i = 0; i < n; i++) x[i] = frand() * scale;
+}
+
+static void *xmalloc(size_t n) {
+    void *p = calloc(1, n ? n : 1);
+    if (!p) { fprintf(stderr, "out of memory\n"); exit(2); }
+    return p;
+}
+
+static double nmse(const float *a, const float *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    if (!isfinite(num)) return INFINITY;
+    return den > 0 ? num / den : num;
+}
+
+static void check(const char *what, double v, double bound) {
+    n_check++;
+    int ok = v <= bound;
+    if (!ok) n_fail++;
+    printf("| %s | %.3e | %.0e | %s |\n", what, v, bound, ok ? "ok" : "FAIL");
+    fflush(stdout);
+}
+
+static void check_true(const char *what, int ok, const char *detail) {
+    n_check++;
+    if (!ok) n_fail++;
+    printf("| %s | %s | | %s |\n", what, detail, ok ? "ok" : "FAIL");
+    fflush(stdout);
+}
+
+static struct eng_backend cpu, gpu;
+#define IF(be) ((be)->iface)
+
+/* A buffer of `bytes` in backend memory holding `host`. */
+static void *up(struct eng_backend *be, const void *host, size_t bytes) {
+    void *d = IF(be)->buf_alloc(be->ctx, bytes);
+    if (!d) { fprintf(stderr, "%s: buf_alloc(%zu) failed\n", IF(be)->name, bytes); exit(2); }
+    if (host) IF(be)->buf_upload(be->ctx, d, host, bytes);
+    return d;
+}
+static void down(struct eng_backend *be, void *host, const void *d, size_t bytes) {
+    IF(be)->buf_download(be->ctx, host, d, bytes);
+    IF(be)->sync(be->ctx);
+}
+
+/* ---- elementwise ops and rmsnorm ---- */
+
+static void test_rows(int n_tok, int n) {
+    const size_t N = (size_t)n_tok * n;
+    float *x = xmalloc(N * 4), *y = xmalloc(N * 4), *w = xmalloc((size_t)n * 4), *rc = xmalloc(N * 4), *rg = xmalloc(N * 4);
+    fill(x, N, 3.0f);
+    fill(y, N, 3.0f);
+    fill(w, (size_t)n, 1.0f);
+    struct eng_backend *bes[2] = {&cpu, &gpu};
+    float *res[2] = {rc, rg};
+    char name[96];
+    /* rmsnorm */
+    for (int i = 0; i < 2; i++) {
+        float *dx = up(bes[i], x, N * 4), *dw = up(bes[i], w, (size_t)n * 4), *dout = up(bes[i], NULL, N * 4);
+        IF(bes[i])->rmsnorm(bes[i]->ctx, dx, dw, n_tok, n, 1e-5f, dout);
+        down(bes[i], res[i], dout, N * 4);
+        IF(bes[i])->buf_free(bes[i]->ctx, dx);
+        IF(bes[i])->buf_free(bes[i]->ctx, dw);
+        IF(bes[i])->buf_free(bes[i]->ctx, dout);
+    }
+    snprintf(name, sizeof name, "rmsnorm %d x %d", n_tok, n);
+    check(name, nmse(rg, rc, N), 1e-10);
+    /* swiglu (out aliases gate, as forward.c calls it) */
+    for (int i = 0; i < 2; i++) {
+        float *dg = up(bes[i], x, N * 4), *du = up(bes[i], y, N * 4);
+        IF(bes[i])->swiglu(bes[i]->ctx, dg, du, n_tok, n, dg);
+        down(bes[i], res[i], dg, N * 4);
+        IF(bes[i])->buf_free(bes[i]->ctx, dg);
+        IF(bes[i])->buf_free(bes[i]->ctx, du);
+    }
+    snprintf(name, sizeof name, "swiglu %d x %d", n_tok, n);
+    check(name, nmse(rg, rc, N), 1e-10);
+    /* add */
+    for (int i = 0; i < 2; i++) {
+        float *dx = up(bes[i], x, N * 4), *dy = up(bes[i], y, N * 4);
+        IF(bes[i])->add(bes[i]->ctx, dx, dy, n_tok, n);
+        down(bes[i], res[i], dx, N * 4);
+        IF(bes[i])->buf_free(bes[i]->ctx, dx);
+        IF(bes[i])->buf_free(bes[i]->ctx, dy);
+    }
+    snprintf(name, sizeof name, "add %d x %d", n_tok, n);
+    check(name, nmse(rg, rc, N), 0);
+    free(x); free(y); free(w); free(rc); free(rg);
+}
+
+/* ---- weights: random GGUF bytes of each type ---- */
+
+static void put_f16(uint8_t *p, float f) {
+    kq_f16 h = kq_f32_to_f16(f);
+    memcpy(p, &h, 2);
+}
+
+/* Random bytes of n_out rows of n_in elements of `type`, scales kept sane. */
+static uint8_t *random_weight(int type, int64_t n_in, int64_t n_out) {
+    const size_t bytes = kq_row_bytes(type, n_in) * (size_t)n_out;
+    uint8_t *p = xmalloc(bytes);
+    for (size_t i = 0; i < bytes; i++) p[i] = (uint8_t)rng_next();
+    const size_t bb = kq_type_block_bytes(type), nb = bytes / bb;
+    for (size_t b = 0; b < nb; b++) {
+        uint8_t *q = p + b * bb;
+        switch (type) {
+        case KQ_F32: { float f = frand() * 0.1f; memcpy(q, &f, 4); break; }
+        case KQ_F16: put_f16(q, frand() * 0.1f); break;
+        case KQ_BF16: { float f = frand() * 0.1f; uint32_t u; memcpy(&u, &f, 4); uint16_t h = (uint16_t)(u >> 16); memcpy(q, &h, 2); break; }
+        case KQ_Q4_0: case KQ_Q8_0: put_f16(q, 0.01f + 0.01f * frand()); break;
+        case KQ_Q4_1: put_f16(q, 0.01f + 0.01f * frand()); put_f16(q + 2, 0.05f * frand()); break;
+        case KQ_Q4_K: case KQ_Q5_K: put_f16(q, 0.002f + 0.001f * frand()); put_f16(q + 2, 0.002f + 0.001f * frand()); break;
+        case KQ_Q6_K: put_f16(q + 208, 0.0005f + 0.0002f * frand()); break;
+        default: break;
+        }
+    }
+    return p;
+}
+
+static void test_weight(int type, int64_t n_in, int64_t n_out) {
+    uint8_t *data = random_weight(type, n_in, n_out);
+    struct eng_weight wc = {0}, wg = {0};
+    char name[128];
+    int rc1 = IF(&cpu)->weight_init(cpu.ctx, &wc, type, data, n_in, n_out);
+    int rc2 = IF(&gpu)->weight_init(gpu.ctx, &wg, type, data, n_in, n_out);
+    snprintf(name, sizeof name, "weight_init %s %lld x %lld", kq_type_name(type), (long long)n_out, (long long)n_in);
+    check_true(name, rc1 == 0 && rc2 == 0, rc2 ? eng_err_msg(rc2) : "loaded");
+    if (rc1 || rc2) { free(data); return; }
+
+    /* embed: table rows, prompt rows (ids < 0) and one beyond the extra table */
+    enum { NE = 3 };
+    int32_t ids[9];
+    for (int i = 0; i < 9; i++) ids[i] = (int32_t)(rng_next() % (uint64_t)n_out);
+    ids[2] = -1;
+    ids[5] = -3;
+    ids[7] = -1 - NE;   /* zero row */
+    float *extra = xmalloc(sizeof(float) * NE * (size_t)n_in);
+    fill(extra, NE * (size_t)n_in, 1.0f);
+    const size_t EB = sizeof(float) * 9 * (size_t)n_in;
+    float *ec = xmalloc(EB), *eg = xmalloc(EB);
+    float *dc = up(&cpu, NULL, EB), *dg = up(&gpu, NULL, EB);
+    IF(&cpu)->embed(cpu.ctx, &wc, ids, 9, extra, NE, dc);
+    IF(&gpu)->embed(gpu.ctx, &wg, ids, 9, extra, NE, dg);
+    down(&cpu, ec, dc, EB);
+    down(&gpu, eg, dg, EB);
+    snprintf(name, sizeof name, "embed %s (9 rows, 3 prompt rows)", kq_type_name(type));
+    check(name, nmse(eg, ec, 9 * (size_t)n_in), 1e-6);
+    IF(&cpu)->buf_free(cpu.ctx, dc);
+    IF(&gpu)->buf_free(gpu.ctx, dg);
+
+    /* matmul at several row counts, and the GPU's batch invariance */
+    const int rows[] = {1, 5, 64};
+    for (unsigned t = 0; t < sizeof rows / sizeof rows[0]; t++) {
+        const int n = rows[t];
+        const size_t XB = sizeof(float) * (size_t)n * (size_t)n_in, OB = sizeof(float) * (size_t)n * (size_t)n_out;
+        float *x = xmalloc(XB), *oc = xmalloc(OB), *og = xmalloc(OB), *o1 = xmalloc(sizeof(float) * (size_t)n_out);
+        fill(x, (size_t)n * (size_t)n_in, 2.0f);
+        float *xc = up(&cpu, x, XB), *xg = up(&gpu, x, XB), *yc = up(&cpu, NULL, OB), *yg = up(&gpu, NULL, OB);
+        const struct eng_weight *wcs[1] = {&wc}, *wgs[1] = {&wg};
+        float *ycs[1] = {yc}, *ygs[1] = {yg};
+        IF(&cpu)->matmul(cpu.ctx, wcs, ycs, 1, xc, n);
+        IF(&gpu)->matmul(gpu.ctx, wgs, ygs, 1, xg, n);
+        down(&cpu, oc, yc, OB);
+        down(&gpu, og, yg, OB);
+        snprintf(name, sizeof name, "matmul %s %d x %lld -> %lld", kq_type_name(type), n, (long long)n_in,
+                 (long long)n_out);
+        check(name, nmse(og, oc, (size_t)n * (size_t)n_out), 2e-3);
+        if (n > 1) {
+            IF(&gpu)->matmul(gpu.ctx, wgs, ygs, 1, xg, 1);
+            down(&gpu, o1, yg, sizeof(float) * (size_t)n_out);
+            printf("| matmul %s row 0 alone == in %d rows (info) | %s | | info |\n", kq_type_name(type), n,
+                   memcmp(o1, og, sizeof(float) * (size_t)n_out) ? "differs" : "bit-identical");
+        }
+        IF(&cpu)->buf_free(cpu.ctx, xc);
+        IF(&gpu)->buf_free(gpu.ctx, xg);
+        IF(&cpu)->buf_free(cpu.ctx, yc);
+        IF(&gpu)->buf_free(gpu.ctx, yg);
+        free(x); free(oc); free(og); free(o1);
+    }
+    IF(&cpu)->weight_free(cpu.ctx, &wc);
+    IF(&gpu)->weight_free(gpu.ctx, &wg);
+    free(extra); free(ec); free(eg); free(data);
+}
+
+/* ---- rope + KV store + attention ---- */
+
+enum { ATT_DECODE, ATT_CAUSAL, ATT_TREE, ATT_MIXED };
+
+struct att_case {
+    const char *name;
+    int kind, n_head, n_head_kv, head_dim, n_rows, prefix, neox;
+};
+
+/* Rows of one group for `slot`: causal (parent = previous row) or a random tree. */
+static void add_group(struct eng_batch *b, int slot, int prefix, int n, int tree) {
+    int parent[512], depth[512];
+    const int r0 = b->n_tok;
+    for (int i = 0; i < n; i++) {
+        parent[i] = tree ? (i == 0 ? -1 : (int)(rng_next() % (uint64_t)i)) : i - 1;
+        depth[i] = parent[i] < 0 ? 0 : depth[parent[i]] + 1;
+        const int r = r0 + i;
+        b->token[r] = 0;
+        b->pos[r] = prefix + depth[i];
+        b->slot[r] = slot;
+        b->kv_idx[r] = prefix + i;
+        b->n_prefix[r] = prefix;
+        b->grp_first[r] = prefix;
+        b->grp_len[r] = n;
+        uint64_t *v = b->vis + (size_t)r * b->vis_words;
+        memset(v, 0, sizeof *v * (size_t)b->vis_words);
+        if (parent[i] >= 0) memcpy(v, b->vis + (size_t)(r0 + parent[i]) * b->vis_words, sizeof *v * (size_t)b->vis_words);
+        v[i >> 6] |= 1ull << (i & 63);
+        b->want_logits[r] = false;
+    }
+    b->n_tok += n;
+}
+
+static void test_attention(const struct att_case *tc) {
+    const int n_layer = 2, layer = 1, n_slot = 3, max_seq = tc->prefix + tc->n_rows + 8;
+    const int hd = tc->head_dim, kv_dim = tc->n_head_kv * hd, q_dim = tc->n_head * hd;
+    struct eng_kv kvc, kvg;
+    if (eng_kv_init(&kvc, &cpu, n_layer, n_slot, max_seq, kv_dim) || eng_kv_init(&kvg, &gpu, n_layer, n_slot, max_seq, kv_dim)) {
+        fprintf(stderr, "%s: KV allocation failed\n", tc->name);
+        exit(2);
+    }
+    const size_t kv_elems = eng_kv_bytes(n_layer, n_slot, max_seq, kv_dim) / 2 / sizeof(float);
+    float *kvh = xmalloc(kv_elems * sizeof(float));
+    fill(kvh, kv_elems, 1.0f);
+    IF(&cpu)->buf_upload(cpu.ctx, kvc.k, kvh, kv_elems * 4);
+    IF(&gpu)->buf_upload(gpu.ctx, kvg.k, kvh, kv_elems * 4);
+    fill(kvh, kv_elems, 1.0f);
+    IF(&cpu)->buf_upload(cpu.ctx, kvc.v, kvh, kv_elems * 4);
+    IF(&gpu)->buf_upload(gpu.ctx, kvg.v, kvh, kv_elems * 4);
+
+    struct eng_batch b;
+    if (eng_batch_init(&b, tc->n_rows + 8, tc->n_rows + 8)) exit(2);
+    switch (tc->kind) {
+    case ATT_DECODE:
+        for (int s = 0; s < n_slot && b.n_tok < tc->n_rows; s++) add_group(&b, s, tc->prefix - 3 * s, 1, 0);
+        break;
+    case ATT_CAUSAL: add_group(&b, 1, tc->prefix, tc->n_rows, 0); break;
+    case ATT_TREE: add_group(&b, 2, tc->prefix, tc->n_rows, 1); break;
+    case ATT_MIXED:
+        add_group(&b, 0, tc->prefix, 1, 0);
+        add_group(&b, 1, tc->prefix / 2, tc->n_rows / 2, 1);
+        add_group(&b, 2, 7, tc->n_rows - 1 - tc->n_rows / 2, 0);
+        break;
+    }
+    const int n = b.n_tok;
+    const size_t QB = sizeof(float) * (size_t)n * q_dim, KB = sizeof(float) * (size_t)n * kv_dim;
+    float *q = xmalloc(QB), *k = xmalloc(KB), *v = xmalloc(KB);
+    fill(q, (size_t)n * q_dim, 1.0f);
+    fill(k, (size_t)n * kv_dim, 1.0f);
+    fill(v, (size_t)n * kv_dim, 1.0f);
+    float *qc = up(&cpu, q, QB), *kc = up(&cpu, k, KB), *vc = up(&cpu, v, KB), *oc = up(&cpu, NULL, QB);
+    float *qg = up(&gpu, q, QB), *kg = up(&gpu, k, KB), *vg = up(&gpu, v, KB), *og = up(&gpu, NULL, QB);
+    const float base = 10000.0f;
+    IF(&cpu)->rope_kv_store(cpu.ctx, qc, kc, vc, &b, &kvc, layer, tc->n_head, tc->n_head_kv, hd, hd, base, tc->neox);
+    IF(&gpu)->rope_kv_store(gpu.ctx, qg, kg, vg, &b, &kvg, layer, tc->n_head, tc->n_head_kv, hd, hd, base, tc->neox);
+    float *h1 = xmalloc(QB), *h2 = xmalloc(QB);
+    char name[160];
+    down(&cpu, h1, qc, QB);
+    down(&gpu, h2, qg, QB);
+    snprintf(name, sizeof name, "rope %s: q", tc->name);
+    check(name, nmse(h2, h1, (size_t)n * q_dim), 1e-10);
+    /* the stored K and V rows */
+    float *sc = xmalloc(2 * KB), *sg = xmalloc(2 * KB);
+    for (int r = 0; r < n; r++) {
+        const size_t off = eng_kv_offset(&kvc, layer, b.slot[r], b.kv_idx[r]);
+        down(&cpu, sc + (size_t)r * kv_dim, kvc.k + off, sizeof(float) * kv_dim);
+        down(&gpu, sg + (size_t)r * kv_dim, kvg.k + off, sizeof(float) * kv_dim);
+        down(&cpu, sc + (size_t)(n + r) * kv_dim, kvc.v + off, sizeof(float) * kv_dim);
+        down(&gpu, sg + (size_t)(n + r) * kv_dim, kvg.v + off, sizeof(float) * kv_dim);
+    }
+    snprintf(name, sizeof name, "rope %s: stored K, V", tc->name);
+    check(name, nmse(sg, sc, 2 * (size_t)n * kv_dim), 1e-10);
+
+    const float scale = 1.0f / sqrtf((float)hd);
+    IF(&cpu)->attention(cpu.ctx, qc, &b, &kvc, layer, tc->n_head, tc->n_head_kv, hd, scale, oc);
+    IF(&gpu)->attention(gpu.ctx, qg, &b, &kvg, layer, tc->n_head, tc->n_head_kv, hd, scale, og);
+    down(&cpu, h1, oc, QB);
+    down(&gpu, h2, og, QB);
+    snprintf(name, sizeof name, "attention %s", tc->name);
+    check(name, nmse(h2, h1, (size_t)n * q_dim), 1e-8);
+
+    /* batch invariance on the GPU: the last row alone, from the same q */
+    struct eng_batch b1;
+    if (eng_batch_init(&b1, 1, b.vis_words * 64)) exit(2);
+    const int r = n - 1;
+    b1.n_tok = 1;
+    b1.token[0] = 0; b1.pos[0] = b.pos[r]; b1.slot[0] = b.slot[r]; b1.kv_idx[0] = b.kv_idx[r];
+    b1.n_prefix[0] = b.n_prefix[r]; b1.grp_first[0] = b.grp_first[r]; b1.grp_len[0] = b.grp_len[r];
+    memcpy(b1.vis, b.vis + (size_t)r * b.vis_words, sizeof(uint64_t) * (size_t)b.vis_words);
+    float *o1 = up(&gpu, NULL, sizeof(float) * q_dim);
+    IF(&gpu)->attention(gpu.ctx, qg + (size_t)r * q_dim, &b1, &kvg, layer, tc->n_head, tc->n_head_kv, hd, scale, o1);
+    float *alone = xmalloc(sizeof(float) * q_dim);
+    down(&gpu, alone, o1, sizeof(float) * q_dim);
+    snprintf(name, sizeof name, "attention %s: last row alone == in the batch (GPU)", tc->name);
+    check_true(name, !memcmp(alone, h2 + (size_t)r * q_dim, sizeof(float) * q_dim), "bitwise");
+
+    IF(&gpu)->buf_free(gpu.ctx, o1);
+    float *cb[] = {qc, kc, vc, oc}, *gb[] = {qg, kg, vg, og};
+    for (int i = 0; i < 4; i++) { IF(&cpu)->buf_free(cpu.ctx, cb[i]); IF(&gpu)->buf_free(gpu.ctx, gb[i]); }
+    eng_batch_free(&b);
+    eng_batch_free(&b1);
+    eng_kv_free(&kvc);
+    eng_kv_free(&kvg);
+    free(kvh); free(q); free(k); free(v); free(h1); free(h2); free(sc); free(sg); free(alone);
+}
+
+/* ---- the model end to end ---- */
+
+static int argmax(const float *x, int n, float *gap) {
+    int a = 0, b = -1;
+    for (int i = 1; i < n; i++) {
+        if (x[i] > x[a]) { b = a; a = i; }
+        else if (b < 0 || x[i] > x[b]) b = i;
+    }
+    if (gap) *gap = x[a] - x[b];
+    return a;
+}
+
+/* Greedy decoding of n_gen tokens; with `forced`, feed those tokens instead of
+ * the argmax (teacher forcing).  logits: [n_gen][n_vocab] per step. */
+static int run_greedy(struct eng_engine *e, const int32_t *prompt, int n_prompt, int n_gen, const int32_t *forced,
+                      int32_t *toks, float *logits) {
+    const int nv = e->model->hp.n_vocab;
+    struct eng_batch b;
+    int rc = eng_batch_init(&b, n_prompt > 1 ? n_prompt : 1, n_prompt > 1 ? n_prompt : 1);
+    if (rc) return rc;
+    e->kv.len[0] = 0;
+    eng_batch_clear(&b);
+    if ((rc = eng_batch_add_causal(&b, 0, 0, prompt, n_prompt, true)) ||
+        (rc = eng_forward_run(&e->fwd, &b, &e->kv, NULL, 0)))
+        goto done;
+    e->kv.len[0] = n_prompt;
+    for (int i = 0; i < n_gen; i++) {
+        memcpy(logits + (size_t)i * nv, e->fwd.logits, sizeof(float) * (size_t)nv);
+        toks[i] = argmax(e->fwd.logits, nv, NULL);
+        int32_t t = forced ? forced[i] : toks[i];
+        if (i == n_gen - 1) break;
+        eng_batch_clear(&b);
+        if ((rc = eng_batch_add_causal(&b, 0, e->kv.len[0], &t, 1, true)) ||
+            (rc = eng_forward_run(&e->fwd, &b, &e->kv, NULL, 0)))
+            goto done;
+        e->kv.len[0]++;
+    }
+done:
+    eng_batch_free(&b);
+    return rc;
+}
+
+static void test_model(const char *path) {
+    static const char *prompts[] = {
+        "The capital of France is",
+        "def fibonacci(n):\n    ",
+        "Once upon a time, in a small village by the sea, there lived",
+    };
+    const double tol = getenv("PPD_GPU_TOP2_TOL") ? atof(getenv("PPD_GPU_TOP2_TOL")) : 1e-3;
+    enum { NG = 48 };
+    char err[512];
+    struct eng_engine *ec = NULL, *eg = NULL;
+    struct eng_engine_params pc = {.model_path = path, .device = ENG_DEVICE_CPU, .n_threads = 4, .n_slot = 1,
+                                   .n_ctx = 512, .max_rows = 256};
+    struct eng_engine_params pg = pc;
+    pg.device = ENG_DEVICE_CUDA;
+    if (eng_engine_open(&ec, &pc, err, sizeof err)) { fprintf(stderr, "cpu engine: %s\n", err); n_fail++; return; }
+    if (eng_engine_open(&eg, &pg, err, sizeof err)) {
+        fprintf(stderr, "cuda engine: %s\n", err);
+        check_true("model loads on CUDA", 0, err);
+        eng_engine_close(ec);
+        return;
+    }
+    const int nv = ec->model->hp.n_vocab;
+    float *lc = xmalloc(sizeof(float) * NG * (size_t)nv), *lg = xmalloc(sizeof(float) * NG * (size_t)nv);
+    for (unsigned p = 0; p < sizeof prompts / sizeof prompts[0]; p++) {
+        int32_t *ids = NULL, tc[NG], tg[NG], tf[NG];
+        int n_ids = 0;
+        char name[160];
+        if (eng_engine_text_tokens(ec, prompts[p], &ids, &n_ids)) { n_fail++; continue; }
+        int rc = run_greedy(ec, ids, n_ids, NG, NULL, tc, lc);
+        int rc2 = rc ? rc : run_greedy(eg, ids, n_ids, NG, tc, tf, lg);   /* teacher-forced on the CPU's tokens */
+        if (rc || rc2) { check_true("model greedy run", 0, eng_err_msg(rc ? rc : rc2)); free(ids); continue; }
+        double worst = 0;
+        for (int i = 0; i < NG; i++) {
+            double v = nmse(lg + (size_t)i * nv, lc + (size_t)i * nv, (size_t)nv);
+            if (v > worst) worst = v;
+        }
+        snprintf(name, sizeof name, "model logits, prompt %u, %d teacher-forced steps (worst step)", p, NG);
+        check(name, worst, 2e-3);
+        /* free-running greedy on the GPU */
+        rc = run_greedy(eg, ids, n_ids, NG, NULL, tg, lg);
+        int first = -1;
+        for (int i = 0; i < NG && first < 0; i++)
+            if (tg[i] != tc[i]) first = i;
+        char detail[160];
+        if (rc) {
+            check_true("model greedy run (CUDA)", 0, eng_err_msg(rc));
+        } else if (first < 0) {
+            snprintf(name, sizeof name, "greedy tokens, prompt %u", p);
+            snprintf(detail, sizeof detail, "%d of %d identical", NG, NG);
+            check_true(name, 1, detail);
+        } else {
+            float gap;
+            argmax(lc + (size_t)first * nv, nv, &gap);
+            snprintf(name, sizeof name, "greedy tokens, prompt %u: first difference at step %d", p, first);
+            snprintf(detail, sizeof detail, "CPU top-2 gap %.3g (tolerance %.0e)", gap, tol);
+            check_true(name, gap <= tol, detail);
+        }
+        free(ids);
+    }
+    free(lc);
+    free(lg);
+    eng_engine_close(ec);
+    eng_engine_close(eg);
+}
+
+int main(int argc, char **argv) {
+    const char *model = argc > 1 ? argv[1] : getenv("PPD_TEST_MODEL");
+    if (!model) model = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    if (getenv("PPD_GPU_SEED")) rng_state = strtoull(getenv("PPD_GPU_SEED"), NULL, 0) | 1;
+    char err[256] = "";
+    if (eng_backend_cuda_init(&gpu, 0, err, sizeof err)) {
+        printf("no usable CUDA GPU: %s\n", err);
+        return 77;
+    }
+    if (eng_backend_cpu_init(&cpu, 4)) return 2;
+    printf("| check | measured | bound | result |\n|---|---|---|---|\n");
+
+    const int shapes[][2] = {{1, 576}, {7, 1536}, {33, 4096}, {3, 100}, {2, 11008}};
+    for (unsigned i = 0; i < sizeof shapes / sizeof shapes[0]; i++) test_rows(shapes[i][0], shapes[i][1]);
+
+    const int types[] = {KQ_F32, KQ_F16, KQ_BF16, KQ_Q4_0, KQ_Q4_1, KQ_Q8_0, KQ_Q4_K, KQ_Q5_K, KQ_Q6_K};
+    for (unsigned i = 0; i < sizeof types / sizeof types[0]; i++) {
+        test_weight(types[i], 512, 333);      /* odd row count */
+        test_weight(types[i], 1536, 576);
+    }
+
+    const struct att_case cases[] = {
+        {"decode 3 slots, SmolLM2 GQA 9/3 x 64", ATT_DECODE, 9, 3, 64, 3, 300, 0},
+        {"decode, long context 4000, 32/8 x 128", ATT_DECODE, 32, 8, 128, 1, 4000, 0},
+        {"causal chunk 37 rows, prefix 5", ATT_CAUSAL, 9, 3, 64, 37, 5, 0},
+        {"causal chunk 256 rows, prefix 0, neox", ATT_CAUSAL, 8, 8, 128, 256, 0, 1},
+        {"PPD tree 60 rows, prefix 700", ATT_TREE, 9, 3, 64, 60, 700, 0},
+        {"PPD tree 130 rows (3 vis words), prefix 2048, 32/8 x 128", ATT_TREE, 32, 8, 128, 130, 2048, 0},
+        {"mixed: decode + tree + prefill, 40 rows", ATT_MIXED, 9, 3, 64, 40, 100, 0},
+        {"odd head_dim 96, 12/4 heads, tree 17", ATT_TREE, 12, 4, 96, 17, 33, 0},
+    };
+    for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) test_attention(&cases[i]);
+
+    FILE *mf = fopen(model, "rb");
+    if (mf) {
+        fclose(mf);
+        test_model(model);
+    } else {
+        printf("| model checks | %s not present | | SKIPPED |\n", model);
+    }
+
+    eng_backend_free(&gpu);
+    eng_backend_free(&cpu);
+    printf("\n%d checks, %d failed\n", n_check, n_fail);
+    return n_fail ? 1 : 0;
+}
