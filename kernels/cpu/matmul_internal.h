@@ -25,7 +25,10 @@
  *   [pair 0: (panel 0, b 0)(panel 1, b 0)(panel 0, b 1)(panel 1, b 1) ...]
  *   [pair 1: (panel 2, b 0)(panel 3, b 0) ...] ...
  * so that the AVX2 kernel, which computes both panels of a pair together,
- * reads one sequential stream (kq_packed_block_offset).  One panel block:
+ * reads one sequential stream (kq_packed_block_offset).  Output ranges split
+ * at multiples of 16 keep pairs whole; a range that starts or ends inside a
+ * pair is still computed exactly (that panel alone), only less efficiently.
+ * One panel block:
  *   Q4_1 block (160 B): [8 x f16 d][8 x f16 m][4 x 32 B nibbles]
  *   Q4_0 block (144 B): [8 x f16 d][4 x 32 B nibbles]
  *   Q8_0 block (272 B): [8 x f16 d][8 x 32 B int8]
