@@ -375,7 +375,7 @@ int eng_backend_cuda_init(struct eng_backend *be, int device, char *err, size_t 
         eng_err_set(err, cap, ENG_E_UNSUPPORTED, "cannot start CUDA device %d: %s", device, cudaGetErrorString(e));
         goto err;
     }
-    if (prop.major < 7) {
+    if (prop.major < 8) {   /* the kernels are built for sm_80 and sm_90 only */
         eng_err_set(err, cap, ENG_E_UNSUPPORTED, "CUDA device %d (%s) is sm_%d%d; ppd needs sm_80 or sm_90", device,
                     prop.name, prop.major, prop.minor);
         goto err;
