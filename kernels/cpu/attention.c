@@ -329,6 +329,7 @@ static int attn_avx2(void) {
 #endif
 
 void kq_attn_run(const struct kq_attn_task *t, float *scratch) {
+    if (t->n_row < 1 || t->n_head < 1) return;
 #ifdef ATTN_HAVE_AVX2
     if (attn_avx2() && t->head_dim % 8 == 0 && t->n_row * t->n_head <= KQ_ATTN_MAX_QUERIES) {
         attn_run_avx2(t, scratch);
