@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "err.h"
 #include "gguf.h"
@@ -107,6 +108,13 @@ int eng_ppd_adapter_load(struct eng_ppd_adapter **out, const char *path, const s
     if (gguf_get_str(g, "ppd.provenance", &s, err, cap) == 0) adapter_copy_str(a->provenance, sizeof a->provenance, s->s);
     if (gguf_get_str(g, "ppd.init_text", &s, err, cap) == 0) adapter_copy_str(a->init_text, sizeof a->init_text, s->s);
     if (gguf_find_kv(g, "ppd.tree_L") && (rc = adapter_get_u32(g, "ppd.tree_L", 1, 4096, &a->tree_L, err, cap))) goto err;
+    if (gguf_find_kv(g, "ppd.tuned_speedup") &&
+        (gguf_get_f32(g, "ppd.tuned_speedup", &a->tuned_speedup, err, cap) || !(a->tuned_speedup >= 0.0f) ||
+         a->tuned_speedup > 1000.0f)) {
+        if (!err[0]) snprintf(err, cap, "%s: ppd.tuned_speedup: not a speed-up", path);
+        rc = ENG_E_FORMAT;
+        goto err;
+    }
     err[0] = 0;
 
     const struct gguf_tensor *te = gguf_find_tensor(g, "ppd.prompt_embeddings");
@@ -183,6 +191,7 @@ int eng_ppd_adapter_save(const struct eng_ppd_adapter *a, const char *path, char
         (rc = gguf_writer_set_str(w, "ppd.provenance", a->provenance)) ||
         (a->init_text[0] && (rc = gguf_writer_set_str(w, "ppd.init_text", a->init_text))) ||
         (a->tree_L > 0 && (rc = gguf_writer_set_u32(w, "ppd.tree_L", (uint32_t)a->tree_L))) ||
+        (a->tuned_speedup > 0 && (rc = gguf_writer_set_f32(w, "ppd.tuned_speedup", a->tuned_speedup))) ||
         (rc = gguf_writer_add_tensor(w, "ppd.prompt_embeddings", ADAPTER_KQ_F32, 2, ne_e, a->emb)) ||
         (a->accuracy && (rc = gguf_writer_add_tensor(w, "ppd.accuracy", ADAPTER_KQ_F32, 2, ne_a, a->accuracy))))
         goto out;
@@ -245,9 +254,26 @@ err:
     return rc;
 }
 
+/* A GGUF file-name quantization tag: Q4_1, Q8_0, Q4_K_M, IQ2_XS, TQ1_0, F16, F32, BF16. */
+static int adapter_is_quant_tag(const char *s, size_t n) {
+    size_t i = 0;
+    if (n >= 2 && (s[0] == 'I' || s[0] == 'i' || s[0] == 'T' || s[0] == 't') && (s[1] == 'Q' || s[1] == 'q')) i = 2;
+    else if (n >= 1 && (s[0] == 'Q' || s[0] == 'q')) i = 1;
+    if (i) return i < n && s[i] >= '0' && s[i] <= '9';
+    return (n == 3 && (!strncasecmp(s, "F16", 3) || !strncasecmp(s, "F32", 3))) || (n == 4 && !strncasecmp(s, "BF16", 4));
+}
+
 int eng_ppd_adapter_default_path(const char *model_path, char *out, size_t cap) {
     size_t n = strlen(model_path);
     if (n >= 5 && !strcmp(model_path + n - 5, ".gguf")) n -= 5;
+    /* An adapter belongs to the model, whichever file of it: drop a trailing ".Q4_1"-style tag. */
+    const char *slash = strrchr(model_path, '/');
+    const size_t base = slash ? (size_t)(slash - model_path) + 1 : 0;
+    for (size_t i = n; i > base; i--)
+        if (model_path[i - 1] == '.') {
+            if (i - 1 > base && adapter_is_quant_tag(model_path + i, n - i)) n = i - 1;
+            break;
+        }
     int k = snprintf(out, cap, "%.*s.ppd.gguf", (int)n, model_path);
     return k < 0 || (size_t)k >= cap ? ENG_E_RANGE : 0;
 }

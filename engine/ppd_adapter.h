@@ -10,7 +10,8 @@
  *   ppd.base.fingerprint (u64) = eng_model.fingerprint of the base model,
  *   ppd.provenance (str) how the embeddings were made, ppd.init_text (str) optional,
  *   ppd.tree_L (u32) optional: the tree budget measured best (`ppd tree tune`); the
- *   default tree is built from ppd.accuracy with it.
+ *   default tree is built from ppd.accuracy with it; ppd.tuned_speedup (f32) optional:
+ *   the speed-up measured with it, on the CPU (below 1: PPD does not pay there).
  * Loading checks shapes and, when a model is given, the fingerprint: an adapter
  * made for another model is refused with a message naming both models.
  *
@@ -43,6 +44,7 @@ struct eng_ppd_adapter {
     char provenance[256];
     char init_text[128];         /* empty when not from a text init */
     int tree_L;                  /* tree budget chosen for this adapter (ppd tree tune); 0: none */
+    float tuned_speedup;         /* decode speed-up ppd tree tune measured with tree_L (0: not measured) */
 };
 
 /* Load and validate path.  When m is not NULL the adapter must belong to it
@@ -62,7 +64,8 @@ int eng_ppd_adapter_init_text(struct eng_ppd_adapter **out, const struct eng_mod
 void eng_ppd_adapter_free(struct eng_ppd_adapter *a);   /* accepts NULL */
 
 /* The conventional adapter path for a model file: "DIR/STEM.ppd.gguf" where the
- * model is "DIR/STEM.gguf".  ENG_E_RANGE when it does not fit in cap. */
+ * model is "DIR/STEM.gguf" or "DIR/STEM.QUANT.gguf" (QUANT a tag such as Q4_1,
+ * Q4_K_M, F16: an adapter belongs to the model, not to one of its files).  ENG_E_RANGE when it does not fit in cap. */
 int eng_ppd_adapter_default_path(const char *model_path, char *out, size_t cap);
 
 #endif

@@ -183,7 +183,8 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     /* PPD on unless --no-ppd, when an adapter is named or sits next to the model */
-    struct cli_ppd_opts po = {.model = o.model, .adapter = o.ppd_adapter, .tree_file = o.tree_file, .tree_L = o.tree_L};
+    struct cli_ppd_opts po = {.model = o.model, .adapter = o.ppd_adapter, .tree_file = o.tree_file, .tree_L = o.tree_L,
+                              .honour_tuning = true};
     if (!o.no_ppd && cli_ppd_open(&cp, &po, e)) goto done;
     use_ppd = cp.src != CLI_PPD_OFF;
     if (o.chat) {

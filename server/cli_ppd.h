@@ -27,6 +27,7 @@ struct cli_ppd_opts {
     const char *tree_file;   /* --tree FILE, or NULL: build one */
     long tree_L;             /* budget of the built tree; 0: the adapter's ppd.tree_L, else the default */
     bool untrained;          /* no adapter file: text-init one in memory (bench) instead of plain decoding */
+    bool honour_tuning;      /* the default adapter stays off when ppd tree tune measured it slower */
 };
 
 enum cli_ppd_source {

@@ -8,6 +8,7 @@
 
 #include "cli.h"
 #include "engine/err.h"
+#include "engine/ppd_adapter.h"
 #include "engine/train.h"
 
 static void train_usage(FILE *fp) {
@@ -86,10 +87,10 @@ int cmd_train(int argc, char **argv) {
     if (!p.data_path) { fprintf(stderr, "ppd train: -d DISTILL.jsonl is required (make one with `ppd distill`)\n"); return 2; }
     if (p.resume && !p.checkpoint_path) { fprintf(stderr, "ppd train: --resume needs --checkpoint FILE\n"); return 2; }
     if (!p.out_path) {
-        const char *dot = strrchr(p.model_path, '.');
-        size_t stem = dot && !strcmp(dot, ".gguf") ? (size_t)(dot - p.model_path) : strlen(p.model_path);
-        if (stem + 10 > sizeof out_default) { fprintf(stderr, "ppd train: model path too long\n"); return 2; }
-        snprintf(out_default, sizeof out_default, "%.*s.ppd.gguf", (int)stem, p.model_path);
+        if (eng_ppd_adapter_default_path(p.model_path, out_default, sizeof out_default)) {
+            fprintf(stderr, "ppd train: model path too long\n");
+            return 2;
+        }
         p.out_path = out_default;
     }
     if (!force && !p.resume && access(p.out_path, F_OK) == 0) {

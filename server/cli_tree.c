@@ -108,12 +108,13 @@ done:
 
 /* Record the chosen budget in the adapter (ppd.tree_L): the default tree of
  * `ppd generate`, `ppd bench` and `ppd serve` is then built with it. */
-static int tune_set_adapter(const char *adapter, int L) {
+static int tune_set_adapter(const char *adapter, int L, double speedup) {
     char err[512];
     struct eng_ppd_adapter *ad = NULL;
     int rc = eng_ppd_adapter_load(&ad, adapter, NULL, err, sizeof err);
     if (!rc) {
         ad->tree_L = L;
+        ad->tuned_speedup = (float)speedup;
         rc = eng_ppd_adapter_save(ad, adapter, err, sizeof err);
     }
     eng_ppd_adapter_free(ad);
@@ -186,7 +187,7 @@ static int cmd_tree_tune(const char *model, const char *adapter, const char *fil
         eng_ppd_tree_family_free(fam);
     }
     printf("best: L=%d, speed-up %.3f%s%s\n", best_L, best, out_path ? ", written to " : "", out_path ? out_path : "");
-    status = set_adapter && best_L > 0 ? tune_set_adapter(adapter, best_L) : 0;
+    status = set_adapter && best_L > 0 ? tune_set_adapter(adapter, best_L, best) : 0;
 done:
     for (int i = 0; i < n_pr; i++) free(pr[i].ids);
     free(pr);

@@ -189,7 +189,15 @@ START_TEST(test_init_text_and_base_check) {
     ck_assert_msg(strstr(err, "Vicuna 7B v1.3") && strstr(err, m->name), "%s", err);
     char def[256];
     ck_assert_int_eq(eng_ppd_adapter_default_path("models/x.Q4_1.gguf", def, sizeof def), 0);
-    ck_assert_str_eq(def, "models/x.Q4_1.ppd.gguf");
+    ck_assert_str_eq(def, "models/x.ppd.gguf");
+    const char *cases[][2] = {{"x.gguf", "x.ppd.gguf"}, {"m/a.b.gguf", "m/a.b.ppd.gguf"},
+                              {"m/A-7B.Q4_K_M.gguf", "m/A-7B.ppd.gguf"}, {"m/A.f16.gguf", "m/A.ppd.gguf"},
+                              {"m/A.IQ2_XS.gguf", "m/A.ppd.gguf"}, {"m/.Q4_1.gguf", "m/.Q4_1.ppd.gguf"},
+                              {"q4.d/A.Qx.gguf", "q4.d/A.Qx.ppd.gguf"}, {"m/A.Q8_0", "m/A.ppd.gguf"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ck_assert_int_eq(eng_ppd_adapter_default_path(cases[i][0], def, sizeof def), 0);
+        ck_assert_str_eq(def, cases[i][1]);
+    }
     unlink(path);
     eng_ppd_adapter_free(a);
     tok_free(t);
