@@ -16,18 +16,16 @@
  */
 #include "gguf.h"
 #include "err.h"
+#include "file_map.h"
 #include "kernels/cpu/qtypes.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -550,50 +548,22 @@ err:
 
 int gguf_open(struct gguf_file **out, const char *path, char *err, size_t err_cap) {
     static const uint8_t empty[1];
-    struct stat st;
-    void *map = NULL;
-    size_t size = 0;
-    int fd, rc;
-
+    const void *map;
+    size_t size;
     *out = NULL;
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return eng_err_set(err, err_cap, ENG_E_IO, "%s: open: %s", path, strerror(errno));
-    if (fstat(fd, &st) < 0) {
-        rc = eng_err_set(err, err_cap, ENG_E_IO, "%s: stat: %s", path, strerror(errno));
-        goto err;
+    int rc = eng_file_map(path, &map, &size, err, err_cap);
+    if (rc) return rc;
+    if ((rc = gguf_parse(out, map ? map : empty, size, path, err, err_cap))) {
+        eng_file_unmap(map, size);
+        return rc;
     }
-    if (!S_ISREG(st.st_mode)) {
-        rc = eng_err_set(err, err_cap, ENG_E_IO, "%s: open: not a regular file", path);
-        goto err;
-    }
-    if ((uint64_t)st.st_size > SIZE_MAX) {
-        rc = eng_err_set(err, err_cap, ENG_E_IO, "%s: open: file too large to map", path);
-        goto err;
-    }
-    size = (size_t)st.st_size;
-    /* mmap of zero bytes fails; an empty file is reported by the parser instead. */
-    if (size) {
-        map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            map = NULL;
-            rc = eng_err_set(err, err_cap, ENG_E_IO, "%s: mmap: %s", path, strerror(errno));
-            goto err;
-        }
-    }
-    close(fd);
-    fd = -1;
-    if ((rc = gguf_parse(out, map ? map : empty, size, path, err, err_cap))) goto err;
     (*out)->mapped_ = map != NULL;
     return 0;
-err:
-    if (fd >= 0) close(fd);
-    if (map) munmap(map, size);
-    return rc;
 }
 
 void gguf_close(struct gguf_file *f) {
     if (!f) return;
-    if (f->mapped_) munmap((void *)f->base, f->size);
+    if (f->mapped_) eng_file_unmap(f->base, f->size);
     free(f->kv);
     free(f->tensors);
     free(f->arena_);

@@ -4,15 +4,13 @@
 #include "safetensors.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "err.h"
+#include "file_map.h"
 
 /* The reference implementation refuses headers above 100 MB; so do we (a real
  * header is a few hundred bytes per tensor). */
@@ -249,50 +247,22 @@ err:
 
 int st_open(struct st_file **out, const char *path, char *err, size_t cap) {
     static const uint8_t empty[1];
-    struct stat st;
-    void *map = NULL;
-    size_t size = 0;
-    int fd, rc;
-
+    const void *map;
+    size_t size;
     *out = NULL;
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return eng_err_set(err, cap, ENG_E_IO, "%s: open: %s", path, strerror(errno));
-    if (fstat(fd, &st) < 0) {
-        rc = eng_err_set(err, cap, ENG_E_IO, "%s: stat: %s", path, strerror(errno));
-        goto err;
+    int rc = eng_file_map(path, &map, &size, err, cap);
+    if (rc) return rc;
+    if ((rc = st_parse(out, map ? map : empty, size, path, err, cap))) {
+        eng_file_unmap(map, size);
+        return rc;
     }
-    if (!S_ISREG(st.st_mode)) {
-        rc = eng_err_set(err, cap, ENG_E_IO, "%s: open: not a regular file", path);
-        goto err;
-    }
-    if ((uint64_t)st.st_size > SIZE_MAX) {
-        rc = eng_err_set(err, cap, ENG_E_IO, "%s: open: file too large to map", path);
-        goto err;
-    }
-    size = (size_t)st.st_size;
-    /* mmap of zero bytes fails; an empty file is reported by the parser instead. */
-    if (size) {
-        map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            map = NULL;
-            rc = eng_err_set(err, cap, ENG_E_IO, "%s: mmap: %s", path, strerror(errno));
-            goto err;
-        }
-    }
-    close(fd);
-    fd = -1;
-    if ((rc = st_parse(out, map ? map : empty, size, path, err, cap))) goto err;
     (*out)->mapped_ = map != NULL;
     return 0;
-err:
-    if (fd >= 0) close(fd);
-    if (map) munmap(map, size);
-    return rc;
 }
 
 void st_close(struct st_file *f) {
     if (!f) return;
-    if (f->mapped_) munmap((void *)f->base, f->size);
+    if (f->mapped_) eng_file_unmap(f->base, f->size);
     json_decref(f->json_);
     free(f->tensors);
     free(f->path);
