@@ -91,15 +91,38 @@ static int api_number(json_t *root, const char *key, double lo, double hi, float
     return 0;
 }
 
+/* An integer-valued JSON number: 0 with *out set; -1 when v is not one; 1 when it
+ * is integral but beyond 64 bits.  Integral reals count (JSON Schema's integer: 5.0
+ * is 5), and a body with an integer beyond 64 bits is read with every number as a
+ * double (srv_api_parse), where they are all reals. */
+static int api_integral(json_t *v, long long *out) {
+    if (json_is_integer(v)) {
+        *out = json_integer_value(v);
+        return 0;
+    }
+    if (!json_is_real(v)) return -1;
+    double d = json_real_value(v);
+    if (!isfinite(d) || d != floor(d)) return -1;
+    if (d < -9223372036854775808.0 || d >= 9223372036854775808.0) return 1;
+    *out = (long long)d;
+    return 0;
+}
+
 static int api_int(json_t *root, const char *key, long long lo, long long hi, long long *out, bool *given,
                    struct srv_err *err) {
     json_t *v = api_field(root, key);
     if (!v) return 0;
-    if (!json_is_integer(v)) {
+    long long l = 0;
+    int kind = api_integral(v, &l);
+    if (kind < 0) {
         srv_err_set(err, ENG_E_INVALID, key, "invalid_type", "'%s' must be an integer", key);
         return -1;
     }
-    long long l = json_integer_value(v);
+    if (kind > 0) {
+        srv_err_set(err, ENG_E_RANGE, key, "invalid_value", "'%s' must be in [%lld, %lld], got %g", key, lo, hi,
+                    json_real_value(v));
+        return -1;
+    }
     if (l < lo || l > hi) {
         srv_err_set(err, ENG_E_RANGE, key, "invalid_value", "'%s' must be in [%lld, %lld], got %lld", key, lo, hi, l);
         return -1;
@@ -185,14 +208,15 @@ out:
 static int api_completion_prompt(struct srv *s, json_t *root, struct srv_gen *g, struct srv_err *err) {
     json_t *p = api_field(root, "prompt");
     if (!p) { srv_err_set(err, ENG_E_INVALID, "prompt", "missing_required_parameter", "'prompt' is required"); return -1; }
-    if (json_is_array(p) && json_array_size(p) >= 1 && json_is_integer(json_array_get(p, 0))) {
+    long long first_id;
+    if (json_is_array(p) && json_array_size(p) >= 1 && api_integral(json_array_get(p, 0), &first_id) >= 0) {
         /* A prompt given as token ids. */
         size_t n = json_array_size(p), i;
         json_t *v;
         if (!(g->prompt = malloc(sizeof *g->prompt * n))) { srv_err_set(err, ENG_E_NOMEM, NULL, NULL, "out of memory"); return -1; }
         json_array_foreach(p, i, v) {
-            long long id = json_is_integer(v) ? json_integer_value(v) : -1;
-            if (id < 0 || id >= tok_n_vocab(s->eng->tok)) {
+            long long id = -1;
+            if (api_integral(v, &id) != 0 || id < 0 || id >= tok_n_vocab(s->eng->tok)) {
                 srv_err_set(err, ENG_E_RANGE, "prompt", "invalid_value", "prompt[%zu] is not a token id", i);
                 return -1;
             }
@@ -264,6 +288,10 @@ int srv_api_parse(struct srv *s, enum srv_kind kind, const char *body, size_t n,
     eng_sampler_params_default(&g->sp);
     json_error_t je;
     json_t *root = json_loadb(body, n, JSON_REJECT_DUPLICATES, &je);
+    /* jansson refuses integers beyond 64 bits; JSON has no such limit (an unknown
+     * field may carry one), so such a body is read again with numbers as doubles. */
+    if (!root && json_error_code(&je) == json_error_numeric_overflow)
+        root = json_loadb(body, n, JSON_REJECT_DUPLICATES | JSON_DECODE_INT_AS_REAL, &je);
     *rootp = root;
     if (!root) {
         srv_err_set(err, ENG_E_INVALID, NULL, "invalid_json", "the body is not valid JSON: %s (line %d, column %d)", je.text,

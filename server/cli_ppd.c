@@ -86,7 +86,7 @@ int cli_ppd_open(struct cli_ppd *c, const struct cli_ppd_opts *o, const struct e
         fprintf(stderr, "ppd: %s\n", err);
         return 1;
     }
-    if (c->ppd.trees.max_T > e->fwd.max_rows) {
+    if (!o->caller_fits_rows && c->ppd.trees.max_T > e->fwd.max_rows) {
         fprintf(stderr, "ppd: the tree feeds %d rows per step; at most %d\n", c->ppd.trees.max_T, e->fwd.max_rows);
         return 1;
     }

@@ -96,7 +96,7 @@ static int serve_ppd_open(struct srv *s) {
     }
     const bool named = strcmp(c->ppd, "auto") != 0, auto_tree = !strcmp(c->tree, "auto");
     struct cli_ppd_opts o = {.model = c->model, .adapter = named ? c->ppd : NULL, .honour_tuning = true,
-                             .tree_file = auto_tree ? NULL : c->tree, .tree_L = c->tree_size};
+                             .tree_file = auto_tree ? NULL : c->tree, .tree_L = c->tree_size, .caller_fits_rows = true};
     for (;;) {
         if (cli_ppd_open(&s->ppd, &o, s->eng)) return 1;
         if (s->ppd.src == CLI_PPD_OFF) {

@@ -82,6 +82,35 @@ static enum MHD_Result respond_err(struct srv *s, struct MHD_Connection *c, cons
     return respond(c, (unsigned)status, srv_err_json(e), "application/json");
 }
 
+/* The methods a known path answers, for a 405's Allow header (RFC 9110 §15.5.6:
+ * a known path asked with another method is not "not found"); NULL for an
+ * unknown path. */
+static const char *allowed_methods(const char *url) {
+    static const struct { const char *path, *allow; } routes[] = {
+        {"/health", "GET, HEAD"}, {"/metrics", "GET, HEAD"}, {"/v1/models", "GET, HEAD"}, {"/models", "GET, HEAD"},
+        {"/v1/chat/completions", "POST"}, {"/v1/completions", "POST"},
+    };
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
+        if (!strcmp(url, routes[i].path)) return routes[i].allow;
+    return NULL;
+}
+
+static enum MHD_Result respond_method_not_allowed(struct srv *s, struct MHD_Connection *c, const char *method,
+                                                  const char *url, const char *allow) {
+    s->metrics.http_rejected++;
+    struct srv_err err = {0};
+    srv_err_set(&err, ENG_E_INVALID, NULL, "method_not_allowed", "%s is not allowed on %s (allowed: %s)", method, url, allow);
+    char *body = srv_err_json(&err);
+    if (!body) return MHD_NO;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+    if (!resp) { free(body); return MHD_NO; }
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, allow);
+    enum MHD_Result rc = MHD_queue_response(c, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
 static void req_unlink(struct srv *s, struct srv_req *r) {
     if (r->prev) r->prev->next = r->next;
     else s->reqs = r->next;
@@ -309,7 +338,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (r->dispatched) return r->finished && !r->stream ? respond_final(s, r) : MHD_YES;
     r->dispatched = true;
 
-    bool get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
+    /* HEAD is GET without the body (libmicrohttpd drops it). */
+    bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD"), post = !strcmp(method, "POST");
     struct srv_err err = {0};
     if (get && !strcmp(url, "/health")) {
         if (s->draining) {
@@ -329,6 +359,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return respond(conn, 200, srv_api_models(s), "application/json");
     if (post && !strcmp(url, "/v1/chat/completions")) return handle_generate(s, r, SRV_CHAT);
     if (post && !strcmp(url, "/v1/completions")) return handle_generate(s, r, SRV_COMPLETION);
+    const char *allow = allowed_methods(url);
+    if (allow) return respond_method_not_allowed(s, conn, method, url, allow);
     srv_err_set(&err, ENG_E_NOT_FOUND, NULL, "unknown_url", "Unknown request URL: %s %s", method, url);
     return respond_err(s, conn, &err);
 }

@@ -1,5 +1,7 @@
 """Errors in OpenAI's shape with the statuses of architecture.md §4, and
 authentication with --api-key."""
+import json
+
 import openai
 import pytest
 import requests
@@ -79,7 +81,29 @@ def test_over_long_prompt_400(server, client, model_id):
 
 def test_unknown_route_404(server):
     check_error(requests.get(server.url + "/v1/nothing", timeout=10), 404)
-    check_error(requests.get(server.url + "/v1/chat/completions", timeout=10), 404)
+
+
+def test_wrong_method_405_with_allow(server):
+    # a known path asked with a method it does not serve is not "not found"
+    r = requests.get(server.url + "/v1/chat/completions", timeout=10)
+    check_error(r, 405, code="method_not_allowed")
+    assert r.headers["Allow"] == "POST"
+    r = requests.delete(server.url + "/health", timeout=10)
+    check_error(r, 405, code="method_not_allowed")
+    assert r.headers["Allow"] == "GET, HEAD"
+    assert requests.head(server.url + "/health", timeout=10).status_code == 200
+
+
+def test_integers_beyond_64_bits(server):
+    # JSON has no integer limit: an unknown field may hold one (ignored), a known
+    # one is out of range (400 naming it); integral reals count as integers
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2, "temperature": 0}
+    r = post(server, "/v1/chat/completions", data=json.dumps(body)[:-1] + ', "x_extra": 123456789012345678901234567890}')
+    assert r.status_code == 200, r.text
+    r = post(server, "/v1/chat/completions", data=json.dumps(body)[:-1] + ', "seed": 123456789012345678901234567890}')
+    check_error(r, 400, param="seed")
+    r = post(server, "/v1/chat/completions", json=dict(body, max_tokens=2.0))
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2, r.text
 
 
 def test_body_too_large_413(server):

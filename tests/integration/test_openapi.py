@@ -31,7 +31,7 @@ def to_jsonschema(spec, node):
         return to_jsonschema(spec, target)
     out = {k: to_jsonschema(spec, v) for k, v in node.items() if k not in ("nullable", "description", "format")}
     if node.get("nullable"):
-        if "enum" in out:
+        if "enum" in out and None not in out["enum"]:
             out["enum"] = out["enum"] + [None]
         return {"anyOf": [out, {"type": "null"}]}
     return out

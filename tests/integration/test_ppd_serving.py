@@ -226,6 +226,15 @@ def test_tree_shrinks_to_fit_the_batch(tmp_path_factory, adapter):
         assert "tree budget lowered" in s.log()
     finally:
         assert s.stop() == 0
+    # one slot whose tree is wider than the whole step (L=60: 64 rows > -b 16) is
+    # shrunk too, not refused
+    s = start_server(tmp_path_factory, "-np", "1", "-b", "16", "-c", "256", "--ppd", adapter, "--tree-size", "60",
+                     name="ppdfit1")
+    try:
+        meta = requests.get(s.url + "/v1/models", timeout=10).json()["data"][0]["meta"]["ppd"]
+        assert meta["enabled"] and meta["tree_size"] < 60 and meta["tree_rows"] <= 16, meta
+    finally:
+        assert s.stop() == 0
     # a named adapter that cannot fit at all is an error naming the way out
     p = subprocess.run([PPD_BIN, "serve", "-m", MODEL, "--port", "0", "-t", "1", "-np", "16", "-b", "64", "-c", "256",
                         "--ppd", adapter], capture_output=True, text=True, timeout=60)
