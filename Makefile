@@ -73,7 +73,7 @@ BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libppd.a
 
-.PHONY: check-ppd check-golden bench-bins all deps model test test-unit test-integration test-golden run asan bench adapter bench-adapter clean features
+.PHONY: check-ppd check-golden bench-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak-serve adapter bench-adapter clean features
 all: features $(BUILD)/ppd
 
 features:
@@ -175,6 +175,19 @@ bench: deps model
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory bench-bins
 	scripts/bench.sh 3
+
+# The server through HTTP streaming at 1, 4 and 16 clients, plain and PPD, and
+# HTTP at 1 client against `ppd generate` (scripts/bench-serve.py).
+bench-serve: deps model
+	@$(MAKE) --no-print-directory all $(ITEST_VENV)/.ok
+	$(ITEST_VENV)/bin/python scripts/bench-serve.py --json $(BUILD)/bench-serve/samples.json
+
+# Issue 5's acceptance load run: 64 streaming clients for 5 minutes with random
+# disconnects (tests/integration/test_load.py at full length).
+soak-serve: deps model
+	@$(MAKE) --no-print-directory all $(ITEST_VENV)/.ok
+	PPD_LOAD_SECONDS=$${PPD_LOAD_SECONDS:-300} PPD_LOAD_CLIENTS=$${PPD_LOAD_CLIENTS:-64} PPD_TEST_MODEL=$(MODEL) \
+	  PPD_BIN=$(BUILD)/ppd $(ITEST_VENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/integration/test_load.py
 
 clean:
 	rm -rf build build-asan

@@ -4,17 +4,21 @@ serving: every stream that stayed to the end equals its single-stream
 (greedy) answer, no slot is left behind, and memory does not grow without
 bound.  PPD_LOAD_SECONDS (default 12) sets the length; the acceptance run of
 issue 5 (64 clients, 5 minutes) is this test with PPD_LOAD_SECONDS=300
-PPD_LOAD_CLIENTS=64."""
+PPD_LOAD_CLIENTS=64 (`make soak-serve`).  PPD is on, with the adapter committed
+next to the model (named, so it is on even where its tuning says it does not
+pay on this CPU), or an untrained one when there is none."""
 import json
 import os
 import random
+import re
 import socket
+import subprocess
 import threading
 import time
 
 import requests
 
-from conftest import start_server
+from conftest import MODEL, PPD_BIN, start_server
 
 SECONDS = float(os.environ.get("PPD_LOAD_SECONDS", "12"))
 CLIENTS = int(os.environ.get("PPD_LOAD_CLIENTS", "16"))
@@ -46,8 +50,18 @@ def rss(server):
     return server.metrics()["ppd_process_resident_memory_bytes"]
 
 
+def load_adapter(tmp_path_factory):
+    committed = re.sub(r"(\.Q\w+)?\.gguf$", ".ppd.gguf", MODEL)
+    if os.path.exists(committed):
+        return committed
+    path = str(tmp_path_factory.mktemp("load-adapter") / "x.ppd.gguf")
+    subprocess.run([PPD_BIN, "adapter", "init", "-m", MODEL, "-o", path], check=True, capture_output=True)
+    return path
+
+
 def test_load_with_disconnects(tmp_path_factory):
-    s = start_server(tmp_path_factory, "-np", "4", "-c", "512", "--max-queue", "256", name="load")
+    s = start_server(tmp_path_factory, "-np", "4", "-c", "512", "--max-queue", "256",
+                     "--ppd", load_adapter(tmp_path_factory), name="load")
     try:
         n = 24
         ref = {p: stream_text(s.url, p, n) for p in PROMPTS}
@@ -104,6 +118,8 @@ def test_load_with_disconnects(tmp_path_factory):
         # still serving, and memory did not run away (a leak per request would show over hundreds of requests)
         assert stream_text(s.url, PROMPTS[0], n) == ref[PROMPTS[0]]
         assert rss(s) < rss0 + 64 * 2 ** 20, (rss0, rss(s))
-        print(f"load: {counts}, rss {rss0 / 2**20:.0f} -> {rss(s) / 2**20:.0f} MiB")
+        m = s.metrics()
+        print(f"load: {SECONDS:.0f} s, {CLIENTS} clients: {counts}, rss {rss0 / 2**20:.1f} -> {rss(s) / 2**20:.1f} MiB, "
+              f"PPD accepted/step {m.get('ppd_spec_decode_num_accepted_tokens_total', 0) / max(1, m.get('ppd_spec_decode_num_drafts_total', 0)) + 1:.2f}")
     finally:
         assert s.stop() == 0, s.log()[-2000:]
