@@ -72,7 +72,9 @@ void eng_ppd_seq_free(struct eng_ppd_seq *s) {
     s->scratch = NULL;
 }
 
-int eng_ppd_seq_step_rows(const struct eng_ppd_seq *s) { return s->ppd->trees.st[s->d].T; }
+int eng_ppd_seq_step_rows(const struct eng_ppd_seq *s) {
+    return s->plain || s->plain_next ? 1 : s->ppd->trees.st[s->d].T;
+}
 
 /* Insert (x, v) into the best-first list val/ids of *n <= K entries: below the
  * entries >= x, so equal logits keep the lower id first. */
@@ -186,12 +188,13 @@ int eng_ppd_seq_step_add(struct eng_ppd_seq *s, struct eng_batch *b, const struc
     const int P = kv->len[s->slot], T = tr->T, W = b->vis_words;
     if (P + 1 > kv->max_seq) return ENG_E_TOO_LONG;
     s->b_first = b->n_tok;
-    if (s->plain || P + T > kv->max_seq) {
+    if (s->plain || s->plain_next || P + T > kv->max_seq) {
         /* The tree no longer fits before the end of the slot: finish with plain
-         * one-row steps, so PPD stops exactly where plain decoding would. */
+         * one-row steps, so PPD stops exactly where plain decoding would.  Or
+         * the caller asked for one plain step (plain_next). */
         int rc = eng_batch_add_causal(b, s->slot, P, &s->cand[0], 1, true);
         if (rc) return rc;
-        s->plain = true;
+        if (s->plain || P + T > kv->max_seq) s->plain = true;
         s->pending = 3;
         s->n_past = P;
         return 0;

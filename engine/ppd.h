@@ -101,6 +101,9 @@ struct eng_ppd_seq {
     int b_first;                 /* first batch row of the pending step */
     int pending;                 /* 0: none, 1: prefill tail, 2: tree step, 3: plain step */
     bool plain;                  /* near the end of the KV slot: one-row steps from now on */
+    bool plain_next;             /* set by the caller: the next step is one plain row (the
+                                    calibrated choice for this batch size); tree steps resume
+                                    after it with the guesses they had (verification decides) */
     int n_past;                  /* committed entries when the pending step was built */
     eng_ppd_guess_fn guess_fn;
     void *guess_user;

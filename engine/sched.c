@@ -59,6 +59,41 @@ static int sched_ppd_rows_max(const struct eng_ppd *ppd) {
     return ppd->trees.max_T > ppd->n_prompt + 1 ? ppd->trees.max_T : ppd->n_prompt + 1;
 }
 
+/* The sizing rule: every step's trees fit (see eng_sched_params). */
+static int sched_ppd_check(const struct eng_sched_params *p) {
+    if (p->ppd && p->ppd_by_batch) {
+        for (int b = 1; b <= p->n_slot; b++) {
+            const struct eng_ppd *t = p->ppd_by_batch[b];
+            const int per = t ? sched_ppd_rows_max(t) : p->ppd->n_prompt + 1;
+            if (b * per > p->max_rows || (t && (t->ad != p->ppd->ad || t->trees.max_T > p->ppd->trees.max_T))) {
+                LOG_ERROR("PPD: the tree for %d sequences (%d rows each) does not fit %d rows per step, or is not "
+                          "of the same adapter and at most as wide as the widest", b, per, p->max_rows);
+                return ENG_E_RANGE;
+            }
+        }
+    } else if (p->ppd) {
+        const int per = sched_ppd_rows_max(p->ppd);
+        if (per > p->max_rows / p->n_slot) {
+            LOG_ERROR("PPD needs %d slots x %d rows (the largest tree) = %d rows per step, but a step has %d: "
+                      "raise the rows per step, use fewer slots or a smaller tree", p->n_slot, per,
+                      p->n_slot * per, p->max_rows);
+            return ENG_E_RANGE;
+        }
+    }
+    return 0;
+}
+
+int eng_sched_set_ppd(struct eng_sched *s, const struct eng_ppd *widest, const struct eng_ppd *const *by_batch) {
+    if (s->n_active > 0) return ENG_E_BUSY;
+    struct eng_sched_params p = s->p;
+    p.ppd = widest;
+    p.ppd_by_batch = widest ? by_batch : NULL;
+    int rc = sched_ppd_check(&p);
+    if (rc) return rc;
+    s->p = p;
+    return 0;
+}
+
 int eng_sched_init(struct eng_sched *s, struct eng_forward *f, struct eng_kv *kv, const struct tok *tok,
                    const struct eng_sched_params *p) {
     memset(s, 0, sizeof *s);
@@ -73,15 +108,7 @@ int eng_sched_init(struct eng_sched *s, struct eng_forward *f, struct eng_kv *kv
      * tree (or the N + 1 rows of its prefill tail). */
     int rc = ENG_E_RANGE;
     if (s->p.n_slot > s->p.max_rows) goto err;
-    if (s->p.ppd) {
-        const int per = sched_ppd_rows_max(s->p.ppd);
-        if (per > s->p.max_rows / s->p.n_slot) {
-            LOG_ERROR("PPD needs %d slots x %d rows (the largest tree) = %d rows per step, but a step has %d: "
-                      "raise the rows per step, use fewer slots or a smaller tree", s->p.n_slot, per,
-                      s->p.n_slot * per, s->p.max_rows);
-            goto err;
-        }
-    }
+    if (sched_ppd_check(&s->p)) goto err;
     rc = eng_batch_init(&s->batch, s->p.max_rows, s->p.max_rows);
     if (rc) goto err;
     if ((rc = eng_sampler_scratch_init(&s->scratch, f->m->hp.n_vocab))) goto err;
@@ -241,7 +268,7 @@ static int seq_add_ppd(struct eng_sched *s, struct eng_sched_req *r) {
                  ? eng_ppd_seq_prefill_add(&r->ppd, &s->batch, s->kv, r->prompt[r->n_prompt - 1])
                  : eng_ppd_seq_step_add(&r->ppd, &s->batch, s->kv);
     r->n_rows = s->batch.n_tok - before;
-    r->ppd_depth = r->ppd.plain ? 0 : s->p.ppd->trees.st[r->ppd.d].D;
+    r->ppd_depth = r->ppd.pending == 3 ? 0 : r->ppd.ppd->trees.st[r->ppd.d].D;
     return rc;
 }
 
@@ -345,10 +372,21 @@ int eng_sched_step(struct eng_sched *s) {
     sched_admit(s);
     eng_batch_clear(&s->batch);
     int n_decode = 0, n_prefill = 0;
+    /* The tree of this step: chosen for the sequences that hold slots now. */
+    const struct eng_ppd *tree = s->p.ppd;
+    bool plain_step = false;
+    if (s->p.ppd_by_batch && s->n_active > 0) {
+        tree = s->p.ppd_by_batch[s->n_active];
+        plain_step = tree == NULL;
+    }
     for (int i = 0; i < s->n_active; i++) {
         struct eng_sched_req *r = s->active[i];
         r->n_rows = 0;
         r->add_err = 0;
+        if (r->ppd_on) {
+            r->ppd.plain_next = plain_step;
+            if (tree) r->ppd.ppd = tree;
+        }
         if (r->state == ENG_SEQ_DECODE) {
             if (r->ppd_on) r->add_err = seq_add_ppd(s, r);
             else if (seq_add_decode(s, r)) return ENG_E_INTERNAL;

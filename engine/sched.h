@@ -142,7 +142,14 @@ struct eng_sched_params {
     eng_sched_emit_fn emit;
     void *user;
     /* PPD (optional; all zero: plain decoding for everyone) */
-    const struct eng_ppd *ppd;       /* not owned; NULL: no PPD */
+    const struct eng_ppd *ppd;       /* not owned; NULL: no PPD.  With ppd_by_batch, the widest
+                                        of them (sequences are sized for it) */
+    /* not owned; NULL: ppd for every step.  Else [n_slot + 1]: the trees (same
+     * adapter as ppd) for a step with b sequences holding slots (decoding and
+     * prefilling: counting the prefilling ones keeps room for their rows),
+     * NULL for one plain row per decoding sequence (calibration's choice where
+     * PPD does not pay).  Every b * rows(by_batch[b]) must fit max_rows. */
+    const struct eng_ppd *const *ppd_by_batch;
     enum eng_ppd_accept ppd_accept;  /* EXACT (lossless, default) or TYPICAL (only for temperature > 0) */
     struct eng_ppd_typical ppd_typical;   /* eps 0: ppd.c's defaults */
     eng_ppd_guess_fn ppd_guess_fn;   /* tests: ppd.h's guess hook for every PPD sequence, user = req->user */
@@ -195,6 +202,10 @@ int eng_sched_init(struct eng_sched *s, struct eng_forward *f, struct eng_kv *kv
                    const struct eng_sched_params *p);
 /* Frees the scheduler's memory; requests still inside are not emitted or
  * freed (cancel them and step until idle first). */
+/* Replace the PPD trees (calibration, at start-up): only while no request
+ * holds a slot (ENG_E_BUSY otherwise); the sizing rule is checked again
+ * (ENG_E_RANGE).  widest NULL: no PPD. */
+int eng_sched_set_ppd(struct eng_sched *s, const struct eng_ppd *widest, const struct eng_ppd *const *by_batch);
 void eng_sched_free(struct eng_sched *s);   /* accepts NULL */
 
 void eng_sched_submit(struct eng_sched *s, struct eng_sched_req *r);

@@ -18,6 +18,7 @@ int cmd_adapter(int argc, char **argv);
 int cmd_distill(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_tree(int argc, char **argv);
+int cmd_calibrate(int argc, char **argv);
 
 /* Strict number parsing for flag values: the whole string must be a number in
  * [lo, hi]; otherwise print "ppd: FLAG: ..." to stderr and return -1. */

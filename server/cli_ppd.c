@@ -10,6 +10,18 @@
 
 #include "engine/err.h"
 
+double *cli_ppd_accuracy(const struct eng_ppd_adapter *ad) {
+    const int N = ad->n_prompt, K = ad->topk;
+    double *acc = malloc(sizeof *acc * (size_t)N * (size_t)K);
+    if (!acc) return NULL;
+    for (int i = 0; i < N; i++)
+        for (int k = 0; k < K; k++)
+            acc[i * K + k] = ad->accuracy ? ad->accuracy[i * K + k]
+                           : N == 3 && K == 10 ? eng_ppd_acc_vicuna7b[i * K + k]
+                           : 0.5 / (double)(i + 1) / (double)(k + 1) / (double)K;
+    return acc;
+}
+
 /* The tree from --tree, else built from the adapter's accuracy table (the
  * paper's Vicuna-7B table when it has none and its shape matches, else a
  * decaying prior), so an untrained adapter still gets a reasonable tree. */
@@ -23,13 +35,8 @@ static int cli_ppd_tree(struct cli_ppd *c, const struct cli_ppd_opts *o) {
         return 0;
     }
     const int N = c->ad->n_prompt, K = c->ad->topk;
-    double *acc = malloc(sizeof *acc * (size_t)N * (size_t)K);
+    double *acc = cli_ppd_accuracy(c->ad);
     if (!acc) return 1;
-    for (int i = 0; i < N; i++)
-        for (int k = 0; k < K; k++)
-            acc[i * K + k] = c->ad->accuracy ? c->ad->accuracy[i * K + k]
-                           : N == 3 && K == 10 ? eng_ppd_acc_vicuna7b[i * K + k]
-                           : 0.5 / (double)(i + 1) / (double)(k + 1) / (double)K;
     /* budget: the flag, else the one `ppd tree tune` measured best for this adapter */
     c->tree_L = o->tree_L > 0 ? o->tree_L : c->ad->tree_L > 0 ? c->ad->tree_L : CLI_PPD_TREE_L_DEFAULT;
     int rc = eng_ppd_tree_build(&c->fam, acc, N, K, (int)c->tree_L, NULL);

@@ -51,6 +51,12 @@ struct cli_ppd {
 /* Set c up for e's model.  Returns 0 (c->src says whether PPD is on), or 1
  * after printing "ppd: ..." naming the file or the problem; c must then still
  * be closed. */
+/* The adapter's accuracy table as doubles (N*K) for building trees: measured,
+ * else the paper's Vicuna-7B rows when N = 3 and K = 10, else a decaying prior
+ * (an untrained adapter still gets a reasonable tree).  malloc'd; NULL when out
+ * of memory. */
+double *cli_ppd_accuracy(const struct eng_ppd_adapter *ad);
+
 int cli_ppd_open(struct cli_ppd *c, const struct cli_ppd_opts *o, const struct eng_engine *e);
 void cli_ppd_close(struct cli_ppd *c);   /* accepts NULL */
 

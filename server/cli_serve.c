@@ -32,6 +32,12 @@ static void srv_try_finish(struct srv *s);
 
 static void on_wake(uv_async_t *a) {
     struct srv *s = a->data;
+    /* the calibration's result, once the engine thread has published it */
+    if (s->calibrate && !s->metrics.calib_choice && !atomic_load(&s->calib_pending) && s->calib_choice) {
+        s->metrics.calib_choice = s->calib_choice;
+        s->metrics.calib_cached = s->calib_cached;
+        s->metrics.calib_seconds = s->calib_seconds;
+    }
     srv_http_on_events(s);
     srv_try_finish(s);
 }
@@ -125,6 +131,9 @@ static int serve_ppd_open(struct srv *s) {
         LOG_WARN("PPD: tree budget lowered to %ld so that %ld slots' trees fit in --batch-size %ld",
                  s->ppd.tree_L, c->n_parallel, c->batch);
     s->ppd_tree_L = auto_tree ? s->ppd.tree_L : 0;
+    s->calibrate = auto_tree && c->tree_size == 0 && !strcmp(c->calibrate, "auto");
+    atomic_store(&s->calib_pending, s->calibrate);
+    if (s->calibrate) LOG_INFO("PPD: calibrating at start-up (--calibrate off: the fixed tree below for every batch)");
     const struct eng_ppd *p = &s->ppd.ppd;
     char tree[320];
     if (auto_tree) snprintf(tree, sizeof tree, "auto (L=%ld)", s->ppd.tree_L);
@@ -173,6 +182,7 @@ int cmd_serve(int argc, char **argv) {
     }
     if (serve_ppd_open(s)) goto done;
     srv_metrics_init(&s->metrics);
+    s->metrics.device = s->eng->be.iface->name;
     if (s->ppd.src != CLI_PPD_OFF) s->metrics.ppd_n_prompt = s->ppd.ppd.n_prompt;
 
     if (uv_loop_init(&loop)) goto done;
@@ -207,6 +217,7 @@ int cmd_serve(int argc, char **argv) {
     status = 0;
 done:
     if (loop_ok) uv_loop_close(&loop);
+    srv_calibration_free(s);
     cli_ppd_close(&s->ppd);
     eng_engine_close(s->eng);
     if (q_in) srv_queue_free(&s->inbox);

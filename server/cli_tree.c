@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_prompts.h"
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/generate.h"
@@ -66,46 +67,6 @@ static int tree_from_adapter(const char *adapter, int L, struct eng_ppd_tree_fam
     return rc ? 1 : 0;
 }
 
-struct tune_prompt {
-    int32_t *ids;
-    int n;
-};
-
-static int tune_load_prompts(const struct eng_engine *e, const char *file, long skip, long count, long n_predict,
-                             struct tune_prompt **out, int *n_out) {
-    FILE *fp = fopen(file, "r");
-    if (!fp) { fprintf(stderr, "ppd tree: cannot open %s\n", file); return 1; }
-    struct tune_prompt *p = calloc((size_t)count, sizeof *p);
-    char *line = NULL, err[512];
-    size_t cap = 0;
-    int n = 0, lineno = 0, status = 1;
-    if (!p) goto done;
-    while (n < count && getline(&line, &cap, fp) > 0) {
-        if (lineno++ < skip) continue;
-        json_t *o = json_loads(line, 0, NULL);
-        const char *text = json_string_value(json_array_get(json_object_get(o, "turns"), 0));
-        if (!text) {
-            fprintf(stderr, "ppd tree: %s:%d: no \"turns\"[0] string\n", file, lineno);
-            json_decref(o);
-            goto done;
-        }
-        struct chat_msg msg = {"user", text};
-        int rc = eng_engine_chat_tokens(e, &msg, 1, &p[n].ids, &p[n].n, err, sizeof err);
-        json_decref(o);
-        if (rc) { fprintf(stderr, "ppd tree: %s\n", err); goto done; }
-        if (p[n].n + n_predict + 128 >= e->kv.max_seq) { free(p[n].ids); p[n].ids = NULL; continue; }
-        n++;
-    }
-    status = n > 0 ? 0 : 1;
-    if (!n) fprintf(stderr, "ppd tree: %s: no usable prompts\n", file);
-done:
-    free(line);
-    fclose(fp);
-    *out = p;
-    *n_out = n;
-    return status;
-}
-
 /* Record the chosen budget in the adapter (ppd.tree_L): the default tree of
  * `ppd generate`, `ppd bench` and `ppd serve` is then built with it. */
 static int tune_set_adapter(const char *adapter, int L, double speedup) {
@@ -128,11 +89,11 @@ static int cmd_tree_tune(const char *model, const char *adapter, const char *fil
     struct eng_engine_params ep = {.model_path = model, .n_threads = n_threads, .n_slot = 1, .max_rows = 512};
     struct eng_engine *e = NULL;
     if (eng_engine_open(&e, &ep, err, sizeof err)) { fprintf(stderr, "ppd: %s\n", err); return 1; }
-    struct tune_prompt *pr = NULL;
+    struct cli_prompt *pr = NULL;
     int n_pr = 0, status = 1, best_L = 0;
     double best = 0;
     int32_t *a = malloc(sizeof(int32_t) * (size_t)n_predict), *b = malloc(sizeof(int32_t) * (size_t)n_predict);
-    if (!a || !b || tune_load_prompts(e, file, skip, count, n_predict, &pr, &n_pr)) goto done;
+    if (!a || !b || cli_prompts_load(e, "ppd tree", file, skip, count, n_predict, &pr, &n_pr)) goto done;
     struct eng_gen_params gp = {.n_predict = (int)n_predict, .ignore_eog = false, .prefill_chunk = 512};
     eng_sampler_params_default(&gp.sp);
     gp.sp.temperature = 0;
@@ -189,8 +150,7 @@ static int cmd_tree_tune(const char *model, const char *adapter, const char *fil
     printf("best: L=%d, speed-up %.3f%s%s\n", best_L, best, out_path ? ", written to " : "", out_path ? out_path : "");
     status = set_adapter && best_L > 0 ? tune_set_adapter(adapter, best_L, best) : 0;
 done:
-    for (int i = 0; i < n_pr; i++) free(pr[i].ids);
-    free(pr);
+    cli_prompts_free(pr, n_pr);
     free(a), free(b);
     eng_engine_close(e);
     return status;

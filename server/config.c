@@ -50,6 +50,10 @@ static const struct cfg_entry cfg_table[] = {
      "PPD tree family: auto (built from the adapter's accuracy table) or a JSON file"},
     {"tree-size", NULL, CFG_INT, F(tree_size), 0, 4096, "0",
      "budget L of the auto tree; 0: the adapter's tuned one (ppd tree tune), else 20 (lowered until every slot's tree fits in --batch-size)"},
+    {"calibrate", NULL, CFG_STR, F(calibrate), 0, 0, "auto",
+     "auto: with the auto tree and no --tree-size, measure this device at start-up (cached) and choose the tree per number of sequences; off: the adapter's tuned budget"},
+    {"calib-cache", NULL, CFG_STR, F(calib_cache), 0, 0, NULL,
+     "directory of cached calibration tables (default $XDG_CACHE_HOME/ppd, else ~/.cache/ppd; empty: no cache)"},
     {"ppd-accept", NULL, CFG_STR, F(ppd_accept), 0, 0, "exact",
      "PPD acceptance: exact (lossless) or typical (Medusa typical acceptance for temperature > 0; not lossless)"},
     {"verbose", "-v", CFG_FLAG, F(verbose), 0, 1, "0", "debug logging"},
@@ -61,6 +65,7 @@ static const struct cfg_entry cfg_table[] = {
  * the way the design notes write them). */
 static const struct { const char *alias, *name; } cfg_file_aliases[] = {
     {"ppd.adapter", "ppd"}, {"ppd.tree", "tree"}, {"ppd.tree-size", "tree-size"}, {"ppd.accept", "ppd-accept"},
+    {"ppd.calibrate", "calibrate"},
 };
 #define CFG_N_ALIAS (int)(sizeof cfg_file_aliases / sizeof cfg_file_aliases[0])
 
@@ -217,6 +222,10 @@ int srv_config_load(struct srv_config *c, int argc, char **argv) {
     }
     if (strcmp(c->ppd_accept, "exact") && strcmp(c->ppd_accept, "typical")) {
         fprintf(stderr, "ppd serve: ppd-accept: '%s' is not one of exact, typical\n", c->ppd_accept);
+        return 2;
+    }
+    if (strcmp(c->calibrate, "auto") && strcmp(c->calibrate, "off")) {
+        fprintf(stderr, "ppd serve: calibrate: '%s' is not one of auto, off\n", c->calibrate);
         return 2;
     }
     if (!*c->ppd || !*c->tree) {

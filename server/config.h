@@ -38,6 +38,8 @@ struct srv_config {
     long no_ppd;              /* the same as ppd = none */
     const char *tree;         /* PPD tree family: "auto" (built from the adapter) or a JSON file */
     long tree_size;           /* budget L of the auto tree (lowered when the slots' trees do not fit a step) */
+    const char *calibrate;    /* "auto" or "off" */
+    const char *calib_cache;  /* NULL: the default directory; "": none */
     const char *ppd_accept;   /* "exact" (lossless) or "typical" (Medusa typical acceptance, sampling only) */
     long verbose;
     const char *config;       /* the config file read, if any */

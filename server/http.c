@@ -342,6 +342,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     bool get = !strcmp(method, "GET") || !strcmp(method, "HEAD"), post = !strcmp(method, "POST");
     struct srv_err err = {0};
     if (get && !strcmp(url, "/health")) {
+        if (atomic_load(&s->calib_pending)) {
+            srv_err_set(&err, ENG_E_BUSY, NULL, "calibrating",
+                        "calibrating: measuring this device's step latency to choose the PPD tree (--calibrate off skips it)");
+            return respond(conn, 503, srv_err_json(&err), "application/json");
+        }
         if (s->draining) {
             srv_err_set(&err, ENG_E_BUSY, NULL, NULL, "the server is shutting down");
             return respond(conn, 503, srv_err_json(&err), "application/json");

@@ -15,6 +15,7 @@ static const struct cli_cmd cli_cmds[] = {
     {"distill", cmd_distill, "let the model answer a prompt set greedily (training data for `ppd train`)"},
     {"train", cmd_train, "train PPD prompt tokens on distilled sequences"},
     {"tree", cmd_tree, "build a PPD tree family from an adapter, or choose its size for this machine"},
+    {"calibrate", cmd_calibrate, "measure this device's step latency and choose the PPD tree per batch size"},
 };
 
 static void usage(FILE *fp) {

@@ -143,6 +143,27 @@ static void mb_ppd(struct mbuf *b, const struct srv_metrics *m) {
               e->ppd_emitted, e->ppd_steps);
 }
 
+/* The start-up calibration's choice: one series per number of sequences. */
+static void mb_calib(struct mbuf *b, const struct srv_metrics *m) {
+    const struct eng_calib_choice *c = m->calib_choice;
+    if (!c) return;
+    mb_head(b, "calibration_info", "gauge", "The start-up calibration (1): device, and whether its latency table was cached.");
+    mb_printf(b, "ppd_calibration_info{device=\"%s\",cached=\"%s\"} 1\n", m->device ? m->device : "unknown",
+              m->calib_cached ? "true" : "false");
+    mb_gauge(b, "calibration_seconds", "Seconds the start-up calibration spent measuring (0 when cached).",
+             m->calib_seconds);
+    mb_head(b, "tree_budget", "gauge", "Tree budget L chosen for this many sequences holding slots (0: plain decoding).");
+    for (int n = 1; n <= c->n_slot; n++)
+        mb_printf(b, "ppd_tree_budget{batch_size=\"%d\"} %d\n", n, c->by_batch[n].L);
+    mb_head(b, "tree_rows", "gauge", "Rows per step of the largest tree state chosen for this many sequences (all of them).");
+    for (int n = 1; n <= c->n_slot; n++)
+        mb_printf(b, "ppd_tree_rows{batch_size=\"%d\"} %d\n", n, n * c->by_batch[n].max_T);
+    mb_head(b, "calibration_predicted_tokens_per_second", "gauge",
+            "Tokens per second the calibration predicted for this many sequences with its choice.");
+    for (int n = 1; n <= c->n_slot; n++)
+        mb_printf(b, "ppd_calibration_predicted_tokens_per_second{batch_size=\"%d\"} %.3f\n", n, c->by_batch[n].tokens_per_s);
+}
+
 char *srv_metrics_render(const struct srv_metrics *m, const struct srv_config *c) {
     struct mbuf b = {0};
     b.cap = 8192;
@@ -169,6 +190,7 @@ char *srv_metrics_render(const struct srv_metrics *m, const struct srv_config *c
     mb_hist(&b, "request_queue_time_seconds", "Time a request waited for a KV slot.", &m->queue);
     mb_hist(&b, "step_duration_seconds", "Wall time of one batched scheduler step.", &m->step);
     mb_ppd(&b, m);
+    mb_calib(&b, m);
     mb_gauge(&b, "process_resident_memory_bytes", "Resident memory of the server process.", rss_bytes());
     if (b.bad) { free(b.p); return NULL; }
     return b.p;

@@ -20,10 +20,12 @@
 #include <jansson.h>
 #include <microhttpd.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
 
+#include "calib_setup.h"
 #include "cli_ppd.h"
 #include "config.h"
 #include "engine/engine.h"
@@ -73,6 +75,10 @@ struct srv_metrics {
     struct srv_hist ttft, itl, e2e, queue, step;
     struct eng_sched_stats eng;      /* the engine's cumulative counters (PPD) as of its last stats event */
     int ppd_n_prompt;                /* N when PPD is on, else 0 (no per-position series) */
+    const struct eng_calib_choice *calib_choice;   /* the start-up calibration's choice, NULL: none */
+    bool calib_cached;
+    double calib_seconds;
+    const char *device;              /* the backend's name */
 };
 
 void srv_metrics_init(struct srv_metrics *m);
@@ -113,6 +119,16 @@ struct srv {
     struct eng_sched sched;          /* engine thread only */
     struct cli_ppd ppd;              /* adapter and trees; read-only while serving (src: whether PPD is on) */
     long ppd_tree_L;                 /* budget of the auto tree in use (0: a tree file) */
+    /* Start-up calibration (serve_calib.c): the engine thread measures and
+     * chooses before its first step; until calib_pending drops to 0 /health
+     * answers 503 and requests wait in the inbox.  The results below are
+     * written before the release store and read by the loop thread after. */
+    bool calibrate;                  /* decided at start (PPD on, auto tree, no --tree-size, --calibrate auto) */
+    _Atomic int calib_pending;
+    struct calib_trees *calib;       /* the trees of the choice (engine thread's; NULL: none) */
+    struct eng_calib_choice *calib_choice;   /* NULL until chosen */
+    bool calib_cached;
+    double calib_seconds;            /* measuring time (0 when cached) */
     /* loop thread only from here */
     uv_loop_t *loop;
     uv_async_t wake;
@@ -188,5 +204,10 @@ void srv_http_on_events(struct srv *s);   /* drain the outbox (uv_async callback
 void srv_http_run_mhd(struct srv *s);     /* MHD_run and re-arm the timer */
 void srv_http_stop(struct srv *s);
 void srv_http_cancel_all(struct srv *s);
+
+/* serve_calib.c: run on the engine thread before its first step (a no-op
+ * without s->calibrate); frees what it made at srv_calibration_free. */
+void srv_calibrate(struct srv *s);
+void srv_calibration_free(struct srv *s);
 
 #endif

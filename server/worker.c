@@ -64,6 +64,7 @@ static void worker_on_event(void *user, const struct eng_sched_event *e) {
 
 static void *worker_main(void *arg) {
     struct srv *s = arg;
+    srv_calibrate(s);   /* before the first step; requests wait in the inbox meanwhile */
     for (;;) {
         bool closed;
         struct srv_qnode *n = srv_queue_wait(&s->inbox, !eng_sched_idle(&s->sched), &closed);

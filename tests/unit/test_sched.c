@@ -171,10 +171,24 @@ static void oracle_guess(void *user, int32_t *cand, int d, int K, int n_emitted)
 /* All prompts through one scheduler (with PPD when px is given; the last
  * request then opts out, and with `oracle` guesses come from the reference
  * continuations), each equal to its solo plain output. */
-static void run_together_ppd(const struct eng_sampler_params *sp_base, int seed_step, bool use_ppd, bool oracle) {
+/* per_batch: calibration's per-batch-size trees instead of one: the L=20
+ * tree with 1 sequence holding a slot, an L=6 tree with 2 or 4, plain one-row
+ * steps with 3 (the tree changes between steps of the same sequence). */
+static void run_together_ppd_trees(const struct eng_sampler_params *sp_base, int seed_step, bool use_ppd, bool oracle,
+                                   bool per_batch) {
     struct eng_engine *e = open_engine_rows(4, 128);
     struct ppd_fx px;
+    struct eng_ppd_tree_family *fam6 = NULL;
+    struct eng_ppd ppd6 = {0};
+    const struct eng_ppd *by_batch[5] = {NULL, NULL, &ppd6, NULL, &ppd6};
     if (use_ppd) ppd_fx_open(&px, e, 20);
+    if (per_batch) {
+        char err[256];
+        by_batch[1] = &px.ppd;
+        ck_assert_int_eq(eng_ppd_tree_build(&fam6, eng_ppd_acc_vicuna7b, 3, 10, 6, NULL), 0);
+        ck_assert_msg(eng_ppd_init(&ppd6, px.ad, fam6, err, sizeof err) == 0, "%s", err);
+        ck_assert_int_lt(ppd6.trees.max_T, px.ppd.trees.max_T);
+    }
     int32_t *ids[N_PROMPT], ref[N_PROMPT][32];
     int n_ids[N_PROMPT], n_ref[N_PROMPT];
     const int max_tokens = 24;
@@ -192,6 +206,7 @@ static void run_together_ppd(const struct eng_sampler_params *sp_base, int seed_
     struct eng_sched_params p = {.max_rows = use_ppd ? 96 : 64, .prefill_chunk = 16, .emit = on_event};
     if (use_ppd) {
         p.ppd = &px.ppd;
+        if (per_batch) p.ppd_by_batch = by_batch;
         if (oracle) p.ppd_guess_fn = oracle_guess;
         for (int i = 0; i < N_PROMPT; i++) { oracle_ids[i] = ref[i]; oracle_n[i] = n_ref[i]; }
     }
@@ -248,7 +263,11 @@ static void run_together_ppd(const struct eng_sampler_params *sp_base, int seed_
         printf("PPD %s%s: %lld steps, %lld tokens, %.2f tokens/step, accepted per position %lld %lld %lld\n",
                sp_base->temperature > 0 ? "seeded" : "greedy", oracle ? " (oracle guesses)" : "", n_steps,
                st->ppd_emitted, mean, st->ppd_accepted_pos[1], st->ppd_accepted_pos[2], st->ppd_accepted_pos[3]);
-        if (oracle) ck_assert(mean > 2.5);   /* the multi-token path really ran */
+        if (oracle && !per_batch) ck_assert(mean > 2.5);   /* the multi-token path really ran */
+        if (oracle && per_batch) ck_assert(mean > 1.5);    /* plain steps (hist[1]) mixed with trees */
+        if (per_batch) ck_assert_int_gt(st->ppd_hist[1], 0);
+        eng_ppd_free(&ppd6);
+        eng_ppd_tree_family_free(fam6);
         ppd_fx_close(&px);
     } else {
         ck_assert_int_eq(s.stats.ppd_steps, 0);
@@ -256,6 +275,10 @@ static void run_together_ppd(const struct eng_sampler_params *sp_base, int seed_
     memset(oracle_ids, 0, sizeof oracle_ids);
     eng_sched_free(&s);
     eng_engine_close(e);
+}
+
+static void run_together_ppd(const struct eng_sampler_params *sp_base, int seed_step, bool use_ppd, bool oracle) {
+    run_together_ppd_trees(sp_base, seed_step, use_ppd, oracle, false);
 }
 
 static void run_together(const struct eng_sampler_params *sp_base, int seed_step) {
@@ -359,6 +382,19 @@ START_TEST(test_ppd_greedy_equals_plain) {
     sp.temperature = 0;
     run_together_ppd(&sp, 0, true, false);
     run_together_ppd(&sp, 0, true, true);
+}
+END_TEST
+
+/* Calibration's per-batch-size trees, plain steps included: still exactly
+ * the solo plain outputs, greedy and seeded. */
+START_TEST(test_ppd_per_batch_trees_equal_plain) {
+    struct eng_sampler_params sp;
+    eng_sampler_params_default(&sp);
+    sp.temperature = 0;
+    run_together_ppd_trees(&sp, 0, true, true, true);
+    sp.temperature = 0.7f;
+    sp.seed = 5;
+    run_together_ppd_trees(&sp, 13, true, false, true);
 }
 END_TEST
 
@@ -568,6 +604,7 @@ int main(void) {
     tcase_add_test(tc, test_cancel_frees_slot_and_full_waits);
     tcase_add_test(tc, test_ppd_sizing_and_penalties);
     tcase_add_test(tc, test_ppd_greedy_equals_plain);
+    tcase_add_test(tc, test_ppd_per_batch_trees_equal_plain);
     tcase_add_test(tc, test_ppd_seeded_equals_plain);
     tcase_add_test(tc, test_ppd_truncates_like_plain);
     tcase_add_test(tc, test_ppd_cancel_frees_slot);

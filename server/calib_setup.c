@@ -1,0 +1,173 @@
+/* calib_setup.c — fingerprint, cache and per-batch trees of the calibration
+ * (see calib_setup.h).
+ */
+#include "calib_setup.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli_ppd.h"
+#include "engine/err.h"
+#include "engine/log.h"
+#include "engine/sha256.h"
+
+static void hex(const uint8_t *d, int n, char *out) {
+    for (int i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", d[i]);
+}
+
+/* SHA-256 of a whole file, or of its first and last `edge` bytes when edge > 0. */
+static int file_digest(const char *path, long edge, char out[2 * ENG_SHA256_BYTES + 1]) {
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return -1;
+    struct eng_sha256 h;
+    eng_sha256_init(&h);
+    static char buf[1 << 16];
+    size_t n;
+    if (edge > 0) {
+        n = fread(buf, 1, (size_t)edge < sizeof buf ? (size_t)edge : sizeof buf, fp);
+        eng_sha256_update(&h, buf, n);
+        if (!fseek(fp, -edge, SEEK_END)) {
+            n = fread(buf, 1, (size_t)edge < sizeof buf ? (size_t)edge : sizeof buf, fp);
+            eng_sha256_update(&h, buf, n);
+        }
+    } else {
+        while ((n = fread(buf, 1, sizeof buf, fp)) > 0) eng_sha256_update(&h, buf, n);
+    }
+    fclose(fp);
+    uint8_t d[ENG_SHA256_BYTES];
+    eng_sha256_final(&h, d);
+    hex(d, ENG_SHA256_BYTES, out);
+    return 0;
+}
+
+static void cpu_model(char *out, size_t cap) {
+    snprintf(out, cap, "unknown");
+    FILE *fp = fopen("/proc/cpuinfo", "r");
+    if (!fp) return;
+    char line[512];
+    while (fgets(line, sizeof line, fp)) {
+        if (!strncmp(line, "model name", 10)) {
+            char *v = strchr(line, ':');
+            if (v) {
+                v += v[1] == ' ' ? 2 : 1;
+                v[strcspn(v, "\n")] = 0;
+                snprintf(out, cap, "%s", v);
+            }
+            break;
+        }
+    }
+    fclose(fp);
+}
+
+static void calib_fingerprint(const struct eng_engine *e, const struct calib_setup_opts *o, int prefix,
+                              char out[2 * ENG_SHA256_BYTES + 1]) {
+    char cpu[256], model[2 * ENG_SHA256_BYTES + 1] = "?", adapter[2 * ENG_SHA256_BYTES + 1] = "untrained",
+         build[2 * ENG_SHA256_BYTES + 1] = "?", desc[2048];
+    cpu_model(cpu, sizeof cpu);
+    struct stat st = {0};
+    stat(o->model_path, &st);
+    file_digest(o->model_path, 1 << 16, model);
+    if (o->adapter_path) file_digest(o->adapter_path, 0, adapter);
+    file_digest("/proc/self/exe", 0, build);
+    snprintf(desc, sizeof desc, "ppd-calib-v1|%s|%s|threads=%d|model=%s:%lld:%lld:%s|adapter=%s|build=%s|slots=%d|rows=%d|prefix=%d",
+             e->be.iface->name, cpu, o->n_threads, o->model_path, (long long)st.st_size, (long long)st.st_mtime, model,
+             adapter, build, o->n_slot, e->fwd.max_rows, prefix);
+    uint8_t d[ENG_SHA256_BYTES];
+    struct eng_sha256 h;
+    eng_sha256_init(&h);
+    eng_sha256_update(&h, desc, strlen(desc));
+    eng_sha256_final(&h, d);
+    hex(d, ENG_SHA256_BYTES, out);
+}
+
+/* mkdir -p */
+static int make_dirs(const char *dir) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s", dir);
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/') continue;
+        *s = 0;
+        if (mkdir(p, 0755) && errno != EEXIST) return -1;
+        *s = '/';
+    }
+    return mkdir(p, 0755) && errno != EEXIST ? -1 : 0;
+}
+
+static void cache_dir(const struct calib_setup_opts *o, char *out, size_t cap) {
+    const char *env = getenv("PPD_CALIB_CACHE"), *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+    if (o->cache_dir) snprintf(out, cap, "%s", o->cache_dir);
+    else if (env && *env) snprintf(out, cap, "%s", env);
+    else if (xdg && *xdg) snprintf(out, cap, "%s/ppd", xdg);
+    else if (home && *home) snprintf(out, cap, "%s/.cache/ppd", home);
+    else out[0] = 0;
+}
+
+int calib_setup_table(struct eng_calib_table *t, struct eng_engine *e, const struct calib_setup_opts *o,
+                      bool *cached, char *path_out, size_t cap) {
+    *cached = false;
+    path_out[0] = 0;
+    const int prefix = o->prefix > 0 ? o->prefix : CALIB_PREFIX_DEFAULT;
+    char fp[2 * ENG_SHA256_BYTES + 1], dir[3072], err[1024];
+    calib_fingerprint(e, o, prefix, fp);
+    cache_dir(o, dir, sizeof dir);
+    if (dir[0]) snprintf(path_out, cap, "%s/calib-%.16s.json", dir, fp);
+    if (path_out[0] && !o->force) {
+        int rc = eng_calib_table_load(t, fp, path_out, err, sizeof err);
+        if (!rc) {
+            *cached = true;
+            return 0;
+        }
+        if (rc != ENG_E_NOT_FOUND) LOG_WARN("calibration: %s; measuring again", err);
+    }
+    int rc = eng_calib_measure(t, &e->fwd, &e->kv, o->n_slot, prefix, o->progress, o->progress_user);
+    if (rc) return rc;
+    if (path_out[0]) {
+        if (make_dirs(dir)) {
+            LOG_WARN("calibration: cannot create %s (%s); the table is not cached", dir, strerror(errno));
+            path_out[0] = 0;
+        } else if (eng_calib_table_save(t, fp, path_out, err, sizeof err)) {
+            LOG_WARN("calibration: %s; the table is not cached", err);
+            path_out[0] = 0;
+        }
+    }
+    return 0;
+}
+
+int calib_trees_init(struct calib_trees *ct, const struct eng_calib_choice *c, const struct eng_ppd_adapter *ad,
+                     char *err, size_t err_cap) {
+    memset(ct, 0, sizeof *ct);
+    double *acc = cli_ppd_accuracy(ad);
+    if (!acc) return eng_err_set(err, err_cap, ENG_E_NOMEM, "out of memory");
+    int rc = 0;
+    for (int b = 1; b <= c->n_slot && !rc; b++) {
+        const int L = c->by_batch[b].L;
+        if (L == 0) continue;
+        int k = 0;
+        while (k < ct->n && ct->L[k] != L) k++;
+        if (k == ct->n) {
+            if (ct->n == CALIB_TREES_MAX) { rc = eng_err_set(err, err_cap, ENG_E_RANGE, "too many distinct trees"); break; }
+            struct eng_ppd_tree_family *fam = NULL;
+            rc = eng_ppd_tree_build(&fam, acc, ad->n_prompt, ad->topk, L, NULL);
+            if (rc) { eng_err_set(err, err_cap, rc, "cannot build the tree of L=%d: %s", L, eng_err_msg(rc)); break; }
+            rc = eng_ppd_init(&ct->ppd[k], ad, fam, err, err_cap);
+            eng_ppd_tree_family_free(fam);
+            if (rc) break;
+            ct->L[k] = L;
+            ct->n++;
+            if (!ct->widest || ct->ppd[k].trees.max_T > ct->widest->trees.max_T) ct->widest = &ct->ppd[k];
+        }
+        ct->by_batch[b] = &ct->ppd[k];
+    }
+    free(acc);
+    if (rc) calib_trees_free(ct);
+    return rc;
+}
+
+void calib_trees_free(struct calib_trees *ct) {
+    if (!ct) return;
+    for (int k = 0; k < ct->n; k++) eng_ppd_free(&ct->ppd[k]);
+    memset(ct, 0, sizeof *ct);
+}
