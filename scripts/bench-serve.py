@@ -50,7 +50,7 @@ def load_prompts(path, count):
 
 def start_server(a, ppd_args, log_path):
     cmd = [a.bin, "serve", "-m", a.model, "--host", "127.0.0.1", "--port", "0", "-t", str(a.threads),
-           "-np", str(max(a.clients)), "-c", str(a.ctx), "--max-queue", "1024", *ppd_args]
+           "-np", str(max(a.clients)), "-c", str(a.ctx), "-b", str(a.batch_size), "--max-queue", "1024", *ppd_args]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 120
@@ -151,18 +151,41 @@ def main():
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ctx", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=256, help="rows per step (-b)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", default=None, help="write every sample here")
+    ap.add_argument("--modes", default="plain,ppd",
+                    help="comma list of plain, ppd (fixed tree), calibrated, batch1 (after calibrated)")
     a = ap.parse_args()
     a.clients = [int(x) for x in a.clients.split(",")]
     prompts = load_prompts(a.prompts, a.count)
-    modes = {"plain": ["--no-ppd"], "ppd": ["--ppd", a.ppd] + (["--tree", a.tree] if a.tree else [])}
+    # plain: no PPD; ppd: the adapter with a fixed tree (--tree, else its tuned
+    # budget); calibrated: start-up calibration's tree per number of sequences;
+    # batch1: the tree calibration chose for one sequence, forced at every
+    # batch size (issue 6's comparison).
+    fixed = ["--ppd", a.ppd, "--calibrate", "off"] + (["--tree", a.tree] if a.tree else [])
+    all_modes = {"plain": ["--no-ppd"], "ppd": fixed,
+                 "calibrated": ["--ppd", a.ppd, "--calibrate", "auto"], "batch1": None}
+    modes = {m: all_modes[m] for m in a.modes.split(",")}
     samples = []
+    batch1_L = None
     os.makedirs("build/bench-serve", exist_ok=True)
     for rnd in range(a.rounds):
         for mode, args in modes.items():
+            if mode == "batch1":
+                if batch1_L is None:
+                    sys.exit("bench-serve: batch1 needs calibrated before it in --modes")
+                args = ["--ppd", a.ppd, "--calibrate", "off", "--tree-size", str(batch1_L)] if batch1_L else ["--no-ppd"]
             proc, url = start_server(a, args, f"build/bench-serve/server-{mode}.log")
             try:
+                while requests.get(url + "/health", timeout=10).status_code != 200:   # calibrating
+                    time.sleep(0.2)
+                if mode == "calibrated":
+                    m = re.search(r'ppd_tree_budget\{batch_size="1"\} (\d+)', requests.get(url + "/metrics").text)
+                    batch1_L = int(m.group(1)) if m else 0
+                    budgets = re.findall(r'ppd_tree_budget\{batch_size="(\d+)"\} (\d+)', requests.get(url + "/metrics").text)
+                    print("calibrated: L per number of sequences: " + ", ".join(f"{b}: {L}" for b, L in budgets),
+                          file=sys.stderr)
                 stream_one(url, prompts[0], 8)   # warm-up
                 for c in a.clients:
                     s = run_phase(url, prompts, c, a.n, min_requests=len(prompts) if c == 1 else 2 * c)
@@ -173,14 +196,15 @@ def main():
             finally:
                 proc.terminate()
                 proc.wait(timeout=60)
-        gen = generate_baseline(a, prompts)
-        samples.append({"mode": "generate", "round": rnd, "decode_tok_s": gen})
-        print(f"round {rnd} ppd generate: {gen:.1f} tok/s decode", file=sys.stderr)
+        if "plain" in modes and 1 in a.clients:
+            gen = generate_baseline(a, prompts)
+            samples.append({"mode": "generate", "round": rnd, "decode_tok_s": gen})
+            print(f"round {rnd} ppd generate: {gen:.1f} tok/s decode", file=sys.stderr)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(samples, f, indent=1)
 
-    med = lambda xs: statistics.median(xs)
+    med = lambda xs: statistics.median(xs) if xs else float("nan")
     gen = med([s["decode_tok_s"] for s in samples if s["mode"] == "generate"])
     print(f"Prompts: first {a.count} MT-Bench first turns, {a.n} tokens each (ignore_eos), greedy, "
           f"{a.threads} threads, -np {max(a.clients)}; medians of {a.rounds} rounds.\n")
@@ -194,13 +218,17 @@ def main():
                   f"{med([s['decode_tok_s_per_stream'] for s in ss]):.1f} | {med([s['ttft_p50_ms'] for s in ss]):.0f} | "
                   f"{med([s['ttft_p99_ms'] for s in ss]):.0f} | {med([s['itl_p50_ms'] for s in ss]):.1f} | "
                   f"{med([s['itl_p99_ms'] for s in ss]):.1f} | {med([s['tokens_per_chunk'] for s in ss]):.2f} |")
-    http1 = [s["decode_tok_s_per_stream"] for s in samples if s["mode"] == "plain" and s["clients"] == 1]
+    http1 = [s["decode_tok_s_per_stream"] for s in samples if s["mode"] == "plain" and s["clients"] == 1] or [0]
     per_round = [h / g["decode_tok_s"] for h, g in zip(http1, [s for s in samples if s["mode"] == "generate"])]
     print(f"\nHTTP streaming at 1 client vs `ppd generate` (plain, decode tok/s): {med(http1):.1f} vs {gen:.1f} = "
           f"{med(per_round):.3f} (per round: {', '.join(f'{x:.3f}' for x in per_round)})")
-    plain16 = {c: med([s["aggregate_tok_s"] for s in samples if s["mode"] == "plain" and s["clients"] == c]) for c in a.clients}
-    ppd16 = {c: med([s["aggregate_tok_s"] for s in samples if s["mode"] == "ppd" and s["clients"] == c]) for c in a.clients}
-    print("PPD ÷ plain, aggregate tok/s: " + ", ".join(f"{c} clients {ppd16[c] / plain16[c]:.2f}x" for c in a.clients))
+    if "plain" in modes:
+        agg = {(m, c): med([s["aggregate_tok_s"] for s in samples if s["mode"] == m and s["clients"] == c])
+               for m in modes for c in a.clients}
+        for m in modes:
+            if m != "plain":
+                print(f"{m} ÷ plain, aggregate tok/s: " +
+                      ", ".join(f"{c} clients {agg[(m, c)] / agg[('plain', c)]:.2f}x" for c in a.clients))
 
 
 if __name__ == "__main__":
