@@ -2,8 +2,8 @@
 deploy/grafana) against the real tools and a real `ppd serve`.
 
 - A real Prometheus (Debian package prometheus) on a free loopback port scrapes
-  a `ppd serve` with PPD on every second and evaluates deploy/prometheus's
-  rules; after a few requests its HTTP API returns the spec-decode counters and
+  a `ppd serve` with PPD on (and a second one that calibrated at start-up)
+  every second and evaluates deploy/prometheus's rules; after a few requests its HTTP API returns the spec-decode counters and
   the TTFT histogram with exactly the values those requests produced, the
   recording rules compute the mean accepted length from them, every rule
   evaluates without error, and every query of the Grafana dashboard runs.
@@ -166,8 +166,31 @@ def deploy_server(tmp_path_factory, adapter):
 
 
 @pytest.fixture(scope="module")
-def exported(deploy_server):
-    return parse_exposition(requests.get(deploy_server.url + "/metrics", timeout=10).text)
+def calibrated_server(tmp_path_factory, adapter):
+    """A second server that calibrates at start-up (about 5 s of one core here,
+    in the background while the other tests run): only such a server exports
+    the calibration's tree per batch size, which the dashboard shows.  On this
+    CPU it chooses plain decoding, which is why deploy_server does not calibrate."""
+    cache = tmp_path_factory.mktemp("deploy-calib-cache")
+    s = start_server(tmp_path_factory, "-np", "2", "-b", "32", "-c", "256", "--ppd", adapter,
+                     "--calibrate", "auto", "--calib-cache", str(cache), name="deploy-calib")
+    yield s
+    assert s.stop() == 0, s.log()
+
+
+def wait_healthy(server, timeout=180):
+    deadline = time.time() + timeout
+    while requests.get(server.url + "/health", timeout=10).status_code != 200:
+        assert time.time() < deadline, "not ready:\n" + server.log()[-2000:]
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def exported(deploy_server, calibrated_server):
+    """What the two servers export together (the calibrated one once it is ready)."""
+    wait_healthy(calibrated_server)
+    text = "".join(requests.get(s.url + "/metrics", timeout=10).text for s in (deploy_server, calibrated_server))
+    return parse_exposition(text)
 
 
 class Prom:
@@ -195,14 +218,17 @@ class Prom:
 
 
 @pytest.fixture(scope="module")
-def prometheus(tmp_path_factory, deploy_server):
+def prometheus(tmp_path_factory, deploy_server, calibrated_server):
     binary = need("prometheus", "Debian package prometheus; scripts/install-deps.sh installs it")
     d = tmp_path_factory.mktemp("prometheus")
     conf = d / "prometheus.yml"
     conf.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [RULES],
-        "scrape_configs": [{"job_name": "ppd", "static_configs": [{"targets": [f"127.0.0.1:{deploy_server.port}"]}]}],
+        # The calibrated server is another job, so the exact checks on job="ppd" see one server.
+        "scrape_configs": [{"job_name": "ppd", "static_configs": [{"targets": [f"127.0.0.1:{deploy_server.port}"]}]},
+                           {"job_name": "ppd-calibrated",
+                            "static_configs": [{"targets": [f"127.0.0.1:{calibrated_server.port}"]}]}],
     }))
     p = subprocess.run([need("promtool", "Debian package prometheus"), "check", "config", str(conf)],
                        capture_output=True, text=True)
@@ -339,7 +365,9 @@ def test_every_rule_evaluates_without_error(prometheus, traffic):
     assert not [a for a in alerts if a["state"] == "firing"], alerts
 
 
-def test_dashboard_queries_run(prometheus, traffic):
+def test_dashboard_queries_run(prometheus, traffic, calibrated_server):
+    wait_healthy(calibrated_server)
+    prometheus.wait('ppd_calibration_seconds{job="ppd-calibrated"}', lambda v: v > 0)
     _, exprs = dashboard_exprs()
     empty = []
     for title, expr in exprs:
