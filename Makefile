@@ -6,6 +6,7 @@
 #   make asan       the unit tests under AddressSanitizer + UBSan (objects in build-asan/)
 #   make check-golden  every golden prompt against llama.cpp (make test runs a subset)
 #   make bench      decode/prefill speed and the row-scaling table (see BENCHMARKS.md)
+#   make check-deploy  Docker/Kubernetes/Prometheus/Grafana artefacts against the real tools (docs/deploy.md)
 # Variables: V=1 (echo commands), WERROR=1 (warnings are errors; CI sets it),
 #            SAN=1 (sanitizers), CUDA=0 (never build the CUDA backend).
 
@@ -73,7 +74,7 @@ BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libppd.a
 
-.PHONY: check-ppd check-golden bench-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak-serve adapter bench-adapter clean features
+.PHONY: check-ppd check-golden bench-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak-serve check-deploy adapter bench-adapter clean features
 all: features $(BUILD)/ppd
 
 features:
@@ -181,6 +182,12 @@ bench: deps model
 bench-serve: deps model
 	@$(MAKE) --no-print-directory all $(ITEST_VENV)/.ok
 	$(ITEST_VENV)/bin/python scripts/bench-serve.py --json $(BUILD)/bench-serve/samples.json
+
+# The deployment checks: test_deploy.py plus a 60 s load whose scraped data draws
+# docs/deploy-dashboard.png, and the rendered manifests in build/deploy/ (scripts/check-deploy.sh).
+check-deploy: deps model
+	@$(MAKE) --no-print-directory all $(ITEST_VENV)/.ok
+	PPD_TEST_MODEL=$(MODEL) PPD_BIN=$(BUILD)/ppd scripts/check-deploy.sh $(ITEST_VENV)/bin/python
 
 # Issue 5's acceptance load run: 64 streaming clients for 5 minutes with random
 # disconnects (tests/integration/test_load.py at full length).
