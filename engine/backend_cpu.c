@@ -132,7 +132,6 @@ struct matmul_job {
 };
 
 /* Outputs per work unit: a multiple of every kernel's output tile. */
-#define MATMUL_OUT_ALIGN 16
 
 static void matmul_region(void *arg, int ith, int nth) {
     struct matmul_job *j = arg;
@@ -148,7 +147,7 @@ static void matmul_region(void *arg, int ith, int nth) {
     if (any) eng_pool_barrier(j->c->pool);
     /* Phase 2: this thread's share of all outputs of all weights. */
     long o0, o1;
-    eng_split(j->n_out_total, ith, nth, MATMUL_OUT_ALIGN, &o0, &o1);
+    eng_split(j->n_out_total, ith, nth, KQ_MATMUL_OUT_ALIGN, &o0, &o1);
     int64_t base = 0;
     for (int i = 0; i < j->n_w; i++) {
         const int64_t n_out = j->w[i]->n_out;

@@ -52,8 +52,9 @@ void kq_weight_row_f32(const struct kq_weight *w, int64_t row, float *out);
 const char *kq_matmul_path(void);
 
 /* Output ranges split at multiples of this share no work between threads (the
- * fast kernels compute 8 outputs at a time; any split is still correct). */
-#define KQ_MATMUL_OUT_ALIGN 8
+ * fast kernels compute tiles of 2 panels x 8 outputs; any split is still
+ * correct, only slower). */
+#define KQ_MATMUL_OUT_ALIGN 16
 
 /* Block type of the quantized input for weights of type wtype: KQ_Q8_0,
  * KQ_Q8_1 or KQ_Q8_K, or KQ_F32 for the float weight types; -1 if unknown. */
