@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "calib_setup.h"
 #include "cli.h"
@@ -102,8 +103,8 @@ static void calib_progress_bar(void *user, int done, int total) {
 }
 
 static void calib_print_table(const struct eng_calib_table *t) {
-    printf("step latency, ms (%d sequences of r rows each, prefix %d, medians; measured in %.1f s)\n", t->n_b,
-           t->prefix, t->seconds);
+    printf("step latency, ms (b sequences of r rows each, prefix %d, medians; measured in %.1f s)\n", t->prefix,
+           t->seconds);
     printf("%6s", "r");
     for (int i = 0; i < t->n_b; i++) printf(" %9s%-3d", "b=", t->b[i]);
     printf("\n");
@@ -129,9 +130,11 @@ static void calib_print_choice(const struct eng_calib_choice *c) {
 }
 
 static int calib_plot(const struct calib_opts *o, const struct eng_calib_table *t, const struct eng_calib_choice *c) {
+    /* gnuplot's input files live in the temporary directory, not beside the picture */
     char dat[4096], marks[4096];
-    snprintf(dat, sizeof dat, "%s.dat", o->plot);
-    snprintf(marks, sizeof marks, "%s.marks", o->plot);
+    const char *tmp = getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    snprintf(dat, sizeof dat, "%s/ppd-calibrate-%ld.dat", tmp, (long)getpid());
+    snprintf(marks, sizeof marks, "%s/ppd-calibrate-%ld.marks", tmp, (long)getpid());
     FILE *d = fopen(dat, "w"), *m = fopen(marks, "w");
     if (!d || !m) {
         if (d) fclose(d);
@@ -149,7 +152,7 @@ static int calib_plot(const struct calib_opts *o, const struct eng_calib_table *
     }
     for (int i = 0; i < t->n_b; i++) {
         const struct eng_calib_pick *p = &c->by_batch[t->b[i]];
-        fprintf(m, "%d %.4f %d \"b=%d: L=%d\"\n", i, p->rows, p->L, t->b[i], p->L);
+        fprintf(m, "%.4f %.4f \"%d seq: L=%d\"\n", p->rows, p->step_ms, t->b[i], p->L);
     }
     fclose(d);
     fclose(m);
@@ -164,8 +167,11 @@ static int calib_plot(const struct calib_opts *o, const struct eng_calib_table *
         fprintf(g, "\"%s\" using 1:%d with linespoints title \"%d sequence%s\", ", dat, i + 2, t->b[i],
                 t->b[i] > 1 ? "s" : "");
     /* the chosen point of each measured batch size, on its curve */
-    fprintf(g, "\"%s\" using 2:(0):4 with labels offset 0,1 notitle\n", marks);
+    fprintf(g, "\"%s\" using 1:2:3 with labels point pt 7 ps 1.5 lc rgb \"black\" offset 1.5,-0.8 left "
+               "title \"chosen (L 0: plain)\"\n", marks);
     int rc = pclose(g);
+    remove(dat);
+    remove(marks);
     if (rc) { fprintf(stderr, "ppd calibrate: gnuplot failed (%d)\n", rc); return 1; }
     printf("\nplot: %s\n", o->plot);
     return 0;

@@ -68,10 +68,15 @@ def test_calibrates_then_caches(tmp_path_factory):
         assert s.stop() == 0
 
     # `ppd calibrate` with the same settings reads the same cached table
+    plot_dir = tmp_path_factory.mktemp("calib-plot")
+    png = plot_dir / "curve.png"
     out = subprocess.run([PPD_BIN, "calibrate", "-m", MODEL, "--ppd", adapter, "-t", "1", "-np", "2", "-b", "32",
-                          "-c", "512", "--cache", str(cache)], capture_output=True, text=True, timeout=300)
+                          "-c", "512", "--cache", str(cache), "--plot", str(png)], capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr
     assert "cached: not measured again" in out.stdout, out.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in plot_dir.iterdir()] == ["curve.png"]   # gnuplot's inputs went elsewhere
     assert re.search(r"^1\s+\d+\s", out.stdout, re.M) and re.search(r"^2\s+\d+\s", out.stdout, re.M), out.stdout
 
 
