@@ -7,9 +7,9 @@
 # GPU, and step latency vs rows (ppd bench --rows).  Writes a markdown report
 # to $OUT/gpu-report.md when $OUT is set, else build/gpu-report.md, and exits 1
 # when any check fails (0 when all pass; 77 when no GPU is usable).
-# It does not generate a random-weight model (not written yet): without the
-# default model (98 MB; fetched by `make model`) the model checks are skipped
-# and the report says so.
+# Without the default model (98 MB; fetched by `make model`) the model checks
+# are skipped and the report says so; a GPU machine that cannot fetch it gets it
+# in two halves: tests/gpu/carry-model.sh split here, join there.
 # Env: PPD_TEST_MODEL (model), PPD_GPU_NO_BUILD=1 (use the binaries in build/),
 #      PPD_GPU_ROWS (row counts for the bench, default 1,2,4,8,16,32,64,128,256).
 set -uo pipefail

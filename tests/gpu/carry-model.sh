@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# tests/gpu/carry-model.sh — move the default model (98 MB) to a lent GPU
+# machine whose calls carry at most 64 MiB each: split it here into two
+# ignored halves, carry one per call (two calls back to back, while the
+# machine stays warm), join them there.  The sha256 of the joined file is
+# checked against scripts/fetch-model.sh's pinned one.
+#   tests/gpu/carry-model.sh split   # here: build/carry/model.part1, model.part2
+#   tests/gpu/carry-model.sh join    # there: models/SmolLM2-135M-Instruct.Q4_1.gguf
+# (the device tool's `carry` takes build/carry/model.part1 in the first call,
+# build/carry/model.part2 in the second; the second call runs `join` and then
+# tests/gpu/run.sh.)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
+DIR=build/carry
+want=$(grep -o '[0-9a-f]\{64\}' scripts/fetch-model.sh | head -1)
+case "${1:-}" in
+  split)
+    [ -f "$MODEL" ] || { echo "carry-model: $MODEL missing (make model)" >&2; exit 1; }
+    mkdir -p "$DIR"
+    half=$(( ($(stat -c %s "$MODEL") + 1) / 2 ))
+    head -c "$half" "$MODEL" > "$DIR/model.part1"
+    tail -c +"$((half + 1))" "$MODEL" > "$DIR/model.part2"
+    ls -l "$DIR" ;;
+  join)
+    [ -f "$DIR/model.part1" ] && [ -f "$DIR/model.part2" ] || { echo "carry-model: $DIR/model.part1 and .part2 needed" >&2; exit 1; }
+    mkdir -p models
+    cat "$DIR/model.part1" "$DIR/model.part2" > "$MODEL.tmp"
+    got=$(sha256sum "$MODEL.tmp" | cut -d' ' -f1)
+    if [ -n "$want" ] && [ "$got" != "$want" ]; then
+      echo "carry-model: joined file has sha256 $got, expected $want" >&2; rm -f "$MODEL.tmp"; exit 1
+    fi
+    mv "$MODEL.tmp" "$MODEL"
+    echo "carry-model: $MODEL joined (sha256 $got)" ;;
+  *) echo "usage: tests/gpu/carry-model.sh split|join" >&2; exit 2 ;;
+esac
