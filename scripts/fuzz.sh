@@ -33,7 +33,8 @@ case "${1:-}" in
     -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
 esac
 
-ALL_TARGETS=$(cd tests/fuzz && ls fuzz_*.c | sed 's/\.c$//')
+ALL_TARGETS=""
+for f in tests/fuzz/fuzz_*.c; do f=${f##*/}; ALL_TARGETS="$ALL_TARGETS ${f%.c}"; done
 TARGETS=${*:-$ALL_TARGETS}
 
 # Largest input per target: enough for every structure the parser knows, small
@@ -59,14 +60,17 @@ CFLAGS="-std=c11 -O1 -g -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -pthre
 
 # Library sources: what the Makefile puts in libppd.a on a CUDA-less build,
 # plus server/api.c (the request parser; its other server dependencies are headers).
-LIB_SRC=$(ls engine/*.c kernels/cpu/*.c | grep -v '^engine/backend_cuda\.c$')
-LIB_SRC="$LIB_SRC server/api.c"
+LIB_SRC=""
+for f in engine/*.c kernels/cpu/*.c server/api.c; do
+    [ "$f" = engine/backend_cuda.c ] || LIB_SRC="$LIB_SRC $f"
+done
 
 # stale OBJ SRC: true when OBJ is missing or older than SRC or a header it used.
 stale() {
     local obj=$1 src=$2 dep=${1%.o}.d f
     [ -f "$obj" ] && [ -f "$dep" ] || return 0
     [ "$src" -nt "$obj" ] && return 0
+    # shellcheck disable=SC2013  # make-style dependency words, one path each
     for f in $(sed -e 's/\\$//' -e 's/^[^:]*://' "$dep"); do
         case "$f" in *:) continue ;; esac
         [ -e "$f" ] || return 0
@@ -104,8 +108,9 @@ build() {
         echo "fuzz.sh: compiling ${#todo[@]} library sources with $CLANG"
         export -f compile
         export CLANG CFLAGS OUT GCC_SRC
+        # shellcheck disable=SC2016  # $1 is the inner shell's
         printf '%s\n' "${todo[@]}" |
-            xargs -P "$JOBS" -I{} bash -c 'src={}; compile "$src" "$OUT/obj/${src%.c}.o" -fsanitize=fuzzer-no-link'
+            xargs -P "$JOBS" -I{} bash -c 'compile "$1" "$OUT/obj/${1%.c}.o" -fsanitize=fuzzer-no-link' _ {}
         rm -f "$OUT/libppd-fuzz.a"
     fi
     if [ ! -f "$OUT/libppd-fuzz.a" ]; then
@@ -136,7 +141,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 fail=0
 if [ "$mode" = seeds ]; then
     for t in $TARGETS; do
-        seeds=(tests/fuzz/corpus/$t/*)
+        seeds=("tests/fuzz/corpus/$t"/*)
         if [ ! -e "${seeds[0]}" ]; then echo "fuzz.sh: $t: no seeds in tests/fuzz/corpus/$t" >&2; fail=1; continue; fi
         log=$OUT/$t.seeds.log
         if "./$OUT/$t" "${seeds[@]}" >"$log" 2>&1; then
