@@ -159,6 +159,7 @@ for t in $TARGETS; do
     crashes=$OUT/crashes/$t
     mkdir -p "$work" "$crashes"
     log=$OUT/$t.log
+    touch "$OUT/$t.start"   # crashes of earlier runs stay, but are not counted
     set +e
     "./$OUT/$t" -max_total_time="$FUZZ_SECONDS" -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=4096 \
         -print_final_stats=1 -artifact_prefix="$crashes/" "$work" "tests/fuzz/corpus/$t" >"$log" 2>&1
@@ -168,7 +169,7 @@ for t in $TARGETS; do
     eps=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
     ft=$(grep -o 'ft: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
-    n_crash=$(find "$crashes" -type f | wc -l)
+    n_crash=$(find "$crashes" -type f -newer "$OUT/$t.start" | wc -l)
     printf '%-16s %12s %9s %7s %7s %8s\n' "$t" "${execs:-?}" "${eps:-?}" "${cov:-?}" "${ft:-?}" "$n_crash"
     if [ $rc -ne 0 ] || [ "$n_crash" -ne 0 ]; then
         echo "  $t: exit status $rc; log $log; inputs in $crashes/"
