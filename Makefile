@@ -7,6 +7,7 @@
 #   make check-golden  every golden prompt against llama.cpp (make test runs a subset)
 #   make bench      decode/prefill speed and the row-scaling table (see BENCHMARKS.md)
 #   make check-deploy  Docker/Kubernetes/Prometheus/Grafana artefacts against the real tools (docs/deploy.md)
+#   make fuzz       the libFuzzer targets, FUZZ_SECONDS (default 60) each
 # Variables: V=1 (echo commands), WERROR=1 (warnings are errors; CI sets it),
 #            SAN=1 (sanitizers), CUDA=0 (never build the CUDA backend).
 
@@ -74,7 +75,7 @@ BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libppd.a
 
-.PHONY: check-ppd check-golden bench-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak-serve check-deploy adapter bench-adapter clean features
+.PHONY: check-ppd check-golden bench-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak-serve check-deploy fuzz adapter bench-adapter clean features
 all: features $(BUILD)/ppd
 
 features:
@@ -125,6 +126,7 @@ model:
 test: deps model
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory test-unit
+	@PPD_TEST_MODEL=$(MODEL) scripts/fuzz.sh --seeds-only
 	@$(MAKE) --no-print-directory test-integration
 
 # The integration tests' Python side (openai SDK, pytest, requests) lives in a
@@ -189,6 +191,12 @@ check-deploy: deps model
 	@$(MAKE) --no-print-directory all $(ITEST_VENV)/.ok
 	PPD_TEST_MODEL=$(MODEL) PPD_BIN=$(BUILD)/ppd scripts/check-deploy.sh $(ITEST_VENV)/bin/python
 
+# libFuzzer targets (tests/fuzz/) under clang + ASan + UBSan, FUZZ_SECONDS each
+# (build-fuzz/; scripts/fuzz.sh).  make test runs each once over its seed corpus.
+FUZZ_SECONDS ?= 60
+fuzz: deps model
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) PPD_TEST_MODEL=$(MODEL) scripts/fuzz.sh
+
 # Issue 5's acceptance load run: 64 streaming clients for 5 minutes with random
 # disconnects (tests/integration/test_load.py at full length).
 soak-serve: deps model
@@ -197,6 +205,6 @@ soak-serve: deps model
 	  PPD_BIN=$(BUILD)/ppd $(ITEST_VENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/integration/test_load.py
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz
 
 -include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_BIN:$(BUILD)/tests/%=$(BUILD)/tests/unit/%.d) $(TEST_COMMON_OBJ:.o=.d) $(BENCH_BIN:$(BUILD)/bench/%=$(BUILD)/tests/bench/%.d)

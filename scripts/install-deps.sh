@@ -6,7 +6,8 @@ set -euo pipefail
 pkgs=(build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev check
       libpcre2-dev python3-venv python3-pip unzip ca-certificates
       prometheus    # promtool, for the /metrics check of the integration tests
-      gnuplot-nox)  # the speed-up chart of `make bench-adapter`
+      gnuplot-nox   # the speed-up chart of `make bench-adapter`, `ppd calibrate --plot`
+      clang libclang-rt-14-dev)   # libFuzzer + sanitizers for tests/fuzz (make fuzz; make test's seed runs)
 
 missing=()
 for p in "${pkgs[@]}"; do
