@@ -27,6 +27,17 @@
 #include "fuzz_model.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
+/* Take what the stream releases now: valid UTF-8 when the stops are, appended
+ * to got (n_got bytes so far); the new length. */
+static size_t fuzz_take(struct eng_textout *t, bool stops_utf8, char *got, size_t n_got, size_t out_cap) {
+    size_t k;
+    const char *txt = eng_textout_take(t, &k);
+    if (stops_utf8 && !fuzz_utf8_valid((const uint8_t *)txt, k)) abort();
+    if (n_got + k > out_cap) abort();
+    memcpy(got + n_got, txt, k);
+    return n_got + k;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static struct tok *fuzz_tok;
@@ -98,22 +109,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (!stopped) stopped = eng_textout_push(&t, ids[i]);
         else if (!eng_textout_push(&t, ids[i])) abort();   /* a stopped stream stays stopped */
         if ((p[2] & 1) || ++since_take == ENG_TEXTOUT_MAX_STEP_TOKENS || i == n_ids - 1) {
-            size_t k;
-            const char *txt = eng_textout_take(&t, &k);
-            if (stops_utf8 && !fuzz_utf8_valid((const uint8_t *)txt, k)) abort();
-            if (n_got + k > out_cap) abort();
-            memcpy(got + n_got, txt, k);
-            n_got += k;
+            n_got = fuzz_take(&t, stops_utf8, got, n_got, out_cap);
             since_take = 0;
         }
     }
     eng_textout_finish(&t);
-    size_t k;
-    const char *txt = eng_textout_take(&t, &k);
-    if (stops_utf8 && !fuzz_utf8_valid((const uint8_t *)txt, k)) abort();
-    if (n_got + k > out_cap) abort();
-    memcpy(got + n_got, txt, k);
-    n_got += k;
+    n_got = fuzz_take(&t, stops_utf8, got, n_got, out_cap);
     size_t n_want = fuzz_reference(ids, n_ids, stop, n_stop, want);
     if (n_got != n_want || memcmp(got, want, n_got)) {
         fprintf(stderr, "streamed text (%zu bytes) differs from the one-shot reference (%zu bytes)\n", n_got, n_want);
