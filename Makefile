@@ -7,7 +7,7 @@
 #   make check-golden  every golden prompt against llama.cpp (make test runs a subset)
 #   make bench      decode/prefill speed and the row-scaling table (see BENCHMARKS.md)
 #   make check-deploy  Docker/Kubernetes/Prometheus/Grafana artefacts against the real tools (docs/deploy.md)
-#   make fuzz       the libFuzzer targets, FUZZ_SECONDS (default 60) each
+#   make fuzz       the libFuzzer targets, FUZZ_SECONDS (default 60) each, or FUZZ_RUNS executions
 # Variables: V=1 (echo commands), WERROR=1 (warnings are errors; CI sets it),
 #            SAN=1 (sanitizers), CUDA=0 (never build the CUDA backend).
 
@@ -194,8 +194,9 @@ check-deploy: deps model
 # libFuzzer targets (tests/fuzz/) under clang + ASan + UBSan, FUZZ_SECONDS each
 # (build-fuzz/; scripts/fuzz.sh).  make test runs each once over its seed corpus.
 FUZZ_SECONDS ?= 60
+FUZZ_RUNS ?= -1
 fuzz: deps model
-	@FUZZ_SECONDS=$(FUZZ_SECONDS) PPD_TEST_MODEL=$(MODEL) scripts/fuzz.sh
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_RUNS=$(FUZZ_RUNS) PPD_TEST_MODEL=$(MODEL) scripts/fuzz.sh
 
 # Issue 5's acceptance load run: 64 streaming clients for 5 minutes with random
 # disconnects (tests/integration/test_load.py at full length).

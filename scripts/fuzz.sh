@@ -2,7 +2,9 @@
 # fuzz.sh — build the libFuzzer targets (tests/fuzz/fuzz_*.c) with clang under
 # ASan+UBSan into build-fuzz/, then run them.
 #
-#   scripts/fuzz.sh [TARGET...]             each target for FUZZ_SECONDS (default 60)
+#   scripts/fuzz.sh [TARGET...]             each target for FUZZ_SECONDS (default 60), or
+#                                           until FUZZ_RUNS executions when that is set
+#                                           (issue 9's bar: FUZZ_SECONDS=1800 FUZZ_RUNS=10000000)
 #   scripts/fuzz.sh --seeds-only [TARGET...] each target once over its committed
 #                                           corpus tests/fuzz/corpus/TARGET/ (seconds; make test)
 #   scripts/fuzz.sh --build-only
@@ -23,6 +25,7 @@ cd "$(dirname "$0")/.."
 CLANG=${CLANG:-clang}
 OUT=build-fuzz
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
+FUZZ_RUNS=${FUZZ_RUNS:--1}   # libFuzzer's -runs: -1 = no bound
 JOBS=${FUZZ_JOBS:-2}
 export PPD_TEST_MODEL=${PPD_TEST_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 
@@ -153,7 +156,7 @@ if [ "$mode" = seeds ]; then
     exit $fail
 fi
 
-printf '%-16s %12s %9s %7s %7s %8s\n' target executions exec/s cov ft crashes
+printf '%-16s %8s %12s %9s %7s %7s %8s\n' target seconds executions exec/s cov ft crashes
 for t in $TARGETS; do
     work=$OUT/corpus/$t
     crashes=$OUT/crashes/$t
@@ -161,16 +164,18 @@ for t in $TARGETS; do
     log=$OUT/$t.log
     touch "$OUT/$t.start"   # crashes of earlier runs stay, but are not counted
     set +e
-    "./$OUT/$t" -max_total_time="$FUZZ_SECONDS" -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=4096 \
+    t0=$(date +%s)
+    "./$OUT/$t" -max_total_time="$FUZZ_SECONDS" -runs="$FUZZ_RUNS" -max_len="$(max_len "$t")" -timeout=10 -rss_limit_mb=4096 \
         -print_final_stats=1 -artifact_prefix="$crashes/" "$work" "tests/fuzz/corpus/$t" >"$log" 2>&1
     rc=$?
     set -e
+    secs=$(( $(date +%s) - t0 ))
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
     eps=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)
     cov=$(grep -o 'cov: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
     ft=$(grep -o 'ft: [0-9]*' "$log" | tail -n 1 | cut -d' ' -f2)
     n_crash=$(find "$crashes" -type f -newer "$OUT/$t.start" | wc -l)
-    printf '%-16s %12s %9s %7s %7s %8s\n' "$t" "${execs:-?}" "${eps:-?}" "${cov:-?}" "${ft:-?}" "$n_crash"
+    printf '%-16s %8s %12s %9s %7s %7s %8s\n' "$t" "$secs" "${execs:-?}" "${eps:-?}" "${cov:-?}" "${ft:-?}" "$n_crash"
     if [ $rc -ne 0 ] || [ "$n_crash" -ne 0 ]; then
         echo "  $t: exit status $rc; log $log; inputs in $crashes/"
         grep -m 3 -E 'ERROR|runtime error|SUMMARY' "$log" | sed 's/^/  /' || true
