@@ -7,7 +7,8 @@ pkgs=(build-essential pkg-config libmicrohttpd-dev libjansson-dev libuv1-dev che
       libpcre2-dev python3-venv python3-pip unzip ca-certificates
       prometheus    # promtool, for the /metrics check of the integration tests
       gnuplot-nox   # the speed-up chart of `make bench-adapter`, `ppd calibrate --plot`
-      clang libclang-rt-14-dev)   # libFuzzer + sanitizers for tests/fuzz (make fuzz; make test's seed runs)
+      clang libclang-rt-14-dev   # libFuzzer + sanitizers for tests/fuzz (make fuzz; make test's seed runs)
+      valgrind)   # make check-deep
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -24,6 +24,7 @@
  * (worker.c), start-up and signals (cli_serve.c).
  */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -299,6 +300,17 @@ static enum MHD_Result respond_final(struct srv *s, struct srv_req *r) {
 
 /* ---- the MHD callbacks ---- */
 
+/* Content-Length above max_body (or not a number libmicrohttpd would accept:
+ * it refuses those itself before we are called). */
+static bool declared_body_too_large(struct MHD_Connection *c, long max_body) {
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (!cl) return false;
+    errno = 0;
+    char *end;
+    unsigned long long n = strtoull(cl, &end, 10);
+    return end != cl && (errno == ERANGE || n > (unsigned long long)max_body);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                   const char *version, const char *upload, size_t *upload_size, void **con_cls) {
     (void)version;
@@ -314,14 +326,27 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         s->reqs = r;
         s->n_open++;
         *con_cls = r;
+        /* A body declared larger than the limit is refused before a byte of it
+         * is read: libmicrohttpd sends the 413 and closes the connection. */
+        if (declared_body_too_large(conn, s->cfg.max_body)) {
+            r->dispatched = true;
+            struct srv_err err = {0};
+            srv_err_set(&err, ENG_E_TOO_LARGE, NULL, "request_too_large", "the request body exceeds %ld bytes",
+                        s->cfg.max_body);
+            return respond_err(s, conn, &err);
+        }
         return MHD_YES;
     }
     if (*upload_size) {
         size_t n = *upload_size;
         *upload_size = 0;
         if (r->body_too_large || r->n_body + n > (size_t)s->cfg.max_body) {
-            r->body_too_large = true;   /* keep reading, answer 413 at the end */
-            return MHD_YES;
+            /* A chunked body (no length declared) that outgrows the limit is
+             * read on and dropped, to answer 413 at its end; one that goes on
+             * past as much again is cut off, so no client streams forever. */
+            r->body_too_large = true;
+            r->n_dropped += n;
+            return r->n_dropped > (size_t)s->cfg.max_body ? MHD_NO : MHD_YES;
         }
         if (r->n_body + n + 1 > r->cap_body) {
             size_t nc = (r->n_body + n + 1) * 2;
@@ -474,6 +499,7 @@ void srv_http_on_events(struct srv *s) {
             if (ev->n_rows > 0) {
                 s->metrics.steps++;
                 srv_hist_observe(&s->metrics.step, ev->step_s);
+                if (ev->step_s > s->metrics.step_max_s) s->metrics.step_max_s = ev->step_s;
             }
         } else {
             if (ev == ev->req->spare) ev->req->spare = NULL;   /* freed below, not with the request */

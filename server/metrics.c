@@ -189,6 +189,8 @@ char *srv_metrics_render(const struct srv_metrics *m, const struct srv_config *c
     mb_hist(&b, "e2e_request_latency_seconds", "Time from request arrival to its last token.", &m->e2e);
     mb_hist(&b, "request_queue_time_seconds", "Time a request waited for a KV slot.", &m->queue);
     mb_hist(&b, "step_duration_seconds", "Wall time of one batched scheduler step.", &m->step);
+    mb_gauge(&b, "step_duration_max_seconds", "Wall time of the longest batched scheduler step since start.",
+             m->step_max_s);
     mb_ppd(&b, m);
     mb_calib(&b, m);
     mb_gauge(&b, "process_resident_memory_bytes", "Resident memory of the server process.", rss_bytes());

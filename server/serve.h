@@ -73,6 +73,7 @@ struct srv_metrics {
     unsigned long long success_stop, success_length, cancelled, failed;
     unsigned long long prompt_tokens, gen_tokens, steps, http_rejected;
     struct srv_hist ttft, itl, e2e, queue, step;
+    double step_max_s;               /* the longest step since start (the histogram only bounds it) */
     struct eng_sched_stats eng;      /* the engine's cumulative counters (PPD) as of its last stats event */
     int ppd_n_prompt;                /* N when PPD is on, else 0 (no per-position series) */
     const struct eng_calib_choice *calib_choice;   /* the start-up calibration's choice, NULL: none */
@@ -153,6 +154,7 @@ struct srv_req {
     char *body;
     size_t n_body, cap_body;
     bool body_too_large;
+    size_t n_dropped;                /* body bytes read past max_body and dropped */
     bool dispatched;                 /* a final response or stream was set up */
     bool conn_gone;                  /* MHD finished with the connection */
     bool suspended;

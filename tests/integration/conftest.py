@@ -45,6 +45,30 @@ class Server:
         return self.proc.wait(timeout=timeout)
 
 
+# Every server a test starts, so the session can read their logs at the end.
+_servers = []
+
+# What ASan, LeakSanitizer and UBSan print when they find something; on a build
+# without sanitizers (plain `make test`) none of it can appear.
+SANITIZER_REPORT = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error: |SUMMARY: UndefinedBehaviorSanitizer")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_sanitizer_reports():
+    """Under `make asan test` the server is built with ASan + UBSan: a report in
+    any server's log (including LeakSanitizer's, printed at exit) fails the run."""
+    yield
+    found = []
+    for s in _servers:
+        if s.proc.poll() is None:
+            s.stop()
+        m = SANITIZER_REPORT.search(s.log())
+        if m:
+            log = s.log()
+            found.append(f"{s.log_path}:\n" + log[max(0, m.start() - 200):m.start() + 3000])
+    assert not found, "sanitizer reports in server logs:\n" + "\n".join(found)
+
+
 def start_server(tmp_path_factory, *args, name="ppd"):
     log_path = str(tmp_path_factory.mktemp(name) / "server.log")
     log = open(log_path, "w")
@@ -67,7 +91,9 @@ def start_server(tmp_path_factory, *args, name="ppd"):
     if port is None:
         proc.kill()
         raise RuntimeError("ppd serve did not start:\n" + open(log_path).read())
-    return Server(proc, port, log_path)
+    server = Server(proc, port, log_path)
+    _servers.append(server)
+    return server
 
 
 @pytest.fixture(scope="session")

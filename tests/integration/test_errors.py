@@ -1,6 +1,7 @@
 """Errors in OpenAI's shape with the statuses of architecture.md §4, and
 authentication with --api-key."""
 import json
+import socket
 
 import openai
 import pytest
@@ -109,6 +110,28 @@ def test_integers_beyond_64_bits(server):
 def test_body_too_large_413(server):
     big = b'{"prompt": "' + b"a" * (2 << 20) + b'"}'
     check_error(post(server, "/v1/completions", data=big), 413)
+
+
+def test_declared_huge_body_refused_before_it_is_read(server):
+    """A Content-Length past --max-body gets its 413 without the server waiting for
+    (or reading) the body: the client sends only the headers."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1073741824\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data or not data.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)   # before the fix: no answer until the 30 s timeout
+            if not chunk:
+                break
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), data[:300]
+    assert json.loads(body)["error"]["code"] == "request_too_large"
+
+
+def test_header_block_too_large_431(server):
+    r = requests.get(server.url + "/health", headers={"X-Big": "a" * 100000}, timeout=30)
+    assert r.status_code == 431
 
 
 def test_bad_request_does_not_disturb_streams(server, client, model_id):

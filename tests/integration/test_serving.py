@@ -100,7 +100,7 @@ def test_metrics_text(server, client, model_id):
                  "ppd_prompt_tokens_total", "ppd_generation_tokens_total",
                  "ppd_time_to_first_token_seconds_count", "ppd_inter_token_latency_seconds_count",
                  "ppd_e2e_request_latency_seconds_count", "ppd_request_queue_time_seconds_count",
-                 "ppd_step_duration_seconds_count", "ppd_spec_decode_num_drafts_total",
+                 "ppd_step_duration_seconds_count", "ppd_step_duration_max_seconds", "ppd_spec_decode_num_drafts_total",
                  "ppd_spec_decode_num_draft_tokens_total", "ppd_spec_decode_num_accepted_tokens_total",
                  "ppd_process_resident_memory_bytes"]:
         assert name in m, name
