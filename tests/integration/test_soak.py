@@ -43,6 +43,14 @@ N, N_LONG = 24, 160
 SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? [-+0-9.eEInfa]+$')
 
 
+class Busy(Exception):
+    """The server answered 429 (its queue was full); seconds = how long that took."""
+
+    def __init__(self, seconds):
+        super().__init__(f"429 after {seconds:.3f} s")
+        self.seconds = seconds
+
+
 def chat_body(prompt, n, stream):
     return {"messages": [{"role": "user", "content": prompt}], "max_tokens": n, "temperature": 0, "stream": stream}
 
@@ -66,7 +74,10 @@ def sse_text(lines):
 
 def stream_text(url, prompt, n, stop_after=None):
     """Streamed greedy answer; with stop_after, hang up after that many events (returns None)."""
+    t0 = time.time()
     with requests.post(url + "/v1/chat/completions", json=chat_body(prompt, n, True), stream=True, timeout=300) as r:
+        if r.status_code == 429:
+            raise Busy(time.time() - t0)
         assert r.status_code == 200, r.text
         lines = []
         for line in r.iter_lines():
@@ -117,16 +128,21 @@ def raw_post(port, body, extra_headers=b"", rcvbuf=None):
 def slow_stream(port, prompt, n, slow_seconds):
     """A stream read one byte a second for slow_seconds through a 4 KiB window,
     then to the end: its text, or None when it was not complete."""
+    t0 = time.time()
     sock = raw_post(port, json.dumps(chat_body(prompt, n, True)).encode(), rcvbuf=4096)
     first = b""
     try:
         for _ in range(int(slow_seconds)):
             first += sock.recv(1)
+            if len(first) == 1:
+                t_first = time.time()
             time.sleep(1)
         rest_sock = _Prefixed(first, sock)
         status, body = read_http(rest_sock)
     finally:
         sock.close()
+    if status == 429:
+        raise Busy(t_first - t0)
     assert status == 200, body[:300]
     return sse_text(body.split(b"\n"))
 
@@ -220,7 +236,8 @@ def scrape_metrics(url, stop, failures, counts, lock):
 
 
 def test_soak_with_faults_then_sigterm(tmp_path_factory):
-    s = start_server(tmp_path_factory, "-np", "4", "-c", "512", "--max-queue", "256",
+    # A queue of half the clients: with 4 slots, the busiest moments overflow it (429).
+    s = start_server(tmp_path_factory, "-np", "4", "-c", "512", "--max-queue", str(max(4, CLIENTS // 2)),
                      "--ppd", load_adapter(tmp_path_factory), name="soak")
     stopped = False
     try:
@@ -229,8 +246,9 @@ def test_soak_with_faults_then_sigterm(tmp_path_factory):
         t0 = time.time()
         stop_at = t0 + SECONDS
         failures = []
-        counts = dict.fromkeys(["done", "dropped", "nonstream", "slow", "huge", "huge_reset", "utf8", "garbage",
-                                "scrapes"], 0)
+        counts = dict.fromkeys(["done", "dropped", "nonstream", "slow", "429", "huge", "huge_reset", "utf8",
+                                 "garbage", "scrapes"], 0)
+        busy_s = [0.0]   # the slowest 429
         lock = threading.Lock()
 
         def client(seed):
@@ -248,7 +266,10 @@ def test_soak_with_faults_then_sigterm(tmp_path_factory):
                         stream_text(s.url, p, N, stop_after=rnd.randint(1, 12))
                         key = "dropped"
                     elif kind < 0.66:
+                        t0 = time.time()
                         r = requests.post(s.url + "/v1/chat/completions", json=chat_body(p, N, False), timeout=300)
+                        if r.status_code == 429:
+                            raise Busy(time.time() - t0)
                         if r.json()["choices"][0]["message"]["content"] != ref[p]:
                             failures.append((p, r.text, ref[p]))
                         key = "nonstream"
@@ -265,6 +286,11 @@ def test_soak_with_faults_then_sigterm(tmp_path_factory):
                     else:
                         garbage(s.port, rnd)
                         key = "garbage"
+                except Busy as b:
+                    key = "429"
+                    with lock:
+                        busy_s[0] = max(busy_s[0], b.seconds)
+                    time.sleep(rnd.uniform(0.5, 1.0))   # as Retry-After: 1 asks
                 except Exception as e:  # noqa: BLE001 - collected and reported
                     failures.append(("exception", repr(e)))
                     key = "garbage"
@@ -300,7 +326,7 @@ def test_soak_with_faults_then_sigterm(tmp_path_factory):
         n_req = counts["done"] + counts["dropped"] + counts["nonstream"] + counts["slow"]
         print(f"\nsoak: {SECONDS:.0f} s, {CLIENTS} clients: {counts}; {n_req} generation requests; "
               f"rss warm {rss_warm / 2**20:.1f} MiB -> end {rss_end / 2**20:.1f} MiB; "
-              f"max step {m['ppd_step_duration_max_seconds'] * 1e3:.1f} ms; "
+              f"slowest 429 {busy_s[0] * 1e3:.0f} ms; max step {m['ppd_step_duration_max_seconds'] * 1e3:.1f} ms; "
               f"steps {m['ppd_engine_steps_total']:.0f}; rejected before the engine {m['ppd_http_rejected_total']:.0f}; "
               f"PPD accepted/step {m.get('ppd_spec_decode_num_accepted_tokens_total', 0) / max(1, m.get('ppd_spec_decode_num_drafts_total', 0)) + 1:.2f}")
 
@@ -350,6 +376,7 @@ def test_overload_gets_429_at_once(tmp_path_factory):
         threads = [threading.Thread(target=one) for _ in range(16)]
         for t in threads:
             t.start()
+        t_go = time.time()
         go.set()
         for t in threads:
             t.join(timeout=600)
@@ -360,5 +387,7 @@ def test_overload_gets_429_at_once(tmp_path_factory):
         assert all(ra == "1" for _, ra in busy)
         # every refusal came back before the first admitted request had finished
         assert max(t for t, _ in busy) < ok[0], (busy, ok)
+        print(f"\noverload: 16 clients, 2 slots + 2 queued: {len(ok)} answered, {len(busy)} got 429, the last "
+              f"{max(t for t, _ in busy) - t_go:.3f} s after the start, the first answer {ok[0] - t_go:.3f} s")
     finally:
         assert s.stop() == 0, s.log()[-2000:]
