@@ -25,6 +25,7 @@ SAN := 1
 export BUILD SAN
 export PPD_TEST_GOLDEN_CASES ?= 1
 export PPD_TEST_PPD_CASES ?= 1
+export PPD_ST_EXAMPLES ?= 15
 endif
 endif
 BUILD    ?= build

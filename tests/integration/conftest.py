@@ -19,6 +19,22 @@ PPD_BIN = os.environ.get("PPD_BIN", "build/ppd")
 MODEL = os.environ.get("PPD_TEST_MODEL", "models/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+
+def _sanitized(binary):
+    """True when the binary is the ASan build of `make asan test`."""
+    try:
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    except OSError:
+        return False
+    return "libasan" in out
+
+
+# Under ASan, freed memory waits in a quarantine (up to 256 MiB), so RSS says
+# nothing about leaks there (LeakSanitizer does); and the binary is not the
+# one a container image ships.
+SANITIZED = _sanitized(PPD_BIN)
+
+
 class Server:
     def __init__(self, proc, port, log_path):
         self.proc = proc

@@ -33,7 +33,7 @@ import time
 
 import requests
 
-from conftest import MODEL, PPD_BIN, start_server
+from conftest import MODEL, PPD_BIN, SANITIZED, start_server
 
 SECONDS = float(os.environ.get("PPD_SOAK_SECONDS", "12"))
 CLIENTS = int(os.environ.get("PPD_SOAK_CLIENTS", "16"))
@@ -322,7 +322,7 @@ def test_soak_with_faults_then_sigterm(tmp_path_factory):
         # still serving, and memory flat after the warm-up (a leak per request would show over hundreds)
         assert stream_text(s.url, PROMPTS[0], N) == ref[PROMPTS[0]]
         rss_end = rss(s)
-        assert rss_end < rss_warm + 48 * 2 ** 20, (rss_warm, rss_end)
+        assert SANITIZED or rss_end < rss_warm + 48 * 2 ** 20, (rss_warm, rss_end)
         n_req = counts["done"] + counts["dropped"] + counts["nonstream"] + counts["slow"]
         print(f"\nsoak: {SECONDS:.0f} s, {CLIENTS} clients: {counts}; {n_req} generation requests; "
               f"rss warm {rss_warm / 2**20:.1f} MiB -> end {rss_end / 2**20:.1f} MiB; "
