@@ -32,6 +32,7 @@
 
 #include "cli.h"
 #include "cli_ppd.h"
+#include "cli_prompts.h"
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/generate.h"
@@ -368,46 +369,22 @@ static void bench_report_row(const struct bench_opts *o, const char *file, struc
 /* One prompt file: returns 0, or 1 after printing why. */
 static int bench_file(struct eng_engine *e, const struct cli_ppd *cp, const struct bench_opts *o, const char *file,
                       struct bench_acc *a) {
-    FILE *fp = fopen(file, "r");
-    if (!fp) { fprintf(stderr, "ppd bench: cannot open %s (use -f FILE)\n", file); return 1; }
+    struct cli_prompt *p = NULL;
+    int n = 0, status = 1;
     int32_t *out_base = malloc(sizeof *out_base * (size_t)o->n_predict);
     int32_t *out_ppd = malloc(sizeof *out_ppd * (size_t)o->n_predict);
-    char *line = NULL, err[512];
-    size_t line_cap = 0;
-    int status = 1, n_line = 0;
-    if (!out_base || !out_ppd) goto done;
-    while (a->prompts < o->count && getline(&line, &line_cap, fp) > 0) {
-        n_line++;
-        if (line[strspn(line, " \t\r\n")] == 0) continue;
-        json_error_t je;
-        json_t *row = json_loads(line, 0, &je);
-        json_t *turns = row ? json_object_get(row, "turns") : NULL;
-        const char *text = turns ? json_string_value(json_array_get(turns, 0)) : NULL;
-        if (!text) {
-            fprintf(stderr, "ppd bench: %s: line %d has no \"turns\"[0] string\n", file, n_line);
-            json_decref(row);
-            goto done;
-        }
-        struct chat_msg msg = {"user", text};
-        int32_t *ids = NULL;
-        int n_ids = 0;
-        int rc = eng_engine_chat_tokens(e, &msg, 1, &ids, &n_ids, err, sizeof err);
-        json_decref(row);
-        if (rc) { fprintf(stderr, "ppd bench: %s\n", err); goto done; }
-        rc = n_ids + o->n_predict < e->kv.max_seq
-                 ? bench_prompt(e, cp, o, ids, n_ids, a->prompts % 2, out_base, out_ppd, a, file, n_line)
-                 : ENG_E_TOO_LONG;
-        free(ids);
-        if (rc) { fprintf(stderr, "ppd bench: %s line %d: %s\n", file, n_line, eng_err_msg(rc)); goto done; }
-        fprintf(stderr, "\rppd bench: %s: %d/%ld prompts   ", bench_basename(file), a->prompts, o->count);
+    if (!out_base || !out_ppd || cli_prompts_load(e, "ppd bench", file, 0, o->count, o->n_predict, &p, &n)) goto done;
+    for (int i = 0; i < n; i++) {
+        int rc = bench_prompt(e, cp, o, p[i].ids, p[i].n, a->prompts % 2, out_base, out_ppd, a, file, p[i].line);
+        if (rc) { fprintf(stderr, "ppd bench: %s line %d: %s\n", file, p[i].line, eng_err_msg(rc)); goto done; }
+        fprintf(stderr, "\rppd bench: %s: %d/%d prompts   ", bench_basename(file), a->prompts, n);
     }
     fprintf(stderr, "\n");
     status = 0;
 done:
-    free(line);
+    cli_prompts_free(p, n);
     free(out_base);
     free(out_ppd);
-    fclose(fp);
     return status;
 }
 

@@ -4,6 +4,7 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "engine/chat.h"
 
@@ -17,7 +18,7 @@ int cli_prompts_load(const struct eng_engine *e, const char *who, const char *fi
     int n = 0, lineno = 0, status = 1;
     if (!p) goto done;
     while (n < count && getline(&line, &cap, fp) > 0) {
-        if (lineno++ < skip) continue;
+        if (lineno++ < skip || line[strspn(line, " \t\r\n")] == 0) continue;
         json_t *o = json_loads(line, 0, NULL);
         const char *text = json_string_value(json_array_get(json_object_get(o, "turns"), 0));
         if (!text) {
@@ -30,7 +31,7 @@ int cli_prompts_load(const struct eng_engine *e, const char *who, const char *fi
         json_decref(o);
         if (rc) { fprintf(stderr, "%s: %s\n", who, err); goto done; }
         if (p[n].n + n_predict + 128 >= e->kv.max_seq) { free(p[n].ids); p[n].ids = NULL; continue; }
-        n++;
+        p[n++].line = lineno;
     }
     status = n > 0 ? 0 : 1;
     if (!n) fprintf(stderr, "%s: %s: no usable prompts\n", who, file);
