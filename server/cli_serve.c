@@ -28,8 +28,6 @@
 #include "engine/log.h"
 #include "serve.h"
 
-static void srv_try_finish(struct srv *s);
-
 static void on_wake(uv_async_t *a) {
     struct srv *s = a->data;
     /* the calibration's result, once the engine thread has published it */
@@ -51,7 +49,7 @@ static void srv_close_handles(struct srv *s) {
 
 /* While draining: finished when no job is left and no request is open (or,
  * after the drain timeout, when no job is left). */
-static void srv_try_finish(struct srv *s) {
+void srv_try_finish(struct srv *s) {
     if (!s->draining || s->stopping) return;
     if (s->n_jobs > 0 || (s->n_open > 0 && !s->force_stop)) return;
     s->stopping = true;

@@ -552,6 +552,9 @@ void srv_http_run_mhd(struct srv *s) {
     MHD_UNSIGNED_LONG_LONG to;
     if (MHD_get_timeout(s->mhd, &to) == MHD_YES) uv_timer_start(&s->mhd_timer, on_mhd_timer, to, 0);
     else uv_timer_stop(&s->mhd_timer);
+    /* While draining, the last request may end here (its response sent), not
+     * on an engine event: look whether the drain is over. */
+    if (s->draining) srv_try_finish(s);
 }
 
 int srv_http_start(struct srv *s, char *err, size_t cap) {

@@ -200,6 +200,10 @@ char *srv_api_models(const struct srv *s);
 int srv_worker_start(struct srv *s);
 void srv_worker_stop(struct srv *s);   /* closes the inbox and joins */
 
+/* cli_serve.c: while draining, stop once no job is left and no request is
+ * open (after the drain timeout, once no job is left); else nothing. */
+void srv_try_finish(struct srv *s);
+
 /* http.c */
 int srv_http_start(struct srv *s, char *err, size_t cap);
 void srv_http_on_events(struct srv *s);   /* drain the outbox (uv_async callback) */
