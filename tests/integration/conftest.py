@@ -61,6 +61,30 @@ class Server:
         return self.proc.wait(timeout=timeout)
 
 
+def read_http(sock):
+    """(status, body) of the one response on sock, read to the connection's close;
+    a chunked body is decoded."""
+    data = b""
+    while True:
+        d = sock.recv(65536)
+        if not d:
+            break
+        data += d
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    if re.search(rb"(?im)^transfer-encoding:\s*chunked", head):
+        out = b""
+        while body:
+            size_line, _, rest = body.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                break
+            out += rest[:size]
+            body = rest[size + 2:]
+        body = out
+    return status, body
+
+
 # Every server a test starts, so the session can read their logs at the end.
 _servers = []
 

@@ -33,7 +33,7 @@ import time
 
 import requests
 
-from conftest import MODEL, PPD_BIN, SANITIZED, start_server
+from conftest import MODEL, PPD_BIN, SANITIZED, read_http, start_server
 
 SECONDS = float(os.environ.get("PPD_SOAK_SECONDS", "12"))
 CLIENTS = int(os.environ.get("PPD_SOAK_CLIENTS", "16"))
@@ -88,30 +88,6 @@ def stream_text(url, prompt, n, stop_after=None):
         text = sse_text(lines)
     assert text is not None, lines[-3:]
     return text
-
-
-def read_http(sock):
-    """(status, body) of the one response on sock, read to the connection's close;
-    a chunked body is decoded."""
-    data = b""
-    while True:
-        d = sock.recv(65536)
-        if not d:
-            break
-        data += d
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    if re.search(rb"(?im)^transfer-encoding:\s*chunked", head):
-        out = b""
-        while body:
-            size_line, _, rest = body.partition(b"\r\n")
-            size = int(size_line.split(b";")[0], 16)
-            if size == 0:
-                break
-            out += rest[:size]
-            body = rest[size + 2:]
-        body = out
-    return status, body
 
 
 def raw_post(port, body, extra_headers=b"", rcvbuf=None):
