@@ -148,7 +148,7 @@ int eng_calib_candidates(int *L, int cap, int L_max) {
     return n;
 }
 
-int eng_calib_predict(struct eng_calib_pick *pick, const struct eng_calib_table *t, const double *acc, int N, int K,
+int eng_calib_predict(struct eng_calib_pick *pick, const struct eng_calib_table *t, const double *acc, const double *joint, int N, int K,
                       int L, int b) {
     memset(pick, 0, sizeof *pick);
     pick->L = L;
@@ -161,22 +161,22 @@ int eng_calib_predict(struct eng_calib_pick *pick, const struct eng_calib_table 
         struct eng_ppd_tree_build_info info;
         struct eng_ppd_trees trees;
         char err[256];
-        int rc = eng_ppd_tree_build(&fam, acc, N, K, L, &info);
+        int rc = eng_ppd_tree_build_joint(&fam, acc, joint, N, K, L, &info);
         if (rc) return rc;
         rc = eng_ppd_trees_init(&trees, fam, err, sizeof err);
         eng_ppd_tree_family_free(fam);
         if (rc) return rc;
-        /* stationary weights over the states; the phantom root-only state x[0]
-         * runs state N's tree */
+        /* rows over the true stationary distribution of the states: x[1..N]
+         * renormalised without the reference's phantom root-only state x[0],
+         * which is not a step (see eng_ppd_tree_build_info) */
         double rows = 0, wsum = 0;
         for (int d = 1; d <= N; d++) {
-            double w = info.x[d] + (d == N ? info.x[0] : 0);
-            rows += w * trees.st[d].T;
-            wsum += w;
+            rows += info.x[d] * trees.st[d].T;
+            wsum += info.x[d];
         }
         pick->rows = wsum > 0 ? rows / wsum : trees.max_T;
         pick->max_T = trees.max_T > N + 1 ? trees.max_T : N + 1;
-        pick->tokens_per_step = 1 + info.objective;
+        pick->tokens_per_step = info.tokens_per_step;
         eng_ppd_trees_free(&trees);
     }
     pick->step_ms = b * pick->max_T <= t->max_rows ? eng_calib_step_ms(t, b, pick->rows) : -1;
@@ -184,7 +184,7 @@ int eng_calib_predict(struct eng_calib_pick *pick, const struct eng_calib_table 
     return 0;
 }
 
-int eng_calib_choose(struct eng_calib_choice *c, const struct eng_calib_table *t, const double *acc, int N, int K,
+int eng_calib_choose(struct eng_calib_choice *c, const struct eng_calib_table *t, const double *acc, const double *joint, int N, int K,
                      int n_slot, int L_max) {
     memset(c, 0, sizeof *c);
     if (n_slot < 1 || n_slot > ENG_CALIB_MAX_SLOTS) return ENG_E_RANGE;
@@ -194,8 +194,8 @@ int eng_calib_choose(struct eng_calib_choice *c, const struct eng_calib_table *t
     /* Build each tree once: its prediction per b only changes the step time. */
     struct eng_calib_pick *base = calloc((size_t)nL + 1, sizeof *base);
     if (!base) return ENG_E_NOMEM;
-    int rc = eng_calib_predict(&base[0], t, acc, N, K, 0, 1);
-    for (int k = 0; k < nL && !rc; k++) rc = eng_calib_predict(&base[k + 1], t, acc, N, K, Ls[k], 1);
+    int rc = eng_calib_predict(&base[0], t, acc, joint, N, K, 0, 1);
+    for (int k = 0; k < nL && !rc; k++) rc = eng_calib_predict(&base[k + 1], t, acc, joint, N, K, Ls[k], 1);
     for (int b = 1; b <= n_slot && !rc; b++) {
         struct eng_calib_pick best = {0};
         for (int k = 0; k <= nL; k++) {

@@ -82,11 +82,11 @@ int eng_calib_candidates(int *L, int cap, int L_max);
 /* Prediction for one budget (tree built from acc[i*K + k], N prompt tokens)
  * at b sequences; L = 0 is plain decoding.  -1 (ENG_E_*) on failure; pick->step_ms
  * < 0 when the tree does not fit or the table cannot say. */
-int eng_calib_predict(struct eng_calib_pick *pick, const struct eng_calib_table *t, const double *acc, int N, int K,
+int eng_calib_predict(struct eng_calib_pick *pick, const struct eng_calib_table *t, const double *acc, const double *joint, int N, int K,
                       int L, int b);
 
 /* Choose for b = 1..n_slot among the candidates up to L_max (and plain). */
-int eng_calib_choose(struct eng_calib_choice *c, const struct eng_calib_table *t, const double *acc, int N, int K,
+int eng_calib_choose(struct eng_calib_choice *c, const struct eng_calib_table *t, const double *acc, const double *joint, int N, int K,
                      int n_slot, int L_max);
 
 /* JSON file: {"fingerprint": ..., "prefix":, "max_rows":, "seconds":, "b": [...],

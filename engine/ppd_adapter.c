@@ -20,6 +20,7 @@ void eng_ppd_adapter_free(struct eng_ppd_adapter *a) {
     if (!a) return;
     free(a->emb);
     free(a->accuracy);
+    free(a->joint);
     free(a);
 }
 
@@ -73,6 +74,14 @@ static int adapter_get_f32_tensor(const struct gguf_file *g, const char *name, i
     }
     *out = d;
     return 0;
+}
+
+int eng_ppd_joint_size(int n_prompt, int topk) {
+    if (n_prompt < 1 || topk < 1) return 0;
+    long n = 1;
+    for (int i = 0; i < n_prompt; i++)
+        if ((n *= topk + 1) > ENG_PPD_JOINT_MAX) return 0;
+    return (int)n;
 }
 
 int eng_ppd_adapter_load(struct eng_ppd_adapter **out, const char *path, const struct eng_model *m,
@@ -152,6 +161,37 @@ int eng_ppd_adapter_load(struct eng_ppd_adapter **out, const char *path, const s
         memcpy(a->accuracy, acc, sizeof(float) * (size_t)a->topk * (size_t)a->n_prompt);
     }
 
+    if (gguf_find_tensor(g, "ppd.rank_joint")) {
+        const int nj = eng_ppd_joint_size(a->n_prompt, a->topk);
+        const float *j;
+        if (!nj) {
+            snprintf(err, cap, "%s: tensor ppd.rank_joint: not supported for N=%d, K=%d ((K+1)^N over %d)", path,
+                     a->n_prompt, a->topk, ENG_PPD_JOINT_MAX);
+            rc = ENG_E_FORMAT;
+            goto err;
+        }
+        if ((rc = adapter_get_f32_tensor(g, "ppd.rank_joint", nj, 1, &j, err, cap))) {
+            rc = ENG_E_FORMAT;
+            goto err;
+        }
+        double sum = 0;
+        for (int i = 0; i < nj; i++) {
+            if (j[i] < 0 || j[i] > 1) {
+                snprintf(err, cap, "%s: tensor ppd.rank_joint: element %d = %g is not a probability", path, i, j[i]);
+                rc = ENG_E_FORMAT;
+                goto err;
+            }
+            sum += j[i];
+        }
+        if (fabs(sum - 1.0) > 1e-3) {
+            snprintf(err, cap, "%s: tensor ppd.rank_joint: sums to %g, not 1", path, sum);
+            rc = ENG_E_FORMAT;
+            goto err;
+        }
+        if (!(a->joint = malloc(sizeof(float) * (size_t)nj))) { rc = ENG_E_NOMEM; goto err; }
+        memcpy(a->joint, j, sizeof(float) * (size_t)nj);
+    }
+
     if (m && (a->base_fingerprint != m->fingerprint || a->n_embd != m->hp.n_embd)) {
         snprintf(err, cap,
                  "%s: this adapter was made for model '%s' (fingerprint %016llx, hidden size %d), "
@@ -183,6 +223,12 @@ int eng_ppd_adapter_save(const struct eng_ppd_adapter *a, const char *path, char
     int rc = 0;
     uint64_t fp = a->base_fingerprint;
     int64_t ne_e[2] = {a->n_embd, a->n_prompt}, ne_a[2] = {a->topk, a->n_prompt};
+    int64_t ne_j[1] = {eng_ppd_joint_size(a->n_prompt, a->topk)};
+    if (a->joint && !ne_j[0]) {
+        snprintf(err, cap, "%s: refusing to write a rank joint for N=%d K=%d", path, a->n_prompt, a->topk);
+        gguf_writer_free(w);
+        return ENG_E_INVALID;
+    }
     if ((rc = gguf_writer_set_str(w, "general.architecture", "ppd-adapter")) ||
         (rc = gguf_writer_set_u32(w, "ppd.n_prompt", (uint32_t)a->n_prompt)) ||
         (rc = gguf_writer_set_u32(w, "ppd.topk", (uint32_t)a->topk)) ||
@@ -193,7 +239,8 @@ int eng_ppd_adapter_save(const struct eng_ppd_adapter *a, const char *path, char
         (a->tree_L > 0 && (rc = gguf_writer_set_u32(w, "ppd.tree_L", (uint32_t)a->tree_L))) ||
         (a->tuned_speedup > 0 && (rc = gguf_writer_set_f32(w, "ppd.tuned_speedup", a->tuned_speedup))) ||
         (rc = gguf_writer_add_tensor(w, "ppd.prompt_embeddings", ADAPTER_KQ_F32, 2, ne_e, a->emb)) ||
-        (a->accuracy && (rc = gguf_writer_add_tensor(w, "ppd.accuracy", ADAPTER_KQ_F32, 2, ne_a, a->accuracy))))
+        (a->accuracy && (rc = gguf_writer_add_tensor(w, "ppd.accuracy", ADAPTER_KQ_F32, 2, ne_a, a->accuracy))) ||
+        (a->joint && (rc = gguf_writer_add_tensor(w, "ppd.rank_joint", ADAPTER_KQ_F32, 1, ne_j, a->joint))))
         goto out;
     rc = gguf_writer_write(w, path, err, cap);
 out:

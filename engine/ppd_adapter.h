@@ -6,6 +6,11 @@
  *   tensor ppd.accuracy           F32, ne = {K, N}: a[i][k], the probability that the
  *                                 rank-k guess of prompt token i+1 is right (optional:
  *                                 an untrained adapter has none); the tree builder's input
+ *   tensor ppd.rank_joint         F32, ne = {(K+1)^N} optional: the joint distribution of the
+ *                                 ranks (r_1..r_N) at which the N prompt tokens hold the
+ *                                 truth (rank K: not in the top K), index sum_i r_i (K+1)^i;
+ *                                 when present the tree builder scores paths with it instead
+ *                                 of the product of marginals (right guesses are correlated)
  *   ppd.n_prompt (u32) N, ppd.topk (u32) K, ppd.base.name (str),
  *   ppd.base.fingerprint (u64) = eng_model.fingerprint of the base model,
  *   ppd.provenance (str) how the embeddings were made, ppd.init_text (str) optional,
@@ -30,6 +35,11 @@ struct tok;
 
 #define ENG_PPD_MAX_PROMPT 16    /* N at most: keeps per-node arrays small and fixed */
 #define ENG_PPD_MAX_TOPK 64
+/* The rank joint is stored only while (K+1)^N stays this small (N = 3, K = 10: 1331). */
+#define ENG_PPD_JOINT_MAX 65536
+
+/* (K+1)^N, or 0 when that exceeds ENG_PPD_JOINT_MAX (then no joint is kept). */
+int eng_ppd_joint_size(int n_prompt, int topk);
 /* The paper's init text, used for every N (ppd-spec.md §1.5, §6.3). */
 #define ENG_PPD_INIT_TEXT "Next 2 word"
 
@@ -39,6 +49,7 @@ struct eng_ppd_adapter {
     int n_embd;                  /* H */
     float *emb;                  /* [N, H] host memory */
     float *accuracy;             /* [N, K], or NULL when not measured */
+    float *joint;                /* [(K+1)^N] rank joint, or NULL when not measured */
     char base_name[128];
     uint64_t base_fingerprint;
     char provenance[256];

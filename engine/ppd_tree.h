@@ -56,7 +56,13 @@ void eng_ppd_tree_family_free(struct eng_ppd_tree_family *f);   /* accepts NULL 
 struct eng_ppd_tree_build_info {
     int s[ENG_PPD_MAX_PROMPT + 1];     /* candidate nodes per state */
     double x[ENG_PPD_MAX_PROMPT + 1];  /* stationary distribution; x[0] the phantom root-only state */
-    double objective;                  /* expected accepted candidates per step beyond the root */
+    double objective;                  /* the reference's objective (§3.4), which chose the tree */
+    /* What the tree is expected to emit per step, root included: 1 + sum_d pi_d Val(d) over
+     * the true stationary distribution pi_d = x_d / (1 - x_0).  The reference's phantom
+     * root-only state counts a step that never happens (a step that accepts only the root
+     * is already a step of its state, earning nothing beyond the root), so 1 + objective
+     * underestimates it by the factor 1 - x_0. */
+    double tokens_per_step;
 };
 
 /* The two-stage builder of ppd-spec.md §3.2–§3.4 for accuracy a[i*K + k]
@@ -67,6 +73,12 @@ struct eng_ppd_tree_build_info {
  * stationary expected acceptance.  s_1 = min(K, L).  info may be NULL. */
 int eng_ppd_tree_build(struct eng_ppd_tree_family **out, const double *acc, int n_prompt, int topk, int L,
                        struct eng_ppd_tree_build_info *info);
+/* The same with a path's probability read from the measured joint distribution
+ * of the ranks (ppd_adapter.h ppd.rank_joint, [(K+1)^N]; NULL: the product of
+ * the marginals acc, as above).  The product of marginals underestimates deep
+ * paths: a right guess at one offset makes a right guess at the next likelier. */
+int eng_ppd_tree_build_joint(struct eng_ppd_tree_family **out, const double *acc, const double *joint, int n_prompt,
+                             int topk, int L, struct eng_ppd_tree_build_info *info);
 
 /* The paper's Vicuna-7B accuracy rows (ppd-spec.md §3.1; N = 3, K = 10), a
  * prior for building trees when an adapter has no measured accuracy. */

@@ -48,17 +48,36 @@ static int build_path_cmp(const void *x, const void *y) {
     return a->idx < b->idx ? -1 : a->idx > b->idx;
 }
 
-static void build_enum(struct build_path *out, int *n, struct build_path *cur, int d, const double *acc, int K) {
-    for (int r = 0; r < K; r++) {
+/* How a path's probability is scored: the product of the marginals acc, or,
+ * when prefix[] is set, the measured probability that the truth's ranks begin
+ * with the path (prefix[l][sum_t p_t (K+1)^t] for paths of length l). */
+struct build_model {
+    const double *acc;
+    int K;
+    double *prefix[ENG_PPD_MAX_PROMPT + 1];
+};
+
+static double build_q(const struct build_model *bm, const struct build_path *path) {
+    double q = 1.0;
+    if (bm->prefix[path->len]) {
+        long idx = 0, w = 1;
+        for (int t = 0; t < path->len; t++, w *= bm->K + 1) idx += w * path->p[t];
+        return bm->prefix[path->len][idx];
+    }
+    for (int t = 0; t < path->len; t++) q *= bm->acc[t * bm->K + path->p[t]];
+    return q;
+}
+
+static void build_enum(struct build_path *out, int *n, struct build_path *cur, int d, const struct build_model *bm) {
+    for (int r = 0; r < bm->K; r++) {
         cur->p[cur->len] = (int8_t)r;
         cur->len++;
-        double q = 1.0;
-        for (int t = 0; t < cur->len; t++) q *= acc[t * K + cur->p[t]];
+        const double q = build_q(bm, cur);
         out[*n] = *cur;
         out[*n].q = q;
         out[*n].idx = *n;
         (*n)++;
-        if (cur->len < d) build_enum(out, n, cur, d, acc, K);
+        if (cur->len < d) build_enum(out, n, cur, d, bm);
         cur->len--;
     }
 }
@@ -75,7 +94,8 @@ static void build_stage1_free(struct build_stage1 *s) {
     memset(s, 0, sizeof *s);
 }
 
-static int build_stage1(struct build_stage1 *s, const double *acc, int d, int K, int L) {
+static int build_stage1(struct build_stage1 *s, const struct build_model *bm, int d, int L) {
+    const int K = bm->K;
     memset(s, 0, sizeof *s);
     long total = 0, pw = 1;
     for (int l = 1; l <= d; l++) { pw *= K; total += pw; if (total > BUILD_MAX_PATHS) return ENG_E_RANGE; }
@@ -83,7 +103,7 @@ static int build_stage1(struct build_stage1 *s, const double *acc, int d, int K,
     if (!all) return ENG_E_NOMEM;
     memset(&cur, 0, sizeof cur);
     int n = 0;
-    build_enum(all, &n, &cur, d, acc, K);
+    build_enum(all, &n, &cur, d, bm);
     qsort(all, (size_t)n, sizeof *all, build_path_cmp);
     s->n = n < L ? n : L;
     s->p = all;
@@ -180,16 +200,43 @@ static int build_score(struct build_stage1 *st, const int *sz, int N, int L, int
 
 int eng_ppd_tree_build(struct eng_ppd_tree_family **out, const double *acc, int N, int K, int L,
                        struct eng_ppd_tree_build_info *info) {
+    return eng_ppd_tree_build_joint(out, acc, NULL, N, K, L, info);
+}
+
+/* prefix[l] for l = 1..N from the joint (prefix[N] a copy of it): the ranks'
+ * index is little-endian in base K+1, so a length-l prefix is idx mod (K+1)^l. */
+static int build_prefix_tables(struct build_model *bm, const double *joint, int N) {
+    const long B = bm->K + 1;
+    long size = 1;
+    for (int l = 0; l < N; l++) size *= B;
+    for (int i = 0; i < size; i++)
+        if (!(joint[i] >= 0 && joint[i] <= 1)) return ENG_E_RANGE;
+    if (!(bm->prefix[N] = malloc(sizeof(double) * (size_t)size))) return ENG_E_NOMEM;
+    memcpy(bm->prefix[N], joint, sizeof(double) * (size_t)size);
+    for (int l = N - 1; l >= 1; l--) {
+        size /= B;
+        if (!(bm->prefix[l] = calloc((size_t)size, sizeof(double)))) return ENG_E_NOMEM;
+        for (long r = 0; r < B; r++)
+            for (long j = 0; j < size; j++) bm->prefix[l][j] += bm->prefix[l + 1][j + r * size];
+    }
+    return 0;
+}
+
+int eng_ppd_tree_build_joint(struct eng_ppd_tree_family **out, const double *acc, const double *joint, int N, int K,
+                             int L, struct eng_ppd_tree_build_info *info) {
     *out = NULL;
     if (N < 1 || N > ENG_PPD_MAX_PROMPT || K < 1 || K > ENG_PPD_MAX_TOPK || L < 1) return ENG_E_RANGE;
+    if (joint && !eng_ppd_joint_size(N, K)) return ENG_E_RANGE;
     for (int i = 0; i < N * K; i++)
         if (!(acc[i] >= 0 && acc[i] <= 1)) return ENG_E_RANGE;
     struct build_stage1 st[ENG_PPD_MAX_PROMPT + 1];
     memset(st, 0, sizeof st);
+    struct build_model bm = {.acc = acc, .K = K};
     struct eng_ppd_tree_family *f = NULL;
     int *nbuf = NULL, rc = 0;
+    if (joint && (rc = build_prefix_tables(&bm, joint, N))) goto out;
     for (int d = 1; d <= N; d++)
-        if ((rc = build_stage1(&st[d], acc, d, K, L))) goto out;
+        if ((rc = build_stage1(&st[d], &bm, d, L))) goto out;
     if (!(nbuf = malloc(sizeof *nbuf * (size_t)(L + 1)))) { rc = ENG_E_NOMEM; goto out; }
 
     /* search s_2..s_N over [L/(N+1), L/2] (clamped to what stage 1 kept), s_2 outermost */
@@ -240,6 +287,7 @@ int eng_ppd_tree_build(struct eng_ppd_tree_family **out, const double *acc, int 
         memcpy(info->s, best_sz, sizeof best_sz);
         memcpy(info->x, best_x, sizeof best_x);
         info->objective = best;
+        info->tokens_per_step = 1.0 + (best_x[0] < 1.0 ? best / (1.0 - best_x[0]) : 0.0);
     }
     *out = f;
     f = NULL;
@@ -247,5 +295,6 @@ out:
     eng_ppd_tree_family_free(f);
     free(nbuf);
     for (int d = 1; d <= N; d++) build_stage1_free(&st[d]);
+    for (int l = 0; l <= N; l++) free(bm.prefix[l]);
     return rc;
 }

@@ -212,6 +212,7 @@ struct tr_ctx {
     float *teacher;          /* [batch_seqs * cuts_per_seq * N, V] */
     struct eng_tm_cut *cuts; /* [batch_seqs * cuts_per_seq] */
     int *cut_l;              /* [cuts_per_seq] scratch */
+    int *ranks;              /* [batch_seqs * cuts_per_seq * N]: the last pass's ranks of the truth */
     float wt[ENG_PPD_MAX_PROMPT];
     int chunk;
     double teacher_s, student_s;
@@ -270,23 +271,32 @@ static int tr_pass(struct tr_ctx *c, const struct tr_data *d, const int *idx, in
     }
     const double t1 = eng_now_s();
     int rc = eng_tm_run(c->tm, c->work, emb, N, c->cuts, n_cut, c->wt, grad, grad ? 1.0f / (float)(N * n_cut) : 0.0f,
-                        c->p->topk, res);
+                        c->p->topk, res, c->ranks);
     c->teacher_s += t1 - t0;
     c->student_s += eng_now_s() - t1;
     return rc;
 }
 
-/* Held-out loss and hit rates, in batches of batch_seqs sequences. */
+/* Held-out loss and hit rates, in batches of batch_seqs sequences; joint (NULL
+ * or [(K+1)^N]) receives the distribution of the rank tuples, index
+ * sum_i r_i (K+1)^i with rank K for "not in the top K". */
 static int tr_validate(struct tr_ctx *c, const struct tr_data *d, const int *val, int n_val, const float *emb,
-                       double *loss, double acc[ENG_PPD_MAX_PROMPT][ENG_PPD_MAX_TOPK]) {
-    const int N = c->p->n_prompt, K = c->p->topk;
+                       double *loss, double acc[ENG_PPD_MAX_PROMPT][ENG_PPD_MAX_TOPK], float *joint) {
+    const int N = c->p->n_prompt, K = c->p->topk, nj = eng_ppd_joint_size(N, K);
+    long *jcount = NULL;
+    if (joint && nj && !(jcount = calloc((size_t)nj, sizeof *jcount))) return ENG_E_NOMEM;
     double sum = 0;
     long n_cut = 0, hits[ENG_PPD_MAX_PROMPT][ENG_PPD_MAX_TOPK] = {{0}};
     for (int i = 0; i < n_val; i += c->p->batch_seqs) {
         const int n = n_val - i < c->p->batch_seqs ? n_val - i : c->p->batch_seqs;
         struct eng_tm_result res;
         int rc = tr_pass(c, d, val + i, n, 2, 0, emb, NULL, &res);
-        if (rc) return rc;
+        if (rc) { free(jcount); return rc; }
+        for (long k = 0; jcount && k < res.n_cut; k++) {
+            long idx = 0, w = 1;
+            for (int a = 0; a < N; a++, w *= K + 1) idx += w * c->ranks[k * N + a];
+            jcount[idx]++;
+        }
         sum += res.loss;
         n_cut += res.n_cut;
         for (int a = 0; a < N; a++)
@@ -295,6 +305,8 @@ static int tr_validate(struct tr_ctx *c, const struct tr_data *d, const int *val
     *loss = sum / ((double)N * (double)n_cut);
     for (int a = 0; a < N; a++)
         for (int k = 0; k < K; k++) acc[a][k] = (double)hits[a][k] / (double)n_cut;
+    for (int i = 0; jcount && i < nj; i++) joint[i] = (float)((double)jcount[i] / (double)n_cut);
+    free(jcount);
     return 0;
 }
 
@@ -320,6 +332,7 @@ static int tr_ckpt_save(const struct eng_train_params *p, const struct tr_state 
         (rc = gguf_writer_set_u32(w, "train.batch_seqs", (uint32_t)p->batch_seqs)) ||
         (rc = gguf_writer_set_u32(w, "train.cuts_per_seq", (uint32_t)p->cuts_per_seq)) ||
         (rc = gguf_writer_set_f32(w, "train.lr", (float)p->lr)) ||
+        (p->loss_ce && (rc = gguf_writer_set_u32(w, "train.loss_ce", 1))) ||   /* absent: KL, as older checkpoints */
         (rc = gguf_writer_add_tensor(w, "train.emb", KQ_F32, 2, ne, st->emb)) ||
         (rc = gguf_writer_add_tensor(w, "train.adam_m", KQ_F32, 2, ne, st->m)) ||
         (rc = gguf_writer_add_tensor(w, "train.adam_v", KQ_F32, 2, ne, st->v)))
@@ -356,6 +369,13 @@ static int tr_ckpt_load(const struct eng_train_params *p, struct tr_state *st, i
         (rc = tr_ckpt_u64(g, "train.batch_seqs", (uint64_t)p->batch_seqs, path, err, cap)) ||
         (rc = tr_ckpt_u64(g, "train.cuts_per_seq", (uint64_t)p->cuts_per_seq, path, err, cap)))
         goto out;
+    const struct gguf_kv *lk = gguf_find_kv(g, "train.loss_ce");
+    if ((lk && lk->type == GGUF_VT_UINT32 && lk->v.u) != (p->loss_ce != 0)) {
+        snprintf(err, cap, "%s: train.loss_ce: the checkpoint was trained with the %s loss, not %s: resume with the same "
+                 "settings and data", path, p->loss_ce ? "KL" : "CE", p->loss_ce ? "CE" : "KL");
+        rc = ENG_E_INVALID;
+        goto out;
+    }
     const struct gguf_kv *sk = gguf_find_kv(g, "train.step");
     if (!sk || sk->type != GGUF_VT_UINT64 || sk->v.u > (uint64_t)total_steps) {
         snprintf(err, cap, "%s: train.step: missing or past the end", path);
@@ -392,14 +412,20 @@ static void tr_progress(const struct eng_train_params *p, long step, long total,
     fflush(stderr);
 }
 
+#define MEASURED_TAG "; hit rates measured on "
+
 int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep, char *err, size_t cap) {
     err[0] = 0;
     memset(rep, 0, sizeof *rep);
     if (p->n_prompt < 1 || p->n_prompt > ENG_PPD_MAX_PROMPT || p->topk < 1 || p->topk > ENG_PPD_MAX_TOPK ||
         p->batch_seqs < 1 || p->cuts_per_seq < 1 || p->epochs < 1 || !(p->lr > 0) || p->val_frac < 0 ||
-        p->val_frac >= 1) {
+        p->val_frac > 1 || (p->val_frac == 1 && !p->eval_only)) {
         snprintf(err, cap, "bad training settings (N %d, K %d, batch %d, cuts %d, epochs %d, lr %g, val %g)",
                  p->n_prompt, p->topk, p->batch_seqs, p->cuts_per_seq, p->epochs, p->lr, p->val_frac);
+        return ENG_E_INVALID;
+    }
+    if (p->eval_only && (!p->init_path || !(p->val_frac > 0))) {
+        snprintf(err, cap, "measuring only needs an adapter to measure (--init) and a held-out share (--val)");
         return ENG_E_INVALID;
     }
     const double t_start = eng_now_s();
@@ -434,16 +460,18 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
     if ((rc = eng_tm_work_init(&c.work, c.tm, N, max_cuts, d.max_len)) ||
         (rc = eng_batch_init(&c.batch, c.chunk, c.chunk)))
         goto done;
+    eng_tm_work_set_loss(c.work, p->loss_ce ? ENG_TM_LOSS_CE : ENG_TM_LOSS_KL);
     rc = ENG_E_NOMEM;
     c.teacher = malloc((size_t)max_cuts * N * V * sizeof(float));
     c.cuts = calloc((size_t)max_cuts, sizeof *c.cuts);
     c.cut_l = malloc((size_t)p->cuts_per_seq * sizeof(int));
+    c.ranks = malloc((size_t)max_cuts * N * sizeof(int));
     grad = malloc((size_t)N * H * sizeof(float));
     st.emb = malloc((size_t)N * H * sizeof(float));
     st.m = calloc((size_t)N * H, sizeof(float));
     st.v = calloc((size_t)N * H, sizeof(float));
     order = malloc((size_t)d.n * sizeof(int));
-    if (!c.teacher || !c.cuts || !c.cut_l || !grad || !st.emb || !st.m || !st.v || !order) goto done;
+    if (!c.teacher || !c.cuts || !c.cut_l || !c.ranks || !grad || !st.emb || !st.m || !st.v || !order) goto done;
     for (int i = 0; i < N; i++) c.wt[i] = (float)pow(p->decay, i);
 
     /* split: a seeded shuffle; the held-out part first */
@@ -452,7 +480,8 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
     int n_val = (int)ceil(p->val_frac * d.n);
     if (p->val_max_seqs > 0 && n_val > p->val_max_seqs) n_val = p->val_max_seqs;
     if (p->val_frac > 0 && n_val < 1) n_val = 1;
-    if (n_val >= d.n) n_val = d.n - 1;
+    if (n_val >= d.n && !p->eval_only) n_val = d.n - 1;   /* training keeps one sequence at least */
+    if (n_val > d.n) n_val = d.n;
     const int *val = order, n_train = d.n - n_val;
     const int *train = order + n_val;
     const long steps_per_epoch = (n_train + p->batch_seqs - 1) / p->batch_seqs;
@@ -480,8 +509,8 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
     }
 
     double acc[ENG_PPD_MAX_PROMPT][ENG_PPD_MAX_TOPK];
-    if (n_val > 0 && st.step == 0) {
-        if ((rc = tr_validate(&c, &d, val, n_val, st.emb, &rep->val_loss_init, acc))) goto done;
+    if (n_val > 0 && st.step == 0 && !p->eval_only) {
+        if ((rc = tr_validate(&c, &d, val, n_val, st.emb, &rep->val_loss_init, acc, NULL))) goto done;
         for (int i = 0; i < N; i++) rep->acc_init[i] = acc[i][0];
         if (!p->progress)
             fprintf(stderr, "ppd train: step 0: held-out loss %.4f, top-1 %.3f/%.3f/%.3f\n", rep->val_loss_init,
@@ -491,7 +520,7 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
     const long step0 = st.step;
     double loss_sum = 0;
     long loss_n = 0;
-    const long stop = p->stop_after > 0 && p->stop_after < total ? p->stop_after : total;
+    const long stop = p->eval_only ? st.step : p->stop_after > 0 && p->stop_after < total ? p->stop_after : total;
     while (st.step < stop) {
         const long e = st.step / steps_per_epoch, within = st.step % steps_per_epoch;
         int *perm = malloc((size_t)n_train * sizeof(int));
@@ -525,7 +554,7 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
         const int last = st.step == stop;
         if (p->eval_every > 0 && st.step % p->eval_every == 0 && !last && n_val > 0) {
             double vl;
-            if ((rc = tr_validate(&c, &d, val, n_val, st.emb, &vl, acc))) goto done;
+            if ((rc = tr_validate(&c, &d, val, n_val, st.emb, &vl, acc, NULL))) goto done;
             fprintf(stderr, "%sppd train: step %ld: train loss %.4f, held-out loss %.4f, top-1 %.3f/%.3f/%.3f\n",
                     p->progress ? "\n" : "", st.step, loss_sum / (double)loss_n, vl, acc[0][0], N > 1 ? acc[1][0] : 0,
                     N > 2 ? acc[2][0] : 0);
@@ -541,10 +570,12 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
     rep->steps = st.step;
 
     /* the adapter, with the held-out hit rates for the tree builder */
-    float *acc_f = NULL;
+    float *acc_f = NULL, *joint_f = NULL;
+    const int nj = eng_ppd_joint_size(N, K);
     if (n_val > 0) {
-        if ((rc = tr_validate(&c, &d, val, n_val, st.emb, &rep->val_loss, rep->acc))) goto done;
-        if (!(acc_f = malloc((size_t)N * K * sizeof(float)))) { rc = ENG_E_NOMEM; goto done; }
+        if (nj && !(joint_f = malloc((size_t)nj * sizeof(float)))) { rc = ENG_E_NOMEM; goto done; }
+        if ((rc = tr_validate(&c, &d, val, n_val, st.emb, &rep->val_loss, rep->acc, joint_f))) { free(joint_f); goto done; }
+        if (!(acc_f = malloc((size_t)N * K * sizeof(float)))) { free(joint_f); rc = ENG_E_NOMEM; goto done; }
         for (int i = 0; i < N; i++)
             for (int k = 0; k < K; k++) acc_f[i * K + k] = (float)rep->acc[i][k];
     }
@@ -553,16 +584,33 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
     out_ad.n_embd = H;
     out_ad.emb = st.emb;
     out_ad.accuracy = acc_f;
+    out_ad.joint = joint_f;
     snprintf(out_ad.base_name, sizeof out_ad.base_name, "%s", c.e->model->name);
     out_ad.base_fingerprint = c.e->model->fingerprint;
     snprintf(out_ad.init_text, sizeof out_ad.init_text, "%s", init->init_text);
     const char *slash = strrchr(p->data_path, '/');
     snprintf(out_ad.provenance, sizeof out_ad.provenance,
-             "ppd train: %s (%d sequences, %d held out), %ld steps x %d seqs x %d cuts, AdamW lr %g cosine, seed %llu",
+             "ppd train: %s (%d sequences, %d held out), %ld steps x %d seqs x %d cuts, AdamW lr %g cosine, seed %llu%s",
              slash ? slash + 1 : p->data_path, n_train, n_val, rep->steps, p->batch_seqs, p->cuts_per_seq, p->lr,
-             (unsigned long long)p->seed);
+             (unsigned long long)p->seed, p->loss_ce ? ", CE loss" : "");
+    if (p->eval_only) {   /* the embeddings are the init adapter's: keep what it says about them */
+        char base[sizeof out_ad.provenance];
+        snprintf(base, sizeof base, "%s", init->provenance);
+        char *prev = strstr(base, MEASURED_TAG);   /* measured again: the newest measurement replaces it */
+        if (prev) *prev = 0;
+        char full[2 * sizeof out_ad.provenance + 64];
+        snprintf(full, sizeof full, "%s" MEASURED_TAG "%s (%d sequences x %d cuts)", base,
+                 slash ? slash + 1 : p->data_path, n_val, p->cuts_per_seq);
+        size_t n = strlen(full);   /* a long provenance is cut, not refused */
+        if (n >= sizeof out_ad.provenance) n = sizeof out_ad.provenance - 1;
+        memcpy(out_ad.provenance, full, n);
+        out_ad.provenance[n] = 0;
+        out_ad.tree_L = init->tree_L;
+        out_ad.tuned_speedup = init->tuned_speedup;
+    }
     rc = eng_ppd_adapter_save(&out_ad, p->out_path, err, cap);
     free(acc_f);
+    free(joint_f);
     rep->seconds = eng_now_s() - t_start;
     rep->teacher_s = c.teacher_s;
     rep->student_s = c.student_s;
@@ -572,7 +620,7 @@ done:
     free(grad);
     free(order);
     free(st.emb), free(st.m), free(st.v);
-    free(c.teacher), free(c.cuts), free(c.cut_l);
+    free(c.teacher), free(c.cuts), free(c.cut_l), free(c.ranks);
     eng_batch_free(&c.batch);
     eng_tm_work_free(c.work);
     eng_tm_free(c.tm);

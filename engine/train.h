@@ -14,8 +14,10 @@
  * the epoch and the sequence's index, and every product is summed in an
  * order independent of the thread count, so a seed gives the same adapter —
  * also across a checkpoint and resume.  A held-out split measures the prompt
- * tokens' per-offset, per-rank hit rates (§3.1), stored in the adapter as
- * ppd.accuracy for the tree builder.
+ * tokens' per-offset, per-rank hit rates (§3.1) and the joint distribution of
+ * their ranks, stored in the adapter as ppd.accuracy and ppd.rank_joint for the
+ * tree builder.  eval_only measures an existing adapter on other data (all of
+ * it held out) without training it.
  *
  * Not here: distillation (server/cli_distill.c), the float model (train_model.c).
  */
@@ -43,6 +45,7 @@ struct eng_train_params {
     int cuts_per_seq;              /* cut points per sequence per step */
     double lr, weight_decay, beta1, beta2, adam_eps;
     double decay;                  /* prompt row i's loss weight decay^i (0.8) */
+    int loss_ce;                   /* 1: cross-entropy on the teacher's top token (§4.4); 0: KL (§4.3) */
     double val_frac;               /* held-out share of the sequences */
     int val_max_seqs;              /* at most this many held-out sequences (0: no cap) */
     int eval_every;                /* steps between validations (0: only at the end) */
@@ -50,6 +53,8 @@ struct eng_train_params {
     uint64_t seed;
     int n_threads;
     int progress;                  /* 1: redraw a progress line on stderr; 0: a line per eval */
+    int eval_only;                 /* no training: measure init_path's held-out hit rates and rank
+                                    * joint, and write it with them */
 };
 
 void eng_train_params_default(struct eng_train_params *p);

@@ -151,7 +151,10 @@ struct eng_tm_work {
     float *dp;              /* [threads, p_stride] attention backward scratch */
     int32_t *row_pos;
     void *block;            /* one allocation for all of the above */
+    enum eng_tm_loss loss;
 };
+
+void eng_tm_work_set_loss(struct eng_tm_work *w, enum eng_tm_loss loss) { w->loss = loss; }
 
 int eng_tm_work_init(struct eng_tm_work **out, const struct eng_tm *tm, int n_prompt, int max_cuts, int max_prefix) {
     *out = NULL;
@@ -240,6 +243,7 @@ struct tm_run {
     int n_cut, N, layer, topk;
     const float *wt;
     int backward;                    /* the loss pass replaces logits by their gradient */
+    int ce;                          /* cross-entropy on the teacher's top token instead of KL */
     float grad_scale;
     struct tm_act *A;
     double *row_kl;                  /* [R] */
@@ -349,13 +353,13 @@ static void tm_loss_region(void *arg, int ith, int nth) {
             ssum += exp((double)sl[v] - smax);
         }
         const double tlse = tmax + log(tsum), slse = smax + log(ssum);
-        double kl = 0.0;
+        double kl = t->ce ? slse - (double)sl[targ] : 0.0;
         int rank = 0;
         const float s_top = sl[targ];
         for (int v = 0; v < V; v++) {
             const double lt = (double)tl[v] - tlse, ls = (double)sl[v] - slse;
-            const double pt = exp(lt);
-            kl += pt * (lt - ls);
+            const double pt = t->ce ? (v == targ) : exp(lt);   /* the target distribution */
+            if (!t->ce) kl += pt * (lt - ls);
             if (sl[v] > s_top || (sl[v] == s_top && v < targ)) rank++;
             if (t->backward)   /* the gradient replaces the logits */
                 sl[v] = (float)((double)t->wt[i] * (double)t->grad_scale * (exp(ls) - pt));
@@ -369,7 +373,7 @@ static void tm_loss_region(void *arg, int ith, int nth) {
 
 int eng_tm_run(const struct eng_tm *tm, struct eng_tm_work *w, const float *emb, int n_prompt,
                const struct eng_tm_cut *cuts, int n_cut, const float *wt, float *grad, float grad_scale, int topk,
-               struct eng_tm_result *res) {
+               struct eng_tm_result *res, int *ranks) {
     const struct eng_hparams *hp = &tm->hp;
     if (n_prompt != w->n_prompt || n_cut < 1 || n_cut > w->max_cuts || topk < 1 || topk > ENG_PPD_MAX_TOPK)
         return ENG_E_RANGE;
@@ -380,7 +384,8 @@ int eng_tm_run(const struct eng_tm *tm, struct eng_tm_work *w, const float *emb,
     double *row_kl = malloc((size_t)R * sizeof(double));
     int *row_rank = malloc((size_t)R * sizeof(int));
     if (!row_kl || !row_rank) { free(row_kl); free(row_rank); return ENG_E_NOMEM; }
-    struct tm_run t = {tm, w, cuts, n_cut, N, 0, topk, wt, backward, grad_scale, NULL, row_kl, row_rank};
+    struct tm_run t = {tm, w, cuts, n_cut, N, 0, topk, wt, backward, w->loss == ENG_TM_LOSS_CE, grad_scale, NULL, row_kl,
+                       row_rank};
     for (int r = 0; r < R; r++) w->row_pos[r] = cuts[r / N].n_prefix + r % N;
 
     /* forward */
@@ -420,6 +425,7 @@ int eng_tm_run(const struct eng_tm *tm, struct eng_tm_work *w, const float *emb,
         res->loss += (double)wt[r % N] * row_kl[r];
         res->kl[r % N] += row_kl[r];
         if (row_rank[r] < topk) res->hits[r % N][row_rank[r]]++;
+        if (ranks) ranks[r] = row_rank[r] < topk ? row_rank[r] : topk;
     }
     free(row_kl);
     free(row_rank);

@@ -73,16 +73,26 @@ struct eng_tm_result {
 
 struct eng_tm_work;
 
+/* The training loss per prompt row: the paper's KL(teacher ‖ student) over the
+ * vocabulary (ppd-spec.md §4.3), or the cross-entropy of the student on the
+ * teacher's top token (§4.4: the reference's hard-label variant; greedy
+ * acceptance only needs that token ranked first). */
+enum eng_tm_loss { ENG_TM_LOSS_KL, ENG_TM_LOSS_CE };
+
 /* Scratch for up to max_cuts cuts of n_prompt rows and prefixes up to max_prefix. */
 int eng_tm_work_init(struct eng_tm_work **out, const struct eng_tm *tm, int n_prompt, int max_cuts, int max_prefix);
 void eng_tm_work_free(struct eng_tm_work *w);   /* accepts NULL */
+void eng_tm_work_set_loss(struct eng_tm_work *w, enum eng_tm_loss loss);   /* KL unless set */
 
 /* Forward over n_cut cuts with prompt embeddings emb [N, H]; w[i] weights the
  * KL of prompt row i.  When grad is not NULL, backward too: grad [N, H] +=
  * grad_scale · ∂loss/∂emb.  res (not NULL) is overwritten; hits count ranks
- * below topk (<= ENG_PPD_MAX_TOPK).  ENG_E_RANGE if the cuts exceed the scratch. */
+ * below topk (<= ENG_PPD_MAX_TOPK).  ranks (NULL or [n_cut * N]) receives, per
+ * cut and prompt row, the rank of the teacher's top token (topk: not in the top
+ * topk), for the joint statistics of the tree builder.  ENG_E_RANGE if the cuts
+ * exceed the scratch. */
 int eng_tm_run(const struct eng_tm *tm, struct eng_tm_work *w, const float *emb, int n_prompt,
                const struct eng_tm_cut *cuts, int n_cut, const float *wt, float *grad, float grad_scale, int topk,
-               struct eng_tm_result *res);
+               struct eng_tm_result *res, int *ranks);
 
 #endif

@@ -150,7 +150,7 @@ int calib_trees_init(struct calib_trees *ct, const struct eng_calib_choice *c, c
         if (k == ct->n) {
             if (ct->n == CALIB_TREES_MAX) { rc = eng_err_set(err, err_cap, ENG_E_RANGE, "too many distinct trees"); break; }
             struct eng_ppd_tree_family *fam = NULL;
-            rc = eng_ppd_tree_build(&fam, acc, ad->n_prompt, ad->topk, L, NULL);
+            rc = eng_ppd_tree_build_joint(&fam, acc, cli_ppd_joint(ad, acc), ad->n_prompt, ad->topk, L, NULL);
             if (rc) { eng_err_set(err, err_cap, rc, "cannot build the tree of L=%d: %s", L, eng_err_msg(rc)); break; }
             rc = eng_ppd_init(&ct->ppd[k], ad, fam, err, err_cap);
             eng_ppd_tree_family_free(fam);

@@ -130,6 +130,20 @@ static int adapter_show(int argc, char **argv) {
             for (int k = 0; k < ad->topk; k++) printf(" %.5f", ad->accuracy[i * ad->topk + k]);
             printf("\n");
         }
+    if (ad->joint) {   /* how far right guesses go together: the chance of the top-1 chain */
+        const int K = ad->topk, nj = eng_ppd_joint_size(ad->n_prompt, K);
+        printf("rank joint   measured (%d cells); top-1 chain right through prompt 1..d:", nj);
+        long stride = 1;
+        for (int d = 1; d <= ad->n_prompt; d++, stride *= K + 1) {
+            double p = 0;   /* ranks 0 at prompts 1..d, anything after */
+            for (int idx = 0; idx < nj; idx++)
+                if (idx % (stride * (K + 1)) == 0) p += ad->joint[idx];
+            printf(" %.5f", p);
+        }
+        printf("\n");
+    } else {
+        printf("rank joint   none (trees assume independent guesses)\n");
+    }
     if (m) printf("fits %s\n", m->name);
     status = 0;
 done:

@@ -206,11 +206,11 @@ static int calib_validate(const struct calib_opts *o, struct eng_engine *e, cons
     double plain_tps = 0;
     for (int k = 0; k < nL; k++) {
         struct eng_calib_pick pick;
-        if (eng_calib_predict(&pick, t, acc, ad->n_prompt, ad->topk, Ls[k], 1)) goto done;
+        if (eng_calib_predict(&pick, t, acc, cli_ppd_joint(ad, acc), ad->n_prompt, ad->topk, Ls[k], 1)) goto done;
         struct eng_ppd ppd = {0};
         struct eng_ppd_tree_family *fam = NULL;
         char err[512];
-        if (Ls[k] > 0 && (eng_ppd_tree_build(&fam, acc, ad->n_prompt, ad->topk, Ls[k], NULL) ||
+        if (Ls[k] > 0 && (eng_ppd_tree_build_joint(&fam, acc, cli_ppd_joint(ad, acc), ad->n_prompt, ad->topk, Ls[k], NULL) ||
                           eng_ppd_init(&ppd, ad, fam, err, sizeof err))) {
             fprintf(stderr, "ppd calibrate: tree L=%d: cannot build\n", Ls[k]);
             eng_ppd_tree_family_free(fam);
@@ -281,7 +281,7 @@ int cmd_calibrate(int argc, char **argv) {
            cp.src == CLI_PPD_FILE ? cp.path : "untrained", cp.ad->n_prompt, cp.ad->topk);
     printf("table %s%s\n\n", path[0] ? path : "(not cached)", cached ? " (cached: not measured again)" : "");
     calib_print_table(&t);
-    if ((rc = eng_calib_choose(c, &t, acc, cp.ad->n_prompt, cp.ad->topk, (int)o.n_slot, (int)o.L_max))) {
+    if ((rc = eng_calib_choose(c, &t, acc, cli_ppd_joint(cp.ad, acc), cp.ad->n_prompt, cp.ad->topk, (int)o.n_slot, (int)o.L_max))) {
         fprintf(stderr, "ppd calibrate: no choice fits: %s\n", eng_err_msg(rc));
         goto done;
     }

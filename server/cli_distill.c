@@ -12,7 +12,7 @@
  * Output (JSONL, the format `ppd train` reads):
  *   line 1: {"ppd_distill": 1, "model": NAME, "fingerprint": "0x%016x",
  *            "prompts": PATH, "prompts_sha256": HEX, "seed": S, "count": N,
- *            "max_tokens": M, "max_prompt": X}
+ *            "max_tokens": M, "max_prompt": X[, "skip": K]}
  *   then per answered prompt, in selection order:
  *           {"id": ID, "prompt": [ids], "answer": [ids], "finish": "eog"|"length"|"context"}
  *   "answer" includes the end-of-generation token when the model emitted one.
@@ -22,8 +22,10 @@
  * Selection: the file's non-blank lines in file order, permuted by a
  * Fisher-Yates shuffle driven by splitmix64 seeded with --seed (for i from
  * n-1 down to 1: j = splitmix64() % (i + 1), swap i and j), then the first
- * --count of them.  The first N of a selection do not depend on --count, so
- * a larger --count extends an earlier run.
+ * --count of them, after the first --skip (0 by default).  The first N of a
+ * selection do not depend on --count, so a larger --count extends an earlier
+ * run; --skip K --count M picks prompts that a run of --count K never saw
+ * (held-out data for measuring the prompt tokens: `make adapter` does this).
  *
  * Resume: when OUT exists with a header equal to the new one on every field
  * except "count", the records that match the selection (same id, same prompt
@@ -61,6 +63,7 @@
 struct dist_opts {
     const char *prompts, *out, *model;
     long count;                     /* 0: all */
+    long skip;                      /* leading prompts of the shuffled order left out */
     long seed, max_tokens, max_prompt, parallel;
     int n_threads, force;
 };
@@ -76,6 +79,8 @@ static void dist_usage(FILE *fp) {
             "  -m, --model FILE        GGUF model (default %s)\n"
             "      --count N           answer the first N prompts of the shuffled file (default: all)\n"
             "      --seed S            shuffle seed (default 1)\n"
+            "      --skip N            leave out the first N prompts of the shuffled file (default 0):\n"
+            "                          --skip N picks prompts a run with --count N never answered\n"
             "  -n, --n-predict N       answer tokens at most (default 256)\n"
             "      --max-prompt N      skip (and count) prompts longer than N tokens (default 768)\n"
             "  -np, --parallel N       sequences decoded at once (default 8)\n"
@@ -104,6 +109,7 @@ static int dist_parse(int argc, char **argv, struct dist_opts *o) {
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { VAL(); o->out = v; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); o->model = v; }
         else if (!strcmp(a, "--count")) { VAL(); if (cli_int(a, v, 1, 1L << 40, &o->count)) return 2; }
+        else if (!strcmp(a, "--skip")) { VAL(); if (cli_int(a, v, 0, 1L << 40, &o->skip)) return 2; }
         else if (!strcmp(a, "--seed")) { VAL(); if (cli_int(a, v, 0, 0x7fffffffffffffffL, &o->seed)) return 2; }
         else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (cli_int(a, v, 1, 1 << 20, &o->max_tokens)) return 2; }
         else if (!strcmp(a, "--max-prompt")) { VAL(); if (cli_int(a, v, 1, 1 << 20, &o->max_prompt)) return 2; }
@@ -335,6 +341,7 @@ static json_t *dist_header_new(const struct dist_opts *o, const struct eng_engin
     json_object_set_new(h, "count", json_integer(count));
     json_object_set_new(h, "max_tokens", json_integer(o->max_tokens));
     json_object_set_new(h, "max_prompt", json_integer(o->max_prompt));
+    if (o->skip) json_object_set_new(h, "skip", json_integer(o->skip));   /* absent when 0: older files still resume */
     return h;
 }
 
@@ -349,6 +356,8 @@ static const char *dist_header_diff(const json_t *old, const json_t *new) {
         json_t *ov = json_object_get(old, key);
         if (!ov || !json_equal(ov, v)) return key;
     }
+    json_object_foreach((json_t *)old, key, v)   /* a field only the old run had ("skip") */
+        if (strcmp(key, "count") && !json_object_get(new, key)) return key;
     return NULL;
 }
 
@@ -671,12 +680,17 @@ int cmd_distill(int argc, char **argv) {
     json_t *hdr = NULL;
     int status = 1;
     char err[512];
-    r.n = o.count > 0 && o.count < ps.n ? o.count : ps.n;
+    if (o.skip >= ps.n) {
+        fprintf(stderr, "ppd distill: --skip %ld leaves none of the %ld prompts of %s\n", o.skip, ps.n, o.prompts);
+        goto done;
+    }
+    const long avail = ps.n - o.skip;
+    r.n = o.count > 0 && o.count < avail ? o.count : avail;
     if (!(order = dist_shuffle(ps.n, (uint64_t)o.seed)) || !(r.items = calloc((size_t)r.n, sizeof *r.items))) {
         fprintf(stderr, "ppd distill: out of memory\n");
         goto done;
     }
-    for (long i = 0; i < r.n; i++) r.items[i].p = &ps.p[order[i]];
+    for (long i = 0; i < r.n; i++) r.items[i].p = &ps.p[order[o.skip + i]];
 
     /* The context holds the longest prompt kept plus the longest answer; a
      * model trained on less gets its own limit (answers then end "context"). */

@@ -11,9 +11,10 @@
 #include "engine/err.h"
 
 double *cli_ppd_accuracy(const struct eng_ppd_adapter *ad) {
-    const int N = ad->n_prompt, K = ad->topk;
-    double *acc = malloc(sizeof *acc * (size_t)N * (size_t)K);
+    const int N = ad->n_prompt, K = ad->topk, nj = ad->joint ? eng_ppd_joint_size(N, K) : 0;
+    double *acc = malloc(sizeof *acc * ((size_t)N * (size_t)K + (size_t)nj));
     if (!acc) return NULL;
+    for (int i = 0; i < nj; i++) acc[N * K + i] = ad->joint[i];
     for (int i = 0; i < N; i++)
         for (int k = 0; k < K; k++)
             acc[i * K + k] = ad->accuracy ? ad->accuracy[i * K + k]
@@ -39,7 +40,7 @@ static int cli_ppd_tree(struct cli_ppd *c, const struct cli_ppd_opts *o) {
     if (!acc) return 1;
     /* budget: the flag, else the one `ppd tree tune` measured best for this adapter */
     c->tree_L = o->tree_L > 0 ? o->tree_L : c->ad->tree_L > 0 ? c->ad->tree_L : CLI_PPD_TREE_L_DEFAULT;
-    int rc = eng_ppd_tree_build(&c->fam, acc, N, K, (int)c->tree_L, NULL);
+    int rc = eng_ppd_tree_build_joint(&c->fam, acc, cli_ppd_joint(c->ad, acc), N, K, (int)c->tree_L, NULL);
     free(acc);
     if (rc) {
         fprintf(stderr, "ppd: cannot build a tree with L=%ld: %s\n", c->tree_L, eng_err_msg(rc));

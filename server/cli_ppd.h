@@ -53,9 +53,13 @@ struct cli_ppd {
  * be closed. */
 /* The adapter's accuracy table as doubles (N*K) for building trees: measured,
  * else the paper's Vicuna-7B rows when N = 3 and K = 10, else a decaying prior
- * (an untrained adapter still gets a reasonable tree).  malloc'd; NULL when out
- * of memory. */
+ * (an untrained adapter still gets a reasonable tree); followed by its rank
+ * joint when it has one (cli_ppd_joint).  malloc'd; NULL when out of memory. */
 double *cli_ppd_accuracy(const struct eng_ppd_adapter *ad);
+/* The rank joint inside cli_ppd_accuracy's array, NULL when the adapter has none. */
+static inline const double *cli_ppd_joint(const struct eng_ppd_adapter *ad, const double *acc) {
+    return ad->joint ? acc + (size_t)ad->n_prompt * (size_t)ad->topk : NULL;
+}
 
 int cli_ppd_open(struct cli_ppd *c, const struct cli_ppd_opts *o, const struct eng_engine *e);
 void cli_ppd_close(struct cli_ppd *c);   /* accepts NULL */

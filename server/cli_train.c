@@ -26,8 +26,11 @@ static void train_usage(FILE *fp) {
             "      --batch B          sequences per optimiser step (default 4)\n"
             "      --cuts C           cut points per sequence per step (default 16)\n"
             "      --lr LR            AdamW learning rate, cosine schedule (default 1e-2)\n"
+            "      --loss kl|ce       KL(teacher || student) over the vocabulary (default, the paper's),\n"
+            "                         or cross-entropy on the teacher's top token\n"
             "      --weight-decay W   (default 0)\n"
-            "      --val FRACTION     held-out share of the sequences (default 0.05, at most --val-max)\n"
+            "      --val FRACTION     held-out share of the sequences (default 0.05, at most --val-max;\n"
+            "                         1, all of them, with --measure-only)\n"
             "      --val-max N        held-out sequences at most (default 64)\n"
             "      --eval-every S     steps between held-out evaluations (default: only at the end)\n"
             "      --checkpoint FILE  save optimiser state here (every --save-every steps and at the end)\n"
@@ -36,6 +39,8 @@ static void train_usage(FILE *fp) {
             "      --stop-after S     stop after S steps of the schedule (with --checkpoint: resume later)\n"
             "      --seed S           (default 1): same seed, data and settings give the same adapter\n"
             "  -t, --threads N        CPU threads (default: PPD_THREADS or the CPUs, at most 8)\n"
+            "      --measure-only     no training: measure the --init adapter's hit rates and rank joint\n"
+            "                         on the held-out split and write it with them (-o)\n"
             "      --force            overwrite an existing output file\n",
             PPD_DEFAULT_MODEL);
 }
@@ -70,7 +75,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--cuts")) INT(1, 1024, p.cuts_per_seq);
         else if (!strcmp(a, "--lr")) DBL(1e-9, 10, p.lr);
         else if (!strcmp(a, "--weight-decay")) DBL(0, 10, p.weight_decay);
-        else if (!strcmp(a, "--val")) DBL(0, 0.9, p.val_frac);
+        else if (!strcmp(a, "--val")) DBL(0, 1, p.val_frac);   /* 1: all held out (--measure-only) */
         else if (!strcmp(a, "--val-max")) INT(0, 100000000, p.val_max_seqs);
         else if (!strcmp(a, "--eval-every")) INT(0, 100000000, p.eval_every);
         else if (!strcmp(a, "--save-every")) INT(0, 100000000, p.save_every);
@@ -79,12 +84,19 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "--seed")) { INT(0, 0x7fffffffffffffffL, l); p.seed = (uint64_t)l; }
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) INT(1, 1024, p.n_threads);
         else if (!strcmp(a, "--force")) force = 1;
+        else if (!strcmp(a, "--measure-only")) p.eval_only = 1;
+        else if (!strcmp(a, "--loss")) {
+            VAL();
+            if (strcmp(v, "kl") && strcmp(v, "ce")) { fprintf(stderr, "ppd train: --loss: '%s' is not kl or ce\n", v); return 2; }
+            p.loss_ce = !strcmp(v, "ce");
+        }
         else { fprintf(stderr, "ppd train: unknown flag '%s' (see --help)\n", a); return 2; }
 #undef VAL
 #undef INT
 #undef DBL
     }
     if (!p.data_path) { fprintf(stderr, "ppd train: -d DISTILL.jsonl is required (make one with `ppd distill`)\n"); return 2; }
+    if (p.eval_only && !p.init_path) { fprintf(stderr, "ppd train: --measure-only needs --init ADAPTER\n"); return 2; }
     if (p.resume && !p.checkpoint_path) { fprintf(stderr, "ppd train: --resume needs --checkpoint FILE\n"); return 2; }
     if (!p.out_path) {
         if (eng_ppd_adapter_default_path(p.model_path, out_default, sizeof out_default)) {

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_ppd.h"
 #include "cli_prompts.h"
 #include "engine/engine.h"
 #include "engine/err.h"
@@ -55,11 +56,10 @@ static int tree_from_adapter(const char *adapter, int L, struct eng_ppd_tree_fam
         eng_ppd_adapter_free(ad);
         return 1;
     }
-    double *acc = malloc(sizeof(double) * (size_t)ad->n_prompt * (size_t)ad->topk);
+    double *acc = cli_ppd_accuracy(ad);
     int rc = 1;
     if (acc) {
-        for (int i = 0; i < ad->n_prompt * ad->topk; i++) acc[i] = ad->accuracy[i];
-        rc = eng_ppd_tree_build(fam, acc, ad->n_prompt, ad->topk, L, info);
+        rc = eng_ppd_tree_build_joint(fam, acc, cli_ppd_joint(ad, acc), ad->n_prompt, ad->topk, L, info);
         if (rc) fprintf(stderr, "ppd tree: building with L=%d failed: %s\n", L, eng_err_msg(rc));
     }
     free(acc);
@@ -130,7 +130,7 @@ static int cmd_tree_tune(const char *model, const char *adapter, const char *fil
             ppd_s += ps.gen.decode_s, ppd_n += ps.gen.n_gen - 1, steps += ps.gen.steps;
         }
         const double bt = base_n / (base_s > 0 ? base_s : 1), pt = ppd_n / (ppd_s > 0 ? ppd_s : 1);
-        printf("%-6ld %-6d %-10.3f %-10.3f %-10.1f %-10.1f %-8.3f%s\n", L, ppd.trees.max_T, 1.0 + info.objective,
+        printf("%-6ld %-6d %-10.3f %-10.3f %-10.1f %-10.1f %-8.3f%s\n", L, ppd.trees.max_T, info.tokens_per_step,
                steps ? (double)ppd_n / (double)steps : 0.0, bt, pt, pt / bt, mismatch ? "  OUTPUT DIFFERS" : "");
         fflush(stdout);
         eng_ppd_free(&ppd);
@@ -192,7 +192,7 @@ int cmd_tree(int argc, char **argv) {
         int rc = eng_ppd_tree_family_save(fam, out, err, sizeof err);
         eng_ppd_tree_family_free(fam);
         if (rc) { fprintf(stderr, "ppd tree: %s\n", err); return 1; }
-        printf("{\"tree\":\"%s\",\"L\":%ld,\"expected_accepted_per_step\":%.4f}\n", out, L, 1.0 + info.objective);
+        printf("{\"tree\":\"%s\",\"L\":%ld,\"expected_accepted_per_step\":%.4f}\n", out, L, info.tokens_per_step);
         return 0;
     }
     if (!strcmp(sub, "tune")) {

@@ -41,7 +41,7 @@ void srv_calibrate(struct srv *s) {
                                  .n_slot = (int)s->cfg.n_parallel, .progress = serve_calib_progress,
                                  .progress_user = &last};
     if ((rc = calib_setup_table(t, s->eng, &o, &cached, path, sizeof path))) goto fail;
-    if ((rc = eng_calib_choose(c, t, acc, s->ppd.ad->n_prompt, s->ppd.ad->topk, (int)s->cfg.n_parallel,
+    if ((rc = eng_calib_choose(c, t, acc, cli_ppd_joint(s->ppd.ad, acc), s->ppd.ad->n_prompt, s->ppd.ad->topk, (int)s->cfg.n_parallel,
                                CALIB_L_MAX_DEFAULT)))
         goto fail;
     if ((rc = calib_trees_init(ct, c, s->ppd.ad, err, sizeof err))) goto fail;

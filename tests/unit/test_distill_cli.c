@@ -219,6 +219,24 @@ START_TEST(test_resume) {
     ck_assert_msg(rc == 0 && strstr(err_buf, "incomplete last line"), "distill after a cut: %d %s", rc, err_buf);
     char *fourth = slurp(out);
     ck_assert_str_eq(fourth, third);
+    /* --skip 2 --count 1 answers exactly the third prompt of the selection (the
+     * held-out data of `make adapter`), and its header says so */
+    char skipped[300];
+    snprintf(skipped, sizeof skipped, "%s/skipped.jsonl", dir);
+    rc = distill(prompts_path, skipped, "--skip", "2", "--count", "1", "-n", "6", NULL);
+    ck_assert_msg(rc == 0, "distill --skip 2: %d %s", rc, err_buf);
+    json_t *all[4], *sk[2];
+    ck_assert_int_eq(load_lines(fresh, all, 4), 4);
+    ck_assert_int_eq(load_lines(skipped, sk, 2), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(sk[0], "skip")), 2);
+    ck_assert_msg(json_equal(sk[1], all[3]), "the --skip 2 record is not the third of the selection");
+    for (int i = 0; i < 4; i++) json_decref(all[i]);
+    for (int i = 0; i < 2; i++) json_decref(sk[i]);
+    /* resuming it without --skip is another selection: refused, naming the field */
+    rc = distill(prompts_path, skipped, "--count", "1", "-n", "6", NULL);
+    ck_assert_msg(rc == 1 && strstr(err_buf, "skip"), "resume without --skip: %d %s", rc, err_buf);
+    rc = distill(prompts_path, skipped, "--skip", "9", "-n", "6", "--force", NULL);
+    ck_assert_msg(rc == 1 && strstr(err_buf, "--skip 9 leaves none"), "--skip past the end: %d %s", rc, err_buf);
     free(first);
     free(second);
     free(third);

@@ -26,6 +26,9 @@ static struct eng_ppd_adapter *make_adapter(int n, int k, int h, int with_acc) {
     if (with_acc) {
         a->accuracy = malloc(sizeof(float) * (size_t)n * k);
         for (int i = 0; i < n * k; i++) a->accuracy[i] = 0.5f / (float)(1 + i);
+        const int nj = eng_ppd_joint_size(n, k);   /* a distribution: 1/2 on "all missed", the rest spread */
+        a->joint = malloc(sizeof(float) * (size_t)nj);
+        for (int i = 0; i < nj; i++) a->joint[i] = i == nj - 1 ? 0.5f : 0.5f / (float)(nj - 1);
     }
     snprintf(a->base_name, sizeof a->base_name, "test-model");
     a->base_fingerprint = 0x0123456789abcdefull;
@@ -54,7 +57,9 @@ START_TEST(test_round_trip) {
         ck_assert_int_eq(memcmp(a->emb, b->emb, sizeof(float) * 3 * 64), 0);
         ck_assert_int_eq(!!b->accuracy, acc);
         ck_assert_int_eq(b->tree_L, acc ? 12 : 0);
+        ck_assert_int_eq(!!b->joint, acc);
         if (acc) ck_assert_int_eq(memcmp(a->accuracy, b->accuracy, sizeof(float) * 30), 0);
+        if (acc) ck_assert_int_eq(memcmp(a->joint, b->joint, sizeof(float) * 1331), 0);
         eng_ppd_adapter_free(a);
         eng_ppd_adapter_free(b);
     }
@@ -71,7 +76,9 @@ START_TEST(test_corrupt_files) {
     fd = mkstemp(bad);
     close(fd);
     char err[512];
-    struct eng_ppd_adapter *a = make_adapter(2, 4, 8, 1), *b = NULL;
+    /* K = 3: the last tensor (the rank joint, 4^2 floats) fills whole 32-byte
+     * alignment units, so no prefix only loses trailing padding */
+    struct eng_ppd_adapter *a = make_adapter(2, 3, 8, 1), *b = NULL;
     ck_assert_int_eq(eng_ppd_adapter_save(a, good, err, sizeof err), 0);
     FILE *f = fopen(good, "rb");
     fseek(f, 0, SEEK_END);
@@ -120,18 +127,21 @@ START_TEST(test_bad_fields) {
     int fd = mkstemp(path);
     close(fd);
     char err[512];
-    float emb[2 * 8] = {0}, acc_bad[2 * 4] = {0.5f, 2.0f};
+    float emb[2 * 8] = {0}, acc_bad[2 * 4] = {0.5f, 2.0f}, joint_bad[5 * 5] = {0.5f, 0.25f}, joint_neg[5 * 5] = {1.5f, -0.5f};
     emb[3] = NAN;
-    for (int c = 0; c < 6; c++) {
+    for (int c = 0; c < 9; c++) {
         struct gguf_writer *w = gguf_writer_new();
         uint64_t fp = 1;
-        int64_t ne_e[2] = {8, 2}, ne_wrong[2] = {8, 3}, ne_a[2] = {4, 2};
+        int64_t ne_e[2] = {8, 2}, ne_wrong[2] = {8, 3}, ne_a[2] = {4, 2}, ne_j[1] = {25}, ne_j_wrong[1] = {24};
         if (c != 0) gguf_writer_set_u32(w, "ppd.n_prompt", 2);
         gguf_writer_set_u32(w, "ppd.topk", c == 1 ? 1000 : 4);
         gguf_writer_set_str(w, "ppd.base.name", "m");
         if (c != 2) gguf_writer_set_scalar(w, "ppd.base.fingerprint", GGUF_VT_UINT64, &fp);
         gguf_writer_add_tensor(w, "ppd.prompt_embeddings", 0, 2, c == 3 ? ne_wrong : ne_e, c == 4 ? emb : NULL);
         if (c == 5) gguf_writer_add_tensor(w, "ppd.accuracy", 0, 2, ne_a, acc_bad);
+        if (c == 6) gguf_writer_add_tensor(w, "ppd.rank_joint", 0, 1, ne_j, joint_bad);
+        if (c == 7) gguf_writer_add_tensor(w, "ppd.rank_joint", 0, 1, ne_j, joint_neg);
+        if (c == 8) gguf_writer_add_tensor(w, "ppd.rank_joint", 0, 1, ne_j_wrong, NULL);
         ck_assert_int_eq(gguf_writer_write(w, path, err, sizeof err), 0);
         gguf_writer_free(w);
         struct eng_ppd_adapter *b = NULL;
@@ -139,7 +149,8 @@ START_TEST(test_bad_fields) {
         int rc = eng_ppd_adapter_load(&b, path, NULL, err, sizeof err);
         ck_assert_msg(rc == ENG_E_FORMAT, "case %d: rc %d (%s)", c, rc, err);
         static const char *want[] = {"ppd.n_prompt", "ppd.topk", "ppd.base.fingerprint", "ppd.prompt_embeddings",
-                                     "not finite", "not a probability"};
+                                     "not finite", "not a probability", "ppd.rank_joint: sums to 0.75",
+                                     "ppd.rank_joint: element 0 = 1.5 is not a probability", "ppd.rank_joint: shape"};
         ck_assert_msg(strstr(err, want[c]) != NULL, "case %d: '%s' lacks '%s'", c, err, want[c]);
     }
     unlink(path);

@@ -194,6 +194,44 @@ START_TEST(test_builder_vicuna7b_60) {
 }
 END_TEST
 
+/* tokens_per_step is the expected emission of the real state chain: simulate
+ * it by power iteration from the family's own nodes (state d's outcome: the
+ * deepest accepted node, exclusive probability acc, accepting len candidates
+ * and moving to state n; only the root: state N) and compare. */
+START_TEST(test_tokens_per_step_is_the_chain_expectation) {
+    for (int L = 10; L <= 105; L += 25) {
+        struct eng_ppd_tree_family *f = NULL;
+        struct eng_ppd_tree_build_info info;
+        ck_assert_int_eq(eng_ppd_tree_build(&f, acc7b, 3, 10, L, &info), 0);
+        double P[4][4] = {{0}}, gain[4] = {0}, pi[4] = {0, 1.0 / 3, 1.0 / 3, 1.0 / 3};
+        for (int d = 1; d <= 3; d++) {
+            double rest = 1.0;
+            for (int i = 0; i < f->n_nodes[d]; i++) {
+                const struct eng_ppd_tree_node *x = &f->nodes[d][i];
+                P[d][x->n] += x->acc;
+                gain[d] += x->acc * x->len;
+                rest -= x->acc;
+            }
+            P[d][3] += rest;
+        }
+        for (int it = 0; it < 2000; it++) {
+            double nx[4] = {0};
+            for (int d = 1; d <= 3; d++)
+                for (int k = 1; k <= 3; k++) nx[k] += pi[d] * P[d][k];
+            memcpy(pi, nx, sizeof pi);
+        }
+        double expect = 1.0;
+        for (int d = 1; d <= 3; d++) expect += pi[d] * gain[d];
+        printf("L=%d: chain %.4f, tokens_per_step %.4f, 1 + objective %.4f\n", L, expect, info.tokens_per_step,
+               1 + info.objective);
+        /* the node probabilities are rounded to 5 decimals in the family */
+        ck_assert_msg(fabs(expect - info.tokens_per_step) < 1e-3, "L=%d: %g vs %g", L, expect, info.tokens_per_step);
+        ck_assert(info.tokens_per_step > 1 + info.objective);
+        eng_ppd_tree_family_free(f);
+    }
+}
+END_TEST
+
 /* Other N and K build valid, loadable families within budget where possible. */
 START_TEST(test_builder_any_n) {
     for (int N = 1; N <= 5; N++)
@@ -213,6 +251,83 @@ START_TEST(test_builder_any_n) {
             eng_ppd_trees_free(&tr);
             eng_ppd_tree_family_free(f);
         }
+}
+END_TEST
+
+/* The joint of independent ranks with the 7B marginals: the joint builder must
+ * give the marginal builder's trees (the same paths, probabilities and prompt
+ * tokens), since q(path) is then the same product. */
+static void joint_of_marginals(const double *acc, int N, int K, double *joint) {
+    long size = 1;
+    for (int i = 0; i < N; i++) size *= K + 1;
+    for (long idx = 0; idx < size; idx++) {
+        double p = 1.0;
+        long x = idx;
+        for (int i = 0; i < N; i++, x /= K + 1) {
+            const int r = (int)(x % (K + 1));
+            double miss = 1.0;
+            for (int k = 0; k < K; k++) miss -= acc[i * K + k];
+            p *= r < K ? acc[i * K + r] : miss;
+        }
+        joint[idx] = p;
+    }
+}
+
+START_TEST(test_builder_joint_independent_is_marginal) {
+    static double joint[11 * 11 * 11];
+    joint_of_marginals(acc7b, 3, 10, joint);
+    for (int L = 20; L <= 105; L += 85) {
+        struct eng_ppd_tree_family *f = NULL, *g = NULL;
+        struct eng_ppd_tree_build_info fi, gi;
+        ck_assert_int_eq(eng_ppd_tree_build(&f, acc7b, 3, 10, L, &fi), 0);
+        ck_assert_int_eq(eng_ppd_tree_build_joint(&g, acc7b, joint, 3, 10, L, &gi), 0);
+        char a[2048], b[2048];
+        for (int d = 1; d <= 3; d++) {
+            compact(f, d, a, sizeof a);
+            compact(g, d, b, sizeof b);
+            ck_assert_msg(!strcmp(a, b), "L=%d state %d:\nmarginal %s\n   joint %s", L, d, a, b);
+        }
+        ck_assert(fabs(fi.objective - gi.objective) < 1e-9);
+        eng_ppd_tree_family_free(f);
+        eng_ppd_tree_family_free(g);
+    }
+}
+END_TEST
+
+/* Correlated guesses: when prompt token 2 is right exactly when prompt token 1
+ * is (rank 0 at both, 30% of the time), the marginals say a two-deep path is
+ * worth 0.3 x 0.3 = 0.09, the joint says 0.3.  The joint builder must put the
+ * deep top-1 chain first in the deeper states and expect more accepted tokens. */
+START_TEST(test_builder_joint_correlated_goes_deeper) {
+    const int N = 2, K = 4;
+    double acc[2 * 4] = {0.3, 0.1, 0.05, 0.05, 0.3, 0.1, 0.05, 0.05};
+    double joint[5 * 5];
+    for (int i = 0; i < 25; i++) joint[i] = 0;
+    /* index r1 + 5 r2 */
+    joint[0 + 5 * 0] = 0.3;                        /* both right at rank 0 */
+    joint[1 + 5 * 4] = 0.1, joint[2 + 5 * 4] = 0.05, joint[3 + 5 * 4] = 0.05;   /* 1 right, 2 missed */
+    joint[4 + 5 * 1] = 0.1, joint[4 + 5 * 2] = 0.05, joint[4 + 5 * 3] = 0.05;   /* only 2 right */
+    joint[4 + 5 * 4] = 0.3;
+    struct eng_ppd_tree_family *f = NULL, *g = NULL;
+    struct eng_ppd_tree_build_info fi, gi;
+    ck_assert_int_eq(eng_ppd_tree_build(&f, acc, N, K, 6, &fi), 0);
+    ck_assert_int_eq(eng_ppd_tree_build_joint(&g, acc, joint, N, K, 6, &gi), 0);
+    char a[256], b[256];
+    compact(f, 2, a, sizeof a);
+    compact(g, 2, b, sizeof b);
+    printf("correlated, state 2: marginal %s (objective %.4f), joint %s (objective %.4f)\n", a, fi.objective, b,
+           gi.objective);
+    ck_assert_int_eq(g->nodes[2][1].len, 2);   /* [0,0] right after [0] */
+    ck_assert_int_eq(g->nodes[2][1].path[0], 0);
+    ck_assert_int_eq(g->nodes[2][1].path[1], 0);
+    ck_assert(fabs(g->nodes[2][1].acc - 0.3) < 1e-9);   /* deepest-accepted probability of [0,0] */
+    ck_assert(gi.objective > fi.objective + 0.05);
+    eng_ppd_tree_family_free(f);
+    eng_ppd_tree_family_free(g);
+    /* a joint that is not a distribution is refused */
+    joint[0] = -0.5;
+    ck_assert_int_eq(eng_ppd_tree_build_joint(&g, acc, joint, N, K, 6, NULL), ENG_E_RANGE);
+    ck_assert_ptr_null(g);
 }
 END_TEST
 
@@ -285,6 +400,9 @@ int main(void) {
     tcase_add_test(tc, test_builder_vicuna7b_105);
     tcase_add_test(tc, test_builder_vicuna7b_60);
     tcase_add_test(tc, test_builder_any_n);
+    tcase_add_test(tc, test_tokens_per_step_is_the_chain_expectation);
+    tcase_add_test(tc, test_builder_joint_independent_is_marginal);
+    tcase_add_test(tc, test_builder_joint_correlated_goes_deeper);
     tcase_add_test(tc, test_file_round_trip);
     tcase_add_test(tc, test_bad_files);
     suite_add_tcase(s, tc);

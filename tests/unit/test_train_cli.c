@@ -7,6 +7,7 @@
  * message naming the problem.
  */
 #include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,6 +118,9 @@ START_TEST(same_seed_same_adapter_and_resume_is_exact) {
     rc = train(data_path, c, "2", other);
     ck_assert_int_eq(rc, 1);
     ck_assert_msg(strstr(err_buf, "train.seed") != NULL, "%s", err_buf);
+    const char *other_loss[] = {"--steps", "4", "--checkpoint", ck, "--resume", "--loss", "ce", NULL};
+    rc = train(data_path, c, "2", other_loss);
+    ck_assert_msg(rc == 1 && strstr(err_buf, "train.loss_ce") && strstr(err_buf, "KL loss, not CE"), "%d %s", rc, err_buf);
 
     /* the adapter has hit rates and drives PPD generation */
     struct eng_ppd_adapter *ad = NULL;
@@ -130,6 +134,40 @@ START_TEST(same_seed_same_adapter_and_resume_is_exact) {
                    "--ppd", a, "--json", NULL};
     rc = test_run_capture(gen, out_buf, sizeof out_buf, err_buf, sizeof err_buf);
     ck_assert_msg(rc == 0 && strstr(out_buf, "\"ppd\":true"), "generate: %d %s %s", rc, out_buf, err_buf);
+
+    /* --measure-only: the same embeddings and provenance, hit rates measured
+     * again, and a rank joint whose marginals are those hit rates */
+    char d[300];
+    snprintf(d, sizeof d, "%s/d.ppd.gguf", dir);
+    const char *measure[] = {"--measure-only", "--init", a, "--val", "1", NULL};
+    rc = train(data_path, d, "2", measure);
+    ck_assert_msg(rc == 0 && strstr(out_buf, "\"steps\":0"), "measure: %d %s %s", rc, out_buf, err_buf);
+    struct eng_ppd_adapter *da = NULL;
+    ck_assert_msg(eng_ppd_adapter_load(&ad, a, NULL, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(eng_ppd_adapter_load(&da, d, NULL, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(memcmp(ad->emb, da->emb, sizeof(float) * 3 * (size_t)ad->n_embd), 0);
+    /* the training's provenance, plus where the hit rates were measured */
+    ck_assert_msg(!strncmp(da->provenance, ad->provenance, strlen(ad->provenance)) &&
+                      strstr(da->provenance, "; hit rates measured on data.jsonl (6 sequences x 4 cuts)"),
+                  "%s", da->provenance);
+    ck_assert_ptr_nonnull(da->joint);
+    const int K = da->topk, nj = eng_ppd_joint_size(3, K);
+    double marg[3][64] = {{0}}, sum = 0;
+    for (int idx = 0; idx < nj; idx++) {
+        sum += da->joint[idx];
+        for (int i = 0, x = idx; i < 3; i++, x /= K + 1)
+            if (x % (K + 1) < K) marg[i][x % (K + 1)] += da->joint[idx];
+    }
+    ck_assert(fabs(sum - 1.0) < 1e-5);
+    for (int i = 0; i < 3; i++)
+        for (int k = 0; k < K; k++)
+            ck_assert_msg(fabs(marg[i][k] - da->accuracy[i * K + k]) < 1e-5, "prompt %d rank %d: joint %g, accuracy %g",
+                          i, k, marg[i][k], da->accuracy[i * K + k]);
+    eng_ppd_adapter_free(ad);
+    eng_ppd_adapter_free(da);
+    const char *no_init[] = {"--measure-only", NULL};
+    rc = train(data_path, d, "2", no_init);
+    ck_assert_msg(rc == 2 && strstr(err_buf, "--measure-only needs --init"), "%d %s", rc, err_buf);
 }
 END_TEST
 

@@ -96,7 +96,7 @@ static void tiny_free(struct tiny *t) {
 
 static double tiny_loss(struct tiny *t) {
     struct eng_tm_result res;
-    ck_assert_int_eq(eng_tm_run(t->tm, t->w, t->emb, T_N, t->cuts, T_CUTS, t->wt, NULL, 0.0f, 5, &res), 0);
+    ck_assert_int_eq(eng_tm_run(t->tm, t->w, t->emb, T_N, t->cuts, T_CUTS, t->wt, NULL, 0.0f, 5, &res, NULL), 0);
     return res.loss;
 }
 
@@ -104,13 +104,14 @@ static double tiny_loss(struct tiny *t) {
  * loss is O(1), so truncation (h² · f''') and rounding (1e-7 / h) errors are
  * both around 1e-4 relative; we ask for 2% per component with |g| > 1e-3 and
  * a cosine above 0.9999 over the whole gradient. */
-START_TEST(gradient_matches_finite_differences) {
+static void check_gradient(enum eng_tm_loss loss) {
     struct tiny t;
     tiny_init(&t, 1);
+    eng_tm_work_set_loss(t.w, loss);
     const int H = t.hp.n_embd;
     float *grad = calloc((size_t)T_N * H, sizeof(float));
     struct eng_tm_result res;
-    ck_assert_int_eq(eng_tm_run(t.tm, t.w, t.emb, T_N, t.cuts, T_CUTS, t.wt, grad, 1.0f, 5, &res), 0);
+    ck_assert_int_eq(eng_tm_run(t.tm, t.w, t.emb, T_N, t.cuts, T_CUTS, t.wt, grad, 1.0f, 5, &res, NULL), 0);
     ck_assert(res.loss > 0.01);
     double dot = 0, na = 0, nn = 0;
     int checked = 0;
@@ -129,7 +130,8 @@ START_TEST(gradient_matches_finite_differences) {
         }
     }
     double cosine = dot / sqrt(na * nn);
-    printf("gradient check: %d components above 1e-3, cosine %.7f, |g| %.4g\n", checked, cosine, sqrt(na));
+    printf("gradient check (%s loss): %d components above 1e-3, cosine %.7f, |g| %.4g\n",
+           loss == ENG_TM_LOSS_CE ? "CE" : "KL", checked, cosine, sqrt(na));
     ck_assert_msg(cosine > 0.9999, "cosine %f", cosine);
     ck_assert_int_ge(checked, T_N * H / 2);
     /* the last prompt row does not influence earlier rows, and every row gets a gradient */
@@ -141,6 +143,12 @@ START_TEST(gradient_matches_finite_differences) {
     free(grad);
     tiny_free(&t);
 }
+
+/* Both losses: the paper's KL and the hard-label cross-entropy. */
+START_TEST(gradient_matches_finite_differences) {
+    check_gradient(ENG_TM_LOSS_KL);
+    check_gradient(ENG_TM_LOSS_CE);
+}
 END_TEST
 
 START_TEST(results_do_not_depend_on_threads) {
@@ -151,7 +159,7 @@ START_TEST(results_do_not_depend_on_threads) {
         tiny_init(&t, k + 1);
         g[k] = calloc((size_t)T_N * t.hp.n_embd, sizeof(float));
         struct eng_tm_result res;
-        ck_assert_int_eq(eng_tm_run(t.tm, t.w, t.emb, T_N, t.cuts, T_CUTS, t.wt, g[k], 0.5f, 5, &res), 0);
+        ck_assert_int_eq(eng_tm_run(t.tm, t.w, t.emb, T_N, t.cuts, T_CUTS, t.wt, g[k], 0.5f, 5, &res, NULL), 0);
         loss[k] = res.loss;
         tiny_free(&t);
     }
@@ -167,11 +175,11 @@ START_TEST(bad_cuts_are_refused) {
     struct eng_tm_result res;
     struct eng_tm_cut c = t.cuts[0];
     c.n_prefix = T_MAXP + 1;
-    ck_assert_int_lt(eng_tm_run(t.tm, t.w, t.emb, T_N, &c, 1, t.wt, NULL, 0.0f, 5, &res), 0);
+    ck_assert_int_lt(eng_tm_run(t.tm, t.w, t.emb, T_N, &c, 1, t.wt, NULL, 0.0f, 5, &res, NULL), 0);
     c.n_prefix = 0;
-    ck_assert_int_lt(eng_tm_run(t.tm, t.w, t.emb, T_N, &c, 1, t.wt, NULL, 0.0f, 5, &res), 0);
-    ck_assert_int_lt(eng_tm_run(t.tm, t.w, t.emb, T_N, t.cuts, T_CUTS + 1, t.wt, NULL, 0.0f, 5, &res), 0);
-    ck_assert_int_lt(eng_tm_run(t.tm, t.w, t.emb, T_N - 1, t.cuts, 1, t.wt, NULL, 0.0f, 5, &res), 0);
+    ck_assert_int_lt(eng_tm_run(t.tm, t.w, t.emb, T_N, &c, 1, t.wt, NULL, 0.0f, 5, &res, NULL), 0);
+    ck_assert_int_lt(eng_tm_run(t.tm, t.w, t.emb, T_N, t.cuts, T_CUTS + 1, t.wt, NULL, 0.0f, 5, &res, NULL), 0);
+    ck_assert_int_lt(eng_tm_run(t.tm, t.w, t.emb, T_N - 1, t.cuts, 1, t.wt, NULL, 0.0f, 5, &res, NULL), 0);
     tiny_free(&t);
 }
 END_TEST
