@@ -10,6 +10,11 @@
  * the phantom root-only state of the objective.  Fixed: the loop that prunes
  * prompt tokens stops when every node is down to one (the reference then
  * corrupts node 0).
+ *
+ * Beyond the reference: a path's probability may come from the measured joint
+ * distribution of the ranks instead of the product of per-offset marginals
+ * (the prompt tokens' guesses are not independent), and the build info also
+ * reports the expected tokens per step over the true state distribution.
  */
 #include <math.h>
 #include <stdio.h>

@@ -47,6 +47,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (size_t i = 0; i < (size_t)a->n_prompt * (size_t)a->n_embd; i++) sink += a->emb[i];
         if (a->accuracy)
             for (size_t i = 0; i < (size_t)a->n_prompt * (size_t)a->topk; i++) sink += a->accuracy[i];
+        if (a->joint) {   /* present only when (K+1)^N is small enough to hold it */
+            const int nj = eng_ppd_joint_size(a->n_prompt, a->topk);
+            if (nj < 1) abort();
+            for (int i = 0; i < nj; i++) sink += a->joint[i];
+        }
         sink += (float)strlen(a->base_name) + (float)strlen(a->provenance) + (float)strlen(a->init_text);
         (void)sink;
     } else if (!err[0]) {
