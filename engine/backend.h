@@ -60,6 +60,10 @@ struct eng_backend_i {
     void (*swiglu)(void *ctx, const float *gate, const float *up, int n_tok, int n, float *out);
     /* x += y, n_tok rows of n. */
     void (*add)(void *ctx, float *x, const float *y, int n_tok, int n);
+    /* x[r] += row -1-ids[r] of table (host f32, n wide) for the rows with ids[r] < 0 and
+     * -1-ids[r] < n_table: a deep prompt vector into the PPD prompt rows.  NULL where
+     * the backend has no such op yet (deep-prompt adapters are then refused). */
+    void (*add_rows)(void *ctx, float *x, const int32_t *ids, int n_tok, const float *table, int n_table, int n);
 };
 
 struct eng_backend {

@@ -97,6 +97,18 @@ static void cpu_embed(void *vctx, const struct eng_weight *table, const int32_t 
     }
 }
 
+static void cpu_add_rows(void *vctx, float *x, const int32_t *ids, int n_tok, const float *table, int n_table,
+                         int n) {
+    (void)vctx;
+    for (int r = 0; r < n_tok; r++) {
+        const int e = -1 - ids[r];
+        if (ids[r] >= 0 || e >= n_table) continue;
+        float *xr = x + (size_t)r * n;
+        const float *t = table + (size_t)e * n;
+        for (int j = 0; j < n; j++) xr[j] += t[j];
+    }
+}
+
 /* ---- rmsnorm ---- */
 
 struct rmsnorm_job { const float *x, *w; int n_tok, n; float eps; float *out; };
@@ -477,6 +489,7 @@ static const struct eng_backend_i cpu_iface = {
     .attention = cpu_attention,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
+    .add_rows = cpu_add_rows,
 };
 
 int eng_backend_cpu_init(struct eng_backend *be, int n_threads) {

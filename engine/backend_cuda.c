@@ -42,6 +42,12 @@ struct cuda_ctx {
     int32_t *ids_dev;       /* device: embed's ids, remapped */
     int32_t *ids_host;
     size_t ids_cap;
+    int32_t *map_dev;       /* device: add_rows' row -> packed vector (-1: none) */
+    int32_t *map_host;
+    size_t map_cap;
+    float *rows_dev;        /* device: the deep-prompt vectors one add_rows call uses, packed */
+    float *rows_host;
+    size_t rows_cap;
     float *extra_dev;       /* device: the PPD prompt rows one embed call uses */
     float *extra_host;
     size_t extra_cap;       /* floats */
@@ -312,6 +318,33 @@ static void cuda_add(void *vctx, float *x, const float *y, int n_tok, int n) {
     cuda_check_launch("add");
 }
 
+/* Deep prompts: the vectors of this call's prompt rows go up packed, as in
+ * cuda_embed (n_prompt_rows x n floats per layer), then one kernel adds them. */
+static void cuda_add_rows(void *vctx, float *x, const int32_t *ids, int n_tok, const float *table, int n_table,
+                          int n) {
+    struct cuda_ctx *c = vctx;
+    if (n_tok < 1) return;
+    CUDA_CHECK(cudaSetDevice(c->device));
+    int n_used = 0;
+    for (int r = 0; r < n_tok; r++) n_used += ids[r] < 0 && -1 - (int64_t)ids[r] < n_table;
+    if (!n_used) return;
+    cuda_grow(c, (void **)&c->map_dev, (void **)&c->map_host, &c->map_cap, sizeof(int32_t) * (size_t)n_tok);
+    cuda_grow(c, (void **)&c->rows_dev, (void **)&c->rows_host, &c->rows_cap, sizeof(float) * (size_t)n_used * n);
+    n_used = 0;
+    for (int r = 0; r < n_tok; r++) {
+        const int64_t e = -1 - (int64_t)ids[r];
+        if (ids[r] >= 0 || e >= n_table) { c->map_host[r] = -1; continue; }
+        memcpy(c->rows_host + (size_t)n_used * n, table + e * n, sizeof(float) * (size_t)n);
+        c->map_host[r] = n_used++;
+    }
+    CUDA_CHECK(cudaMemcpyAsync(c->map_dev, c->map_host, sizeof(int32_t) * (size_t)n_tok, cudaMemcpyHostToDevice,
+                               c->st));
+    CUDA_CHECK(cudaMemcpyAsync(c->rows_dev, c->rows_host, sizeof(float) * (size_t)n_used * n, cudaMemcpyHostToDevice,
+                               c->st));
+    kc_add_rows(x, c->map_dev, n_tok, c->rows_dev, n, c->st);
+    cuda_check_launch("add_rows");
+}
+
 static void cuda_free(void *vctx) {
     struct cuda_ctx *c = vctx;
     if (!c) return;
@@ -320,6 +353,10 @@ static void cuda_free(void *vctx) {
     cudaFree(c->x16);
     cudaFree(c->ids_dev);
     cudaFree(c->extra_dev);
+    cudaFree(c->map_dev);
+    cudaFree(c->rows_dev);
+    free(c->map_host);
+    free(c->rows_host);
     cudaFree(c->b_dev);
     free(c->ids_host);
     free(c->extra_host);
@@ -347,6 +384,7 @@ static const struct eng_backend_i cuda_iface = {
     .attention = cuda_attention,
     .swiglu = cuda_swiglu,
     .add = cuda_add,
+    .add_rows = cuda_add_rows,
 };
 
 int eng_backend_cuda_count(void) {

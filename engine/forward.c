@@ -64,8 +64,14 @@ static int forward_check_batch(const struct eng_forward *f, const struct eng_bat
 
 int eng_forward_run(struct eng_forward *f, const struct eng_batch *b, struct eng_kv *kv,
                     const float *extra, int n_extra) {
+    return eng_forward_run_deep(f, b, kv, extra, n_extra, NULL, 0);
+}
+
+int eng_forward_run_deep(struct eng_forward *f, const struct eng_batch *b, struct eng_kv *kv, const float *extra,
+                         int n_extra, const float *deep, int n_deep) {
     int rc = forward_check_batch(f, b, kv, n_extra);
     if (rc) return rc;
+    if (deep && (!BE(f)->add_rows || n_deep < 1)) return ENG_E_UNSUPPORTED;
     const struct eng_model *m = f->m;
     const struct eng_hparams *hp = &m->hp;
     const int n = b->n_tok, E = hp->n_embd;
@@ -75,6 +81,8 @@ int eng_forward_run(struct eng_forward *f, const struct eng_batch *b, struct eng
 
     for (int l = 0; l < hp->n_layer; l++) {
         const struct eng_layer *L = &m->layers[l];
+        if (deep && l >= 1 && l <= n_deep)   /* deep prompts: this layer's vector joins the prompt rows */
+            BE(f)->add_rows(BCTX(f), f->x, b->token, n, deep + (size_t)(l - 1) * n_extra * E, n_extra, E);
         /* attention */
         BE(f)->rmsnorm(BCTX(f), f->x, L->attn_norm, n, E, hp->rms_eps, f->xn);
         const struct eng_weight *qkv_w[3] = {&L->wq, &L->wk, &L->wv};

@@ -40,5 +40,10 @@ void eng_forward_free(struct eng_forward *f);  /* accepts NULL */
  * extra holds n_extra embedding rows for token ids < 0 (PPD prompt tokens). */
 int eng_forward_run(struct eng_forward *f, const struct eng_batch *b, struct eng_kv *kv,
                     const float *extra, int n_extra);
+/* The same with deep prompts: deep [n_deep][n_extra][n_embd] (NULL: none); at the
+ * input of layer l (1 <= l <= n_deep) each prompt row gets its layer's vector
+ * added.  ENG_E_UNSUPPORTED on a backend without the op. */
+int eng_forward_run_deep(struct eng_forward *f, const struct eng_batch *b, struct eng_kv *kv, const float *extra,
+                         int n_extra, const float *deep, int n_deep);
 
 #endif

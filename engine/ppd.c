@@ -400,7 +400,7 @@ int eng_ppd_generate(struct eng_forward *f, struct eng_kv *kv, int slot, const s
     }
     eng_batch_clear(&b);
     if ((rc = eng_ppd_seq_prefill_add(&s, &b, kv, prompt[n_prompt - 1]))) goto out;
-    if ((rc = eng_forward_run(f, &b, kv, extra, N))) goto out;
+    if ((rc = eng_forward_run_deep(f, &b, kv, extra, N, ppd->ad->deep, ppd->ad->n_deep))) goto out;
     if ((rc = eng_ppd_seq_prefill_finish(&s, f, kv, emitted, &n_em))) goto out;
     st->gen.prefill_s = eng_now_s() - t0;
 
@@ -417,7 +417,7 @@ int eng_ppd_generate(struct eng_forward *f, struct eng_kv *kv, int slot, const s
         if (rc == ENG_E_TOO_LONG) { rc = 0; st->gen.finish = ENG_FINISH_CONTEXT; break; }
         if (rc) goto out;
         double tf = eng_now_s();
-        if ((rc = eng_forward_run(f, &b, kv, extra, N))) goto out;
+        if ((rc = eng_forward_run_deep(f, &b, kv, extra, N, ppd->ad->deep, ppd->ad->n_deep))) goto out;
         double tv = eng_now_s();
         rc = eng_ppd_seq_step_finish(&s, f, kv, emitted, &n_em);
         double te = eng_now_s();

@@ -21,6 +21,7 @@ void eng_ppd_adapter_free(struct eng_ppd_adapter *a) {
     free(a->emb);
     free(a->accuracy);
     free(a->joint);
+    free(a->deep);
     free(a);
 }
 
@@ -161,6 +162,26 @@ int eng_ppd_adapter_load(struct eng_ppd_adapter **out, const char *path, const s
         memcpy(a->accuracy, acc, sizeof(float) * (size_t)a->topk * (size_t)a->n_prompt);
     }
 
+    const struct gguf_tensor *td = gguf_find_tensor(g, "ppd.deep_prompts");
+    if (td) {
+        if (td->type != ADAPTER_KQ_F32 || td->n_dims != 3 || td->ne[0] != a->n_embd || td->ne[1] != a->n_prompt ||
+            td->ne[2] < 1 || td->ne[2] > 4096) {
+            snprintf(err, cap, "%s: tensor ppd.deep_prompts: want F32 [layers, %d, %d] (type %d, %u dims)", path,
+                     a->n_prompt, a->n_embd, td->type, td->n_dims);
+            rc = ENG_E_FORMAT;
+            goto err;
+        }
+        a->n_deep = (int)td->ne[2];
+        const size_t nd = (size_t)a->n_deep * (size_t)a->n_prompt * (size_t)a->n_embd;
+        if (!(a->deep = malloc(sizeof(float) * nd))) { rc = ENG_E_NOMEM; goto err; }
+        memcpy(a->deep, td->data, sizeof(float) * nd);
+        for (size_t i = 0; i < nd; i++)
+            if (!isfinite(a->deep[i])) {
+                snprintf(err, cap, "%s: tensor ppd.deep_prompts: element %zu is not finite", path, i);
+                rc = ENG_E_FORMAT;
+                goto err;
+            }
+    }
     if (gguf_find_tensor(g, "ppd.rank_joint")) {
         const int nj = eng_ppd_joint_size(a->n_prompt, a->topk);
         const float *j;
@@ -192,6 +213,12 @@ int eng_ppd_adapter_load(struct eng_ppd_adapter **out, const char *path, const s
         memcpy(a->joint, j, sizeof(float) * (size_t)nj);
     }
 
+    if (m && a->deep && a->n_deep != m->hp.n_layer - 1) {
+        snprintf(err, cap, "%s: tensor ppd.deep_prompts: %d layers of vectors, the model '%s' needs %d", path, a->n_deep,
+                 m->name, m->hp.n_layer - 1);
+        rc = ENG_E_INVALID;
+        goto err;
+    }
     if (m && (a->base_fingerprint != m->fingerprint || a->n_embd != m->hp.n_embd)) {
         snprintf(err, cap,
                  "%s: this adapter was made for model '%s' (fingerprint %016llx, hidden size %d), "
@@ -224,6 +251,7 @@ int eng_ppd_adapter_save(const struct eng_ppd_adapter *a, const char *path, char
     uint64_t fp = a->base_fingerprint;
     int64_t ne_e[2] = {a->n_embd, a->n_prompt}, ne_a[2] = {a->topk, a->n_prompt};
     int64_t ne_j[1] = {eng_ppd_joint_size(a->n_prompt, a->topk)};
+    int64_t ne_d[3] = {a->n_embd, a->n_prompt, a->n_deep};
     if (a->joint && !ne_j[0]) {
         snprintf(err, cap, "%s: refusing to write a rank joint for N=%d K=%d", path, a->n_prompt, a->topk);
         gguf_writer_free(w);
@@ -240,7 +268,8 @@ int eng_ppd_adapter_save(const struct eng_ppd_adapter *a, const char *path, char
         (a->tuned_speedup > 0 && (rc = gguf_writer_set_f32(w, "ppd.tuned_speedup", a->tuned_speedup))) ||
         (rc = gguf_writer_add_tensor(w, "ppd.prompt_embeddings", ADAPTER_KQ_F32, 2, ne_e, a->emb)) ||
         (a->accuracy && (rc = gguf_writer_add_tensor(w, "ppd.accuracy", ADAPTER_KQ_F32, 2, ne_a, a->accuracy))) ||
-        (a->joint && (rc = gguf_writer_add_tensor(w, "ppd.rank_joint", ADAPTER_KQ_F32, 1, ne_j, a->joint))))
+        (a->joint && (rc = gguf_writer_add_tensor(w, "ppd.rank_joint", ADAPTER_KQ_F32, 1, ne_j, a->joint))) ||
+        (a->deep && a->n_deep > 0 && (rc = gguf_writer_add_tensor(w, "ppd.deep_prompts", ADAPTER_KQ_F32, 3, ne_d, a->deep))))
         goto out;
     rc = gguf_writer_write(w, path, err, cap);
 out:

@@ -6,6 +6,9 @@
  *   tensor ppd.accuracy           F32, ne = {K, N}: a[i][k], the probability that the
  *                                 rank-k guess of prompt token i+1 is right (optional:
  *                                 an untrained adapter has none); the tree builder's input
+ *   tensor ppd.deep_prompts       F32, ne = {H, N, n_layer - 1} optional: deep prompts, a vector
+ *                                 per layer l >= 1 and prompt token, added to that prompt
+ *                                 row's input of layer l (ppd train --deep; not in the paper)
  *   tensor ppd.rank_joint         F32, ne = {(K+1)^N} optional: the joint distribution of the
  *                                 ranks (r_1..r_N) at which the N prompt tokens hold the
  *                                 truth (rank K: not in the top K), index sum_i r_i (K+1)^i;
@@ -50,6 +53,8 @@ struct eng_ppd_adapter {
     float *emb;                  /* [N, H] host memory */
     float *accuracy;             /* [N, K], or NULL when not measured */
     float *joint;                /* [(K+1)^N] rank joint, or NULL when not measured */
+    float *deep;                 /* [n_deep][N][H] deep prompts, or NULL (shallow, as the paper) */
+    int n_deep;                  /* layers 1..n_deep each add their vector: the model's n_layer - 1 */
     char base_name[128];
     uint64_t base_fingerprint;
     char provenance[256];

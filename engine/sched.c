@@ -434,7 +434,8 @@ int eng_sched_step(struct eng_sched *s) {
     s->stats.n_prefill = n_prefill;
     if (s->batch.n_tok == 0) return 0;
     const float *extra = s->p.ppd ? s->p.ppd->ad->emb : NULL;
-    int rc = eng_forward_run(s->f, &s->batch, s->kv, extra, s->p.ppd ? s->p.ppd->n_prompt : 0);
+    int rc = eng_forward_run_deep(s->f, &s->batch, s->kv, extra, s->p.ppd ? s->p.ppd->n_prompt : 0,
+                                  s->p.ppd ? s->p.ppd->ad->deep : NULL, s->p.ppd ? s->p.ppd->ad->n_deep : 0);
     if (rc) {
         for (int i = 0; i < s->n_active;) {
             struct eng_sched_req *r = s->active[i];

@@ -317,12 +317,12 @@ struct tr_state {
     float *emb, *m, *v;      /* [N, H] each */
 };
 
-static int tr_ckpt_save(const struct eng_train_params *p, const struct tr_state *st, int H, long total_steps,
+static int tr_ckpt_save(const struct eng_train_params *p, const struct tr_state *st, int H, int rows, long total_steps,
                         int n_records, char *err, size_t cap) {
     struct gguf_writer *w = gguf_writer_new();
     if (!w) return ENG_E_NOMEM;
     const uint64_t step = (uint64_t)st->step, seed = p->seed, total = (uint64_t)total_steps;
-    int64_t ne[2] = {H, p->n_prompt};
+    int64_t ne[2] = {H, rows};   /* N rows, or N per layer for deep prompts */
     int rc;
     if ((rc = gguf_writer_set_str(w, "general.architecture", "ppd-train-checkpoint")) ||
         (rc = gguf_writer_set_scalar(w, "train.step", GGUF_VT_UINT64, &step)) ||
@@ -357,7 +357,7 @@ static int tr_ckpt_u64(const struct gguf_file *g, const char *key, uint64_t want
     return 0;
 }
 
-static int tr_ckpt_load(const struct eng_train_params *p, struct tr_state *st, int H, long total_steps,
+static int tr_ckpt_load(const struct eng_train_params *p, struct tr_state *st, int H, int rows, long total_steps,
                         int n_records, char *err, size_t cap) {
     struct gguf_file *g = NULL;
     int rc = gguf_open(&g, p->checkpoint_path, err, cap);
@@ -387,12 +387,13 @@ static int tr_ckpt_load(const struct eng_train_params *p, struct tr_state *st, i
     float *dst[3] = {st->emb, st->m, st->v};
     for (int i = 0; i < 3; i++) {
         const struct gguf_tensor *t = gguf_find_tensor(g, names[i]);
-        if (!t || t->type != KQ_F32 || t->ne[0] != H || t->ne[1] != p->n_prompt || t->n_dims != 2) {
-            snprintf(err, cap, "%s: tensor %s: missing or not F32 [%d, %d]", path, names[i], H, p->n_prompt);
+        if (!t || t->type != KQ_F32 || t->ne[0] != H || t->ne[1] != rows || t->n_dims != 2) {
+            snprintf(err, cap, "%s: tensor %s: missing or not F32 [%d, %d]%s", path, names[i], rows, H,
+                     rows != p->n_prompt ? " (deep prompts: resume with --deep)" : "");
             rc = ENG_E_FORMAT;
             goto out;
         }
-        memcpy(dst[i], t->data, (size_t)H * p->n_prompt * sizeof(float));
+        memcpy(dst[i], t->data, (size_t)H * rows * sizeof(float));
     }
 out:
     gguf_close(g);
@@ -466,12 +467,8 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
     c.cuts = calloc((size_t)max_cuts, sizeof *c.cuts);
     c.cut_l = malloc((size_t)p->cuts_per_seq * sizeof(int));
     c.ranks = malloc((size_t)max_cuts * N * sizeof(int));
-    grad = malloc((size_t)N * H * sizeof(float));
-    st.emb = malloc((size_t)N * H * sizeof(float));
-    st.m = calloc((size_t)N * H, sizeof(float));
-    st.v = calloc((size_t)N * H, sizeof(float));
     order = malloc((size_t)d.n * sizeof(int));
-    if (!c.teacher || !c.cuts || !c.cut_l || !c.ranks || !grad || !st.emb || !st.m || !st.v || !order) goto done;
+    if (!c.teacher || !c.cuts || !c.cut_l || !c.ranks || !order) goto done;
     for (int i = 0; i < N; i++) c.wt[i] = (float)pow(p->decay, i);
 
     /* split: a seeded shuffle; the held-out part first */
@@ -502,9 +499,28 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
     } else if ((rc = eng_ppd_adapter_init_text(&init, c.e->model, c.e->tok, N, K, ENG_PPD_INIT_TEXT, err, cap))) {
         goto done;
     }
+    /* deep prompts: a vector per layer, [n_layer][N][H] with the embeddings as
+     * layer 0; asked for, or continued from an adapter that has them */
+    const int deep = p->deep || init->deep, rows = deep ? N * hp->n_layer : N;
+    const size_t PN = (size_t)rows * H;   /* trained numbers */
+    if (init->deep && init->n_deep != hp->n_layer - 1) {
+        snprintf(err, cap, "%s: deep prompts for %d layers, the model has %d", p->init_path, init->n_deep + 1,
+                 hp->n_layer);
+        rc = ENG_E_INVALID;
+        goto done;
+    }
+    eng_tm_work_set_deep(c.work, deep);
+    rc = ENG_E_NOMEM;
+    grad = malloc(PN * sizeof(float));
+    st.emb = calloc(PN, sizeof(float));   /* new deep vectors start at zero: the shallow model */
+    st.m = calloc(PN, sizeof(float));
+    st.v = calloc(PN, sizeof(float));
+    if (!grad || !st.emb || !st.m || !st.v) goto done;
+    rc = 0;
     memcpy(st.emb, init->emb, (size_t)N * H * sizeof(float));
+    if (init->deep) memcpy(st.emb + (size_t)N * H, init->deep, (size_t)N * H * init->n_deep * sizeof(float));
     if (p->resume && p->checkpoint_path && access(p->checkpoint_path, F_OK) == 0) {
-        if ((rc = tr_ckpt_load(p, &st, H, total, d.n, err, cap))) goto done;
+        if ((rc = tr_ckpt_load(p, &st, H, rows, total, d.n, err, cap))) goto done;
         ENG_LOG(ENG_LOG_INFO, "ppd train: resuming at step %ld of %ld", st.step, total);
     }
 
@@ -529,7 +545,7 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
         tr_shuffle(perm, n_train, tr_stream(p->seed, 3, (uint64_t)e, 0));
         const int b0 = (int)(within * p->batch_seqs);
         const int nb = n_train - b0 < p->batch_seqs ? n_train - b0 : p->batch_seqs;
-        memset(grad, 0, (size_t)N * H * sizeof(float));
+        memset(grad, 0, PN * sizeof(float));
         struct eng_tm_result res;
         rc = tr_pass(&c, &d, perm + b0, nb, 4, (uint64_t)e, st.emb, grad, &res);
         free(perm);
@@ -542,7 +558,7 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
         const long t = st.step + 1;
         const double lr = p->lr * 0.5 * (1.0 + cos(M_PI * (double)st.step / (double)total));
         const double bc1 = 1.0 - pow(p->beta1, (double)t), bc2 = 1.0 - pow(p->beta2, (double)t);
-        for (int j = 0; j < N * H; j++) {
+        for (size_t j = 0; j < PN; j++) {
             const double g = grad[j];
             st.m[j] = (float)(p->beta1 * st.m[j] + (1.0 - p->beta1) * g);
             st.v[j] = (float)(p->beta2 * st.v[j] + (1.0 - p->beta2) * g * g);
@@ -563,7 +579,7 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
             loss_n = 0;
         }
         if (p->checkpoint_path && ((p->save_every > 0 && st.step % p->save_every == 0) || last))
-            if ((rc = tr_ckpt_save(p, &st, H, total, d.n, err, cap))) goto done;
+            if ((rc = tr_ckpt_save(p, &st, H, rows, total, d.n, err, cap))) goto done;
     }
     if (p->progress) fprintf(stderr, "\n");
     if (loss_n) rep->train_loss = loss_sum / (double)loss_n;
@@ -583,6 +599,8 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
     out_ad.topk = K;
     out_ad.n_embd = H;
     out_ad.emb = st.emb;
+    out_ad.deep = deep ? st.emb + (size_t)N * H : NULL;
+    out_ad.n_deep = deep ? hp->n_layer - 1 : 0;
     out_ad.accuracy = acc_f;
     out_ad.joint = joint_f;
     snprintf(out_ad.base_name, sizeof out_ad.base_name, "%s", c.e->model->name);
@@ -590,9 +608,9 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
     snprintf(out_ad.init_text, sizeof out_ad.init_text, "%s", init->init_text);
     const char *slash = strrchr(p->data_path, '/');
     snprintf(out_ad.provenance, sizeof out_ad.provenance,
-             "ppd train: %s (%d sequences, %d held out), %ld steps x %d seqs x %d cuts, AdamW lr %g cosine, seed %llu%s",
+             "ppd train: %s (%d sequences, %d held out), %ld steps x %d seqs x %d cuts, AdamW lr %g cosine, seed %llu%s%s",
              slash ? slash + 1 : p->data_path, n_train, n_val, rep->steps, p->batch_seqs, p->cuts_per_seq, p->lr,
-             (unsigned long long)p->seed, p->loss_ce ? ", CE loss" : "");
+             (unsigned long long)p->seed, p->loss_ce ? ", CE loss" : "", deep ? ", deep prompts" : "");
     if (p->eval_only) {   /* the embeddings are the init adapter's: keep what it says about them */
         char base[sizeof out_ad.provenance];
         snprintf(base, sizeof base, "%s", init->provenance);

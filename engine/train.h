@@ -53,6 +53,8 @@ struct eng_train_params {
     uint64_t seed;
     int n_threads;
     int progress;                  /* 1: redraw a progress line on stderr; 0: a line per eval */
+    int deep;                      /* deep prompts: a trained vector per layer and prompt token,
+                                    * added to the prompt rows' residual stream (layers 1..) */
     int eval_only;                 /* no training: measure init_path's held-out hit rates and rank
                                     * joint, and write it with them */
 };

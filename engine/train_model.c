@@ -152,9 +152,11 @@ struct eng_tm_work {
     int32_t *row_pos;
     void *block;            /* one allocation for all of the above */
     enum eng_tm_loss loss;
+    int deep;               /* emb and grad are [n_layer][N][H]: a prompt vector per layer */
 };
 
 void eng_tm_work_set_loss(struct eng_tm_work *w, enum eng_tm_loss loss) { w->loss = loss; }
+void eng_tm_work_set_deep(struct eng_tm_work *w, int deep) { w->deep = deep; }
 
 int eng_tm_work_init(struct eng_tm_work **out, const struct eng_tm *tm, int n_prompt, int max_cuts, int max_prefix) {
     *out = NULL;
@@ -395,6 +397,12 @@ int eng_tm_run(const struct eng_tm *tm, struct eng_tm_work *w, const float *emb,
         const struct eng_tm_layer *L = &tm->layers[l];
         struct tm_act *A = &w->act[l];
         if (l > 0) memcpy(A->hin, w->hfin, (size_t)R * H * sizeof(float));
+        if (l > 0 && w->deep)   /* deep prompts: layer l's own vector joins the prompt rows' residual */
+            for (int r = 0; r < R; r++) {
+                const float *dv = emb + ((size_t)l * N + (size_t)(r % N)) * H;
+                float *x = A->hin + (size_t)r * H;
+                for (int j = 0; j < H; j++) x[j] += dv[j];
+            }
         for (int r = 0; r < R; r++) kq_rmsnorm_row(A->hin + (size_t)r * H, L->attn_norm, H, hp->rms_eps, w->a + (size_t)r * H);
         tm_gemm(tm, w->a, R, L->wq, H, H, A->q, 0);
         tm_gemm(tm, w->a, R, L->wk, H, KV, A->k, 0);
@@ -465,6 +473,12 @@ int eng_tm_run(const struct eng_tm *tm, struct eng_tm_work *w, const float *emb,
         tm_gemm(tm, w->dv, R, L->wvT, KV, H, w->da, 1);
         for (int r = 0; r < R; r++)   /* dh becomes ∂/∂hin */
             tm_rmsnorm_back_add(A->hin + (size_t)r * H, L->attn_norm, w->da + (size_t)r * H, H, hp->rms_eps, w->dh + (size_t)r * H);
+        if (l > 0 && w->deep)   /* hin = previous output + this layer's prompt vector */
+            for (int r = 0; r < R; r++) {
+                float *gi = grad + ((size_t)l * N + (size_t)(r % N)) * H;
+                const float *d = w->dh + (size_t)r * H;
+                for (int j = 0; j < H; j++) gi[j] += d[j];
+            }
     }
     for (int r = 0; r < R; r++) {
         float *gi = grad + (size_t)(r % N) * H;

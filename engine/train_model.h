@@ -83,6 +83,9 @@ enum eng_tm_loss { ENG_TM_LOSS_KL, ENG_TM_LOSS_CE };
 int eng_tm_work_init(struct eng_tm_work **out, const struct eng_tm *tm, int n_prompt, int max_cuts, int max_prefix);
 void eng_tm_work_free(struct eng_tm_work *w);   /* accepts NULL */
 void eng_tm_work_set_loss(struct eng_tm_work *w, enum eng_tm_loss loss);   /* KL unless set */
+/* Deep prompts (experiment): emb and grad become [n_layer][N][H]; layer 0 is the
+ * prompt embedding, layer l > 0's vector is added to the prompt rows' input of layer l. */
+void eng_tm_work_set_deep(struct eng_tm_work *w, int deep);
 
 /* Forward over n_cut cuts with prompt embeddings emb [N, H]; w[i] weights the
  * KL of prompt row i.  When grad is not NULL, backward too: grad [N, H] +=

@@ -144,6 +144,8 @@ static int adapter_show(int argc, char **argv) {
     } else {
         printf("rank joint   none (trees assume independent guesses)\n");
     }
+    if (ad->deep) printf("deep prompts %d layers x %d vectors (added to the prompt rows at layers 1..%d)\n", ad->n_deep,
+                         ad->n_prompt, ad->n_deep);
     if (m) printf("fits %s\n", m->name);
     status = 0;
 done:

@@ -65,6 +65,11 @@ int cli_ppd_open(struct cli_ppd *c, const struct cli_ppd_opts *o, const struct e
             fprintf(stderr, "ppd: %s\n", err);
             return 1;
         }
+        if (c->ad->deep && !e->be.iface->add_rows) {
+            fprintf(stderr, "ppd: %s has deep prompts, which the %s backend cannot run yet (use --device cpu)\n",
+                    c->path, e->be.iface->name);
+            return 1;
+        }
         /* Found next to the model, not asked for: on by default only where it
          * was measured to pay (the tune ran on the CPU). */
         if (!o->adapter && o->honour_tuning && c->ad->tuned_speedup > 0 && c->ad->tuned_speedup < 1.0f &&

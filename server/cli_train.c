@@ -26,6 +26,8 @@ static void train_usage(FILE *fp) {
             "      --batch B          sequences per optimiser step (default 4)\n"
             "      --cuts C           cut points per sequence per step (default 16)\n"
             "      --lr LR            AdamW learning rate, cosine schedule (default 1e-2)\n"
+            "      --deep             deep prompts: also train a vector per layer and prompt token, added to\n"
+            "                         the prompt rows at every layer (n_layer x the parameters; not in the paper)\n"
             "      --loss kl|ce       KL(teacher || student) over the vocabulary (default, the paper's),\n"
             "                         or cross-entropy on the teacher's top token\n"
             "      --weight-decay W   (default 0)\n"
@@ -85,6 +87,7 @@ int cmd_train(int argc, char **argv) {
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) INT(1, 1024, p.n_threads);
         else if (!strcmp(a, "--force")) force = 1;
         else if (!strcmp(a, "--measure-only")) p.eval_only = 1;
+        else if (!strcmp(a, "--deep")) p.deep = 1;
         else if (!strcmp(a, "--loss")) {
             VAL();
             if (strcmp(v, "kl") && strcmp(v, "ce")) { fprintf(stderr, "ppd train: --loss: '%s' is not kl or ce\n", v); return 2; }

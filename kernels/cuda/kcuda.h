@@ -63,6 +63,9 @@ void kc_attention(const float *q, const struct kc_batch *b, const struct kc_kv *
 void kc_swiglu(const float *gate, const float *up, int n_tok, int n, float *out, cudaStream_t st);
 /* x += y over n_tok * n elements. */
 void kc_add(float *x, const float *y, int n_tok, int n, cudaStream_t st);
+/* x[r] += rows[map[r]] (rows of n) for the batch rows with map[r] >= 0: deep
+ * prompt vectors into the PPD prompt rows (the CPU backend's add_rows). */
+void kc_add_rows(float *x, const int32_t *map, int n_tok, const float *rows, int n, cudaStream_t st);
 /* f32 to f16 (round to nearest even) over n elements. */
 void kc_f32_to_f16(const float *x, int64_t n, uint16_t *out, cudaStream_t st);
 /* out[r][o] = sum_i x16[r][i] * w16[o][i]: f16 inputs, f32 accumulation and

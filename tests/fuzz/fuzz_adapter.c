@@ -47,6 +47,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (size_t i = 0; i < (size_t)a->n_prompt * (size_t)a->n_embd; i++) sink += a->emb[i];
         if (a->accuracy)
             for (size_t i = 0; i < (size_t)a->n_prompt * (size_t)a->topk; i++) sink += a->accuracy[i];
+        for (size_t i = 0; a->deep && i < (size_t)a->n_deep * (size_t)a->n_prompt * (size_t)a->n_embd; i++)
+            sink += a->deep[i];
         if (a->joint) {   /* present only when (K+1)^N is small enough to hold it */
             const int nj = eng_ppd_joint_size(a->n_prompt, a->topk);
             if (nj < 1) abort();

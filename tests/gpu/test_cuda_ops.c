@@ -6,6 +6,7 @@
  *
  * Bounds (NMSE = sum (gpu - cpu)^2 / sum cpu^2):
  *   rmsnorm, add, swiglu         1e-10  (same f32 operations; expf vs the CPU's exp)
+ *   add_rows                     0      (the same f32 adds)
  *   rope (q and stored K/V)      1e-10  (cosf/sinf of the same angles)
  *   attention                    1e-8   (other summation order)
  *   embed                        1e-6   (f16 storage of the dequantized rows)
@@ -135,6 +136,20 @@ static void test_rows(int n_tok, int n) {
     }
     snprintf(name, sizeof name, "add %d x %d", n_tok, n);
     check(name, nmse(rg, rc, N), 0);
+    /* add_rows: deep prompt vectors (rows of y as the table) into the rows with
+     * ids < 0; one id beyond the table and the normal rows stay as they are */
+    int32_t *ids = xmalloc(sizeof(int32_t) * (size_t)n_tok);
+    for (int r = 0; r < n_tok; r++) ids[r] = r % 3 == 0 ? -1 - (r / 3) % 4 : r;
+    if (n_tok > 4) ids[4] = -1 - n_tok;   /* beyond the table */
+    for (int i = 0; i < 2; i++) {
+        float *dx = up(bes[i], x, N * 4);
+        IF(bes[i])->add_rows(bes[i]->ctx, dx, ids, n_tok, y, n_tok < 4 ? n_tok : 4, n);
+        down(bes[i], res[i], dx, N * 4);
+        IF(bes[i])->buf_free(bes[i]->ctx, dx);
+    }
+    snprintf(name, sizeof name, "add_rows %d x %d", n_tok, n);
+    check(name, nmse(rg, rc, N), 0);
+    free(ids);
     free(x); free(y); free(w); free(rc); free(rg);
 }
 

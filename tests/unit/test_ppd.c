@@ -209,6 +209,54 @@ START_TEST(test_random_adapter) {
 }
 END_TEST
 
+/* Deep prompts (a vector per layer added to the prompt rows): they change what
+ * the prompt rows guess and nothing else (a normal row's logits are the same
+ * bits), and PPD with them is still exactly plain decoding. */
+START_TEST(test_deep_adapter) {
+    struct fx x;
+    fx_open(&x, 1024, 20);
+    const struct eng_hparams *hp = &x.m->hp;
+    const int N = x.ad->n_prompt, H = hp->n_embd, V = hp->n_vocab;
+    x.ad->n_deep = hp->n_layer - 1;
+    x.ad->deep = malloc(sizeof(float) * (size_t)x.ad->n_deep * N * H);
+    uint64_t st = 11;
+    for (size_t i = 0; i < (size_t)x.ad->n_deep * N * H; i++) {
+        st = st * 6364136223846793005ull + 1442695040888963407ull;
+        x.ad->deep[i] = (float)((double)(st >> 11) / 9007199254740992.0 - 0.5) * 0.5f;
+    }
+    struct eng_batch b;
+    ck_assert_int_eq(eng_batch_init(&b, 64, 64), 0);
+    int32_t rows[4] = {x.prompts[0][0], -1, -2, -3};
+    float *logits[2];
+    for (int k = 0; k < 2; k++) {
+        eng_batch_clear(&b);
+        ck_assert_int_eq(eng_batch_add_causal(&b, 0, 0, rows, 4, false), 0);
+        for (int r = 0; r < 4; r++) b.want_logits[r] = true;
+        ck_assert_int_eq(eng_forward_run_deep(&x.f, &b, &x.kv, x.ad->emb, N, k ? x.ad->deep : NULL, x.ad->n_deep), 0);
+        logits[k] = malloc(sizeof(float) * 4 * (size_t)V);
+        memcpy(logits[k], x.f.logits, sizeof(float) * 4 * (size_t)V);
+    }
+    ck_assert_msg(!memcmp(logits[0], logits[1], sizeof(float) * (size_t)V), "the normal row changed");
+    for (int r = 1; r < 4; r++)
+        ck_assert_msg(memcmp(logits[0] + (size_t)r * V, logits[1] + (size_t)r * V, sizeof(float) * (size_t)V),
+                      "prompt row %d did not change", r);
+    free(logits[0]), free(logits[1]);
+    eng_batch_free(&b);
+
+    struct eng_gen_params gp = {.n_predict = 40};
+    eng_sampler_params_default(&gp.sp);
+    gp.sp.temperature = 0;
+    int32_t plain[40], ppd[40];
+    for (int c = 0; c < x.n_case && c < 2; c++) {
+        struct eng_gen_stats ps;
+        struct eng_ppd_gen_stats qs;
+        int np = run_plain(&x, c, &gp, plain, &ps), nq = run_ppd(&x, c, &gp, ppd, &qs, NULL);
+        expect_same(plain, np, ppd, nq, "deep adapter", c);
+    }
+    fx_close(&x);
+}
+END_TEST
+
 /* Small KV slots: near the end the tree no longer fits and PPD finishes with
  * plain one-row steps, stopping with ENG_FINISH_CONTEXT exactly where plain
  * decoding does, with the same tokens; also when not even the prompt rows fit
@@ -363,6 +411,7 @@ int main(void) {
     tcase_add_test(tc, test_tree_adapter_mismatch);
     tcase_add_test(tc, test_kv_capacity);
     tcase_add_test(tc, test_random_adapter);
+    tcase_add_test(tc, test_deep_adapter);
     tcase_add_test(tc, test_typical_acceptance);
     tcase_add_test(tc, test_two_sequences_one_batch);
     tcase_add_test(te, test_greedy_equals_plain);

@@ -29,6 +29,9 @@ static struct eng_ppd_adapter *make_adapter(int n, int k, int h, int with_acc) {
         const int nj = eng_ppd_joint_size(n, k);   /* a distribution: 1/2 on "all missed", the rest spread */
         a->joint = malloc(sizeof(float) * (size_t)nj);
         for (int i = 0; i < nj; i++) a->joint[i] = i == nj - 1 ? 0.5f : 0.5f / (float)(nj - 1);
+        a->n_deep = 2;   /* deep prompts for a 3-layer model */
+        a->deep = malloc(sizeof(float) * 2 * (size_t)n * h);
+        for (int i = 0; i < 2 * n * h; i++) a->deep[i] = (float)cos(i * 0.11) * 0.1f;
     }
     snprintf(a->base_name, sizeof a->base_name, "test-model");
     a->base_fingerprint = 0x0123456789abcdefull;
@@ -60,6 +63,8 @@ START_TEST(test_round_trip) {
         ck_assert_int_eq(!!b->joint, acc);
         if (acc) ck_assert_int_eq(memcmp(a->accuracy, b->accuracy, sizeof(float) * 30), 0);
         if (acc) ck_assert_int_eq(memcmp(a->joint, b->joint, sizeof(float) * 1331), 0);
+        ck_assert_int_eq(b->n_deep, acc ? 2 : 0);
+        if (acc) ck_assert_int_eq(memcmp(a->deep, b->deep, sizeof(float) * 2 * 3 * 64), 0);
         eng_ppd_adapter_free(a);
         eng_ppd_adapter_free(b);
     }
@@ -129,7 +134,9 @@ START_TEST(test_bad_fields) {
     char err[512];
     float emb[2 * 8] = {0}, acc_bad[2 * 4] = {0.5f, 2.0f}, joint_bad[5 * 5] = {0.5f, 0.25f}, joint_neg[5 * 5] = {1.5f, -0.5f};
     emb[3] = NAN;
-    for (int c = 0; c < 9; c++) {
+    float deep_nan[2 * 2 * 8] = {0};
+    deep_nan[5] = NAN;
+    for (int c = 0; c < 11; c++) {
         struct gguf_writer *w = gguf_writer_new();
         uint64_t fp = 1;
         int64_t ne_e[2] = {8, 2}, ne_wrong[2] = {8, 3}, ne_a[2] = {4, 2}, ne_j[1] = {25}, ne_j_wrong[1] = {24};
@@ -142,6 +149,9 @@ START_TEST(test_bad_fields) {
         if (c == 6) gguf_writer_add_tensor(w, "ppd.rank_joint", 0, 1, ne_j, joint_bad);
         if (c == 7) gguf_writer_add_tensor(w, "ppd.rank_joint", 0, 1, ne_j, joint_neg);
         if (c == 8) gguf_writer_add_tensor(w, "ppd.rank_joint", 0, 1, ne_j_wrong, NULL);
+        int64_t ne_d[3] = {8, 2, 2}, ne_d_wrong[2] = {8, 2};
+        if (c == 9) gguf_writer_add_tensor(w, "ppd.deep_prompts", 0, 2, ne_d_wrong, NULL);
+        if (c == 10) gguf_writer_add_tensor(w, "ppd.deep_prompts", 0, 3, ne_d, deep_nan);
         ck_assert_int_eq(gguf_writer_write(w, path, err, sizeof err), 0);
         gguf_writer_free(w);
         struct eng_ppd_adapter *b = NULL;
@@ -150,7 +160,8 @@ START_TEST(test_bad_fields) {
         ck_assert_msg(rc == ENG_E_FORMAT, "case %d: rc %d (%s)", c, rc, err);
         static const char *want[] = {"ppd.n_prompt", "ppd.topk", "ppd.base.fingerprint", "ppd.prompt_embeddings",
                                      "not finite", "not a probability", "ppd.rank_joint: sums to 0.75",
-                                     "ppd.rank_joint: element 0 = 1.5 is not a probability", "ppd.rank_joint: shape"};
+                                     "ppd.rank_joint: element 0 = 1.5 is not a probability", "ppd.rank_joint: shape",
+                                     "ppd.deep_prompts: want F32 [layers, 2, 8]", "ppd.deep_prompts: element 5 is not finite"};
         ck_assert_msg(strstr(err, want[c]) != NULL, "case %d: '%s' lacks '%s'", c, err, want[c]);
     }
     unlink(path);

@@ -165,6 +165,31 @@ START_TEST(same_seed_same_adapter_and_resume_is_exact) {
                           i, k, marg[i][k], da->accuracy[i * K + k]);
     eng_ppd_adapter_free(ad);
     eng_ppd_adapter_free(da);
+    /* --deep: a vector per layer and prompt token, saved with the adapter,
+     * continued from it, and run by PPD generation */
+    char e[300];
+    snprintf(e, sizeof e, "%s/e.ppd.gguf", dir);
+    const char *deep[] = {"--steps", "2", "--deep", NULL};
+    rc = train(data_path, e, "2", deep);
+    ck_assert_msg(rc == 0, "train --deep: %d %s", rc, err_buf);
+    ck_assert_msg(eng_ppd_adapter_load(&da, e, NULL, err, sizeof err) == 0, "%s", err);
+    ck_assert_ptr_nonnull(da->deep);
+    ck_assert_int_eq(da->n_deep, 29);   /* the default model's 30 layers, the first being the embedding */
+    double dn = 0;
+    for (int i = 0; i < da->n_deep * 3 * da->n_embd; i++) dn += fabs(da->deep[i]);
+    ck_assert_msg(dn > 0, "the deep vectors were not trained");
+    ck_assert_msg(strstr(da->provenance, "deep prompts"), "%s", da->provenance);
+    eng_ppd_adapter_free(da);
+    const char *more[] = {"--steps", "2", "--init", e, NULL};   /* continues deep without --deep */
+    rc = train(data_path, d, "2", more);
+    ck_assert_msg(rc == 0, "train --init deep: %d %s", rc, err_buf);
+    ck_assert_msg(eng_ppd_adapter_load(&da, d, NULL, err, sizeof err) == 0 && da->deep, "%s", err);
+    eng_ppd_adapter_free(da);
+    char *gen_deep[] = {(char *)test_ppd_bin(), "generate", "-m", (char *)test_model_path(), "-p", "Hello", "-n", "8",
+                        "--ppd", e, "--json", NULL};
+    rc = test_run_capture(gen_deep, out_buf, sizeof out_buf, err_buf, sizeof err_buf);
+    ck_assert_msg(rc == 0 && strstr(out_buf, "\"ppd\":true"), "generate deep: %d %s %s", rc, out_buf, err_buf);
+
     const char *no_init[] = {"--measure-only", NULL};
     rc = train(data_path, d, "2", no_init);
     ck_assert_msg(rc == 2 && strstr(err_buf, "--measure-only needs --init"), "%d %s", rc, err_buf);

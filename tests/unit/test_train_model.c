@@ -78,10 +78,10 @@ static void tiny_init(struct tiny *t, int n_threads) {
     t->kv_k = malloc(sizeof(float) * L * T_MAXP * KV);
     t->kv_v = malloc(sizeof(float) * L * T_MAXP * KV);
     t->teacher = malloc(sizeof(float) * T_CUTS * T_N * V);
-    t->emb = malloc(sizeof(float) * T_N * H);
+    t->emb = malloc(sizeof(float) * T_N * H * L);   /* room for deep prompts */
     for (int i = 0; i < L * T_MAXP * KV; i++) t->kv_k[i] = 2.0f * frand(), t->kv_v[i] = frand();
     for (int i = 0; i < T_CUTS * T_N * V; i++) t->teacher[i] = 3.0f * frand();
-    for (int i = 0; i < T_N * H; i++) t->emb[i] = frand();
+    for (int i = 0; i < T_N * H * L; i++) t->emb[i] = frand();
     const int prefix[T_CUTS] = {1, 5, T_MAXP};
     for (int c = 0; c < T_CUTS; c++)
         t->cuts[c] = (struct eng_tm_cut){prefix[c], t->kv_k, t->kv_v, (size_t)T_MAXP * KV, t->teacher + (size_t)c * T_N * V};
@@ -104,18 +104,19 @@ static double tiny_loss(struct tiny *t) {
  * loss is O(1), so truncation (h² · f''') and rounding (1e-7 / h) errors are
  * both around 1e-4 relative; we ask for 2% per component with |g| > 1e-3 and
  * a cosine above 0.9999 over the whole gradient. */
-static void check_gradient(enum eng_tm_loss loss) {
+static void check_gradient(enum eng_tm_loss loss, int deep) {
     struct tiny t;
     tiny_init(&t, 1);
     eng_tm_work_set_loss(t.w, loss);
-    const int H = t.hp.n_embd;
-    float *grad = calloc((size_t)T_N * H, sizeof(float));
+    eng_tm_work_set_deep(t.w, deep);
+    const int H = t.hp.n_embd, P = T_N * H * (deep ? t.hp.n_layer : 1);   /* P trained numbers */
+    float *grad = calloc((size_t)P, sizeof(float));
     struct eng_tm_result res;
     ck_assert_int_eq(eng_tm_run(t.tm, t.w, t.emb, T_N, t.cuts, T_CUTS, t.wt, grad, 1.0f, 5, &res, NULL), 0);
     ck_assert(res.loss > 0.01);
     double dot = 0, na = 0, nn = 0;
     int checked = 0;
-    for (int j = 0; j < T_N * H; j++) {
+    for (int j = 0; j < P; j++) {
         const float keep = t.emb[j], h = 1e-2f;
         t.emb[j] = keep + h;
         double lp = tiny_loss(&t);
@@ -130,10 +131,10 @@ static void check_gradient(enum eng_tm_loss loss) {
         }
     }
     double cosine = dot / sqrt(na * nn);
-    printf("gradient check (%s loss): %d components above 1e-3, cosine %.7f, |g| %.4g\n",
-           loss == ENG_TM_LOSS_CE ? "CE" : "KL", checked, cosine, sqrt(na));
+    printf("gradient check (%s loss%s): %d components above 1e-3, cosine %.7f, |g| %.4g\n",
+           loss == ENG_TM_LOSS_CE ? "CE" : "KL", deep ? ", deep prompts" : "", checked, cosine, sqrt(na));
     ck_assert_msg(cosine > 0.9999, "cosine %f", cosine);
-    ck_assert_int_ge(checked, T_N * H / 2);
+    ck_assert_int_ge(checked, P / 2);
     /* the last prompt row does not influence earlier rows, and every row gets a gradient */
     for (int i = 0; i < T_N; i++) {
         double n2 = 0;
@@ -146,8 +147,9 @@ static void check_gradient(enum eng_tm_loss loss) {
 
 /* Both losses: the paper's KL and the hard-label cross-entropy. */
 START_TEST(gradient_matches_finite_differences) {
-    check_gradient(ENG_TM_LOSS_KL);
-    check_gradient(ENG_TM_LOSS_CE);
+    check_gradient(ENG_TM_LOSS_KL, 0);
+    check_gradient(ENG_TM_LOSS_CE, 0);
+    check_gradient(ENG_TM_LOSS_KL, 1);   /* the per-layer vectors of deep prompts too */
 }
 END_TEST
 
