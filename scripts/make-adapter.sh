@@ -2,7 +2,8 @@
 # make-adapter.sh — reproduce the committed PPD adapter of the default model
 # and its tree (`make adapter`), from the training prompts only:
 #   1. ppd distill  the model answers PPD_DISTILL_COUNT training prompts greedily
-#   2. ppd train    prompt tokens trained on those answers
+#   2. ppd train    prompt tokens trained on those answers (deep prompts: a vector
+#                   per layer too; PPD_TRAIN_DEEP=0 trains the paper's shallow ones)
 #   3. measure      the model answers PPD_HELDOUT_COUNT further training prompts
 #                   (the next ones of the same shuffle: never trained on), and
 #                   `ppd train --measure-only` stores the prompt tokens' hit rates
@@ -18,6 +19,8 @@ PROMPTS=${PPD_TRAIN_PROMPTS:-../shared/data/train-prompts.jsonl}
 COUNT=${PPD_DISTILL_COUNT:-1200}
 EPOCHS=${PPD_TRAIN_EPOCHS:-1}
 HELDOUT=${PPD_HELDOUT_COUNT:-150}
+DEEP=()
+[ "${PPD_TRAIN_DEEP:-1}" = 1 ] && DEEP=(--deep)
 MODEL=${PPD_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 ADAPTER=${PPD_ADAPTER_OUT:-models/SmolLM2-135M-Instruct.ppd.gguf}
 TREE=${PPD_TREE_OUT:-config/trees/smollm2-135m-cpu.json}
@@ -36,7 +39,7 @@ t0=$(date +%s)
 t1=$(date +%s)
 "$PPD" train -m "$MODEL" -d "$WORK/distill.jsonl" -o "$WORK/adapter.ppd.gguf" --force \
   --epochs "$EPOCHS" --batch 4 --cuts 16 --lr 1e-2 --seed 1 --val 0.05 --val-max 48 \
-  --checkpoint "$WORK/train.ckpt" --resume --save-every 25 --eval-every 100 | tee "$WORK/train.json"
+  --checkpoint "$WORK/train.ckpt" --resume --save-every 25 --eval-every 100 "${DEEP[@]}" | tee "$WORK/train.json"
 t2=$(date +%s)
 "$PPD" distill -m "$MODEL" -f "$PROMPTS" -o "$WORK/heldout.jsonl" --skip "$COUNT" --count "$HELDOUT" -n 256 --seed 1
 "$PPD" train -m "$MODEL" -d "$WORK/heldout.jsonl" --measure-only --init "$WORK/adapter.ppd.gguf" \
