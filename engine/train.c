@@ -314,7 +314,7 @@ static int tr_validate(struct tr_ctx *c, const struct tr_data *d, const int *val
 
 struct tr_state {
     long step;
-    float *emb, *m, *v;      /* [N, H] each */
+    float *emb, *m, *v;      /* [rows, H] each: N rows, or N per layer with deep prompts */
 };
 
 static int tr_ckpt_save(const struct eng_train_params *p, const struct tr_state *st, int H, int rows, long total_steps,
