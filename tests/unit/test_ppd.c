@@ -187,24 +187,34 @@ START_TEST(test_greedy_equals_plain_big_tree) { equivalence(0.0f, 48, 60); }
 END_TEST
 
 /* A random adapter guesses garbage: still lossless. */
-START_TEST(test_random_adapter) {
-    struct fx x;
-    fx_open(&x, 1024, 20);
-    uint64_t st = 7;
-    for (int i = 0; i < x.ad->n_prompt * x.ad->n_embd; i++) {
-        st = st * 6364136223846793005ull + 1442695040888963407ull;
-        x.ad->emb[i] = (float)((double)(st >> 11) / 9007199254740992.0 - 0.5) * 0.2f;
+/* n uniform values in [-scale/2, scale/2) from a seeded LCG. */
+static void fill_random(float *v, size_t n, uint64_t seed, float scale) {
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        v[i] = (float)((double)(seed >> 11) / 9007199254740992.0 - 0.5) * scale;
     }
+}
+
+/* Greedy PPD with the fixture's adapter equals plain decoding (40 tokens) on
+ * its first max_cases prompts. */
+static void expect_greedy_lossless(struct fx *x, int max_cases, const char *what) {
     struct eng_gen_params gp = {.n_predict = 40};
     eng_sampler_params_default(&gp.sp);
     gp.sp.temperature = 0;
     int32_t plain[40], ppd[40];
-    for (int c = 0; c < x.n_case && c < 3; c++) {
+    for (int c = 0; c < x->n_case && c < max_cases; c++) {
         struct eng_gen_stats ps;
         struct eng_ppd_gen_stats qs;
-        int np = run_plain(&x, c, &gp, plain, &ps), nq = run_ppd(&x, c, &gp, ppd, &qs, NULL);
-        expect_same(plain, np, ppd, nq, "random adapter", c);
+        int np = run_plain(x, c, &gp, plain, &ps), nq = run_ppd(x, c, &gp, ppd, &qs, NULL);
+        expect_same(plain, np, ppd, nq, what, c);
     }
+}
+
+START_TEST(test_random_adapter) {
+    struct fx x;
+    fx_open(&x, 1024, 20);
+    fill_random(x.ad->emb, (size_t)x.ad->n_prompt * x.ad->n_embd, 7, 0.2f);
+    expect_greedy_lossless(&x, 3, "random adapter");
     fx_close(&x);
 }
 END_TEST
@@ -219,11 +229,7 @@ START_TEST(test_deep_adapter) {
     const int N = x.ad->n_prompt, H = hp->n_embd, V = hp->n_vocab;
     x.ad->n_deep = hp->n_layer - 1;
     x.ad->deep = malloc(sizeof(float) * (size_t)x.ad->n_deep * N * H);
-    uint64_t st = 11;
-    for (size_t i = 0; i < (size_t)x.ad->n_deep * N * H; i++) {
-        st = st * 6364136223846793005ull + 1442695040888963407ull;
-        x.ad->deep[i] = (float)((double)(st >> 11) / 9007199254740992.0 - 0.5) * 0.5f;
-    }
+    fill_random(x.ad->deep, (size_t)x.ad->n_deep * N * H, 11, 0.5f);
     struct eng_batch b;
     ck_assert_int_eq(eng_batch_init(&b, 64, 64), 0);
     int32_t rows[4] = {x.prompts[0][0], -1, -2, -3};
@@ -242,17 +248,7 @@ START_TEST(test_deep_adapter) {
                       "prompt row %d did not change", r);
     free(logits[0]), free(logits[1]);
     eng_batch_free(&b);
-
-    struct eng_gen_params gp = {.n_predict = 40};
-    eng_sampler_params_default(&gp.sp);
-    gp.sp.temperature = 0;
-    int32_t plain[40], ppd[40];
-    for (int c = 0; c < x.n_case && c < 2; c++) {
-        struct eng_gen_stats ps;
-        struct eng_ppd_gen_stats qs;
-        int np = run_plain(&x, c, &gp, plain, &ps), nq = run_ppd(&x, c, &gp, ppd, &qs, NULL);
-        expect_same(plain, np, ppd, nq, "deep adapter", c);
-    }
+    expect_greedy_lossless(&x, 2, "deep adapter");
     fx_close(&x);
 }
 END_TEST
