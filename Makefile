@@ -91,9 +91,10 @@ TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(sort $(wildcard tests/bench/bench_*.c))
 BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libppd.a
+GPU_BIN  := $(BUILD)/gpu/test_cuda_ops $(BUILD)/gpu/bench_7b
 
-.PHONY: check-ppd check-golden bench-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak soak-serve check-deep check-deploy fuzz adapter bench-adapter clean features
-all: features $(BUILD)/ppd
+.PHONY: check-ppd check-golden bench-bins gpu-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak soak-serve check-deep check-deploy fuzz adapter bench-adapter clean features
+all: features $(BUILD)/ppd $(if $(NVCC),$(GPU_BIN))
 
 features:
 	@echo "ppd build: $(if $(NVCC),CUDA backend built ($(NVCC); sm_80 sm_90),CUDA not built) | $(if $(filter 1,$(SAN)),sanitizers on,sanitizers off)"
@@ -141,6 +142,14 @@ $(BUILD)/bench/%: $(BUILD)/tests/bench/%.o $(LIB)
 	$(Q)$(CC) $(CFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 bench-bins: $(BENCH_BIN)
+
+# The GPU check's programs (tests/gpu/run.sh runs them on a machine with a GPU);
+# built with `all` whenever the CUDA backend is, so CI compiles them too.
+$(BUILD)/gpu/%: $(BUILD)/tests/gpu/%.o $(BUILD)/tests/gpu/random_model.o $(LIB)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LINK  $@")
+	$(Q)$(CC) $(CFLAGS) -o $@ $< $(BUILD)/tests/gpu/random_model.o $(LIB) $(LDLIBS)
+gpu-bins: $(GPU_BIN)
 
 deps:
 	@scripts/install-deps.sh

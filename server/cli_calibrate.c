@@ -27,6 +27,7 @@
 struct calib_opts {
     const char *model, *adapter, *cache, *validate, *plot;
     long threads, n_slot, rows, ctx, prefix, L_max, count, n_predict, skip;
+    int device;     /* enum eng_device */
     bool force, no_cache;
 };
 
@@ -39,6 +40,7 @@ static void calib_usage(FILE *fp) {
             "  -b, --batch-size N    rows per forward step (default 256)\n"
             "  -c, --ctx-size N      KV entries per slot (default 4096)\n"
             "  -t, --threads N       CPU threads (default: CPUs online, at most 8)\n"
+            "      --device D        auto, cpu or cuda (default cpu; auto: CUDA when a GPU is usable)\n"
             "      --prefix N        committed KV entries each measured row sees (default %d)\n"
             "      --max-L N         largest tree budget considered (default %d)\n"
             "      --cache DIR       where tables are cached (default $PPD_CALIB_CACHE, $XDG_CACHE_HOME/ppd, ~/.cache/ppd)\n"
@@ -73,6 +75,13 @@ static int calib_parse(int argc, char **argv, struct calib_opts *o) {
         else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) NUM(1, 4096, &o->rows);
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) NUM(16, 1 << 20, &o->ctx);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) NUM(1, 1024, &o->threads);
+        else if (!strcmp(a, "--device")) {
+            VAL();
+            if ((o->device = eng_device_parse(v)) < 0) {
+                fprintf(stderr, "ppd calibrate: --device '%s' is not one of auto, cpu, cuda\n", v);
+                return 2;
+            }
+        }
         else if (!strcmp(a, "--prefix")) NUM(0, 1 << 20, &o->prefix);
         else if (!strcmp(a, "--max-L")) NUM(1, 4096, &o->L_max);
         else if (!strcmp(a, "--cache")) { VAL(); o->cache = v; }
@@ -256,7 +265,7 @@ int cmd_calibrate(int argc, char **argv) {
     int rc = calib_parse(argc, argv, &o);
     if (rc) return rc == 1 ? 0 : rc;
     char err[768], path[4096];
-    struct eng_engine_params ep = {.model_path = o.model, .n_threads = (int)o.threads, .n_ctx = (int)o.ctx,
+    struct eng_engine_params ep = {.model_path = o.model, .device = o.device, .n_threads = (int)o.threads, .n_ctx = (int)o.ctx,
                                    .n_slot = (int)o.n_slot, .max_rows = (int)o.rows};
     struct eng_engine *e = NULL;
     if (eng_engine_open(&e, &ep, err, sizeof err)) { fprintf(stderr, "ppd calibrate: %s\n", err); return 1; }

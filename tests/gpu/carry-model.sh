@@ -4,11 +4,13 @@
 # ignored halves, carry one per call (two calls back to back, while the
 # machine stays warm), join them there.  The sha256 of the joined file is
 # checked against scripts/fetch-model.sh's pinned one.
-#   tests/gpu/carry-model.sh split   # here: build/carry/model.part1, model.part2
+#   tests/gpu/carry-model.sh split [MiB]  # here: build/carry/model.part1 (MiB of
+#                                          # it; default half), model.part2
 #   tests/gpu/carry-model.sh join    # there: models/SmolLM2-135M-Instruct.Q4_1.gguf
 # (the device tool's `carry` takes build/carry/model.part1 in the first call,
 # build/carry/model.part2 in the second; the second call runs `join` and then
-# tests/gpu/run.sh.)
+# tests/gpu/run.sh.  A smaller first part leaves room in the first call for
+# binaries built here: tests/gpu/carry-libs.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -19,6 +21,7 @@ case "${1:-}" in
     [ -f "$MODEL" ] || { echo "carry-model: $MODEL missing (make model)" >&2; exit 1; }
     mkdir -p "$DIR"
     half=$(( ($(stat -c %s "$MODEL") + 1) / 2 ))
+    [ -n "${2:-}" ] && half=$(( $2 * 1048576 ))
     head -c "$half" "$MODEL" > "$DIR/model.part1"
     tail -c +"$((half + 1))" "$MODEL" > "$DIR/model.part2"
     ls -l "$DIR" ;;

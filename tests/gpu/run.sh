@@ -1,25 +1,48 @@
 #!/usr/bin/env bash
 # tests/gpu/run.sh — the CUDA backend's check on a machine with a GPU, in one
-# command: build with CUDA, every op against the CPU reference
-# (tests/gpu/test_cuda_ops.c: NMSE bounds, tree masks, GQA, odd sizes, long
-# contexts, batch invariance of attention), the default model end to end
-# (logits NMSE, greedy tokens CPU vs CUDA), greedy PPD == greedy plain on the
-# GPU, and step latency vs rows (ppd bench --rows).  Writes a markdown report
-# to $OUT/gpu-report.md when $OUT is set, else build/gpu-report.md, and exits 1
-# when any check fails (0 when all pass; 77 when no GPU is usable).
+# command: build with CUDA, then these parts (PPD_GPU_PARTS, comma-separated;
+# default all of them):
+#   ops   every op against the CPU reference (tests/gpu/test_cuda_ops.c: NMSE
+#         bounds, tree masks, GQA, odd sizes, long contexts, batch invariance
+#         of attention), a random-weight model of the default model's shape
+#         built in memory, and the default model end to end (logits NMSE,
+#         greedy tokens CPU vs CUDA)
+#   ppd   greedy PPD == greedy plain on the GPU (ppd generate; and ppd bench on
+#         PPD_GPU_PROMPTS when that file exists: tokens/s, plain vs PPD)
+#   rows  step latency vs rows for the default model (ppd bench --rows)
+#   7b    tests/gpu/bench_7b.c: a Llama-2-7B-shaped model with random f16
+#         weights: copy bandwidth, step latency for 1..512 rows, issue 7's
+#         acceptance figures, and calibration's choice of L
+# Writes a markdown report to $OUT/gpu-report.md when $OUT is set, else
+# build/gpu-report.md, and exits 1 when any check fails (0 when all pass; 77
+# when no GPU is usable).  Each part runs under a time limit, so one hang
+# cannot eat a lent machine's whole lease.
 # Without the default model (98 MB; fetched by `make model`) the model checks
 # are skipped and the report says so; a GPU machine that cannot fetch it gets it
 # in two halves: tests/gpu/carry-model.sh split here, join there.
-# Env: PPD_TEST_MODEL (model), PPD_GPU_NO_BUILD=1 (use the binaries in build/),
-#      PPD_GPU_ROWS (row counts for the bench, default 1,2,4,8,16,32,64,128,256).
+# Env: PPD_TEST_MODEL (model), PPD_GPU_NO_BUILD=1 (use the binaries in build/,
+#      e.g. built on a machine with the Debian packages and carried: shared
+#      libraries the GPU machine lacks may come along in build/gpu/syslib),
+#      PPD_GPU_ROWS (row counts for the bench, default 1,2,4,8,16,32,64,128,256),
+#      PPD_GPU_PARTS, PPD_GPU_PROMPTS (default build/gpu/prompts.jsonl).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MODEL=${PPD_TEST_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 ROWS=${PPD_GPU_ROWS:-1,2,4,8,16,32,64,128,256}
 REPORT=build/gpu-report.md
 [ -n "${OUT:-}" ] && REPORT=$OUT/gpu-report.md
+PARTS=,${PPD_GPU_PARTS:-ops,ppd,rows,7b},
+PROMPTS=${PPD_GPU_PROMPTS:-build/gpu/prompts.jsonl}
+part() { case $PARTS in *",$1,"*) return 0 ;; esac; return 1; }
 mkdir -p build/gpu "$(dirname "$REPORT")"
-[ -d build/gpu/lib ] && export LD_LIBRARY_PATH=$PWD/build/gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# Carried shared libraries: only those this machine lacks join the search path
+# (its own libffi, gmp, ... stay in charge of everything else, python3 included).
+rm -rf build/gpu/lib && mkdir -p build/gpu/lib
+for f in build/gpu/syslib/*.so*; do
+    [ -e "$f" ] || continue
+    ldconfig -p 2>/dev/null | grep -q "^[[:space:]]*$(basename "$f") " || ln -sf "$PWD/$f" build/gpu/lib/
+done
+export LD_LIBRARY_PATH=$PWD/build/gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 fail=0
 log() { printf '%s\n' "$*" | tee -a "$REPORT"; }
 bad() { log "**FAIL**: $*"; fail=1; }
@@ -41,60 +64,72 @@ if [ "${PPD_GPU_NO_BUILD:-0}" != 1 ]; then
         bad "make all (see build/gpu/build.log)"; tail -20 build/gpu/build.log
         exit 1
     fi
-    # shellcheck disable=SC2046
-    if ! cc -std=c11 -O2 -g -Wall -Wextra -Wshadow -Werror -D_GNU_SOURCE -pthread -I. -I"$CUDA_HOME/include" \
-            tests/gpu/test_cuda_ops.c build/libppd.a \
-            $(pkg-config --libs libpcre2-8 jansson libuv libmicrohttpd 2>/dev/null) \
-            -L"$CUDA_HOME/lib64" -Wl,-rpath,"$CUDA_HOME/lib64" -lcublas -lcudart -lstdc++ -lm -pthread \
-            -o build/gpu/test_cuda_ops >> build/gpu/build.log 2>&1; then
-        bad "building tests/gpu/test_cuda_ops.c (see build/gpu/build.log)"; tail -20 build/gpu/build.log
-        exit 1
-    fi
 fi
 grep -q "CUDA backend built" build/gpu/build.log 2>/dev/null || [ "${PPD_GPU_NO_BUILD:-0}" = 1 ] || bad "the build did not include the CUDA backend"
+for b in build/ppd build/gpu/test_cuda_ops build/gpu/bench_7b; do
+    if [ ! -x $b ] || ldd $b | grep -q "not found"; then
+        bad "$b cannot run here: $(ldd $b 2>&1 | grep 'not found' | tr '\n' ' ')"; exit 1
+    fi
+done
+log "- libraries: $(ldd build/ppd | grep -o 'libcu[a-zA-Z]*\.so[.0-9]* => [^ ]*' | tr '\n' ' ')"
+log ""
+
+have_model=1
+[ -f "$MODEL" ] || { have_model=0; log "(model $MODEL not present: its checks SKIPPED)"; }
 
 # ---- ops and the model, CPU vs CUDA ----
-log "## Ops and model: CUDA vs the CPU backend"
-log ""
-have_model=1
-[ -f "$MODEL" ] || { have_model=0; log "(model $MODEL not present: model checks SKIPPED)"; }
-if [ $have_model = 1 ]; then
-    PPD_TEST_MODEL=$MODEL build/gpu/test_cuda_ops "$MODEL" > build/gpu/ops.txt 2>build/gpu/ops.err; rc=$?
-else
-    PPD_TEST_MODEL=/nonexistent build/gpu/test_cuda_ops /nonexistent > build/gpu/ops.txt 2>build/gpu/ops.err; rc=$?
+if part ops; then
+    log "## Ops and model: CUDA vs the CPU backend"
+    log ""
+    m=$MODEL; [ $have_model = 1 ] || m=/nonexistent
+    PPD_TEST_MODEL=$m timeout 300 build/gpu/test_cuda_ops "$m" > build/gpu/ops.txt 2>build/gpu/ops.err; rc=$?
+    cat build/gpu/ops.txt >> "$REPORT"; cat build/gpu/ops.txt
+    if [ $rc = 77 ]; then log "no usable GPU: nothing checked"; exit 77; fi
+    [ $rc = 0 ] || bad "test_cuda_ops exit $rc ($(tail -3 build/gpu/ops.err | tr '\n' ' '))"
+    log ""
 fi
-cat build/gpu/ops.txt >> "$REPORT"; cat build/gpu/ops.txt
-if [ $rc = 77 ]; then log "no usable GPU: nothing checked"; exit 77; fi
-[ $rc = 0 ] || bad "test_cuda_ops exit $rc ($(tail -3 build/gpu/ops.err | tr '\n' ' '))"
-log ""
 
 # ---- greedy PPD == greedy plain on the GPU ----
-if [ $have_model = 1 ]; then
+if part ppd && [ $have_model = 1 ]; then
     log "## Greedy PPD == greedy plain (CUDA)"
     log ""
     ADP=build/gpu/test.ppd.gguf
+    TRAINED=${MODEL%.Q4_1.gguf}.ppd.gguf
     if ! build/ppd adapter init -m "$MODEL" -o "$ADP" --force > build/gpu/adapter.log 2>&1; then
         bad "ppd adapter init (build/gpu/adapter.log)"
     else
         for p in "The capital of France is" "Write a Python function that reverses a list." "List three colours:"; do
-            a=$(build/ppd generate --device cuda -m "$MODEL" --no-ppd --chat -p "$p" -n 64 --json 2>>build/gpu/gen.err)
-            b=$(build/ppd generate --device cuda -m "$MODEL" --ppd "$ADP" --chat -p "$p" -n 64 --json 2>>build/gpu/gen.err)
+          for adp in "$ADP" "$TRAINED"; do
+            [ -f "$adp" ] || continue
+            a=$(timeout 60 build/ppd generate --device cuda -m "$MODEL" --no-ppd --chat -p "$p" -n 64 --json 2>>build/gpu/gen.err)
+            b=$(timeout 60 build/ppd generate --device cuda -m "$MODEL" --ppd "$adp" --tree-size 60 --chat -p "$p" -n 64 --json 2>>build/gpu/gen.err)
             ta=$(printf '%s' "$a" | python3 -c 'import json,sys; print(json.load(sys.stdin)["tokens"])' 2>/dev/null)
             tb=$(printf '%s' "$b" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["tokens"])' 2>/dev/null)
             mb=$(printf '%s' "$b" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("mean_accepted_per_step"))' 2>/dev/null)
-            if [ -n "$ta" ] && [ "$ta" = "$tb" ]; then log "- ok: \"$p\": identical ($mb accepted/step)"
-            else bad "\"$p\": PPD tokens differ from plain (or a run failed: build/gpu/gen.err)"; fi
+            if [ -n "$ta" ] && [ "$ta" = "$tb" ]; then log "- ok: \"$p\", $(basename "$adp"), L = 60: identical ($mb accepted/step)"
+            else bad "\"$p\", $(basename "$adp"): PPD tokens differ from plain (or a run failed: build/gpu/gen.err: $(tail -2 build/gpu/gen.err | tr '\n' ' '))"; fi
+          done
         done
     fi
     log ""
+    if [ -f "$PROMPTS" ]; then
+        for L in 2 20 60 105; do
+            log "ppd bench on $PROMPTS, CUDA, tree L = $L (plain and PPD, same run; exit 1 if tokens differ):"
+            log '```'
+            if timeout 120 build/ppd bench --device cuda -m "$MODEL" -f "$PROMPTS" --count 10 -n 128 --tree-size $L \
+                    >> "$REPORT" 2>build/gpu/bench-ppd.err; then :; else bad "ppd bench L = $L: $(tail -2 build/gpu/bench-ppd.err | tr '\n' ' ')"; fi
+            log '```'
+        done
+        log ""
+    fi
 fi
 
 # ---- step latency vs rows ----
-if [ $have_model = 1 ]; then
+if part rows && [ $have_model = 1 ]; then
     log "## Step latency vs rows (ppd bench --rows $ROWS --device cuda, prefix 256)"
     log ""
     log '```'
-    if build/ppd bench -m "$MODEL" --device cuda --rows "$ROWS" --repeat 20 --json > build/gpu/bench.txt 2>build/gpu/bench.err; then
+    if timeout 120 build/ppd bench -m "$MODEL" --device cuda --rows "$ROWS" --repeat 20 --json > build/gpu/bench.txt 2>build/gpu/bench.err; then
         cat build/gpu/bench.txt >> "$REPORT"
     else
         bad "ppd bench --rows (build/gpu/bench.err)"
@@ -103,8 +138,27 @@ if [ $have_model = 1 ]; then
     log ""
     log "CPU for comparison (same machine, 8 threads, rows 1,8,64):"
     log '```'
-    build/ppd bench -m "$MODEL" --device cpu -t 8 --rows 1,8,64 --repeat 5 --json >> "$REPORT" 2>/dev/null || log "(failed)"
+    timeout 60 build/ppd bench -m "$MODEL" --device cpu -t 8 --rows 1,8,64 --repeat 5 --json >> "$REPORT" 2>/dev/null || log "(failed)"
     log '```'
+    log ""
+    log "Calibration on the GPU (ppd calibrate --device cuda -np 8, committed adapter):"
+    log '```'
+    timeout 120 build/ppd calibrate --device cuda -m "$MODEL" -np 8 --force >> "$REPORT" 2>build/gpu/calib.err || bad "ppd calibrate --device cuda: $(tail -2 build/gpu/calib.err | tr '\n' ' ')"
+    log '```'
+fi
+
+# ---- the 7B-shaped model ----
+if part 7b; then
+    log ""
+    log "## Llama-2-7B shape, random f16 weights (tests/gpu/bench_7b.c)"
+    log ""
+    timeout 300 build/gpu/bench_7b > build/gpu/7b.txt 2>build/gpu/7b.err; rc=$?
+    cat build/gpu/7b.txt >> "$REPORT"; cat build/gpu/7b.txt
+    case $rc in
+        0) ;;
+        1) log "(an acceptance figure is not met: see above)"; fail=1 ;;
+        *) bad "bench_7b exit $rc ($(tail -3 build/gpu/7b.err | tr '\n' ' '))" ;;
+    esac
 fi
 
 log ""
