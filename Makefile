@@ -73,7 +73,7 @@ NVCCFLAGS  := -O2 -std=c++17 -fmad=false -I. -MMD -MP -gencode arch=compute_80,c
 ifeq ($(WERROR),1)
 NVCCFLAGS  += -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror
 endif
-LDLIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
+LDLIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 else
 CUDA_OBJ   :=
 CUDA_SKIP  := engine/backend_cuda.c

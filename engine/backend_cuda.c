@@ -3,9 +3,10 @@
  * Memory is device memory (cudaMalloc), all work goes in order on one stream,
  * and the ops are the kernels of kernels/cuda (kcuda.h).  Weights are
  * dequantized to f16 on the device once, at weight_init (the GGUF bytes go up
- * through one reused staging buffer); matrix products are cuBLAS GemmEx with
- * f16 inputs and f32 accumulation, the activations converted to f16 per call
- * into a buffer reused from call to call.  The batch's per-row arrays (host
+ * through one reused staging buffer); matrix products are cuBLASLt with f16
+ * inputs and f32 accumulation, one algorithm pinned per weight shape so a row's
+ * result does not depend on the batch (matmul.cu), the activations converted to
+ * f16 per call into a buffer reused from call to call.  The batch's per-row arrays (host
  * memory, batch.h) go up once per forward pass: a host copy of what was last
  * uploaded is compared with the batch at each op that needs it.  Per step the
  * host sends token ids, the batch arrays and any PPD prompt rows, and gets the
@@ -35,6 +36,7 @@ struct cuda_ctx {
     int device;
     cudaStream_t st;
     cublasHandle_t blas;
+    struct kc_gemm *gemm;   /* matrix products (matmul.cu) */
     void *stage;            /* device: raw GGUF bytes of the weight being loaded */
     size_t stage_cap;
     uint16_t *x16;          /* device: f16 copy of a matmul's input */
@@ -277,11 +279,12 @@ static void cuda_matmul(void *vctx, const struct eng_weight *const *w, float *co
     kc_f32_to_f16(x, (int64_t)elems, c->x16, c->st);
     cuda_check_launch("f32_to_f16");
     for (int i = 0; i < n_w; i++) {
-        int s = kc_matmul(c->blas, w[i]->impl, w[i]->n_in, w[i]->n_out, c->x16, n_tok, out[i]);
+        int s = kc_gemm_run(c->gemm, w[i]->impl, w[i]->n_in, w[i]->n_out, c->x16, n_tok, out[i]);
         if (s) {
-            char why[32];
-            snprintf(why, sizeof why, "cublasStatus %d", s);
-            cuda_fatal("cublasGemmEx", why, __LINE__);
+            char why[96];
+            snprintf(why, sizeof why, "cublasStatus %d (%lld x %lld, %d rows)", s, (long long)w[i]->n_out,
+                     (long long)w[i]->n_in, n_tok);
+            cuda_fatal("kc_gemm_run", why, __LINE__);
         }
     }
 }
@@ -361,6 +364,7 @@ static void cuda_free(void *vctx) {
     free(c->ids_host);
     free(c->extra_host);
     free(c->b_host);
+    kc_gemm_free(c->gemm);
     if (c->blas) cublasDestroy(c->blas);
     if (c->st) cudaStreamDestroy(c->st);
     free(c);
@@ -422,8 +426,12 @@ int eng_backend_cuda_init(struct eng_backend *be, int device, char *err, size_t 
         eng_err_set(err, cap, ENG_E_UNSUPPORTED, "cannot start cuBLAS on CUDA device %d", device);
         goto err;
     }
-    LOG_INFO("CUDA device %d: %s (sm_%d%d, %.1f GiB)", device, prop.name, prop.major, prop.minor,
-             (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    if (kc_gemm_init(&c->gemm, c->blas, c->st)) {
+        eng_err_set(err, cap, ENG_E_UNSUPPORTED, "cannot start cuBLASLt on CUDA device %d", device);
+        goto err;
+    }
+    LOG_INFO("CUDA device %d: %s (sm_%d%d, %.1f GiB); matrix products: %s", device, prop.name, prop.major, prop.minor,
+             (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), kc_gemm_describe(c->gemm));
     be->iface = &cuda_iface;
     be->ctx = c;
     return 0;

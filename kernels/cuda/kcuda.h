@@ -55,8 +55,9 @@ void kc_rope_kv_store(float *q, float *k, const float *v, const struct kc_batch 
 /* Largest head_dim kc_attention supports. */
 #define KC_ATTN_MAX_HEAD_DIM 256
 /* out[r] = softmax(q[r] K^T * scale) V over the entries row r sees (its slot's
- * [0, n_prefix) and the set bits of its group), online softmax, one warp per
- * (row, query head); GQA: query head h reads KV head h / (n_head / n_head_kv). */
+ * [0, n_prefix) and the set bits of its group), online softmax, one block per
+ * (row, query head), split over the keys; GQA: query head h reads KV head
+ * h / (n_head / n_head_kv). */
 void kc_attention(const float *q, const struct kc_batch *b, const struct kc_kv *kv, int layer, int n_head,
                   int n_head_kv, int head_dim, float scale, float *out, cudaStream_t st);
 /* out = silu(gate) * up over n_tok * n elements (out may be gate). */
@@ -69,10 +70,16 @@ void kc_add_rows(float *x, const int32_t *map, int n_tok, const float *rows, int
 /* f32 to f16 (round to nearest even) over n elements. */
 void kc_f32_to_f16(const float *x, int64_t n, uint16_t *out, cudaStream_t st);
 /* out[r][o] = sum_i x16[r][i] * w16[o][i]: f16 inputs, f32 accumulation and
- * output, through cuBLAS on `handle` (whose stream is set).  Returns 0 or the
- * cublasStatus_t. */
-int kc_matmul(void *cublas_handle, const uint16_t *w16, int64_t n_in, int64_t n_out, const uint16_t *x16,
-              int n_tok, float *out);
+ * output (matmul.cu): cuBLASLt with one algorithm per weight shape whatever
+ * the row count, so a row's result does not depend on the batch.  init takes
+ * the cuBLAS handle (for the PPD_CUDA_GEMM=cublas comparison path) and the
+ * stream; run returns 0 or a cublasStatus_t. */
+struct kc_gemm;
+int kc_gemm_init(struct kc_gemm **g, void *cublas_handle, cudaStream_t st);
+void kc_gemm_free(struct kc_gemm *g);
+int kc_gemm_run(struct kc_gemm *g, const uint16_t *w16, int64_t n_in, int64_t n_out, const uint16_t *x16, int n_tok,
+                float *out);
+const char *kc_gemm_describe(const struct kc_gemm *g);
 
 #ifdef __cplusplus
 }

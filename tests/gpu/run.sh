@@ -9,7 +9,10 @@
 #         greedy tokens CPU vs CUDA)
 #   ppd   greedy PPD == greedy plain on the GPU (ppd generate; and ppd bench on
 #         PPD_GPU_PROMPTS when that file exists: tokens/s, plain vs PPD)
-#   rows  step latency vs rows for the default model (ppd bench --rows)
+#   rows  step latency vs rows for the default model (ppd bench --rows), and
+#         ppd calibrate --device cuda
+#   serve ppd serve --device cuda -np 8: 8 concurrent greedy chat completions,
+#         each equal to plain ppd generate (tests/gpu/serve_check.py)
 #   7b    tests/gpu/bench_7b.c: a Llama-2-7B-shaped model with random f16
 #         weights: copy bandwidth, step latency for 1..512 rows, issue 7's
 #         acceptance figures, and calibration's choice of L
@@ -31,7 +34,7 @@ MODEL=${PPD_TEST_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 ROWS=${PPD_GPU_ROWS:-1,2,4,8,16,32,64,128,256}
 REPORT=build/gpu-report.md
 [ -n "${OUT:-}" ] && REPORT=$OUT/gpu-report.md
-PARTS=,${PPD_GPU_PARTS:-ops,ppd,rows,7b},
+PARTS=,${PPD_GPU_PARTS:-ops,ppd,rows,serve,7b},
 PROMPTS=${PPD_GPU_PROMPTS:-build/gpu/prompts.jsonl}
 part() { case $PARTS in *",$1,"*) return 0 ;; esac; return 1; }
 mkdir -p build/gpu "$(dirname "$REPORT")"
@@ -145,6 +148,28 @@ if part rows && [ $have_model = 1 ]; then
     log '```'
     timeout 120 build/ppd calibrate --device cuda -m "$MODEL" -np 8 --force >> "$REPORT" 2>build/gpu/calib.err || bad "ppd calibrate --device cuda: $(tail -2 build/gpu/calib.err | tr '\n' ' ')"
     log '```'
+fi
+
+# ---- the server on the GPU ----
+if part serve && [ $have_model = 1 ]; then
+    log ""
+    log "## ppd serve --device cuda -np 8: 8 concurrent greedy requests vs plain ppd generate"
+    log ""
+    PORT=18080
+    build/ppd serve --device cuda -m "$MODEL" --port $PORT -np 8 > build/gpu/serve.log 2>&1 &
+    spid=$!
+    up=0
+    for _ in $(seq 1 120); do
+        python3 -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2).status == 200 else 1)" 2>/dev/null && { up=1; break; }
+        kill -0 $spid 2>/dev/null || break
+        sleep 0.5
+    done
+    if [ $up = 1 ]; then
+        timeout 300 python3 tests/gpu/serve_check.py $PORT "$MODEL" 64 >> "$REPORT" 2>build/gpu/serve-check.err || bad "serve_check ($(tail -2 build/gpu/serve-check.err | tr '\n' ' '))"
+    else
+        bad "ppd serve --device cuda did not become ready: $(tail -3 build/gpu/serve.log | tr '\n' ' ')"
+    fi
+    kill $spid 2>/dev/null; wait $spid 2>/dev/null
 fi
 
 # ---- the 7B-shaped model ----

@@ -13,15 +13,18 @@
  *   attention                    1e-8   (other summation order)
  *   embed                        1e-6   (f16 storage of the dequantized rows)
  *   matmul                       2e-3   (f16 weights and inputs vs the CPU's Q8 activations)
- *   model logits (teacher-forced)  2e-3 per step
+ *   model logits (teacher-forced)  2e-3 per step, against the CPU with f32
+ *                                  activations (weights made f32: see
+ *                                  weights_to_f32); the shipped CPU path's
+ *                                  8-bit activations are reported beside it
  *   random model: the same, plus one 40-row tree step (every row's logits)
- * Greedy (default model): the CUDA sequence equals the CPU's, or first differs
- * at a step where the CPU's top-2 logits are within PPD_GPU_TOP2_TOL (default
- * 1e-3).  Random model: teacher-forced argmax equal wherever the CPU's top-2
+ * Greedy (default model): the CUDA sequence equals the f32 CPU's, or first
+ * differs at a step where that CPU's top-2 logits are within PPD_GPU_TOP2_TOL
+ * (default 1e-3).  Random model: teacher-forced argmax equal wherever the CPU's top-2
  * gap exceeds 0.05 (its logits are flat; see test_random_model).
- * Attention on the GPU must also be batch-invariant bit for bit (a row alone ==
- * the same row in the batch); matmul's batch invariance is reported, not
- * required (cuBLAS chooses algorithms by shape).
+ * Attention and matmul on the GPU must also be batch-invariant bit for bit (a
+ * row alone == the same row in the batch): greedy PPD equals plain decoding
+ * only then.
  * It does not benchmark (run.sh calls ppd bench) or test PPD (run.sh compares
  * ppd generate --ppd with --no-ppd).
  */
@@ -36,6 +39,7 @@
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/kv_cache.h"
+#include "kernels/cpu/matmul.h"
 #include "kernels/cpu/qtypes.h"
 #include "tests/gpu/random_model.h"
 
@@ -199,8 +203,10 @@ static void test_weight(int type, int64_t n_in, int64_t n_out) {
     IF(&cpu)->buf_free(cpu.ctx, dc);
     IF(&gpu)->buf_free(gpu.ctx, dg);
 
-    /* matmul at several row counts, and the GPU's batch invariance */
-    const int rows[] = {1, 5, 64};
+    /* matmul at several row counts, and the GPU's batch invariance: rows 0,
+     * n/2 and n-1 alone give the bits they have in the batch (matmul.cu pins
+     * one algorithm per shape for that; PPD's losslessness rests on it) */
+    const int rows[] = {1, 5, 64, 130, 300};
     for (unsigned t = 0; t < sizeof rows / sizeof rows[0]; t++) {
         const int n = rows[t];
         const size_t XB = sizeof(float) * (size_t)n * (size_t)n_in, OB = sizeof(float) * (size_t)n * (size_t)n_out;
@@ -217,10 +223,18 @@ static void test_weight(int type, int64_t n_in, int64_t n_out) {
                  (long long)n_out);
         check(name, nmse(og, oc, (size_t)n * (size_t)n_out), 2e-3);
         if (n > 1) {
-            IF(&gpu)->matmul(gpu.ctx, wgs, ygs, 1, xg, 1);
-            down(&gpu, o1, yg, sizeof(float) * (size_t)n_out);
-            printf("| matmul %s row 0 alone == in %d rows (info) | %s | | info |\n", kq_type_name(type), n,
-                   memcmp(o1, og, sizeof(float) * (size_t)n_out) ? "differs" : "bit-identical");
+            const int probe[3] = {0, n / 2, n - 1};
+            int same = 1;
+            for (int k = 0; k < 3; k++) {
+                float *xr = xg + (size_t)probe[k] * (size_t)n_in;
+                float *o1s[1] = {yg};
+                IF(&gpu)->matmul(gpu.ctx, wgs, o1s, 1, xr, 1);
+                down(&gpu, o1, yg, sizeof(float) * (size_t)n_out);
+                same &= !memcmp(o1, og + (size_t)probe[k] * (size_t)n_out, sizeof(float) * (size_t)n_out);
+            }
+            snprintf(name, sizeof name, "matmul %s %lld -> %lld: rows 0, n/2, n-1 alone == in %d rows (GPU)",
+                     kq_type_name(type), (long long)n_in, (long long)n_out, n);
+            check_true(name, same, same ? "bitwise" : "differs");
         }
         IF(&cpu)->buf_free(cpu.ctx, xc);
         IF(&gpu)->buf_free(gpu.ctx, xg);
@@ -334,20 +348,27 @@ static void test_attention(const struct att_case *tc) {
     snprintf(name, sizeof name, "attention %s", tc->name);
     check(name, nmse(h2, h1, (size_t)n * q_dim), 1e-8);
 
-    /* batch invariance on the GPU: the last row alone, from the same q */
+    /* batch invariance on the GPU: every row alone, from the same q, gives the
+     * bits it has in the batch (rows in full tiles of rows sharing a group
+     * take attention.cu's shared-load path, a row alone the one-row path) */
     struct eng_batch b1;
     if (eng_batch_init(&b1, 1, b.vis_words * 64)) exit(2);
-    const int r = n - 1;
-    b1.n_tok = 1;
-    b1.token[0] = 0; b1.pos[0] = b.pos[r]; b1.slot[0] = b.slot[r]; b1.kv_idx[0] = b.kv_idx[r];
-    b1.n_prefix[0] = b.n_prefix[r]; b1.grp_first[0] = b.grp_first[r]; b1.grp_len[0] = b.grp_len[r];
-    memcpy(b1.vis, b.vis + (size_t)r * b.vis_words, sizeof(uint64_t) * (size_t)b.vis_words);
     float *o1 = up(&gpu, NULL, sizeof(float) * q_dim);
-    IF(&gpu)->attention(gpu.ctx, qg + (size_t)r * q_dim, &b1, &kvg, layer, tc->n_head, tc->n_head_kv, hd, scale, o1);
     float *alone = xmalloc(sizeof(float) * q_dim);
-    down(&gpu, alone, o1, sizeof(float) * q_dim);
-    snprintf(name, sizeof name, "attention %s: last row alone == in the batch (GPU)", tc->name);
-    check_true(name, !memcmp(alone, h2 + (size_t)r * q_dim, sizeof(float) * q_dim), "bitwise");
+    int n_same = 0;
+    for (int r = 0; r < n; r++) {
+        b1.n_tok = 1;
+        b1.token[0] = 0; b1.pos[0] = b.pos[r]; b1.slot[0] = b.slot[r]; b1.kv_idx[0] = b.kv_idx[r];
+        b1.n_prefix[0] = b.n_prefix[r]; b1.grp_first[0] = b.grp_first[r]; b1.grp_len[0] = b.grp_len[r];
+        memcpy(b1.vis, b.vis + (size_t)r * b.vis_words, sizeof(uint64_t) * (size_t)b.vis_words);
+        IF(&gpu)->attention(gpu.ctx, qg + (size_t)r * q_dim, &b1, &kvg, layer, tc->n_head, tc->n_head_kv, hd, scale, o1);
+        down(&gpu, alone, o1, sizeof(float) * q_dim);
+        n_same += !memcmp(alone, h2 + (size_t)r * q_dim, sizeof(float) * q_dim);
+    }
+    snprintf(name, sizeof name, "attention %s: each row alone == in the batch (GPU)", tc->name);
+    char det[64];
+    snprintf(det, sizeof det, "%d of %d rows bitwise", n_same, n);
+    check_true(name, n_same == n, det);
 
     IF(&gpu)->buf_free(gpu.ctx, o1);
     float *cb[] = {qc, kc, vc, oc}, *gb[] = {qg, kg, vg, og};
@@ -357,6 +378,60 @@ static void test_attention(const struct att_case *tc) {
     eng_kv_free(&kvc);
     eng_kv_free(&kvg);
     free(kvh); free(q); free(k); free(v); free(h1); free(h2); free(sc); free(sg); free(alone);
+}
+
+/* PPD's losslessness needs more than batch invariance: a tree row at depth d
+ * sees the committed prefix [0, P) plus its d ancestors and itself (group
+ * entries), and the same token in plain decoding sees [0, P + d) committed plus
+ * itself.  Same keys, same values, same order; only the prefix/group split
+ * differs, and the result must not depend on it (bit for bit). */
+static int attention_split_invariant(struct eng_backend *be, const char *tag) {
+    const int n_head = 9, n_head_kv = 3, hd = 64, kv_dim = n_head_kv * hd, q_dim = n_head * hd, max_seq = 400;
+    struct eng_kv kv;
+    if (eng_kv_init(&kv, be, 1, 1, max_seq, kv_dim)) exit(2);
+    const size_t kv_elems = eng_kv_bytes(1, 1, max_seq, kv_dim) / 2 / sizeof(float);
+    float *kvh = xmalloc(kv_elems * sizeof(float)), *q = xmalloc(sizeof(float) * q_dim);
+    fill(kvh, kv_elems, 1.0f);
+    IF(be)->buf_upload(be->ctx, kv.k, kvh, kv_elems * 4);
+    fill(kvh, kv_elems, 1.0f);
+    IF(be)->buf_upload(be->ctx, kv.v, kvh, kv_elems * 4);
+    fill(q, (size_t)q_dim, 1.0f);
+    float *qd = up(be, q, sizeof(float) * q_dim), *od = up(be, NULL, sizeof(float) * q_dim);
+    float *tree = xmalloc(sizeof(float) * q_dim), *plain = xmalloc(sizeof(float) * q_dim);
+    struct eng_batch b;
+    if (eng_batch_init(&b, 1, 64)) exit(2);
+    const int Ps[] = {5, 31, 32, 33, 100, 255}, Ds[] = {1, 2, 3, 7};
+    int n_same = 0, n_case = 0;
+    for (unsigned i = 0; i < sizeof Ps / sizeof Ps[0]; i++)
+        for (unsigned j = 0; j < sizeof Ds / sizeof Ds[0]; j++) {
+            const int P = Ps[i], D = Ds[j];
+            for (int form = 0; form < 2; form++) {
+                b.n_tok = 1;
+                b.token[0] = 0;
+                b.pos[0] = P + D;
+                b.slot[0] = 0;
+                b.kv_idx[0] = P + D;
+                b.n_prefix[0] = form ? P + D : P;
+                b.grp_first[0] = form ? P + D : P;
+                b.grp_len[0] = form ? 1 : D + 1;
+                memset(b.vis, 0, sizeof(uint64_t) * (size_t)b.vis_words);
+                for (int k = 0; k < b.grp_len[0]; k++) b.vis[k >> 6] |= 1ull << (k & 63);
+                IF(be)->attention(be->ctx, qd, &b, &kv, 0, n_head, n_head_kv, hd, 0.125f, od);
+                down(be, form ? plain : tree, od, sizeof(float) * q_dim);
+            }
+            n_case++;
+            n_same += !memcmp(tree, plain, sizeof(float) * q_dim);
+        }
+    char name[160], det[64];
+    snprintf(name, sizeof name, "attention (%s): a tree row == the same row once its ancestors are committed", tag);
+    snprintf(det, sizeof det, "%d of %d prefix/depth cases bitwise", n_same, n_case);
+    check_true(name, n_same == n_case, det);
+    IF(be)->buf_free(be->ctx, qd);
+    IF(be)->buf_free(be->ctx, od);
+    eng_batch_free(&b);
+    eng_kv_free(&kv);
+    free(kvh); free(q); free(tree); free(plain);
+    return n_same == n_case;
 }
 
 /* ---- the model end to end ---- */
@@ -498,6 +573,46 @@ static void test_random_model(void) {
     rm_free(&mc); rm_free(&mg);
 }
 
+/* The CPU engine's weights re-made as f32 (the same values): its products then
+ * take f32 activations instead of the 8-bit ones llama.cpp and the shipped CPU
+ * path use.  That is the reference the GPU (f16 activations) is held to: on
+ * SmolLM2 the 8-bit path itself is off the f32 result by an NMSE of up to
+ * 4e-2 (prompt 0, measured on the CPU), more than any bound a GPU could be
+ * held to against it.  Buffers go to *keep (freed by the caller). */
+static int weights_to_f32(struct eng_engine *e, float **keep, int *n_keep) {
+    struct eng_model *m = e->model;
+    struct eng_weight *ws[2 + 7 * 64];
+    int n = 0;
+    ws[n++] = &m->tok_embd;
+    ws[n++] = &m->output;
+    for (int l = 0; l < m->hp.n_layer && l < 64; l++) {
+        struct eng_layer *L = &m->layers[l];
+        struct eng_weight *lw[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (int i = 0; i < 7; i++) ws[n++] = lw[i];
+    }
+    for (int i = 0; i < n; i++) {
+        const struct kq_weight *kw = ws[i]->impl;
+        const int64_t ni = kw->n_in, no = kw->n_out;
+        float *buf = malloc(sizeof(float) * (size_t)ni * (size_t)no);
+        if (!buf) return ENG_E_NOMEM;
+        for (int64_t r = 0; r < no; r++) kq_weight_row_f32(kw, r, buf + r * ni);
+        keep[(*n_keep)++] = buf;
+        IF(&e->be)->weight_free(e->be.ctx, ws[i]);
+        int rc = IF(&e->be)->weight_init(e->be.ctx, ws[i], KQ_F32, buf, ni, no);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+static double worst_nmse(const float *a, const float *ref, int n_step, int nv) {
+    double worst = 0;
+    for (int i = 0; i < n_step; i++) {
+        double v = nmse(a + (size_t)i * nv, ref + (size_t)i * nv, (size_t)nv);
+        if (v > worst) worst = v;
+    }
+    return worst;
+}
+
 static void test_model(const char *path) {
     static const char *prompts[] = {
         "The capital of France is",
@@ -507,46 +622,63 @@ static void test_model(const char *path) {
     const double tol = getenv("PPD_GPU_TOP2_TOL") ? atof(getenv("PPD_GPU_TOP2_TOL")) : 1e-3;
     enum { NG = 48 };
     char err[512];
-    struct eng_engine *ec = NULL, *eg = NULL;
-    struct eng_engine_params pc = {.model_path = path, .device = ENG_DEVICE_CPU, .n_threads = 4, .n_slot = 1,
+    struct eng_engine *ec = NULL, *ef = NULL, *eg = NULL;
+    struct eng_engine_params pc = {.model_path = path, .device = ENG_DEVICE_CPU, .n_threads = 8, .n_slot = 1,
                                    .n_ctx = 512, .max_rows = 256};
     struct eng_engine_params pg = pc;
     pg.device = ENG_DEVICE_CUDA;
-    if (eng_engine_open(&ec, &pc, err, sizeof err)) { fprintf(stderr, "cpu engine: %s\n", err); n_fail++; return; }
+    if (eng_engine_open(&ec, &pc, err, sizeof err) || eng_engine_open(&ef, &pc, err, sizeof err)) {
+        fprintf(stderr, "cpu engine: %s\n", err);
+        n_fail++;
+        return;
+    }
+    float *keep[2 + 7 * 64];
+    int n_keep = 0, rc = weights_to_f32(ef, keep, &n_keep);
+    check_true("CPU f32 reference (the model's weights as f32)", rc == 0, rc ? eng_err_msg(rc) : "made");
     if (eng_engine_open(&eg, &pg, err, sizeof err)) {
         fprintf(stderr, "cuda engine: %s\n", err);
         check_true("model loads on CUDA", 0, err);
         eng_engine_close(ec);
+        eng_engine_close(ef);
         return;
     }
     const int nv = ec->model->hp.n_vocab;
-    float *lc = xmalloc(sizeof(float) * NG * (size_t)nv), *lg = xmalloc(sizeof(float) * NG * (size_t)nv);
-    for (unsigned p = 0; p < sizeof prompts / sizeof prompts[0]; p++) {
-        int32_t *ids = NULL, tc[NG], tg[NG], tf[NG];
+    const size_t LB = sizeof(float) * NG * (size_t)nv;
+    float *lf = xmalloc(LB), *lc = xmalloc(LB), *lg = xmalloc(LB);
+    for (unsigned p = 0; p < sizeof prompts / sizeof prompts[0] && !rc; p++) {
+        int32_t *ids = NULL, tf[NG], tc[NG], tg[NG], tx[NG];
         int n_ids = 0;
         char name[160];
         if (eng_engine_text_tokens(ec, prompts[p], &ids, &n_ids)) { n_fail++; continue; }
-        int rc = run_greedy(ec, ids, n_ids, NG, NULL, tc, lc);
-        int rc2 = rc ? rc : run_greedy(eg, ids, n_ids, NG, tc, tf, lg);   /* teacher-forced on the CPU's tokens */
-        if (rc || rc2) { check_true("model greedy run", 0, eng_err_msg(rc ? rc : rc2)); free(ids); continue; }
-        double worst = 0;
-        for (int i = 0; i < NG; i++) {
-            double v = nmse(lg + (size_t)i * nv, lc + (size_t)i * nv, (size_t)nv);
-            if (v > worst) worst = v;
+        /* teacher-forced on the f32 reference's greedy tokens */
+        int r1 = run_greedy(ef, ids, n_ids, NG, NULL, tf, lf);
+        int r2 = r1 ? r1 : run_greedy(eg, ids, n_ids, NG, tf, tx, lg);
+        int r3 = r2 ? r2 : run_greedy(ec, ids, n_ids, NG, tf, tc, lc);
+        if (r1 || r2 || r3) {
+            check_true("model greedy run", 0, eng_err_msg(r1 ? r1 : r2 ? r2 : r3));
+            free(ids);
+            continue;
         }
-        snprintf(name, sizeof name, "model logits, prompt %u, %d teacher-forced steps (worst step)", p, NG);
-        check(name, worst, 2e-3);
-        /* free-running greedy on the GPU */
-        rc = run_greedy(eg, ids, n_ids, NG, NULL, tg, lg);
-        snprintf(name, sizeof name, "prompt %u", p);
-        if (rc) check_true("model greedy run (CUDA)", 0, eng_err_msg(rc));
-        else check_greedy(name, tc, tg, NG, lc, nv, tol);
+        snprintf(name, sizeof name, "model logits vs CPU f32, prompt %u, %d teacher-forced steps (worst step)", p, NG);
+        check(name, worst_nmse(lg, lf, NG, nv), 2e-3);
+        printf("| model logits, prompt %u: CUDA vs CPU 8-bit activations (info) | %.3e | | info |\n", p,
+               worst_nmse(lg, lc, NG, nv));
+        printf("| model logits, prompt %u: CPU 8-bit vs CPU f32 (info) | %.3e | | info |\n", p,
+               worst_nmse(lc, lf, NG, nv));
+        /* free-running greedy on the GPU against the reference's */
+        r2 = run_greedy(eg, ids, n_ids, NG, NULL, tg, lg);
+        snprintf(name, sizeof name, "prompt %u (vs CPU f32)", p);
+        if (r2) check_true("model greedy run (CUDA)", 0, eng_err_msg(r2));
+        else check_greedy(name, tf, tg, NG, lf, nv, tol);
         free(ids);
     }
+    free(lf);
     free(lc);
     free(lg);
     eng_engine_close(ec);
+    eng_engine_close(ef);
     eng_engine_close(eg);
+    for (int i = 0; i < n_keep; i++) free(keep[i]);
 }
 
 int main(int argc, char **argv) {
@@ -569,6 +701,10 @@ int main(int argc, char **argv) {
         test_weight(types[i], 512, 333);      /* odd row count */
         test_weight(types[i], 1536, 576);
     }
+    /* the default model's other shapes (k/v, the vocabulary) and a 7B one */
+    test_weight(KQ_Q4_1, 576, 192);
+    test_weight(KQ_Q4_1, 576, 49152);
+    test_weight(KQ_F16, 4096, 11008);
 
     const struct att_case cases[] = {
         {"decode 3 slots, SmolLM2 GQA 9/3 x 64", ATT_DECODE, 9, 3, 64, 3, 300, 0},
@@ -581,6 +717,9 @@ int main(int argc, char **argv) {
         {"odd head_dim 96, 12/4 heads, tree 17", ATT_TREE, 12, 4, 96, 17, 33, 0},
     };
     for (unsigned i = 0; i < sizeof cases / sizeof cases[0]; i++) test_attention(&cases[i]);
+
+    attention_split_invariant(&cpu, "CPU");
+    attention_split_invariant(&gpu, "GPU");
 
     test_random_model();
 
