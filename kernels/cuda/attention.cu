@@ -23,10 +23,19 @@
  * way every row goes through the same operations in the same order (same
  * chunks, same warps, same merge), so a row's bits never depend on the other
  * rows of the batch; tests/gpu checks a row alone against the row in a batch.
- * Loading K/V per row cost 151 us a layer for 64 tree rows of a 7B model at a
- * 256-entry prefix on an H200.  GQA: query head h reads KV head h / n_rep.
+ * GQA: query head h reads KV head h / n_rep.
+ *
+ * Known gap (measured on an H200): chunks are counted separately over the
+ * prefix and over the group, so a tree row at depth d (prefix P, then its d
+ * ancestors) and the same token in plain decoding (prefix P + d) round
+ * differently and greedy PPD drifted from plain decoding on 3 of 40 prompts.
+ * PPD_CUDA_ATTN_VISIBLE=1 chunks over each row's visible keys in order
+ * instead (att_rows); it has not run on a GPU yet (tests/gpu/run.sh's
+ * "visible" part).  The tile path left 64 tree rows of a 7B model at 146 us a
+ * layer (151 before): loading K/V is not what limits it.
  */
 #include <math.h>
+#include <stdlib.h>
 
 #include "kernels/cuda/kcuda.h"
 
@@ -49,11 +58,38 @@ struct att_state {
     float m, l, acc[ATT_DPL];
 };
 
-/* One chunk for NR rows: this lane's candidate key `key`, valid[i] for row i. */
+/* The k-th (from 0) set bit among the first n bits of vis: a group offset. */
+static __device__ __forceinline__ int vis_select(const uint64_t *vis, int n, int k) {
+    for (int w = 0; w * 64 < n; w++) {
+        uint64_t x = vis[w];
+        if (n - w * 64 < 64) x &= (1ull << (n - w * 64)) - 1;
+        const int c = __popcll(x);
+        if (k < c) {
+            for (int j = 0; j < k; j++) x &= x - 1;
+            return w * 64 + __ffsll((long long)x) - 1;
+        }
+        k -= c;
+    }
+    return 0;
+}
+
+/* Set bits among the first n bits of vis. */
+static __device__ __forceinline__ int vis_count(const uint64_t *vis, int n) {
+    int c = 0;
+    for (int w = 0; w * 64 < n; w++) {
+        uint64_t x = vis[w];
+        if (n - w * 64 < 64) x &= (1ull << (n - w * 64)) - 1;
+        c += __popcll(x);
+    }
+    return c;
+}
+
+/* One chunk for NR rows: this lane's candidate key key[i] and valid[i] for row
+ * i.  shared: every row has the same key on every lane (one load serves all). */
 template <int NR>
 static __device__ __forceinline__ void att_chunk(struct att_state *st, const float *const *qs, const float *kb,
-                                                 const float *vb, int kv_dim, int hd, float scale, int key,
-                                                 const bool *valid, int lane) {
+                                                 const float *vb, int kv_dim, int hd, float scale, const int *key,
+                                                 const bool *valid, bool shared, int lane) {
     unsigned mask[NR], any = 0;
 #pragma unroll
     for (int i = 0; i < NR; i++) {
@@ -67,8 +103,8 @@ static __device__ __forceinline__ void att_chunk(struct att_state *st, const flo
         float dot[NR];
 #pragma unroll
         for (int i = 0; i < NR; i++) dot[i] = 0.0f;
-        if (mine) {
-            const float *kr = kb + (size_t)key * kv_dim;
+        if (shared && mine) {
+            const float *kr = kb + (size_t)key[0] * kv_dim;
             if ((hd & 3) == 0 && (kv_dim & 3) == 0) {
                 const float4 *k4 = (const float4 *)kr;
                 for (int d = 0; d < hd / 4; d++) {
@@ -84,6 +120,22 @@ static __device__ __forceinline__ void att_chunk(struct att_state *st, const flo
                     const float b = kr[d];
 #pragma unroll
                     for (int i = 0; i < NR; i++) dot[i] += qs[i][d] * b;
+                }
+            }
+        } else if (!shared) {
+            /* rows with keys of their own: the same sums, one row at a time */
+#pragma unroll
+            for (int i = 0; i < NR; i++) {
+                if (!valid[i]) continue;
+                const float *kr = kb + (size_t)key[i] * kv_dim;
+                if ((hd & 3) == 0 && (kv_dim & 3) == 0) {
+                    const float4 *k4 = (const float4 *)kr;
+                    for (int d = 0; d < hd / 4; d++) {
+                        const float4 b = k4[d], a = ((const float4 *)qs[i])[d];
+                        dot[i] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+                    }
+                } else {
+                    for (int d = 0; d < hd; d++) dot[i] += qs[i][d] * kr[d];
                 }
             }
         }
@@ -102,25 +154,45 @@ static __device__ __forceinline__ void att_chunk(struct att_state *st, const flo
         for (int k = 0; k < ATT_DPL; k++) st[i].acc[k] *= corr;
         st[i].m = m_new;
     }
-    /* An invisible lane reads the first visible key's row and weighs it by 0
-     * (the shuffle runs on all lanes: inside the branch it read garbage). */
-    const int first_key = __shfl_sync(FULL, key, __ffs((int)any) - 1);
-    const int key_safe = mine ? key : first_key;
+    /* An invisible lane reads a visible key's row and weighs it by 0 (the
+     * shuffles run on all lanes: inside a branch one read garbage). */
+    if (shared) {
+        const int first_key = __shfl_sync(FULL, key[0], __ffs((int)any) - 1);
+        const int key_safe = mine ? key[0] : first_key;
 #pragma unroll 8
-    for (int t = 0; t < 32; t++) {
-        const int kt = __shfl_sync(FULL, key_safe, t);
-        const float *vr = vb + (size_t)kt * kv_dim;
-        float pt[NR];
+        for (int t = 0; t < 32; t++) {
+            const int kt = __shfl_sync(FULL, key_safe, t);
+            const float *vr = vb + (size_t)kt * kv_dim;
+            float pt[NR];
 #pragma unroll
-        for (int i = 0; i < NR; i++) pt[i] = __shfl_sync(FULL, p[i], t);
+            for (int i = 0; i < NR; i++) pt[i] = __shfl_sync(FULL, p[i], t);
 #pragma unroll
-        for (int k = 0; k < ATT_DPL; k++) {
-            const int d = lane + 32 * k;
-            if (d < hd) {
-                const float v = vr[d];
+            for (int k = 0; k < ATT_DPL; k++) {
+                const int d = lane + 32 * k;
+                if (d < hd) {
+                    const float v = vr[d];
 #pragma unroll
-                for (int i = 0; i < NR; i++)
-                    if (mask[i]) st[i].acc[k] += pt[i] * v;
+                    for (int i = 0; i < NR; i++)
+                        if (mask[i]) st[i].acc[k] += pt[i] * v;
+                }
+            }
+        }
+        return;
+    }
+#pragma unroll
+    for (int i = 0; i < NR; i++) {
+        if (!mask[i]) continue;   /* warp-uniform */
+        const int first_key = __shfl_sync(FULL, key[i], __ffs((int)mask[i]) - 1);
+        const int key_safe = valid[i] ? key[i] : first_key;
+#pragma unroll 8
+        for (int t = 0; t < 32; t++) {
+            const int kt = __shfl_sync(FULL, key_safe, t);
+            const float pt = __shfl_sync(FULL, p[i], t);
+            const float *vr = vb + (size_t)kt * kv_dim;
+#pragma unroll
+            for (int k = 0; k < ATT_DPL; k++) {
+                const int d = lane + 32 * k;
+                if (d < hd) st[i].acc[k] += pt * vr[d];
             }
         }
     }
@@ -129,7 +201,7 @@ static __device__ __forceinline__ void att_chunk(struct att_state *st, const flo
 /* Rows r0 .. r0+NR-1 (same slot, prefix and group) for head h: their outputs. */
 template <int NR>
 static __device__ void att_rows(const float *q, const struct kc_batch &b, const struct kc_kv &kv, int layer,
-                                int n_head, int n_head_kv, int hd, float scale, float *out, int r0, int h,
+                                int n_head, int n_head_kv, int hd, float scale, float *out, int r0, int h, int visible,
                                 float (*q_sh)[KC_ATTN_MAX_HEAD_DIM], float *m_sh, float *l_sh, float *acc_sh) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     for (int i = 0; i < NR; i++) {
@@ -152,27 +224,52 @@ static __device__ void att_rows(const float *q, const struct kc_batch &b, const 
 #pragma unroll
         for (int k = 0; k < ATT_DPL; k++) st[i].acc[k] = 0.0f;
     }
-    /* Chunks are numbered over the prefix, then over the group, each part
-     * starting a new chunk; chunk c is this warp's when c % ATT_WARPS == warp. */
     const int n_prefix = b.n_prefix[r0], grp_first = b.grp_first[r0], grp_len = b.grp_len[r0];
-    const int n_cp = (n_prefix + 31) / 32, n_cg = (grp_len + 31) / 32;
-    for (int c = warp; c < n_cp + n_cg; c += ATT_WARPS) {
-        bool valid[NR];
-        int key;
-        if (c < n_cp) {
-            key = c * 32 + lane;
+    if (visible) {
+        /* Chunks over the row's visible keys in order (the prefix, then the
+         * visible group entries): chunk c holds visible keys [32c, 32c + 32),
+         * wherever the prefix ends, so a tree row and the same token decoded
+         * plainly (its ancestors committed) sum alike. */
+        int n_vis[NR], n_c = 0;
 #pragma unroll
-            for (int i = 0; i < NR; i++) valid[i] = key < n_prefix;
-        } else {
-            const int g = (c - n_cp) * 32 + lane;
-            key = grp_first + g;
+        for (int i = 0; i < NR; i++) {
+            n_vis[i] = n_prefix + vis_count(b.vis + (size_t)(r0 + i) * b.vis_words, grp_len);
+            n_c = max(n_c, (n_vis[i] + 31) / 32);
+        }
+        for (int c = warp; c < n_c; c += ATT_WARPS) {
+            const int v = c * 32 + lane;
+            bool valid[NR];
+            int key[NR];
 #pragma unroll
             for (int i = 0; i < NR; i++) {
-                const uint64_t *vis = b.vis + (size_t)(r0 + i) * b.vis_words;
-                valid[i] = g < grp_len && ((vis[g >> 6] >> (g & 63)) & 1);
+                valid[i] = v < n_vis[i];
+                key[i] = v < n_prefix ? v
+                         : valid[i] ? grp_first + vis_select(b.vis + (size_t)(r0 + i) * b.vis_words, grp_len, v - n_prefix)
+                                    : 0;
             }
+            att_chunk<NR>(st, qs, kb, vb, kv.kv_dim, hd, scale, key, valid, (c + 1) * 32 <= n_prefix, lane);
         }
-        att_chunk<NR>(st, qs, kb, vb, kv.kv_dim, hd, scale, key, valid, lane);
+    } else {
+        /* Chunks are numbered over the prefix, then over the group, each part
+         * starting a new chunk; chunk c is this warp's when c % ATT_WARPS == warp. */
+        const int n_cp = (n_prefix + 31) / 32, n_cg = (grp_len + 31) / 32;
+        for (int c = warp; c < n_cp + n_cg; c += ATT_WARPS) {
+            bool valid[NR];
+            int key[NR];
+            if (c < n_cp) {
+#pragma unroll
+                for (int i = 0; i < NR; i++) key[i] = c * 32 + lane, valid[i] = key[i] < n_prefix;
+            } else {
+                const int g = (c - n_cp) * 32 + lane;
+#pragma unroll
+                for (int i = 0; i < NR; i++) {
+                    const uint64_t *vis = b.vis + (size_t)(r0 + i) * b.vis_words;
+                    key[i] = grp_first + g;
+                    valid[i] = g < grp_len && ((vis[g >> 6] >> (g & 63)) & 1);
+                }
+            }
+            att_chunk<NR>(st, qs, kb, vb, kv.kv_dim, hd, scale, key, valid, true, lane);
+        }
     }
 
     /* Merge the warps' states in warp order, row by row. */
@@ -209,7 +306,7 @@ static __device__ void att_rows(const float *q, const struct kc_batch &b, const 
 
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_rows(const float *q, struct kc_batch b, struct kc_kv kv, int layer, int n_head, int n_head_kv, int hd,
-               float scale, float *out) {
+               float scale, float *out, int visible) {
     __shared__ __align__(16) float q_sh[ATT_TILE][KC_ATTN_MAX_HEAD_DIM];
     __shared__ float m_sh[ATT_TILE * ATT_WARPS], l_sh[ATT_TILE * ATT_WARPS];
     __shared__ float acc_sh[ATT_TILE * ATT_WARPS * KC_ATTN_MAX_HEAD_DIM];
@@ -220,10 +317,12 @@ attention_rows(const float *q, struct kc_batch b, struct kc_kv kv, int layer, in
         same = b.slot[r0 + i] == b.slot[r0] && b.n_prefix[r0 + i] == b.n_prefix[r0] &&
                b.grp_first[r0 + i] == b.grp_first[r0] && b.grp_len[r0 + i] == b.grp_len[r0];
     if (same) {
-        att_rows<ATT_TILE>(q, b, kv, layer, n_head, n_head_kv, hd, scale, out, r0, h, q_sh, m_sh, l_sh, acc_sh);
+        att_rows<ATT_TILE>(q, b, kv, layer, n_head, n_head_kv, hd, scale, out, r0, h, visible, q_sh, m_sh, l_sh,
+                           acc_sh);
     } else {
         for (int i = 0; i < n; i++)
-            att_rows<1>(q, b, kv, layer, n_head, n_head_kv, hd, scale, out, r0 + i, h, q_sh, m_sh, l_sh, acc_sh);
+            att_rows<1>(q, b, kv, layer, n_head, n_head_kv, hd, scale, out, r0 + i, h, visible, q_sh, m_sh, l_sh,
+                        acc_sh);
     }
 }
 
@@ -231,5 +330,13 @@ extern "C" void kc_attention(const float *q, const struct kc_batch *b, const str
                              int n_head_kv, int head_dim, float scale, float *out, cudaStream_t st) {
     if (b->n_tok < 1 || head_dim > KC_ATTN_MAX_HEAD_DIM || n_head_kv < 1 || n_head % n_head_kv) return;
     const dim3 grid((unsigned)((b->n_tok + ATT_TILE - 1) / ATT_TILE), (unsigned)n_head);
-    attention_rows<<<grid, ATT_WARPS * 32, 0, st>>>(q, *b, *kv, layer, n_head, n_head_kv, head_dim, scale, out);
+    /* PPD_CUDA_ATTN_VISIBLE=1: chunks over the visible keys (see att_rows), not
+     * yet run on a GPU; the default keeps the prefix/group chunks that were. */
+    static int visible = -1;
+    if (visible < 0) {
+        const char *e = getenv("PPD_CUDA_ATTN_VISIBLE");
+        visible = e && atoi(e) > 0;
+    }
+    attention_rows<<<grid, ATT_WARPS * 32, 0, st>>>(q, *b, *kv, layer, n_head, n_head_kv, head_dim, scale, out,
+                                                    visible);
 }

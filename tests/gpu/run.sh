@@ -13,6 +13,9 @@
 #         ppd calibrate --device cuda
 #   serve ppd serve --device cuda -np 8: 8 concurrent greedy chat completions,
 #         each equal to plain ppd generate (tests/gpu/serve_check.py)
+#   visible  the ops and ppd bench again with PPD_CUDA_ATTN_VISIBLE=1 (attention
+#         chunked over each row's visible keys: the fix for PPD != plain on the
+#         GPU, written without a GPU; make it the default once this passes)
 #   7b    tests/gpu/bench_7b.c: a Llama-2-7B-shaped model with random f16
 #         weights: copy bandwidth, step latency for 1..512 rows, issue 7's
 #         acceptance figures, and calibration's choice of L
@@ -34,7 +37,7 @@ MODEL=${PPD_TEST_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 ROWS=${PPD_GPU_ROWS:-1,2,4,8,16,32,64,128,256}
 REPORT=build/gpu-report.md
 [ -n "${OUT:-}" ] && REPORT=$OUT/gpu-report.md
-PARTS=,${PPD_GPU_PARTS:-ops,ppd,rows,serve,7b},
+PARTS=,${PPD_GPU_PARTS:-ops,ppd,rows,serve,visible,7b},
 PROMPTS=${PPD_GPU_PROMPTS:-build/gpu/prompts.jsonl}
 part() { case $PARTS in *",$1,"*) return 0 ;; esac; return 1; }
 mkdir -p build/gpu "$(dirname "$REPORT")"
@@ -170,6 +173,26 @@ if part serve && [ $have_model = 1 ]; then
         bad "ppd serve --device cuda did not become ready: $(tail -3 build/gpu/serve.log | tr '\n' ' ')"
     fi
     kill $spid 2>/dev/null; wait $spid 2>/dev/null
+fi
+
+# ---- the attention variant that chunks over visible keys ----
+if part visible; then
+    log ""
+    log "## PPD_CUDA_ATTN_VISIBLE=1: attention chunked over each row's visible keys"
+    log ""
+    m=$MODEL; [ $have_model = 1 ] || m=/nonexistent
+    PPD_CUDA_ATTN_VISIBLE=1 PPD_TEST_MODEL=$m timeout 300 build/gpu/test_cuda_ops "$m" > build/gpu/ops-visible.txt 2>build/gpu/ops-visible.err; rc=$?
+    grep -v " ok |$" build/gpu/ops-visible.txt | tee -a "$REPORT"
+    [ $rc = 0 ] || bad "test_cuda_ops with PPD_CUDA_ATTN_VISIBLE=1: exit $rc ($(tail -2 build/gpu/ops-visible.err | tr '\n' ' '))"
+    if [ $have_model = 1 ] && [ -f "$PROMPTS" ]; then
+        for L in 2 60; do
+            log "ppd bench, CUDA, L = $L, PPD_CUDA_ATTN_VISIBLE=1:"
+            log '```'
+            PPD_CUDA_ATTN_VISIBLE=1 timeout 120 build/ppd bench --device cuda -m "$MODEL" -f "$PROMPTS" --count 10 -n 128 --tree-size $L \
+                >> "$REPORT" 2>build/gpu/bench-visible.err || bad "ppd bench L = $L with PPD_CUDA_ATTN_VISIBLE=1: $(tail -1 build/gpu/bench-visible.err)"
+            log '```'
+        done
+    fi
 fi
 
 # ---- the 7B-shaped model ----
