@@ -13,6 +13,9 @@
 #         ppd calibrate --device cuda
 #   serve ppd serve --device cuda -np 8: 8 concurrent greedy chat completions,
 #         each equal to plain ppd generate (tests/gpu/serve_check.py)
+#   load  issue 6's batch-aware check: ppd serve -np 8 under 8 concurrent
+#         clients, plain vs calibrated vs the batch-1 tree forced
+#         (tests/gpu/serve_load.py, PPD_GPU_PROMPTS)
 #   visible  the ops and ppd bench again with PPD_CUDA_ATTN_VISIBLE=1 (attention
 #         chunked over each row's visible keys: the fix for PPD != plain on the
 #         GPU, written without a GPU; make it the default once this passes)
@@ -37,7 +40,7 @@ MODEL=${PPD_TEST_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 ROWS=${PPD_GPU_ROWS:-1,2,4,8,16,32,64,128,256}
 REPORT=build/gpu-report.md
 [ -n "${OUT:-}" ] && REPORT=$OUT/gpu-report.md
-PARTS=,${PPD_GPU_PARTS:-ops,ppd,rows,serve,visible,7b},
+PARTS=,${PPD_GPU_PARTS:-ops,ppd,rows,serve,load,visible,7b},
 PROMPTS=${PPD_GPU_PROMPTS:-build/gpu/prompts.jsonl}
 part() { case $PARTS in *",$1,"*) return 0 ;; esac; return 1; }
 mkdir -p build/gpu "$(dirname "$REPORT")"
@@ -173,6 +176,15 @@ if part serve && [ $have_model = 1 ]; then
         bad "ppd serve --device cuda did not become ready: $(tail -3 build/gpu/serve.log | tr '\n' ' ')"
     fi
     kill $spid 2>/dev/null; wait $spid 2>/dev/null
+fi
+
+# ---- batch-aware tree choice under load ----
+if part load && [ $have_model = 1 ] && [ -f "$PROMPTS" ]; then
+    log ""
+    log "## ppd serve -np 8, 8 concurrent clients: plain vs calibrated vs the batch-1 tree forced"
+    log ""
+    timeout 400 python3 tests/gpu/serve_load.py build/ppd "$MODEL" "$PROMPTS" --device cuda -np 8 --rounds 2 -n 128 \
+        >> "$REPORT" 2>build/gpu/load.err || bad "serve_load: $(tail -2 build/gpu/load.err | tr '\n' ' ')"
 fi
 
 # ---- the attention variant that chunks over visible keys ----
