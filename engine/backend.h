@@ -39,6 +39,11 @@ struct eng_backend_i {
      * may keep a pointer to it (CPU) or copy it (GPU). */
     int (*weight_init)(void *ctx, struct eng_weight *w, int type, const void *data, int64_t n_in, int64_t n_out);
     void (*weight_free)(void *ctx, struct eng_weight *w);
+    /* Optional (NULL: nothing to do): the forward pass multiplies w[0..n-1]
+     * (same n_in) with one input in one matmul call, in this order, so the
+     * backend may keep them as one matrix and run one product (CUDA).  The
+     * weights stay valid and separately usable either way. */
+    void (*weight_fuse)(void *ctx, struct eng_weight *const *w, int n);
 
     /* out[r] = row ids[r] of table; ids[r] < 0 selects row -1-ids[r] of extra (f32, n_embd wide). */
     void (*embed)(void *ctx, const struct eng_weight *table, const int32_t *ids, int n_tok,

@@ -3,10 +3,14 @@
  * Memory is device memory (cudaMalloc), all work goes in order on one stream,
  * and the ops are the kernels of kernels/cuda (kcuda.h).  Weights are
  * dequantized to f16 on the device once, at weight_init (the GGUF bytes go up
- * through one reused staging buffer); matrix products are cuBLASLt with f16
- * inputs and f32 accumulation, one algorithm pinned per weight shape so a row's
- * result does not depend on the batch (matmul.cu), the activations converted to
- * f16 per call into a buffer reused from call to call.  The batch's per-row arrays (host
+ * through one reused staging buffer), and q/k/v and gate/up are then kept as
+ * one matrix each (weight_fuse); matrix products are cuBLASLt with f16 inputs
+ * and f32 accumulation, one algorithm per weight shape chosen at load so a
+ * row's result does not depend on the batch (matmul.cu).  A product's f16
+ * input comes from the op before it (rmsnorm, attention and swiglu write an
+ * f16 twin of their output: x16_of) or is converted into a reused buffer.
+ * Attention gets the batch's runs of rows sharing a prefix (tiles) and the
+ * number of blocks long rows' keys are split over.  The batch's per-row arrays (host
  * memory, batch.h) go up once per forward pass: a host copy of what was last
  * uploaded is compared with the batch at each op that needs it.  Per step the
  * host sends token ids, the batch arrays and any PPD prompt rows, and gets the
@@ -41,6 +45,8 @@ struct cuda_ctx {
     size_t stage_cap;
     uint16_t *x16;          /* device: f16 copy of a matmul's input */
     size_t x16_cap;         /* elements */
+    const float *x16_of;    /* whose f16 copy x16 holds (NULL: none): the output of the op */
+    size_t x16_elems;       /* just before, which wrote both (cuda_x16_out); every other op forgets it */
     int32_t *ids_dev;       /* device: embed's ids, remapped */
     int32_t *ids_host;
     size_t ids_cap;
@@ -58,6 +64,20 @@ struct cuda_ctx {
     size_t b_cap;           /* bytes */
     size_t b_bytes;         /* bytes of the current upload (0: none) */
     struct kc_batch kb;
+    /* Fused weights (cuda_weight_fuse): one allocation holding n matrices
+     * side by side, freed when its last member is. */
+    struct cuda_fused {
+        uint16_t *base;
+        size_t bytes;
+        int64_t n_in, n_out;    /* the whole: n_out = the members' sum */
+        int n, live;
+    } *fused;
+    int n_fused, fused_cap;
+    float *att_ws;          /* device: attention's partial states (kc_attention's ws) */
+    size_t att_ws_cap;      /* bytes */
+    float *fused_out;       /* device: a fused product's rows before kc_split */
+    size_t fused_out_cap;   /* bytes */
+    int no_fuse;            /* PPD_CUDA_FUSE=0: keep every weight apart (for comparison) */
 };
 
 #define CUDA_CHECK(call)                                                                              \
@@ -96,6 +116,17 @@ static int cuda_grow(struct cuda_ctx *c, void **dev, void **host, size_t *cap, s
     return 1;
 }
 
+/* x16 as the f16 twin of `out` (elems elements) that the op about to run
+ * writes along with out, so the matmul that reads out next skips converting. */
+static uint16_t *cuda_x16_out(struct cuda_ctx *c, const float *out, size_t elems) {
+    size_t cap_bytes = c->x16_cap * sizeof(uint16_t);
+    cuda_grow(c, (void **)&c->x16, NULL, &cap_bytes, elems * sizeof(uint16_t));
+    c->x16_cap = cap_bytes / sizeof(uint16_t);
+    c->x16_of = out;
+    c->x16_elems = elems;
+    return c->x16;
+}
+
 /* ---- memory ---- */
 
 static void *cuda_buf_alloc(void *vctx, size_t bytes) {
@@ -124,6 +155,7 @@ static void cuda_buf_free(void *vctx, void *buf) {
  * the caller may reuse src at once. */
 static void cuda_buf_upload(void *vctx, void *dst, const void *src, size_t bytes) {
     struct cuda_ctx *c = vctx;
+    c->x16_of = NULL;
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->st));
 }
 
@@ -135,6 +167,7 @@ static void cuda_buf_download(void *vctx, void *dst, const void *src, size_t byt
 
 static void cuda_buf_copy(void *vctx, void *dst, const void *src, size_t bytes) {
     struct cuda_ctx *c = vctx;
+    c->x16_of = NULL;
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->st));
 }
 
@@ -169,6 +202,10 @@ static int cuda_weight_init(void *vctx, struct eng_weight *w, int type, const vo
         cudaFree(d16);
         return ENG_E_INTERNAL;
     }
+    /* The matrix product's algorithm for this shape is chosen here, at load,
+     * not in the first step (it times candidates on this weight); should that
+     * fail, the first product of this shape meets the failure again and says so. */
+    (void)kc_gemm_prepare(c->gemm, d16, n_in, n_out);
     w->type = type;
     w->n_in = n_in;
     w->n_out = n_out;
@@ -176,12 +213,89 @@ static int cuda_weight_init(void *vctx, struct eng_weight *w, int type, const vo
     return 0;
 }
 
+/* The fused block holding p, or NULL. */
+static struct cuda_fused *cuda_fused_of(struct cuda_ctx *c, const void *p) {
+    for (int i = 0; i < c->n_fused; i++)
+        if ((const char *)p >= (const char *)c->fused[i].base &&
+            (const char *)p < (const char *)c->fused[i].base + c->fused[i].bytes)
+            return &c->fused[i];
+    return NULL;
+}
+
 static void cuda_weight_free(void *vctx, struct eng_weight *w) {
     struct cuda_ctx *c = vctx;
     if (!w || !w->impl) return;
     CUDA_CHECK(cudaStreamSynchronize(c->st));
-    cudaFree(w->impl);
+    struct cuda_fused *f = cuda_fused_of(c, w->impl);
+    if (!f) {
+        cudaFree(w->impl);
+    } else if (--f->live == 0) {
+        cudaFree(f->base);
+        *f = c->fused[--c->n_fused];
+    }
     w->impl = NULL;
+}
+
+/* q/k/v and gate/up as one matrix each: one product instead of three or two
+ * (at one row a 4096 x 4096 product ran at 1.6x its bytes over the copy
+ * bandwidth, an 11008 x 4096 one at 1.27x: fewer, larger products waste less
+ * at the start and the tail).  The members are copied side by side into one
+ * allocation and their own freed, so memory does not grow; on any failure
+ * they simply stay apart. */
+static void cuda_weight_fuse(void *vctx, struct eng_weight *const *w, int n) {
+    struct cuda_ctx *c = vctx;
+    if (c->no_fuse || n < 2 || n > KC_SPLIT_MAX) return;
+    int64_t n_out = 0;
+    for (int i = 0; i < n; i++) {
+        if (!w[i]->impl || w[i]->n_in != w[0]->n_in || cuda_fused_of(c, w[i]->impl)) return;
+        n_out += w[i]->n_out;
+    }
+    if (c->n_fused == c->fused_cap) {
+        const int cap = c->fused_cap ? 2 * c->fused_cap : 64;
+        struct cuda_fused *f = realloc(c->fused, sizeof *f * (size_t)cap);
+        if (!f) return;
+        c->fused = f;
+        c->fused_cap = cap;
+    }
+    const size_t bytes = (size_t)w[0]->n_in * (size_t)n_out * sizeof(uint16_t);
+    uint16_t *base = NULL;
+    if (cudaMalloc((void **)&base, bytes) != cudaSuccess) { (void)cudaGetLastError(); return; }
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        const size_t b = (size_t)w[i]->n_in * (size_t)w[i]->n_out * sizeof(uint16_t);
+        if (cudaMemcpyAsync((char *)base + off, w[i]->impl, b, cudaMemcpyDeviceToDevice, c->st) != cudaSuccess) {
+            (void)cudaStreamSynchronize(c->st);
+            cudaFree(base);
+            (void)cudaGetLastError();
+            return;
+        }
+        off += b;
+    }
+    if (kc_gemm_prepare(c->gemm, base, w[0]->n_in, n_out) || cudaStreamSynchronize(c->st) != cudaSuccess) {
+        cudaFree(base);
+        (void)cudaGetLastError();
+        return;
+    }
+    off = 0;
+    for (int i = 0; i < n; i++) {
+        cudaFree(w[i]->impl);
+        w[i]->impl = (char *)base + off;
+        off += (size_t)w[i]->n_in * (size_t)w[i]->n_out * sizeof(uint16_t);
+    }
+    c->fused[c->n_fused++] = (struct cuda_fused){base, bytes, w[0]->n_in, n_out, n, n};
+}
+
+/* The fused block that w[0..n-1] are, in order, the whole of; else NULL. */
+static const struct cuda_fused *cuda_fused_whole(struct cuda_ctx *c, const struct eng_weight *const *w, int n) {
+    if (n < 2) return NULL;
+    const struct cuda_fused *f = cuda_fused_of(c, w[0]->impl);
+    if (!f || f->base != w[0]->impl || f->n != n) return NULL;
+    const char *next = (const char *)f->base;
+    for (int i = 0; i < n; i++) {
+        if (w[i]->impl != next || w[i]->n_in != f->n_in) return NULL;
+        next += (size_t)w[i]->n_in * (size_t)w[i]->n_out * sizeof(uint16_t);
+    }
+    return next == (const char *)f->base + f->bytes ? f : NULL;
 }
 
 /* ---- the batch on the device ---- */
@@ -224,6 +338,7 @@ static struct kc_kv cuda_kv(const struct eng_kv *kv) {
 static void cuda_embed(void *vctx, const struct eng_weight *table, const int32_t *ids, int n_tok,
                        const float *extra, int n_extra, float *out) {
     struct cuda_ctx *c = vctx;
+    c->x16_of = NULL;
     if (n_tok < 1) return;
     CUDA_CHECK(cudaSetDevice(c->device));
     const int64_t n = table->n_in;
@@ -264,7 +379,8 @@ static void cuda_embed(void *vctx, const struct eng_weight *table, const int32_t
 
 static void cuda_rmsnorm(void *vctx, const float *x, const float *w, int n_tok, int n, float eps, float *out) {
     struct cuda_ctx *c = vctx;
-    kc_rmsnorm(x, w, n_tok, n, eps, out, c->st);
+    c->x16_of = NULL;
+    kc_rmsnorm(x, w, n_tok, n, eps, out, cuda_x16_out(c, out, (size_t)n_tok * (size_t)n), c->st);
     cuda_check_launch("rmsnorm");
 }
 
@@ -273,11 +389,35 @@ static void cuda_matmul(void *vctx, const struct eng_weight *const *w, float *co
     struct cuda_ctx *c = vctx;
     if (n_w < 1 || n_tok < 1) return;
     const size_t elems = (size_t)n_tok * (size_t)w[0]->n_in;
-    size_t cap_bytes = c->x16_cap * sizeof(uint16_t);
-    cuda_grow(c, (void **)&c->x16, NULL, &cap_bytes, elems * sizeof(uint16_t));
-    c->x16_cap = cap_bytes / sizeof(uint16_t);
-    kc_f32_to_f16(x, (int64_t)elems, c->x16, c->st);
-    cuda_check_launch("f32_to_f16");
+    if (c->x16_of != x || c->x16_elems != elems) {   /* no f16 twin from the op before: convert */
+        size_t cap_bytes = c->x16_cap * sizeof(uint16_t);
+        cuda_grow(c, (void **)&c->x16, NULL, &cap_bytes, elems * sizeof(uint16_t));
+        c->x16_cap = cap_bytes / sizeof(uint16_t);
+        kc_f32_to_f16(x, (int64_t)elems, c->x16, c->st);
+        cuda_check_launch("f32_to_f16");
+        c->x16_of = x;   /* a second product of the same input needs no second conversion */
+        c->x16_elems = elems;
+    }
+    const struct cuda_fused *f = cuda_fused_whole(c, w, n_w);
+    if (f) {   /* one product, then its columns dealt out */
+        cuda_grow(c, (void **)&c->fused_out, NULL, &c->fused_out_cap, sizeof(float) * (size_t)n_tok * (size_t)f->n_out);
+        int s = kc_gemm_run(c->gemm, f->base, f->n_in, f->n_out, c->x16, n_tok, c->fused_out);
+        if (s) {
+            char why[96];
+            snprintf(why, sizeof why, "cublasStatus %d (fused %lld x %lld, %d rows)", s, (long long)f->n_out,
+                     (long long)f->n_in, n_tok);
+            cuda_fatal("kc_gemm_run", why, __LINE__);
+        }
+        struct kc_split parts = {.n = n_w};
+        for (int i = 0; i < n_w; i++) {
+            parts.out[i] = out[i];
+            parts.width[i] = (int)w[i]->n_out;
+            if (out[i] == x) c->x16_of = NULL;
+        }
+        kc_split(c->fused_out, n_tok, &parts, c->st);
+        cuda_check_launch("split");
+        return;
+    }
     for (int i = 0; i < n_w; i++) {
         int s = kc_gemm_run(c->gemm, w[i]->impl, w[i]->n_in, w[i]->n_out, c->x16, n_tok, out[i]);
         if (s) {
@@ -286,6 +426,7 @@ static void cuda_matmul(void *vctx, const struct eng_weight *const *w, float *co
                      (long long)w[i]->n_in, n_tok);
             cuda_fatal("kc_gemm_run", why, __LINE__);
         }
+        if (out[i] == x) c->x16_of = NULL;   /* written over: the twin is stale */
     }
 }
 
@@ -293,6 +434,7 @@ static void cuda_rope_kv_store(void *vctx, float *q, float *k, const float *v, c
                                struct eng_kv *kv, int layer, int n_head, int n_head_kv, int head_dim, int n_rot,
                                float freq_base, int neox) {
     struct cuda_ctx *c = vctx;
+    c->x16_of = NULL;
     cuda_batch_sync(c, b);
     struct kc_kv kk = cuda_kv(kv);
     kc_rope_kv_store(q, k, v, &c->kb, &kk, layer, n_head, n_head_kv, head_dim, n_rot, freq_base, neox, c->st);
@@ -302,21 +444,47 @@ static void cuda_rope_kv_store(void *vctx, float *q, float *k, const float *v, c
 static void cuda_attention(void *vctx, const float *q, const struct eng_batch *b, const struct eng_kv *kv, int layer,
                            int n_head, int n_head_kv, int head_dim, float scale, float *out) {
     struct cuda_ctx *c = vctx;
+    c->x16_of = NULL;
     if (head_dim > KC_ATTN_MAX_HEAD_DIM) cuda_fatal("attention", "head_dim above 256", __LINE__);
     cuda_batch_sync(c, b);
     struct kc_kv kk = cuda_kv(kv);
-    kc_attention(q, &c->kb, &kk, layer, n_head, n_head_kv, head_dim, scale, out, c->st);
+    /* Runs of rows sharing slot, prefix and group (a PPD tree, a prefill
+     * chunk) are served a tile at a time, decode rows one a block. */
+    int runs = 1, n_split = 1;
+    for (int r = 0; r < b->n_tok; r++) {
+        if (r > 0)
+            runs += b->slot[r] != b->slot[r - 1] || b->n_prefix[r] != b->n_prefix[r - 1] ||
+                    b->grp_first[r] != b->grp_first[r - 1] || b->grp_len[r] != b->grp_len[r - 1];
+        /* Long rows' keys go to several blocks (kc_attn_splits of the visible keys). */
+        int n_vis = b->n_prefix[r];
+        const uint64_t *vis = b->vis + (size_t)r * b->vis_words;
+        for (int g = 0; g < b->grp_len[r]; g += 64) {
+            uint64_t w = vis[g / 64];
+            if (b->grp_len[r] - g < 64) w &= (1ull << (b->grp_len[r] - g)) - 1;
+            n_vis += __builtin_popcountll(w);
+        }
+        const int s = kc_attn_splits(n_vis);
+        if (s > n_split) n_split = s;
+    }
+    if (n_split > 1)
+        cuda_grow(c, (void **)&c->att_ws, NULL, &c->att_ws_cap,
+                  sizeof(float) * (size_t)b->n_tok * (size_t)n_head * (size_t)n_split * (size_t)(head_dim + 2));
+    uint16_t *out16 = cuda_x16_out(c, out, (size_t)b->n_tok * (size_t)n_head * (size_t)head_dim);
+    kc_attention(q, &c->kb, &kk, layer, n_head, n_head_kv, head_dim, scale, b->n_tok / runs, n_split, c->att_ws, out,
+                 out16, c->st);
     cuda_check_launch("attention");
 }
 
 static void cuda_swiglu(void *vctx, const float *gate, const float *up, int n_tok, int n, float *out) {
     struct cuda_ctx *c = vctx;
-    kc_swiglu(gate, up, n_tok, n, out, c->st);
+    c->x16_of = NULL;
+    kc_swiglu(gate, up, n_tok, n, out, cuda_x16_out(c, out, (size_t)n_tok * (size_t)n), c->st);
     cuda_check_launch("swiglu");
 }
 
 static void cuda_add(void *vctx, float *x, const float *y, int n_tok, int n) {
     struct cuda_ctx *c = vctx;
+    c->x16_of = NULL;
     kc_add(x, y, n_tok, n, c->st);
     cuda_check_launch("add");
 }
@@ -326,6 +494,7 @@ static void cuda_add(void *vctx, float *x, const float *y, int n_tok, int n) {
 static void cuda_add_rows(void *vctx, float *x, const int32_t *ids, int n_tok, const float *table, int n_table,
                           int n) {
     struct cuda_ctx *c = vctx;
+    c->x16_of = NULL;
     if (n_tok < 1) return;
     CUDA_CHECK(cudaSetDevice(c->device));
     int n_used = 0;
@@ -354,6 +523,10 @@ static void cuda_free(void *vctx) {
     if (c->st) cudaStreamSynchronize(c->st);
     cudaFree(c->stage);
     cudaFree(c->x16);
+    cudaFree(c->fused_out);
+    cudaFree(c->att_ws);
+    for (int i = 0; i < c->n_fused; i++) cudaFree(c->fused[i].base);   /* members never freed */
+    free(c->fused);
     cudaFree(c->ids_dev);
     cudaFree(c->extra_dev);
     cudaFree(c->map_dev);
@@ -381,6 +554,7 @@ static const struct eng_backend_i cuda_iface = {
     .sync = cuda_sync,
     .weight_init = cuda_weight_init,
     .weight_free = cuda_weight_free,
+    .weight_fuse = cuda_weight_fuse,
     .embed = cuda_embed,
     .rmsnorm = cuda_rmsnorm,
     .matmul = cuda_matmul,
@@ -426,6 +600,8 @@ int eng_backend_cuda_init(struct eng_backend *be, int device, char *err, size_t 
         eng_err_set(err, cap, ENG_E_UNSUPPORTED, "cannot start cuBLAS on CUDA device %d", device);
         goto err;
     }
+    const char *fuse = getenv("PPD_CUDA_FUSE");
+    c->no_fuse = fuse && !strcmp(fuse, "0");
     if (kc_gemm_init(&c->gemm, c->blas, c->st)) {
         eng_err_set(err, cap, ENG_E_UNSUPPORTED, "cannot start cuBLASLt on CUDA device %d", device);
         goto err;

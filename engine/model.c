@@ -208,6 +208,7 @@ int eng_model_load(struct eng_model **out, const char *path, struct eng_backend 
         if ((rc = model_weight(m, LAYER_NAME("ffn_down.weight"), hp->n_ff, hp->n_embd, &L->w_down, err, cap))) goto err;
 #undef LAYER_NAME
     }
+    eng_model_fuse_weights(m);
     m->fingerprint = model_fingerprint(m->gguf);
     LOG_INFO("model '%s': %d layers, n_embd %d, %d/%d heads, n_ff %d, vocab %d, %.1f MB of weights%s", m->name,
              hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->n_ff, hp->n_vocab, m->weight_bytes / 1e6,
@@ -218,6 +219,16 @@ err:
     if (!err[0]) snprintf(err, cap, "%s: %s", path, eng_err_msg(rc));
     eng_model_free(m);
     return rc;
+}
+
+void eng_model_fuse_weights(struct eng_model *m) {
+    if (!m->be->iface->weight_fuse) return;
+    for (int l = 0; l < m->hp.n_layer; l++) {
+        struct eng_layer *L = &m->layers[l];
+        struct eng_weight *qkv[3] = {&L->wq, &L->wk, &L->wv}, *gu[2] = {&L->w_gate, &L->w_up};
+        m->be->iface->weight_fuse(m->be->ctx, qkv, 3);   /* the groups forward.c multiplies together */
+        m->be->iface->weight_fuse(m->be->ctx, gu, 2);
+    }
 }
 
 static void model_weight_free(struct eng_model *m, struct eng_weight *w) {

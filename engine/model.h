@@ -53,5 +53,8 @@ struct eng_model {
 
 int eng_model_load(struct eng_model **out, const char *path, struct eng_backend *be, char *err, size_t err_cap);
 void eng_model_free(struct eng_model *m);   /* accepts NULL */
+/* Offer each layer's q/k/v and gate/up to the backend's weight_fuse (done by
+ * eng_model_load; for models built by other means). */
+void eng_model_fuse_weights(struct eng_model *m);
 
 #endif

@@ -44,8 +44,11 @@ int kc_dequant_supported(int type);
  * (f32, n wide, n_extra rows), beyond n_extra a zero row. */
 void kc_embed(const uint16_t *table, int64_t n, const int32_t *ids, int n_tok, const float *extra, int n_extra,
               float *out, cudaStream_t st);
-/* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, rows of n. */
-void kc_rmsnorm(const float *x, const float *w, int n_tok, int n, float eps, float *out, cudaStream_t st);
+/* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, rows of n.  Here and in
+ * kc_attention and kc_swiglu, out16 (NULL: none) also gets out as f16, as
+ * kc_f32_to_f16 would make it: the next matrix product's input. */
+void kc_rmsnorm(const float *x, const float *w, int n_tok, int n, float eps, float *out, uint16_t *out16,
+                cudaStream_t st);
 /* RoPE on q (n_head heads) and k (n_head_kv heads) at the batch's positions, then
  * K and V rows into the cache at (layer, slot[r], kv_idx[r]).  neox: pairs
  * (i, i + n_rot/2), else (2i, 2i+1). */
@@ -54,19 +57,48 @@ void kc_rope_kv_store(float *q, float *k, const float *v, const struct kc_batch 
                       cudaStream_t st);
 /* Largest head_dim kc_attention supports. */
 #define KC_ATTN_MAX_HEAD_DIM 256
+#ifdef __CUDACC__
+#define KC_HOST_DEVICE __host__ __device__
+#else
+#define KC_HOST_DEVICE
+#endif
+/* Blocks that share one (row, head)'s keys: one below 1024 visible keys,
+ * then one per 512 (2 chunks of 32 keys for each of a block's 8 warps), at
+ * most KC_ATTN_MAX_SPLIT, so a long context's decode row keeps several SMs
+ * busy (one block took 77 us a layer for a 7B model at 2048 keys on an
+ * H200).  A function of the row's visible keys alone: a row sums alike in any
+ * batch, and a tree row and its plainly decoded twin see the same keys. */
+#define KC_ATTN_MAX_SPLIT 8
+static KC_HOST_DEVICE inline int kc_attn_splits(int n_vis) {
+    const int s = n_vis / 512;
+    return s < 1 ? 1 : s > KC_ATTN_MAX_SPLIT ? KC_ATTN_MAX_SPLIT : s;
+}
 /* out[r] = softmax(q[r] K^T * scale) V over the entries row r sees (its slot's
- * [0, n_prefix) and the set bits of its group), online softmax, one block per
- * (row, query head), split over the keys; GQA: query head h reads KV head
- * h / (n_head / n_head_kv). */
+ * [0, n_prefix) and the set bits of its group), online softmax split over the
+ * keys; GQA: query head h reads KV head h / (n_head / n_head_kv).  tile_rows:
+ * the mean length of the batch's runs of rows sharing slot, prefix and group
+ * (a block then serves several rows of a run); the results do not depend on it.
+ * n_split: the most kc_attn_splits of any row; above 1, ws holds n_tok *
+ * n_head * n_split * (head_dim + 2) floats of partial states. */
 void kc_attention(const float *q, const struct kc_batch *b, const struct kc_kv *kv, int layer, int n_head,
-                  int n_head_kv, int head_dim, float scale, float *out, cudaStream_t st);
+                  int n_head_kv, int head_dim, float scale, int tile_rows, int n_split, float *ws, float *out,
+                  uint16_t *out16, cudaStream_t st);
 /* out = silu(gate) * up over n_tok * n elements (out may be gate). */
-void kc_swiglu(const float *gate, const float *up, int n_tok, int n, float *out, cudaStream_t st);
+void kc_swiglu(const float *gate, const float *up, int n_tok, int n, float *out, uint16_t *out16, cudaStream_t st);
 /* x += y over n_tok * n elements. */
 void kc_add(float *x, const float *y, int n_tok, int n, cudaStream_t st);
 /* x[r] += rows[map[r]] (rows of n) for the batch rows with map[r] >= 0: deep
  * prompt vectors into the PPD prompt rows (the CPU backend's add_rows). */
 void kc_add_rows(float *x, const int32_t *map, int n_tok, const float *rows, int n, cudaStream_t st);
+/* out[i][r][j] = src[r][width[0] + ... + width[i-1] + j]: a fused product's
+ * rows (n_tok rows of sum(width)) dealt out to its n parts. */
+#define KC_SPLIT_MAX 4
+struct kc_split {
+    float *out[KC_SPLIT_MAX];
+    int width[KC_SPLIT_MAX];
+    int n;
+};
+void kc_split(const float *src, int n_tok, const struct kc_split *parts, cudaStream_t st);
 /* f32 to f16 (round to nearest even) over n elements. */
 void kc_f32_to_f16(const float *x, int64_t n, uint16_t *out, cudaStream_t st);
 /* out[r][o] = sum_i x16[r][i] * w16[o][i]: f16 inputs, f32 accumulation and
@@ -77,6 +109,8 @@ void kc_f32_to_f16(const float *x, int64_t n, uint16_t *out, cudaStream_t st);
 struct kc_gemm;
 int kc_gemm_init(struct kc_gemm **g, void *cublas_handle, cudaStream_t st);
 void kc_gemm_free(struct kc_gemm *g);
+/* Choose the algorithm for w16's shape now (timing it on w16), not at its first run. */
+int kc_gemm_prepare(struct kc_gemm *g, const uint16_t *w16, int64_t n_in, int64_t n_out);
 int kc_gemm_run(struct kc_gemm *g, const uint16_t *w16, int64_t n_in, int64_t n_out, const uint16_t *x16, int n_tok,
                 float *out);
 const char *kc_gemm_describe(const struct kc_gemm *g);

@@ -161,6 +161,7 @@ int rm_build(struct rm_model *rm, struct eng_backend *be, const struct eng_hpara
         if (!(m->layers[l].attn_norm = rm_norm(be, hp->n_embd, &rng)) ||
             !(m->layers[l].ffn_norm = rm_norm(be, hp->n_embd, &rng)))
             goto done;
+    eng_model_fuse_weights(m);
     be->iface->sync(be->ctx);
     rc = 0;
 done:

@@ -16,9 +16,10 @@
 #   load  issue 6's batch-aware check: ppd serve -np 8 under 8 concurrent
 #         clients, plain vs calibrated vs the batch-1 tree forced
 #         (tests/gpu/serve_load.py, PPD_GPU_PROMPTS)
-#   visible  the ops and ppd bench again with PPD_CUDA_ATTN_VISIBLE=1 (attention
-#         chunked over each row's visible keys: the fix for PPD != plain on the
-#         GPU, written without a GPU; make it the default once this passes)
+#   ncu   (diagnosis, not in the default list) ncu on bench_7b's 64-row step:
+#         attention and matrix product kernels
+#   nsys  (diagnosis, not in the default list) nsys kernel and API summary of
+#         bench_7b's 1-row steps
 #   7b    tests/gpu/bench_7b.c: a Llama-2-7B-shaped model with random f16
 #         weights: copy bandwidth, step latency for 1..512 rows, issue 7's
 #         acceptance figures, and calibration's choice of L
@@ -40,7 +41,7 @@ MODEL=${PPD_TEST_MODEL:-models/SmolLM2-135M-Instruct.Q4_1.gguf}
 ROWS=${PPD_GPU_ROWS:-1,2,4,8,16,32,64,128,256}
 REPORT=build/gpu-report.md
 [ -n "${OUT:-}" ] && REPORT=$OUT/gpu-report.md
-PARTS=,${PPD_GPU_PARTS:-ops,ppd,rows,serve,load,visible,7b},
+PARTS=,${PPD_GPU_PARTS:-ops,ppd,rows,serve,load,7b},
 PROMPTS=${PPD_GPU_PROMPTS:-build/gpu/prompts.jsonl}
 part() { case $PARTS in *",$1,"*) return 0 ;; esac; return 1; }
 mkdir -p build/gpu "$(dirname "$REPORT")"
@@ -187,38 +188,68 @@ if part load && [ $have_model = 1 ] && [ -f "$PROMPTS" ]; then
         >> "$REPORT" 2>build/gpu/load.err || bad "serve_load: $(tail -2 build/gpu/load.err | tr '\n' ' ')"
 fi
 
-# ---- the attention variant that chunks over visible keys ----
-if part visible; then
-    log ""
-    log "## PPD_CUDA_ATTN_VISIBLE=1: attention chunked over each row's visible keys"
-    log ""
-    m=$MODEL; [ $have_model = 1 ] || m=/nonexistent
-    PPD_CUDA_ATTN_VISIBLE=1 PPD_TEST_MODEL=$m timeout 300 build/gpu/test_cuda_ops "$m" > build/gpu/ops-visible.txt 2>build/gpu/ops-visible.err; rc=$?
-    grep -v " ok |$" build/gpu/ops-visible.txt | tee -a "$REPORT"
-    [ $rc = 0 ] || bad "test_cuda_ops with PPD_CUDA_ATTN_VISIBLE=1: exit $rc ($(tail -2 build/gpu/ops-visible.err | tr '\n' ' '))"
-    if [ $have_model = 1 ] && [ -f "$PROMPTS" ]; then
-        for L in 2 60; do
-            log "ppd bench, CUDA, L = $L, PPD_CUDA_ATTN_VISIBLE=1:"
-            log '```'
-            PPD_CUDA_ATTN_VISIBLE=1 timeout 120 build/ppd bench --device cuda -m "$MODEL" -f "$PROMPTS" --count 10 -n 128 --tree-size $L \
-                >> "$REPORT" 2>build/gpu/bench-visible.err || bad "ppd bench L = $L with PPD_CUDA_ATTN_VISIBLE=1: $(tail -1 build/gpu/bench-visible.err)"
-            log '```'
-        done
-    fi
-fi
-
 # ---- the 7B-shaped model ----
 if part 7b; then
     log ""
     log "## Llama-2-7B shape, random f16 weights (tests/gpu/bench_7b.c)"
     log ""
-    timeout 300 build/gpu/bench_7b > build/gpu/7b.txt 2>build/gpu/7b.err; rc=$?
+    PPD_CUDA_GEMM_VERBOSE=1 timeout 300 build/gpu/bench_7b > build/gpu/7b.txt 2>build/gpu/7b.err; rc=$?
     cat build/gpu/7b.txt >> "$REPORT"; cat build/gpu/7b.txt
+    log ""
+    log "cuBLASLt algorithm per weight shape (matmul.cu's timed, bit-checked choice):"
+    log '```'
+    grep "^ppd gemm:" build/gpu/7b.err | tee -a "$REPORT"
+    log '```'
+    log ""
+    log "Without fusing q/k/v and gate/up (PPD_CUDA_FUSE=0), same machine:"
+    log ""
+    PPD_CUDA_FUSE=0 timeout 120 build/gpu/bench_7b --rows 1,64 --no-calib --no-profile 2>/dev/null | grep "^| [0-9]\|^- [16]" | tee -a "$REPORT"
+    log ""
+    log "A longer context (prefix 2048):"
+    log ""
+    timeout 150 build/gpu/bench_7b --rows 1,64 --prefix 2048 --no-calib 2>/dev/null | grep "^| [0-9]\|^| attention\|^| \*\*" | tee -a "$REPORT"
     case $rc in
         0) ;;
         1) log "(an acceptance figure is not met: see above)"; fail=1 ;;
         *) bad "bench_7b exit $rc ($(tail -3 build/gpu/7b.err | tr '\n' ' '))" ;;
     esac
+fi
+
+# ---- a profile of the 7B model's tree attention (diagnosis; not a check) ----
+if part ncu; then
+    NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    log ""
+    log "## ncu: attention, 7B shape, 64 rows"
+    log ""
+    if [ -n "$NCU" ]; then
+        log '```'
+        timeout 240 "$NCU" -k regex:attention_rows -c 1 --launch-skip 100 \
+            --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
+            --section MemoryWorkloadAnalysis --section InstructionStats \
+            build/gpu/bench_7b --rows 64 --repeat 1 --no-calib --no-profile > build/gpu/ncu.txt 2>&1
+        grep -v "^==PROF==\|^ *$\|^ *---\|OPT \|^ *[a-z]" build/gpu/ncu.txt | cut -c1-160 | head -150 | tee -a "$REPORT"
+        log '```'
+    else
+        log "(ncu not found)"
+    fi
+fi
+
+# ---- a timeline summary of the 7B model's 1-row step (diagnosis; not a check) ----
+if part nsys; then
+    NSYS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+    log ""
+    log "## nsys: the 7B shape's 1-row step (kernels and CUDA API calls)"
+    log ""
+    if [ -n "$NSYS" ]; then
+        log '```'
+        timeout 240 "$NSYS" profile -o build/gpu/step1 --force-overwrite true -t cuda --stats=false \
+            build/gpu/bench_7b --rows 1 --repeat 30 --no-calib --no-profile > build/gpu/nsys.log 2>&1
+        timeout 120 "$NSYS" stats -r cuda_gpu_kern_sum,cuda_api_sum -f csv build/gpu/step1.nsys-rep 2>/dev/null \
+            | cut -c1-220 | head -60 | tee -a "$REPORT"
+        log '```'
+    else
+        log "(nsys not found)"
+    fi
 fi
 
 log ""
