@@ -26,6 +26,10 @@ struct eng_weight {
 struct eng_backend_i {
     const char *name;
     void (*free)(void *ctx);
+    /* Optional (NULL: the host's CPU is the device): the device this context
+     * runs on, e.g. "NVIDIA H200 (sm_90, 139.8 GiB)"; part of the calibration
+     * cache's fingerprint, so a table measured on one GPU is not used on another. */
+    const char *(*device_name)(void *ctx);
 
     /* memory */
     void *(*buf_alloc)(void *ctx, size_t bytes);        /* zeroed */

@@ -78,6 +78,7 @@ struct cuda_ctx {
     float *fused_out;       /* device: a fused product's rows before kc_split */
     size_t fused_out_cap;   /* bytes */
     int no_fuse;            /* PPD_CUDA_FUSE=0: keep every weight apart (for comparison) */
+    char device_desc[320];  /* device_name's answer */
 };
 
 #define CUDA_CHECK(call)                                                                              \
@@ -543,9 +544,15 @@ static void cuda_free(void *vctx) {
     free(c);
 }
 
+static const char *cuda_device_name(void *vctx) {
+    const struct cuda_ctx *c = vctx;
+    return c->device_desc;
+}
+
 static const struct eng_backend_i cuda_iface = {
     .name = "cuda",
     .free = cuda_free,
+    .device_name = cuda_device_name,
     .buf_alloc = cuda_buf_alloc,
     .buf_free = cuda_buf_free,
     .buf_upload = cuda_buf_upload,
@@ -606,8 +613,9 @@ int eng_backend_cuda_init(struct eng_backend *be, int device, char *err, size_t 
         eng_err_set(err, cap, ENG_E_UNSUPPORTED, "cannot start cuBLASLt on CUDA device %d", device);
         goto err;
     }
-    LOG_INFO("CUDA device %d: %s (sm_%d%d, %.1f GiB); matrix products: %s", device, prop.name, prop.major, prop.minor,
-             (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), kc_gemm_describe(c->gemm));
+    snprintf(c->device_desc, sizeof c->device_desc, "%s (sm_%d%d, %.1f GiB)", prop.name, prop.major, prop.minor,
+             (double)prop.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    LOG_INFO("CUDA device %d: %s; matrix products: %s", device, c->device_desc, kc_gemm_describe(c->gemm));
     be->iface = &cuda_iface;
     be->ctx = c;
     return 0;

@@ -13,6 +13,7 @@
 #include "err.h"
 #include "generate.h"
 #include "ppd_tree.h"
+#include "stats.h"
 
 /* Rows per sequence: dense up to 8 (where a CPU turns from bandwidth- to
  * compute-bound), then about 1.5x apart up to 256. */
@@ -20,11 +21,6 @@ static const int calib_r_grid[] = {1, 2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 48, 64, 
 /* Past this many rows per sequence, batch sizes above 1 are not measured:
  * trees shrink as the batch grows, so those points would never be used. */
 #define CALIB_R_MAX_BATCHED 64
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 /* Median of n step times of batch b (the first pass is a warm-up). */
 static int calib_time(struct eng_forward *f, struct eng_kv *kv, struct eng_batch *batch, double *ms_out) {
@@ -41,8 +37,7 @@ static int calib_time(struct eng_forward *f, struct eng_kv *kv, struct eng_batch
         if ((rc = eng_forward_run(f, batch, kv, NULL, 0))) return rc;
         t[n] = eng_now_s() - t0;
     }
-    qsort(t, (size_t)n, sizeof t[0], cmp_double);
-    *ms_out = 1e3 * t[n / 2];
+    *ms_out = 1e3 * eng_median(t, n);
     return 0;
 }
 

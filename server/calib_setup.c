@@ -72,9 +72,14 @@ static void calib_fingerprint(const struct eng_engine *e, const struct calib_set
     file_digest(o->model_path, 1 << 16, model);
     if (o->adapter_path) file_digest(o->adapter_path, 0, adapter);
     file_digest("/proc/self/exe", 0, build);
-    snprintf(desc, sizeof desc, "ppd-calib-v1|%s|%s|threads=%d|model=%s:%lld:%lld:%s|adapter=%s|build=%s|slots=%d|rows=%d|prefix=%d",
-             e->be.iface->name, cpu, o->n_threads, o->model_path, (long long)st.st_size, (long long)st.st_mtime, model,
-             adapter, build, o->n_slot, e->fwd.max_rows, prefix);
+    /* The device itself where it is not the CPU (the GPU's name): a cache
+     * directory shared by machines with the same CPU and different GPUs must
+     * not hand one GPU's latency table to another. */
+    const char *device = e->be.iface->device_name ? e->be.iface->device_name(e->be.ctx) : "";
+    snprintf(desc, sizeof desc,
+             "ppd-calib-v1|%s|%s|device=%s|threads=%d|model=%s:%lld:%lld:%s|adapter=%s|build=%s|slots=%d|rows=%d|prefix=%d",
+             e->be.iface->name, cpu, device, o->n_threads, o->model_path, (long long)st.st_size, (long long)st.st_mtime,
+             model, adapter, build, o->n_slot, e->fwd.max_rows, prefix);
     uint8_t d[ENG_SHA256_BYTES];
     struct eng_sha256 h;
     eng_sha256_init(&h);

@@ -38,6 +38,7 @@
 #include "engine/generate.h"
 #include "engine/log.h"
 #include "engine/ppd.h"
+#include "engine/stats.h"
 
 #define BENCH_DEFAULT_PROMPTS "../shared/data/eval-mt_bench.jsonl"
 #define BENCH_MAX_FILES 16
@@ -62,17 +63,6 @@ struct bench_acc {
     long hist[ENG_PPD_MAX_PROMPT + 2];
     double *pre_tps, *dec_tps;        /* [count] plain, per prompt (medians, as before PPD) */
 };
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    if (n < 1) return 0;
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 static void bench_usage(FILE *fp) {
     fprintf(fp,
@@ -144,7 +134,7 @@ static int bench_rows(struct eng_engine *e, const char *list, int prefix, int re
             eng_forward_run(f, &b, kv, NULL, 0);
             t[k] = eng_now_s() - t0;
         }
-        double med = median(t, repeat);
+        double med = eng_median(t, repeat);
         if (rows == 1 || t1 == 0) t1 = med;
         printf("{\"bench\":\"rows\",\"rows\":%ld,\"prefix\":%d,\"step_ms\":%.3f,\"ratio_to_first\":%.3f,"
                "\"weight_bytes\":%zu}\n", rows, prefix, med * 1e3, med / t1, e->model->weight_bytes);
@@ -283,8 +273,8 @@ static void bench_report_json(const struct bench_opts *o, const struct cli_ppd *
     json_object_set_new(j, "seed", json_integer((json_int_t)o->sp.seed));
     json_object_set_new(j, "generated", json_integer(a->base_gen));
     /* plain decoding, medians over prompts (the figures of the baseline-only bench) */
-    json_object_set_new(j, "prefill_tokens_per_s", json_real(median(a->pre_tps, a->prompts)));
-    json_object_set_new(j, "decode_tokens_per_s", json_real(median(a->dec_tps, a->prompts)));
+    json_object_set_new(j, "prefill_tokens_per_s", json_real(eng_median(a->pre_tps, a->prompts)));
+    json_object_set_new(j, "decode_tokens_per_s", json_real(eng_median(a->dec_tps, a->prompts)));
     if (!o->no_ppd) {
         double base_tps = ratio((double)a->base_dec_tok, a->base_dec_s), ppd_tps = ratio((double)a->ppd_dec_tok, a->ppd_dec_s);
         long acc = 0;
@@ -346,8 +336,8 @@ static void bench_report_header(const struct bench_opts *o, const struct cli_ppd
 static void bench_report_row(const struct bench_opts *o, const char *file, struct bench_acc *a) {
     const char *name = bench_basename(file);
     if (o->no_ppd) {
-        printf("%-28s %7d %7ld %13.1f %13.1f\n", name, a->prompts, a->base_gen, median(a->pre_tps, a->prompts),
-               median(a->dec_tps, a->prompts));
+        printf("%-28s %7d %7ld %13.1f %13.1f\n", name, a->prompts, a->base_gen, eng_median(a->pre_tps, a->prompts),
+               eng_median(a->dec_tps, a->prompts));
         fflush(stdout);
         return;
     }

@@ -30,17 +30,10 @@
 #include "engine/generate.h"
 #include "engine/kv_cache.h"
 #include "engine/ppd_tree.h"
+#include "engine/stats.h"
 #include "kernels/cpu/qtypes.h"
 #include "tests/gpu/random_model.h"
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-static double median(double *t, int n) {
-    qsort(t, (size_t)n, sizeof *t, cmp_double);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
 
 /* Device-to-device copy of `bytes`, median of `repeat`: bytes read + written per second. */
 static double copy_bandwidth(struct eng_backend *be, size_t bytes, int repeat) {
@@ -58,7 +51,7 @@ static double copy_bandwidth(struct eng_backend *be, size_t bytes, int repeat) {
     }
     be->iface->buf_free(be->ctx, a);
     be->iface->buf_free(be->ctx, b);
-    return 2.0 * (double)bytes / median(t, repeat);
+    return 2.0 * (double)bytes / eng_median(t, repeat);
 }
 
 /* Median step time of `rows` rows after `prefix` committed entries; all_logits:
@@ -77,7 +70,7 @@ static double step_time(struct eng_forward *f, struct eng_kv *kv, struct eng_bat
         if (eng_forward_run(f, b, kv, NULL, 0)) return -1;
         t[i] = eng_now_s() - t0;
     }
-    return median(t, repeat);
+    return eng_median(t, repeat);
 }
 
 enum { N_SLOT = 8, L_MAX = 256 };

@@ -13,6 +13,8 @@ import sys
 import threading
 import urllib.request
 
+import chat_client
+
 PROMPTS = [
     "The capital of France is",
     "Write a Python function that reverses a list.",
@@ -26,21 +28,15 @@ PROMPTS = [
 
 
 def post(port, model_id, prompt, n, out, i):
-    body = json.dumps({"model": model_id, "messages": [{"role": "user", "content": prompt}],
-                       "max_tokens": n, "temperature": 0}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", body,
-                                 {"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            out[i] = json.load(r)
+        out[i] = chat_client.chat(port, model_id, prompt, n)
     except Exception as e:  # noqa: BLE001 - reported, not raised
         out[i] = {"error": str(e)}
 
 
 def main():
     port, model, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=30) as r:
-        model_id = json.load(r)["data"][0]["id"]
+    model_id = chat_client.model_id(port)
     out = [None] * len(PROMPTS)
     threads = [threading.Thread(target=post, args=(port, model_id, p, n, out, i)) for i, p in enumerate(PROMPTS)]
     for t in threads:

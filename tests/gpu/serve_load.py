@@ -19,6 +19,8 @@ import threading
 import time
 import urllib.request
 
+import chat_client
+
 
 def get(url, timeout=5):
     with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -48,13 +50,8 @@ def run_round(a, model_id, prompts):
     def client(i):
         for j in range(a.rounds):
             p = prompts[(i * a.rounds + j) % len(prompts)]
-            body = json.dumps({"model": model_id, "messages": [{"role": "user", "content": p}],
-                               "max_tokens": a.n, "temperature": 0}).encode()
-            req = urllib.request.Request(f"http://127.0.0.1:{a.port}/v1/chat/completions", body,
-                                         {"Content-Type": "application/json"})
             try:
-                with urllib.request.urlopen(req, timeout=600) as r:
-                    done[i] += json.load(r)["usage"]["completion_tokens"]
+                done[i] += chat_client.chat(a.port, model_id, p, a.n, timeout=600)["usage"]["completion_tokens"]
             except Exception as e:  # noqa: BLE001 - counted
                 errors.append(str(e))
 
@@ -89,7 +86,7 @@ def main():
             extra = ["--calibrate", "off", "--tree-size", str(L1)] if L1 else ["--no-ppd"]
         p = start(a, extra)
         try:
-            model_id = json.loads(get(f"http://127.0.0.1:{a.port}/v1/models"))["data"][0]["id"]
+            model_id = chat_client.model_id(a.port)
             budgets = ""
             if mode == "calibrated":
                 m = dict(re.findall(r'ppd_tree_budget\{batch_size="(\d+)"\} (\d+)', get(f"http://127.0.0.1:{a.port}/metrics")))
