@@ -4,9 +4,9 @@
  * [0, n_prefix[r]) and those of the batch's entries [grp_first, grp_first +
  * grp_len) whose bit is set in its visibility words (batch.h).
  *
- * One block per (tile of ATT_TILE consecutive rows, query head), ATT_WARPS
- * warps.  A row's candidate keys (prefix, then group) go in chunks of 32, one
- * key per lane; chunk c belongs to warp c % ATT_WARPS (split-K, as in
+ * One block per (tile of consecutive rows, query head, split), ATT_WARPS
+ * warps.  A row's visible keys go in chunks of 32, one key per lane; chunk c
+ * belongs to warp c % ATT_WARPS (split-K, as in
  * flash-decoding: a single decode row still keeps several warps busy).  Per
  * chunk a warp scores its keys against q (in shared memory), takes the
  * chunk's max and the online-softmax correction (running max m, sum l, output
@@ -32,13 +32,23 @@
  * and greedy PPD equals plain decoding on the GPU (an H200: 0 of 40 prompts
  * differ; counting prefix and group chunks apart, 3 of 40 did).
  *
+ * Long rows.  A row with 1024 or more visible keys has its chunks split over
+ * kc_attn_splits(n_vis) blocks (contiguous ranges, att_range); each writes
+ * its merged state to ws and att_merge combines them in split order.  The
+ * split depends on the row's visible keys alone, so the properties above
+ * hold.  1 row at 2048 keys of a 7B model: 77 -> 43 us a layer (H200).
+ *
  * Speed.  A block takes one row (decode rows of different sequences) or a
  * tile of 4 or 8 rows sharing slot, prefix and group (a PPD tree, a prefill
  * chunk): the caller says which from the batch's runs (kc_attention's
- * tile_rows).  The K loop is unrolled by 8 so a lane has 8 loads in flight
- * (one at a time, a 7B tree step spent 147 us a layer here, latency-bound at
- * 1% of the DRAM bandwidth per ncu), and the per-lane state is sized by the
- * head dimension (DPL: 2, 4 or 8 dimensions a lane) to keep registers.
+ * tile_rows).  Each chunk's K and V rows are prefetched, the next chunk's to
+ * L2; scores and sums are explicit FMAs (the build has -fmad=false); the
+ * per-lane state is sized by the head dimension (DPL: 2, 4 or 8 dimensions a
+ * lane).  Still, 64 tree rows of a 7B model take 116 us a layer against 15
+ * for one row: ncu finds it latency-bound (0.14 instructions issued per
+ * cycle per scheduler, 1% of DRAM bandwidth), one lane per key doing f32
+ * work.  Tensor cores over shared-prefix chunks are the next step
+ * (BENCHMARKS.md, session 7).
  */
 #include <cuda_fp16.h>
 #include <math.h>
