@@ -17,12 +17,14 @@
 #         clients, plain vs calibrated vs the batch-1 tree forced
 #         (tests/gpu/serve_load.py, PPD_GPU_PROMPTS)
 #   ncu   (diagnosis, not in the default list) ncu on bench_7b's 64-row step:
-#         attention and matrix product kernels
+#         the attention kernel (throughput, occupancy, warp states)
 #   nsys  (diagnosis, not in the default list) nsys kernel and API summary of
 #         bench_7b's 1-row steps
 #   7b    tests/gpu/bench_7b.c: a Llama-2-7B-shaped model with random f16
 #         weights: copy bandwidth, step latency for 1..512 rows, issue 7's
-#         acceptance figures, and calibration's choice of L
+#         acceptance figures, calibration's choice of L, the cuBLASLt choice
+#         per shape, and (same machine) 1 and 64 rows unfused and at a
+#         2048-entry prefix
 # Writes a markdown report to $OUT/gpu-report.md when $OUT is set, else
 # build/gpu-report.md, and exits 1 when any check fails (0 when all pass; 77
 # when no GPU is usable).  Each part runs under a time limit, so one hang
