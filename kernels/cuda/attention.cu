@@ -39,7 +39,7 @@
  * hold.  1 row at 2048 keys of a 7B model: 77 -> 43 us a layer (H200).
  *
  * Speed.  A block takes one row (decode rows of different sequences) or a
- * tile of 4 or 8 rows sharing slot, prefix and group (a PPD tree, a prefill
+ * tile of 8 rows sharing slot, prefix and group (a PPD tree, a prefill
  * chunk): the caller says which from the batch's runs (kc_attention's
  * tile_rows).  Each chunk's K and V rows are prefetched, the next chunk's to
  * L2; scores and sums are explicit FMAs (the build has -fmad=false); the
@@ -429,7 +429,9 @@ static void att_launch(const float *q, const struct kc_batch *b, const struct kc
     attention_rows<TILE, DPL><<<grid, ATT_WARPS * 32, 0, st>>>(q, *b, *kv, layer, n_head, n_head_kv, hd, scale, dst);
 }
 
-/* PPD_CUDA_ATTN_TILE=1|4|8 caps the tile (for measuring; default 8). */
+/* PPD_CUDA_ATTN_TILE=1 caps the tile at one row (for measuring; default 8).
+ * Tiles of 4 were measured slower than 8 (7B, 64 tree rows: 131.6 against
+ * 103-116 us a layer) and are not built: each instance costs compile time. */
 template <int DPL>
 static void att_launch_tile(int tile_rows, const float *q, const struct kc_batch *b, const struct kc_kv *kv, int layer,
                             int n_head, int n_head_kv, int hd, float scale, const struct att_dst &dst,
@@ -437,13 +439,11 @@ static void att_launch_tile(int tile_rows, const float *q, const struct kc_batch
     static int cap = 0;
     if (!cap) {
         const char *e = getenv("PPD_CUDA_ATTN_TILE");
-        cap = e && (atoi(e) == 1 || atoi(e) == 4) ? atoi(e) : ATT_TILE;
+        cap = e && atoi(e) == 1 ? 1 : ATT_TILE;
     }
     if (tile_rows > cap) tile_rows = cap;
-    if (tile_rows >= 8)
-        att_launch<8, DPL>(q, b, kv, layer, n_head, n_head_kv, hd, scale, dst, st);
-    else if (tile_rows >= 4)
-        att_launch<4, DPL>(q, b, kv, layer, n_head, n_head_kv, hd, scale, dst, st);
+    if (tile_rows >= ATT_TILE)
+        att_launch<ATT_TILE, DPL>(q, b, kv, layer, n_head, n_head_kv, hd, scale, dst, st);
     else
         att_launch<1, DPL>(q, b, kv, layer, n_head, n_head_kv, hd, scale, dst, st);
 }
