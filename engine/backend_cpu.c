@@ -354,16 +354,6 @@ static int attn_leading_visible(const struct eng_batch *b, int r) {
     return n;
 }
 
-static int attn_row_visible(const struct eng_batch *b, int r) {
-    const uint64_t *vis = b->vis + (size_t)r * b->vis_words;
-    int n = b->n_prefix[r];
-    for (int w = 0; w < b->vis_words && w * 64 < b->grp_len[r]; w++) {
-        const int bits = b->grp_len[r] - w * 64;
-        n += __builtin_popcountll(bits >= 64 ? vis[w] : vis[w] & ((1ull << bits) - 1));
-    }
-    return n;
-}
-
 static void cpu_attention(void *vctx, const float *q, const struct eng_batch *b, const struct eng_kv *kv,
                           int layer, int n_head, int n_head_kv, int head_dim, float scale, float *out) {
     struct cpu_ctx *c = vctx;
@@ -398,7 +388,7 @@ static void cpu_attention(void *vctx, const float *q, const struct eng_batch *b,
             for (int rr = p0; rr < p1; rr++) {
                 const int lead = b->grp_first[rr] == b->n_prefix[rr] ? attn_leading_visible(b, rr) : 0;
                 if (lead < common) common = lead;
-                cost += attn_row_visible(b, rr) + 32;
+                cost += eng_batch_row_visible(b, rr) + 32;
                 if (b->n_prefix[rr] + b->grp_len[rr] > n_keys_max) n_keys_max = b->n_prefix[rr] + b->grp_len[rr];
             }
             c->pieces[c->n_pieces] = p0;

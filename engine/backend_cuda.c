@@ -64,6 +64,8 @@ struct cuda_ctx {
     size_t b_cap;           /* bytes */
     size_t b_bytes;         /* bytes of the current upload (0: none) */
     struct kc_batch kb;
+    int att_tile_rows;      /* of the batch in kb: mean run of rows sharing slot, prefix and group */
+    int att_n_split;        /* of the batch in kb: the most kc_attn_splits of any row */
     /* Fused weights (cuda_weight_fuse): one allocation holding n matrices
      * side by side, freed when its last member is. */
     struct cuda_fused {
@@ -327,6 +329,19 @@ static void cuda_batch_sync(struct cuda_ctx *c, const struct eng_batch *b) {
     c->kb.grp_first = d + 4 * n;
     c->kb.grp_len = d + 5 * n;
     c->kb.vis = (const uint64_t *)((const char *)c->b_dev + ints);
+    /* What attention's launch needs of this batch, once per upload, not per layer:
+     * runs of rows sharing slot, prefix and group (a PPD tree, a prefill chunk)
+     * are served a tile at a time, and long rows' keys go to several blocks. */
+    int runs = 1, n_split = 1;
+    for (int r = 0; r < b->n_tok; r++) {
+        if (r > 0)
+            runs += b->slot[r] != b->slot[r - 1] || b->n_prefix[r] != b->n_prefix[r - 1] ||
+                    b->grp_first[r] != b->grp_first[r - 1] || b->grp_len[r] != b->grp_len[r - 1];
+        const int s = kc_attn_splits(eng_batch_row_visible(b, r));
+        if (s > n_split) n_split = s;
+    }
+    c->att_tile_rows = b->n_tok / runs;
+    c->att_n_split = n_split;
 }
 
 static struct kc_kv cuda_kv(const struct eng_kv *kv) {
@@ -385,6 +400,16 @@ static void cuda_rmsnorm(void *vctx, const float *x, const float *w, int n_tok, 
     cuda_check_launch("rmsnorm");
 }
 
+/* out = x16 · Wᵀ for n_tok rows; a cuBLAS failure mid-step is fatal (file header). */
+static void cuda_gemm(struct cuda_ctx *c, const void *w16, int64_t n_in, int64_t n_out, int n_tok, float *out) {
+    const int s = kc_gemm_run(c->gemm, w16, n_in, n_out, c->x16, n_tok, out);
+    if (s) {
+        char why[96];
+        snprintf(why, sizeof why, "cublasStatus %d (%lld x %lld, %d rows)", s, (long long)n_out, (long long)n_in, n_tok);
+        cuda_fatal("kc_gemm_run", why, __LINE__);
+    }
+}
+
 static void cuda_matmul(void *vctx, const struct eng_weight *const *w, float *const *out, int n_w,
                         const float *x, int n_tok) {
     struct cuda_ctx *c = vctx;
@@ -402,13 +427,7 @@ static void cuda_matmul(void *vctx, const struct eng_weight *const *w, float *co
     const struct cuda_fused *f = cuda_fused_whole(c, w, n_w);
     if (f) {   /* one product, then its columns dealt out */
         cuda_grow(c, (void **)&c->fused_out, NULL, &c->fused_out_cap, sizeof(float) * (size_t)n_tok * (size_t)f->n_out);
-        int s = kc_gemm_run(c->gemm, f->base, f->n_in, f->n_out, c->x16, n_tok, c->fused_out);
-        if (s) {
-            char why[96];
-            snprintf(why, sizeof why, "cublasStatus %d (fused %lld x %lld, %d rows)", s, (long long)f->n_out,
-                     (long long)f->n_in, n_tok);
-            cuda_fatal("kc_gemm_run", why, __LINE__);
-        }
+        cuda_gemm(c, f->base, f->n_in, f->n_out, n_tok, c->fused_out);
         struct kc_split parts = {.n = n_w};
         for (int i = 0; i < n_w; i++) {
             parts.out[i] = out[i];
@@ -420,13 +439,7 @@ static void cuda_matmul(void *vctx, const struct eng_weight *const *w, float *co
         return;
     }
     for (int i = 0; i < n_w; i++) {
-        int s = kc_gemm_run(c->gemm, w[i]->impl, w[i]->n_in, w[i]->n_out, c->x16, n_tok, out[i]);
-        if (s) {
-            char why[96];
-            snprintf(why, sizeof why, "cublasStatus %d (%lld x %lld, %d rows)", s, (long long)w[i]->n_out,
-                     (long long)w[i]->n_in, n_tok);
-            cuda_fatal("kc_gemm_run", why, __LINE__);
-        }
+        cuda_gemm(c, w[i]->impl, w[i]->n_in, w[i]->n_out, n_tok, out[i]);
         if (out[i] == x) c->x16_of = NULL;   /* written over: the twin is stale */
     }
 }
@@ -449,29 +462,12 @@ static void cuda_attention(void *vctx, const float *q, const struct eng_batch *b
     if (head_dim > KC_ATTN_MAX_HEAD_DIM) cuda_fatal("attention", "head_dim above 256", __LINE__);
     cuda_batch_sync(c, b);
     struct kc_kv kk = cuda_kv(kv);
-    /* Runs of rows sharing slot, prefix and group (a PPD tree, a prefill
-     * chunk) are served a tile at a time, decode rows one a block. */
-    int runs = 1, n_split = 1;
-    for (int r = 0; r < b->n_tok; r++) {
-        if (r > 0)
-            runs += b->slot[r] != b->slot[r - 1] || b->n_prefix[r] != b->n_prefix[r - 1] ||
-                    b->grp_first[r] != b->grp_first[r - 1] || b->grp_len[r] != b->grp_len[r - 1];
-        /* Long rows' keys go to several blocks (kc_attn_splits of the visible keys). */
-        int n_vis = b->n_prefix[r];
-        const uint64_t *vis = b->vis + (size_t)r * b->vis_words;
-        for (int g = 0; g < b->grp_len[r]; g += 64) {
-            uint64_t w = vis[g / 64];
-            if (b->grp_len[r] - g < 64) w &= (1ull << (b->grp_len[r] - g)) - 1;
-            n_vis += __builtin_popcountll(w);
-        }
-        const int s = kc_attn_splits(n_vis);
-        if (s > n_split) n_split = s;
-    }
+    const int n_split = c->att_n_split;
     if (n_split > 1)
         cuda_grow(c, (void **)&c->att_ws, NULL, &c->att_ws_cap,
                   sizeof(float) * (size_t)b->n_tok * (size_t)n_head * (size_t)n_split * (size_t)(head_dim + 2));
     uint16_t *out16 = cuda_x16_out(c, out, (size_t)b->n_tok * (size_t)n_head * (size_t)head_dim);
-    kc_attention(q, &c->kb, &kk, layer, n_head, n_head_kv, head_dim, scale, b->n_tok / runs, n_split, c->att_ws, out,
+    kc_attention(q, &c->kb, &kk, layer, n_head, n_head_kv, head_dim, scale, c->att_tile_rows, n_split, c->att_ws, out,
                  out16, c->st);
     cuda_check_launch("attention");
 }

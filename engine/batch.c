@@ -37,6 +37,16 @@ void eng_batch_free(struct eng_batch *b) {
 
 void eng_batch_clear(struct eng_batch *b) { b->n_tok = 0; }
 
+int eng_batch_row_visible(const struct eng_batch *b, int r) {
+    const uint64_t *vis = b->vis + (size_t)r * b->vis_words;
+    int n = b->n_prefix[r];
+    for (int w = 0; w < b->vis_words && w * 64 < b->grp_len[r]; w++) {
+        const int bits = b->grp_len[r] - w * 64;
+        n += __builtin_popcountll(bits >= 64 ? vis[w] : vis[w] & ((1ull << bits) - 1));
+    }
+    return n;
+}
+
 int eng_batch_add_causal(struct eng_batch *b, int slot, int n_past, const int32_t *tokens, int n,
                          bool last_logits) {
     if (n < 0 || b->n_tok + n > b->cap || n > b->vis_words * 64) return ENG_E_RANGE;

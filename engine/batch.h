@@ -35,6 +35,8 @@ struct eng_batch {
 int eng_batch_init(struct eng_batch *b, int cap, int max_grp);
 void eng_batch_free(struct eng_batch *b);   /* accepts NULL */
 void eng_batch_clear(struct eng_batch *b);
+/* The KV entries row r sees: its prefix plus the set bits among its group's. */
+int eng_batch_row_visible(const struct eng_batch *b, int r);
 
 /* Append a causal run of n tokens for `slot` whose committed length is n_past:
  * rows see the prefix plus all earlier rows of this run.  Logits only for the
