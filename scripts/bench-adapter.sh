@@ -20,7 +20,9 @@ OUT=build/bench-adapter
 PPD=build/ppd
 mkdir -p "$OUT" docs
 [ -f "$ADAPTER" ] || { echo "bench-adapter: no adapter at $ADAPTER (make adapter)" >&2; exit 1; }
-"$PPD" adapter init -m "$MODEL" -o "$OUT/untrained.ppd.gguf" --force >/dev/null
+# The untrained adapter gets the trained one's K, so that one tree file serves both.
+K=$("$PPD" adapter show "$ADAPTER" | awk '$1 == "K" { print $2 }')
+"$PPD" adapter init -m "$MODEL" -o "$OUT/untrained.ppd.gguf" --topk "${K:-10}" --force >/dev/null
 tree_args=()
 [ -f "$TREE" ] && tree_args=(--tree "$TREE")
 

@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."
 
 PROMPTS=${PPD_TRAIN_PROMPTS:-../shared/data/train-prompts.jsonl}
 COUNT=${PPD_DISTILL_COUNT:-1200}
-EPOCHS=${PPD_TRAIN_EPOCHS:-1}
+EPOCHS=${PPD_TRAIN_EPOCHS:-3}
+LR=${PPD_TRAIN_LR:-5e-2}
 HELDOUT=${PPD_HELDOUT_COUNT:-150}
 DEEP=()
 [ "${PPD_TRAIN_DEEP:-1}" = 1 ] && DEEP=(--deep)
@@ -38,12 +39,12 @@ t0=$(date +%s)
 "$PPD" distill -m "$MODEL" -f "$PROMPTS" -o "$WORK/distill.jsonl" --count "$COUNT" -n 256 --seed 1
 t1=$(date +%s)
 "$PPD" train -m "$MODEL" -d "$WORK/distill.jsonl" -o "$WORK/adapter.ppd.gguf" --force \
-  --epochs "$EPOCHS" --batch 4 --cuts 16 --lr 1e-2 --seed 1 --val 0.05 --val-max 48 \
-  --checkpoint "$WORK/train.ckpt" --resume --save-every 25 --eval-every 100 "${DEEP[@]}" | tee "$WORK/train.json"
+  --epochs "$EPOCHS" --batch 4 --cuts 16 --lr "$LR" --seed 1 --val 0.05 --val-max 48 \
+  --checkpoint "$WORK/train.ckpt" --resume --save-every 25 --eval-every 287 "${DEEP[@]}" | tee "$WORK/train.json"
 t2=$(date +%s)
 "$PPD" distill -m "$MODEL" -f "$PROMPTS" -o "$WORK/heldout.jsonl" --skip "$COUNT" --count "$HELDOUT" -n 256 --seed 1
 "$PPD" train -m "$MODEL" -d "$WORK/heldout.jsonl" --measure-only --init "$WORK/adapter.ppd.gguf" \
-  -o "$WORK/adapter.ppd.gguf" --force --val 1 --val-max 100000 --cuts 32 --seed 1 | tee "$WORK/measure.json"
+  -o "$WORK/adapter.ppd.gguf" --force --val 1 --val-max 100000 --cuts 32 --topk 20 --seed 1 | tee "$WORK/measure.json"
 t25=$(date +%s)
 # Tune on training prompts from the end of the file (the distilled ones are a
 # seeded sample of the whole file; these are for choosing L, not for reporting).

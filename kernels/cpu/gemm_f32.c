@@ -58,15 +58,15 @@ __attribute__((target("avx2,fma"))) static inline float gemm_fold8_avx2(__m256 v
     __attribute__((target("avx2,fma"))) static void gemm_tile_##MR##x##NR(                                   \
         const float *x, int64_t ldx, const float *b, int64_t ldb, int64_t n, float *y, int64_t ldy) {        \
         __m256 acc[MR][NR];                                                                                  \
-        for (int i = 0; i < MR; i++)                                                                         \
-            for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_ps();                                    \
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)                                                 \
+            _Pragma("GCC unroll 3") for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_ps();                                    \
         int64_t n8 = n & ~(int64_t)7;                                                                        \
         for (int64_t kk = 0; kk < n8; kk += 8) {                                                             \
             __m256 bv[NR];                                                                                   \
-            for (int j = 0; j < NR; j++) bv[j] = _mm256_loadu_ps(b + j * ldb + kk);                          \
-            for (int i = 0; i < MR; i++) {                                                                   \
+            _Pragma("GCC unroll 3") for (int j = 0; j < NR; j++) bv[j] = _mm256_loadu_ps(b + j * ldb + kk);                          \
+            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                           \
                 __m256 xv = _mm256_loadu_ps(x + i * ldx + kk);                                               \
-                for (int j = 0; j < NR; j++) acc[i][j] = _mm256_fmadd_ps(xv, bv[j], acc[i][j]);              \
+                _Pragma("GCC unroll 3") for (int j = 0; j < NR; j++) acc[i][j] = _mm256_fmadd_ps(xv, bv[j], acc[i][j]);              \
             }                                                                                                \
         }                                                                                                    \
         for (int i = 0; i < MR; i++)                                                                         \
