@@ -53,28 +53,33 @@ __attribute__((target("avx2,fma"))) static inline float gemm_fold8_avx2(__m256 v
     return _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)));
 }
 
-/* MR rows × NR outputs over one K block of n elements; sums added into y. */
-#define GEMM_TILE(MR, NR)                                                                                      \
-    __attribute__((target("avx2,fma"))) static void gemm_tile_##MR##x##NR(                                   \
-        const float *x, int64_t ldx, const float *b, int64_t ldb, int64_t n, float *y, int64_t ldy) {        \
-        __m256 acc[MR][NR];                                                                                  \
-        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)                                                 \
-            _Pragma("GCC unroll 3") for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_ps();                                    \
-        int64_t n8 = n & ~(int64_t)7;                                                                        \
-        for (int64_t kk = 0; kk < n8; kk += 8) {                                                             \
-            __m256 bv[NR];                                                                                   \
-            _Pragma("GCC unroll 3") for (int j = 0; j < NR; j++) bv[j] = _mm256_loadu_ps(b + j * ldb + kk);                          \
-            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                           \
-                __m256 xv = _mm256_loadu_ps(x + i * ldx + kk);                                               \
-                _Pragma("GCC unroll 3") for (int j = 0; j < NR; j++) acc[i][j] = _mm256_fmadd_ps(xv, bv[j], acc[i][j]);              \
-            }                                                                                                \
-        }                                                                                                    \
-        for (int i = 0; i < MR; i++)                                                                         \
-            for (int j = 0; j < NR; j++) {                                                                   \
-                float s = gemm_fold8_avx2(acc[i][j]);                                                        \
+/* MR rows × NR outputs over one K block of n elements; sums added into y.
+ * The unroll pragmas keep the MR × NR accumulators in registers: without them
+ * GCC -O2 left the array on the stack, and every multiply-add loaded and
+ * stored its accumulator (11 instead of 28-30 G MAC/s on one core,
+ * build/bench/bench_gemm_f32). */
+#define GEMM_TILE(MR, NR)                                                                                   \
+    __attribute__((target("avx2,fma"))) static void gemm_tile_##MR##x##NR(                                  \
+        const float *x, int64_t ldx, const float *b, int64_t ldb, int64_t n, float *y, int64_t ldy) {       \
+        __m256 acc[MR][NR];                                                                                 \
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++)                                                \
+            _Pragma("GCC unroll 3") for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_ps();           \
+        int64_t n8 = n & ~(int64_t)7;                                                                       \
+        for (int64_t kk = 0; kk < n8; kk += 8) {                                                            \
+            __m256 bv[NR];                                                                                  \
+            _Pragma("GCC unroll 3") for (int j = 0; j < NR; j++) bv[j] = _mm256_loadu_ps(b + j * ldb + kk); \
+            _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {                                          \
+                __m256 xv = _mm256_loadu_ps(x + i * ldx + kk);                                              \
+                _Pragma("GCC unroll 3") for (int j = 0; j < NR; j++)                                        \
+                    acc[i][j] = _mm256_fmadd_ps(xv, bv[j], acc[i][j]);                                      \
+            }                                                                                               \
+        }                                                                                                   \
+        for (int i = 0; i < MR; i++)                                                                        \
+            for (int j = 0; j < NR; j++) {                                                                  \
+                float s = gemm_fold8_avx2(acc[i][j]);                                                       \
                 for (int64_t kk = n8; kk < n; kk++) s = s + x[i * ldx + kk] * b[j * ldb + kk];              \
-                y[i * ldy + j] += s;                                                                         \
-            }                                                                                                \
+                y[i * ldy + j] += s;                                                                        \
+            }                                                                                               \
     }
 
 #define GEMM_RBLOCK 64
