@@ -42,7 +42,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memcpy(buf, data, size);
     struct gguf_file *f = NULL;
     char err[256];
-    if (gguf_parse(&f, buf, size, "fuzz", err, sizeof err) == 0) {
+    err[0] = 0;
+    const int rc = gguf_parse(&f, buf, size, "fuzz", err, sizeof err);
+    if (rc != 0 && (!err[0] || !strstr(err, "fuzz"))) abort();   /* every failure names the file and says why */
+    if (rc == 0) {
         volatile unsigned sink = 0;
         for (uint64_t i = 0; i < f->n_kv; i++) {
             const struct gguf_kv *kv = &f->kv[i];
