@@ -16,8 +16,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PROMPTS=${PPD_TRAIN_PROMPTS:-../shared/data/train-prompts.jsonl}
-COUNT=${PPD_DISTILL_COUNT:-1200}
-EPOCHS=${PPD_TRAIN_EPOCHS:-3}
+COUNT=${PPD_DISTILL_COUNT:-2400}
+EPOCHS=${PPD_TRAIN_EPOCHS:-2}
 LR=${PPD_TRAIN_LR:-5e-2}
 HELDOUT=${PPD_HELDOUT_COUNT:-150}
 DEEP=()
@@ -40,7 +40,7 @@ t0=$(date +%s)
 t1=$(date +%s)
 "$PPD" train -m "$MODEL" -d "$WORK/distill.jsonl" -o "$WORK/adapter.ppd.gguf" --force \
   --epochs "$EPOCHS" --batch 4 --cuts 16 --lr "$LR" --seed 1 --val 0.05 --val-max 48 \
-  --checkpoint "$WORK/train.ckpt" --resume --save-every 25 --eval-every 287 "${DEEP[@]}" | tee "$WORK/train.json"
+  --checkpoint "$WORK/train.ckpt" --resume --save-every 25 --eval-every 585 "${DEEP[@]}" | tee "$WORK/train.json"
 t2=$(date +%s)
 "$PPD" distill -m "$MODEL" -f "$PROMPTS" -o "$WORK/heldout.jsonl" --skip "$COUNT" --count "$HELDOUT" -n 256 --seed 1
 "$PPD" train -m "$MODEL" -d "$WORK/heldout.jsonl" --measure-only --init "$WORK/adapter.ppd.gguf" \
