@@ -38,9 +38,14 @@ start=$(date +%s)
 t0=$(date +%s)
 "$PPD" distill -m "$MODEL" -f "$PROMPTS" -o "$WORK/distill.jsonl" --count "$COUNT" -n 256 --seed 1
 t1=$(date +%s)
+# One held-out evaluation per epoch: the training split is the answers less the
+# 48 held out, taken 4 at a time.
+answers=$(($(wc -l < "$WORK/distill.jsonl") - 1))
+EVAL_EVERY=$(((answers - 48 + 3) / 4))
+[ "$EVAL_EVERY" -ge 1 ] || EVAL_EVERY=0   # few answers: evaluate at the end only
 "$PPD" train -m "$MODEL" -d "$WORK/distill.jsonl" -o "$WORK/adapter.ppd.gguf" --force \
   --epochs "$EPOCHS" --batch 4 --cuts 16 --lr "$LR" --seed 1 --val 0.05 --val-max 48 \
-  --checkpoint "$WORK/train.ckpt" --resume --save-every 25 --eval-every 585 "${DEEP[@]}" | tee "$WORK/train.json"
+  --checkpoint "$WORK/train.ckpt" --resume --save-every 25 --eval-every "$EVAL_EVERY" "${DEEP[@]}" | tee "$WORK/train.json"
 t2=$(date +%s)
 "$PPD" distill -m "$MODEL" -f "$PROMPTS" -o "$WORK/heldout.jsonl" --skip "$COUNT" --count "$HELDOUT" -n 256 --seed 1
 "$PPD" train -m "$MODEL" -d "$WORK/heldout.jsonl" --measure-only --init "$WORK/adapter.ppd.gguf" \
