@@ -42,7 +42,7 @@ static int calib_time(struct eng_forward *f, struct eng_kv *kv, struct eng_batch
 }
 
 int eng_calib_measure(struct eng_calib_table *t, struct eng_forward *f, struct eng_kv *kv, int n_slot, int prefix,
-                      eng_calib_progress_fn progress, void *user) {
+                      double stop_ratio, eng_calib_progress_fn progress, void *user) {
     memset(t, 0, sizeof *t);
     if (n_slot < 1 || n_slot > kv->n_slot) n_slot = kv->n_slot;
     const int max_rows = f->max_rows;
@@ -80,13 +80,18 @@ int eng_calib_measure(struct eng_calib_table *t, struct eng_forward *f, struct e
     const double t_start = eng_now_s();
     int done = 0;
     for (int i = 0; i < t->n_b && !rc; i++) {
+        int over = 0;   /* consecutive points past stop_ratio one-row steps */
         for (int j = 0; j < t->n_r && !rc; j++) {
             const int b = t->b[i], r = t->r[j];
             if (b * r > max_rows || (b > 1 && r > CALIB_R_MAX_BATCHED)) continue;
-            eng_batch_clear(&batch);
-            for (int s = 0; s < b && !rc; s++) rc = eng_batch_add_causal(&batch, s, prefix, ids, r, false);
-            for (int k = 0; k < batch.n_tok; k++) batch.want_logits[k] = true;
-            if (!rc) rc = calib_time(f, kv, &batch, &t->ms[i][j]);
+            if (over < 2) {
+                eng_batch_clear(&batch);
+                for (int s = 0; s < b && !rc; s++) rc = eng_batch_add_causal(&batch, s, prefix, ids, r, false);
+                for (int k = 0; k < batch.n_tok; k++) batch.want_logits[k] = true;
+                if (!rc) rc = calib_time(f, kv, &batch, &t->ms[i][j]);
+                /* two in a row, so one noisy median does not end the sweep */
+                over = j > 0 && stop_ratio > 0 && t->ms[i][j] > stop_ratio * t->ms[i][0] ? over + 1 : 0;
+            }
             if (progress) progress(user, ++done, total);
         }
     }
@@ -176,6 +181,22 @@ int eng_calib_predict(struct eng_calib_pick *pick, const struct eng_calib_table 
     }
     pick->step_ms = b * pick->max_T <= t->max_rows ? eng_calib_step_ms(t, b, pick->rows) : -1;
     pick->tokens_per_s = pick->step_ms > 0 ? 1e3 * b * pick->tokens_per_step / pick->step_ms : 0;
+    return 0;
+}
+
+int eng_calib_max_tokens_per_step(const double *acc, const double *joint, int N, int K, int L_max, double *out) {
+    int Ls[64];
+    const int nL = eng_calib_candidates(Ls, 64, L_max);
+    double best = 1;   /* plain decoding */
+    for (int k = 0; k < nL; k++) {
+        struct eng_ppd_tree_family *fam = NULL;
+        struct eng_ppd_tree_build_info info;
+        int rc = eng_ppd_tree_build_joint(&fam, acc, joint, N, K, Ls[k], &info);
+        eng_ppd_tree_family_free(fam);
+        if (rc) return rc;
+        if (info.tokens_per_step > best) best = info.tokens_per_step;
+    }
+    *out = best;
     return 0;
 }
 

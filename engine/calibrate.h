@@ -51,9 +51,19 @@ typedef void (*eng_calib_progress_fn)(void *user, int done, int total);
 
 /* Measure with slots 0..n_slot-1 of kv (n_slot <= kv->n_slot) and batches of at
  * most f->max_rows rows.  ENG_E_RANGE when prefix + 256 rows do not fit a
- * slot (prefix is lowered to fit when possible: see t->prefix). */
+ * slot (prefix is lowered to fit when possible: see t->prefix).
+ *
+ * stop_ratio > 0: a batch size's sweep stops after the first two consecutive
+ * grid points whose step costs more than stop_ratio one-row steps of that
+ * batch size; the rest stay 0 (not measured, so never chosen).  A tree that
+ * emits at most E tokens per step cannot beat plain decoding once its step
+ * costs more than E plain steps, and steps only get dearer with more rows;
+ * callers pass E (eng_calib_max_tokens_per_step) times a margin for noise.
+ * On a CPU this skips the costly many-row points (the first measurement
+ * goes from ~30 s to a few); on a GPU, whose curve stays flat, nothing.
+ * stop_ratio <= 0: every point. */
 int eng_calib_measure(struct eng_calib_table *t, struct eng_forward *f, struct eng_kv *kv, int n_slot, int prefix,
-                      eng_calib_progress_fn progress, void *user);
+                      double stop_ratio, eng_calib_progress_fn progress, void *user);
 
 /* Step milliseconds for b sequences of r rows each, interpolated (linear in r
  * between grid points, then in b between measured batch sizes; a batch size
@@ -84,6 +94,10 @@ int eng_calib_candidates(int *L, int cap, int L_max);
  * < 0 when the tree does not fit or the table cannot say. */
 int eng_calib_predict(struct eng_calib_pick *pick, const struct eng_calib_table *t, const double *acc, const double *joint, int N, int K,
                       int L, int b);
+
+/* The most tokens per step any candidate budget up to L_max is predicted to
+ * emit (>= 1: plain decoding's), into *out.  0 or ENG_E_*. */
+int eng_calib_max_tokens_per_step(const double *acc, const double *joint, int N, int K, int L_max, double *out);
 
 /* Choose for b = 1..n_slot among the candidates up to L_max (and plain). */
 int eng_calib_choose(struct eng_calib_choice *c, const struct eng_calib_table *t, const double *acc, const double *joint, int N, int K,

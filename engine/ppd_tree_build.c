@@ -133,23 +133,64 @@ static void build_exclusive(struct build_stage1 *s, int size) {
         if (s->parent[i] >= 0) s->acc[s->parent[i]] -= s->p[i].q;
 }
 
-/* Stage 2 for state d with node counts sz[1..N]: prompt tokens per node into n[]. */
-static void build_stage2(struct build_stage1 *st, const int *sz, int d, int N, int L, int *n) {
+/* Stage 2's candidates: node i at its current prompt-token count, scored by
+ * v = what removing one of its prompt tokens costs.  A binary max-heap on
+ * (v, then the lower node index), so a pop is the node the reference's scan
+ * picks (the first maximum in node order) and the result is the same, in
+ * O(log s) a removal instead of O(s): the calibration builds every budget's
+ * tree, and for L = 256 the scan was half a second of a cached start. */
+struct build_cand { double v; int i; };
+
+static int build_cand_before(const struct build_cand *a, const struct build_cand *b) {
+    return a->v > b->v || (a->v == b->v && a->i < b->i);
+}
+
+static void build_heap_push(struct build_cand *h, int *n, struct build_cand c) {
+    int k = (*n)++;
+    while (k > 0 && build_cand_before(&c, &h[(k - 1) / 2])) {
+        h[k] = h[(k - 1) / 2];
+        k = (k - 1) / 2;
+    }
+    h[k] = c;
+}
+
+static struct build_cand build_heap_pop(struct build_cand *h, int *n) {
+    const struct build_cand top = h[0], last = h[--*n];
+    int k = 0;
+    for (;;) {
+        int c = 2 * k + 1;
+        if (c >= *n) break;
+        if (c + 1 < *n && build_cand_before(&h[c + 1], &h[c])) c++;
+        if (!build_cand_before(&h[c], &last)) break;
+        h[k] = h[c];
+        k = c;
+    }
+    if (*n > 0) h[k] = last;
+    return top;
+}
+
+/* Cost of taking node i from n to n - 1 prompt tokens (n >= 2). */
+static double build_cand_v(const struct build_stage1 *st, const int *sz, int i, int d, int n) {
+    return st[d].acc[i] * (st[n - 1].val[sz[n - 1]] - st[n].val[sz[n]]);
+}
+
+/* Stage 2 for state d with node counts sz[1..N]: prompt tokens per node into
+ * n[]; heap: scratch for sz[d] candidates.  Every node starts with N prompt
+ * tokens and the cheapest one to lose goes until the step fits L rows. */
+static void build_stage2(struct build_stage1 *st, const int *sz, int d, int N, int L, int *n, struct build_cand *heap) {
     const int s_d = sz[d];
     build_exclusive(&st[d], s_d);
-    for (int i = 0; i < s_d; i++) n[i] = N;
+    int nh = 0;
+    for (int i = 0; i < s_d; i++) {
+        n[i] = N;
+        if (N > 1) build_heap_push(heap, &nh, (struct build_cand){build_cand_v(st, sz, i, d, N), i});
+    }
     long total = (long)N * s_d;
-    while (total > L - s_d) {
-        int best = -1;
-        double best_v = -INFINITY;
-        for (int i = 0; i < s_d; i++) {
-            if (n[i] <= 1) continue;
-            double v = st[d].acc[i] * (st[n[i] - 1].val[sz[n[i] - 1]] - st[n[i]].val[sz[n[i]]]);
-            if (v > best_v) { best_v = v; best = i; }
-        }
-        if (best < 0) break;   /* every node down to one prompt token: over budget, but valid */
+    while (total > L - s_d && nh > 0) {   /* none left: every node at one, over budget but valid */
+        const int best = build_heap_pop(heap, &nh).i;
         n[best]--;
         total--;
+        if (n[best] > 1) build_heap_push(heap, &nh, (struct build_cand){build_cand_v(st, sz, best, d, n[best]), best});
     }
 }
 
@@ -187,11 +228,12 @@ static int build_stationary(const double *e, int N, double *x) {
 }
 
 /* Objective of one configuration: sum_d x_d Val(d, s_d). */
-static int build_score(struct build_stage1 *st, const int *sz, int N, int L, int *nbuf, double *x, double *score) {
+static int build_score(struct build_stage1 *st, const int *sz, int N, int L, int *nbuf, struct build_cand *heap, double *x,
+                       double *score) {
     double e[(ENG_PPD_MAX_PROMPT + 1) * (ENG_PPD_MAX_PROMPT + 1)];
     memset(e, 0, sizeof e);
     for (int d = 1; d <= N; d++) {
-        build_stage2(st, sz, d, N, L, nbuf);
+        build_stage2(st, sz, d, N, L, nbuf, heap);
         double sum = 0;
         for (int i = 0; i < sz[d]; i++) e[d * (N + 1) + nbuf[i]] += st[d].acc[i];
         for (int k = 1; k <= N; k++) sum += e[d * (N + 1) + k];
@@ -239,10 +281,14 @@ int eng_ppd_tree_build_joint(struct eng_ppd_tree_family **out, const double *acc
     struct build_model bm = {.acc = acc, .K = K};
     struct eng_ppd_tree_family *f = NULL;
     int *nbuf = NULL, rc = 0;
+    struct build_cand *heap = NULL;
     if (joint && (rc = build_prefix_tables(&bm, joint, N))) goto out;
     for (int d = 1; d <= N; d++)
         if ((rc = build_stage1(&st[d], &bm, d, L))) goto out;
-    if (!(nbuf = malloc(sizeof *nbuf * (size_t)(L + 1)))) { rc = ENG_E_NOMEM; goto out; }
+    if (!(nbuf = malloc(sizeof *nbuf * (size_t)(L + 1))) || !(heap = malloc(sizeof *heap * (size_t)(L + 1)))) {
+        rc = ENG_E_NOMEM;
+        goto out;
+    }
 
     /* search s_2..s_N over [L/(N+1), L/2] (clamped to what stage 1 kept), s_2 outermost */
     int sz[ENG_PPD_MAX_PROMPT + 1], lo[ENG_PPD_MAX_PROMPT + 1], hi[ENG_PPD_MAX_PROMPT + 1];
@@ -260,7 +306,7 @@ int eng_ppd_tree_build_joint(struct eng_ppd_tree_family **out, const double *acc
     memset(best_x, 0, sizeof best_x);
     for (;;) {
         double score;
-        if (build_score(st, sz, N, L, nbuf, x, &score) == 0 && score > best) {
+        if (build_score(st, sz, N, L, nbuf, heap, x, &score) == 0 && score > best) {
             best = score;
             memcpy(best_sz, sz, sizeof sz);
             memcpy(best_x, x, sizeof x);
@@ -276,7 +322,7 @@ int eng_ppd_tree_build_joint(struct eng_ppd_tree_family **out, const double *acc
     f->topk = K;
     f->L = L;
     for (int d = 1; d <= N; d++) {
-        build_stage2(st, best_sz, d, N, L, nbuf);
+        build_stage2(st, best_sz, d, N, L, nbuf, heap);
         f->n_nodes[d] = best_sz[d];
         if (!(f->nodes[d] = calloc((size_t)best_sz[d] + 1, sizeof *f->nodes[d]))) { rc = ENG_E_NOMEM; goto out; }
         for (int i = 0; i < best_sz[d]; i++) {
@@ -299,6 +345,7 @@ int eng_ppd_tree_build_joint(struct eng_ppd_tree_family **out, const double *acc
 out:
     eng_ppd_tree_family_free(f);
     free(nbuf);
+    free(heap);
     for (int d = 1; d <= N; d++) build_stage1_free(&st[d]);
     for (int l = 0; l <= N; l++) free(bm.prefix[l]);
     return rc;

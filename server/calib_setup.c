@@ -77,9 +77,10 @@ static void calib_fingerprint(const struct eng_engine *e, const struct calib_set
      * not hand one GPU's latency table to another. */
     const char *device = e->be.iface->device_name ? e->be.iface->device_name(e->be.ctx) : "";
     snprintf(desc, sizeof desc,
-             "ppd-calib-v1|%s|%s|device=%s|threads=%d|model=%s:%lld:%lld:%s|adapter=%s|build=%s|slots=%d|rows=%d|prefix=%d",
+             "ppd-calib-v1|%s|%s|device=%s|threads=%d|model=%s:%lld:%lld:%s|adapter=%s|build=%s|slots=%d|rows=%d|prefix=%d"
+             "|stop=%d",
              e->be.iface->name, cpu, device, o->n_threads, o->model_path, (long long)st.st_size, (long long)st.st_mtime,
-             model, adapter, build, o->n_slot, e->fwd.max_rows, prefix);
+             model, adapter, build, o->n_slot, e->fwd.max_rows, prefix, o->acc ? o->stop_L_max : 0);
     uint8_t d[ENG_SHA256_BYTES];
     struct eng_sha256 h;
     eng_sha256_init(&h);
@@ -127,7 +128,14 @@ int calib_setup_table(struct eng_calib_table *t, struct eng_engine *e, const str
         }
         if (rc != ENG_E_NOT_FOUND) LOG_WARN("calibration: %s; measuring again", err);
     }
-    int rc = eng_calib_measure(t, &e->fwd, &e->kv, o->n_slot, prefix, o->progress, o->progress_user);
+    double stop_ratio = 0;
+    if (o->acc && o->stop_L_max > 0) {
+        double most;
+        int rc = eng_calib_max_tokens_per_step(o->acc, o->joint, o->n_prompt, o->topk, o->stop_L_max, &most);
+        if (rc) return rc;
+        stop_ratio = CALIB_STOP_MARGIN * most;
+    }
+    int rc = eng_calib_measure(t, &e->fwd, &e->kv, o->n_slot, prefix, stop_ratio, o->progress, o->progress_user);
     if (rc) return rc;
     if (path_out[0]) {
         if (make_dirs(dir)) {

@@ -20,6 +20,10 @@
 
 #define CALIB_PREFIX_DEFAULT 256
 #define CALIB_L_MAX_DEFAULT 256
+/* A step whose median is 25% over the bound is not noise on a quiet or a
+ * busy machine alike (repeated sweeps here vary by a few percent point to
+ * point), so the two consecutive points past it are really too slow. */
+#define CALIB_STOP_MARGIN 1.25
 #define CALIB_TREES_MAX 64        /* distinct budgets in one choice (eng_calib_candidates gives fewer) */
 
 struct calib_setup_opts {
@@ -28,6 +32,12 @@ struct calib_setup_opts {
     const char *cache_dir;       /* NULL: the default above; "" : no cache */
     int n_threads, n_slot, prefix;
     bool force;                  /* measure even when a cached table matches */
+    /* Where the sweep may stop (eng_calib_measure's stop_ratio): past what a
+     * tree of this adapter with a budget up to stop_L_max could gain, times
+     * CALIB_STOP_MARGIN.  acc NULL or stop_L_max 0: every point.  The rule
+     * is part of the fingerprint, so a cached table is only reused under it. */
+    const double *acc, *joint;   /* the adapter's accuracy table and rank joint (may be NULL) */
+    int n_prompt, topk, stop_L_max;
     eng_calib_progress_fn progress;
     void *progress_user;
 };

@@ -28,7 +28,7 @@ struct calib_opts {
     const char *model, *adapter, *cache, *validate, *plot;
     long threads, n_slot, rows, ctx, prefix, L_max, count, n_predict, skip;
     int device;     /* enum eng_device */
-    bool force, no_cache;
+    bool force, no_cache, full;
 };
 
 static void calib_usage(FILE *fp) {
@@ -46,6 +46,7 @@ static void calib_usage(FILE *fp) {
             "      --cache DIR       where tables are cached (default $PPD_CALIB_CACHE, $XDG_CACHE_HOME/ppd, ~/.cache/ppd)\n"
             "      --no-cache        neither read nor write a cached table\n"
             "      --force           measure again even when a cached table matches\n"
+            "      --full            measure every row count (default: stop where no tree could beat plain decoding)\n"
             "      --validate FILE   decode prompts (JSON lines with \"turns\") with the batch-1 choice and its\n"
             "                        neighbours: predicted vs measured\n"
             "      --skip N --count N -n N   which prompts and how many tokens (default 0, 6, 128)\n"
@@ -87,6 +88,7 @@ static int calib_parse(int argc, char **argv, struct calib_opts *o) {
         else if (!strcmp(a, "--cache")) { VAL(); o->cache = v; }
         else if (!strcmp(a, "--no-cache")) o->no_cache = true;
         else if (!strcmp(a, "--force")) o->force = true;
+        else if (!strcmp(a, "--full")) o->full = true;
         else if (!strcmp(a, "--validate")) { VAL(); o->validate = v; }
         else if (!strcmp(a, "--skip")) NUM(0, 1L << 30, &o->skip);
         else if (!strcmp(a, "--count")) NUM(1, 100000, &o->count);
@@ -280,7 +282,9 @@ int cmd_calibrate(int argc, char **argv) {
     struct calib_setup_opts so = {.model_path = o.model, .adapter_path = cp.src == CLI_PPD_FILE ? cp.path : NULL,
                                   .cache_dir = o.no_cache ? "" : o.cache, .n_threads = (int)o.threads,
                                   .n_slot = (int)o.n_slot, .prefix = (int)o.prefix, .force = o.force,
-                                  .progress = calib_progress_bar};
+                                  .progress = calib_progress_bar, .acc = acc, .joint = cli_ppd_joint(cp.ad, acc),
+                                  .n_prompt = cp.ad->n_prompt, .topk = cp.ad->topk,
+                                  .stop_L_max = o.full ? 0 : (int)o.L_max};
     bool cached = false;
     if ((rc = calib_setup_table(&t, e, &so, &cached, path, sizeof path))) {
         fprintf(stderr, "ppd calibrate: measuring failed: %s\n", eng_err_msg(rc));

@@ -133,7 +133,7 @@ static void op_profile(struct eng_forward *f, struct eng_kv *kv, struct eng_batc
 static void calibrate_7b(struct eng_forward *f, struct eng_kv *kv, int prefix) {
     struct eng_calib_table t;
     struct eng_calib_choice c;
-    int rc = eng_calib_measure(&t, f, kv, N_SLOT, prefix, NULL, NULL);
+    int rc = eng_calib_measure(&t, f, kv, N_SLOT, prefix, 0, NULL, NULL);
     if (!rc) rc = eng_calib_choose(&c, &t, eng_ppd_acc_vicuna7b, NULL, 3, 10, N_SLOT, L_MAX);
     if (rc) { printf("\n- calibration failed: %s\n", eng_err_msg(rc)); return; }
     printf("\nCalibration (calibrate.c, prefix %d, measured in %.1f s), Vicuna-7B accuracy table, L <= %d:\n\n",

@@ -2,8 +2,10 @@
  * interpolation, the per-batch-size choice on synthetic latency curves whose
  * right answer is known (a flat curve rewards big trees, a curve linear from
  * the first row never pays for PPD, trees shrink as the batch grows), the
- * table file (round trip, another fingerprint, damaged files), and a real
- * measurement on the default model (shape, and the slots' lengths restored). */
+ * early stop of the sweep (its bound, and that a table cut there chooses the
+ * same), the table file (round trip, another fingerprint, damaged files), and
+ * a real measurement on the default model (shape, the slots' lengths
+ * restored, the stop). */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -91,6 +93,54 @@ START_TEST(test_choice_follows_the_curve) {
 }
 END_TEST
 
+/* The bound the sweep stops at is the largest predicted tokens per step of
+ * any candidate, and a table cut where steps cost more than that many plain
+ * steps (the rule of eng_calib_measure) leads to the very same choices. */
+START_TEST(test_stop_bound_keeps_the_choice) {
+    const int N = 3, K = 10;
+    double most = 0;
+    ck_assert_int_eq(eng_calib_max_tokens_per_step(eng_ppd_acc_vicuna7b, NULL, N, K, 256, &most), 0);
+    int Ls[64];
+    const int nL = eng_calib_candidates(Ls, 64, 256);
+    struct eng_calib_table t;
+    synth(&t, 10, 0.5, 64, 256);
+    double seen = 1;
+    for (int k = 0; k < nL; k++) {
+        struct eng_calib_pick p;
+        ck_assert_int_eq(eng_calib_predict(&p, &t, eng_ppd_acc_vicuna7b, NULL, N, K, Ls[k], 1), 0);
+        if (p.tokens_per_step > seen) seen = p.tokens_per_step;
+    }
+    ck_assert_double_eq_tol(most, seen, 1e-12);
+    ck_assert(most > 2 && most < N + 1);
+    /* Curves from GPU-like (flat for 16 rows) to CPU-like (dear from the
+     * second row): cut each batch size after two points past 1.25 * most
+     * one-row steps, as the sweep does, and choose again. */
+    static const double per_row[] = {0.05, 0.5, 2, 8};
+    static const int free_rows[] = {16, 4, 1, 0};
+    struct eng_calib_choice *full = calloc(1, sizeof *full), *cut = calloc(1, sizeof *cut);
+    for (int v = 0; v < 4; v++) {
+        synth(&t, 10, per_row[v], free_rows[v], 256);
+        ck_assert_int_eq(eng_calib_choose(full, &t, eng_ppd_acc_vicuna7b, NULL, N, K, 4, 256), 0);
+        int zeroed = 0;
+        for (int i = 0; i < t.n_b; i++) {
+            int over = 0;
+            for (int j = 1; j < t.n_r; j++) {
+                if (over >= 2 && t.ms[i][j] > 0) t.ms[i][j] = 0, zeroed++;
+                else over = t.ms[i][j] > 1.25 * most * t.ms[i][0] ? over + 1 : 0;
+            }
+        }
+        if (per_row[v] >= 2) ck_assert_int_gt(zeroed, 0);   /* the CPU-like curves are cut */
+        ck_assert_int_eq(eng_calib_choose(cut, &t, eng_ppd_acc_vicuna7b, NULL, N, K, 4, 256), 0);
+        for (int b = 1; b <= 4; b++) {
+            ck_assert_int_eq(cut->by_batch[b].L, full->by_batch[b].L);
+            ck_assert_double_eq_tol(cut->by_batch[b].tokens_per_s, full->by_batch[b].tokens_per_s, 1e-9);
+        }
+    }
+    free(full);
+    free(cut);
+}
+END_TEST
+
 START_TEST(test_candidates) {
     int L[64];
     int n = eng_calib_candidates(L, 64, 256);
@@ -151,7 +201,7 @@ START_TEST(test_measure_real_model) {
     ck_assert_msg(eng_engine_open(&e, &ep, err, sizeof err) == 0, "%s", err);
     e->kv.len[0] = 7, e->kv.len[1] = 3;
     struct eng_calib_table t;
-    ck_assert_int_eq(eng_calib_measure(&t, &e->fwd, &e->kv, 2, 64, NULL, NULL), 0);
+    ck_assert_int_eq(eng_calib_measure(&t, &e->fwd, &e->kv, 2, 64, 0, NULL, NULL), 0);
     ck_assert_int_eq(e->kv.len[0], 7);
     ck_assert_int_eq(e->kv.len[1], 3);
     ck_assert_int_eq(t.prefix, 64);
@@ -167,6 +217,16 @@ START_TEST(test_measure_real_model) {
     ck_assert(t.ms[0][t.n_r - 1] > t.ms[0][0]);
     printf("calibrate (1 thread, prefix 64): 1 row %.2f ms, 16 rows %.2f ms, 2x8 rows %.2f ms; %.1f s\n", t.ms[0][0],
            t.ms[0][t.n_r - 1], eng_calib_step_ms(&t, 2, 8), t.seconds);
+    /* A stop ratio no step can stay under: every batch size measures r = 1
+     * and the two points past it (both over), then stops. */
+    ck_assert_int_eq(eng_calib_measure(&t, &e->fwd, &e->kv, 2, 64, 1e-9, NULL, NULL), 0);
+    for (int i = 0; i < t.n_b; i++)
+        for (int j = 0; j < t.n_r; j++) {
+            if (j < 3) ck_assert_msg(t.ms[i][j] > 0, "b=%d r=%d not measured", t.b[i], t.r[j]);
+            else ck_assert_msg(t.ms[i][j] == 0, "b=%d r=%d measured past the stop", t.b[i], t.r[j]);
+        }
+    ck_assert(eng_calib_step_ms(&t, 1, 3) > 0);
+    ck_assert(eng_calib_step_ms(&t, 1, 4) < 0);   /* past the stop: no prediction, never chosen */
     eng_engine_close(e);
 }
 END_TEST
@@ -177,6 +237,7 @@ int main(void) {
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_interpolation);
     tcase_add_test(tc, test_choice_follows_the_curve);
+    tcase_add_test(tc, test_stop_bound_keeps_the_choice);
     tcase_add_test(tc, test_candidates);
     tcase_add_test(tc, test_table_file);
     tcase_add_test(tc, test_measure_real_model);
