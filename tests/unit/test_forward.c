@@ -198,7 +198,11 @@ START_TEST(test_greedy_q4_1_vs_llamacpp) {
      * would break: at a divergence we pick llama.cpp's own second choice (the
      * two were close), and on average we agree for several tokens first
      * (measured 2026-11-25: 15% of all tokens precede the first divergence,
-     * 22 of 23 divergences at llama.cpp's runner-up). */
+     * 22 of 23 divergences at llama.cpp's runner-up).  llama.cpp is no
+     * steadier: fed the prompt a token at a time instead of in one batch, it
+     * keeps 2 of its own 24 continuations, 935/3072 tokens before the first
+     * difference, first-step logits up to 0.67 apart, no first difference at
+     * a gap under 1e-3 (tests/golden/llamacpp_batch_agreement.py, 2026-11-26). */
     double frac, runner_up;
     greedy_vs_llamacpp(VAR_Q4_1, "greedy", 24, 1e-3, &frac, &runner_up);  /* cheap: stops at divergence */
     ck_assert_double_ge(runner_up, 0.75);
