@@ -50,6 +50,7 @@ int eng_calib_measure(struct eng_calib_table *t, struct eng_forward *f, struct e
     if (prefix < 0) return ENG_E_RANGE;
     t->prefix = prefix;
     t->max_rows = max_rows;
+    t->stop_ratio = stop_ratio > 0 ? stop_ratio : 0;
     for (int b = 1; t->n_b < ENG_CALIB_MAX_B; b *= 2) {
         if (b >= n_slot) {
             t->b[t->n_b++] = n_slot;
@@ -248,6 +249,7 @@ int eng_calib_table_save(const struct eng_calib_table *t, const char *fingerprin
     json_object_set_new(o, "prefix", json_integer(t->prefix));
     json_object_set_new(o, "max_rows", json_integer(t->max_rows));
     json_object_set_new(o, "seconds", json_real(t->seconds));
+    json_object_set_new(o, "stop_ratio", json_real(t->stop_ratio));
     json_object_set_new(o, "b", b);
     json_object_set_new(o, "r", r);
     json_object_set_new(o, "ms", ms);
@@ -302,6 +304,8 @@ int eng_calib_table_load(struct eng_calib_table *t, const char *fingerprint, con
     t->max_rows = (int)json_integer_value(v);
     v = json_object_get(o, "seconds");
     t->seconds = json_is_number(v) ? json_number_value(v) : 0;
+    v = json_object_get(o, "stop_ratio");   /* absent before the sweep could stop: 0 */
+    t->stop_ratio = json_is_number(v) && json_number_value(v) > 0 ? json_number_value(v) : 0;
     what = "b";
     if ((t->n_b = calib_int_array(json_object_get(o, "b"), t->b, ENG_CALIB_MAX_B, 1, ENG_CALIB_MAX_SLOTS)) < 0) goto bad;
     what = "r";

@@ -44,6 +44,7 @@ struct eng_calib_table {
     int n_r, r[ENG_CALIB_MAX_R];      /* rows per sequence, ascending */
     double ms[ENG_CALIB_MAX_B][ENG_CALIB_MAX_R];   /* median step ms; 0: not measured (b * r > max_rows) */
     double seconds;                   /* how long measuring took */
+    double stop_ratio;                /* the sweep's stop (eng_calib_measure); 0: every point */
 };
 
 /* done/total passes so far (for a progress bar); may be NULL. */

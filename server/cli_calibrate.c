@@ -116,6 +116,10 @@ static void calib_progress_bar(void *user, int done, int total) {
 static void calib_print_table(const struct eng_calib_table *t) {
     printf("step latency, ms (b sequences of r rows each, prefix %d, medians; measured in %.1f s)\n", t->prefix,
            t->seconds);
+    if (t->stop_ratio > 0)
+        printf("(-: not measured; each batch size stopped after two row counts whose step cost over %.2f one-row\n"
+               " steps: %.3f, the most tokens per step a tree of this adapter is predicted to emit, x %.2f)\n",
+               t->stop_ratio, t->stop_ratio / CALIB_STOP_MARGIN, CALIB_STOP_MARGIN);
     printf("%6s", "r");
     for (int i = 0; i < t->n_b; i++) printf(" %9s%-3d", "b=", t->b[i]);
     printf("\n");

@@ -159,8 +159,10 @@ START_TEST(test_table_file) {
     struct eng_calib_table t, u;
     synth(&t, 3, 0.25, 8, 128);
     t.seconds = 1.5;
+    t.stop_ratio = 2.75;
     ck_assert_int_eq(eng_calib_table_save(&t, "fp-1", path, err, sizeof err), 0);
     ck_assert_int_eq(eng_calib_table_load(&u, "fp-1", path, err, sizeof err), 0);
+    ck_assert_double_eq_tol(u.stop_ratio, 2.75, 1e-12);
     ck_assert_int_eq(u.n_b, t.n_b);
     ck_assert_int_eq(u.n_r, t.n_r);
     ck_assert_int_eq(u.max_rows, 128);
@@ -220,6 +222,7 @@ START_TEST(test_measure_real_model) {
     /* A stop ratio no step can stay under: every batch size measures r = 1
      * and the two points past it (both over), then stops. */
     ck_assert_int_eq(eng_calib_measure(&t, &e->fwd, &e->kv, 2, 64, 1e-9, NULL, NULL), 0);
+    ck_assert_double_eq(t.stop_ratio, 1e-9);
     for (int i = 0; i < t.n_b; i++)
         for (int j = 0; j < t.n_r; j++) {
             if (j < 3) ck_assert_msg(t.ms[i][j] > 0, "b=%d r=%d not measured", t.b[i], t.r[j]);
