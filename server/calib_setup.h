@@ -20,9 +20,9 @@
 
 #define CALIB_PREFIX_DEFAULT 256
 #define CALIB_L_MAX_DEFAULT 256
-/* A step whose median is 25% over the bound is not noise on a quiet or a
- * busy machine alike (repeated sweeps here vary by a few percent point to
- * point), so the two consecutive points past it are really too slow. */
+/* The sweep's stop is this times the adapter's best predicted tokens per
+ * step: a median 25% past the break-even, twice in a row, is a step too
+ * slow to win, not a noisy one. */
 #define CALIB_STOP_MARGIN 1.25
 #define CALIB_TREES_MAX 64        /* distinct budgets in one choice (eng_calib_candidates gives fewer) */
 
