@@ -95,9 +95,10 @@ def write_variant(src_path, dst_path, n_layers=None, to_f32=False):
     w.close()
 
 
-def greedy(model, cases_in, n_gen, n_full, tmpl=None):
-    """llama.cpp greedy decoding of each prompt; returns (cases, full first-step logits)."""
-    llm = Llama(model_path=model, n_ctx=2048, n_batch=2048, n_ubatch=2048, n_threads=2,
+def greedy(model, cases_in, n_gen, n_full, tmpl=None, n_batch=2048):
+    """llama.cpp greedy decoding of each prompt; returns (cases, full first-step logits).
+    n_batch: prompt tokens per forward pass (the golden files: the whole prompt at once)."""
+    llm = Llama(model_path=model, n_ctx=2048, n_batch=n_batch, n_ubatch=n_batch, n_threads=2,
                 n_threads_batch=2, type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, flash_attn=False,
                 logits_all=False, verbose=False)
     n_vocab = llm.n_vocab()
