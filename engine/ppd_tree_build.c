@@ -138,7 +138,7 @@ static void build_exclusive(struct build_stage1 *s, int size) {
  * (v, then the lower node index), so a pop is the node the reference's scan
  * picks (the first maximum in node order) and the result is the same, in
  * O(log s) a removal instead of O(s): the calibration builds every budget's
- * tree, and for L = 256 the scan was half a second of a cached start. */
+ * tree, and the scans were half a second of a cached start. */
 struct build_cand { double v; int i; };
 
 static int build_cand_before(const struct build_cand *a, const struct build_cand *b) {

@@ -80,7 +80,7 @@ static void calib_fingerprint(const struct eng_engine *e, const struct calib_set
              "ppd-calib-v1|%s|%s|device=%s|threads=%d|model=%s:%lld:%lld:%s|adapter=%s|build=%s|slots=%d|rows=%d|prefix=%d"
              "|stop=%d",
              e->be.iface->name, cpu, device, o->n_threads, o->model_path, (long long)st.st_size, (long long)st.st_mtime,
-             model, adapter, build, o->n_slot, e->fwd.max_rows, prefix, o->acc ? o->stop_L_max : 0);
+             model, adapter, build, o->n_slot, e->fwd.max_rows, prefix, o->ad ? o->stop_L_max : 0);
     uint8_t d[ENG_SHA256_BYTES];
     struct eng_sha256 h;
     eng_sha256_init(&h);
@@ -129,9 +129,12 @@ int calib_setup_table(struct eng_calib_table *t, struct eng_engine *e, const str
         if (rc != ENG_E_NOT_FOUND) LOG_WARN("calibration: %s; measuring again", err);
     }
     double stop_ratio = 0;
-    if (o->acc && o->stop_L_max > 0) {
-        double most;
-        int rc = eng_calib_max_tokens_per_step(o->acc, o->joint, o->n_prompt, o->topk, o->stop_L_max, &most);
+    if (o->ad && o->stop_L_max > 0) {
+        double most, *acc = cli_ppd_accuracy(o->ad);
+        int rc = acc ? eng_calib_max_tokens_per_step(acc, cli_ppd_joint(o->ad, acc), o->ad->n_prompt, o->ad->topk,
+                                                     o->stop_L_max, &most)
+                     : ENG_E_NOMEM;
+        free(acc);
         if (rc) return rc;
         stop_ratio = CALIB_STOP_MARGIN * most;
     }

@@ -33,11 +33,11 @@ struct calib_setup_opts {
     int n_threads, n_slot, prefix;
     bool force;                  /* measure even when a cached table matches */
     /* Where the sweep may stop (eng_calib_measure's stop_ratio): past what a
-     * tree of this adapter with a budget up to stop_L_max could gain, times
-     * CALIB_STOP_MARGIN.  acc NULL or stop_L_max 0: every point.  The rule
-     * is part of the fingerprint, so a cached table is only reused under it. */
-    const double *acc, *joint;   /* the adapter's accuracy table and rank joint (may be NULL) */
-    int n_prompt, topk, stop_L_max;
+     * tree of adapter ad with a budget up to stop_L_max could gain, times
+     * CALIB_STOP_MARGIN.  ad NULL or stop_L_max 0: every point.  The rule is
+     * part of the fingerprint, so a cached table is only reused under it. */
+    const struct eng_ppd_adapter *ad;
+    int stop_L_max;
     eng_calib_progress_fn progress;
     void *progress_user;
 };

@@ -286,9 +286,7 @@ int cmd_calibrate(int argc, char **argv) {
     struct calib_setup_opts so = {.model_path = o.model, .adapter_path = cp.src == CLI_PPD_FILE ? cp.path : NULL,
                                   .cache_dir = o.no_cache ? "" : o.cache, .n_threads = (int)o.threads,
                                   .n_slot = (int)o.n_slot, .prefix = (int)o.prefix, .force = o.force,
-                                  .progress = calib_progress_bar, .acc = acc, .joint = cli_ppd_joint(cp.ad, acc),
-                                  .n_prompt = cp.ad->n_prompt, .topk = cp.ad->topk,
-                                  .stop_L_max = o.full ? 0 : (int)o.L_max};
+                                  .progress = calib_progress_bar, .ad = cp.ad, .stop_L_max = o.full ? 0 : (int)o.L_max};
     bool cached = false;
     if ((rc = calib_setup_table(&t, e, &so, &cached, path, sizeof path))) {
         fprintf(stderr, "ppd calibrate: measuring failed: %s\n", eng_err_msg(rc));

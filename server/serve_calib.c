@@ -39,9 +39,7 @@ void srv_calibrate(struct srv *s) {
     struct calib_setup_opts o = {.model_path = s->cfg.model, .adapter_path = s->ppd.src == CLI_PPD_FILE ? s->ppd.path : NULL,
                                  .cache_dir = s->cfg.calib_cache, .n_threads = (int)s->cfg.n_threads,
                                  .n_slot = (int)s->cfg.n_parallel, .progress = serve_calib_progress,
-                                 .progress_user = &last, .acc = acc, .joint = cli_ppd_joint(s->ppd.ad, acc),
-                                 .n_prompt = s->ppd.ad->n_prompt, .topk = s->ppd.ad->topk,
-                                 .stop_L_max = CALIB_L_MAX_DEFAULT};
+                                 .progress_user = &last, .ad = s->ppd.ad, .stop_L_max = CALIB_L_MAX_DEFAULT};
     if ((rc = calib_setup_table(t, s->eng, &o, &cached, path, sizeof path))) goto fail;
     if ((rc = eng_calib_choose(c, t, acc, cli_ppd_joint(s->ppd.ad, acc), s->ppd.ad->n_prompt, s->ppd.ad->topk, (int)s->cfg.n_parallel,
                                CALIB_L_MAX_DEFAULT)))
