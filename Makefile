@@ -111,12 +111,12 @@ $(BUILD)/kernels/cuda/%.o: kernels/cuda/%.cu
 
 $(BUILD)/engine/backend_cuda.o: CFLAGS += -I$(CUDA_HOME)/include
 
-# The AVX2 matmul tiles under ASan run ~10x slower (72% of a sanitized forward
+# The SIMD matmul tiles under ASan run ~10x slower (72% of a sanitized forward
 # pass, which made `make asan test` an hour long): they are left uninstrumented
 # there, as in the fuzzers.  What checks them instead: test_matmul (bit-equal to
 # the plain C kernels, which are instrumented) and valgrind (make check-deep).
 ifeq ($(SAN),1)
-$(BUILD)/kernels/cpu/matmul_avx2.o: CFLAGS += -fno-sanitize=address,undefined
+$(BUILD)/kernels/cpu/matmul_avx2.o $(BUILD)/kernels/cpu/matmul_avx512.o: CFLAGS += -fno-sanitize=address,undefined
 endif
 
 # The library is rebuilt when the CUDA choice changes (the object lists differ).

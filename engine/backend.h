@@ -92,5 +92,7 @@ int eng_backend_cuda_init(struct eng_backend *be, int device, char *err, size_t 
 /* Usable CUDA GPUs: 0 without CUDA, without a driver or without a GPU.  The
  * only CUDA call a CPU run makes, and only when asked (--device auto). */
 int eng_backend_cuda_count(void);
+/* 1 when this binary contains the CUDA backend (whether or not a GPU exists). */
+int eng_backend_cuda_built(void);
 
 #endif

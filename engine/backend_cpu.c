@@ -16,8 +16,10 @@
 #include "batch.h"
 #include "err.h"
 #include "kv_cache.h"
+#include "log.h"
 #include "threadpool.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/qtypes.h"
@@ -203,12 +205,15 @@ static void cpu_matmul(void *vctx, const struct eng_weight *const *w, float *con
             off += (kq_act_bytes(w[i]->type, w[i]->n_in, n_tok) + 63) & ~(size_t)63;
         }
     }
-    /* A few rows are quantized here, before the region, in less time than
-     * the barrier between the region's two phases would take (one row of 576:
-     * about 0.1 µs; the barrier: a microsecond, far more when the machine is
-     * busy and the peer thread has lost its core). */
+    /* One or two rows are quantized here, before the region, in less time
+     * than the barrier between the region's two phases would take (the
+     * barrier: a microsecond, far more when the machine is busy and the peer
+     * thread has lost its core).  More rows are quantized by all threads:
+     * the input was written by all of them, and one thread reading the
+     * others' cache lines waits on each (16 rows of 576 on one thread took
+     * 9% of a 16-row step on Zen 4, nearly all of it in the loads). */
     for (int i = 0; i < n_w && i < CPU_MAX_MATMUL_GROUP; i++) {
-        if (!j.quantize_here[i] || (long)n_tok * w[i]->n_in > 8 * 1536) continue;
+        if (!j.quantize_here[i] || (long)n_tok * w[i]->n_in > 2 * 1536) continue;
         kq_act_quantize(w[i]->type, x, w[i]->n_in, 0, n_tok, (void *)j.act[i]);
         j.quantize_here[i] = 0;
     }
@@ -492,6 +497,10 @@ int eng_backend_cpu_init(struct eng_backend *be, int n_threads) {
     c->n_threads = n_threads;
     be->iface = &cpu_iface;
     be->ctx = c;
+    char why[160];
+    if (kq_isa_env_error(why, sizeof why)) LOG_WARN("%s", why);
+    LOG_INFO("CPU kernels: the %s path (this CPU has up to %s), %d threads", kq_isa_name(kq_isa()),
+             kq_isa_name(kq_isa_detected()), n_threads);
     return 0;
 }
 

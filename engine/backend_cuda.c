@@ -568,6 +568,8 @@ static const struct eng_backend_i cuda_iface = {
     .add_rows = cuda_add_rows,
 };
 
+int eng_backend_cuda_built(void) { return 1; }
+
 int eng_backend_cuda_count(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {

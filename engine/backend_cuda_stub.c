@@ -16,3 +16,4 @@ int eng_backend_cuda_init(struct eng_backend *be, int device, char *err, size_t 
 }
 
 int eng_backend_cuda_count(void) { return 0; }
+int eng_backend_cuda_built(void) { return 0; }

@@ -13,6 +13,7 @@
 #include "engine/err.h"
 #include "engine/log.h"
 #include "engine/sha256.h"
+#include "kernels/cpu/cpu_isa.h"
 
 static void hex(const uint8_t *d, int n, char *out) {
     for (int i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", d[i]);
@@ -77,9 +78,9 @@ static void calib_fingerprint(const struct eng_engine *e, const struct calib_set
      * not hand one GPU's latency table to another. */
     const char *device = e->be.iface->device_name ? e->be.iface->device_name(e->be.ctx) : "";
     snprintf(desc, sizeof desc,
-             "ppd-calib-v1|%s|%s|device=%s|threads=%d|model=%s:%lld:%lld:%s|adapter=%s|build=%s|slots=%d|rows=%d|prefix=%d"
+             "ppd-calib-v1|%s|%s|isa=%s|device=%s|threads=%d|model=%s:%lld:%lld:%s|adapter=%s|build=%s|slots=%d|rows=%d|prefix=%d"
              "|stop=%d",
-             e->be.iface->name, cpu, device, o->n_threads, o->model_path, (long long)st.st_size, (long long)st.st_mtime,
+             e->be.iface->name, cpu, kq_isa_name(kq_isa()), device, o->n_threads, o->model_path, (long long)st.st_size, (long long)st.st_mtime,
              model, adapter, build, o->n_slot, e->fwd.max_rows, prefix, o->ad ? o->stop_L_max : 0);
     uint8_t d[ENG_SHA256_BYTES];
     struct eng_sha256 h;

@@ -3,6 +3,8 @@
 #include <string.h>
 
 #include "cli.h"
+#include "engine/backend.h"
+#include "kernels/cpu/cpu_isa.h"
 
 
 struct cli_cmd { const char *name; int (*fn)(int, char **); const char *help; };
@@ -28,7 +30,12 @@ static void usage(FILE *fp) {
 int main(int argc, char **argv) {
     if (argc < 2) { usage(stderr); return 2; }
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) { usage(stdout); return 0; }
-    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) { printf("ppd %s\n", PPD_VERSION); return 0; }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("ppd %s\n", PPD_VERSION);
+        printf("features: cpu=%s (this CPU has up to %s) cuda=%s\n", kq_isa_name(kq_isa()),
+               kq_isa_name(kq_isa_detected()), eng_backend_cuda_built() ? "built" : "not built");
+        return 0;
+    }
     for (unsigned i = 0; i < sizeof cli_cmds / sizeof cli_cmds[0]; i++)
         if (!strcmp(argv[1], cli_cmds[i].name)) return cli_cmds[i].fn(argc - 1, argv + 1);
     fprintf(stderr, "ppd: unknown command '%s'\n\n", argv[1]);

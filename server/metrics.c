@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "serve.h"
+#include "kernels/cpu/cpu_isa.h"
 
 static const double ttft_bounds[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 static const double itl_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5};
@@ -191,6 +192,9 @@ char *srv_metrics_render(const struct srv_metrics *m, const struct srv_config *c
     mb_hist(&b, "step_duration_seconds", "Wall time of one batched scheduler step.", &m->step);
     mb_gauge(&b, "step_duration_max_seconds", "Wall time of the longest batched scheduler step since start.",
              m->step_max_s);
+    mb_head(&b, "cpu_info", "gauge", "The CPU kernels' instruction-set path in use (1), and the best this CPU has.");
+    mb_printf(&b, "ppd_cpu_info{isa=\"%s\",detected=\"%s\"} 1\n", kq_isa_name(kq_isa()),
+              kq_isa_name(kq_isa_detected()));
     mb_ppd(&b, m);
     mb_calib(&b, m);
     mb_gauge(&b, "process_resident_memory_bytes", "Resident memory of the server process.", rss_bytes());

@@ -30,6 +30,7 @@
 
 #include <string.h>
 
+#include "cpu_isa.h"
 #include "ops.h"
 
 #if defined(__x86_64__)
@@ -323,11 +324,7 @@ static void attn_run_avx2(const struct kq_attn_task *t, float *scratch) {
         }
 }
 
-static int attn_avx2(void) {
-    static int cached = -1;
-    if (cached < 0) cached = __builtin_cpu_supports("avx2") ? 1 : 0;
-    return cached;
-}
+static int attn_avx2(void) { return kq_isa() >= KQ_ISA_AVX2; }
 #endif
 
 void kq_attn_run(const struct kq_attn_task *t, float *scratch) {

@@ -12,6 +12,8 @@
 #include <immintrin.h>
 #include <math.h>
 
+#include "cpu_isa.h"
+
 /* The order every path uses: lane j of 8 accumulates elements k ≡ j (mod 8)
  * with fused multiply-adds; lanes are folded (j, j+4), then (j, j+2), then
  * (0, 1); the block sum is added to the output; a K tail is added last,
@@ -123,7 +125,7 @@ __attribute__((target("avx2,fma"))) static void gemm_avx2(const float *x, int64_
 
 void kq_gemm_f32_nt(const float *x, int64_t ldx, int n_rows, const float *b, int64_t ldb, int64_t k, float *y,
                     int64_t ldy, int64_t o_begin, int64_t o_end, int accumulate) {
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (kq_isa() >= KQ_ISA_AVX2)
         gemm_avx2(x, ldx, n_rows, b, ldb, k, y, ldy, o_begin, o_end, accumulate);
     else
         kq_gemm_f32_nt_ref(x, ldx, n_rows, b, ldb, k, y, ldy, o_begin, o_end, accumulate);

@@ -1,17 +1,16 @@
 /* matmul.c — the public entry points of matmul.h: weight preparation and the
  * run-time choice between the SIMD kernels and the plain reference.
  *
- * Paths, best first:
- *   avx512vnni  not written yet.  The place for it is kq_matmul below: a
- *               kernel using vpdpbusd on the same panels and the same per-block
- *               float order would slot in before the AVX2 test.  It is left out
- *               on purpose because no machine here can run it, and untested
- *               SIMD code has no place in a lossless engine.
+ * Paths, best first (cpu_isa.h chooses which this CPU takes):
+ *   avx512vnni  matmul_avx512.c: Q4_0, Q4_1, Q8_0 on the repacked panels;
+ *               the other types fall through to AVX2.
  *   avx2        matmul_avx2.c: Q4_0, Q4_1, Q8_0 (repacked panels) and the
- *               float types; needs AVX2 and F16C.
+ *               float types.
  *   scalar      matmul_ref.c, for every other type and on every other CPU.
  * All paths give bit-identical results (the tests check it), so the choice
- * changes speed only.
+ * changes speed only.  The panels are built whenever the CPU has AVX2, even
+ * under a lower PPD_CPU_ISA cap, so that a test can switch paths on the same
+ * weights.
  *
  * It deliberately contains no arithmetic.
  */
@@ -20,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_isa.h"
 #include "engine/err.h"
 
 static int mm_type_supported(int type) {
@@ -41,7 +41,7 @@ int kq_weight_init(struct kq_weight *w, int type, const void *data, int64_t n_in
     w->n_in = n_in;
     w->n_out = n_out;
     w->data = data;
-    if (kq_avx2_usable()) {
+    if (kq_isa_detected() >= KQ_ISA_AVX2) {
         int rc = kq_avx2_repack(w);
         if (rc) {
             memset(w, 0, sizeof *w);
@@ -58,15 +58,29 @@ void kq_weight_free(struct kq_weight *w) {
     w->packed_bytes = 0;
 }
 
+/* Calls handled per path, per thread: the tests read them to know which
+ * kernel ran, so that a fast path silently not taken cannot pass as tested. */
+static _Thread_local uint64_t path_calls[KQ_ISA_COUNT];
+
 void kq_matmul(const struct kq_weight *w, const void *act, int n_rows,
                float *y, int64_t ldy, int64_t o_begin, int64_t o_end) {
     if (n_rows <= 0 || o_begin >= o_end) return;
-    /* (an AVX-512 VNNI kernel would be tried here, before AVX2) */
-    if (kq_avx2_usable() && kq_avx2_matmul(w, act, n_rows, y, ldy, o_begin, o_end) == 0)
+    if (kq_avx512_usable() && kq_avx512_matmul(w, act, n_rows, y, ldy, o_begin, o_end) == 0) {
+        path_calls[KQ_ISA_AVX512VNNI]++;
         return;
+    }
+    if (kq_avx2_usable() && kq_avx2_matmul(w, act, n_rows, y, ldy, o_begin, o_end) == 0) {
+        path_calls[KQ_ISA_AVX2]++;
+        return;
+    }
+    path_calls[KQ_ISA_SCALAR]++;
     kq_matmul_ref(w, act, n_rows, y, ldy, o_begin, o_end);
 }
 
+uint64_t kq_matmul_path_calls(int isa) {
+    return isa >= 0 && isa < KQ_ISA_COUNT ? path_calls[isa] : 0;
+}
+
 const char *kq_matmul_path(void) {
-    return kq_avx2_usable() ? "avx2" : "scalar";
+    return kq_isa_name(kq_isa());
 }

@@ -48,8 +48,11 @@ void kq_matmul_ref(const struct kq_weight *w, const void *act, int n_rows,
 /* Dequantize row `row` of W into n_in floats (embedding lookup, tests). */
 void kq_weight_row_f32(const struct kq_weight *w, int64_t row, float *out);
 
-/* Which SIMD path kq_matmul uses on this CPU ("avx512vnni", "avx2", "scalar"). */
+/* Which SIMD path kq_matmul uses on this CPU ("avx512vnni", "avx2", "scalar"):
+ * the cpu_isa.h path; a type without a kernel on it takes the next lower one. */
 const char *kq_matmul_path(void);
+/* How many kq_matmul calls of this thread each path (enum kq_isa) handled. */
+uint64_t kq_matmul_path_calls(int isa);
 
 /* Output ranges split at multiples of this share no work between threads (the
  * fast kernels compute tiles of 2 panels x 8 outputs; any split is still

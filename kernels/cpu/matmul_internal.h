@@ -1,5 +1,5 @@
 /* matmul_internal.h — what the matmul files (quant_act.c, matmul_ref.c,
- * matmul_avx2.c, matmul.c) share and nobody else needs: the byte layout of a
+ * matmul_avx2.c, matmul_avx512.c, matmul.c) share and nobody else needs: the byte layout of a
  * quantized input row and of the repacked weight panels.
  *
  * It deliberately holds no code that computes anything; the arithmetic lives
@@ -110,6 +110,11 @@ int kq_avx2_matmul(const struct kq_weight *w, const void *act, int n_rows,
                    float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
 void kq_avx2_act_quantize_q32(int wtype, const float *x, int64_t n_in, int r_begin,
                               int r_end, void *act);
+
+/* The AVX-512 VNNI kernels (matmul_avx512.c), on the same packed panels. */
+int kq_avx512_usable(void);
+int kq_avx512_matmul(const struct kq_weight *w, const void *act, int n_rows,
+                     float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
 
 /* The scalar activation quantizer for the 32-block types (quant_act.c); the
  * AVX2 one must give the same bytes. */

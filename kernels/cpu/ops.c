@@ -7,6 +7,8 @@
  * (attention.c) and the matmuls (matmul*.c). */
 #include "ops.h"
 
+#include "cpu_isa.h"
+
 #include <math.h>
 #include <stdint.h>
 
@@ -262,11 +264,7 @@ __attribute__((target("avx2"))) static void axpy_f32_avx2(float *out, float w, c
     for (; i < n; i++) out[i] += w * v[i];
 }
 
-static int ops_avx2(void) {
-    static int cached = -1;
-    if (cached < 0) cached = __builtin_cpu_supports("avx2") ? 1 : 0;
-    return cached;
-}
+static int ops_avx2(void) { return kq_isa() >= KQ_ISA_AVX2; }
 #endif
 
 float kq_dot_f32(const float *a, const float *b, int n) {

@@ -6,6 +6,8 @@
  *   2. the int8 multiply-add peak, register only: (a) vpmaddubsw+vpaddw pairs
  *      alone, (b) the Q4_1 kernel's instruction mix per 8 outputs x 1 row x 1
  *      block (8 x (vpmaddubsw+vpaddw), vpmaddwd, vcvtdq2ps, 3 vmulps, 2 vaddps);
+ *      on the avx512vnni path (c) its kernel's mix per 16 outputs x 1 row x 1
+ *      block (8 vpdpbusd with broadcast loads, vcvtdq2ps, 3 vmulps, 2 vaddps);
  *   3. a "model matmul step": 30 layers x (q 576x576, k 576x192, v 576x192,
  *      o 576x576, gate 576x1536, up 576x1536, down 1536x576) in Q4_1 plus the
  *      output 576x49152 in Q8_0, in sequence, each preceded by the activation
@@ -34,6 +36,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/qtypes.h"
 
@@ -277,18 +280,88 @@ __attribute__((target("avx2"))) static void peak_mix(long iters, int loads) {
           "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory");
 }
 
+/* (c) the AVX-512 VNNI kernel's work per (16 outputs, 1 row, 1 block) = 512
+ * MACs, four rows per iteration as in its row tiles: 8 vpdpbusd with the
+ * activation broadcast from L1 in the instruction, then vcvtdq2ps, 3 vmulps
+ * (two with a broadcast scale) and 2 vaddps.  Only on a CPU with it. */
+__attribute__((target("avx512f,avx512vnni"))) static void peak_vnni(long iters) {
+    static int32_t l1buf[64] __attribute__((aligned(64))) = {0x01010101, 0x02020202};
+    __asm__ volatile(
+        "vpternlogd $0xff, %%zmm0, %%zmm0, %%zmm0\n\t vpabsb %%zmm0, %%zmm0\n\t"
+        "vmovdqa64 %%zmm0, %%zmm1\n\t vmovdqa64 %%zmm0, %%zmm2\n\t vmovdqa64 %%zmm0, %%zmm3\n\t"
+        "vxorps %%zmm8, %%zmm8, %%zmm8\n\t vxorps %%zmm9, %%zmm9, %%zmm9\n\t"
+        "vxorps %%zmm20, %%zmm20, %%zmm20\n\t vxorps %%zmm21, %%zmm21, %%zmm21\n\t"
+        "vxorps %%zmm22, %%zmm22, %%zmm22\n\t vxorps %%zmm23, %%zmm23, %%zmm23\n\t"
+        "1:\n\t"
+        "vpxord %%zmm16, %%zmm16, %%zmm16\n\t vpxord %%zmm17, %%zmm17, %%zmm17\n\t"
+        "vpxord %%zmm18, %%zmm18, %%zmm18\n\t vpxord %%zmm19, %%zmm19, %%zmm19\n\t"
+        "vpdpbusd 0(%1)%{1to16%}, %%zmm0, %%zmm16\n\t"
+        "vpdpbusd 64(%1)%{1to16%}, %%zmm0, %%zmm17\n\t"
+        "vpdpbusd 128(%1)%{1to16%}, %%zmm0, %%zmm18\n\t"
+        "vpdpbusd 192(%1)%{1to16%}, %%zmm0, %%zmm19\n\t"
+        "vpdpbusd 4(%1)%{1to16%}, %%zmm1, %%zmm16\n\t"
+        "vpdpbusd 68(%1)%{1to16%}, %%zmm1, %%zmm17\n\t"
+        "vpdpbusd 132(%1)%{1to16%}, %%zmm1, %%zmm18\n\t"
+        "vpdpbusd 196(%1)%{1to16%}, %%zmm1, %%zmm19\n\t"
+        "vpdpbusd 8(%1)%{1to16%}, %%zmm2, %%zmm16\n\t"
+        "vpdpbusd 72(%1)%{1to16%}, %%zmm2, %%zmm17\n\t"
+        "vpdpbusd 136(%1)%{1to16%}, %%zmm2, %%zmm18\n\t"
+        "vpdpbusd 200(%1)%{1to16%}, %%zmm2, %%zmm19\n\t"
+        "vpdpbusd 12(%1)%{1to16%}, %%zmm3, %%zmm16\n\t"
+        "vpdpbusd 76(%1)%{1to16%}, %%zmm3, %%zmm17\n\t"
+        "vpdpbusd 140(%1)%{1to16%}, %%zmm3, %%zmm18\n\t"
+        "vpdpbusd 204(%1)%{1to16%}, %%zmm3, %%zmm19\n\t"
+        "vpdpbusd 16(%1)%{1to16%}, %%zmm0, %%zmm16\n\t"
+        "vpdpbusd 80(%1)%{1to16%}, %%zmm0, %%zmm17\n\t"
+        "vpdpbusd 144(%1)%{1to16%}, %%zmm0, %%zmm18\n\t"
+        "vpdpbusd 208(%1)%{1to16%}, %%zmm0, %%zmm19\n\t"
+        "vpdpbusd 20(%1)%{1to16%}, %%zmm1, %%zmm16\n\t"
+        "vpdpbusd 84(%1)%{1to16%}, %%zmm1, %%zmm17\n\t"
+        "vpdpbusd 148(%1)%{1to16%}, %%zmm1, %%zmm18\n\t"
+        "vpdpbusd 212(%1)%{1to16%}, %%zmm1, %%zmm19\n\t"
+        "vpdpbusd 24(%1)%{1to16%}, %%zmm2, %%zmm16\n\t"
+        "vpdpbusd 88(%1)%{1to16%}, %%zmm2, %%zmm17\n\t"
+        "vpdpbusd 152(%1)%{1to16%}, %%zmm2, %%zmm18\n\t"
+        "vpdpbusd 216(%1)%{1to16%}, %%zmm2, %%zmm19\n\t"
+        "vpdpbusd 28(%1)%{1to16%}, %%zmm3, %%zmm16\n\t"
+        "vpdpbusd 92(%1)%{1to16%}, %%zmm3, %%zmm17\n\t"
+        "vpdpbusd 156(%1)%{1to16%}, %%zmm3, %%zmm18\n\t"
+        "vpdpbusd 220(%1)%{1to16%}, %%zmm3, %%zmm19\n\t"
+        "vcvtdq2ps %%zmm16, %%zmm16\n\t vmulps 32(%1)%{1to16%}, %%zmm8, %%zmm24\n\t"
+        "vmulps %%zmm16, %%zmm24, %%zmm24\n\t vmulps 36(%1)%{1to16%}, %%zmm9, %%zmm28\n\t"
+        "vaddps %%zmm28, %%zmm24, %%zmm24\n\t vaddps %%zmm24, %%zmm20, %%zmm20\n\t"
+        "vcvtdq2ps %%zmm17, %%zmm17\n\t vmulps 96(%1)%{1to16%}, %%zmm8, %%zmm25\n\t"
+        "vmulps %%zmm17, %%zmm25, %%zmm25\n\t vmulps 100(%1)%{1to16%}, %%zmm9, %%zmm29\n\t"
+        "vaddps %%zmm29, %%zmm25, %%zmm25\n\t vaddps %%zmm25, %%zmm21, %%zmm21\n\t"
+        "vcvtdq2ps %%zmm18, %%zmm18\n\t vmulps 160(%1)%{1to16%}, %%zmm8, %%zmm26\n\t"
+        "vmulps %%zmm18, %%zmm26, %%zmm26\n\t vmulps 164(%1)%{1to16%}, %%zmm9, %%zmm30\n\t"
+        "vaddps %%zmm30, %%zmm26, %%zmm26\n\t vaddps %%zmm26, %%zmm22, %%zmm22\n\t"
+        "vcvtdq2ps %%zmm19, %%zmm19\n\t vmulps 224(%1)%{1to16%}, %%zmm8, %%zmm27\n\t"
+        "vmulps %%zmm19, %%zmm27, %%zmm27\n\t vmulps 228(%1)%{1to16%}, %%zmm9, %%zmm31\n\t"
+        "vaddps %%zmm31, %%zmm27, %%zmm27\n\t vaddps %%zmm27, %%zmm23, %%zmm23\n\t"
+        "dec %0\n\t jnz 1b\n\t"
+        "vzeroupper"
+        : "+r"(iters)
+        : "r"(l1buf)
+        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm8", "xmm9", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20",
+          "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31",
+          "cc", "memory");
+}
+
 static void peak_thread(struct team *t, int tid) {
     struct peak_arg *a = t->arg;
     int sense = 0;
     barrier_wait(&a->bar, &sense);
     double t0 = now_s();
     if (a->mix == 0) peak_pairs(PEAK_ITERS);
+    else if (a->mix == 3) peak_vnni(PEAK_ITERS / 8);   /* 2048 MACs an iteration */
     else peak_mix(PEAK_ITERS / 2, a->mix == 2);
     barrier_wait(&a->bar, &sense);
     t->result[tid] = now_s() - t0;
 }
 
-/* MACs per second over all threads; mix 0: pairs, 1: kernel mix, 2: with loads */
+/* MACs per second over all threads; mix 0: pairs, 1: kernel mix, 2: with
+ * loads, 3: the VNNI kernel's mix with its loads */
 static double bench_peak(int n_threads, int mix) {
     struct peak_arg a = {mix, {0, 0, n_threads}};
     struct team t = {n_threads, peak_thread, &a, {0}};
@@ -519,8 +592,17 @@ int main(int argc, char **argv) {
     const double peak_load_macs = bench_peak(n_threads, 2);
     printf("read bandwidth:                      %.1f GB/s\n", bw / 1e9);
     printf("int8 peak, maddubs+add pairs:        %.0f G MAC/s\n", peak_pairs_macs / 1e9);
-    printf("int8 peak, Q4_1 kernel mix:          %.0f G MAC/s (the compute floor below)\n", peak_mix_macs / 1e9);
+    const int vnni = kq_isa() >= KQ_ISA_AVX512VNNI;
+    const double peak_vnni_macs = vnni ? bench_peak(n_threads, 3) : 0.0;
+    /* the compute floor: the mix of the kernel this path runs */
+    const double peak_floor = vnni ? peak_vnni_macs : peak_mix_macs;
+    printf("int8 peak, Q4_1 kernel mix:          %.0f G MAC/s%s\n", peak_mix_macs / 1e9,
+           vnni ? "" : " (the compute floor below)");
     printf("int8 peak, mix + L1 broadcast loads: %.0f G MAC/s\n", peak_load_macs / 1e9);
+    if (vnni)
+        printf("int8 peak, AVX-512 VNNI Q4_1 mix:    %.0f G MAC/s (the compute floor below)\n", peak_vnni_macs / 1e9);
+    else
+        printf("int8 peak, AVX-512 VNNI Q4_1 mix:    not measured (path %s)\n", kq_matmul_path());
 
     struct model m;
     if (model_init(&m)) { fprintf(stderr, "out of memory\n"); return 1; }
@@ -542,7 +624,7 @@ int main(int argc, char **argv) {
         for (int r = 1; r <= reps; r++)
             if (a.t_out[r] < out_best) out_best = a.t_out[r];
         if (row_list[i] == 1) t1 = best;
-        const double fb = m.bytes / bw, fm = row_list[i] * m.macs_per_row / peak_mix_macs;
+        const double fb = m.bytes / bw, fm = row_list[i] * m.macs_per_row / peak_floor;
         const double floor = fb > fm ? fb : fm;
         printf("%5d %9.2f %9.2f %8.2f %9.2f %9.2f %7.2f %7.2f\n", row_list[i], best * 1e3, med * 1e3,
                out_best * 1e3, fb * 1e3, fm * 1e3, best / floor, best / t1);

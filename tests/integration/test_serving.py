@@ -1,6 +1,7 @@
 """Serving behaviour: concurrent streams equal their single-stream output,
 a client that disconnects frees its slot (seen in /metrics), the metrics
 text, and SIGTERM draining in-flight requests before exit 0."""
+import re
 import shutil
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import start_server
+from conftest import PPD_BIN, start_server
 
 TOPICS = ["the moon", "rivers", "bread", "chess", "owls", "glass", "trains", "tea",
           "volcanoes", "violins", "maps", "bees", "snow", "bridges", "clocks", "salt"]
@@ -110,6 +111,11 @@ def test_metrics_text(server, client, model_id):
     assert m['ppd_time_to_first_token_seconds_bucket{le="+Inf"}'] == m["ppd_time_to_first_token_seconds_count"]
     for line in r.text.splitlines():
         assert line.startswith("# HELP ppd_") or line.startswith("# TYPE ppd_") or line.startswith("ppd_")
+    # the CPU kernels' path, as `ppd --version` names it
+    version = subprocess.run([PPD_BIN, "--version"], capture_output=True, text=True, timeout=30).stdout
+    isa = re.search(r"features: cpu=(\w+) \(this CPU has up to (\w+)\)", version)
+    assert isa, version
+    assert f'ppd_cpu_info{{isa="{isa[1]}",detected="{isa[2]}"}} 1' in r.text.splitlines()
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")

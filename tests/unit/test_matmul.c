@@ -2,7 +2,9 @@
  * dequant.c).
  *
  * What must hold, and is checked here:
- *   - kq_matmul (the SIMD path this CPU gets) equals kq_matmul_ref bit for bit
+ *   - kq_matmul on every SIMD path this CPU has (avx2, avx512vnni: each run
+ *     in turn, each asserted to be the kernel that handled the call, the
+ *     paths the CPU lacks printed as not run) equals kq_matmul_ref bit for bit
  *     (memcmp), for every weight type, every n_rows from 1 to 40 and 64 (the
  *     AVX2 kernel cuts rows into tiles of up to 4 and outputs into pairs of
  *     8-output panels, so this covers every tile shape and remainder), and
@@ -30,6 +32,7 @@
 #include <string.h>
 
 #include "engine/err.h"
+#include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/matmul_internal.h"
 #include "kernels/cpu/qtypes.h"
@@ -154,6 +157,35 @@ static void *quantize(int type, const float *x, int64_t n_in, int n_rows) {
     return act;
 }
 
+/* ---- the paths -------------------------------------------------------------- */
+
+/* The best path with a kernel for this weight type (kq_matmul falls through
+ * to the next lower path for a type its kernel lacks). */
+static int type_best_path(int type) {
+    switch (type) {
+    case KQ_Q4_0: case KQ_Q4_1: case KQ_Q8_0: return KQ_ISA_AVX512VNNI;
+    case KQ_F32: case KQ_F16: case KQ_BF16:   return KQ_ISA_AVX2;
+    default:                                  return KQ_ISA_SCALAR;
+    }
+}
+
+/* Run kq_matmul under path isa and assert that the expected kernel handled it. */
+static void matmul_on_path(int isa, const struct kq_weight *w, const void *act, int n_rows, float *y,
+                           int64_t ldy, int64_t ob, int64_t oe) {
+    const int want = isa < type_best_path(w->type) ? isa : type_best_path(w->type);
+    const uint64_t before = kq_matmul_path_calls(want);
+    kq_matmul(w, act, n_rows, y, ldy, ob, oe);
+    ck_assert_msg(kq_matmul_path_calls(want) == before + 1, "%s on path %s: the %s kernel did not run",
+                  kq_type_name(w->type), kq_isa_name(isa), kq_isa_name(want));
+}
+
+/* The path the process started on (PPD_CPU_ISA may cap it); each test that
+ * walks the paths returns to it. */
+static int initial_isa;
+
+/* The SIMD paths to compare with the reference: every one this CPU has. */
+#define FOR_EACH_SIMD_PATH(isa) for (int isa = KQ_ISA_AVX2; isa <= kq_isa_detected() && kq_isa_set(isa) == 0; isa++)
+
 /* ---- fast == reference ------------------------------------------------------ */
 
 #define MAX_ROWS_ALL 40 /* every row count 1..MAX_ROWS_ALL, then 64 */
@@ -176,15 +208,16 @@ START_TEST(test_fast_equals_ref) {
         float *yref = malloc(sizeof(float) * (size_t)ldy * (size_t)n_rows);
         float *yf = malloc(sizeof(float) * (size_t)ldy * (size_t)n_rows);
         kq_matmul_ref(&w, act, n_rows, yref, ldy, 0, N_OUT);
+        FOR_EACH_SIMD_PATH(isa)
         for (size_t gi = 0; gi < sizeof ranges / sizeof ranges[0]; gi++) {
             const int64_t ob = ranges[gi][0], oe = ranges[gi][1];
             memset(yf, 0x7f, sizeof(float) * (size_t)ldy * (size_t)n_rows); /* sentinel */
-            kq_matmul(&w, act, n_rows, yf, ldy, ob, oe);
+            matmul_on_path(isa, &w, act, n_rows, yf, ldy, ob, oe);
             for (int r = 0; r < n_rows; r++) {
                 const float *a = yref + (size_t)r * (size_t)ldy, *b = yf + (size_t)r * (size_t)ldy;
                 ck_assert_msg(memcmp(a + ob, b + ob, sizeof(float) * (size_t)(oe - ob)) == 0,
-                              "%s n_rows=%d range [%lld,%lld) row %d: fast != ref",
-                              kq_type_name(tc->type), n_rows, (long long)ob, (long long)oe, r);
+                              "%s on %s n_rows=%d range [%lld,%lld) row %d: fast != ref",
+                              kq_type_name(tc->type), kq_isa_name(isa), n_rows, (long long)ob, (long long)oe, r);
                 for (int64_t o = 0; o < ldy; o++) {
                     if (o >= ob && o < oe) continue;
                     uint32_t u;
@@ -196,6 +229,7 @@ START_TEST(test_fast_equals_ref) {
         }
         free(x); free(act); free(yref); free(yf);
     }
+    kq_isa_set(initial_isa);
     kq_weight_free(&w);
     free(wd);
 }
@@ -223,6 +257,7 @@ START_TEST(test_fast_splits) {
         const size_t ny = (size_t)n_rows * (size_t)n_out;
         float *yref = malloc(sizeof(float) * ny), *yf = malloc(sizeof(float) * ny);
         kq_matmul_ref(&w, act, n_rows, yref, n_out, 0, n_out);
+        FOR_EACH_SIMD_PATH(isa)
         for (int parts = 2; parts <= 5; parts++) {
             static const int aligns[] = {1, 8, 16};
             for (int ai = 0; ai < 3; ai++) {
@@ -235,14 +270,17 @@ START_TEST(test_fast_splits) {
                     int64_t c = (int64_t)(rng_next() % (uint64_t)(n_out + 1)) / align * align;
                     cut[k] = c < cut[k - 1] ? cut[k - 1] : c;
                 }
-                for (int k = 0; k < parts; k++) kq_matmul(&w, act, n_rows, yf, n_out, cut[k], cut[k + 1]);
+                for (int k = 0; k < parts; k++)
+                    if (cut[k] < cut[k + 1]) matmul_on_path(isa, &w, act, n_rows, yf, n_out, cut[k], cut[k + 1]);
                 ck_assert_msg(memcmp(yref, yf, sizeof(float) * ny) == 0,
-                              "%s %lldx%lld n_rows=%d split into %d (align %d): fast != ref",
-                              kq_type_name(type), (long long)n_in, (long long)n_out, n_rows, parts, align);
+                              "%s on %s %lldx%lld n_rows=%d split into %d (align %d): fast != ref",
+                              kq_type_name(type), kq_isa_name(isa), (long long)n_in, (long long)n_out, n_rows, parts,
+                              align);
             }
         }
         free(x); free(act); free(yref); free(yf);
     }
+    kq_isa_set(initial_isa);
     kq_weight_free(&w);
     free(wd);
 }
@@ -260,19 +298,27 @@ START_TEST(test_row_independence) {
     float *x = make_inputs(tc->n_in, n_rows);
     void *act = quantize(tc->type, x, tc->n_in, n_rows);
     float *ybatch = malloc(sizeof(float) * N_OUT * n_rows), *yrefb = malloc(sizeof(float) * N_OUT * n_rows);
-    kq_matmul(&w, act, n_rows, ybatch, N_OUT, 0, N_OUT);
     kq_matmul_ref(&w, act, n_rows, yrefb, N_OUT, 0, N_OUT);
     for (int r = 0; r < n_rows; r++) {
         void *act1 = quantize(tc->type, x + (size_t)r * (size_t)tc->n_in, tc->n_in, 1);
-        float y1[N_OUT], y1ref[N_OUT];
-        kq_matmul(&w, act1, 1, y1, N_OUT, 0, N_OUT);
+        float y1ref[N_OUT];
         kq_matmul_ref(&w, act1, 1, y1ref, N_OUT, 0, N_OUT);
-        ck_assert_msg(memcmp(y1, ybatch + (size_t)r * N_OUT, sizeof y1) == 0,
-                      "%s row %d alone != in a batch of 64 (fast)", kq_type_name(tc->type), r);
-        ck_assert_msg(memcmp(y1ref, yrefb + (size_t)r * N_OUT, sizeof y1) == 0,
+        ck_assert_msg(memcmp(y1ref, yrefb + (size_t)r * N_OUT, sizeof y1ref) == 0,
                       "%s row %d alone != in a batch of 64 (ref)", kq_type_name(tc->type), r);
         free(act1);
     }
+    FOR_EACH_SIMD_PATH(isa) {
+        matmul_on_path(isa, &w, act, n_rows, ybatch, N_OUT, 0, N_OUT);
+        for (int r = 0; r < n_rows; r++) {
+            void *act1 = quantize(tc->type, x + (size_t)r * (size_t)tc->n_in, tc->n_in, 1);
+            float y1[N_OUT];
+            matmul_on_path(isa, &w, act1, 1, y1, N_OUT, 0, N_OUT);
+            ck_assert_msg(memcmp(y1, ybatch + (size_t)r * N_OUT, sizeof y1) == 0,
+                          "%s on %s: row %d alone != in a batch of 64", kq_type_name(tc->type), kq_isa_name(isa), r);
+            free(act1);
+        }
+    }
+    kq_isa_set(initial_isa);
     free(x); free(act); free(ybatch); free(yrefb);
     kq_weight_free(&w);
     free(wd);
@@ -596,8 +642,21 @@ START_TEST(test_init_errors) {
     ck_assert_int_eq(kq_weight_init(&w, KQ_Q4_1, dummy, 32, 0), 0);
     kq_weight_free(&w);
     kq_weight_free(&w);
-    printf("matmul path on this CPU: %s\n", kq_matmul_path());
-    ck_assert(strcmp(kq_matmul_path(), "avx2") == 0 || strcmp(kq_matmul_path(), "scalar") == 0);
+}
+END_TEST
+
+/* Which paths the tests above ran here and which this CPU lacks: a path not
+ * run is reported, never counted as passed. */
+START_TEST(test_paths_reported) {
+    ck_assert_str_eq(kq_matmul_path(), kq_isa_name(kq_isa()));
+    for (int isa = KQ_ISA_SCALAR; isa < KQ_ISA_COUNT; isa++) {
+        ck_assert_ptr_nonnull(kq_isa_name(isa));
+        ck_assert_int_eq(kq_isa_from_name(kq_isa_name(isa)), isa);
+        printf("matmul path %-10s %s\n", kq_isa_name(isa),
+               isa == KQ_ISA_SCALAR ? "the reference itself" : isa <= kq_isa_detected() ? "run, equal to the reference" : "NOT RUN: this CPU lacks it");
+    }
+    ck_assert_int_eq(kq_isa_set(KQ_ISA_COUNT), -1);
+    ck_assert_int_eq(kq_isa_from_name("avx9"), -1);
 }
 END_TEST
 
@@ -616,11 +675,13 @@ static Suite *matmul_suite(void) {
     tcase_add_test(tc, test_act_quant_simd_equals_scalar);
     tcase_add_test(tc, test_act_quant_golden_llama_cpp);
     tcase_add_test(tc, test_init_errors);
+    tcase_add_test(tc, test_paths_reported);
     suite_add_tcase(s, tc);
     return s;
 }
 
 int main(void) {
+    initial_isa = kq_isa();
     SRunner *sr = srunner_create(matmul_suite());
     srunner_set_fork_status(sr, CK_NOFORK);
     srunner_run_all(sr, CK_NORMAL);

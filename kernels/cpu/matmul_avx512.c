@@ -1,0 +1,218 @@
+/* matmul_avx512.c — the AVX-512 VNNI kernels for Q4_1, Q4_0 and Q8_0 weights.
+ * Every function here reproduces matmul_ref.c bit for bit; only the schedule
+ * differs.
+ *
+ * Same packed panels as the AVX2 kernels (matmul_internal.h), read a pair at a
+ * time: one 512-bit vector holds group g (elements 4g..4g+3) of both panels of
+ * a pair, so its 16 lanes are 16 consecutive outputs.  The row's 4 activation
+ * bytes are broadcast from memory and multiplied with vpdpbusd (unsigned
+ * weight bytes x signed activation bytes, 4 products added into each int32
+ * lane): one instruction per 64 multiply-adds, where AVX2 needs vpmaddubsw and
+ * an add per 32.  The sums are exact int32, so their order is free; the float
+ * work after them is the reference's, per block, in its order.
+ *
+ * Weight bytes must be unsigned for vpdpbusd:
+ *   Q4_1  the nibbles q in 0..15 as they are: sumi = sum q*a;
+ *   Q4_0  the same nibbles, then sumi = sum q*a - 8*sum a;
+ *   Q8_0  w xor 0x80 = w+128 in 0..255, then sumi = sum (w+128)*a - 128*sum a.
+ * sum a is the int32 the quantized input row already stores per block (Q8_0
+ * act layout), and the identities are exact in int32 (|sum| < 32*255*127).
+ *
+ * Schedule: tiles of up to KQ512_TILE_ROWS rows x one panel pair.  Per block
+ * the loop runs over the 8 groups: form the group's weight vector once (two
+ * 256-bit loads joined, and for Q4 a shift and a mask), then one vpdpbusd per
+ * row with the broadcast folded into the instruction's memory operand.  An
+ * 8-row tile keeps 8 int32 sums and 8 float accumulators in registers (of
+ * 32); the weight vector is formed once per 8 rows.  Per (row, block, 16
+ * outputs) = 512 multiply-adds: 8 vpdpbusd, then 1 convert, 3 multiplies and
+ * 2 adds of float work (Q4_1; Q4_0 and Q8_0 one multiply and one add fewer,
+ * one integer subtract more).
+ *
+ * Memory: as in the AVX2 kernels, the first row tile of a pair streams the
+ * weights (and prefetches ahead); the others reread them from L1/L2.
+ *
+ * No FMA: the reference multiplies and adds separately, and so must we.
+ * This file does not choose paths (matmul.c does).
+ */
+#include "matmul_internal.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "cpu_isa.h"
+
+#define KQ_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,f16c")))
+#define KQ_INLINE static inline __attribute__((always_inline))
+
+#define KQ512_TILE_ROWS 8
+#define KQ512_PREFETCH_BLOCKS 8
+
+int kq_avx512_usable(void) { return kq_isa() >= KQ_ISA_AVX512VNNI; }
+
+/* One tile's operands.  pw: block 0 of the pair's first panel; the second
+ * panel's block b sits pstride bytes after the first one's, block b+1 bstep
+ * bytes after block b.  q, d, s: row r0's block-0 qs, d[0] and s[0] (for the
+ * Q8_0 act layout, the int32 sum of the block's bytes); row r0+r is at
+ * r*stride.  Results go to y[r*ldy + o0 + lane] for the lanes in `lanes`. */
+struct tile512 {
+    const uint8_t *pw;
+    size_t pstride, bstep;
+    const uint8_t *q, *d, *s;
+    size_t stride, qstep;
+    int64_t nb;
+    float *y;
+    int64_t ldy, o0;
+    __mmask16 lanes;
+    int r0;
+    int prefetch;
+};
+
+/* Bytes off..off+31 of both panels' current block, as lanes 0-7 and 8-15. */
+KQ_INLINE KQ_AVX512 __m512i load_pair(const uint8_t *pw, size_t pstride, size_t off) {
+    const __m256i a = _mm256_loadu_si256((const __m256i *)(pw + off));
+    const __m256i b = _mm256_loadu_si256((const __m256i *)(pw + pstride + off));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+}
+
+/* The 8 f16 values at off of both panels' current block, as 16 floats. */
+KQ_INLINE KQ_AVX512 __m512 load_pair_f16(const uint8_t *pw, size_t pstride, size_t off) {
+    const __m128i a = _mm_loadu_si128((const __m128i *)(pw + off));
+    const __m128i b = _mm_loadu_si128((const __m128i *)(pw + pstride + off));
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1));
+}
+
+KQ_INLINE KQ_AVX512 __m512i bcast32(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+KQ_INLINE KQ_AVX512 __m512 bcast_f32(const uint8_t *p) {
+    float v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_ps(v);
+}
+
+KQ_INLINE void prefetch_block(const uint8_t *pw, size_t bstep) {
+    const uintptr_t a = (uintptr_t)pw + KQ512_PREFETCH_BLOCKS * bstep;
+    for (size_t l = 0; l < bstep; l += 64) _mm_prefetch((const char *)(a + l), _MM_HINT_T0);
+}
+
+enum { W_Q4_1, W_Q4_0, W_Q8_0 };
+
+/* The weight vector of group g (elements 4g..4g+3 of each output) as
+ * unsigned bytes; `quant` is where the quants start in a panel block. */
+KQ_INLINE KQ_AVX512 __m512i group_weights(const uint8_t *pw, size_t pstride, int kind, size_t quant, int g) {
+    if (kind == W_Q8_0)
+        return _mm512_xor_si512(load_pair(pw, pstride, quant + 32 * (size_t)g), _mm512_set1_epi8((char)0x80));
+    /* low nibbles of vector g for g < 4, high nibbles of vector g-4 after */
+    const __m512i n = load_pair(pw, pstride, quant + 32 * (size_t)(g & 3));
+    return _mm512_and_si512(g < 4 ? n : _mm512_srli_epi16(n, 4), _mm512_set1_epi8(0x0F));
+}
+
+KQ_INLINE KQ_AVX512 void tile(const struct tile512 *t, const int kind, const int R) {
+    const size_t stride = t->stride, pstride = t->pstride;
+    const size_t quant = kind == W_Q4_1 ? 32 : 16; /* after the f16 d (and m) of 8 outputs */
+    const uint8_t *q = t->q, *rd = t->d, *rs = t->s;
+    __m512 acc[KQ512_TILE_ROWS];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    const uint8_t *pw = t->pw;
+    for (int64_t b = 0; b < t->nb; b++, pw += t->bstep, q += t->qstep, rd += 4, rs += 4) {
+        if (t->prefetch) prefetch_block(pw, t->bstep);
+        __m512i s[KQ512_TILE_ROWS];
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) s[r] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++) {
+            const __m512i w = group_weights(pw, pstride, kind, quant, g);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) s[r] = _mm512_dpbusd_epi32(s[r], w, bcast32(q + (size_t)r * stride + 4 * g));
+        }
+        const __m512 dw = load_pair_f16(pw, pstride, 0);
+        if (kind == W_Q4_1) {
+            const __m512 mw = load_pair_f16(pw, pstride, 16);
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                /* acc + ((dw*da)*(float)sumi + mw*sa), as the reference */
+                const __m512 x = _mm512_mul_ps(_mm512_mul_ps(dw, bcast_f32(rd + (size_t)r * stride)),
+                                               _mm512_cvtepi32_ps(s[r]));
+                const __m512 u = _mm512_mul_ps(mw, bcast_f32(rs + (size_t)r * stride));
+                acc[r] = _mm512_add_ps(acc[r], _mm512_add_ps(x, u));
+            }
+        } else {
+            const int shift = kind == W_Q4_0 ? 3 : 7; /* the bias: 8 or 128 times sum a */
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                const __m512i bias = _mm512_slli_epi32(bcast32(rs + (size_t)r * stride), shift);
+                const __m512 si = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[r], bias));
+                acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_mul_ps(dw, bcast_f32(rd + (size_t)r * stride)), si));
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+        _mm512_mask_storeu_ps(t->y + (size_t)(t->r0 + r) * (size_t)t->ldy + t->o0, t->lanes, acc[r]);
+}
+
+/* Rows per tile for a call of n rows: ceil(n/8) tiles as even as possible,
+ * larger first, because a small tile forms each weight vector for few rows. */
+KQ_INLINE int tile_rows(int n_rows, int r0) {
+    const int n_tiles = (n_rows + KQ512_TILE_ROWS - 1) / KQ512_TILE_ROWS;
+    const int base = n_rows / n_tiles, extra = n_rows % n_tiles;
+    return r0 < extra * (base + 1) ? base + 1 : base;
+}
+
+/* One function per weight type so that each row count is compiled with the
+ * tile inlined and its accumulators in registers. */
+#define KQ512_LOOP(NAME, KIND, QS_OFF)                                                                  \
+    static KQ_AVX512 void NAME(const struct kq_weight *w, const struct kq_act_geom *g, const uint8_t *act, \
+                               int n_rows, float *y, int64_t ldy, int64_t o_begin, int64_t o_end) {        \
+        const int64_t nb = w->n_in / KQ_QK, per_pair = KQ_PANEL * KQ_PANEL_PAIR;                          \
+        const size_t pbb = kq_panel_block_bytes(w->type);                                                 \
+        for (int64_t pair = o_begin / per_pair; pair * per_pair < o_end; pair++) {                        \
+            const int64_t o0 = pair * per_pair;                                                           \
+            const int lo = o_begin > o0 ? (int)(o_begin - o0) : 0;                                        \
+            const int hi = o_end < o0 + per_pair ? (int)(o_end - o0) : (int)per_pair;                     \
+            struct tile512 t = {.pw = (const uint8_t *)w->packed + kq_packed_block_offset(w->type, nb, 2 * pair, 0), \
+                                .pstride = pbb, .bstep = KQ_PANEL_PAIR * pbb, .stride = g->stride,        \
+                                .qstep = g->blk_bytes, .nb = nb, .y = y, .ldy = ldy, .o0 = o0,             \
+                                .lanes = (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u))};             \
+            for (int r0 = 0, R; r0 < n_rows; r0 += R) {                                                   \
+                R = tile_rows(n_rows, r0);                                                                \
+                const uint8_t *row = act + (size_t)r0 * g->stride;                                        \
+                t.q = row + (QS_OFF);                                                                     \
+                t.d = row + g->off_d;                                                                     \
+                t.s = row + g->off_s;                                                                     \
+                t.r0 = r0;                                                                                \
+                t.prefetch = r0 == 0;                                                                     \
+                switch (R) {                                                                              \
+                case 8: tile(&t, KIND, 8); break;                                                         \
+                case 7: tile(&t, KIND, 7); break;                                                         \
+                case 6: tile(&t, KIND, 6); break;                                                         \
+                case 5: tile(&t, KIND, 5); break;                                                         \
+                case 4: tile(&t, KIND, 4); break;                                                         \
+                case 3: tile(&t, KIND, 3); break;                                                         \
+                case 2: tile(&t, KIND, 2); break;                                                         \
+                default: tile(&t, KIND, 1); break;                                                        \
+                }                                                                                         \
+            }                                                                                             \
+        }                                                                                                 \
+    }
+
+/* The qs of a Q8_1 block follow its d and s (4 bytes), those of a Q8_0 block its d. */
+KQ512_LOOP(mm512_q4_1, W_Q4_1, 4)
+KQ512_LOOP(mm512_q4_0, W_Q4_0, 2)
+KQ512_LOOP(mm512_q8_0, W_Q8_0, 2)
+
+int kq_avx512_matmul(const struct kq_weight *w, const void *act, int n_rows,
+                     float *y, int64_t ldy, int64_t o_begin, int64_t o_end) {
+    if (!w->packed) return -1;
+    const struct kq_act_geom g = kq_act_geom_q32(w->type, w->n_in);
+    switch (w->type) {
+    case KQ_Q4_1: mm512_q4_1(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
+    case KQ_Q4_0: mm512_q4_0(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
+    case KQ_Q8_0: mm512_q8_0(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
+    default:      return -1; /* the other types take the AVX2 kernels */
+    }
+}
