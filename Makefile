@@ -176,7 +176,7 @@ test-integration: $(BUILD)/ppd $(ITEST_VENV)/.ok
 	@PPD_TEST_MODEL=$(MODEL) PPD_BIN=$(BUILD)/ppd $(ITEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integration
 
 test-unit: $(TEST_BIN) $(BUILD)/ppd
-	@PPD_TEST_MODEL=$(MODEL) PPD_BIN=$(BUILD)/ppd scripts/run-tests.sh $(TEST_BIN)
+	@PPD_TEST_MODEL=$(MODEL) PPD_BIN=$(BUILD)/ppd PPD_CALIB_CACHE=$(BUILD)/calib-cache scripts/run-tests.sh $(TEST_BIN)
 
 # Under the sanitizers the golden comparisons run on one prompt each (they are
 # ~10x slower there); `make check-golden` runs them all at full speed.

@@ -19,7 +19,8 @@
  *   ppd.provenance (str) how the embeddings were made, ppd.init_text (str) optional,
  *   ppd.tree_L (u32) optional: the tree budget measured best (`ppd tree tune`); the
  *   default tree is built from ppd.accuracy with it; ppd.tuned_speedup (f32) optional:
- *   the speed-up measured with it, on the CPU (below 1: PPD does not pay there).
+ *   the speed-up measured with it on the machine that ran the tune (a record: whether
+ *   PPD is on is decided by calibration on the device that runs it, never by this).
  * Loading checks shapes and, when a model is given, the fingerprint: an adapter
  * made for another model is refused with a message naming both models.
  *

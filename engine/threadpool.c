@@ -4,7 +4,10 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "err.h"
 
@@ -159,4 +162,38 @@ void eng_split(long n, int ith, int nth, long align, long *begin, long *end) {
     long c1 = c0 + per + (ith < extra ? 1 : 0);
     *begin = c0 * align < n ? c0 * align : n;
     *end = c1 * align < n ? c1 * align : n;
+}
+
+/* cgroup v2 "cpu.max" ("max 100000" or "QUOTA PERIOD"), else v1's two files:
+ * the CPUs' worth of time a container may use, rounded up; 0 when unlimited
+ * or unknown. */
+static int cgroup_cpu_limit(void) {
+    long long quota = -1, period = 0;
+    FILE *fp = fopen("/sys/fs/cgroup/cpu.max", "r");
+    if (fp) {
+        char q[32] = "";
+        if (fscanf(fp, "%31s %lld", q, &period) == 2 && strcmp(q, "max") != 0) quota = atoll(q);
+        fclose(fp);
+    } else if ((fp = fopen("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "r"))) {
+        if (fscanf(fp, "%lld", &quota) != 1) quota = -1;
+        fclose(fp);
+        if ((fp = fopen("/sys/fs/cgroup/cpu/cpu.cfs_period_us", "r"))) {
+            if (fscanf(fp, "%lld", &period) != 1) period = 0;
+            fclose(fp);
+        }
+    }
+    if (quota <= 0 || period <= 0) return 0;
+    return (int)((quota + period - 1) / period);
+}
+
+int eng_cpu_count(void) {
+    int n = 0;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+    if (n < 1) {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        n = online < 1 ? 1 : (int)online;
+    }
+    const int limit = cgroup_cpu_limit();
+    return limit > 0 && limit < n ? limit : n;
 }

@@ -25,6 +25,10 @@ void eng_pool_run(struct eng_pool *p, eng_pool_fn fn, void *arg);
 /* Inside a region: wait until all nth threads reach this point. */
 void eng_pool_barrier(struct eng_pool *p);
 
+/* The CPUs this process may use: its affinity mask, capped by a cgroup CPU
+ * quota (a container given 2.5 CPUs counts 3); at least 1. */
+int eng_cpu_count(void);
+
 /* [begin, end) share of n items for thread ith of nth, in chunks of `align` items. */
 void eng_split(long n, int ith, int nth, long align, long *begin, long *end);
 

@@ -188,3 +188,50 @@ void calib_trees_free(struct calib_trees *ct) {
     for (int k = 0; k < ct->n; k++) eng_ppd_free(&ct->ppd[k]);
     memset(ct, 0, sizeof *ct);
 }
+
+int calib_setup_ppd_open(struct cli_ppd *c, struct cli_ppd_opts *o, struct eng_engine *e, int n_threads,
+                         bool keep_tree, const char *who) {
+    if (cli_ppd_open(c, o, e)) return 1;
+    const char *env = getenv("PPD_CALIBRATE");
+    if (c->src != CLI_PPD_FILE || o->adapter || o->tree_file || o->tree_L > 0 || (env && !strcmp(env, "off")))
+        return 0;
+    struct calib_setup_opts so = {.model_path = o->model, .adapter_path = c->path, .n_threads = n_threads,
+                                  .n_slot = 1, .ad = c->ad, .stop_L_max = CALIB_L_MAX_DEFAULT};
+    struct eng_calib_table t;
+    struct eng_calib_choice *choice = calloc(1, sizeof *choice);
+    double *acc = cli_ppd_accuracy(c->ad);
+    char path[4096];
+    bool cached = false;
+    int rc = choice && acc ? 0 : ENG_E_NOMEM;
+    if (!rc && !(rc = calib_setup_table(&t, e, &so, &cached, path, sizeof path)))
+        rc = eng_calib_choose(choice, &t, acc, cli_ppd_joint(c->ad, acc), c->ad->n_prompt, c->ad->topk, 1,
+                              CALIB_L_MAX_DEFAULT);
+    const int L = rc ? -1 : choice->by_batch[1].L;
+    const double gain = rc || choice->plain_tokens_per_s[1] <= 0
+                            ? 0 : choice->by_batch[1].tokens_per_s / choice->plain_tokens_per_s[1];
+    free(choice);
+    free(acc);
+    if (rc) {
+        fprintf(stderr, "%s: calibrating this device failed: %s\n", who, eng_err_msg(rc));
+        return 1;
+    }
+    char from[4200];
+    snprintf(from, sizeof from, "%s %s", cached ? "cached in" : "measured now,", path[0] ? path : "not cached");
+    if (L == 0) {
+        if (keep_tree) {
+            fprintf(stderr, "%s: calibration (%s) predicts no tree faster than plain decoding on this device; "
+                    "measuring the adapter's tree (L=%ld) all the same\n", who, from, c->tree_L);
+            return 0;
+        }
+        fprintf(stderr, "%s: PPD off: calibration (%s) predicts no tree faster than plain decoding on this device; "
+                "--ppd %s turns it on\n", who, from, c->path);
+        cli_ppd_close(c);
+        return 0;
+    }
+    fprintf(stderr, "%s: calibration (%s) chose the tree of L=%d: %.2fx plain decoding predicted\n", who, from, L,
+            gain);
+    if (L == c->tree_L) return 0;
+    cli_ppd_close(c);
+    o->tree_L = L;
+    return cli_ppd_open(c, o, e);
+}

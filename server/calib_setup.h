@@ -14,6 +14,7 @@
 
 #include <stdbool.h>
 
+#include "cli_ppd.h"
 #include "engine/calibrate.h"
 #include "engine/engine.h"
 #include "engine/ppd.h"
@@ -59,6 +60,18 @@ struct calib_trees {
     const struct eng_ppd *by_batch[ENG_CALIB_MAX_SLOTS + 1];
     const struct eng_ppd *widest;
 };
+
+/* `ppd generate` and `ppd bench`: PPD as cli_ppd_open sets it up, except
+ * that when the adapter was found next to the model (not named) and the tree
+ * is automatic (no --tree, no --tree-size), this device's calibration for
+ * one sequence chooses the budget: its cached table, else measured now (a
+ * few seconds) and cached.  Plain decoding chosen: with keep_tree (bench,
+ * which compares the two) the adapter's own tree stays, else PPD is turned
+ * off (c->src == CLI_PPD_OFF) with a line saying why.  PPD_CALIBRATE=off
+ * skips the measurement and keeps the adapter's tree.  who prefixes the
+ * messages.  0, or 1 after printing why; c must then still be closed. */
+int calib_setup_ppd_open(struct cli_ppd *c, struct cli_ppd_opts *o, struct eng_engine *e, int n_threads,
+                         bool keep_tree, const char *who);
 
 int calib_trees_init(struct calib_trees *ct, const struct eng_calib_choice *c, const struct eng_ppd_adapter *ad,
                      char *err, size_t err_cap);

@@ -28,7 +28,8 @@ int cli_float(const char *flag, const char *s, double lo, double hi, double *out
 const char *cli_value(int argc, char **argv, int *i);
 /* Read a whole file (NUL-terminated); NULL with a message on error. */
 char *cli_read_file(const char *path);
-/* Default thread count: the environment's PPD_THREADS, else the CPUs online, at most 8. */
+/* Default thread count: the environment's PPD_THREADS, else the CPUs this
+ * process may use (affinity mask, cgroup quota), at most 8. */
 int cli_default_threads(void);
 
 #endif

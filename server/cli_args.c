@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "engine/threadpool.h"
 
 int cli_int(const char *flag, const char *s, long lo, long hi, long *out) {
     char *end;
@@ -65,6 +66,6 @@ int cli_default_threads(void) {
     const char *env = getenv("PPD_THREADS");
     long v;
     if (env && *env && cli_int("PPD_THREADS", env, 1, 1024, &v) == 0) return (int)v;
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n < 1 ? 1 : n > 8 ? 8 : (int)n;
+    const int n = eng_cpu_count();
+    return n > 8 ? 8 : n;
 }

@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "calib_setup.h"
 #include "cli_ppd.h"
 #include "cli_prompts.h"
 #include "engine/engine.h"
@@ -76,7 +77,8 @@ static void bench_usage(FILE *fp) {
             "                       else an untrained text-initialised one made in memory)\n"
             "      --tree FILE      PPD tree family (JSON); default: built from the adapter's accuracy\n"
             "                       table with --tree-size, as ppd generate does\n"
-            "      --tree-size L    tree budget L for the built tree (default: the adapter's tuned one, else %d)\n"
+            "      --tree-size L    tree budget L for the built tree (default: with the adapter next to the model,\n"
+            "                       the one this device's calibration chooses, else the adapter's own, else %d)\n"
             "      --no-ppd         plain decoding only\n"
             "      --temp T         temperature (default 0: greedy); --top-k K, --top-p P, --min-p P\n"
             "      --seed S         sampling seed (default 0; both runs of a prompt use it)\n"
@@ -397,7 +399,7 @@ int cmd_bench(int argc, char **argv) {
                               .untrained = true};
     struct bench_acc a = {0};
     int status = 1, mismatches = 0;
-    if (!o.no_ppd && cli_ppd_open(&cp, &po, e)) goto done;
+    if (!o.no_ppd && calib_setup_ppd_open(&cp, &po, e, (int)o.threads, true, "ppd bench")) goto done;
     a.pre_tps = calloc((size_t)o.count, sizeof *a.pre_tps);
     a.dec_tps = calloc((size_t)o.count, sizeof *a.dec_tps);
     if (!a.pre_tps || !a.dec_tps) goto done;

@@ -39,7 +39,7 @@ static void calib_usage(FILE *fp) {
             "  -np, --parallel N     sequences decoded at once: choices for 1..N (default 4)\n"
             "  -b, --batch-size N    rows per forward step (default 256)\n"
             "  -c, --ctx-size N      KV entries per slot (default 4096)\n"
-            "  -t, --threads N       CPU threads (default: CPUs online, at most 8)\n"
+            "  -t, --threads N       CPU threads (default: the CPUs this process may use, at most 8)\n"
             "      --device D        auto, cpu or cuda (default cpu; auto: CUDA when a GPU is usable)\n"
             "      --prefix N        committed KV entries each measured row sees (default %d)\n"
             "      --max-L N         largest tree budget considered (default %d)\n"

@@ -18,6 +18,7 @@
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_tree.h"
 #include "engine/tokenizer.h"
+#include "calib_setup.h"
 #include "cli_ppd.h"
 
 struct gen_opts {
@@ -55,7 +56,9 @@ static void gen_usage(FILE *fp) {
             "      --no-ppd            plain decoding, one token per forward pass\n"
             "      --tree FILE         PPD tree family (JSON); default: built at start-up from the\n"
             "                          adapter's accuracy table (or the paper's Vicuna-7B one) with --tree-size\n"
-            "      --tree-size L       tree budget L for the built tree (default: the adapter's tuned one, else 20)\n"
+            "      --tree-size L       tree budget L for the built tree (default: with the adapter next to the\n"
+            "                          model, the one this device's calibration chooses, cached; PPD is off\n"
+            "                          when it chooses plain decoding (PPD_CALIBRATE=off: the adapter's own L))\n"
             "      --typical           PPD with Medusa typical acceptance (faster, not lossless; needs --temp > 0)\n"
             "      --typical-eps E     typical acceptance threshold (default 0.09)\n"
             "      --typical-alpha A   typical acceptance entropy factor (default 0.3)\n"
@@ -183,9 +186,8 @@ int cmd_generate(int argc, char **argv) {
         goto done;
     }
     /* PPD on unless --no-ppd, when an adapter is named or sits next to the model */
-    struct cli_ppd_opts po = {.model = o.model, .adapter = o.ppd_adapter, .tree_file = o.tree_file, .tree_L = o.tree_L,
-                              .honour_tuning = true};
-    if (!o.no_ppd && cli_ppd_open(&cp, &po, e)) goto done;
+    struct cli_ppd_opts po = {.model = o.model, .adapter = o.ppd_adapter, .tree_file = o.tree_file, .tree_L = o.tree_L};
+    if (!o.no_ppd && calib_setup_ppd_open(&cp, &po, e, o.n_threads, false, "ppd")) goto done;
     use_ppd = cp.src != CLI_PPD_OFF;
     if (o.chat) {
         struct chat_msg msgs[2];

@@ -70,17 +70,6 @@ int cli_ppd_open(struct cli_ppd *c, const struct cli_ppd_opts *o, const struct e
                     c->path, e->be.iface->name);
             return 1;
         }
-        /* Found next to the model, not asked for: on by default only where it
-         * was measured to pay (the tune ran on the CPU). */
-        if (!o->adapter && o->honour_tuning && c->ad->tuned_speedup > 0 && c->ad->tuned_speedup < 1.0f &&
-            !strcmp(e->be.iface->name, "cpu")) {
-            fprintf(stderr, "ppd: PPD off: %s measured %.2fx plain decoding on this CPU (ppd tree tune); "
-                    "--ppd %s turns it on\n", c->path, c->ad->tuned_speedup, c->path);
-            eng_ppd_adapter_free(c->ad);
-            c->ad = NULL;
-            c->path[0] = 0;
-            return 0;
-        }
     } else if (o->untrained) {
         if (eng_ppd_adapter_init_text(&c->ad, e->model, e->tok, CLI_PPD_N_DEFAULT, CLI_PPD_K_DEFAULT,
                                       ENG_PPD_INIT_TEXT, err, sizeof err)) {

@@ -27,7 +27,6 @@ struct cli_ppd_opts {
     const char *tree_file;   /* --tree FILE, or NULL: build one */
     long tree_L;             /* budget of the built tree; 0: the adapter's ppd.tree_L, else the default */
     bool untrained;          /* no adapter file: text-init one in memory (bench) instead of plain decoding */
-    bool honour_tuning;      /* the default adapter stays off when ppd tree tune measured it slower */
     bool caller_fits_rows;   /* the caller checks the tree against its rows per step (serve lowers L
                                 until every slot's tree fits); else a tree wider than the engine's
                                 max_rows is an error here */

@@ -99,12 +99,12 @@ static int serve_ppd_open(struct srv *s) {
         return 0;
     }
     const bool named = strcmp(c->ppd, "auto") != 0, auto_tree = !strcmp(c->tree, "auto");
-    struct cli_ppd_opts o = {.model = c->model, .adapter = named ? c->ppd : NULL, .honour_tuning = true,
+    struct cli_ppd_opts o = {.model = c->model, .adapter = named ? c->ppd : NULL,
                              .tree_file = auto_tree ? NULL : c->tree, .tree_L = c->tree_size, .caller_fits_rows = true};
     for (;;) {
         if (cli_ppd_open(&s->ppd, &o, s->eng)) return 1;
         if (s->ppd.src == CLI_PPD_OFF) {
-            LOG_INFO("PPD: off (no adapter next to the model, or it does not pay on this device; --ppd FILE names one)");
+            LOG_INFO("PPD: off (no adapter next to the model; --ppd FILE names one)");
             return 0;
         }
         const long per = serve_ppd_rows(&s->ppd.ppd);

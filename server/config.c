@@ -31,7 +31,7 @@ static const struct cfg_entry cfg_table[] = {
     {"api-key", NULL, CFG_STR, F(api_key), 0, 0, NULL, "require 'Authorization: Bearer KEY' on /v1 routes"},
     {"ctx-size", "-c", CFG_INT, F(n_ctx), 16, 1 << 20, "4096", "KV entries per slot (prompt + generated tokens)"},
     {"n-predict", "-n", CFG_INT, F(n_predict), -1, 1 << 20, "-1", "default max_tokens (-1: until the context is full)"},
-    {"threads", "-t", CFG_INT, F(n_threads), 1, 1024, NULL, "CPU threads (default: CPUs online, at most 8)"},
+    {"threads", "-t", CFG_INT, F(n_threads), 1, 1024, NULL, "CPU threads (default: the CPUs this process may use, at most 8)"},
     {"device", NULL, CFG_STR, F(device), 0, 0, "auto", "auto, cpu or cuda (auto: CUDA when a GPU is usable, else the CPU)"},
     {"parallel", "-np", CFG_INT, F(n_parallel), 1, 256, "4", "sequences decoded at once (KV slots)"},
     {"batch-size", "-b", CFG_INT, F(batch), 1, 4096, "256", "rows per forward step"},

@@ -3,6 +3,8 @@ reports ready (/health 503 "calibrating" until then), chooses a tree per
 number of sequences, exports the choice in /metrics, stays lossless, and a
 restart with the same device, model, adapter and build loads the cached table
 instead of measuring again.  `ppd calibrate` prints the same table."""
+import json
+import os
 import re
 import subprocess
 import time
@@ -84,3 +86,35 @@ def test_calibrate_flag_checked(tmp_path_factory):
     p = subprocess.run([PPD_BIN, "serve", "-m", MODEL, "--port", "0", "--calibrate", "sometimes"],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "calibrate" in p.stderr
+
+
+def test_generate_follows_this_device(tmp_path_factory):
+    """`ppd generate` with the adapter found next to the model lets this
+    device's calibration decide: measured on first use, cached after, PPD on
+    exactly when a tree was chosen, and the same text as plain decoding
+    whatever the choice.  PPD_CALIBRATE=off keeps the
+    adapter's own tree without measuring."""
+    cache = tmp_path_factory.mktemp("gen-calib-cache")
+    env = {**os.environ, "PPD_CALIB_CACHE": str(cache)}
+    env.pop("PPD_CALIBRATE", None)
+    prompt = "Name three colours."
+    cmd = [PPD_BIN, "generate", "-m", MODEL, "-t", "1", "-n", "24", "--json", "--chat", "-p", prompt]
+    ref = ppd_generate(prompt, 24)
+    runs = []
+    for _ in range(2):
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 0, p.stderr
+        runs.append((p.stderr, json.loads(p.stdout)))
+    (first_err, first), (second_err, second) = runs
+    assert "calibration (measured now" in first_err, first_err
+    assert "calibration (cached in" in second_err, second_err
+    assert len(list(cache.iterdir())) == 1
+    for err, out in runs:
+        assert out["text"] == ref["text"]
+        chosen = re.search(r"chose the tree of L=(\d+)", err)
+        assert bool(chosen) == bool(out.get("ppd")), err   # PPD on exactly when a tree was chosen
+        assert chosen or "PPD off: calibration" in err, err
+    assert first.get("ppd") == second.get("ppd")
+    off = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PPD_CALIBRATE": "off"}, timeout=300)
+    assert off.returncode == 0 and "calibration" not in off.stderr, off.stderr
+    assert json.loads(off.stdout)["ppd"] is True and json.loads(off.stdout)["text"] == ref["text"]
