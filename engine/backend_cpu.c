@@ -44,6 +44,12 @@ struct cpu_ctx {
     float *rope_cs;         /* [rope_cap][KQ_ROPE_MAX_ROT] cos, sin per pair */
     size_t rope_cap;
     int rope_n, rope_n_rot; /* rows and n_rot of the table (rope_n = 0: none) */
+    /* The last rmsnorm or SwiGLU output when the calling thread wrote it
+     * alone (else NULL; in parallel they split by rows, as the quantization
+     * does).  The matmul that reads it next quantizes it where it already
+     * is: a thread reading lines another thread just wrote waits on every
+     * one of them.  Only speed depends on this, never a result. */
+    const float *hot_serial;
     float rope_base;
 };
 
@@ -127,8 +133,13 @@ static void cpu_rmsnorm(void *vctx, const float *x, const float *w, int n_tok, i
     struct rmsnorm_job j = {x, w, n_tok, n, eps, out};
     /* A row of 576 takes about 0.1 µs: below 32 rows one thread is quicker
      * than starting the region. */
-    if ((long)n_tok * n < 32 * 576) rmsnorm_region(&j, 0, 1);
-    else eng_pool_run(c->pool, rmsnorm_region, &j);
+    if ((long)n_tok * n < 32 * 576) {
+        rmsnorm_region(&j, 0, 1);
+        c->hot_serial = out;
+    } else {
+        eng_pool_run(c->pool, rmsnorm_region, &j);
+        c->hot_serial = NULL;
+    }
 }
 
 /* ---- matmul ---- */
@@ -205,15 +216,18 @@ static void cpu_matmul(void *vctx, const struct eng_weight *const *w, float *con
             off += (kq_act_bytes(w[i]->type, w[i]->n_in, n_tok) + 63) & ~(size_t)63;
         }
     }
-    /* One or two rows are quantized here, before the region, in less time
-     * than the barrier between the region's two phases would take (the
-     * barrier: a microsecond, far more when the machine is busy and the peer
-     * thread has lost its core).  More rows are quantized by all threads:
-     * the input was written by all of them, and one thread reading the
-     * others' cache lines waits on each (16 rows of 576 on one thread took
-     * 9% of a 16-row step on Zen 4, nearly all of it in the loads). */
+    /* The input is quantized here, before the region, when this thread
+     * wrote it (hot_serial) or when it is one or two rows: less time than the
+     * barrier between the region's two phases would take (a microsecond, far
+     * more when the machine is busy and the peer thread has lost its core).
+     * Otherwise all threads quantize their rows: one thread reading lines
+     * the others just wrote waits on each of them (16 rows of 576 quantized
+     * by one thread took 9% of a 16-row step on Zen 4, nearly all of it in
+     * the loads). */
+    const int here = x == c->hot_serial;
+    c->hot_serial = NULL;
     for (int i = 0; i < n_w && i < CPU_MAX_MATMUL_GROUP; i++) {
-        if (!j.quantize_here[i] || (long)n_tok * w[i]->n_in > 2 * 1536) continue;
+        if (!j.quantize_here[i] || (!here && (long)n_tok * w[i]->n_in > 2 * 1536)) continue;
         kq_act_quantize(w[i]->type, x, w[i]->n_in, 0, n_tok, (void *)j.act[i]);
         j.quantize_here[i] = 0;
     }
@@ -427,12 +441,19 @@ static void cpu_attention(void *vctx, const float *q, const struct eng_batch *b,
 
 /* ---- elementwise ---- */
 
-struct ew_job { const float *a; const float *b; float *out; long n; int op; };
+struct ew_job { const float *a; const float *b; float *out; long n; int op; long row; };
 
+/* SwiGLU splits by rows (as the next matmul quantizes), the residual add by
+ * elements. */
 static void ew_region(void *arg, int ith, int nth) {
     struct ew_job *j = arg;
     long i0, i1;
-    eng_split(j->n, ith, nth, 64, &i0, &i1);
+    if (j->op == 0) {
+        eng_split(j->n / j->row, ith, nth, 1, &i0, &i1);
+        i0 *= j->row, i1 *= j->row;
+    } else {
+        eng_split(j->n, ith, nth, 64, &i0, &i1);
+    }
     if (i1 <= i0) return;
     if (j->op == 0) kq_swiglu(j->a + i0, j->b + i0, (int)(i1 - i0), j->out + i0);
     else kq_add(j->out + i0, j->b + i0, (int)(i1 - i0));
@@ -440,14 +461,19 @@ static void ew_region(void *arg, int ith, int nth) {
 
 static void cpu_swiglu(void *vctx, const float *gate, const float *up, int n_tok, int n, float *out) {
     struct cpu_ctx *c = vctx;
-    struct ew_job j = {gate, up, out, (long)n_tok * n, 0};
-    if (j.n < 8192) ew_region(&j, 0, 1);
-    else eng_pool_run(c->pool, ew_region, &j);
+    struct ew_job j = {gate, up, out, (long)n_tok * n, 0, n};
+    if (j.n < 8192 || n_tok < 2) {
+        ew_region(&j, 0, 1);
+        c->hot_serial = out;
+    } else {
+        eng_pool_run(c->pool, ew_region, &j);
+        c->hot_serial = NULL;
+    }
 }
 
 static void cpu_add(void *vctx, float *x, const float *y, int n_tok, int n) {
     struct cpu_ctx *c = vctx;
-    struct ew_job j = {NULL, y, x, (long)n_tok * n, 1};
+    struct ew_job j = {NULL, y, x, (long)n_tok * n, 1, n};
     if (j.n < 16384) ew_region(&j, 0, 1);
     else eng_pool_run(c->pool, ew_region, &j);
 }

@@ -216,3 +216,71 @@ int kq_avx512_matmul(const struct kq_weight *w, const void *act, int n_rows,
     default:      return -1; /* the other types take the AVX2 kernels */
     }
 }
+
+/* ---- activation quantization (same bytes as kq_act_quantize_q32_scalar) ---- */
+
+/* Blocks of a row whose scales are computed together: each pass below works
+ * on this many blocks (a row of 1536 is 48 blocks: three groups). */
+#define KQ512_QGROUP 16
+
+/* Per row, in three passes over groups of 16 blocks: (1) each block's
+ * largest |x| (max(|x|, m) keeps m when |x| is NaN, as the scalar loop
+ * does); (2) the 16 blocks' d = amax/127 and 1/d = 127/amax with one
+ * vector division each, and their f16 forms; (3) each block's bytes: x*id
+ * clamped to [-127, 127] (NaN -> 127: min returns its second operand),
+ * rounded to nearest even, and its sum; then the 16 sums' f16 s = d*sum.
+ * The same IEEE operations as the scalar loop, element by element. */
+KQ_AVX512 void kq_avx512_act_quantize_q32(int wtype, const float *x, int64_t n_in, int r_begin, int r_end,
+                                          void *act) {
+    const struct kq_act_geom g = kq_act_geom_q32(wtype, n_in);
+    const int64_t nb = n_in / KQ_QK;
+    const __m512 hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f), zero = _mm512_setzero_ps();
+    const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    for (int r = r_begin; r < r_end; r++) {
+        const float *xr = x + (size_t)r * (size_t)n_in;
+        uint8_t *row = (uint8_t *)act + (size_t)r * g.stride;
+        for (int64_t b0 = 0; b0 < nb; b0 += KQ512_QGROUP) {
+            const int n = nb - b0 < KQ512_QGROUP ? (int)(nb - b0) : KQ512_QGROUP;
+            const __mmask16 live = (__mmask16)((1u << n) - 1u);
+            float amax[KQ512_QGROUP] = {0}, id[KQ512_QGROUP];
+            int32_t sum[KQ512_QGROUP] = {0};
+            for (int i = 0; i < n; i++) {
+                const float *xb = xr + (b0 + i) * KQ_QK;
+                __m512 m = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xb)), zero);
+                m = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(xb + 16)), m);
+                amax[i] = _mm512_reduce_max_ps(m);
+            }
+            const __m512 av = _mm512_loadu_ps(amax);
+            const __m512 d = _mm512_div_ps(av, hi);
+            const __m512 idv = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(av, zero, _CMP_NEQ_UQ), hi, av);
+            _mm512_storeu_ps(id, idv);
+            const __m256i dh = _mm512_cvtps_ph(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            _mm512_mask_storeu_ps((float *)(row + g.off_d) + b0, live, _mm512_cvtph_ps(dh));
+            uint16_t dh16[KQ512_QGROUP];
+            _mm256_storeu_si256((__m256i *)dh16, dh);
+            for (int i = 0; i < n; i++) {
+                const float *xb = xr + (b0 + i) * KQ_QK;
+                const __m512 s = _mm512_set1_ps(id[i]);
+                const __m512 t0 = _mm512_max_ps(_mm512_min_ps(_mm512_mul_ps(_mm512_loadu_ps(xb), s), hi), lo);
+                const __m512 t1 = _mm512_max_ps(_mm512_min_ps(_mm512_mul_ps(_mm512_loadu_ps(xb + 16), s), hi), lo);
+                const __m512i q0 = _mm512_cvt_roundps_epi32(t0, rnd), q1 = _mm512_cvt_roundps_epi32(t1, rnd);
+                sum[i] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+                uint8_t *blk = row + (size_t)(b0 + i) * g.blk_bytes;
+                memcpy(blk, &dh16[i], 2);
+                int8_t *qs = (int8_t *)(blk + (wtype == KQ_Q4_1 ? 4 : 2));
+                _mm_storeu_si128((__m128i *)qs, _mm512_cvtsepi32_epi8(q0));
+                _mm_storeu_si128((__m128i *)(qs + 16), _mm512_cvtsepi32_epi8(q1));
+            }
+            if (wtype == KQ_Q4_1) {
+                const __m512 sv = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_loadu_si512(sum)));
+                const __m256i sh = _mm512_cvtps_ph(sv, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                _mm512_mask_storeu_ps((float *)(row + g.off_s) + b0, live, _mm512_cvtph_ps(sh));
+                uint16_t sh16[KQ512_QGROUP];
+                _mm256_storeu_si256((__m256i *)sh16, sh);
+                for (int i = 0; i < n; i++) memcpy(row + (size_t)(b0 + i) * g.blk_bytes + 2, &sh16[i], 2);
+            } else {
+                _mm512_mask_storeu_epi32((int32_t *)(row + g.off_s) + b0, live, _mm512_loadu_si512(sum));
+            }
+        }
+    }
+}

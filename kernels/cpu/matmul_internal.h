@@ -115,6 +115,8 @@ void kq_avx2_act_quantize_q32(int wtype, const float *x, int64_t n_in, int r_beg
 int kq_avx512_usable(void);
 int kq_avx512_matmul(const struct kq_weight *w, const void *act, int n_rows,
                      float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
+void kq_avx512_act_quantize_q32(int wtype, const float *x, int64_t n_in, int r_begin,
+                                int r_end, void *act);
 
 /* The scalar activation quantizer for the 32-block types (quant_act.c); the
  * AVX2 one must give the same bytes. */

@@ -17,8 +17,8 @@
  * changes a value (|x*id| <= 127 up to rounding); it makes non-finite inputs
  * give defined, identical bytes in the scalar and SIMD quantizers.
  *
- * This file does not compute dot products, and holds no SIMD code (the AVX2
- * quantizer sits with the AVX2 kernels in matmul_avx2.c).
+ * This file does not compute dot products, and holds no SIMD code (the SIMD
+ * quantizers sit with their kernels in matmul_avx2.c and matmul_avx512.c).
  */
 #include "matmul_internal.h"
 
@@ -149,7 +149,9 @@ void kq_act_quantize(int wtype, const float *x, int64_t n_in, int r_begin, int r
     if (r_begin >= r_end) return;
     switch (kq_act_type(wtype)) {
     case KQ_Q8_0: case KQ_Q8_1:
-        if (kq_avx2_usable())
+        if (kq_avx512_usable())
+            kq_avx512_act_quantize_q32(wtype, x, n_in, r_begin, r_end, act);
+        else if (kq_avx2_usable())
             kq_avx2_act_quantize_q32(wtype, x, n_in, r_begin, r_end, act);
         else
             kq_act_quantize_q32_scalar(wtype, x, n_in, r_begin, r_end, act);

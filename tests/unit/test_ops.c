@@ -9,6 +9,7 @@
 
 #include "tests/unit/common_test.h"
 
+#include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/ops.h"
 
 static float frand(uint32_t *s) {
@@ -136,6 +137,9 @@ START_TEST(test_rope) {
 END_TEST
 
 int main(void) {
+    kq_isa_set(kq_isa_detected());   /* the best path this CPU has, whatever PPD_CPU_ISA says */
+    printf("ops: %s\n", kq_isa() >= KQ_ISA_AVX2 ? "the AVX2 code against the plain one"
+                                                : "AVX2 NOT RUN (this CPU lacks it): the plain code against itself");
     Suite *s = suite_create("ops");
     TCase *tc = tcase_create("ops");
     tcase_add_test(tc, test_dot_axpy_match_reference);
