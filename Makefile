@@ -56,7 +56,9 @@ else
 Q := @
 endif
 
-NVCC := $(shell command -v nvcc 2>/dev/null)
+# nvcc on PATH, else where the CUDA toolkit installs it
+NVCC_FOUND := $(shell command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; })
+NVCC := $(NVCC_FOUND)
 ifeq ($(CUDA),0)
 NVCC :=
 endif
@@ -96,8 +98,13 @@ GPU_BIN  := $(BUILD)/gpu/test_cuda_ops $(BUILD)/gpu/bench_7b
 .PHONY: check-ppd check-golden bench-bins gpu-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak soak-serve check-deep check-deploy fuzz adapter bench-adapter clean features
 all: features $(BUILD)/ppd $(if $(NVCC),$(GPU_BIN))
 
+# Under CI a machine with nvcc builds the CUDA backend: CUDA=0 there fails the
+# build (ALLOW_NO_CUDA=1 for the builds that leave it out on purpose, as
+# check-deep's valgrind build does).
 features:
 	@echo "ppd build: $(if $(NVCC),CUDA backend built ($(NVCC); sm_80 sm_90),CUDA not built) | $(if $(filter 1,$(SAN)),sanitizers on,sanitizers off)"
+	@if [ "$(CI)" = true ] && [ -n "$(NVCC_FOUND)" ] && [ -z "$(NVCC)" ] && [ "$(ALLOW_NO_CUDA)" != 1 ]; then \
+	  echo "CI=true: nvcc is installed ($(NVCC_FOUND)) but this build leaves the CUDA backend out (CUDA=0)" >&2; exit 1; fi
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -196,7 +203,7 @@ check-ppd: deps model
 # Issue 9: ppd generate (plain and PPD) and ppd serve under valgrind memcheck, on a
 # CUDA-less build in build-deep/ (scripts/check-deep.sh says why).
 check-deep: deps model
-	@$(MAKE) --no-print-directory BUILD=build-deep CUDA=0 all
+	@$(MAKE) --no-print-directory BUILD=build-deep CUDA=0 ALLOW_NO_CUDA=1 all
 	scripts/check-deep.sh build-deep/ppd $(MODEL)
 
 check-golden: deps model

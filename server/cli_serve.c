@@ -182,6 +182,8 @@ int cmd_serve(int argc, char **argv) {
     srv_metrics_init(&s->metrics);
     s->metrics.device = s->eng->be.iface->name;
     if (s->ppd.src != CLI_PPD_OFF) s->metrics.ppd_n_prompt = s->ppd.ppd.n_prompt;
+    s->metrics.fixed_L = s->ppd.src == CLI_PPD_OFF ? 0 : s->ppd_tree_L > 0 ? (int)s->ppd_tree_L : -1;
+    s->metrics.fixed_rows = s->ppd.src == CLI_PPD_OFF ? 1 : s->ppd.ppd.trees.max_T;
 
     if (uv_loop_init(&loop)) goto done;
     loop_ok = true;

@@ -123,13 +123,13 @@ static void mb_ppd(struct mbuf *b, const struct srv_metrics *m) {
     mb_counter(b, "spec_decode_num_emitted_tokens_total",
                "Tokens emitted by PPD steps (accepted guesses plus one drawn token each), before stop-string truncation.",
                (unsigned long long)e->ppd_emitted);
-    if (N > 0) {
-        mb_head(b, "spec_decode_num_accepted_tokens_per_pos_total", "counter",
-                "PPD steps whose guess at this position (1 = the token after the root) was accepted.");
-        for (int i = 1; i <= N && i <= ENG_PPD_MAX_PROMPT; i++)
-            mb_printf(b, "ppd_spec_decode_num_accepted_tokens_per_pos_total{position=\"%d\"} %lld\n", i,
-                      e->ppd_accepted_pos[i]);
-    }
+    /* every position of the tree, or position 1 at zero with PPD off (a
+     * dashboard shows 0, not "no data") */
+    mb_head(b, "spec_decode_num_accepted_tokens_per_pos_total", "counter",
+            "PPD steps whose guess at this position (1 = the token after the root) was accepted.");
+    for (int i = 1; i <= (N > 0 ? N : 1) && i <= ENG_PPD_MAX_PROMPT; i++)
+        mb_printf(b, "ppd_spec_decode_num_accepted_tokens_per_pos_total{position=\"%d\"} %lld\n", i,
+                  e->ppd_accepted_pos[i]);
     /* A histogram over whole token counts: bucket a holds the steps that
      * emitted at most a tokens. */
     mb_head(b, "spec_decode_accepted_length", "histogram", "Tokens emitted per PPD step (accepted guesses + 1).");
@@ -142,6 +142,22 @@ static void mb_ppd(struct mbuf *b, const struct srv_metrics *m) {
     mb_printf(b, "ppd_spec_decode_accepted_length_bucket{le=\"+Inf\"} %lld\n", e->ppd_steps);
     mb_printf(b, "ppd_spec_decode_accepted_length_sum %lld\nppd_spec_decode_accepted_length_count %lld\n",
               e->ppd_emitted, e->ppd_steps);
+}
+
+/* The tree per number of sequences, calibrated or fixed: one series each,
+ * whether PPD is on or off (a dashboard shows plain decoding, not "no data"). */
+static void mb_trees(struct mbuf *b, const struct srv_metrics *m, int n_parallel) {
+    if (m->calib_choice) return;   /* mb_calib exports the calibrated ones */
+    mb_head(b, "tree_budget", "gauge",
+            "Tree budget L in use for this many sequences holding slots (0: plain decoding, -1: a --tree file).");
+    for (int n = 1; n <= n_parallel; n++) mb_printf(b, "ppd_tree_budget{batch_size=\"%d\"} %d\n", n, m->fixed_L);
+    mb_head(b, "tree_rows", "gauge", "Rows per step of the largest tree state in use for this many sequences (all of them).");
+    for (int n = 1; n <= n_parallel; n++)
+        mb_printf(b, "ppd_tree_rows{batch_size=\"%d\"} %d\n", n, n * (m->fixed_rows > 0 ? m->fixed_rows : 1));
+    mb_head(b, "calibration_predicted_tokens_per_second", "gauge",
+            "Tokens per second the calibration predicted for this many sequences with its choice (0: not calibrated).");
+    for (int n = 1; n <= n_parallel; n++)
+        mb_printf(b, "ppd_calibration_predicted_tokens_per_second{batch_size=\"%d\"} 0\n", n);
 }
 
 /* The start-up calibration's choice: one series per number of sequences. */
@@ -197,6 +213,7 @@ char *srv_metrics_render(const struct srv_metrics *m, const struct srv_config *c
               kq_isa_name(kq_isa_detected()));
     mb_ppd(&b, m);
     mb_calib(&b, m);
+    mb_trees(&b, m, (int)c->n_parallel);
     mb_gauge(&b, "process_resident_memory_bytes", "Resident memory of the server process.", rss_bytes());
     if (b.bad) { free(b.p); return NULL; }
     return b.p;

@@ -77,6 +77,10 @@ struct srv_metrics {
     struct eng_sched_stats eng;      /* the engine's cumulative counters (PPD) as of its last stats event */
     int ppd_n_prompt;                /* N when PPD is on, else 0 (no per-position series) */
     const struct eng_calib_choice *calib_choice;   /* the start-up calibration's choice, NULL: none */
+    /* Without a calibration choice (PPD off, calibration off or still running):
+     * the tree every batch size uses: its budget (0: plain decoding, -1: a
+     * --tree file) and rows per sequence (1: plain decoding). */
+    int fixed_L, fixed_rows;
     bool calib_cached;
     double calib_seconds;
     const char *device;              /* the backend's name */

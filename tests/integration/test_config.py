@@ -2,6 +2,8 @@
 precedence, and the bounded queue (429 with Retry-After)."""
 import json
 import os
+import re
+import shutil
 import subprocess
 import time
 
@@ -122,3 +124,18 @@ def test_request_deadline(tmp_path_factory):
         assert ok.status_code == 200
     finally:
         assert s.stop() == 0
+
+
+def test_version_features():
+    """`ppd --version` names the CPU kernels' path (PPD_CPU_ISA caps it) and
+    whether the CUDA backend is in the binary; under CI a machine with nvcc
+    must have built it."""
+    line = subprocess.run([PPD_BIN, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[1]
+    m = re.fullmatch(r"features: cpu=(scalar|avx2|avx512vnni) \(this CPU has up to (scalar|avx2|avx512vnni)\) "
+                     r"cuda=(built|not built)", line)
+    assert m, line
+    capped = subprocess.run([PPD_BIN, "--version"], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, "PPD_CPU_ISA": "scalar"}).stdout
+    assert "features: cpu=scalar " in capped
+    if os.environ.get("CI") == "true" and (shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc")):
+        assert m[3] == "built", "CI=true with nvcc installed, but this ppd was built without the CUDA backend"

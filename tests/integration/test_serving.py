@@ -1,6 +1,7 @@
 """Serving behaviour: concurrent streams equal their single-stream output,
 a client that disconnects frees its slot (seen in /metrics), the metrics
 text, and SIGTERM draining in-flight requests before exit 0."""
+import os
 import re
 import shutil
 import socket
@@ -147,3 +148,28 @@ def test_sigterm_drains_then_exits_0(tmp_path_factory):
     assert result["status"] == 200, result
     assert result["body"]["usage"]["completion_tokens"] > 0
     assert "drained" in s.log()
+
+
+def test_every_metric_deploy_names_is_exported_ppd_on_and_off(tmp_path_factory):
+    """The dashboard, the alert rules and the autoscaler read these series: each
+    must exist whether PPD is on or off, so a panel shows plain decoding as
+    zeros rather than "no data"."""
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "deploy")
+    wanted = set()
+    for d, _, files in os.walk(root):
+        for f in files:
+            wanted |= set(re.findall(r"\bppd_[a-z0-9_]+", open(os.path.join(d, f), errors="replace").read()))
+    assert "ppd_tree_budget" in wanted and "ppd_spec_decode_num_accepted_tokens_per_pos_total" in wanted
+    for args, ppd_on in ((["--no-ppd"], False), ([], True)):
+        s = start_server(tmp_path_factory, "-np", "2", "-c", "512", *args, name="names")
+        try:
+            text = requests.get(s.url + "/metrics", timeout=10).text
+            on = requests.get(s.url + "/v1/models", timeout=10).json()["data"][0]["meta"]["ppd"]["enabled"]
+            assert on == ppd_on
+            exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith("ppd_")}
+            assert not sorted(wanted - exported), (args, sorted(wanted - exported))
+            budget = re.findall(r'^ppd_tree_budget\{batch_size="(\d)"\} (-?\d+)$', text, re.M)
+            assert [b for b, _ in budget] == ["1", "2"]
+            assert all((int(v) > 0) == ppd_on for _, v in budget), budget
+        finally:
+            assert s.stop() == 0
