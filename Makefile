@@ -25,6 +25,7 @@ SAN := 1
 export BUILD SAN
 export PPD_TEST_GOLDEN_CASES ?= 1
 export PPD_TEST_PPD_CASES ?= 1
+export PPD_TEST_LOSSLESS_CASES ?= 1
 export PPD_ST_EXAMPLES ?= 15
 endif
 endif
@@ -192,7 +193,7 @@ asan:
 	@echo "make asan: the tests below run on the sanitized build in build-asan/"
 else
 asan: deps model
-	@PPD_TEST_GOLDEN_CASES=1 PPD_TEST_PPD_CASES=1 $(MAKE) --no-print-directory BUILD=build-asan SAN=1 test-unit
+	@PPD_TEST_GOLDEN_CASES=1 PPD_TEST_PPD_CASES=1 PPD_TEST_LOSSLESS_CASES=1 $(MAKE) --no-print-directory BUILD=build-asan SAN=1 test-unit
 endif
 
 # Issue 3's acceptance run: PPD == plain decoding on MT-Bench + HumanEval first turns.

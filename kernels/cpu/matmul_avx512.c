@@ -222,6 +222,8 @@ int kq_avx512_matmul(const struct kq_weight *w, const void *act, int n_rows,
 /* Blocks of a row whose scales are computed together: each pass below works
  * on this many blocks (a row of 1536 is 48 blocks: three groups). */
 #define KQ512_QGROUP 16
+/* round to nearest even, no exceptions: an immediate operand, so a macro */
+#define KQ512_NEAREST (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 
 /* Per row, in three passes over groups of 16 blocks: (1) each block's
  * largest |x| (max(|x|, m) keeps m when |x| is NaN, as the scalar loop
@@ -235,7 +237,6 @@ KQ_AVX512 void kq_avx512_act_quantize_q32(int wtype, const float *x, int64_t n_i
     const struct kq_act_geom g = kq_act_geom_q32(wtype, n_in);
     const int64_t nb = n_in / KQ_QK;
     const __m512 hi = _mm512_set1_ps(127.0f), lo = _mm512_set1_ps(-127.0f), zero = _mm512_setzero_ps();
-    const int rnd = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     for (int r = r_begin; r < r_end; r++) {
         const float *xr = x + (size_t)r * (size_t)n_in;
         uint8_t *row = (uint8_t *)act + (size_t)r * g.stride;
@@ -254,7 +255,7 @@ KQ_AVX512 void kq_avx512_act_quantize_q32(int wtype, const float *x, int64_t n_i
             const __m512 d = _mm512_div_ps(av, hi);
             const __m512 idv = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(av, zero, _CMP_NEQ_UQ), hi, av);
             _mm512_storeu_ps(id, idv);
-            const __m256i dh = _mm512_cvtps_ph(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            const __m256i dh = _mm512_cvtps_ph(d, KQ512_NEAREST);
             _mm512_mask_storeu_ps((float *)(row + g.off_d) + b0, live, _mm512_cvtph_ps(dh));
             uint16_t dh16[KQ512_QGROUP];
             _mm256_storeu_si256((__m256i *)dh16, dh);
@@ -263,7 +264,8 @@ KQ_AVX512 void kq_avx512_act_quantize_q32(int wtype, const float *x, int64_t n_i
                 const __m512 s = _mm512_set1_ps(id[i]);
                 const __m512 t0 = _mm512_max_ps(_mm512_min_ps(_mm512_mul_ps(_mm512_loadu_ps(xb), s), hi), lo);
                 const __m512 t1 = _mm512_max_ps(_mm512_min_ps(_mm512_mul_ps(_mm512_loadu_ps(xb + 16), s), hi), lo);
-                const __m512i q0 = _mm512_cvt_roundps_epi32(t0, rnd), q1 = _mm512_cvt_roundps_epi32(t1, rnd);
+                const __m512i q0 = _mm512_cvt_roundps_epi32(t0, KQ512_NEAREST),
+                              q1 = _mm512_cvt_roundps_epi32(t1, KQ512_NEAREST);
                 sum[i] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
                 uint8_t *blk = row + (size_t)(b0 + i) * g.blk_bytes;
                 memcpy(blk, &dh16[i], 2);
@@ -273,7 +275,7 @@ KQ_AVX512 void kq_avx512_act_quantize_q32(int wtype, const float *x, int64_t n_i
             }
             if (wtype == KQ_Q4_1) {
                 const __m512 sv = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_loadu_si512(sum)));
-                const __m256i sh = _mm512_cvtps_ph(sv, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                const __m256i sh = _mm512_cvtps_ph(sv, KQ512_NEAREST);
                 _mm512_mask_storeu_ps((float *)(row + g.off_s) + b0, live, _mm512_cvtph_ps(sh));
                 uint16_t sh16[KQ512_QGROUP];
                 _mm256_storeu_si256((__m256i *)sh16, sh);

@@ -6,7 +6,9 @@
  * state switches, EOS inside an accepted block, max_tokens inside a step and
  * the KV capacity check are all exercised.
  * PPD_TEST_PPD_CASES (default 2; the CPU is slow) sets how many golden prompts
- * are used; `PPD_TEST_PPD_CASES=24` runs them all.
+ * are used; `PPD_TEST_PPD_CASES=24` runs them all.  The committed adapter,
+ * the one users get, is checked on PPD_TEST_LOSSLESS_CASES prompts (default
+ * 20; one under the sanitizers).
  */
 #include <check.h>
 #include <jansson.h>
@@ -47,7 +49,8 @@ struct fx {
     int n_prompt[32];
 };
 
-static void fx_open(struct fx *x, int max_seq, int tree_L) {
+/* The fixture with the first n_case golden prompts (0: PPD_TEST_PPD_CASES, default 2). */
+static void fx_open_cases(struct fx *x, int max_seq, int tree_L, int n_case) {
     memset(x, 0, sizeof *x);
     char err[512];
     ck_assert_int_eq(eng_backend_cpu_init(&x->be, 2), 0);
@@ -65,7 +68,7 @@ static void fx_open(struct fx *x, int max_seq, int tree_L) {
     ck_assert_msg(root != NULL, "greedy.json: %s", je.text);
     json_t *cases = json_object_get(root, "cases");
     const char *env = getenv("PPD_TEST_PPD_CASES");
-    int want = env && atoi(env) > 0 ? atoi(env) : 2;
+    int want = n_case > 0 ? n_case : env && atoi(env) > 0 ? atoi(env) : 2;
     for (size_t i = 0; i < json_array_size(cases) && x->n_case < want && x->n_case < 32; i++) {
         json_t *c = json_array_get(cases, i), *ids = json_object_get(c, "prompt_ids");
         json_t *arr = json_is_string(ids) ? json_loads(json_string_value(ids), JSON_DECODE_ANY, &je) : json_incref(ids);
@@ -79,6 +82,8 @@ static void fx_open(struct fx *x, int max_seq, int tree_L) {
     json_decref(root);
     ck_assert_int_ge(x->n_case, 1);
 }
+
+static void fx_open(struct fx *x, int max_seq, int tree_L) { fx_open_cases(x, max_seq, tree_L, 0); }
 
 static void fx_close(struct fx *x) {
     for (int i = 0; i < x->n_case; i++) free(x->prompts[i]);
@@ -384,6 +389,72 @@ START_TEST(test_two_sequences_one_batch) {
 }
 END_TEST
 
+/* The adapter users get: the committed one next to the default model, at its
+ * tuned tree and at a 64-row tree, greedy and seeded sampling at two
+ * temperatures, PPD_TEST_LOSSLESS_CASES golden prompts (default 20) x 64
+ * tokens: PPD emits exactly plain decoding's tokens. */
+static void committed_adapter_lossless(int big) {
+    const char *env = getenv("PPD_TEST_LOSSLESS_CASES");
+    const int n_case = env && atoi(env) > 0 ? atoi(env) : 20;
+    struct fx x;
+    fx_open_cases(&x, 1024, 20, n_case);
+    ck_assert_int_eq(x.n_case, n_case < 24 ? n_case : 24);
+    char path[1024], err[512];
+    ck_assert_int_eq(eng_ppd_adapter_default_path(test_model_path(), path, sizeof path), 0);
+    struct eng_ppd_adapter *ad = NULL;
+    ck_assert_msg(eng_ppd_adapter_load(&ad, path, x.m, err, sizeof err) == 0, "%s", err);
+    ck_assert_ptr_nonnull(ad->accuracy);
+    const int N = ad->n_prompt, K = ad->topk, nj = ad->joint ? eng_ppd_joint_size(N, K) : 0;
+    double *acc = malloc(sizeof(double) * ((size_t)N * K + (size_t)nj));
+    for (int i = 0; i < N * K; i++) acc[i] = ad->accuracy[i];
+    for (int i = 0; i < nj; i++) acc[N * K + i] = ad->joint[i];
+    /* its tuned budget, or the budget whose largest tree state feeds 64 rows */
+    int L = ad->tree_L > 0 ? ad->tree_L : 2;
+    struct eng_ppd_tree_family *fam = NULL;
+    for (;;) {
+        ck_assert_int_eq(eng_ppd_tree_build_joint(&fam, acc, nj ? acc + N * K : NULL, N, K, L, NULL), 0);
+        eng_ppd_free(&x.ppd);
+        ck_assert_msg(eng_ppd_init(&x.ppd, ad, fam, err, sizeof err) == 0, "%s", err);
+        eng_ppd_tree_family_free(fam);
+        if (!big || x.ppd.trees.max_T >= 64) break;
+        L++;
+    }
+    ck_assert(!big || x.ppd.trees.max_T <= 72);
+    enum { NP = 64 };
+    static const float temps[3] = {0.0f, 0.7f, 1.0f};
+    long tokens = 0, steps = 0;
+    for (int ti = 0; ti < 3; ti++)
+        for (int c = 0; c < x.n_case; c++) {
+            struct eng_gen_params gp = {.n_predict = NP, .ignore_eog = false};
+            eng_sampler_params_default(&gp.sp);
+            gp.sp.temperature = temps[ti];
+            gp.sp.seed = 77 + (uint64_t)c;
+            int32_t plain[NP], ppd[NP];
+            struct eng_gen_stats ps;
+            struct eng_ppd_gen_stats qs;
+            const int np = run_plain(&x, c, &gp, plain, &ps), nq = run_ppd(&x, c, &gp, ppd, &qs, NULL);
+            char what[96];
+            snprintf(what, sizeof what, "committed adapter, L=%d (%d rows), temperature %.1f", L, x.ppd.trees.max_T,
+                     (double)temps[ti]);
+            expect_same(plain, np, ppd, nq, what, c);
+            ck_assert_int_eq(qs.gen.finish, ps.finish);
+            tokens += nq;
+            steps += qs.gen.steps;
+        }
+    printf("committed adapter, tree L=%d (%d rows at most), %d prompts x %d tokens x temperatures 0, 0.7, 1.0: "
+           "identical to plain decoding; %.3f tokens per step\n", L, x.ppd.trees.max_T, x.n_case, NP,
+           steps ? (double)tokens / (double)steps : 0.0);
+    free(acc);
+    eng_ppd_adapter_free(ad);
+    fx_close(&x);
+}
+
+START_TEST(test_committed_adapter_tuned_tree) { committed_adapter_lossless(0); }
+END_TEST
+
+START_TEST(test_committed_adapter_64_row_tree) { committed_adapter_lossless(1); }
+END_TEST
+
 START_TEST(test_tree_adapter_mismatch) {
     struct fx x;
     fx_open(&x, 64, 20);
@@ -413,6 +484,8 @@ int main(void) {
     tcase_add_test(te, test_greedy_equals_plain);
     tcase_add_test(te, test_sampling_equals_plain);
     tcase_add_test(te, test_greedy_equals_plain_big_tree);
+    tcase_add_test(te, test_committed_adapter_tuned_tree);
+    tcase_add_test(te, test_committed_adapter_64_row_tree);
     suite_add_tcase(s, tc);
     suite_add_tcase(s, te);
     return test_run_suite(s);
