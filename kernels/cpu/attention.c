@@ -271,14 +271,16 @@ static void attn_run_avx2(const struct kq_attn_task *t, float *scratch) {
         n_grp++;
         h = h1;
     }
+    /* the floats of an entry the task reads: its KV heads */
+    const size_t span_lo = (size_t)grp[0].kvh * hd, span_hi = (size_t)(grp[n_grp - 1].kvh + 1) * hd;
     /* Scores: the shared entries block by block for every group, then each
      * row's own for its heads (the padding scores the shared blocks write past
      * n_shared are overwritten here or lie past the row's end). */
     for (int b = 0; b < t->n_shared; b += ATTN_KB) {
         const int nb = t->n_shared - b < ATTN_KB ? t->n_shared - b : ATTN_KB;
         attn_ptrs(t->k, t->kv_stride, t->shared + b, nb, ptr);
+        attn_touch(t->k, t->kv_stride, t->shared + b, nb, span_lo, span_hi);
         for (int g = 0; g < n_grp; g++) {
-            attn_touch(t->k, t->kv_stride, t->shared + b, nb, (size_t)grp[g].kvh * hd, (size_t)(grp[g].kvh + 1) * hd);
             for (int j = 0; j < ((nb + 7) & ~7); j++) ptr_g[j] = ptr[j] + (size_t)grp[g].kvh * hd;
             qk_block(q + grp[g].first, nr * (grp[g].h1 - grp[g].h0), ptr_g, nb, hd, t->scale,
                      scratch + (size_t)grp[g].first * ld + b, ld);
@@ -303,8 +305,8 @@ static void attn_run_avx2(const struct kq_attn_task *t, float *scratch) {
     for (int b = 0; b < t->n_shared; b += ATTN_KB) {
         const int nb = t->n_shared - b < ATTN_KB ? t->n_shared - b : ATTN_KB;
         attn_ptrs(t->v, t->kv_stride, t->shared + b, nb, ptr);
+        attn_touch(t->v, t->kv_stride, t->shared + b, nb, span_lo, span_hi);
         for (int g = 0; g < n_grp; g++) {
-            attn_touch(t->v, t->kv_stride, t->shared + b, nb, (size_t)grp[g].kvh * hd, (size_t)(grp[g].kvh + 1) * hd);
             for (int j = 0; j < nb; j++) ptr_g[j] = ptr[j] + (size_t)grp[g].kvh * hd;
             pv_block(o + grp[g].first, nr * (grp[g].h1 - grp[g].h0), scratch + (size_t)grp[g].first * ld + b, ld,
                      ptr_g, nb, hd);
