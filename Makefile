@@ -181,7 +181,7 @@ $(ITEST_VENV)/.ok: tests/integration/requirements.txt
 	@touch $@
 
 test-integration: $(BUILD)/ppd $(ITEST_VENV)/.ok
-	@PPD_TEST_MODEL=$(MODEL) PPD_BIN=$(BUILD)/ppd $(ITEST_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/integration
+	@PPD_TEST_MODEL=$(MODEL) PPD_BIN=$(BUILD)/ppd $(ITEST_VENV)/bin/python -m pytest -q -rs -p no:cacheprovider tests/integration
 
 test-unit: $(TEST_BIN) $(BUILD)/ppd
 	@PPD_TEST_MODEL=$(MODEL) PPD_BIN=$(BUILD)/ppd PPD_CALIB_CACHE=$(BUILD)/calib-cache scripts/run-tests.sh $(TEST_BIN)

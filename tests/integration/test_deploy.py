@@ -43,7 +43,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import MODEL, PPD_BIN, SANITIZED, start_server
+from conftest import MODEL, PPD_BIN, SANITIZED, missing_tool, start_server
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 DEPLOY = os.path.join(ROOT, "deploy")
@@ -62,7 +62,7 @@ def tool(name):
 def need(name, why):
     path = tool(name)
     if path is None:
-        pytest.skip(f"{name} is not installed ({why})")
+        missing_tool(name, why)
     return path
 
 
@@ -383,12 +383,12 @@ def test_dashboard_queries_run(prometheus, traffic, calibrated_server):
     assert not empty, empty
 
 
+@pytest.mark.only_with_env("PPD_DEPLOY_DASHBOARD_DATA")
 def test_dashboard_data_for_screenshot(prometheus, deploy_server, traffic):
-    """scripts/check-deploy.sh only: a short load, then each panel's queries
-    over the run as range queries, for scripts/render-dashboard.py."""
-    out = os.environ.get("PPD_DEPLOY_DASHBOARD_DATA")
-    if not out:
-        pytest.skip("runs from scripts/check-deploy.sh (PPD_DEPLOY_DASHBOARD_DATA names its output)")
+    """scripts/check-deploy.sh only (PPD_DEPLOY_DASHBOARD_DATA names its
+    output): a short load, then each panel's queries over the run as range
+    queries, for scripts/render-dashboard.py."""
+    out = os.environ["PPD_DEPLOY_DASHBOARD_DATA"]
     seconds = float(os.environ.get("PPD_DEPLOY_LOAD_SECONDS", "60"))
     start = time.time() - 30
     url = deploy_server.url + "/v1/chat/completions"
@@ -628,7 +628,7 @@ def test_kubernetes_structure(rendered, variant):
 
 def test_kubectl_kustomize(rendered):
     if not rendered["kubectl"]:
-        pytest.skip("kubectl is not installed: the manifests were checked unpatched, without kustomize")
+        missing_tool("kubectl", "the manifests were checked unpatched, without kustomize")
     base, cpu = rendered["base"], rendered["cpu"]
     # The generated ConfigMap name carries a content hash and the Deployment refers to it.
     cm = one(base, "ConfigMap")["metadata"]["name"]
@@ -646,7 +646,7 @@ def test_kubernetes_schemas(rendered):
     try:
         import kubernetes_validate
     except ImportError:
-        pytest.skip("kubernetes-validate (PyPI) is not installed")
+        missing_tool("kubernetes-validate", "PyPI; tests/integration/requirements.txt")
     extra = [d for f in ("models.yaml",) for d in load_yaml_docs(os.path.join(K8S, "optional", f))]
     checked = 0
     for variant in ("base", "cpu"):

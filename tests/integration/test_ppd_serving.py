@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from conftest import MODEL, PPD_BIN, ppd_generate, start_server
+from conftest import MODEL, PPD_BIN, missing_tool, ppd_generate, start_server
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about autumn leaves.",
            "List three prime numbers and say why each is prime.", "Hi"]
@@ -169,9 +169,10 @@ def test_disconnect_mid_stream_frees_the_slot(ppd_server):
 def test_metrics_add_up(ppd_server, ppd_client):
     chat(ppd_client, PROMPTS[1], temperature=0, max_tokens=24)
     text = requests.get(ppd_server.url + "/metrics", timeout=10).text
-    if shutil.which("promtool"):
-        p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
-        assert p.returncode == 0, p.stdout + p.stderr
+    if shutil.which("promtool") is None:
+        missing_tool("promtool", "Debian package prometheus; scripts/install-deps.sh")
+    p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
     m = spec(ppd_server)
     drafts = m["ppd_spec_decode_num_drafts_total"]
     accepted = m["ppd_spec_decode_num_accepted_tokens_total"]

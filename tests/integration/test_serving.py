@@ -12,7 +12,7 @@ import time
 import pytest
 import requests
 
-from conftest import PPD_BIN, start_server
+from conftest import PPD_BIN, missing_tool, start_server
 
 TOPICS = ["the moon", "rivers", "bread", "chess", "owls", "glass", "trains", "tea",
           "volcanoes", "violins", "maps", "bees", "snow", "bridges", "clocks", "salt"]
@@ -119,8 +119,9 @@ def test_metrics_text(server, client, model_id):
     assert f'ppd_cpu_info{{isa="{isa[1]}",detected="{isa[2]}"}} 1' in r.text.splitlines()
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
 def test_promtool_check_metrics(server):
+    if shutil.which("promtool") is None:
+        missing_tool("promtool", "Debian package prometheus; scripts/install-deps.sh")
     text = requests.get(server.url + "/metrics", timeout=10).text
     p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
