@@ -95,12 +95,28 @@ struct ppd_fx {
     struct eng_ppd ppd;
 };
 
+/* When set, ppd_fx_open takes the committed adapter next to the model (the
+ * one users get) and its tuned tree instead of an untrained one. */
+static bool committed_adapter;
+
 static void ppd_fx_open(struct ppd_fx *x, const struct eng_engine *e, int tree_L) {
     char err[512];
     memset(x, 0, sizeof *x);
-    ck_assert_msg(eng_ppd_adapter_init_text(&x->ad, e->model, e->tok, 3, 10, ENG_PPD_INIT_TEXT, err, sizeof err) == 0,
-                  "%s", err);
-    ck_assert_int_eq(eng_ppd_tree_build(&x->fam, eng_ppd_acc_vicuna7b, 3, 10, tree_L, NULL), 0);
+    if (committed_adapter) {
+        char path[1024];
+        ck_assert_int_eq(eng_ppd_adapter_default_path(test_model_path(), path, sizeof path), 0);
+        ck_assert_msg(eng_ppd_adapter_load(&x->ad, path, e->model, err, sizeof err) == 0, "%s", err);
+        ck_assert_ptr_nonnull(x->ad->accuracy);
+        const int N = x->ad->n_prompt, K = x->ad->topk;
+        double *acc = malloc(sizeof(double) * (size_t)N * (size_t)K);
+        for (int i = 0; i < N * K; i++) acc[i] = x->ad->accuracy[i];
+        ck_assert_int_eq(eng_ppd_tree_build(&x->fam, acc, N, K, x->ad->tree_L > 0 ? x->ad->tree_L : tree_L, NULL), 0);
+        free(acc);
+    } else {
+        ck_assert_msg(eng_ppd_adapter_init_text(&x->ad, e->model, e->tok, 3, 10, ENG_PPD_INIT_TEXT, err, sizeof err) == 0,
+                      "%s", err);
+        ck_assert_int_eq(eng_ppd_tree_build(&x->fam, eng_ppd_acc_vicuna7b, 3, 10, tree_L, NULL), 0);
+    }
     ck_assert_msg(eng_ppd_init(&x->ppd, x->ad, x->fam, err, sizeof err) == 0, "%s", err);
 }
 
@@ -398,6 +414,21 @@ START_TEST(test_ppd_per_batch_trees_equal_plain) {
 }
 END_TEST
 
+/* The committed adapter at its tuned tree, 4 sequences sharing every step:
+ * each emits exactly its plain tokens alone, greedy and seeded at 0.7. */
+START_TEST(test_ppd_committed_adapter_batched) {
+    struct eng_sampler_params sp;
+    eng_sampler_params_default(&sp);
+    committed_adapter = true;
+    sp.temperature = 0;
+    run_together_ppd(&sp, 0, true, false);
+    sp.temperature = 0.7f;
+    sp.seed = 31;
+    run_together_ppd(&sp, 13, true, false);
+    committed_adapter = false;
+}
+END_TEST
+
 START_TEST(test_ppd_seeded_equals_plain) {
     struct eng_sampler_params sp;
     eng_sampler_params_default(&sp);
@@ -606,6 +637,7 @@ int main(void) {
     tcase_add_test(tc, test_ppd_greedy_equals_plain);
     tcase_add_test(tc, test_ppd_per_batch_trees_equal_plain);
     tcase_add_test(tc, test_ppd_seeded_equals_plain);
+    tcase_add_test(tc, test_ppd_committed_adapter_batched);
     tcase_add_test(tc, test_ppd_truncates_like_plain);
     tcase_add_test(tc, test_ppd_cancel_frees_slot);
     suite_add_tcase(s, tc);
