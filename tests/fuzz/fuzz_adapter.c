@@ -13,33 +13,23 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "engine/ppd_adapter.h"
+#include "fuzz_file.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static char fuzz_path[64];
-static int fuzz_fd = -1;
-
-static void fuzz_cleanup(void) {
-    if (fuzz_fd >= 0) unlink(fuzz_path);
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
-    snprintf(fuzz_path, sizeof fuzz_path, "/tmp/ppd-fuzz-adapter-XXXXXX");
-    fuzz_fd = mkstemp(fuzz_path);
-    if (fuzz_fd < 0) { perror("mkstemp"); abort(); }
-    atexit(fuzz_cleanup);
+    fuzz_file_init("ppd-fuzz-adapter");
     return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (ftruncate(fuzz_fd, 0) || (size && pwrite(fuzz_fd, data, size, 0) != (ssize_t)size)) abort();
+    const char *path = fuzz_file_write(data, size);
     struct eng_ppd_adapter *a = NULL;
     char err[512];
-    if (eng_ppd_adapter_load(&a, fuzz_path, NULL, err, sizeof err) == 0) {
+    if (eng_ppd_adapter_load(&a, path, NULL, err, sizeof err) == 0) {
         if (a->n_prompt < 1 || a->n_prompt > ENG_PPD_MAX_PROMPT || a->topk < 1 || a->topk > ENG_PPD_MAX_TOPK ||
             a->n_embd < 1)
             abort();

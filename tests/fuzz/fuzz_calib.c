@@ -13,10 +13,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "engine/calibrate.h"
 #include "engine/err.h"
+#include "fuzz_file.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -24,26 +24,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 /* The fingerprint of the seed tables (tests/fuzz/corpus/fuzz_calib). */
 #define FUZZ_FINGERPRINT "5c5b7e165af33e8b4e471ebcd7d0cd902b5812ad4aac92dae19a188098869618"
 
-static char fuzz_path[64];
-static int fuzz_fd = -1;
-
-static void fuzz_cleanup(void) {
-    if (fuzz_fd >= 0) unlink(fuzz_path);
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
-    snprintf(fuzz_path, sizeof fuzz_path, "/tmp/ppd-fuzz-calib-XXXXXX");
-    fuzz_fd = mkstemp(fuzz_path);
-    if (fuzz_fd < 0) { perror("mkstemp"); abort(); }
-    atexit(fuzz_cleanup);
+    fuzz_file_init("ppd-fuzz-calib");
     return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-    if (ftruncate(fuzz_fd, 0) || (size && pwrite(fuzz_fd, data, size, 0) != (ssize_t)size)) abort();
+    const char *path = fuzz_file_write(data, size);
     struct eng_calib_table t;
     char err[512] = "";
-    const int rc = eng_calib_table_load(&t, FUZZ_FINGERPRINT, fuzz_path, err, sizeof err);
+    const int rc = eng_calib_table_load(&t, FUZZ_FINGERPRINT, path, err, sizeof err);
     if (rc == ENG_E_NOT_FOUND) return 0;
     if (rc) {
         if (!err[0]) abort();   /* a damaged table explains itself */

@@ -568,68 +568,54 @@ START_TEST(test_act_quant_hand) {
 }
 END_TEST
 
+/* The SIMD quantizers this CPU has give the scalar one's bytes on x. */
+static void expect_quantizers_equal(const float *x, int64_t n_in, int n_rows) {
+    const int types[2] = {KQ_Q8_0, KQ_Q4_1};
+    for (int t = 0; t < 2; t++) {
+        const size_t bytes = kq_act_bytes(types[t], n_in, n_rows);
+        uint8_t *a = calloc(1, bytes), *b = calloc(1, bytes);
+        kq_act_quantize_q32_scalar(types[t], x, n_in, 0, n_rows, a);
+        kq_avx2_act_quantize_q32(types[t], x, n_in, 0, n_rows, b);
+        ck_assert_msg(memcmp(a, b, bytes) == 0, "AVX2 quantizer != scalar for %s, %d rows of %lld",
+                      kq_type_name(types[t]), n_rows, (long long)n_in);
+        if (kq_isa_detected() >= KQ_ISA_AVX512VNNI) {
+            memset(b, 0, bytes);
+            kq_avx512_act_quantize_q32(types[t], x, n_in, 0, n_rows, b);
+            ck_assert_msg(memcmp(a, b, bytes) == 0, "AVX-512 quantizer != scalar for %s, %d rows of %lld",
+                          kq_type_name(types[t]), n_rows, (long long)n_in);
+        }
+        free(a); free(b);
+    }
+}
+
 START_TEST(test_act_quant_simd_equals_scalar) {
     if (kq_isa_detected() < KQ_ISA_AVX2) {
         printf("activation quantizers: NOT RUN (no SIMD path on this CPU)\n");
         return;
     }
     /* 8, 18 and 48 blocks a row: the AVX-512 quantizer's groups of 16 part
-     * full, full plus a remainder, and several full */
+     * full, full plus a remainder, and several full; with NaN, infinities,
+     * denormals and a huge value */
     static const int64_t sizes[] = {256, 576, 1536};
     for (int si = 0; si < 3; si++) {
         rng_seed(4000 + (uint64_t)si);
         const int64_t n_in = sizes[si];
-        const int n_rows = 6;
-        float *x = make_inputs(n_in, n_rows);
+        float *x = make_inputs(n_in, 6);
         x[100] = NAN; x[101] = INFINITY; x[300] = -INFINITY; x[400] = 1e-40f; x[401] = -0.0f;
         for (int k = 512; k < 544; k++) x[k] = 1e-42f; /* a block of denormals */
         x[600] = 1e30f;
-        const int types[2] = {KQ_Q8_0, KQ_Q4_1};
-        for (int t = 0; t < 2; t++) {
-            const size_t bytes = kq_act_bytes(types[t], n_in, n_rows);
-            uint8_t *a = calloc(1, bytes), *b = calloc(1, bytes);
-            kq_act_quantize_q32_scalar(types[t], x, n_in, 0, n_rows, a);
-            kq_avx2_act_quantize_q32(types[t], x, n_in, 0, n_rows, b);
-            ck_assert_msg(memcmp(a, b, bytes) == 0, "AVX2 quantizer != scalar for %s, n_in %lld",
-                          kq_type_name(types[t]), (long long)n_in);
-            if (kq_isa_detected() >= KQ_ISA_AVX512VNNI) {
-                memset(b, 0, bytes);
-                kq_avx512_act_quantize_q32(types[t], x, n_in, 0, n_rows, b);
-                ck_assert_msg(memcmp(a, b, bytes) == 0, "AVX-512 quantizer != scalar for %s, n_in %lld",
-                              kq_type_name(types[t]), (long long)n_in);
-            }
-            free(a); free(b);
-        }
+        expect_quantizers_equal(x, n_in, 6);
         free(x);
     }
-    /* Many blocks with scales spread over many octaves: a quantizer whose d or
-     * s differs from the scalar one in a last f32 bit shows once f16 rounding
-     * falls on the other side, about one block in four thousand. */
-    {
-        const int64_t n_in = 1536;
-        const int n_rows = 2048;
-        float *x = malloc(sizeof(float) * (size_t)n_in * n_rows);
-        rng_seed(4100);
-        for (int64_t k = 0; k < n_in * n_rows; k++)
-            x[k] = rng_sym() * ldexpf(1.0f, (int)(rng_next() % 24) - 12);
-        const int types[2] = {KQ_Q8_0, KQ_Q4_1};
-        for (int t = 0; t < 2; t++) {
-            const size_t bytes = kq_act_bytes(types[t], n_in, n_rows);
-            uint8_t *a = calloc(1, bytes), *b = calloc(1, bytes);
-            kq_act_quantize_q32_scalar(types[t], x, n_in, 0, n_rows, a);
-            kq_avx2_act_quantize_q32(types[t], x, n_in, 0, n_rows, b);
-            ck_assert_msg(memcmp(a, b, bytes) == 0, "AVX2 quantizer != scalar for %s, %d rows", kq_type_name(types[t]),
-                          n_rows);
-            if (kq_isa_detected() >= KQ_ISA_AVX512VNNI) {
-                memset(b, 0, bytes);
-                kq_avx512_act_quantize_q32(types[t], x, n_in, 0, n_rows, b);
-                ck_assert_msg(memcmp(a, b, bytes) == 0, "AVX-512 quantizer != scalar for %s, %d rows",
-                              kq_type_name(types[t]), n_rows);
-            }
-            free(a); free(b);
-        }
-        free(x);
-    }
+    /* 98,304 blocks with scales over 24 octaves: the rounding cases of the
+     * division, the clamp and the f16 conversions many times over */
+    const int64_t n_in = 1536;
+    const int n_rows = 2048;
+    float *x = malloc(sizeof(float) * (size_t)n_in * n_rows);
+    rng_seed(4100);
+    for (int64_t k = 0; k < n_in * n_rows; k++) x[k] = rng_sym() * ldexpf(1.0f, (int)(rng_next() % 24) - 12);
+    expect_quantizers_equal(x, n_in, n_rows);
+    free(x);
     printf("activation quantizers: avx2%s equal to the scalar one\n",
            kq_isa_detected() >= KQ_ISA_AVX512VNNI ? " and avx512vnni" : " (avx512vnni NOT RUN: this CPU lacks it)");
 }
