@@ -124,7 +124,8 @@ $(BUILD)/engine/backend_cuda.o: CFLAGS += -I$(CUDA_HOME)/include
 # there, as in the fuzzers.  What checks them instead: test_matmul (bit-equal to
 # the plain C kernels, which are instrumented) and valgrind (make check-deep).
 ifeq ($(SAN),1)
-$(BUILD)/kernels/cpu/matmul_avx2.o $(BUILD)/kernels/cpu/matmul_avx512.o: CFLAGS += -fno-sanitize=address,undefined
+$(BUILD)/kernels/cpu/matmul_avx2.o $(BUILD)/kernels/cpu/matmul_avx512.o \
+$(BUILD)/kernels/cpu/matmul_k_avx2.o $(BUILD)/kernels/cpu/matmul_k_avx512.o: CFLAGS += -fno-sanitize=address,undefined
 endif
 
 # The library is rebuilt when the CUDA choice changes (the object lists differ).

@@ -33,6 +33,7 @@
 #include "err.h"
 #include "kv_cache.h"
 #include "log.h"
+#include "kernels/cpu/matmul.h"
 #include "kernels/cpu/qtypes.h"
 #include "kernels/cuda/kcuda.h"
 
@@ -181,29 +182,76 @@ static void cuda_sync(void *vctx) {
 
 /* ---- weights: f16 on the device ---- */
 
+/* A weight of a type the device cannot dequantize, expanded to f16 rows on the
+ * host with the CPU's dequantization (the same values), to go up as F16. */
+static uint16_t *cuda_host_f16(int type, const void *data, int64_t n_in, int64_t n_out) {
+    const struct kq_weight hw = {.type = type, .n_in = n_in, .n_out = n_out, .data = data};
+    uint16_t *h = malloc((size_t)n_in * (size_t)n_out * sizeof(uint16_t));
+    float *row = malloc((size_t)n_in * sizeof(float));
+    if (!h || !row) {
+        free(h);
+        free(row);
+        return NULL;
+    }
+    for (int64_t o = 0; o < n_out; o++) {
+        kq_weight_row_f32(&hw, o, row);
+        for (int64_t k = 0; k < n_in; k++) h[(size_t)o * (size_t)n_in + (size_t)k] = kq_f32_to_f16(row[k]);
+    }
+    free(row);
+    return h;
+}
+
 static int cuda_weight_init(void *vctx, struct eng_weight *w, int type, const void *data, int64_t n_in, int64_t n_out) {
     struct cuda_ctx *c = vctx;
-    if (!kc_dequant_supported(type)) return ENG_E_UNSUPPORTED;
-    const size_t row = kq_row_bytes(type, n_in);
-    if (!row || n_out < 1 || n_in > INT32_MAX || n_out > INT32_MAX) return ENG_E_RANGE;
+    if (!kq_type_is_weight(type) || !kq_row_bytes(type, n_in)) return ENG_E_UNSUPPORTED;
+    uint16_t *host16 = NULL;
+    int up_type = type;
+    if (!kc_dequant_supported(type)) {
+        if (n_in > INT32_MAX || n_out < 1 || n_out > INT32_MAX) return ENG_E_RANGE;
+        if (!(host16 = cuda_host_f16(type, data, n_in, n_out))) return ENG_E_NOMEM;
+        data = host16;
+        up_type = KQ_F16;
+    }
+    const size_t row = kq_row_bytes(up_type, n_in);
     const size_t raw = row * (size_t)n_out;
-    if (raw > c->stage_cap) {
-        if (cudaStreamSynchronize(c->st) != cudaSuccess) return ENG_E_INTERNAL;
-        if (c->stage) cudaFree(c->stage);
-        c->stage = NULL;
-        c->stage_cap = 0;
-        if (cudaMalloc(&c->stage, raw) != cudaSuccess) { (void)cudaGetLastError(); return ENG_E_NOMEM; }
-        c->stage_cap = raw;
-    }
     uint16_t *d16 = NULL;
-    if (cudaMalloc((void **)&d16, (size_t)n_in * (size_t)n_out * sizeof(uint16_t)) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return ENG_E_NOMEM;
+    int rc = 0;
+    if (n_out < 1 || n_in > INT32_MAX || n_out > INT32_MAX) {
+        rc = ENG_E_RANGE;
+    } else if (raw > c->stage_cap) {
+        if (cudaStreamSynchronize(c->st) != cudaSuccess) {
+            rc = ENG_E_INTERNAL;
+        } else {
+            if (c->stage) cudaFree(c->stage);
+            c->stage = NULL;
+            c->stage_cap = 0;
+            if (cudaMalloc(&c->stage, raw) != cudaSuccess) {
+                (void)cudaGetLastError();
+                rc = ENG_E_NOMEM;
+            } else {
+                c->stage_cap = raw;
+            }
+        }
     }
-    if (cudaMemcpyAsync(c->stage, data, raw, cudaMemcpyHostToDevice, c->st) != cudaSuccess ||
-        kc_dequant_f16(type, c->stage, n_in, n_out, d16, c->st) != 0 || cudaGetLastError() != cudaSuccess) {
+    if (!rc && cudaMalloc((void **)&d16, (size_t)n_in * (size_t)n_out * sizeof(uint16_t)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        d16 = NULL;
+        rc = ENG_E_NOMEM;
+    }
+    if (!rc && (cudaMemcpyAsync(c->stage, data, raw, cudaMemcpyHostToDevice, c->st) != cudaSuccess ||
+                kc_dequant_f16(up_type, c->stage, n_in, n_out, d16, c->st) != 0 ||
+                cudaGetLastError() != cudaSuccess)) {
         cudaFree(d16);
-        return ENG_E_INTERNAL;
+        d16 = NULL;
+        rc = ENG_E_INTERNAL;
+    }
+    if (host16) { /* the copy reads it until the stream reaches this point */
+        if (!rc && cudaStreamSynchronize(c->st) != cudaSuccess) rc = ENG_E_INTERNAL;
+        free(host16);
+    }
+    if (rc) {
+        if (d16) cudaFree(d16);
+        return rc;
     }
     /* The matrix product's algorithm for this shape is chosen here, at load,
      * not in the first step (it times candidates on this weight); should that

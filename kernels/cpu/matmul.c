@@ -25,8 +25,8 @@
 static int mm_type_supported(int type) {
     switch (type) {
     case KQ_F32: case KQ_F16: case KQ_BF16:
-    case KQ_Q4_0: case KQ_Q4_1: case KQ_Q8_0:
-    case KQ_Q4_K: case KQ_Q5_K: case KQ_Q6_K:
+    case KQ_Q4_0: case KQ_Q4_1: case KQ_Q5_0: case KQ_Q5_1: case KQ_Q8_0: case KQ_IQ4_NL:
+    case KQ_Q2_K: case KQ_Q3_K: case KQ_Q4_K: case KQ_Q5_K: case KQ_Q6_K: case KQ_IQ4_XS:
         return 1;
     default:
         return 0;
@@ -42,7 +42,7 @@ int kq_weight_init(struct kq_weight *w, int type, const void *data, int64_t n_in
     w->n_out = n_out;
     w->data = data;
     if (kq_isa_detected() >= KQ_ISA_AVX2) {
-        int rc = kq_avx2_repack(w);
+        int rc = kq_kpanel_type(type) ? kq_kpanel_repack(w) : kq_avx2_repack(w);
         if (rc) {
             memset(w, 0, sizeof *w);
             return rc;

@@ -106,9 +106,29 @@ int kq_avx2_repack(struct kq_weight *w) {
                 memcpy(dst + 2 * lane, &blk->d, 2);
                 for (int v = 0; v < 4; v++) memcpy(dst + 16 + 32 * v + 4 * lane, blk->qs + 4 * v, 4);
             } else {
-                const kq_block_q8_0 *blk = (const kq_block_q8_0 *)src + b;
-                memcpy(dst + 2 * lane, &blk->d, 2);
-                for (int g = 0; g < 8; g++) memcpy(dst + 16 + 32 * g + 4 * lane, blk->qs + 4 * g, 4);
+                /* one byte per element: group g (elements 4g..4g+3) at 32*g */
+                int8_t v[KQ_QK];
+                size_t quant = 16;
+                if (w->type == KQ_Q8_0) {
+                    const kq_block_q8_0 *blk = (const kq_block_q8_0 *)src + b;
+                    memcpy(dst + 2 * lane, &blk->d, 2);
+                    memcpy(v, blk->qs, KQ_QK);
+                } else if (w->type == KQ_Q5_0) {
+                    const kq_block_q5_0 *blk = (const kq_block_q5_0 *)src + b;
+                    memcpy(dst + 2 * lane, &blk->d, 2);
+                    for (int e = 0; e < KQ_QK; e++) v[e] = (int8_t)(kq_q5_value(blk->qh, blk->qs, e) - 16);
+                } else if (w->type == KQ_Q5_1) {
+                    const kq_block_q5_1 *blk = (const kq_block_q5_1 *)src + b;
+                    memcpy(dst + 2 * lane, &blk->d, 2);
+                    memcpy(dst + 16 + 2 * lane, &blk->m, 2);
+                    for (int e = 0; e < KQ_QK; e++) v[e] = (int8_t)kq_q5_value(blk->qh, blk->qs, e);
+                    quant = 32;
+                } else { /* IQ4_NL */
+                    const kq_block_iq4_nl *blk = (const kq_block_iq4_nl *)src + b;
+                    memcpy(dst + 2 * lane, &blk->d, 2);
+                    for (int e = 0; e < KQ_QK; e++) v[e] = kq_iq4nl_values[kq_iq4nl_nibble(blk->qs, e)];
+                }
+                for (int g = 0; g < 8; g++) memcpy(dst + quant + 32 * g + 4 * lane, v + 4 * g, 4);
             }
         }
     }
@@ -296,19 +316,21 @@ KQ_INLINE KQ_AVX2 void tile_q4_0(const struct tile_args *t, const int R, const i
         for (int r = 0; r < R; r++) panel_store(&t->out[p], t->r0 + r, acc[r][p]);
 }
 
-/* ---- Q8_0 x Q8_0 ------------------------------------------------------- */
+/* ---- byte weights: Q8_0, Q5_0, IQ4_NL x Q8_0 and Q5_1 x Q8_1 ------------- */
 
-KQ_INLINE KQ_AVX2 void tile_q8_0(const struct tile_args *t, const int R, const int P) {
+/* MIN: the panel holds f16 m after d (Q5_1) and the input is Q8_1: the
+ * float work is Q4_1's. */
+KQ_INLINE KQ_AVX2 void tile_q8(const struct tile_args *t, const int R, const int P, const int MIN) {
     const __m256i ones = _mm256_set1_epi16(1);
-    const size_t stride = t->stride;
-    const uint8_t *q = t->q, *rd = t->d;
+    const size_t stride = t->stride, quant = MIN ? 32 : 16;
+    const uint8_t *q = t->q, *rd = t->d, *rs = t->s;
     __m256 acc[KQ_TILE_ROWS][KQ_TILE_PANELS];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 2
         for (int p = 0; p < P; p++) acc[r][p] = _mm256_setzero_ps();
     const uint8_t *pw = t->pw;
-    for (int64_t b = 0; b < t->nb; b++, pw += t->bstep, q += t->qstep, rd += 4) {
+    for (int64_t b = 0; b < t->nb; b++, pw += t->bstep, q += t->qstep, rd += 4, rs += 4) {
         if (t->prefetch) prefetch_block(pw, t->bstep);
         __m256i s[KQ_TILE_ROWS][KQ_TILE_PANELS];
 #pragma GCC unroll 8
@@ -316,7 +338,7 @@ KQ_INLINE KQ_AVX2 void tile_q8_0(const struct tile_args *t, const int R, const i
             __m256i wv[KQ_TILE_PANELS], aw[KQ_TILE_PANELS];
 #pragma GCC unroll 2
             for (int p = 0; p < P; p++) {
-                wv[p] = _mm256_loadu_si256((const __m256i *)(pw + (size_t)p * t->pstride + 16 + 32 * g));
+                wv[p] = _mm256_loadu_si256((const __m256i *)(pw + (size_t)p * t->pstride + quant + 32 * g));
                 aw[p] = _mm256_abs_epi8(wv[p]);
             }
 #pragma GCC unroll 4
@@ -331,16 +353,23 @@ KQ_INLINE KQ_AVX2 void tile_q8_0(const struct tile_args *t, const int R, const i
                 }
             }
         }
-        __m256 dw[KQ_TILE_PANELS];
+        __m256 dw[KQ_TILE_PANELS], mw[KQ_TILE_PANELS];
 #pragma GCC unroll 2
-        for (int p = 0; p < P; p++)
+        for (int p = 0; p < P; p++) {
             dw[p] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pw + (size_t)p * t->pstride)));
+            if (MIN) mw[p] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pw + (size_t)p * t->pstride + 16)));
+        }
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const __m256 da = bcast_f32(rd + (size_t)r * stride);
 #pragma GCC unroll 2
-            for (int p = 0; p < P; p++)
-                acc[r][p] = _mm256_add_ps(acc[r][p], _mm256_mul_ps(_mm256_mul_ps(dw[p], da), _mm256_cvtepi32_ps(s[r][p])));
+            for (int p = 0; p < P; p++) {
+                const __m256 x = _mm256_mul_ps(_mm256_mul_ps(dw[p], da), _mm256_cvtepi32_ps(s[r][p]));
+                if (MIN) /* acc + ((dw*da)*(float)sumi + mw*sa), as the reference */
+                    acc[r][p] = _mm256_add_ps(acc[r][p], _mm256_add_ps(x, _mm256_mul_ps(mw[p], bcast_f32(rs + (size_t)r * stride))));
+                else
+                    acc[r][p] = _mm256_add_ps(acc[r][p], x);
+            }
         }
     }
 #pragma GCC unroll 2
@@ -409,7 +438,10 @@ KQ_INLINE int tile_rows(int n_rows, int r0) {
 /* The qs of a Q8_1 block follow its d and s (4 bytes), those of a Q8_0 block its d. */
 KQ_TILE_LOOP(mm_q4_1, tile_q4_1, 4)
 KQ_TILE_LOOP(mm_q4_0, tile_q4_0, 2)
+#define tile_q8_0(t, R, P) tile_q8(t, R, P, 0)
+#define tile_q5_1(t, R, P) tile_q8(t, R, P, 1)
 KQ_TILE_LOOP(mm_q8_0, tile_q8_0, 2)
+KQ_TILE_LOOP(mm_q5_1, tile_q5_1, 4)
 
 /* ---- float weights --------------------------------------------------------- */
 
@@ -466,16 +498,17 @@ int kq_avx2_matmul(const struct kq_weight *w, const void *act, int n_rows,
     case KQ_F32:  mm_f32(w, act, n_rows, y, ldy, o_begin, o_end); return 0;
     case KQ_F16:  mm_f16(w, act, n_rows, y, ldy, o_begin, o_end); return 0;
     case KQ_BF16: mm_bf16(w, act, n_rows, y, ldy, o_begin, o_end); return 0;
-    case KQ_Q4_1: case KQ_Q4_0: case KQ_Q8_0:
+    case KQ_Q4_1: case KQ_Q4_0: case KQ_Q8_0: case KQ_Q5_0: case KQ_Q5_1: case KQ_IQ4_NL:
         break;
     default:
-        return -1; /* k-quants: the reference is the fast path for now */
+        return kq_k_avx2_matmul(w, act, n_rows, y, ldy, o_begin, o_end);
     }
     if (!w->packed) return -1;
     const struct kq_act_geom g = kq_act_geom_q32(w->type, w->n_in);
     if (w->type == KQ_Q4_1)      mm_q4_1(w, &g, act, n_rows, y, ldy, o_begin, o_end);
     else if (w->type == KQ_Q4_0) mm_q4_0(w, &g, act, n_rows, y, ldy, o_begin, o_end);
-    else                         mm_q8_0(w, &g, act, n_rows, y, ldy, o_begin, o_end);
+    else if (w->type == KQ_Q5_1) mm_q5_1(w, &g, act, n_rows, y, ldy, o_begin, o_end);
+    else                         mm_q8_0(w, &g, act, n_rows, y, ldy, o_begin, o_end); /* Q8_0, Q5_0, IQ4_NL */
     return 0;
 }
 
@@ -522,7 +555,7 @@ KQ_AVX2 void kq_avx2_act_quantize_q32(int wtype, const float *x, int64_t n_in, i
              * kq_f32_to_f16 / kq_f16_to_f32, at a fraction of their cost */
             const kq_f16 dh = (kq_f16)_cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             ((float *)(row + g.off_d))[b] = _cvtsh_ss(dh);
-            if (wtype == KQ_Q4_1) {
+            if (g.blk_bytes == sizeof(kq_block_q8_1)) {
                 kq_block_q8_1 *blk = (kq_block_q8_1 *)(row + (size_t)b * g.blk_bytes);
                 blk->d = dh;
                 blk->s = (kq_f16)_cvtss_sh(d * (float)sum, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);

@@ -98,13 +98,15 @@ KQ_INLINE void prefetch_block(const uint8_t *pw, size_t bstep) {
     for (size_t l = 0; l < bstep; l += 64) _mm_prefetch((const char *)(a + l), _MM_HINT_T0);
 }
 
-enum { W_Q4_1, W_Q4_0, W_Q8_0 };
+enum { W_Q4_1, W_Q4_0, W_Q8_0, W_Q5_1 };
 
 /* The weight vector of group g (elements 4g..4g+3 of each output) as
  * unsigned bytes; `quant` is where the quants start in a panel block. */
 KQ_INLINE KQ_AVX512 __m512i group_weights(const uint8_t *pw, size_t pstride, int kind, size_t quant, int g) {
     if (kind == W_Q8_0)
         return _mm512_xor_si512(load_pair(pw, pstride, quant + 32 * (size_t)g), _mm512_set1_epi8((char)0x80));
+    if (kind == W_Q5_1) /* q in 0..31: unsigned already */
+        return load_pair(pw, pstride, quant + 32 * (size_t)g);
     /* low nibbles of vector g for g < 4, high nibbles of vector g-4 after */
     const __m512i n = load_pair(pw, pstride, quant + 32 * (size_t)(g & 3));
     return _mm512_and_si512(g < 4 ? n : _mm512_srli_epi16(n, 4), _mm512_set1_epi8(0x0F));
@@ -112,7 +114,8 @@ KQ_INLINE KQ_AVX512 __m512i group_weights(const uint8_t *pw, size_t pstride, int
 
 KQ_INLINE KQ_AVX512 void tile(const struct tile512 *t, const int kind, const int R) {
     const size_t stride = t->stride, pstride = t->pstride;
-    const size_t quant = kind == W_Q4_1 ? 32 : 16; /* after the f16 d (and m) of 8 outputs */
+    const int has_min = kind == W_Q4_1 || kind == W_Q5_1;
+    const size_t quant = has_min ? 32 : 16; /* after the f16 d (and m) of 8 outputs */
     const uint8_t *q = t->q, *rd = t->d, *rs = t->s;
     __m512 acc[KQ512_TILE_ROWS];
 #pragma GCC unroll 8
@@ -130,7 +133,7 @@ KQ_INLINE KQ_AVX512 void tile(const struct tile512 *t, const int kind, const int
             for (int r = 0; r < R; r++) s[r] = _mm512_dpbusd_epi32(s[r], w, bcast32(q + (size_t)r * stride + 4 * g));
         }
         const __m512 dw = load_pair_f16(pw, pstride, 0);
-        if (kind == W_Q4_1) {
+        if (has_min) {
             const __m512 mw = load_pair_f16(pw, pstride, 16);
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
@@ -204,15 +207,20 @@ KQ_INLINE int tile_rows(int n_rows, int r0) {
 KQ512_LOOP(mm512_q4_1, W_Q4_1, 4)
 KQ512_LOOP(mm512_q4_0, W_Q4_0, 2)
 KQ512_LOOP(mm512_q8_0, W_Q8_0, 2)
+KQ512_LOOP(mm512_q5_1, W_Q5_1, 4)
 
 int kq_avx512_matmul(const struct kq_weight *w, const void *act, int n_rows,
                      float *y, int64_t ldy, int64_t o_begin, int64_t o_end) {
     if (!w->packed) return -1;
+    if (kq_kpanel_type(w->type)) return kq_k_avx512_matmul(w, act, n_rows, y, ldy, o_begin, o_end);
     const struct kq_act_geom g = kq_act_geom_q32(w->type, w->n_in);
     switch (w->type) {
     case KQ_Q4_1: mm512_q4_1(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
     case KQ_Q4_0: mm512_q4_0(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
-    case KQ_Q8_0: mm512_q8_0(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
+    case KQ_Q8_0: case KQ_Q5_0: case KQ_IQ4_NL: /* int8 values in Q8_0 panels */
+        mm512_q8_0(w, &g, act, n_rows, y, ldy, o_begin, o_end);
+        return 0;
+    case KQ_Q5_1: mm512_q5_1(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
     default:      return -1; /* the other types take the AVX2 kernels */
     }
 }
@@ -269,11 +277,11 @@ KQ_AVX512 void kq_avx512_act_quantize_q32(int wtype, const float *x, int64_t n_i
                 sum[i] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
                 uint8_t *blk = row + (size_t)(b0 + i) * g.blk_bytes;
                 memcpy(blk, &dh16[i], 2);
-                int8_t *qs = (int8_t *)(blk + (wtype == KQ_Q4_1 ? 4 : 2));
+                int8_t *qs = (int8_t *)(blk + (g.blk_bytes == sizeof(kq_block_q8_1) ? 4 : 2));
                 _mm_storeu_si128((__m128i *)qs, _mm512_cvtsepi32_epi8(q0));
                 _mm_storeu_si128((__m128i *)(qs + 16), _mm512_cvtsepi32_epi8(q1));
             }
-            if (wtype == KQ_Q4_1) {
+            if (g.blk_bytes == sizeof(kq_block_q8_1)) {
                 const __m512 sv = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_loadu_si512(sum)));
                 const __m256i sh = _mm512_cvtps_ph(sv, KQ512_NEAREST);
                 _mm512_mask_storeu_ps((float *)(row + g.off_s) + b0, live, _mm512_cvtph_ps(sh));

@@ -32,6 +32,31 @@
  *   Q4_1 block (160 B): [8 x f16 d][8 x f16 m][4 x 32 B nibbles]
  *   Q4_0 block (144 B): [8 x f16 d][4 x 32 B nibbles]
  *   Q8_0 block (272 B): [8 x f16 d][8 x 32 B int8]
+ *     Q5_0 and IQ4_NL use it too, holding their element values (q - 16 and
+ *     kv[nibble], both in int8 range): the same integers the reference
+ *     multiplies, so the Q8_0 kernels compute them exactly.
+ *   Q5_1 block (288 B): [8 x f16 d][8 x f16 m][8 x 32 B q in 0..31]
+ *   k-quant block ("K panel", one 256-element super-block of 8 outputs; Q2_K,
+ *   Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS):
+ *     [8 x f16 d][8 x f16 dmin (0 for the types without mins)]
+ *     [8 x 32 B sc]  vector k, lane o: int16 scales of the 16-element halves
+ *                    2k and 2k+1 (a 32-element sub-block's scale twice)
+ *     [8 x 32 B mc]  only the types with mins: the same for the mins
+ *     [quants]       unsigned bytes u = q + bias (bias: Q6_K 32, Q3_K 4,
+ *                    IQ4_XS 128 with q = kv[nibble], others 0) so that
+ *                    sum q*a = sum u*a - bias*sum a, exact in int32.
+ *                    Byte types: 64 vectors, vector k holding in lane o the
+ *                    elements 4k..4k+3 (2048 B).
+ *                    Nibble types (Q4_K: u itself, IQ4_XS: the kv index):
+ *                    4 chunks of 64 elements, 8 vectors each; vector v of
+ *                    chunk c holds in lane o 4 bytes whose low nibbles are
+ *                    elements 64c+4v..+3 and high nibbles 64c+32+4v..+3
+ *                    (Q4_K's own byte order: a straight dword interleave).
+ *     The super-block's integer sums are then
+ *       A = sum_h sc_h * sum_{e in h} u_e*a_e      (h: the 16 halves)
+ *       B = sum_h mc_h * bsum_h  (with mins)   or   bias * sum_h sc_h * bsum_h
+ *     with bsum_h the Q8_K block's bsums, and the reference's float work is
+ *     (d*da)*A - (dmin*da)*B (with mins) or (d*da)*(A - B).
  * In the nibble vectors, vector v (0..3) holds in its 32-bit lane o the GGUF
  * bytes qs[4v .. 4v+3] of output o: low nibbles are elements 4v..4v+3, high
  * nibbles elements 16+4v..16+4v+3.  In the Q8_0 vectors, vector g (0..7)
@@ -54,6 +79,7 @@
 #define KQ_PANEL_Q4_1_BYTES (16 + 16 + 128)
 #define KQ_PANEL_Q4_0_BYTES (16 + 128)
 #define KQ_PANEL_Q8_0_BYTES (16 + 256)
+#define KQ_PANEL_Q5_1_BYTES (16 + 16 + 256)
 
 /* Byte offsets inside one quantized row of a 32-block weight type. */
 struct kq_act_geom {
@@ -63,24 +89,45 @@ struct kq_act_geom {
     size_t off_s;      /* int32 asum[nb] (Q8_0) or float s[nb] (Q8_1) */
 };
 
-/* Layout of a quantized row for a 32-block weight type (Q4_0, Q4_1, Q8_0). */
+/* Layout of a quantized row for a 32-block weight type (Q4_0, Q4_1, Q5_0,
+ * Q5_1, Q8_0, IQ4_NL). */
 static inline struct kq_act_geom kq_act_geom_q32(int wtype, int64_t n_in) {
     struct kq_act_geom g;
     size_t nb = (size_t)(n_in / KQ_QK);
-    g.blk_bytes = wtype == KQ_Q4_1 ? sizeof(kq_block_q8_1) : sizeof(kq_block_q8_0);
+    g.blk_bytes = kq_act_type(wtype) == KQ_Q8_1 ? sizeof(kq_block_q8_1) : sizeof(kq_block_q8_0);
     g.off_d = (nb * g.blk_bytes + 3) & ~(size_t)3;
     g.off_s = g.off_d + nb * 4;
     g.stride = (g.off_s + nb * 4 + KQ_ACT_ALIGN - 1) & ~(size_t)(KQ_ACT_ALIGN - 1);
     return g;
 }
 
+#define KQ_KP_DMIN 16      /* offsets inside a K panel block */
+#define KQ_KP_SC 32
+#define KQ_KP_MC (32 + 256)
+
+static inline int kq_kpanel_type(int type) {
+    return type == KQ_Q2_K || type == KQ_Q3_K || type == KQ_Q4_K || type == KQ_Q5_K || type == KQ_Q6_K ||
+           type == KQ_IQ4_XS;
+}
+static inline int kq_kpanel_has_min(int type) { return type == KQ_Q2_K || type == KQ_Q4_K || type == KQ_Q5_K; }
+static inline int kq_kpanel_nibbles(int type) { return type == KQ_Q4_K || type == KQ_IQ4_XS; }
+/* log2 of the bias added to each quant (0: none). */
+static inline int kq_kpanel_bias_log2(int type) {
+    return type == KQ_Q6_K ? 5 : type == KQ_Q3_K ? 2 : type == KQ_IQ4_XS ? 7 : 0;
+}
+/* 1 when both halves of every 32 elements share one scale (and min). */
+static inline int kq_kpanel_sub32(int type) { return type == KQ_Q4_K || type == KQ_Q5_K || type == KQ_IQ4_XS; }
+static inline size_t kq_kpanel_quant_off(int type) { return kq_kpanel_has_min(type) ? KQ_KP_MC + 256 : KQ_KP_MC; }
+
 /* Bytes per packed block of a panel for a repacked type; 0 when the type is
  * not repacked. */
 static inline size_t kq_panel_block_bytes(int type) {
+    if (kq_kpanel_type(type)) return kq_kpanel_quant_off(type) + (kq_kpanel_nibbles(type) ? 1024 : 2048);
     switch (type) {
     case KQ_Q4_1: return KQ_PANEL_Q4_1_BYTES;
     case KQ_Q4_0: return KQ_PANEL_Q4_0_BYTES;
-    case KQ_Q8_0: return KQ_PANEL_Q8_0_BYTES;
+    case KQ_Q8_0: case KQ_Q5_0: case KQ_IQ4_NL: return KQ_PANEL_Q8_0_BYTES;
+    case KQ_Q5_1: return KQ_PANEL_Q5_1_BYTES;
     default:      return 0;
     }
 }
@@ -89,7 +136,7 @@ static inline size_t kq_panel_block_bytes(int type) {
 static inline size_t kq_packed_bytes(int type, int64_t n_in, int64_t n_out) {
     const int64_t per_pair = KQ_PANEL * KQ_PANEL_PAIR;
     const size_t n_pairs = (size_t)((n_out + per_pair - 1) / per_pair);
-    return n_pairs * (size_t)(n_in / KQ_QK) * KQ_PANEL_PAIR * kq_panel_block_bytes(type);
+    return n_pairs * (size_t)(n_in / kq_type_block_elems(type)) * KQ_PANEL_PAIR * kq_panel_block_bytes(type);
 }
 
 /* Byte offset of block b of panel p in the packed copy (nb blocks per row). */
@@ -102,6 +149,12 @@ static inline size_t kq_packed_block_offset(int type, int64_t nb, int64_t p, int
 /* Block helpers shared by dequant.c and matmul_ref.c. */
 void kq_k4_scale_min(const uint8_t *scales, int j, int *sc, int *m); /* Q4_K/Q5_K sub-block j */
 int kq_q6_k_value(const kq_block_q6_K *x, int e);                    /* element e, in [-32, 31] */
+int kq_q5_value(const uint8_t *qh, const uint8_t *qs, int e);       /* Q5_0/Q5_1 element e, in [0, 31] */
+int kq_iq4nl_nibble(const uint8_t *qs, int e);                       /* index into kq_iq4nl_values */
+int kq_q2_k_value(const kq_block_q2_K *x, int e);                    /* element e, in [0, 3] */
+int kq_q3_k_value(const kq_block_q3_K *x, int e);                    /* element e, in [-4, 3] */
+int kq_q3_k_scale(const uint8_t *scales, int s);                    /* scale s (of 16), in [-32, 31] */
+int kq_iq4_xs_scale(const kq_block_iq4_xs *x, int j);                /* scale j (of 8), in [-32, 31] */
 
 /* The fast paths (matmul_avx2.c).  Each returns 0 when it handled the call. */
 int kq_avx2_usable(void);
@@ -110,6 +163,15 @@ int kq_avx2_matmul(const struct kq_weight *w, const void *act, int n_rows,
                    float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
 void kq_avx2_act_quantize_q32(int wtype, const float *x, int64_t n_in, int r_begin,
                               int r_end, void *act);
+
+/* K panels (matmul_kpanel.c): the repacking, and the kernels on them
+ * (matmul_k_avx2.c, matmul_k_avx512.c).  Each kernel returns 0 when it
+ * handled the call. */
+int kq_kpanel_repack(struct kq_weight *w);    /* 0, or ENG_E_NOMEM */
+int kq_k_avx2_matmul(const struct kq_weight *w, const void *act, int n_rows,
+                     float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
+int kq_k_avx512_matmul(const struct kq_weight *w, const void *act, int n_rows,
+                       float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
 
 /* The AVX-512 VNNI kernels (matmul_avx512.c), on the same packed panels. */
 int kq_avx512_usable(void);

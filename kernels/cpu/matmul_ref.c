@@ -12,6 +12,12 @@
  *                acc = acc + ((d*da)*(float)isd - (dmin*da)*(float)ism)
  *                isd = sum_j sc_j*sum(q*a), ism = sum_j m_j*sum(a) over the 8 sub-blocks
  *     Q6_K·Q8_K  acc = acc + (d*da)*(float)isum,  isum = sum_j sc_j*sum(q*a) over 16
+ *     Q5_0·Q8_0  acc = acc + (dw*da)*(float)sumi        sumi = sum (q-16)*a
+ *     Q5_1·Q8_1  as Q4_1, with the 5-bit q
+ *     IQ4_NL·Q8_0 acc = acc + (dw*da)*(float)sumi       sumi = sum kv*a
+ *     Q2_K·Q8_K  as Q4_K over 16 sub-blocks of 16, sc_j = scale & 15, m_j = scale >> 4
+ *     Q3_K·Q8_K  as Q6_K, sc_j = the 6-bit scale - 32, q in [-4, 3]
+ *     IQ4_XS·Q8_K as Q6_K over 8 sub-blocks of 32, sc_j = ls_j - 32, q = kv
  *   where dw, mw, d, dmin, da, sa are the stored f16 values converted to f32.
  *   Float weights (F32/F16/BF16, input f32): element k goes to lane k%8,
  *     lane = lane + w*x in element order, then
@@ -114,6 +120,90 @@ static float ref_dot_q6_k(const kq_block_q6_K *w, const kq_block_q8_K *a, int64_
     return acc;
 }
 
+static float ref_dot_q5_0(const kq_block_q5_0 *w, const kq_block_q8_0 *a, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t sumi = 0;
+        for (int e = 0; e < KQ_QK; e++) sumi += (kq_q5_value(w[b].qh, w[b].qs, e) - 16) * a[b].qs[e];
+        const float dd = kq_f16_to_f32(w[b].d) * kq_f16_to_f32(a[b].d);
+        acc = acc + dd * (float)sumi;
+    }
+    return acc;
+}
+
+static float ref_dot_q5_1(const kq_block_q5_1 *w, const kq_block_q8_1 *a, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t sumi = 0;
+        for (int e = 0; e < KQ_QK; e++) sumi += kq_q5_value(w[b].qh, w[b].qs, e) * a[b].qs[e];
+        const float dd = kq_f16_to_f32(w[b].d) * kq_f16_to_f32(a[b].d);
+        const float t = dd * (float)sumi;
+        const float u = kq_f16_to_f32(w[b].m) * kq_f16_to_f32(a[b].s);
+        acc = acc + (t + u);
+    }
+    return acc;
+}
+
+static float ref_dot_iq4_nl(const kq_block_iq4_nl *w, const kq_block_q8_0 *a, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t sumi = 0;
+        for (int e = 0; e < KQ_QK; e++) sumi += kq_iq4nl_values[kq_iq4nl_nibble(w[b].qs, e)] * a[b].qs[e];
+        const float dd = kq_f16_to_f32(w[b].d) * kq_f16_to_f32(a[b].d);
+        acc = acc + dd * (float)sumi;
+    }
+    return acc;
+}
+
+static float ref_dot_q2_k(const kq_block_q2_K *w, const kq_block_q8_K *a, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t isd = 0, ism = 0;
+        for (int s = 0; s < 16; s++) {
+            int32_t dot = 0, asum = 0;
+            for (int e = 16 * s; e < 16 * s + 16; e++) {
+                dot += kq_q2_k_value(&w[b], e) * a[b].qs[e];
+                asum += a[b].qs[e];
+            }
+            isd += (w[b].scales[s] & 0xF) * dot;
+            ism += (w[b].scales[s] >> 4) * asum;
+        }
+        const float t = (kq_f16_to_f32(w[b].d) * a[b].d) * (float)isd;
+        const float u = (kq_f16_to_f32(w[b].dmin) * a[b].d) * (float)ism;
+        acc = acc + (t - u);
+    }
+    return acc;
+}
+
+static float ref_dot_q3_k(const kq_block_q3_K *w, const kq_block_q8_K *a, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t isum = 0;
+        for (int s = 0; s < 16; s++) {
+            int32_t dot = 0;
+            for (int e = 16 * s; e < 16 * s + 16; e++) dot += kq_q3_k_value(&w[b], e) * a[b].qs[e];
+            isum += kq_q3_k_scale(w[b].scales, s) * dot;
+        }
+        acc = acc + (kq_f16_to_f32(w[b].d) * a[b].d) * (float)isum;
+    }
+    return acc;
+}
+
+static float ref_dot_iq4_xs(const kq_block_iq4_xs *w, const kq_block_q8_K *a, int64_t nb) {
+    float acc = 0.0f;
+    for (int64_t b = 0; b < nb; b++) {
+        int32_t isum = 0;
+        for (int j = 0; j < 8; j++) {
+            int32_t dot = 0;
+            for (int l = 0; l < 32; l++)
+                dot += kq_iq4nl_values[kq_iq4nl_nibble(w[b].qs + 16 * j, l)] * a[b].qs[32 * j + l];
+            isum += kq_iq4_xs_scale(&w[b], j) * dot;
+        }
+        acc = acc + (kq_f16_to_f32(w[b].d) * a[b].d) * (float)isum;
+    }
+    return acc;
+}
+
 static float ref_weight_f(int type, const uint8_t *row, int64_t k) {
     switch (type) {
     case KQ_F32: { float f; memcpy(&f, row + 4 * k, 4); return f; }
@@ -144,6 +234,12 @@ void kq_matmul_ref(const struct kq_weight *w, const void *act, int n_rows,
             case KQ_Q4_K: v = ref_dot_q45_k(wrow, sizeof(kq_block_q4_K), 0, arow, nbk); break;
             case KQ_Q5_K: v = ref_dot_q45_k(wrow, sizeof(kq_block_q5_K), 1, arow, nbk); break;
             case KQ_Q6_K: v = ref_dot_q6_k((const kq_block_q6_K *)wrow, arow, nbk); break;
+            case KQ_Q5_0: v = ref_dot_q5_0((const kq_block_q5_0 *)wrow, arow, nb32); break;
+            case KQ_Q5_1: v = ref_dot_q5_1((const kq_block_q5_1 *)wrow, arow, nb32); break;
+            case KQ_IQ4_NL: v = ref_dot_iq4_nl((const kq_block_iq4_nl *)wrow, arow, nb32); break;
+            case KQ_Q2_K: v = ref_dot_q2_k((const kq_block_q2_K *)wrow, arow, nbk); break;
+            case KQ_Q3_K: v = ref_dot_q3_k((const kq_block_q3_K *)wrow, arow, nbk); break;
+            case KQ_IQ4_XS: v = ref_dot_iq4_xs((const kq_block_iq4_xs *)wrow, arow, nbk); break;
             case KQ_F32: case KQ_F16: case KQ_BF16:
                 v = ref_dot_float(w->type, wrow, arow, w->n_in);
                 break;

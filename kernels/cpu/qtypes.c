@@ -11,17 +11,31 @@ static const struct qtype_row qtype_rows[] = {
     {KQ_BF16, "BF16", 1,       2,                     1},
     {KQ_Q4_0, "Q4_0", KQ_QK,   sizeof(kq_block_q4_0), 1},
     {KQ_Q4_1, "Q4_1", KQ_QK,   sizeof(kq_block_q4_1), 1},
+    {KQ_Q5_0, "Q5_0", KQ_QK,   sizeof(kq_block_q5_0), 1},
+    {KQ_Q5_1, "Q5_1", KQ_QK,   sizeof(kq_block_q5_1), 1},
     {KQ_Q8_0, "Q8_0", KQ_QK,   sizeof(kq_block_q8_0), 1},
+    {KQ_IQ4_NL, "IQ4_NL", KQ_QK, sizeof(kq_block_iq4_nl), 1},
+    {KQ_Q2_K, "Q2_K", KQ_QK_K, sizeof(kq_block_q2_K), 1},
+    {KQ_Q3_K, "Q3_K", KQ_QK_K, sizeof(kq_block_q3_K), 1},
     {KQ_Q8_1, "Q8_1", KQ_QK,   sizeof(kq_block_q8_1), 0},
     {KQ_Q4_K, "Q4_K", KQ_QK_K, sizeof(kq_block_q4_K), 1},
     {KQ_Q5_K, "Q5_K", KQ_QK_K, sizeof(kq_block_q5_K), 1},
     {KQ_Q6_K, "Q6_K", KQ_QK_K, sizeof(kq_block_q6_K), 1},
     {KQ_Q8_K, "Q8_K", KQ_QK_K, sizeof(kq_block_q8_K), 0},
+    {KQ_IQ4_XS, "IQ4_XS", KQ_QK_K, sizeof(kq_block_iq4_xs), 1},
 };
+
+const int8_t kq_iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
 
 _Static_assert(sizeof(kq_block_q4_0) == 18, "q4_0 layout");
 _Static_assert(sizeof(kq_block_q4_1) == 20, "q4_1 layout");
+_Static_assert(sizeof(kq_block_q5_0) == 22, "q5_0 layout");
+_Static_assert(sizeof(kq_block_q5_1) == 24, "q5_1 layout");
 _Static_assert(sizeof(kq_block_q8_0) == 34, "q8_0 layout");
+_Static_assert(sizeof(kq_block_iq4_nl) == 18, "iq4_nl layout");
+_Static_assert(sizeof(kq_block_q2_K) == 84, "q2_K layout");
+_Static_assert(sizeof(kq_block_q3_K) == 110, "q3_K layout");
+_Static_assert(sizeof(kq_block_iq4_xs) == 136, "iq4_xs layout");
 _Static_assert(sizeof(kq_block_q8_1) == 36, "q8_1 layout");
 _Static_assert(sizeof(kq_block_q4_K) == 144, "q4_K layout");
 _Static_assert(sizeof(kq_block_q5_K) == 176, "q5_K layout");

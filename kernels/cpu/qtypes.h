@@ -16,12 +16,18 @@ enum kq_type {
     KQ_F16  = 1,
     KQ_Q4_0 = 2,
     KQ_Q4_1 = 3,
+    KQ_Q5_0 = 6,
+    KQ_Q5_1 = 7,
     KQ_Q8_0 = 8,
     KQ_Q8_1 = 9,
+    KQ_Q2_K = 10,
+    KQ_Q3_K = 11,
     KQ_Q4_K = 12,
     KQ_Q5_K = 13,
     KQ_Q6_K = 14,
     KQ_Q8_K = 15,
+    KQ_IQ4_NL = 20,
+    KQ_IQ4_XS = 23,
     KQ_BF16 = 30,
 };
 
@@ -35,12 +41,21 @@ typedef uint16_t kq_bf16; /* bfloat16, raw bits */
 /* Each struct below is byte-for-byte the layout GGUF files use. */
 typedef struct { kq_f16 d; uint8_t qs[KQ_QK / 2]; } kq_block_q4_0;             /* 18 B */
 typedef struct { kq_f16 d, m; uint8_t qs[KQ_QK / 2]; } kq_block_q4_1;          /* 20 B */
+typedef struct { kq_f16 d; uint8_t qh[4]; uint8_t qs[KQ_QK / 2]; } kq_block_q5_0; /* 22 B */
+typedef struct { kq_f16 d, m; uint8_t qh[4]; uint8_t qs[KQ_QK / 2]; } kq_block_q5_1; /* 24 B */
 typedef struct { kq_f16 d; int8_t qs[KQ_QK]; } kq_block_q8_0;                  /* 34 B */
 typedef struct { kq_f16 d, s; int8_t qs[KQ_QK]; } kq_block_q8_1;               /* 36 B, s = d*sum(qs) */
+typedef struct { kq_f16 d; uint8_t qs[KQ_QK / 2]; } kq_block_iq4_nl;          /* 18 B */
+typedef struct { uint8_t scales[KQ_QK_K / 16]; uint8_t qs[KQ_QK_K / 4]; kq_f16 d, dmin; } kq_block_q2_K; /* 84 B */
+typedef struct { uint8_t hmask[KQ_QK_K / 8]; uint8_t qs[KQ_QK_K / 4]; uint8_t scales[KQ_K_SCALE_SIZE]; kq_f16 d; } kq_block_q3_K; /* 110 B */
 typedef struct { kq_f16 d, dmin; uint8_t scales[KQ_K_SCALE_SIZE]; uint8_t qs[KQ_QK_K / 2]; } kq_block_q4_K; /* 144 B */
 typedef struct { kq_f16 d, dmin; uint8_t scales[KQ_K_SCALE_SIZE]; uint8_t qh[KQ_QK_K / 8]; uint8_t qs[KQ_QK_K / 2]; } kq_block_q5_K; /* 176 B */
 typedef struct { uint8_t ql[KQ_QK_K / 2]; uint8_t qh[KQ_QK_K / 4]; int8_t scales[KQ_QK_K / 16]; kq_f16 d; } kq_block_q6_K; /* 210 B */
+typedef struct { kq_f16 d; uint16_t scales_h; uint8_t scales_l[KQ_QK_K / 64]; uint8_t qs[KQ_QK_K / 2]; } kq_block_iq4_xs; /* 136 B */
 typedef struct { float d; int8_t qs[KQ_QK_K]; int16_t bsums[KQ_QK_K / 16]; } kq_block_q8_K; /* 292 B */
+
+/* The 16 values an IQ4_NL / IQ4_XS nibble selects (GGML's kvalues_iq4nl). */
+extern const int8_t kq_iq4nl_values[16];
 
 /* Elements per block (1 for the plain float types); 0 for an unknown type. */
 int64_t kq_type_block_elems(int type);

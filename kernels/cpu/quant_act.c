@@ -40,9 +40,12 @@ static inline float act_clamp127(float v) {
 
 int kq_act_type(int wtype) {
     switch (wtype) {
-    case KQ_Q4_0: case KQ_Q8_0:                return KQ_Q8_0;
-    case KQ_Q4_1:                              return KQ_Q8_1;
-    case KQ_Q4_K: case KQ_Q5_K: case KQ_Q6_K:  return KQ_Q8_K;
+    case KQ_Q4_0: case KQ_Q5_0: case KQ_Q8_0: case KQ_IQ4_NL:
+        return KQ_Q8_0;
+    case KQ_Q4_1: case KQ_Q5_1:
+        return KQ_Q8_1;
+    case KQ_Q2_K: case KQ_Q3_K: case KQ_Q4_K: case KQ_Q5_K: case KQ_Q6_K: case KQ_IQ4_XS:
+        return KQ_Q8_K;
     case KQ_F32: case KQ_F16: case KQ_BF16:    return KQ_F32;
     default:                                   return -1;
     }
@@ -97,7 +100,7 @@ void kq_act_quantize_q32_scalar(int wtype, const float *x, int64_t n_in, int r_b
             }
             kq_f16 dh = kq_f32_to_f16(d);
             dv[b] = kq_f16_to_f32(dh);
-            if (wtype == KQ_Q4_1) {
+            if (g.blk_bytes == sizeof(kq_block_q8_1)) {
                 kq_block_q8_1 *blk = (kq_block_q8_1 *)(row + (size_t)b * g.blk_bytes);
                 blk->d = dh;
                 blk->s = kq_f32_to_f16(d * (float)sum);

@@ -63,6 +63,8 @@ static const struct type_case cases[] = {
     {KQ_F32, 37},   {KQ_F16, 70},   {KQ_BF16, 53},
     {KQ_Q4_0, 96},  {KQ_Q4_1, 160}, {KQ_Q8_0, 96},
     {KQ_Q4_K, 512}, {KQ_Q5_K, 512}, {KQ_Q6_K, 512},
+    {KQ_Q5_0, 96},  {KQ_Q5_1, 160}, {KQ_IQ4_NL, 128},
+    {KQ_Q2_K, 512}, {KQ_Q3_K, 768}, {KQ_IQ4_XS, 512},
 };
 #define N_CASES ((int)(sizeof cases / sizeof cases[0]))
 #define N_OUT 45
@@ -130,6 +132,43 @@ static void *make_weights(int type, int64_t n_in, int64_t n_out) {
         for (int64_t i = 0; i < n / KQ_QK_K; i++) b[i].d = kq_f32_to_f16(0.0005f * rng_sym());
         break;
     }
+    case KQ_Q5_0: {
+        kq_block_q5_0 *b = (kq_block_q5_0 *)buf;
+        for (int64_t i = 0; i < n / KQ_QK; i++) b[i].d = kq_f32_to_f16(0.03f * rng_sym());
+        break;
+    }
+    case KQ_Q5_1: {
+        kq_block_q5_1 *b = (kq_block_q5_1 *)buf;
+        for (int64_t i = 0; i < n / KQ_QK; i++) {
+            float d = 0.001f + 0.01f * rng_unit();
+            b[i].d = kq_f32_to_f16(d);
+            b[i].m = kq_f32_to_f16(-16.0f * d * (0.5f + rng_unit()));
+        }
+        break;
+    }
+    case KQ_IQ4_NL: {
+        kq_block_iq4_nl *b = (kq_block_iq4_nl *)buf;
+        for (int64_t i = 0; i < n / KQ_QK; i++) b[i].d = kq_f32_to_f16(0.002f * rng_sym());
+        break;
+    }
+    case KQ_Q2_K: {
+        kq_block_q2_K *b = (kq_block_q2_K *)buf;
+        for (int64_t i = 0; i < n / KQ_QK_K; i++) {
+            b[i].d = kq_f32_to_f16(0.01f * rng_unit());
+            b[i].dmin = kq_f32_to_f16(0.005f * rng_unit());
+        }
+        break;
+    }
+    case KQ_Q3_K: {
+        kq_block_q3_K *b = (kq_block_q3_K *)buf;
+        for (int64_t i = 0; i < n / KQ_QK_K; i++) b[i].d = kq_f32_to_f16(0.002f * rng_sym());
+        break;
+    }
+    case KQ_IQ4_XS: {
+        kq_block_iq4_xs *b = (kq_block_iq4_xs *)buf;
+        for (int64_t i = 0; i < n / KQ_QK_K; i++) b[i].d = kq_f32_to_f16(0.0002f * rng_sym());
+        break;
+    }
     default:
         ck_abort_msg("no generator for type %d", type);
     }
@@ -163,7 +202,10 @@ static void *quantize(int type, const float *x, int64_t n_in, int n_rows) {
  * to the next lower path for a type its kernel lacks). */
 static int type_best_path(int type) {
     switch (type) {
-    case KQ_Q4_0: case KQ_Q4_1: case KQ_Q8_0: return KQ_ISA_AVX512VNNI;
+    case KQ_Q4_0: case KQ_Q4_1: case KQ_Q8_0:
+    case KQ_Q5_0: case KQ_Q5_1: case KQ_IQ4_NL:
+    case KQ_Q2_K: case KQ_Q3_K: case KQ_Q4_K: case KQ_Q5_K: case KQ_Q6_K: case KQ_IQ4_XS:
+        return KQ_ISA_AVX512VNNI;
     case KQ_F32: case KQ_F16: case KQ_BF16:   return KQ_ISA_AVX2;
     default:                                  return KQ_ISA_SCALAR;
     }
@@ -239,6 +281,9 @@ END_TEST
 
 static const struct { int type; int64_t n_in, n_out; } split_cases[] = {
     {KQ_Q4_1, 576, 88}, {KQ_Q4_1, 1536, 40}, {KQ_Q4_0, 576, 72}, {KQ_Q8_0, 576, 104},
+    {KQ_Q5_0, 576, 72}, {KQ_Q5_1, 576, 40}, {KQ_IQ4_NL, 576, 56},
+    {KQ_Q4_K, 1536, 40}, {KQ_Q6_K, 1536, 24}, {KQ_Q5_K, 1536, 24},
+    {KQ_Q2_K, 768, 24}, {KQ_Q3_K, 768, 24}, {KQ_IQ4_XS, 1536, 24},
 };
 #define N_SPLIT_CASES ((int)(sizeof split_cases / sizeof split_cases[0]))
 
@@ -383,13 +428,16 @@ START_TEST(test_ref_vs_f64) {
                 sx += (double)wrow[k] * x[(size_t)r * (size_t)n_in + (size_t)k];
                 magx += fabs((double)wrow[k] * x[(size_t)r * (size_t)n_in + (size_t)k]);
             }
-            if (tc->type == KQ_Q4_1) { /* Q8_1's s is stored in f16: the format's value */
-                const kq_block_q4_1 *wb = (const kq_block_q4_1 *)((const uint8_t *)wd + (size_t)o * kq_row_bytes(KQ_Q4_1, n_in));
-                const kq_block_q8_1 *ab = kq_act_row(KQ_Q4_1, act, n_in, r);
+            if (kq_act_type(tc->type) == KQ_Q8_1) { /* Q8_1's s is stored in f16: the format's value */
+                const uint8_t *wr = (const uint8_t *)wd + (size_t)o * kq_row_bytes(tc->type, n_in);
+                const size_t wbb = kq_type_block_bytes(tc->type);
+                const kq_block_q8_1 *ab = kq_act_row(tc->type, act, n_in, r);
                 for (int64_t b = 0; b < n_in / 32; b++) {
                     int sq = 0;
                     for (int j = 0; j < 32; j++) sq += ab[b].qs[j];
-                    double c = (double)kq_f16_to_f32(wb[b].m) *
+                    kq_f16 mh; /* m follows d in both Q4_1 and Q5_1 blocks */
+                    memcpy(&mh, wr + (size_t)b * wbb + 2, 2);
+                    double c = (double)kq_f16_to_f32(mh) *
                                ((double)kq_f16_to_f32(ab[b].s) - (double)kq_f16_to_f32(ab[b].d) * sq);
                     s += c;
                     mag += fabs(c);
@@ -625,6 +673,36 @@ END_TEST
  * the same bytes for Q8_0, Q8_1 and Q8_K, ties included. */
 static int read_exact(FILE *f, void *p, size_t n) { return fread(p, 1, n, f) == n; }
 
+/* Every quantized weight type dequantizes to the floats the gguf Python package
+ * gives for the same blocks (tests/golden/gen_dequant.py), bit for bit. */
+START_TEST(test_dequant_golden_gguf_py) {
+    FILE *f = fopen("tests/golden/data/dequant.bin", "rb");
+    ck_assert_msg(f != NULL, "tests/golden/data/dequant.bin missing (run from the repo root)");
+    char magic[8];
+    uint32_t n_sec = 0;
+    ck_assert(read_exact(f, magic, 8) && memcmp(magic, "PPDDQ1\0\0", 8) == 0);
+    ck_assert(read_exact(f, &n_sec, 4) && n_sec >= 12);
+    for (uint32_t s = 0; s < n_sec; s++) {
+        int32_t hdr[2];
+        ck_assert(read_exact(f, hdr, sizeof hdr));
+        const int type = hdr[0];
+        const int64_t n = hdr[1];
+        const size_t rb = kq_row_bytes(type, n);
+        ck_assert_msg(rb > 0, "type %d: unknown to qtypes", type);
+        uint8_t *blocks = malloc(rb);
+        float *want = malloc(sizeof(float) * (size_t)n), *got = malloc(sizeof(float) * (size_t)n);
+        ck_assert(read_exact(f, blocks, rb) && read_exact(f, want, sizeof(float) * (size_t)n));
+        row_of(type, blocks, n, got);
+        for (int64_t k = 0; k < n; k++)
+            ck_assert_msg(memcmp(&got[k], &want[k], 4) == 0, "%s element %lld: %.9g, gguf-py %.9g",
+                          kq_type_name(type), (long long)k, got[k], want[k]);
+        printf("dequant %-6s %lld values equal to gguf-py's\n", kq_type_name(type), (long long)n);
+        free(blocks); free(want); free(got);
+    }
+    fclose(f);
+}
+END_TEST
+
 START_TEST(test_act_quant_golden_llama_cpp) {
     FILE *f = fopen("tests/golden/data/act_quant.bin", "rb");
     ck_assert_msg(f != NULL, "tests/golden/data/act_quant.bin missing (run from the repo root)");
@@ -704,6 +782,7 @@ static Suite *matmul_suite(void) {
     tcase_add_test(tc, test_dequant_q6_k);
     tcase_add_test(tc, test_act_quant_hand);
     tcase_add_test(tc, test_act_quant_simd_equals_scalar);
+    tcase_add_test(tc, test_dequant_golden_gguf_py);
     tcase_add_test(tc, test_act_quant_golden_llama_cpp);
     tcase_add_test(tc, test_init_errors);
     tcase_add_test(tc, test_paths_reported);
