@@ -1,0 +1,362 @@
+/* test_families.c — every model family and RoPE variant against llama.cpp, on
+ * tiny random-weight models (family_model.h).
+ *
+ * Golden data (tests/golden/gen_families.py): for each variant, the seed and
+ * SHA-256 of its model file, llama.cpp's 64 greedy token ids for each of the
+ * 24 golden prompts (greedy_f32.json's ids, so no tokenizer enters), the
+ * logit of its token and the gap to its runner-up at every step, and the full
+ * first-step logits of the longest prompt.  The seeds are chosen so that no
+ * step of llama.cpp's decoding is a near tie (gap >= 1e-3), and the models are
+ * F32, so float summation order is the only difference allowed: the tokens
+ * must be identical, and the logits within 1e-3 of the logits' standard
+ * deviation.
+ * The loader's refusals: an unknown architecture, an unsupported tensor type,
+ * a family tensor missing, an unimplemented RoPE scaling, a rope_freqs tensor
+ * of the wrong length; each error names what is wrong.
+ *
+ * `test_families --write PATH --variant NAME --seed N [--source GGUF]` writes
+ * one model and prints its SHA-256 (the golden script makes the files so).
+ */
+#include <check.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "tests/unit/common_test.h"
+#include "tests/unit/family_model.h"
+
+#include "engine/backend.h"
+#include "engine/batch.h"
+#include "engine/err.h"
+#include "engine/forward.h"
+#include "engine/kv_cache.h"
+#include "engine/model.h"
+
+#define GOLDEN_DIR "tests/golden/data/"
+#define GOLDEN_JSON GOLDEN_DIR "families.json"
+#define REGEN_CMD "make build/tests/test_families && $(tests/golden/setup-venv.sh) tests/golden/gen_families.py"
+#define MAX_PROMPT 256
+#define MAX_GEN 128
+#define MAX_SEQ 512
+#define ERR_CAP 1024
+
+/* Where the binary lives ($(BUILD)/tests/): generated models go to families/ beside it. */
+static char out_dir[4096] = ".";
+
+static const char *out_path(const char *name) {
+    static char buf[4096 + 128];
+    mkdir(out_dir, 0755);
+    ck_assert_int_lt(snprintf(buf, sizeof buf, "%s/%s.gguf", out_dir, name), (int)sizeof buf);
+    return buf;
+}
+
+static json_t *golden_load(void) {
+    json_error_t je;
+    json_t *g = json_load_file(GOLDEN_JSON, 0, &je);
+    ck_assert_msg(g != NULL, "%s: %s (regenerate: %s)", GOLDEN_JSON, je.text, REGEN_CMD);
+    return g;
+}
+
+static json_t *golden_variant(json_t *g, const char *name, int *index) {
+    json_t *vs = json_object_get(g, "variants");
+    for (size_t i = 0; i < json_array_size(vs); i++) {
+        json_t *v = json_array_get(vs, i);
+        if (!strcmp(json_string_value(json_object_get(v, "name")), name)) {
+            *index = (int)i;
+            return v;
+        }
+    }
+    ck_abort_msg("%s has no variant '%s': regenerate the goldens (%s)", GOLDEN_JSON, name, REGEN_CMD);
+    return NULL;
+}
+
+static int json_ids(json_t *arr, int32_t *out, int cap) {
+    int n = (int)json_array_size(arr);
+    ck_assert_int_le(n, cap);
+    for (int i = 0; i < n; i++) out[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
+    return n;
+}
+
+static double json_num(json_t *arr, int i) { return json_number_value(json_array_get(arr, (size_t)i)); }
+
+/* Write the variant's model and check its bytes are the ones the goldens were made from. */
+static const char *make_model(int variant, json_t *g, json_t *gv) {
+    char err[ERR_CAP], hex[ENG_SHA256_HEX];
+    const char *path = out_path(fam_variant_name(variant));
+    const uint64_t seed = (uint64_t)json_integer_value(json_object_get(gv, "seed"));
+    int rc = fam_model_write(test_model_path(), path, variant, seed, NULL, err, sizeof err);
+    ck_assert_msg(rc == 0, "writing %s: %s", path, err);
+    ck_assert_msg(fam_file_sha256(path, hex, err, sizeof err) == 0, "%s", err);
+    const char *want = json_string_value(json_object_get(gv, "sha256"));
+    if (strcmp(hex, want)) {
+        char src_hex[ENG_SHA256_HEX];
+        const char *src_want = json_string_value(json_object_get(g, "source_model_sha256"));
+        ck_assert_msg(fam_file_sha256(test_model_path(), src_hex, err, sizeof err) == 0, "%s", err);
+        ck_assert_msg(!strcmp(src_hex, src_want),
+                      "%s: the tokenizer source %s is not the file the goldens were made from (SHA-256 %s, not %s)",
+                      fam_variant_name(variant), test_model_path(), src_hex, src_want);
+        ck_abort_msg("%s: the generator changed (SHA-256 %s, the goldens have %s): regenerate the goldens with: %s",
+                     fam_variant_name(variant), hex, want, REGEN_CMD);
+    }
+    return path;
+}
+
+struct fx {
+    struct eng_backend be;
+    struct eng_model *m;
+    struct eng_kv kv;
+    struct eng_forward f;
+    struct eng_batch b;
+};
+
+static void fx_open(struct fx *x, const char *path, const char *what) {
+    char err[ERR_CAP];
+    ck_assert_int_eq(eng_backend_cpu_init(&x->be, 2), 0);
+    int rc = eng_model_load(&x->m, path, &x->be, err, sizeof err);
+    ck_assert_msg(rc == 0, "%s: ppd cannot load it: %s", what, err);
+    const struct eng_hparams *hp = &x->m->hp;
+    ck_assert_int_eq(eng_kv_init(&x->kv, &x->be, hp->n_layer, 1, MAX_SEQ, hp->n_head_kv * hp->head_dim), 0);
+    ck_assert_int_eq(eng_forward_init(&x->f, x->m, MAX_PROMPT), 0);
+    ck_assert_int_eq(eng_batch_init(&x->b, MAX_PROMPT, MAX_PROMPT), 0);
+}
+
+static void fx_close(struct fx *x) {
+    eng_batch_free(&x->b);
+    eng_forward_free(&x->f);
+    eng_kv_free(&x->kv);
+    eng_model_free(x->m);
+    eng_backend_free(&x->be);
+}
+
+static void prefill(struct fx *x, const int32_t *ids, int n) {
+    x->kv.len[0] = 0;
+    eng_batch_clear(&x->b);
+    ck_assert_int_eq(eng_batch_add_causal(&x->b, 0, 0, ids, n, true), 0);
+    ck_assert_int_eq(eng_forward_run(&x->f, &x->b, &x->kv, NULL, 0), 0);
+    x->kv.len[0] = n;
+}
+
+static void step(struct fx *x, int32_t id) {
+    eng_batch_clear(&x->b);
+    ck_assert_int_eq(eng_batch_add_causal(&x->b, 0, x->kv.len[0], &id, 1, true), 0);
+    ck_assert_int_eq(eng_forward_run(&x->f, &x->b, &x->kv, NULL, 0), 0);
+    x->kv.len[0] += 1;
+}
+
+static int argmax(const float *v, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+
+/* The first-step logits of the golden's logits prompt against llama.cpp's:
+ * returns the max absolute difference and sets *sd to the reference's
+ * standard deviation. */
+static double first_logits_diff(struct fx *x, json_t *g, int vi, int prompt, double *sd) {
+    const int n_vocab = x->m->hp.n_vocab;
+    char path[512];
+    snprintf(path, sizeof path, GOLDEN_DIR "%s", json_string_value(json_object_get(g, "logits_file")));
+    FILE *fp = fopen(path, "rb");
+    ck_assert_msg(fp != NULL, "cannot open %s", path);
+    float *ref = malloc(sizeof(float) * (size_t)n_vocab);
+    ck_assert_ptr_nonnull(ref);
+    ck_assert_int_eq(fseek(fp, (long)vi * n_vocab * (long)sizeof(float), SEEK_SET), 0);
+    ck_assert_int_eq((int)fread(ref, sizeof(float), (size_t)n_vocab, fp), n_vocab);
+    fclose(fp);
+    int32_t ids[MAX_PROMPT];
+    const int n = json_ids(json_array_get(json_object_get(g, "prompts"), (size_t)prompt), ids, MAX_PROMPT);
+    prefill(x, ids, n);
+    double maxd = 0, sum = 0, sum2 = 0;
+    for (int i = 0; i < n_vocab; i++) {
+        const double d = fabs((double)x->f.logits[i] - ref[i]);
+        if (d > maxd || isnan(d)) maxd = isnan(d) ? INFINITY : d;
+        sum += ref[i];
+        sum2 += (double)ref[i] * ref[i];
+    }
+    *sd = sqrt(sum2 / n_vocab - (sum / n_vocab) * (sum / n_vocab));
+    free(ref);
+    return maxd;
+}
+
+START_TEST(test_variant_matches_llamacpp) {
+    const int variant = _i;
+    const char *name = fam_variant_name(variant);
+    json_t *g = golden_load();
+    int vi;
+    json_t *gv = golden_variant(g, name, &vi);
+    const char *path = make_model(variant, g, gv);
+    struct fx x;
+    fx_open(&x, path, name);
+    const int n_vocab = x.m->hp.n_vocab;
+
+    double sd;
+    const int logits_prompt = (int)json_integer_value(json_object_get(g, "logits_prompt"));
+    const double logits_diff = first_logits_diff(&x, g, vi, logits_prompt, &sd);
+    const double bound = 1e-3 * sd;
+
+    json_t *prompts = json_object_get(g, "prompts"), *gens = json_object_get(gv, "gen");
+    json_t *tops = json_object_get(gv, "top_logit"), *gaps = json_object_get(gv, "gap");
+    ck_assert_int_eq((int)json_array_size(prompts), 24);
+    ck_assert_int_eq((int)json_array_size(gens), 24);
+    /* every prompt; under the sanitizers (PPD_TEST_GOLDEN_CASES=1) fewer */
+    const char *cases_env = getenv("PPD_TEST_GOLDEN_CASES");
+    int n_prompts = cases_env && *cases_env ? atoi(cases_env) : 24;
+    if (n_prompts < 1 || n_prompts > 24) n_prompts = 24;
+    int identical = 0, tokens_equal = 0, tokens_total = 0;
+    double step_diff = 0;
+    for (int c = 0; c < n_prompts; c++) {
+        int32_t ids[MAX_PROMPT], want[MAX_GEN];
+        const int np = json_ids(json_array_get(prompts, (size_t)c), ids, MAX_PROMPT);
+        const int ng = json_ids(json_array_get(gens, (size_t)c), want, MAX_GEN);
+        json_t *top = json_array_get(tops, (size_t)c), *gap = json_array_get(gaps, (size_t)c);
+        prefill(&x, ids, np);
+        int s = 0;
+        for (; s < ng; s++) {
+            const float *lg = x.f.logits;
+            const int got = argmax(lg, n_vocab);
+            const double d = fabs(lg[want[s]] - json_num(top, s));
+            if (d > step_diff || isnan(d)) step_diff = isnan(d) ? INFINITY : d;
+            if (got != want[s]) {
+                printf("families %s: prompt %d diverges at step %d (position %d): llama.cpp %d (logit %.5f, %.5f "
+                       "above its runner-up), ppd %d; ppd's logits: %d -> %.5f, %d -> %.5f\n",
+                       name, c, s, np + s, want[s], json_num(top, s), json_num(gap, s), got, want[s], lg[want[s]],
+                       got, lg[got]);
+                break;
+            }
+            tokens_equal++;
+            if (s + 1 < ng) step(&x, got);
+        }
+        tokens_total += ng;
+        identical += s == ng;
+    }
+    printf("families %s: %d/%d prompts identical to llama.cpp for 64 tokens (%d/%d tokens before a divergence); "
+           "first-step logits of prompt %d: max |ppd - llama.cpp| = %.3e (logit sd %.3f, bound %.1e); "
+           "llama.cpp's token at every step compared: max |ppd - llama.cpp| = %.3e\n",
+           name, identical, n_prompts, tokens_equal, tokens_total, logits_prompt, logits_diff, sd, bound, step_diff);
+    fx_close(&x);
+    json_decref(g);
+    ck_assert_msg(logits_diff <= bound, "%s: first-step logits %.3e from llama.cpp's (bound %.1e)", name,
+                  logits_diff, bound);
+    ck_assert_msg(identical == n_prompts, "%s: %d of %d prompts diverge from llama.cpp", name, n_prompts - identical,
+                  n_prompts);
+    ck_assert_msg(step_diff <= bound, "%s: a step's logit is %.3e from llama.cpp's (bound %.1e)", name, step_diff,
+                  bound);
+}
+END_TEST
+
+/* Load a defective variant: expect code `want` and an error naming each of needles[]. */
+static void expect_refusal(int variant, const struct fam_defect *d, const char *patch_tensor, uint32_t patch_type,
+                           int want, const char *const *needles) {
+    char err[ERR_CAP], name[128];
+    snprintf(name, sizeof name, "defect-%s-%s", fam_variant_name(variant), needles[0]);
+    for (char *p = name; *p; p++)
+        if (*p == '/' || *p == ' ') *p = '_';
+    const char *path = out_path(name);
+    ck_assert_msg(fam_model_write(test_model_path(), path, variant, 1, d, err, sizeof err) == 0, "%s", err);
+    if (patch_tensor)
+        ck_assert_msg(fam_patch_tensor_type(path, patch_tensor, patch_type, err, sizeof err) == 0, "%s", err);
+    struct eng_backend be;
+    struct eng_model *m = NULL;
+    ck_assert_int_eq(eng_backend_cpu_init(&be, 1), 0);
+    err[0] = 0;
+    const int rc = eng_model_load(&m, path, &be, err, sizeof err);
+    printf("families: %s: %s (%s)\n", name, err, eng_err_name(rc));
+    eng_model_free(m);
+    eng_backend_free(&be);
+    ck_assert_msg(rc == want, "%s: eng_model_load returned %s, expected %s (%s)", name, eng_err_name(rc),
+                  eng_err_name(want), err);
+    for (int i = 0; needles[i]; i++)
+        ck_assert_msg(strstr(err, needles[i]), "%s: the error does not name '%s': %s", name, needles[i], err);
+    remove(path);
+}
+
+START_TEST(test_unknown_architecture_refused) {
+    const struct fam_defect d = {.arch = "gemma"};
+    expect_refusal(FAM_LLAMA, &d, NULL, 0, ENG_E_UNSUPPORTED, (const char *const[]){"gemma", NULL});
+}
+END_TEST
+
+/* Types GGUF files use that ppd has no kernels for, in a family other than llama. */
+START_TEST(test_unsupported_tensor_type_refused) {
+    expect_refusal(FAM_QWEN3, &(struct fam_defect){0}, "blk.1.ffn_down.weight", 16, ENG_E_UNSUPPORTED,
+                   (const char *const[]){"blk.1.ffn_down.weight", "IQ2_XXS", NULL});
+    expect_refusal(FAM_QWEN2, &(struct fam_defect){0}, "blk.0.attn_q.weight", 35, ENG_E_UNSUPPORTED,
+                   (const char *const[]){"blk.0.attn_q.weight", "TQ2_0", NULL});
+}
+END_TEST
+
+/* A family's own tensors are required: without them the model computes
+ * something else. */
+START_TEST(test_missing_family_tensor_refused) {
+    expect_refusal(FAM_QWEN2, &(struct fam_defect){.omit_tensor = "blk.1.attn_v.bias"}, NULL, 0, ENG_E_FORMAT,
+                   (const char *const[]){"blk.1.attn_v.bias", NULL});
+    expect_refusal(FAM_QWEN3, &(struct fam_defect){.omit_tensor = "blk.0.attn_k_norm.weight"}, NULL, 0, ENG_E_FORMAT,
+                   (const char *const[]){"blk.0.attn_k_norm.weight", NULL});
+}
+END_TEST
+
+/* A scaling ppd does not implement must stop the load rather than be ignored. */
+START_TEST(test_unknown_rope_scaling_refused) {
+    expect_refusal(FAM_LLAMA_LINEAR, &(struct fam_defect){.scaling_type = "longrope"}, NULL, 0, ENG_E_UNSUPPORTED,
+                   (const char *const[]){"longrope", NULL});
+}
+END_TEST
+
+START_TEST(test_bad_rope_freqs_refused) {
+    expect_refusal(FAM_LLAMA3_ROPE, &(struct fam_defect){.rope_freqs_extra = 1}, NULL, 0, ENG_E_FORMAT,
+                   (const char *const[]){"rope_freqs.weight", NULL});
+}
+END_TEST
+
+/* --write PATH --variant NAME --seed N [--source GGUF] */
+static int write_main(int argc, char **argv) {
+    const char *path = NULL, *vname = NULL, *src = test_model_path();
+    unsigned long long seed = 0;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--write")) path = argv[i + 1];
+        else if (!strcmp(argv[i], "--variant")) vname = argv[i + 1];
+        else if (!strcmp(argv[i], "--seed")) seed = strtoull(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--source")) src = argv[i + 1];
+        else {
+            fprintf(stderr, "unknown option %s\n", argv[i]);
+            return 2;
+        }
+    }
+    const int v = vname ? fam_variant_by_name(vname) : -1;
+    if (!path || v < 0) {
+        fprintf(stderr, "usage: %s --write PATH --variant NAME --seed N [--source GGUF]\n", argv[0]);
+        return 2;
+    }
+    char err[ERR_CAP], hex[ENG_SHA256_HEX];
+    if (fam_model_write(src, path, v, seed, NULL, err, sizeof err) || fam_file_sha256(path, hex, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    printf("%s  %s\n", hex, path);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--write")) return write_main(argc, argv);
+    const char *slash = strrchr(argv[0], '/');
+    if (slash) snprintf(out_dir, sizeof out_dir, "%.*s/families", (int)(slash - argv[0]), argv[0]);
+    else snprintf(out_dir, sizeof out_dir, "families");
+    Suite *s = suite_create("families");
+    TCase *tc = tcase_create("llama.cpp");
+    tcase_set_timeout(tc, 300);
+    tcase_add_loop_test(tc, test_variant_matches_llamacpp, 0, FAM_N_VARIANTS);
+    suite_add_tcase(s, tc);
+    TCase *te = tcase_create("refusals");
+    tcase_set_timeout(te, 120);
+    tcase_add_test(te, test_unknown_architecture_refused);
+    tcase_add_test(te, test_unsupported_tensor_type_refused);
+    tcase_add_test(te, test_missing_family_tensor_refused);
+    tcase_add_test(te, test_unknown_rope_scaling_refused);
+    tcase_add_test(te, test_bad_rope_freqs_refused);
+    suite_add_tcase(s, te);
+    return test_run_suite(s);
+}
