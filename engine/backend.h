@@ -15,6 +15,7 @@
 
 struct eng_batch;
 struct eng_kv;
+struct kq_rope;
 
 /* A weight matrix of n_out rows of n_in elements, prepared by a backend. */
 struct eng_weight {
@@ -57,11 +58,12 @@ struct eng_backend_i {
     /* out_i[r] = x[r] · W_iᵀ for n_w weights sharing the same input (one quantization of x). */
     void (*matmul)(void *ctx, const struct eng_weight *const *w, float *const *out, int n_w,
                    const float *x, int n_tok);
-    /* RoPE on rows of q (n_head heads) and k (n_head_kv heads) at positions pos, then
-     * store k and v rows into the cache at (layer, slot[r], kv_idx[r]). */
+    /* RoPE (kernels/cpu/ops.h; its frequency factors are host memory) on rows of q
+     * (n_head heads) and k (n_head_kv heads) at positions pos, then store k and v rows
+     * into the cache at (layer, slot[r], kv_idx[r]). */
     void (*rope_kv_store)(void *ctx, float *q, float *k, const float *v, const struct eng_batch *b,
                           struct eng_kv *kv, int layer, int n_head, int n_head_kv, int head_dim,
-                          int n_rot, float freq_base, int neox);
+                          const struct kq_rope *rope);
     /* out[r] = attention of q[r] over the entries of its slot that batch row r sees. */
     void (*attention)(void *ctx, const float *q, const struct eng_batch *b, const struct eng_kv *kv,
                       int layer, int n_head, int n_head_kv, int head_dim, float scale, float *out);
@@ -69,6 +71,8 @@ struct eng_backend_i {
     void (*swiglu)(void *ctx, const float *gate, const float *up, int n_tok, int n, float *out);
     /* x += y, n_tok rows of n. */
     void (*add)(void *ctx, float *x, const float *y, int n_tok, int n);
+    /* x[r] += bias, n_tok rows of n (one bias row for all). */
+    void (*add_bias)(void *ctx, float *x, const float *bias, int n_tok, int n);
     /* x[r] += row -1-ids[r] of table (host f32, n wide) for the rows with ids[r] < 0 and
      * -1-ids[r] < n_table: a deep prompt vector into the PPD prompt rows.  NULL where
      * the backend has no such op yet (deep-prompt adapters are then refused). */

@@ -43,14 +43,14 @@ struct cpu_ctx {
     int32_t *rope_pos;      /* [rope_cap] positions whose RoPE angles rope_cs holds */
     float *rope_cs;         /* [rope_cap][KQ_ROPE_MAX_ROT] cos, sin per pair */
     size_t rope_cap;
-    int rope_n, rope_n_rot; /* rows and n_rot of the table (rope_n = 0: none) */
+    int rope_n;             /* rows of the table (0: none) */
+    struct kq_rope rope_of; /* the RoPE it was made for */
     /* The last rmsnorm or SwiGLU output when the calling thread wrote it
      * alone (else NULL; in parallel they split by rows, as the quantization
      * does).  The matmul that reads it next quantizes it where it already
      * is: a thread reading lines another thread just wrote waits on every
      * one of them.  Only speed depends on this, never a result. */
     const float *hot_serial;
-    float rope_base;
 };
 
 static void *cpu_buf_alloc(void *vctx, size_t bytes) { (void)vctx; return calloc(1, bytes ? bytes : 1); }
@@ -242,7 +242,7 @@ static void cpu_matmul(void *vctx, const struct eng_weight *const *w, float *con
 
 struct rope_job {
     float *q, *k; const float *v; const struct eng_batch *b; struct eng_kv *kv; float *cs;
-    int layer, n_head, n_head_kv, head_dim, n_rot, neox, fill; float freq_base;
+    int layer, n_head, n_head_kv, head_dim, fill; const struct kq_rope *rope;
 };
 
 static void rope_region(void *arg, int ith, int nth) {
@@ -251,10 +251,11 @@ static void rope_region(void *arg, int ith, int nth) {
     long r0, r1;
     eng_split(j->b->n_tok, ith, nth, 1, &r0, &r1);
     for (long r = r0; r < r1; r++) {
-        float *qr = j->q + r * q_dim, *kr = j->k + r * kv_dim, *cs = j->cs + r * j->n_rot;
-        if (j->fill) kq_rope_angles(j->b->pos[r], j->n_rot, j->freq_base, cs);
-        kq_rope_apply(qr, j->n_head, j->head_dim, j->n_rot, cs, j->neox);
-        kq_rope_apply(kr, j->n_head_kv, j->head_dim, j->n_rot, cs, j->neox);
+        const int n_rot = j->rope->n_rot;
+        float *qr = j->q + r * q_dim, *kr = j->k + r * kv_dim, *cs = j->cs + r * n_rot;
+        if (j->fill) kq_rope_angles(j->b->pos[r], j->rope, cs);
+        kq_rope_apply(qr, j->n_head, j->head_dim, n_rot, cs, j->rope->neox);
+        kq_rope_apply(kr, j->n_head_kv, j->head_dim, n_rot, cs, j->rope->neox);
         size_t off = eng_kv_offset(j->kv, j->layer, j->b->slot[r], j->b->kv_idx[r]);
         memcpy(j->kv->k + off, kr, sizeof(float) * (size_t)kv_dim);
         memcpy(j->kv->v + off, j->v + r * kv_dim, sizeof(float) * (size_t)kv_dim);
@@ -263,12 +264,17 @@ static void rope_region(void *arg, int ith, int nth) {
 
 static void cpu_rope_kv_store(void *vctx, float *q, float *k, const float *v, const struct eng_batch *b,
                               struct eng_kv *kv, int layer, int n_head, int n_head_kv, int head_dim,
-                              int n_rot, float freq_base, int neox) {
+                              const struct kq_rope *rope_in) {
     struct cpu_ctx *c = vctx;
     const int n = b->n_tok;
-    if (n_rot > KQ_ROPE_MAX_ROT) n_rot = KQ_ROPE_MAX_ROT;
-    const int fill = !(n == c->rope_n && n_rot == c->rope_n_rot && freq_base == c->rope_base &&
-                       !memcmp(b->pos, c->rope_pos, sizeof(int32_t) * (size_t)n));
+    struct kq_rope rope = *rope_in;
+    if (rope.n_rot > KQ_ROPE_MAX_ROT) rope.n_rot = KQ_ROPE_MAX_ROT;
+    const struct kq_rope *o = &c->rope_of;
+    const int same_rope = rope.n_rot == o->n_rot && rope.neox == o->neox && rope.freq_base == o->freq_base &&
+                          rope.freq_scale == o->freq_scale && rope.ext_factor == o->ext_factor &&
+                          rope.attn_factor == o->attn_factor && rope.corr_dims[0] == o->corr_dims[0] &&
+                          rope.corr_dims[1] == o->corr_dims[1] && rope.freq_factors == o->freq_factors;
+    const int fill = !(n == c->rope_n && same_rope && !memcmp(b->pos, c->rope_pos, sizeof(int32_t) * (size_t)n));
     if (fill) {
         if ((size_t)n > c->rope_cap) {
             int32_t *p = realloc(c->rope_pos, sizeof *p * (size_t)n);
@@ -280,10 +286,9 @@ static void cpu_rope_kv_store(void *vctx, float *q, float *k, const float *v, co
         }
         memcpy(c->rope_pos, b->pos, sizeof(int32_t) * (size_t)n);
         c->rope_n = n;
-        c->rope_n_rot = n_rot;
-        c->rope_base = freq_base;
+        c->rope_of = rope;
     }
-    struct rope_job j = {q, k, v, b, kv, c->rope_cs, layer, n_head, n_head_kv, head_dim, n_rot, neox, fill, freq_base};
+    struct rope_job j = {q, k, v, b, kv, c->rope_cs, layer, n_head, n_head_kv, head_dim, fill, &rope};
     /* Below 16 rows (about 1.5 µs a row once the angles are known) the
      * region's start and end cost more than a second thread saves. */
     if (n < 16) rope_region(&j, 0, 1);
@@ -478,6 +483,11 @@ static void cpu_add(void *vctx, float *x, const float *y, int n_tok, int n) {
     else eng_pool_run(c->pool, ew_region, &j);
 }
 
+static void cpu_add_bias(void *vctx, float *x, const float *bias, int n_tok, int n) {
+    (void)vctx;
+    for (int r = 0; r < n_tok; r++) kq_add(x + (size_t)r * (size_t)n, bias, n);
+}
+
 static void cpu_free(void *vctx) {
     struct cpu_ctx *c = vctx;
     if (!c) return;
@@ -507,6 +517,7 @@ static const struct eng_backend_i cpu_iface = {
     .rmsnorm = cpu_rmsnorm,
     .matmul = cpu_matmul,
     .rope_kv_store = cpu_rope_kv_store,
+    .add_bias = cpu_add_bias,
     .attention = cpu_attention,
     .swiglu = cpu_swiglu,
     .add = cpu_add,

@@ -21,6 +21,7 @@
  * Nothing here runs unless the CUDA backend is asked for: a binary built with
  * CUDA starts and runs on the CPU on a machine without a GPU or driver.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,7 @@
 #include "kv_cache.h"
 #include "log.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/qtypes.h"
 #include "kernels/cuda/kcuda.h"
 
@@ -76,6 +78,8 @@ struct cuda_ctx {
         int n, live;
     } *fused;
     int n_fused, fused_cap;
+    const float *ff_host;   /* the RoPE frequency factors ff_dev holds a copy of (NULL: none) */
+    float *ff_dev;
     float *att_ws;          /* device: attention's partial states (kc_attention's ws) */
     size_t att_ws_cap;      /* bytes */
     float *fused_out;       /* device: a fused product's rows before kc_split */
@@ -493,13 +497,32 @@ static void cuda_matmul(void *vctx, const struct eng_weight *const *w, float *co
 }
 
 static void cuda_rope_kv_store(void *vctx, float *q, float *k, const float *v, const struct eng_batch *b,
-                               struct eng_kv *kv, int layer, int n_head, int n_head_kv, int head_dim, int n_rot,
-                               float freq_base, int neox) {
+                               struct eng_kv *kv, int layer, int n_head, int n_head_kv, int head_dim,
+                               const struct kq_rope *rope) {
     struct cuda_ctx *c = vctx;
     c->x16_of = NULL;
     cuda_batch_sync(c, b);
     struct kc_kv kk = cuda_kv(kv);
-    kc_rope_kv_store(q, k, v, &c->kb, &kk, layer, n_head, n_head_kv, head_dim, n_rot, freq_base, neox, c->st);
+    const int n_rot = rope->n_rot < KQ_ROPE_MAX_ROT ? rope->n_rot : KQ_ROPE_MAX_ROT;
+    if (rope->freq_factors && rope->freq_factors != c->ff_host) {   /* the model's, once */
+        const size_t bytes = sizeof(float) * (size_t)(n_rot / 2);
+        cudaFree(c->ff_dev);
+        c->ff_dev = NULL;
+        c->ff_host = NULL;
+        if (cudaMalloc((void **)&c->ff_dev, bytes) != cudaSuccess ||
+            cudaMemcpy(c->ff_dev, rope->freq_factors, bytes, cudaMemcpyHostToDevice) != cudaSuccess)
+            cuda_fatal("rope_kv_store", "cannot upload the RoPE frequency factors", __LINE__);
+        c->ff_host = rope->freq_factors;
+    }
+    /* theta_scale and mscale with kq_rope_angles' expressions */
+    float mscale = rope->attn_factor;
+    if (rope->ext_factor != 0.0f) mscale *= 1.0f + 0.1f * logf(1.0f / rope->freq_scale);
+    const struct kc_rope rp = {.n_rot = n_rot, .neox = rope->neox,
+                               .theta_scale = powf(rope->freq_base, -2.0f / (float)n_rot),
+                               .freq_scale = rope->freq_scale, .ext_factor = rope->ext_factor, .mscale = mscale,
+                               .corr0 = rope->corr_dims[0], .corr1 = rope->corr_dims[1],
+                               .freq_factors = rope->freq_factors ? c->ff_dev : NULL};
+    kc_rope_kv_store(q, k, v, &c->kb, &kk, layer, n_head, n_head_kv, head_dim, &rp, c->st);
     cuda_check_launch("rope_kv_store");
 }
 
@@ -536,6 +559,13 @@ static void cuda_add(void *vctx, float *x, const float *y, int n_tok, int n) {
 
 /* Deep prompts: the vectors of this call's prompt rows go up packed, as in
  * cuda_embed (n_prompt_rows x n floats per layer), then one kernel adds them. */
+static void cuda_add_bias(void *vctx, float *x, const float *bias, int n_tok, int n) {
+    struct cuda_ctx *c = vctx;
+    c->x16_of = NULL;
+    kc_add_bias(x, bias, n_tok, n, c->st);
+    cuda_check_launch("add_bias");
+}
+
 static void cuda_add_rows(void *vctx, float *x, const int32_t *ids, int n_tok, const float *table, int n_table,
                           int n) {
     struct cuda_ctx *c = vctx;
@@ -570,6 +600,7 @@ static void cuda_free(void *vctx) {
     cudaFree(c->x16);
     cudaFree(c->fused_out);
     cudaFree(c->att_ws);
+    cudaFree(c->ff_dev);
     for (int i = 0; i < c->n_fused; i++) cudaFree(c->fused[i].base);   /* members never freed */
     free(c->fused);
     cudaFree(c->ids_dev);
@@ -614,6 +645,7 @@ static const struct eng_backend_i cuda_iface = {
     .swiglu = cuda_swiglu,
     .add = cuda_add,
     .add_rows = cuda_add_rows,
+    .add_bias = cuda_add_bias,
 };
 
 int eng_backend_cuda_built(void) { return 1; }

@@ -1,4 +1,6 @@
-/* forward.c — embed, n_layer × (attention + SwiGLU MLP), final norm, logits. */
+/* forward.c — embed, n_layer × (attention + SwiGLU MLP), final norm, logits.
+ * The families differ only inside attention: qwen2 adds biases to q, k and v;
+ * qwen3 normalises each head of q and k before RoPE. */
 #include "forward.h"
 
 #include <math.h>
@@ -18,9 +20,9 @@ int eng_forward_init(struct eng_forward *f, struct eng_model *m, int max_rows) {
     f->max_rows = max_rows;
     const struct eng_hparams *hp = &m->hp;
     const size_t R = (size_t)max_rows, E = (size_t)hp->n_embd, KV = (size_t)hp->n_head_kv * hp->head_dim;
-    const size_t FF = (size_t)hp->n_ff, NV = (size_t)hp->n_vocab;
+    const size_t FF = (size_t)hp->n_ff, NV = (size_t)hp->n_vocab, QD = (size_t)eng_hparams_q_dim(hp);
     float **bufs[] = {&f->x, &f->xn, &f->q, &f->k, &f->v, &f->attn, &f->gate, &f->up, &f->proj, &f->logits_dev};
-    size_t sizes[] = {R * E, R * E, R * E, R * KV, R * KV, R * E, R * FF, R * FF, R * E, R * NV};
+    size_t sizes[] = {R * E, R * E, R * QD, R * KV, R * KV, R * QD, R * FF, R * FF, R * E, R * NV};
     for (unsigned i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
         *bufs[i] = BE(f)->buf_alloc(BCTX(f), sizes[i] * sizeof(float));
         if (!*bufs[i]) goto err;
@@ -74,8 +76,9 @@ int eng_forward_run_deep(struct eng_forward *f, const struct eng_batch *b, struc
     if (deep && (!BE(f)->add_rows || n_deep < 1)) return ENG_E_UNSUPPORTED;
     const struct eng_model *m = f->m;
     const struct eng_hparams *hp = &m->hp;
-    const int n = b->n_tok, E = hp->n_embd;
+    const int n = b->n_tok, E = hp->n_embd, KV = hp->n_head_kv * hp->head_dim;
     const float scale = 1.0f / sqrtf((float)hp->head_dim);
+    const struct kq_rope rope = eng_hparams_rope(hp);
 
     BE(f)->embed(BCTX(f), &m->tok_embd, b->token, n, extra, n_extra, f->x);
 
@@ -88,8 +91,16 @@ int eng_forward_run_deep(struct eng_forward *f, const struct eng_batch *b, struc
         const struct eng_weight *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
         float *qkv_out[3] = {f->q, f->k, f->v};
         BE(f)->matmul(BCTX(f), qkv_w, qkv_out, 3, f->xn, n);
-        BE(f)->rope_kv_store(BCTX(f), f->q, f->k, f->v, b, kv, l, hp->n_head, hp->n_head_kv, hp->head_dim,
-                             hp->n_rot, hp->rope_freq_base, hp->rope_neox);
+        if (L->bq) {
+            BE(f)->add_bias(BCTX(f), f->q, L->bq, n, eng_hparams_q_dim(hp));
+            BE(f)->add_bias(BCTX(f), f->k, L->bk, n, KV);
+            BE(f)->add_bias(BCTX(f), f->v, L->bv, n, KV);
+        }
+        if (L->q_norm) {   /* each head a row of head_dim */
+            BE(f)->rmsnorm(BCTX(f), f->q, L->q_norm, n * hp->n_head, hp->head_dim, hp->rms_eps, f->q);
+            BE(f)->rmsnorm(BCTX(f), f->k, L->k_norm, n * hp->n_head_kv, hp->head_dim, hp->rms_eps, f->k);
+        }
+        BE(f)->rope_kv_store(BCTX(f), f->q, f->k, f->v, b, kv, l, hp->n_head, hp->n_head_kv, hp->head_dim, &rope);
         BE(f)->attention(BCTX(f), f->q, b, kv, l, hp->n_head, hp->n_head_kv, hp->head_dim, scale, f->attn);
         const struct eng_weight *o_w[1] = {&L->wo};
         float *o_out[1] = {f->proj};

@@ -67,6 +67,18 @@ static int tm_norm(struct eng_tm *tm, const float *src, int n, float **out, uint
     return 0;
 }
 
+/* A bias vector: the model's, or uniform in ±scale. */
+static int tm_bias(struct eng_tm *tm, const float *src, int n, float **out, uint64_t *rng, float scale) {
+    *out = tm_alloc(tm, (size_t)n);
+    if (!*out) return ENG_E_NOMEM;
+    for (int i = 0; i < n; i++) {
+        if (src) { (*out)[i] = src[i]; continue; }
+        *rng = *rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        (*out)[i] = scale * (2.0f * (float)((*rng >> 40) & 0xFFFFFF) / 16777216.0f - 1.0f);
+    }
+    return 0;
+}
+
 static int tm_build(struct eng_tm **out, const struct eng_model *m, const struct eng_hparams *hp, uint64_t seed,
                     float scale, int n_threads) {
     *out = NULL;
@@ -74,25 +86,40 @@ static int tm_build(struct eng_tm **out, const struct eng_model *m, const struct
     if (!tm) return ENG_E_NOMEM;
     tm->hp = *hp;
     tm->kv_dim = hp->n_head_kv * hp->head_dim;
+    tm->q_dim = eng_hparams_q_dim(hp);
     int rc = eng_pool_init(&tm->pool, n_threads);
     if (rc) goto err;
     rc = ENG_E_NOMEM;
+    if (hp->rope_freq_factors) {   /* the model may be closed before training ends */
+        if (!(tm->rope_ff = tm_alloc(tm, (size_t)(hp->n_rot / 2)))) goto err;
+        memcpy(tm->rope_ff, hp->rope_freq_factors, sizeof(float) * (size_t)(hp->n_rot / 2));
+        tm->hp.rope_freq_factors = tm->rope_ff;
+    }
     tm->layers = calloc((size_t)hp->n_layer, sizeof *tm->layers);
     if (!tm->layers) goto err;
     uint64_t rng = seed * 2654435761ULL + 1;
-    const int64_t H = hp->n_embd, KV = tm->kv_dim, F = hp->n_ff;
+    const int64_t H = hp->n_embd, KV = tm->kv_dim, F = hp->n_ff, QD = tm->q_dim;
     for (int l = 0; l < hp->n_layer; l++) {
         struct eng_tm_layer *L = &tm->layers[l];
         const struct eng_layer *ml = m ? &m->layers[l] : NULL;
         if ((rc = tm_norm(tm, ml ? ml->attn_norm : NULL, (int)H, &L->attn_norm, &rng)) ||
             (rc = tm_norm(tm, ml ? ml->ffn_norm : NULL, (int)H, &L->ffn_norm, &rng)) ||
-            (rc = tm_matrix(tm, ml ? &ml->wq : NULL, H, H, &L->wq, &L->wqT, &rng, scale)) ||
+            (rc = tm_matrix(tm, ml ? &ml->wq : NULL, QD, H, &L->wq, &L->wqT, &rng, scale)) ||
             (rc = tm_matrix(tm, ml ? &ml->wk : NULL, KV, H, &L->wk, &L->wkT, &rng, scale)) ||
             (rc = tm_matrix(tm, ml ? &ml->wv : NULL, KV, H, &L->wv, &L->wvT, &rng, scale)) ||
-            (rc = tm_matrix(tm, ml ? &ml->wo : NULL, H, H, &L->wo, &L->woT, &rng, scale)) ||
+            (rc = tm_matrix(tm, ml ? &ml->wo : NULL, H, QD, &L->wo, &L->woT, &rng, scale)) ||
             (rc = tm_matrix(tm, ml ? &ml->w_gate : NULL, F, H, &L->wg, &L->wgT, &rng, scale)) ||
             (rc = tm_matrix(tm, ml ? &ml->w_up : NULL, F, H, &L->wu, &L->wuT, &rng, scale)) ||
             (rc = tm_matrix(tm, ml ? &ml->w_down : NULL, H, F, &L->wd, &L->wdT, &rng, scale)))
+            goto err;
+        if (hp->arch == ENG_ARCH_QWEN2 &&
+            ((rc = tm_bias(tm, ml ? ml->bq : NULL, (int)QD, &L->bq, &rng, 0.5f)) ||
+             (rc = tm_bias(tm, ml ? ml->bk : NULL, (int)KV, &L->bk, &rng, 0.5f)) ||
+             (rc = tm_bias(tm, ml ? ml->bv : NULL, (int)KV, &L->bv, &rng, 0.5f))))
+            goto err;
+        if (hp->arch == ENG_ARCH_QWEN3 &&
+            ((rc = tm_norm(tm, ml ? ml->q_norm : NULL, hp->head_dim, &L->q_norm, &rng)) ||
+             (rc = tm_norm(tm, ml ? ml->k_norm : NULL, hp->head_dim, &L->k_norm, &rng))))
             goto err;
     }
     if ((rc = tm_norm(tm, m ? m->output_norm : NULL, (int)H, &tm->out_norm, &rng)) ||
@@ -125,11 +152,13 @@ void eng_tm_free(struct eng_tm *tm) {
         for (int l = 0; l < tm->hp.n_layer; l++) {
             struct eng_tm_layer *L = &tm->layers[l];
             float *p[] = {L->attn_norm, L->ffn_norm, L->wq, L->wk, L->wv, L->wo, L->wg, L->wu, L->wd,
-                          L->wqT, L->wkT, L->wvT, L->woT, L->wgT, L->wuT, L->wdT};
+                          L->wqT, L->wkT, L->wvT, L->woT, L->wgT, L->wuT, L->wdT,
+                          L->bq, L->bk, L->bv, L->q_norm, L->k_norm};
             for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) free(p[i]);
         }
         free(tm->layers);
     }
+    free(tm->rope_ff);
     free(tm->out_norm);
     free(tm->wout);
     free(tm->woutT);
@@ -141,6 +170,7 @@ void eng_tm_free(struct eng_tm *tm) {
 
 struct tm_act {             /* what one layer keeps for the backward pass */
     float *hin, *q, *k, *v, *p, *o, *hmid, *g, *u;
+    float *qpre, *kpre;     /* qwen3: q and k before their head norms */
 };
 
 struct eng_tm_work {
@@ -171,9 +201,10 @@ int eng_tm_work_init(struct eng_tm_work **out, const struct eng_tm *tm, int n_pr
     w->p_stride = max_prefix + n_prompt;
     w->n_layer = hp->n_layer;
     const size_t R = (size_t)w->max_rows, H = (size_t)hp->n_embd, KV = (size_t)tm->kv_dim, F = (size_t)hp->n_ff;
+    const size_t QD = (size_t)tm->q_dim, HQ = H > QD ? H : QD, NQ = hp->arch == ENG_ARCH_QWEN3;
     const size_t P = R * (size_t)hp->n_head * (size_t)w->p_stride;
-    const size_t per_layer = R * (4 * H + 2 * KV + 2 * F) + P;
-    const size_t common = R * (2 * H + F + (size_t)hp->n_vocab + 3 * H + 2 * KV + 3 * F + H);
+    const size_t per_layer = R * (2 * H + 2 * QD + 2 * KV + 2 * F + NQ * (QD + KV)) + P;
+    const size_t common = R * (2 * H + F + (size_t)hp->n_vocab + 2 * H + QD + 2 * KV + 3 * F + HQ);
     w->act = calloc((size_t)hp->n_layer, sizeof *w->act);
     w->block = malloc((per_layer * (size_t)hp->n_layer + common) * sizeof(float));
     w->row_pos = malloc(R * sizeof(int32_t));
@@ -183,12 +214,13 @@ int eng_tm_work_init(struct eng_tm_work **out, const struct eng_tm *tm, int n_pr
 #define TAKE(dst, n) do { (dst) = p; p += (n); } while (0)
     for (int l = 0; l < hp->n_layer; l++) {
         struct tm_act *A = &w->act[l];
-        TAKE(A->hin, R * H); TAKE(A->q, R * H); TAKE(A->k, R * KV); TAKE(A->v, R * KV);
-        TAKE(A->p, P); TAKE(A->o, R * H); TAKE(A->hmid, R * H); TAKE(A->g, R * F); TAKE(A->u, R * F);
+        TAKE(A->hin, R * H); TAKE(A->q, R * QD); TAKE(A->k, R * KV); TAKE(A->v, R * KV);
+        TAKE(A->p, P); TAKE(A->o, R * QD); TAKE(A->hmid, R * H); TAKE(A->g, R * F); TAKE(A->u, R * F);
+        if (NQ) { TAKE(A->qpre, R * QD); TAKE(A->kpre, R * KV); }
     }
     TAKE(w->hfin, R * H); TAKE(w->a, R * H); TAKE(w->s, R * F); TAKE(w->logits, R * (size_t)hp->n_vocab);
-    TAKE(w->dh, R * H); TAKE(w->da, R * H); TAKE(w->dq, R * H); TAKE(w->dk, R * KV); TAKE(w->dv, R * KV);
-    TAKE(w->dsub, R * F); TAKE(w->dg, R * F); TAKE(w->du, R * F); TAKE(w->dtmp, R * H);
+    TAKE(w->dh, R * H); TAKE(w->da, R * H); TAKE(w->dq, R * QD); TAKE(w->dk, R * KV); TAKE(w->dv, R * KV);
+    TAKE(w->dsub, R * F); TAKE(w->dg, R * F); TAKE(w->du, R * F); TAKE(w->dtmp, R * HQ);
 #undef TAKE
     *out = w;
     return 0;
@@ -263,7 +295,7 @@ static inline const float *tm_key(const struct tm_run *t, const struct eng_tm_cu
 static void tm_attn_fwd_region(void *arg, int ith, int nth) {
     struct tm_run *t = arg;
     const struct eng_hparams *hp = &t->tm->hp;
-    const int hd = hp->head_dim, H = hp->n_embd, grp = hp->n_head / hp->n_head_kv;
+    const int hd = hp->head_dim, H = t->tm->q_dim, grp = hp->n_head / hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)hd);
     long cb, ce;
     eng_split(t->n_cut, ith, nth, 1, &cb, &ce);
@@ -292,7 +324,7 @@ static void tm_attn_fwd_region(void *arg, int ith, int nth) {
 static void tm_attn_bwd_region(void *arg, int ith, int nth) {
     struct tm_run *t = arg;
     const struct eng_hparams *hp = &t->tm->hp;
-    const int hd = hp->head_dim, H = hp->n_embd, KV = t->tm->kv_dim, grp = hp->n_head / hp->n_head_kv;
+    const int hd = hp->head_dim, H = t->tm->q_dim, KV = t->tm->kv_dim, grp = hp->n_head / hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)hd);
     struct eng_tm_work *w = t->w;
     float *dp = w->dp + (size_t)ith * w->p_stride;   /* this thread's dO · v_j */
@@ -399,6 +431,8 @@ int eng_tm_run(const struct eng_tm *tm, struct eng_tm_work *w, const float *emb,
     for (int c = 0; c < n_cut; c++)
         if (cuts[c].n_prefix < 1 || cuts[c].n_prefix > w->max_prefix) return ENG_E_RANGE;
     const int N = n_prompt, R = n_cut * N, H = hp->n_embd, KV = tm->kv_dim, F = hp->n_ff, V = hp->n_vocab;
+    const int QD = tm->q_dim, hd = hp->head_dim;
+    const struct kq_rope rope = eng_hparams_rope(hp);
     const int backward = grad != NULL;
     double *row_kl = malloc((size_t)R * sizeof(double));
     int *row_rank = malloc((size_t)R * sizeof(int));
@@ -421,18 +455,30 @@ int eng_tm_run(const struct eng_tm *tm, struct eng_tm_work *w, const float *emb,
                 for (int j = 0; j < H; j++) x[j] += dv[j];
             }
         for (int r = 0; r < R; r++) kq_rmsnorm_row(A->hin + (size_t)r * H, L->attn_norm, H, hp->rms_eps, w->a + (size_t)r * H);
-        tm_gemm(tm, w->a, R, L->wq, H, H, A->q, 0);
+        tm_gemm(tm, w->a, R, L->wq, H, QD, A->q, 0);
         tm_gemm(tm, w->a, R, L->wk, H, KV, A->k, 0);
         tm_gemm(tm, w->a, R, L->wv, H, KV, A->v, 0);
+        if (L->bq)
+            for (int r = 0; r < R; r++) {
+                kq_add(A->q + (size_t)r * QD, L->bq, QD);
+                kq_add(A->k + (size_t)r * KV, L->bk, KV);
+                kq_add(A->v + (size_t)r * KV, L->bv, KV);
+            }
+        if (L->q_norm) {   /* each head normalised on its own; the inputs kept for the backward pass */
+            memcpy(A->qpre, A->q, (size_t)R * QD * sizeof(float));
+            memcpy(A->kpre, A->k, (size_t)R * KV * sizeof(float));
+            for (int e = 0; e < R * hp->n_head; e++) kq_rmsnorm_row(A->q + (size_t)e * hd, L->q_norm, hd, hp->rms_eps, A->q + (size_t)e * hd);
+            for (int e = 0; e < R * hp->n_head_kv; e++) kq_rmsnorm_row(A->k + (size_t)e * hd, L->k_norm, hd, hp->rms_eps, A->k + (size_t)e * hd);
+        }
         for (int r = 0; r < R; r++) {
-            kq_rope_row(A->q + (size_t)r * H, hp->n_head, hp->head_dim, hp->n_rot, w->row_pos[r], hp->rope_freq_base, hp->rope_neox);
-            kq_rope_row(A->k + (size_t)r * KV, hp->n_head_kv, hp->head_dim, hp->n_rot, w->row_pos[r], hp->rope_freq_base, hp->rope_neox);
+            kq_rope_row(A->q + (size_t)r * QD, hp->n_head, hd, w->row_pos[r], &rope);
+            kq_rope_row(A->k + (size_t)r * KV, hp->n_head_kv, hd, w->row_pos[r], &rope);
         }
         t.layer = l;
         t.A = A;
         eng_pool_run(tm->pool, tm_attn_fwd_region, &t);
         memcpy(A->hmid, A->hin, (size_t)R * H * sizeof(float));
-        tm_gemm(tm, A->o, R, L->wo, H, H, A->hmid, 1);
+        tm_gemm(tm, A->o, R, L->wo, QD, H, A->hmid, 1);
         for (int r = 0; r < R; r++) kq_rmsnorm_row(A->hmid + (size_t)r * H, L->ffn_norm, H, hp->rms_eps, w->a + (size_t)r * H);
         tm_gemm(tm, w->a, R, L->wg, H, F, A->g, 0);
         tm_gemm(tm, w->a, R, L->wu, H, F, A->u, 0);
@@ -477,15 +523,25 @@ int eng_tm_run(const struct eng_tm *tm, struct eng_tm_work *w, const float *emb,
         for (int r = 0; r < R; r++)   /* dh becomes ∂/∂hmid */
             tm_rmsnorm_back_add(A->hmid + (size_t)r * H, L->ffn_norm, w->da + (size_t)r * H, H, hp->rms_eps, w->dh + (size_t)r * H);
         /* attention: hmid = hin + o · woᵀ */
-        tm_gemm(tm, w->dh, R, L->woT, H, H, w->dtmp, 0);
+        tm_gemm(tm, w->dh, R, L->woT, H, QD, w->dtmp, 0);
         t.layer = l;
         t.A = A;
         eng_pool_run(tm->pool, tm_attn_bwd_region, &t);
-        for (int r = 0; r < R; r++) {   /* RoPE is a rotation: its transpose turns by -angle */
-            kq_rope_row(w->dq + (size_t)r * H, hp->n_head, hp->head_dim, hp->n_rot, -w->row_pos[r], hp->rope_freq_base, hp->rope_neox);
-            kq_rope_row(w->dk + (size_t)r * KV, hp->n_head_kv, hp->head_dim, hp->n_rot, -w->row_pos[r], hp->rope_freq_base, hp->rope_neox);
+        for (int r = 0; r < R; r++) {   /* RoPE turns and scales: its transpose turns back by -angle */
+            kq_rope_row(w->dq + (size_t)r * QD, hp->n_head, hd, -w->row_pos[r], &rope);
+            kq_rope_row(w->dk + (size_t)r * KV, hp->n_head_kv, hd, -w->row_pos[r], &rope);
         }
-        tm_gemm(tm, w->dq, R, L->wqT, H, H, w->da, 0);
+        if (L->q_norm) {   /* through the head norms, into dtmp (free again) and back */
+            memset(w->dtmp, 0, (size_t)R * QD * sizeof(float));
+            for (int e = 0; e < R * hp->n_head; e++)
+                tm_rmsnorm_back_add(A->qpre + (size_t)e * hd, L->q_norm, w->dq + (size_t)e * hd, hd, hp->rms_eps, w->dtmp + (size_t)e * hd);
+            memcpy(w->dq, w->dtmp, (size_t)R * QD * sizeof(float));
+            memset(w->dtmp, 0, (size_t)R * KV * sizeof(float));
+            for (int e = 0; e < R * hp->n_head_kv; e++)
+                tm_rmsnorm_back_add(A->kpre + (size_t)e * hd, L->k_norm, w->dk + (size_t)e * hd, hd, hp->rms_eps, w->dtmp + (size_t)e * hd);
+            memcpy(w->dk, w->dtmp, (size_t)R * KV * sizeof(float));
+        }
+        tm_gemm(tm, w->dq, R, L->wqT, QD, H, w->da, 0);
         tm_gemm(tm, w->dk, R, L->wkT, KV, H, w->da, 1);
         tm_gemm(tm, w->dv, R, L->wvT, KV, H, w->da, 1);
         for (int r = 0; r < R; r++)   /* dh becomes ∂/∂hin */

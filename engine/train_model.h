@@ -37,11 +37,14 @@ struct eng_tm_layer {
     float *attn_norm, *ffn_norm;                   /* [H] */
     float *wq, *wk, *wv, *wo, *wg, *wu, *wd;       /* [n_out, n_in] */
     float *wqT, *wkT, *wvT, *woT, *wgT, *wuT, *wdT;/* [n_in, n_out] */
+    float *bq, *bk, *bv;                           /* qwen2: [QD], [KV], [KV]; else NULL */
+    float *q_norm, *k_norm;                        /* qwen3: [head_dim]; else NULL */
 };
 
 struct eng_tm {
-    struct eng_hparams hp;
-    int kv_dim;
+    struct eng_hparams hp;         /* rope_freq_factors points at rope_ff */
+    int kv_dim, q_dim;
+    float *rope_ff;                /* [n_rot/2] copy of the model's, or NULL */
     struct eng_tm_layer *layers;   /* [n_layer] */
     float *out_norm;               /* [H] */
     float *wout, *woutT;           /* [V, H], [H, V] */

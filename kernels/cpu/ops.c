@@ -61,14 +61,45 @@ __attribute__((target("avx2"))) static void rmsnorm_avx2(const float *x, const f
 }
 #endif
 
-void kq_rope_angles(int32_t pos, int n_rot, float freq_base, float *cs) {
+struct kq_rope kq_rope_plain(int n_rot, int neox, float freq_base) {
+    struct kq_rope r = {.n_rot = n_rot, .neox = neox, .freq_base = freq_base, .freq_scale = 1.0f,
+                        .ext_factor = 0.0f, .attn_factor = 1.0f};
+    return r;
+}
+
+/* The pair index where the wavelength spans n_ctx_orig / n_turns turns. */
+static float rope_yarn_corr_dim(int n_rot, int n_ctx_orig, float n_turns, float base) {
+    return (float)n_rot * logf((float)n_ctx_orig / (n_turns * 2.0f * (float)M_PI)) / (2.0f * logf(base));
+}
+
+void kq_rope_set_yarn(struct kq_rope *r, float factor, int n_ctx_orig, float beta_fast, float beta_slow) {
+    r->freq_scale = 1.0f / factor;
+    r->ext_factor = 1.0f;
+    const float start = floorf(rope_yarn_corr_dim(r->n_rot, n_ctx_orig, beta_fast, r->freq_base));
+    const float end = ceilf(rope_yarn_corr_dim(r->n_rot, n_ctx_orig, beta_slow, r->freq_base));
+    r->corr_dims[0] = start > 0.0f ? start : 0.0f;
+    r->corr_dims[1] = end < (float)(r->n_rot - 1) ? end : (float)(r->n_rot - 1);
+}
+
+void kq_rope_angles(int32_t pos, const struct kq_rope *r, float *cs) {
     /* Angles by repeated multiplication, as ggml computes them, rather than
      * powf per dimension: it keeps our logits within float noise of llama.cpp's. */
-    const float theta_scale = powf(freq_base, -2.0f / (float)n_rot);
+    const int n_rot = r->n_rot < KQ_ROPE_MAX_ROT ? r->n_rot : KQ_ROPE_MAX_ROT;
+    const float theta_scale = powf(r->freq_base, -2.0f / (float)n_rot);
+    float mscale = r->attn_factor;
+    if (r->ext_factor != 0.0f) mscale *= 1.0f + 0.1f * logf(1.0f / r->freq_scale);
     float theta = (float)pos;
     for (int i = 0; i < n_rot / 2; i++) {
-        cs[2 * i] = cosf(theta);
-        cs[2 * i + 1] = sinf(theta);
+        const float extrap = r->freq_factors ? theta / r->freq_factors[i] : theta;
+        float t = r->freq_scale * extrap;
+        if (r->ext_factor != 0.0f) {
+            const float span = r->corr_dims[1] - r->corr_dims[0];
+            const float y = ((float)i - r->corr_dims[0]) / (span > 0.001f ? span : 0.001f);
+            const float ramp = (1.0f - (y < 0.0f ? 0.0f : y > 1.0f ? 1.0f : y)) * r->ext_factor;
+            t = t * (1.0f - ramp) + extrap * ramp;
+        }
+        cs[2 * i] = cosf(t) * mscale;
+        cs[2 * i + 1] = sinf(t) * mscale;
         theta *= theta_scale;
     }
 }
@@ -87,11 +118,10 @@ void kq_rope_apply(float *x, int n_head, int head_dim, int n_rot, const float *c
     }
 }
 
-void kq_rope_row(float *x, int n_head, int head_dim, int n_rot, int32_t pos, float freq_base, int neox) {
+void kq_rope_row(float *x, int n_head, int head_dim, int32_t pos, const struct kq_rope *r) {
     float cs[2 * KQ_ROPE_MAX_ROT];
-    if (n_rot > KQ_ROPE_MAX_ROT) n_rot = KQ_ROPE_MAX_ROT;
-    kq_rope_angles(pos, n_rot, freq_base, cs);
-    kq_rope_apply(x, n_head, head_dim, n_rot, cs, neox);
+    kq_rope_angles(pos, r, cs);
+    kq_rope_apply(x, n_head, head_dim, r->n_rot < KQ_ROPE_MAX_ROT ? r->n_rot : KQ_ROPE_MAX_ROT, cs, r->neox);
 }
 
 /* ---- the exponential ----

@@ -17,17 +17,43 @@
  * fixed tree.  out may alias x. */
 void kq_rmsnorm_row(const float *x, const float *w, int n, float eps, float *out);
 
-/* Rotate n_head heads of head_dim at position pos, first n_rot dims of each head.
- * neox = 0: pairs (2i, 2i+1) (GGUF "normal" llama layout); neox = 1: pairs (i, i + n_rot/2).
- * Same as kq_rope_angles then kq_rope_apply; n_rot is capped at KQ_ROPE_MAX_ROT. */
-void kq_rope_row(float *x, int n_head, int head_dim, int n_rot, int32_t pos, float freq_base, int neox);
-
 #define KQ_ROPE_MAX_ROT 1024
+
+/* RoPE as a model defines it, with ggml's arithmetic (rope_yarn): pair i of a
+ * head at position pos turns by
+ *   theta = pos * base^(-2i/n_rot) / ff[i]      (ff: Llama 3's rope_freqs, else 1)
+ *   theta' = freq_scale * theta                  (linear / YaRN interpolation)
+ *   YaRN only: theta' mixed back towards theta by a ramp over the pairs
+ *              between corr_dims, and cos, sin scaled by
+ *              attn_factor * (1 + 0.1 ln(1/freq_scale))
+ * and cos, sin scaled by attn_factor (1 unless the model says otherwise).
+ * With freq_scale 1, no ff and no YaRN every factor is exactly 1, so plain
+ * RoPE's bits are unchanged. */
+struct kq_rope {
+    int n_rot;                  /* rotated dimensions per head (even, <= KQ_ROPE_MAX_ROT) */
+    int neox;                   /* 0: pairs (2i, 2i+1) (GGUF llama); 1: pairs (i, i + n_rot/2) */
+    float freq_base;
+    float freq_scale;           /* 1 / scaling factor; 1 for none */
+    float ext_factor;           /* YaRN: 1; otherwise 0 */
+    float attn_factor;
+    float corr_dims[2];         /* YaRN's ramp, in pairs */
+    const float *freq_factors;  /* n_rot/2 divisors, or NULL */
+};
+
+/* Plain RoPE: freq_scale 1, no YaRN, no frequency factors. */
+struct kq_rope kq_rope_plain(int n_rot, int neox, float freq_base);
+/* Turn on YaRN for a model trained on n_ctx_orig positions and stretched by
+ * `factor`, with ggml's correction range for beta_fast and beta_slow. */
+void kq_rope_set_yarn(struct kq_rope *r, float factor, int n_ctx_orig, float beta_fast, float beta_slow);
+
+/* Rotate n_head heads of head_dim at position pos, the first r->n_rot dims of
+ * each.  Same as kq_rope_angles then kq_rope_apply. */
+void kq_rope_row(float *x, int n_head, int head_dim, int32_t pos, const struct kq_rope *r);
 
 /* cs[2i], cs[2i + 1] = cos, sin of the angle of pair i at pos, for i < n_rot / 2
  * (the angles depend on the position only, so a forward pass can compute them
  * once per row for all layers). */
-void kq_rope_angles(int32_t pos, int n_rot, float freq_base, float *cs);
+void kq_rope_angles(int32_t pos, const struct kq_rope *r, float *cs);
 /* Rotate as kq_rope_row does, with angles from kq_rope_angles. */
 void kq_rope_apply(float *x, int n_head, int head_dim, int n_rot, const float *cs, int neox);
 

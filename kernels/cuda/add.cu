@@ -1,4 +1,5 @@
-/* add.cu — the residual add x += y: the twin of kq_add. */
+/* add.cu — the residual add x += y (the twin of kq_add), the bias add and the
+ * deep-prompt rows. */
 #include "kernels/cuda/kcuda.h"
 
 static __global__ void add_elems(float *x, const float *y, int64_t n) {
@@ -24,4 +25,16 @@ extern "C" void kc_add(float *x, const float *y, int n_tok, int n, cudaStream_t 
     if (total < 1) return;
     const int64_t blocks = (total + 255) / 256;
     add_elems<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, st>>>(x, y, total);
+}
+
+static __global__ void add_bias_elems(float *x, const float *bias, int64_t total, int n) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        x[i] = __fadd_rn(x[i], bias[i % n]);
+}
+
+extern "C" void kc_add_bias(float *x, const float *bias, int n_tok, int n, cudaStream_t st) {
+    const int64_t total = (int64_t)n_tok * n;
+    if (total < 1) return;
+    const int64_t blocks = (total + 255) / 256;
+    add_bias_elems<<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, st>>>(x, bias, total, n);
 }

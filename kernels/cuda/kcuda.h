@@ -52,8 +52,16 @@ void kc_rmsnorm(const float *x, const float *w, int n_tok, int n, float eps, flo
 /* RoPE on q (n_head heads) and k (n_head_kv heads) at the batch's positions, then
  * K and V rows into the cache at (layer, slot[r], kv_idx[r]).  neox: pairs
  * (i, i + n_rot/2), else (2i, 2i+1). */
+/* The RoPE of kernels/cpu/ops.h (struct kq_rope) in the terms the kernel
+ * uses; the host computes theta_scale and mscale with the CPU's expressions. */
+struct kc_rope {
+    int n_rot, neox;
+    float theta_scale;          /* freq_base^(-2/n_rot) */
+    float freq_scale, ext_factor, mscale, corr0, corr1;
+    const float *freq_factors;  /* device, n_rot/2 values, or NULL */
+};
 void kc_rope_kv_store(float *q, float *k, const float *v, const struct kc_batch *b, const struct kc_kv *kv,
-                      int layer, int n_head, int n_head_kv, int head_dim, int n_rot, float freq_base, int neox,
+                      int layer, int n_head, int n_head_kv, int head_dim, const struct kc_rope *rope,
                       cudaStream_t st);
 /* Largest head_dim kc_attention supports. */
 #define KC_ATTN_MAX_HEAD_DIM 256
@@ -87,6 +95,8 @@ void kc_attention(const float *q, const struct kc_batch *b, const struct kc_kv *
 void kc_swiglu(const float *gate, const float *up, int n_tok, int n, float *out, uint16_t *out16, cudaStream_t st);
 /* x += y over n_tok * n elements. */
 void kc_add(float *x, const float *y, int n_tok, int n, cudaStream_t st);
+/* x[r] += bias for n_tok rows of n. */
+void kc_add_bias(float *x, const float *bias, int n_tok, int n, cudaStream_t st);
 /* x[r] += rows[map[r]] (rows of n) for the batch rows with map[r] >= 0: deep
  * prompt vectors into the PPD prompt rows (the CPU backend's add_rows). */
 void kc_add_rows(float *x, const int32_t *map, int n_tok, const float *rows, int n, cudaStream_t st);

@@ -1,8 +1,9 @@
 /* rope.cu — RoPE on the q and k rows of a batch and the store of k and v into
  * the KV cache: the twin of cpu_rope_kv_store (kq_rope_angles + kq_rope_apply).
  * Angles by repeated multiplication as the CPU computes them (theta_i =
- * pos * base^(-2/n_rot)^i), then accurate cosf/sinf (no fast-math).  Both
- * pair layouts: GGUF llama's (2i, 2i+1) and NeoX's (i, i + n_rot/2).
+ * pos * base^(-2/n_rot)^i), then the same frequency factors, linear scaling
+ * and YaRN ramp as kq_rope_angles, and accurate cosf/sinf (no fast-math).
+ * Both pair layouts: GGUF llama's (2i, 2i+1) and NeoX's (i, i + n_rot/2).
  * Blocks of ROPE_HEADS heads of one row (grid: rows x head groups): each
  * block makes the row's angles (one thread runs the multiplication chain, then
  * all take cos/sin in parallel), rotates its heads, and stores the K and V
@@ -16,7 +17,9 @@
 #define ROPE_HEADS 4
 
 static __global__ void rope_rows(float *q, float *k, const float *v, struct kc_batch b, struct kc_kv kv, int layer,
-                                 int n_head, int n_head_kv, int head_dim, int n_rot, float theta_scale, int neox) {
+                                 int n_head, int n_head_kv, int head_dim, struct kc_rope rp) {
+    const int n_rot = rp.n_rot, neox = rp.neox;
+    const float theta_scale = rp.theta_scale;
     __shared__ float theta_sh[ROPE_MAX_PAIRS];
     __shared__ float cs[2 * ROPE_MAX_PAIRS];
     const int r = blockIdx.x, half = n_rot / 2, h0 = blockIdx.y * ROPE_HEADS;
@@ -29,8 +32,16 @@ static __global__ void rope_rows(float *q, float *k, const float *v, struct kc_b
     }
     __syncthreads();
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        cs[2 * i] = cosf(theta_sh[i]);
-        cs[2 * i + 1] = sinf(theta_sh[i]);
+        const float extrap = rp.freq_factors ? __fdiv_rn(theta_sh[i], rp.freq_factors[i]) : theta_sh[i];
+        float t = __fmul_rn(rp.freq_scale, extrap);
+        if (rp.ext_factor != 0.0f) {
+            const float span = __fsub_rn(rp.corr1, rp.corr0);
+            const float y = __fdiv_rn(__fsub_rn((float)i, rp.corr0), span > 0.001f ? span : 0.001f);
+            const float ramp = __fmul_rn(__fsub_rn(1.0f, y < 0.0f ? 0.0f : y > 1.0f ? 1.0f : y), rp.ext_factor);
+            t = __fadd_rn(__fmul_rn(t, __fsub_rn(1.0f, ramp)), __fmul_rn(extrap, ramp));
+        }
+        cs[2 * i] = __fmul_rn(cosf(t), rp.mscale);
+        cs[2 * i + 1] = __fmul_rn(sinf(t), rp.mscale);
     }
     __syncthreads();
     const int q_dim = n_head * head_dim, kv_dim = n_head_kv * head_dim, n_h = n_head + n_head_kv;
@@ -59,13 +70,12 @@ static __global__ void rope_rows(float *q, float *k, const float *v, struct kc_b
 }
 
 extern "C" void kc_rope_kv_store(float *q, float *k, const float *v, const struct kc_batch *b, const struct kc_kv *kv,
-                                 int layer, int n_head, int n_head_kv, int head_dim, int n_rot, float freq_base,
-                                 int neox, cudaStream_t st) {
+                                 int layer, int n_head, int n_head_kv, int head_dim, const struct kc_rope *rope,
+                                 cudaStream_t st) {
     if (b->n_tok < 1) return;
-    if (n_rot > 2 * ROPE_MAX_PAIRS) n_rot = 2 * ROPE_MAX_PAIRS;
-    if (n_rot > head_dim) n_rot = head_dim;
-    /* Same float expression as kq_rope_angles' theta_scale, on the host. */
-    const float theta_scale = powf(freq_base, -2.0f / (float)n_rot);
+    struct kc_rope rp = *rope;
+    if (rp.n_rot > 2 * ROPE_MAX_PAIRS) rp.n_rot = 2 * ROPE_MAX_PAIRS;
+    if (rp.n_rot > head_dim) rp.n_rot = head_dim;
     const dim3 grid((unsigned)b->n_tok, (unsigned)((n_head + n_head_kv + ROPE_HEADS - 1) / ROPE_HEADS));
-    rope_rows<<<grid, 128, 0, st>>>(q, k, v, *b, *kv, layer, n_head, n_head_kv, head_dim, n_rot, theta_scale, neox);
+    rope_rows<<<grid, 128, 0, st>>>(q, k, v, *b, *kv, layer, n_head, n_head_kv, head_dim, rp);
 }

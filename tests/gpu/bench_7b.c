@@ -82,6 +82,7 @@ static void op_profile(struct eng_forward *f, struct eng_kv *kv, struct eng_batc
                        int rows, double step_s) {
     const struct eng_model *m = f->m;
     const struct eng_hparams *hp = &m->hp;
+    const struct kq_rope rope = eng_hparams_rope(hp);
     const struct eng_backend_i *be = f->be->iface;
     void *ctx = f->be->ctx;
     const struct eng_layer *L = &m->layers[0];
@@ -103,7 +104,7 @@ static void op_profile(struct eng_forward *f, struct eng_kv *kv, struct eng_batc
                 case 0: be->rmsnorm(ctx, f->x, L->attn_norm, n, E, hp->rms_eps, f->xn); break;
                 case 1: be->matmul(ctx, qkv, qkv_o, 3, f->xn, n); break;
                 case 2: be->rope_kv_store(ctx, f->q, f->k, f->v, b, kv, 0, hp->n_head, hp->n_head_kv, hp->head_dim,
-                                          hp->n_rot, hp->rope_freq_base, hp->rope_neox); break;
+                                          &rope); break;
                 case 3: be->attention(ctx, f->q, b, kv, 0, hp->n_head, hp->n_head_kv, hp->head_dim,
                                       1.0f / sqrtf((float)hp->head_dim), f->attn); break;
                 case 4: be->matmul(ctx, wo, p_o, 1, f->attn, n); break;

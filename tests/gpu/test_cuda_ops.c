@@ -41,6 +41,7 @@
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/kv_cache.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/qtypes.h"
 #include "tests/gpu/random_model.h"
@@ -321,9 +322,16 @@ static void test_attention(const struct att_case *tc) {
     fill(v, (size_t)n * kv_dim, 1.0f);
     float *qc = up(&cpu, q, QB), *kc = up(&cpu, k, KB), *vc = up(&cpu, v, KB), *oc = up(&cpu, NULL, QB);
     float *qg = up(&gpu, q, QB), *kg = up(&gpu, k, KB), *vg = up(&gpu, v, KB), *og = up(&gpu, NULL, QB);
-    const float base = 10000.0f;
-    IF(&cpu)->rope_kv_store(cpu.ctx, qc, kc, vc, &b, &kvc, layer, tc->n_head, tc->n_head_kv, hd, hd, base, tc->neox);
-    IF(&gpu)->rope_kv_store(gpu.ctx, qg, kg, vg, &b, &kvg, layer, tc->n_head, tc->n_head_kv, hd, hd, base, tc->neox);
+    /* The NeoX cases also scale: YaRN and Llama 3-style frequency factors. */
+    struct kq_rope rope = kq_rope_plain(hd, tc->neox, 10000.0f);
+    float ff[KQ_ROPE_MAX_ROT / 2];
+    if (tc->neox) {
+        for (int i = 0; i < hd / 2; i++) ff[i] = 1.0f + 0.25f * (float)(i % 5);
+        rope.freq_factors = ff;
+        kq_rope_set_yarn(&rope, 4.0f, 64, 32.0f, 1.0f);
+    }
+    IF(&cpu)->rope_kv_store(cpu.ctx, qc, kc, vc, &b, &kvc, layer, tc->n_head, tc->n_head_kv, hd, &rope);
+    IF(&gpu)->rope_kv_store(gpu.ctx, qg, kg, vg, &b, &kvg, layer, tc->n_head, tc->n_head_kv, hd, &rope);
     float *h1 = xmalloc(QB), *h2 = xmalloc(QB);
     char name[160];
     down(&cpu, h1, qc, QB);

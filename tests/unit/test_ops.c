@@ -113,14 +113,15 @@ START_TEST(test_rope) {
     float x[8] = {1, 0, 0, 1, 1, 0, 0, 1};
     float y[8];
     memcpy(y, x, sizeof x);
-    kq_rope_row(y, 2, 4, 4, 0, 10000.0f, 0);
+    const struct kq_rope plain4 = kq_rope_plain(4, 0, 10000.0f), neox4 = kq_rope_plain(4, 1, 10000.0f);
+    kq_rope_row(y, 2, 4, 0, &plain4);
     ck_assert_int_eq(memcmp(x, y, sizeof x), 0);
-    kq_rope_row(y, 2, 4, 4, 1, 10000.0f, 0);
+    kq_rope_row(y, 2, 4, 1, &plain4);
     ck_assert_float_eq_tol(y[0], cosf(1.0f), 1e-6);
     ck_assert_float_eq_tol(y[1], sinf(1.0f), 1e-6);
     ck_assert_float_eq_tol(y[4], cosf(1.0f), 1e-6);
     float z[4] = {1, 0, 0, 0};
-    kq_rope_row(z, 1, 4, 4, 1, 10000.0f, 1);
+    kq_rope_row(z, 1, 4, 1, &neox4);
     ck_assert_float_eq_tol(z[0], cosf(1.0f), 1e-6);
     ck_assert_float_eq_tol(z[2], sinf(1.0f), 1e-6);
     /* angles once, applied to several head groups: the same as kq_rope_row */
@@ -128,11 +129,60 @@ START_TEST(test_rope) {
     float h1[9 * 64], h2[9 * 64], cs[64];
     for (int i = 0; i < 9 * 64; i++) h1[i] = h2[i] = frand(&seed);
     for (int neox = 0; neox < 2; neox++) {
-        kq_rope_row(h1, 9, 64, 64, 1234, 100000.0f, neox);
-        kq_rope_angles(1234, 64, 100000.0f, cs);
+        const struct kq_rope r = kq_rope_plain(64, neox, 100000.0f);
+        kq_rope_row(h1, 9, 64, 1234, &r);
+        kq_rope_angles(1234, &r, cs);
         kq_rope_apply(h2, 9, 64, 64, cs, neox);
         ck_assert_int_eq(memcmp(h1, h2, sizeof h1), 0);
     }
+}
+END_TEST
+
+/* Scaled RoPE: linear scaling turns every pair by freq_scale times its angle;
+ * frequency factors divide a pair's angle; YaRN leaves the fastest pairs (below
+ * its ramp) at their unscaled angle, moves the slowest (above it) to the
+ * interpolated one, and scales cos and sin by 1 + 0.1 ln(factor).  Turning by
+ * -pos undoes a rotation at pos up to that scale (the training backward pass
+ * relies on it). */
+START_TEST(test_rope_scaled) {
+    const int n_rot = 64, pos = 300;
+    const float base = 10000.0f, theta_scale = powf(base, -2.0f / (float)n_rot);
+    float cs[64], cs_plain[64];
+    struct kq_rope r = kq_rope_plain(n_rot, 1, base);
+    kq_rope_angles(pos, &r, cs_plain);
+    r.freq_scale = 0.25f;
+    kq_rope_angles(pos, &r, cs);
+    ck_assert_float_eq_tol(cs[0], cosf(0.25f * pos), 1e-6);
+    ck_assert_float_eq_tol(cs[1], sinf(0.25f * pos), 1e-6);
+    float ff[32];
+    for (int i = 0; i < 32; i++) ff[i] = 1.0f + (float)i;
+    r = kq_rope_plain(n_rot, 1, base);
+    r.freq_factors = ff;
+    kq_rope_angles(pos, &r, cs);
+    float theta = (float)pos;
+    for (int i = 0; i < 32; i++, theta *= theta_scale) {
+        ck_assert_float_eq_tol(cs[2 * i], cosf(theta / ff[i]), 1e-6);
+        ck_assert_float_eq_tol(cs[2 * i + 1], sinf(theta / ff[i]), 1e-6);
+    }
+    r = kq_rope_plain(n_rot, 1, base);
+    kq_rope_set_yarn(&r, 4.0f, 4096, 32.0f, 1.0f);   /* ramp over pairs 10..23 */
+    ck_assert(r.corr_dims[0] > 0.0f && r.corr_dims[1] < 31.0f && r.corr_dims[0] < r.corr_dims[1]);
+    kq_rope_angles(pos, &r, cs);
+    const float mscale = 1.0f + 0.1f * logf(4.0f);
+    ck_assert_float_eq_tol(cs[0], cosf((float)pos) * mscale, 1e-5);   /* pair 0: below the ramp */
+    theta = (float)pos;
+    for (int i = 0; i < 31; i++) theta *= theta_scale;
+    ck_assert_float_eq_tol(cs[62], cosf(0.25f * theta) * mscale, 1e-5);   /* pair 31: above it */
+    ck_assert_float_eq_tol(cs[63], sinf(0.25f * theta) * mscale, 1e-5);
+    /* -pos is the transpose: rotating there and back scales by mscale^2 only */
+    uint32_t seed = 9;
+    float x[2 * 64], y[2 * 64];
+    for (int i = 0; i < 128; i++) x[i] = y[i] = frand(&seed);
+    r.freq_factors = ff;
+    kq_rope_row(y, 2, 64, pos, &r);
+    kq_rope_row(y, 2, 64, -pos, &r);
+    for (int i = 0; i < 128; i++) ck_assert_float_eq_tol(y[i], x[i] * mscale * mscale, 1e-5);
+    (void)cs_plain;
 }
 END_TEST
 
@@ -147,6 +197,7 @@ int main(void) {
     tcase_add_test(tc, test_exp_softmax_swiglu_match_reference);
     tcase_add_test(tc, test_rmsnorm_softmax_swiglu);
     tcase_add_test(tc, test_rope);
+    tcase_add_test(tc, test_rope_scaled);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
 }

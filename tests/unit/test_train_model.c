@@ -66,12 +66,25 @@ struct tiny {
     float wt[T_N];
 };
 
-static void tiny_init(struct tiny *t, int n_threads) {
+static const float tiny_freq_factors[4] = {1.0f, 1.5f, 3.0f, 8.0f};
+
+/* arch: the llama shape; qwen2 adds q/k/v biases and NeoX RoPE; qwen3 a head
+ * size of its own (8, with n_embd 16 and 4 heads), per-head q/k norms, and
+ * YaRN with frequency factors (scaled RoPE in the backward pass too). */
+static void tiny_init_arch(struct tiny *t, int n_threads, int arch) {
     memset(t, 0, sizeof *t);
     rng_state = 88172645463325252ULL;
     t->hp = (struct eng_hparams){.n_vocab = 40, .n_embd = 16, .n_layer = 2, .n_head = 4, .n_head_kv = 2,
                                  .head_dim = 4, .n_ff = 24, .n_ctx_train = 64, .n_rot = 4, .rope_neox = 0,
-                                 .rope_freq_base = 10000.0f, .rms_eps = 1e-5f};
+                                 .rope_freq_base = 10000.0f, .rms_eps = 1e-5f, .arch = arch};
+    if (arch != ENG_ARCH_LLAMA) t->hp.rope_neox = 1;
+    if (arch == ENG_ARCH_QWEN3) {
+        t->hp.head_dim = t->hp.n_rot = 8;
+        t->hp.rope_scale_factor = 4.0f;
+        t->hp.rope_yarn = 1;
+        t->hp.rope_ctx_orig = 16;
+        t->hp.rope_freq_factors = tiny_freq_factors;
+    }
     ck_assert_int_eq(eng_tm_random(&t->tm, &t->hp, 7, 0.5f, n_threads), 0);
     ck_assert_int_eq(eng_tm_work_init(&t->w, t->tm, T_N, T_CUTS, T_MAXP), 0);
     const int KV = t->hp.n_head_kv * t->hp.head_dim, L = t->hp.n_layer, V = t->hp.n_vocab, H = t->hp.n_embd;
@@ -87,6 +100,8 @@ static void tiny_init(struct tiny *t, int n_threads) {
         t->cuts[c] = (struct eng_tm_cut){prefix[c], t->kv_k, t->kv_v, (size_t)T_MAXP * KV, t->teacher + (size_t)c * T_N * V};
     for (int i = 0; i < T_N; i++) t->wt[i] = powf(0.8f, (float)i);
 }
+
+static void tiny_init(struct tiny *t, int n_threads) { tiny_init_arch(t, n_threads, ENG_ARCH_LLAMA); }
 
 static void tiny_free(struct tiny *t) {
     eng_tm_work_free(t->w);
@@ -104,9 +119,9 @@ static double tiny_loss(struct tiny *t) {
  * loss is O(1), so truncation (h² · f''') and rounding (1e-7 / h) errors are
  * both around 1e-4 relative; we ask for 2% per component with |g| > 1e-3 and
  * a cosine above 0.9999 over the whole gradient. */
-static void check_gradient(enum eng_tm_loss loss, int deep) {
+static void check_gradient(enum eng_tm_loss loss, int deep, int arch) {
     struct tiny t;
-    tiny_init(&t, 1);
+    tiny_init_arch(&t, 1, arch);
     eng_tm_work_set_loss(t.w, loss);
     eng_tm_work_set_deep(t.w, deep);
     const int H = t.hp.n_embd, P = T_N * H * (deep ? t.hp.n_layer : 1);   /* P trained numbers */
@@ -131,7 +146,7 @@ static void check_gradient(enum eng_tm_loss loss, int deep) {
         }
     }
     double cosine = dot / sqrt(na * nn);
-    printf("gradient check (%s loss%s): %d components above 1e-3, cosine %.7f, |g| %.4g\n",
+    printf("gradient check (%s, %s loss%s): %d components above 1e-3, cosine %.7f, |g| %.4g\n", eng_arch_name(arch),
            loss == ENG_TM_LOSS_CE ? "CE" : "KL", deep ? ", deep prompts" : "", checked, cosine, sqrt(na));
     ck_assert_msg(cosine > 0.9999, "cosine %f", cosine);
     ck_assert_int_ge(checked, P / 2);
@@ -147,9 +162,16 @@ static void check_gradient(enum eng_tm_loss loss, int deep) {
 
 /* Both losses: the paper's KL and the hard-label cross-entropy. */
 START_TEST(gradient_matches_finite_differences) {
-    check_gradient(ENG_TM_LOSS_KL, 0);
-    check_gradient(ENG_TM_LOSS_CE, 0);
-    check_gradient(ENG_TM_LOSS_KL, 1);   /* the per-layer vectors of deep prompts too */
+    check_gradient(ENG_TM_LOSS_KL, 0, ENG_ARCH_LLAMA);
+    check_gradient(ENG_TM_LOSS_CE, 0, ENG_ARCH_LLAMA);
+    check_gradient(ENG_TM_LOSS_KL, 1, ENG_ARCH_LLAMA);   /* the per-layer vectors of deep prompts too */
+}
+END_TEST
+
+/* Through qwen2's biases, and qwen3's head norms, head size and scaled RoPE. */
+START_TEST(gradient_matches_finite_differences_qwen) {
+    check_gradient(ENG_TM_LOSS_KL, 0, ENG_ARCH_QWEN2);
+    check_gradient(ENG_TM_LOSS_KL, 1, ENG_ARCH_QWEN3);
 }
 END_TEST
 
@@ -192,6 +214,7 @@ int main(void) {
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, gemm_matches_reference);
     tcase_add_test(tc, gradient_matches_finite_differences);
+    tcase_add_test(tc, gradient_matches_finite_differences_qwen);
     tcase_add_test(tc, results_do_not_depend_on_threads);
     tcase_add_test(tc, bad_cuts_are_refused);
     suite_add_tcase(s, tc);
