@@ -63,7 +63,11 @@ static void gen_usage(FILE *fp) {
             "      --typical-eps E     typical acceptance threshold (default 0.09)\n"
             "      --typical-alpha A   typical acceptance entropy factor (default 0.3)\n"
             "      --json              print one JSON object: text, tokens, timings, PPD statistics\n"
-            "  -v, --verbose           debug logging\n",
+            "  -v, --verbose           debug logging\n"
+            "Models: GGUF files of the llama (Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral-style), qwen2 and\n"
+            "qwen3 architectures, RoPE scaling none, linear, YaRN or Llama 3 frequency factors; weights in\n"
+            "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS\n"
+            "(so the usual Q4_K_M, Q5_K_M, Q3_K_M ... mixes).\n",
             PPD_DEFAULT_MODEL);
 }
 
