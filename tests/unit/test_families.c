@@ -10,6 +10,9 @@
  * F32, so float summation order is the only difference allowed: the tokens
  * must be identical, and the logits within 1e-3 of the logits' standard
  * deviation.
+ * Also for each variant: one batch gives the same logits, bit for bit, as
+ * one row per pass; and where a CUDA GPU exists, the CUDA backend follows the
+ * CPU along llama.cpp's tokens (f16 weights: within 5% of the logits' spread).
  * The loader's refusals: an unknown architecture, an unsupported tensor type,
  * a family tensor missing, an unimplemented RoPE scaling, a rope_freqs tensor
  * of the wrong length; each error names what is wrong.
@@ -112,9 +115,10 @@ struct fx {
     struct eng_batch b;
 };
 
-static void fx_open(struct fx *x, const char *path, const char *what) {
+static void fx_open_on(struct fx *x, const char *path, const char *what, int cuda) {
     char err[ERR_CAP];
-    ck_assert_int_eq(eng_backend_cpu_init(&x->be, 2), 0);
+    if (cuda) ck_assert_msg(eng_backend_cuda_init(&x->be, 0, err, sizeof err) == 0, "CUDA: %s", err);
+    else ck_assert_int_eq(eng_backend_cpu_init(&x->be, 2), 0);
     int rc = eng_model_load(&x->m, path, &x->be, err, sizeof err);
     ck_assert_msg(rc == 0, "%s: ppd cannot load it: %s", what, err);
     const struct eng_hparams *hp = &x->m->hp;
@@ -122,6 +126,8 @@ static void fx_open(struct fx *x, const char *path, const char *what) {
     ck_assert_int_eq(eng_forward_init(&x->f, x->m, MAX_PROMPT), 0);
     ck_assert_int_eq(eng_batch_init(&x->b, MAX_PROMPT, MAX_PROMPT), 0);
 }
+
+static void fx_open(struct fx *x, const char *path, const char *what) { fx_open_on(x, path, what, 0); }
 
 static void fx_close(struct fx *x) {
     eng_batch_free(&x->b);
@@ -248,6 +254,110 @@ START_TEST(test_variant_matches_llamacpp) {
 }
 END_TEST
 
+/* What PPD's losslessness rests on, for each family's own operations too: a
+ * row's logits do not depend on the other rows of its batch, bit for bit. */
+START_TEST(test_variant_batch_equals_sequential) {
+    const int variant = _i;
+    const char *name = fam_variant_name(variant);
+    json_t *g = golden_load();
+    int vi;
+    json_t *gv = golden_variant(g, name, &vi);
+    const char *path = make_model(variant, g, gv);
+    struct fx x;
+    fx_open(&x, path, name);
+    const int n_vocab = x.m->hp.n_vocab;
+    int32_t ids[MAX_PROMPT];
+    const int n = json_ids(json_array_get(json_object_get(g, "prompts"), 0), ids, MAX_PROMPT);
+    x.kv.len[0] = 0;
+    eng_batch_clear(&x.b);
+    ck_assert_int_eq(eng_batch_add_causal(&x.b, 0, 0, ids, n, false), 0);
+    for (int r = 0; r < n; r++) x.b.want_logits[r] = true;
+    ck_assert_int_eq(eng_forward_run(&x.f, &x.b, &x.kv, NULL, 0), 0);
+    ck_assert_int_eq(x.f.n_logits, n);
+    float *batched = malloc(sizeof(float) * (size_t)n_vocab * (size_t)n);
+    ck_assert_ptr_nonnull(batched);
+    memcpy(batched, x.f.logits, sizeof(float) * (size_t)n_vocab * (size_t)n);
+    x.kv.len[0] = 0;
+    int differ = 0;
+    for (int r = 0; r < n; r++) {
+        step(&x, ids[r]);
+        differ += memcmp(x.f.logits, batched + (size_t)r * n_vocab, sizeof(float) * (size_t)n_vocab) != 0;
+    }
+    printf("families %s: %d of %d rows differ between one batch and one row per pass\n", name, differ, n);
+    free(batched);
+    fx_close(&x);
+    json_decref(g);
+    ck_assert_int_eq(differ, 0);
+}
+END_TEST
+
+/* The CUDA backend (f16 weights and matmul inputs, so not bit-comparable)
+ * against the CPU along llama.cpp's own continuation of every prompt: at each
+ * step the logits within 5% of their standard deviation of the CPU's, where a
+ * wrong RoPE, bias or head norm moves them by about their whole spread, and
+ * the same top token wherever llama.cpp's top-2 gap is wider than twice that.
+ * Without a CUDA GPU there is nothing to compare and the test says so. */
+START_TEST(test_variant_cuda_matches_cpu) {
+    const int variant = _i;
+    const char *name = fam_variant_name(variant);
+    if (!eng_backend_cuda_built() || eng_backend_cuda_count() < 1) {
+        printf("families %s: CUDA: not compared (%s)\n", name,
+               eng_backend_cuda_built() ? "no CUDA GPU" : "a build without the CUDA backend");
+        return;
+    }
+    json_t *g = golden_load();
+    int vi;
+    json_t *gv = golden_variant(g, name, &vi);
+    const char *path = make_model(variant, g, gv);
+    struct fx cpu, gpu;
+    fx_open_on(&cpu, path, name, 0);
+    fx_open_on(&gpu, path, name, 1);
+    const int n_vocab = cpu.m->hp.n_vocab;
+    json_t *prompts = json_object_get(g, "prompts"), *gens = json_object_get(gv, "gen");
+    json_t *gaps = json_object_get(gv, "gap");
+    const double bound = 0.05 * json_number_value(json_object_get(gv, "logit_sd"));
+    double worst = 0;
+    int top_same = 0, top_checked = 0, top_wrong = 0;
+    for (int c = 0; c < (int)json_array_size(prompts); c++) {
+        int32_t ids[MAX_PROMPT], want[MAX_GEN];
+        const int np = json_ids(json_array_get(prompts, (size_t)c), ids, MAX_PROMPT);
+        const int ng = json_ids(json_array_get(gens, (size_t)c), want, MAX_GEN);
+        prefill(&cpu, ids, np);
+        prefill(&gpu, ids, np);
+        for (int s = 0; s < ng; s++) {
+            double d = 0;
+            for (int i = 0; i < n_vocab; i++) {
+                const double e = fabs((double)gpu.f.logits[i] - cpu.f.logits[i]);
+                if (e > d || isnan(e)) d = isnan(e) ? INFINITY : e;
+            }
+            if (d > worst) worst = d;
+            const int top = argmax(gpu.f.logits, n_vocab);
+            top_same += top == want[s];
+            if (json_num(json_array_get(gaps, (size_t)c), s) > 2 * bound) {
+                top_checked++;
+                if (top != want[s]) {
+                    if (!top_wrong++)
+                        printf("families %s: CUDA: prompt %d step %d: top token %d, llama.cpp's %d (gap %.4f)\n", name,
+                               c, s, top, want[s], json_num(json_array_get(gaps, (size_t)c), s));
+                }
+            }
+            if (s + 1 < ng) {
+                step(&cpu, want[s]);
+                step(&gpu, want[s]);
+            }
+        }
+    }
+    printf("families %s: CUDA vs CPU along llama.cpp's tokens: max |cuda - cpu| = %.3e (bound %.2e); top token = "
+           "llama.cpp's at %d steps, differs at %d of the %d steps with a gap over %.2e\n",
+           name, worst, bound, top_same, top_wrong, top_checked, 2 * bound);
+    fx_close(&gpu);
+    fx_close(&cpu);
+    json_decref(g);
+    ck_assert_msg(worst <= bound, "%s: CUDA logits %.3e from the CPU's (bound %.2e)", name, worst, bound);
+    ck_assert_int_eq(top_wrong, 0);
+}
+END_TEST
+
 /* Load a defective variant: expect code `want` and an error naming each of needles[]. */
 static void expect_refusal(int variant, const struct fam_defect *d, const char *patch_tensor, uint32_t patch_type,
                            int want, const char *const *needles) {
@@ -349,6 +459,8 @@ int main(int argc, char **argv) {
     TCase *tc = tcase_create("llama.cpp");
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_variant_matches_llamacpp, 0, FAM_N_VARIANTS);
+    tcase_add_loop_test(tc, test_variant_batch_equals_sequential, 0, FAM_N_VARIANTS);
+    tcase_add_loop_test(tc, test_variant_cuda_matches_cpu, 0, FAM_N_VARIANTS);
     suite_add_tcase(s, tc);
     TCase *te = tcase_create("refusals");
     tcase_set_timeout(te, 120);
