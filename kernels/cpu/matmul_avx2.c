@@ -105,24 +105,25 @@ int kq_avx2_repack(struct kq_weight *w) {
                 const kq_block_q4_0 *blk = (const kq_block_q4_0 *)src + b;
                 memcpy(dst + 2 * lane, &blk->d, 2);
                 for (int v = 0; v < 4; v++) memcpy(dst + 16 + 32 * v + 4 * lane, blk->qs + 4 * v, 4);
+            } else if (w->type == KQ_Q5_0) {
+                const kq_block_q5_0 *blk = (const kq_block_q5_0 *)src + b;
+                memcpy(dst + 2 * lane, &blk->d, 2);
+                memcpy(dst + KQ_Q5_0_QH + 4 * lane, blk->qh, 4);
+                for (int v = 0; v < 4; v++) memcpy(dst + KQ_Q5_0_QH + 32 + 32 * v + 4 * lane, blk->qs + 4 * v, 4);
+            } else if (w->type == KQ_Q5_1) {
+                const kq_block_q5_1 *blk = (const kq_block_q5_1 *)src + b;
+                memcpy(dst + 2 * lane, &blk->d, 2);
+                memcpy(dst + 16 + 2 * lane, &blk->m, 2);
+                memcpy(dst + KQ_Q5_1_QH + 4 * lane, blk->qh, 4);
+                for (int v = 0; v < 4; v++) memcpy(dst + KQ_Q5_1_QH + 32 + 32 * v + 4 * lane, blk->qs + 4 * v, 4);
             } else {
                 /* one byte per element: group g (elements 4g..4g+3) at 32*g */
                 int8_t v[KQ_QK];
-                size_t quant = 16;
+                const size_t quant = 16;
                 if (w->type == KQ_Q8_0) {
                     const kq_block_q8_0 *blk = (const kq_block_q8_0 *)src + b;
                     memcpy(dst + 2 * lane, &blk->d, 2);
                     memcpy(v, blk->qs, KQ_QK);
-                } else if (w->type == KQ_Q5_0) {
-                    const kq_block_q5_0 *blk = (const kq_block_q5_0 *)src + b;
-                    memcpy(dst + 2 * lane, &blk->d, 2);
-                    for (int e = 0; e < KQ_QK; e++) v[e] = (int8_t)(kq_q5_value(blk->qh, blk->qs, e) - 16);
-                } else if (w->type == KQ_Q5_1) {
-                    const kq_block_q5_1 *blk = (const kq_block_q5_1 *)src + b;
-                    memcpy(dst + 2 * lane, &blk->d, 2);
-                    memcpy(dst + 16 + 2 * lane, &blk->m, 2);
-                    for (int e = 0; e < KQ_QK; e++) v[e] = (int8_t)kq_q5_value(blk->qh, blk->qs, e);
-                    quant = 32;
                 } else { /* IQ4_NL */
                     const kq_block_iq4_nl *blk = (const kq_block_iq4_nl *)src + b;
                     memcpy(dst + 2 * lane, &blk->d, 2);
@@ -192,7 +193,7 @@ KQ_INLINE KQ_AVX2 void panel_store(const struct panel_out *out, int r, __m256 v)
 struct tile_args {
     const uint8_t *pw;
     size_t pstride, bstep;
-    const uint8_t *q, *d, *s;
+    const uint8_t *q, *d, *s, *a; /* a: int32 asum[0] (Q8_1 act layout) */
     size_t stride, qstep;
     int64_t nb;
     const struct panel_out *out; /* one per panel */
@@ -316,21 +317,99 @@ KQ_INLINE KQ_AVX2 void tile_q4_0(const struct tile_args *t, const int R, const i
         for (int r = 0; r < R; r++) panel_store(&t->out[p], t->r0 + r, acc[r][p]);
 }
 
-/* ---- byte weights: Q8_0, Q5_0, IQ4_NL x Q8_0 and Q5_1 x Q8_1 ------------- */
+/* ---- Q5_0 x Q8_0 and Q5_1 x Q8_1 ----------------------------------------- */
 
-/* MIN: the panel holds f16 m after d (Q5_1) and the input is Q8_1: the
- * float work is Q4_1's. */
-KQ_INLINE KQ_AVX2 void tile_q8(const struct tile_args *t, const int R, const int P, const int MIN) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    const size_t stride = t->stride, quant = MIN ? 32 : 16;
-    const uint8_t *q = t->q, *rd = t->d, *rs = t->s;
+/* The fifth bits of group g (bits 4g..4g+3 of each lane's qh) as 0x10 in the
+ * group's 4 bytes: vpermd looks the low 3 bits up in an 8-entry table, and a
+ * shift moves bit 3 to byte 3. */
+KQ_INLINE KQ_AVX2 __m256i q5_high(__m256i qh, int g, __m256i tab) {
+    const __m256i h = _mm256_srli_epi32(qh, 4 * g);
+    return _mm256_or_si256(_mm256_permutevar8x32_epi32(tab, h),
+                           _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(8)), 25));
+}
+
+/* The weights enter as q - 16 in -16..15 with the sign trick of the Q8_0
+ * kernel (|w| x sign(a, w)): a pair is at most 2*16*127, so the eight groups
+ * of a block still add up exactly in int16.  Q5_0's sum is then the
+ * reference's sum (q-16)*a; Q5_1 (MIN) adds 16*sum a back to get sum q*a,
+ * and its float work is Q4_1's. */
+KQ_INLINE KQ_AVX2 void tile_q5(const struct tile_args *t, const int R, const int P, const int MIN) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi8(16);
+    const __m256i tab = _mm256_setr_epi32(0, 0x10, 0x1000, 0x1010, 0x100000, 0x100010, 0x101000, 0x101010);
+    const size_t stride = t->stride, qh_off = MIN ? KQ_Q5_1_QH : KQ_Q5_0_QH, quant = qh_off + 32;
+    const uint8_t *q = t->q, *rd = t->d, *rs = t->s, *ra = t->a;
     __m256 acc[KQ_TILE_ROWS][KQ_TILE_PANELS];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 2
         for (int p = 0; p < P; p++) acc[r][p] = _mm256_setzero_ps();
     const uint8_t *pw = t->pw;
-    for (int64_t b = 0; b < t->nb; b++, pw += t->bstep, q += t->qstep, rd += 4, rs += 4) {
+    for (int64_t b = 0; b < t->nb; b++, pw += t->bstep, q += t->qstep, rd += 4, rs += 4, ra += 4) {
+        if (t->prefetch) prefetch_block(pw, t->bstep);
+        __m256i s[KQ_TILE_ROWS][KQ_TILE_PANELS], qh[KQ_TILE_PANELS];
+#pragma GCC unroll 2
+        for (int p = 0; p < P; p++) qh[p] = _mm256_loadu_si256((const __m256i *)(pw + (size_t)p * t->pstride + qh_off));
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++) {
+            __m256i wv[KQ_TILE_PANELS], aw[KQ_TILE_PANELS];
+#pragma GCC unroll 2
+            for (int p = 0; p < P; p++) {
+                const __m256i n = _mm256_loadu_si256((const __m256i *)(pw + (size_t)p * t->pstride + quant + 32 * (g & 3)));
+                const __m256i nib = _mm256_and_si256(g < 4 ? n : _mm256_srli_epi16(n, 4), m4);
+                wv[p] = _mm256_sub_epi8(_mm256_or_si256(nib, q5_high(qh[p], g, tab)), sixteen);
+                aw[p] = _mm256_abs_epi8(wv[p]);
+            }
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                const __m256i av = bcast32(q + (size_t)r * stride + 4 * g);
+#pragma GCC unroll 2
+                for (int p = 0; p < P; p++) {
+                    const __m256i x = _mm256_maddubs_epi16(aw[p], _mm256_sign_epi8(av, wv[p]));
+                    s[r][p] = g == 0 ? x : _mm256_add_epi16(s[r][p], x);
+                    KQ_PIN(s[r][p]);
+                }
+            }
+        }
+        __m256 dw[KQ_TILE_PANELS], mw[KQ_TILE_PANELS];
+#pragma GCC unroll 2
+        for (int p = 0; p < P; p++) {
+            dw[p] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pw + (size_t)p * t->pstride)));
+            if (MIN) mw[p] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pw + (size_t)p * t->pstride + 16)));
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            const __m256 da = bcast_f32(rd + (size_t)r * stride);
+#pragma GCC unroll 2
+            for (int p = 0; p < P; p++) {
+                __m256i si = _mm256_madd_epi16(s[r][p], ones);
+                if (MIN) si = _mm256_add_epi32(si, _mm256_slli_epi32(bcast32(ra + (size_t)r * stride), 4));
+                const __m256 x = _mm256_mul_ps(_mm256_mul_ps(dw[p], da), _mm256_cvtepi32_ps(si));
+                if (MIN) /* acc + ((dw*da)*(float)sumi + mw*sa), as the reference */
+                    acc[r][p] = _mm256_add_ps(acc[r][p], _mm256_add_ps(x, _mm256_mul_ps(mw[p], bcast_f32(rs + (size_t)r * stride))));
+                else
+                    acc[r][p] = _mm256_add_ps(acc[r][p], x);
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int p = 0; p < P; p++)
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) panel_store(&t->out[p], t->r0 + r, acc[r][p]);
+}
+
+/* ---- byte weights: Q8_0 and IQ4_NL x Q8_0 ------------------------------------ */
+
+KQ_INLINE KQ_AVX2 void tile_q8_0(const struct tile_args *t, const int R, const int P) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const size_t stride = t->stride, quant = 16;
+    const uint8_t *q = t->q, *rd = t->d;
+    __m256 acc[KQ_TILE_ROWS][KQ_TILE_PANELS];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 2
+        for (int p = 0; p < P; p++) acc[r][p] = _mm256_setzero_ps();
+    const uint8_t *pw = t->pw;
+    for (int64_t b = 0; b < t->nb; b++, pw += t->bstep, q += t->qstep, rd += 4) {
         if (t->prefetch) prefetch_block(pw, t->bstep);
         __m256i s[KQ_TILE_ROWS][KQ_TILE_PANELS];
 #pragma GCC unroll 8
@@ -353,23 +432,16 @@ KQ_INLINE KQ_AVX2 void tile_q8(const struct tile_args *t, const int R, const int
                 }
             }
         }
-        __m256 dw[KQ_TILE_PANELS], mw[KQ_TILE_PANELS];
+        __m256 dw[KQ_TILE_PANELS];
 #pragma GCC unroll 2
-        for (int p = 0; p < P; p++) {
+        for (int p = 0; p < P; p++)
             dw[p] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pw + (size_t)p * t->pstride)));
-            if (MIN) mw[p] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(pw + (size_t)p * t->pstride + 16)));
-        }
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             const __m256 da = bcast_f32(rd + (size_t)r * stride);
 #pragma GCC unroll 2
-            for (int p = 0; p < P; p++) {
-                const __m256 x = _mm256_mul_ps(_mm256_mul_ps(dw[p], da), _mm256_cvtepi32_ps(s[r][p]));
-                if (MIN) /* acc + ((dw*da)*(float)sumi + mw*sa), as the reference */
-                    acc[r][p] = _mm256_add_ps(acc[r][p], _mm256_add_ps(x, _mm256_mul_ps(mw[p], bcast_f32(rs + (size_t)r * stride))));
-                else
-                    acc[r][p] = _mm256_add_ps(acc[r][p], x);
-            }
+            for (int p = 0; p < P; p++)
+                acc[r][p] = _mm256_add_ps(acc[r][p], _mm256_mul_ps(_mm256_mul_ps(dw[p], da), _mm256_cvtepi32_ps(s[r][p])));
         }
     }
 #pragma GCC unroll 2
@@ -422,6 +494,7 @@ KQ_INLINE int tile_rows(int n_rows, int r0) {
                 t.q = row + (QS_OFF);                                                            \
                 t.d = row + g->off_d;                                                            \
                 t.s = row + g->off_s;                                                            \
+                t.a = row + g->off_a;                                                            \
                 t.r0 = r0;                                                                       \
                 t.prefetch = r0 == 0;                                                            \
                 switch (R * 4 + P) {                                                             \
@@ -438,9 +511,10 @@ KQ_INLINE int tile_rows(int n_rows, int r0) {
 /* The qs of a Q8_1 block follow its d and s (4 bytes), those of a Q8_0 block its d. */
 KQ_TILE_LOOP(mm_q4_1, tile_q4_1, 4)
 KQ_TILE_LOOP(mm_q4_0, tile_q4_0, 2)
-#define tile_q8_0(t, R, P) tile_q8(t, R, P, 0)
-#define tile_q5_1(t, R, P) tile_q8(t, R, P, 1)
+#define tile_q5_0(t, R, P) tile_q5(t, R, P, 0)
+#define tile_q5_1(t, R, P) tile_q5(t, R, P, 1)
 KQ_TILE_LOOP(mm_q8_0, tile_q8_0, 2)
+KQ_TILE_LOOP(mm_q5_0, tile_q5_0, 2)
 KQ_TILE_LOOP(mm_q5_1, tile_q5_1, 4)
 
 /* ---- float weights --------------------------------------------------------- */
@@ -507,8 +581,9 @@ int kq_avx2_matmul(const struct kq_weight *w, const void *act, int n_rows,
     const struct kq_act_geom g = kq_act_geom_q32(w->type, w->n_in);
     if (w->type == KQ_Q4_1)      mm_q4_1(w, &g, act, n_rows, y, ldy, o_begin, o_end);
     else if (w->type == KQ_Q4_0) mm_q4_0(w, &g, act, n_rows, y, ldy, o_begin, o_end);
+    else if (w->type == KQ_Q5_0) mm_q5_0(w, &g, act, n_rows, y, ldy, o_begin, o_end);
     else if (w->type == KQ_Q5_1) mm_q5_1(w, &g, act, n_rows, y, ldy, o_begin, o_end);
-    else                         mm_q8_0(w, &g, act, n_rows, y, ldy, o_begin, o_end); /* Q8_0, Q5_0, IQ4_NL */
+    else                         mm_q8_0(w, &g, act, n_rows, y, ldy, o_begin, o_end); /* Q8_0, IQ4_NL */
     return 0;
 }
 
@@ -561,6 +636,7 @@ KQ_AVX2 void kq_avx2_act_quantize_q32(int wtype, const float *x, int64_t n_in, i
                 blk->s = (kq_f16)_cvtss_sh(d * (float)sum, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
                 _mm256_storeu_si256((__m256i *)blk->qs, p8);
                 ((float *)(row + g.off_s))[b] = _cvtsh_ss(blk->s);
+                ((int32_t *)(row + g.off_a))[b] = sum;
             } else {
                 kq_block_q8_0 *blk = (kq_block_q8_0 *)(row + (size_t)b * g.blk_bytes);
                 blk->d = dh;

@@ -98,24 +98,32 @@ KQ_INLINE void prefetch_block(const uint8_t *pw, size_t bstep) {
     for (size_t l = 0; l < bstep; l += 64) _mm_prefetch((const char *)(a + l), _MM_HINT_T0);
 }
 
-enum { W_Q4_1, W_Q4_0, W_Q8_0, W_Q5_1 };
+enum { W_Q4_1, W_Q4_0, W_Q8_0, W_Q5_0, W_Q5_1 };
 
 /* The weight vector of group g (elements 4g..4g+3 of each output) as
- * unsigned bytes; `quant` is where the quants start in a panel block. */
-KQ_INLINE KQ_AVX512 __m512i group_weights(const uint8_t *pw, size_t pstride, int kind, size_t quant, int g) {
+ * unsigned bytes; `quant` is where the quants start in a panel block, qh the
+ * pair's Q5 fifth-bit words.  Q5: bits 4g..4g+3 of qh index a 16-entry
+ * table (vpermd uses the low 4 bits) of the 4 bytes' 0x10. */
+KQ_INLINE KQ_AVX512 __m512i group_weights(const uint8_t *pw, size_t pstride, int kind, size_t quant, int g,
+                                          __m512i qh) {
     if (kind == W_Q8_0)
         return _mm512_xor_si512(load_pair(pw, pstride, quant + 32 * (size_t)g), _mm512_set1_epi8((char)0x80));
-    if (kind == W_Q5_1) /* q in 0..31: unsigned already */
-        return load_pair(pw, pstride, quant + 32 * (size_t)g);
     /* low nibbles of vector g for g < 4, high nibbles of vector g-4 after */
     const __m512i n = load_pair(pw, pstride, quant + 32 * (size_t)(g & 3));
-    return _mm512_and_si512(g < 4 ? n : _mm512_srli_epi16(n, 4), _mm512_set1_epi8(0x0F));
+    const __m512i nib = _mm512_and_si512(g < 4 ? n : _mm512_srli_epi16(n, 4), _mm512_set1_epi8(0x0F));
+    if (kind != W_Q5_0 && kind != W_Q5_1) return nib;
+    const __m512i tab = _mm512_setr_epi32(0, 0x10, 0x1000, 0x1010, 0x100000, 0x100010, 0x101000, 0x101010,
+                                          0x10000000, 0x10000010, 0x10001000, 0x10001010, 0x10100000,
+                                          0x10100010, 0x10101000, 0x10101010);
+    return _mm512_or_si512(nib, _mm512_permutexvar_epi32(_mm512_srli_epi32(qh, 4 * g), tab));
 }
 
 KQ_INLINE KQ_AVX512 void tile(const struct tile512 *t, const int kind, const int R) {
     const size_t stride = t->stride, pstride = t->pstride;
     const int has_min = kind == W_Q4_1 || kind == W_Q5_1;
-    const size_t quant = has_min ? 32 : 16; /* after the f16 d (and m) of 8 outputs */
+    /* after the f16 d (and m) of 8 outputs, and Q5's qh words */
+    const size_t qh_off = kind == W_Q5_1 ? KQ_Q5_1_QH : KQ_Q5_0_QH;
+    const size_t quant = kind == W_Q5_0 || kind == W_Q5_1 ? qh_off + 32 : has_min ? 32 : 16;
     const uint8_t *q = t->q, *rd = t->d, *rs = t->s;
     __m512 acc[KQ512_TILE_ROWS];
 #pragma GCC unroll 8
@@ -126,9 +134,10 @@ KQ_INLINE KQ_AVX512 void tile(const struct tile512 *t, const int kind, const int
         __m512i s[KQ512_TILE_ROWS];
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) s[r] = _mm512_setzero_si512();
+        const __m512i qh = kind == W_Q5_0 || kind == W_Q5_1 ? load_pair(pw, pstride, qh_off) : _mm512_setzero_si512();
 #pragma GCC unroll 8
         for (int g = 0; g < 8; g++) {
-            const __m512i w = group_weights(pw, pstride, kind, quant, g);
+            const __m512i w = group_weights(pw, pstride, kind, quant, g, qh);
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) s[r] = _mm512_dpbusd_epi32(s[r], w, bcast32(q + (size_t)r * stride + 4 * g));
         }
@@ -144,7 +153,7 @@ KQ_INLINE KQ_AVX512 void tile(const struct tile512 *t, const int kind, const int
                 acc[r] = _mm512_add_ps(acc[r], _mm512_add_ps(x, u));
             }
         } else {
-            const int shift = kind == W_Q4_0 ? 3 : 7; /* the bias: 8 or 128 times sum a */
+            const int shift = kind == W_Q4_0 ? 3 : kind == W_Q5_0 ? 4 : 7; /* the bias: 8, 16 or 128 times sum a */
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
                 const __m512i bias = _mm512_slli_epi32(bcast32(rs + (size_t)r * stride), shift);
@@ -207,6 +216,7 @@ KQ_INLINE int tile_rows(int n_rows, int r0) {
 KQ512_LOOP(mm512_q4_1, W_Q4_1, 4)
 KQ512_LOOP(mm512_q4_0, W_Q4_0, 2)
 KQ512_LOOP(mm512_q8_0, W_Q8_0, 2)
+KQ512_LOOP(mm512_q5_0, W_Q5_0, 2)
 KQ512_LOOP(mm512_q5_1, W_Q5_1, 4)
 
 int kq_avx512_matmul(const struct kq_weight *w, const void *act, int n_rows,
@@ -217,9 +227,10 @@ int kq_avx512_matmul(const struct kq_weight *w, const void *act, int n_rows,
     switch (w->type) {
     case KQ_Q4_1: mm512_q4_1(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
     case KQ_Q4_0: mm512_q4_0(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
-    case KQ_Q8_0: case KQ_Q5_0: case KQ_IQ4_NL: /* int8 values in Q8_0 panels */
+    case KQ_Q8_0: case KQ_IQ4_NL: /* int8 values in Q8_0 panels */
         mm512_q8_0(w, &g, act, n_rows, y, ldy, o_begin, o_end);
         return 0;
+    case KQ_Q5_0: mm512_q5_0(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
     case KQ_Q5_1: mm512_q5_1(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
     default:      return -1; /* the other types take the AVX2 kernels */
     }
@@ -285,6 +296,7 @@ KQ_AVX512 void kq_avx512_act_quantize_q32(int wtype, const float *x, int64_t n_i
                 const __m512 sv = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_loadu_si512(sum)));
                 const __m256i sh = _mm512_cvtps_ph(sv, KQ512_NEAREST);
                 _mm512_mask_storeu_ps((float *)(row + g.off_s) + b0, live, _mm512_cvtph_ps(sh));
+                _mm512_mask_storeu_epi32((int32_t *)(row + g.off_a) + b0, live, _mm512_loadu_si512(sum));
                 uint16_t sh16[KQ512_QGROUP];
                 _mm256_storeu_si256((__m256i *)sh16, sh);
                 for (int i = 0; i < n; i++) memcpy(row + (size_t)(b0 + i) * g.blk_bytes + 2, &sh16[i], 2);

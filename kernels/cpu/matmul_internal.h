@@ -10,9 +10,11 @@
  *     [nb blocks kq_block_q8_0 or kq_block_q8_1, GGUF layout]
  *     [nb float d]  the block scale, = f16_to_f32(block.d)
  *     [nb int32 asum (Q8_0) | nb float s (Q8_1)]  s = f16_to_f32(block.s)
- *     The two arrays duplicate what the blocks hold (or, for asum, what they
- *     imply) so that the SIMD kernels broadcast a ready f32/int32 straight
- *     from memory; the reference reads only the GGUF blocks.
+ *     Q8_1 only: [nb int32 asum]
+ *     The arrays duplicate what the blocks hold (or, for asum = the sum of
+ *     the block's bytes, what they imply) so that the SIMD kernels broadcast
+ *     a ready f32/int32 straight from memory; the reference reads only the
+ *     GGUF blocks.
  *   k-quant weights: [nb_k blocks kq_block_q8_K]
  *   float weights:   the row's n_in floats (act is x itself, stride n_in*4)
  *   Quantized strides are rounded up to 64 bytes; a row's layout depends only
@@ -32,10 +34,13 @@
  *   Q4_1 block (160 B): [8 x f16 d][8 x f16 m][4 x 32 B nibbles]
  *   Q4_0 block (144 B): [8 x f16 d][4 x 32 B nibbles]
  *   Q8_0 block (272 B): [8 x f16 d][8 x 32 B int8]
- *     Q5_0 and IQ4_NL use it too, holding their element values (q - 16 and
- *     kv[nibble], both in int8 range): the same integers the reference
- *     multiplies, so the Q8_0 kernels compute them exactly.
- *   Q5_1 block (288 B): [8 x f16 d][8 x f16 m][8 x 32 B q in 0..31]
+ *     IQ4_NL uses it too, holding its element values kv[nibble] (int8
+ *     range): the same integers the reference multiplies, so the Q8_0
+ *     kernels compute them exactly.
+ *   Q5_0 block (176 B): [8 x f16 d][8 x uint32 qh][4 x 32 B nibbles]
+ *   Q5_1 block (192 B): [8 x f16 d][8 x f16 m][8 x uint32 qh][4 x 32 B nibbles]
+ *     The nibbles as Q4_0's; lane o of qh is output o's GGUF qh (bit e: the
+ *     fifth bit of element e), so group g's fifth bits are qh bits 4g..4g+3.
  *   k-quant block ("K panel", one 256-element super-block of 8 outputs; Q2_K,
  *   Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS):
  *     [8 x f16 d][8 x f16 dmin (0 for the types without mins)]
@@ -79,7 +84,10 @@
 #define KQ_PANEL_Q4_1_BYTES (16 + 16 + 128)
 #define KQ_PANEL_Q4_0_BYTES (16 + 128)
 #define KQ_PANEL_Q8_0_BYTES (16 + 256)
-#define KQ_PANEL_Q5_1_BYTES (16 + 16 + 256)
+#define KQ_Q5_0_QH 16        /* where a Q5_0 / Q5_1 panel block's qh words start */
+#define KQ_Q5_1_QH 32
+#define KQ_PANEL_Q5_0_BYTES (16 + 32 + 128)
+#define KQ_PANEL_Q5_1_BYTES (16 + 16 + 32 + 128)
 
 /* Byte offsets inside one quantized row of a 32-block weight type. */
 struct kq_act_geom {
@@ -87,6 +95,7 @@ struct kq_act_geom {
     size_t blk_bytes;  /* sizeof(kq_block_q8_0) or sizeof(kq_block_q8_1) */
     size_t off_d;      /* float d[nb] */
     size_t off_s;      /* int32 asum[nb] (Q8_0) or float s[nb] (Q8_1) */
+    size_t off_a;      /* int32 asum[nb] (= off_s for Q8_0) */
 };
 
 /* Layout of a quantized row for a 32-block weight type (Q4_0, Q4_1, Q5_0,
@@ -97,7 +106,8 @@ static inline struct kq_act_geom kq_act_geom_q32(int wtype, int64_t n_in) {
     g.blk_bytes = kq_act_type(wtype) == KQ_Q8_1 ? sizeof(kq_block_q8_1) : sizeof(kq_block_q8_0);
     g.off_d = (nb * g.blk_bytes + 3) & ~(size_t)3;
     g.off_s = g.off_d + nb * 4;
-    g.stride = (g.off_s + nb * 4 + KQ_ACT_ALIGN - 1) & ~(size_t)(KQ_ACT_ALIGN - 1);
+    g.off_a = g.blk_bytes == sizeof(kq_block_q8_1) ? g.off_s + nb * 4 : g.off_s;
+    g.stride = (g.off_a + nb * 4 + KQ_ACT_ALIGN - 1) & ~(size_t)(KQ_ACT_ALIGN - 1);
     return g;
 }
 
@@ -126,7 +136,8 @@ static inline size_t kq_panel_block_bytes(int type) {
     switch (type) {
     case KQ_Q4_1: return KQ_PANEL_Q4_1_BYTES;
     case KQ_Q4_0: return KQ_PANEL_Q4_0_BYTES;
-    case KQ_Q8_0: case KQ_Q5_0: case KQ_IQ4_NL: return KQ_PANEL_Q8_0_BYTES;
+    case KQ_Q8_0: case KQ_IQ4_NL: return KQ_PANEL_Q8_0_BYTES;
+    case KQ_Q5_0: return KQ_PANEL_Q5_0_BYTES;
     case KQ_Q5_1: return KQ_PANEL_Q5_1_BYTES;
     default:      return 0;
     }

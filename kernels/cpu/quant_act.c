@@ -106,6 +106,7 @@ void kq_act_quantize_q32_scalar(int wtype, const float *x, int64_t n_in, int r_b
                 blk->s = kq_f32_to_f16(d * (float)sum);
                 memcpy(blk->qs, qs, KQ_QK);
                 ((float *)(row + g.off_s))[b] = kq_f16_to_f32(blk->s);
+                ((int32_t *)(row + g.off_a))[b] = sum;
             } else {
                 kq_block_q8_0 *blk = (kq_block_q8_0 *)(row + (size_t)b * g.blk_bytes);
                 blk->d = dh;

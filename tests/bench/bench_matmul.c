@@ -16,8 +16,9 @@
  *      spin barriers between), for n_rows = 1, 2, 4, ... 64.
  *      Prints, per row count, the best and median step time, the floors
  *      bytes/bandwidth and rows*MACs/peak, and t(n)/t(1);
- *   4. the kernels alone, one thread, weights in cache (Q4_1 576x576, Q8_0
- *      576x4096): the best of many calls, as ns and CPU-clock cycles (TSC
+ *   4. the kernels alone (only these with -k), one thread, weights in cache
+ *      (Q4_1 576x576, Q8_0 576x4096, the other 32-block types 576x576, the
+ *      k-quants 1536x576): the best of many calls, as CPU-clock cycles (TSC
  *      ticks rescaled by a dependent-add chain) per (row, 8-output panel,
  *      32-block) = 256 MACs.  Being one thread with the best of many short
  *      calls, this is the figure that survives a loaded machine.
@@ -408,11 +409,18 @@ static void *random_weight_data(int type, int64_t n_in, int64_t n_out) {
     uint8_t *p = malloc(bytes);
     if (!p) return NULL;
     for (size_t i = 0; i + 8 <= bytes; i += 8) { uint64_t r = rng_next(); memcpy(p + i, &r, 8); }
+    /* sane f16 scales (no NaN, Inf or subnormal), wherever the type keeps them */
     const size_t bb = kq_type_block_bytes(type);
-    for (size_t off = 0; off < bytes; off += bb) { /* sane f16 scales */
+    size_t d_off = 0, m_off = 0;
+    int has_m = type == KQ_Q4_1 || type == KQ_Q5_1 || type == KQ_Q4_K || type == KQ_Q5_K;
+    if (has_m) m_off = 2;
+    if (type == KQ_Q2_K) d_off = 80, m_off = 82, has_m = 1;
+    if (type == KQ_Q3_K) d_off = 108;
+    if (type == KQ_Q6_K) d_off = 208;
+    for (size_t off = 0; off < bytes; off += bb) {
         kq_f16 d = kq_f32_to_f16(0.01f * rng_sym()), m = kq_f32_to_f16(-0.05f);
-        memcpy(p + off, &d, 2);
-        if (type == KQ_Q4_1) memcpy(p + off + 2, &m, 2);
+        memcpy(p + off + d_off, &d, 2);
+        if (has_m) memcpy(p + off + m_off, &m, 2);
     }
     return p;
 }
@@ -555,7 +563,7 @@ static void bench_kernel(int type, int64_t n_in, int64_t n_out, double tpc) {
     }
     for (int64_t k = 0; k < n_in * 16; k++) x[k] = 3.0f * rng_sym();
     kq_act_quantize(type, x, n_in, 0, 16, act);
-    printf("%-4s %4lldx%-5lld", kq_type_name(type), (long long)n_in, (long long)n_out);
+    printf("%-6s %4lldx%-5lld", kq_type_name(type), (long long)n_in, (long long)n_out);
     static const int rows[] = {1, 2, 3, 4, 8, 16};
     const double units = (double)((n_out + 7) / 8) * (double)(n_in / 32);
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
@@ -575,17 +583,19 @@ static void bench_kernel(int type, int64_t n_in, int64_t n_out, double tpc) {
 }
 
 int main(int argc, char **argv) {
-    int n_threads = 2, reps = 10;
+    int n_threads = 2, reps = 10, kernels_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-t") && i + 1 < argc) n_threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-r") && i + 1 < argc) reps = atoi(argv[++i]);
-        else { fprintf(stderr, "usage: %s [-t threads] [-r reps]\n", argv[0]); return 2; }
+        else if (!strcmp(argv[i], "-k")) kernels_only = 1;
+        else { fprintf(stderr, "usage: %s [-t threads] [-r reps] [-k (section 4 only)]\n", argv[0]); return 2; }
     }
     if (n_threads < 1 || n_threads > MAX_THREADS || reps < 1 || reps > 64) {
         fprintf(stderr, "threads 1..%d, reps 1..64\n", MAX_THREADS);
         return 2;
     }
     printf("matmul path: %s, threads: %d\n", kq_matmul_path(), n_threads);
+    if (kernels_only) goto kernels;
 
     const double bw = bench_bandwidth(n_threads, (size_t)256 << 20);
     const double peak_pairs_macs = bench_peak(n_threads, 0), peak_mix_macs = bench_peak(n_threads, 1);
@@ -631,11 +641,18 @@ int main(int argc, char **argv) {
     }
     model_free(&m);
 
+kernels:;
     const double tpc = tsc_per_cycle();
     printf("kernels alone, 1 thread, weights in cache, core clock %.2f GHz: cycles per\n"
            "(row, 8-output panel, 32-block) = 256 MACs, best of many calls\n", tsc_hz() / tpc / 1e9);
-    printf("%-15s %6s %6s %6s %6s %6s %6s\n", "rows:", "1", "2", "3", "4", "8", "16");
+    printf("%-17s %6s %6s %6s %6s %6s %6s\n", "rows:", "1", "2", "3", "4", "8", "16");
     bench_kernel(KQ_Q4_1, N_EMBD, N_EMBD, tpc);
     bench_kernel(KQ_Q8_0, N_EMBD, 4096, tpc);
+    /* the types of the files people download (Q4_K_M, Q5_K_M, ...): the
+     * 32-block ones on the model's 576-wide rows, the k-quants on ffn_down's */
+    static const int q32[] = {KQ_Q4_0, KQ_Q5_0, KQ_Q5_1, KQ_IQ4_NL};
+    for (size_t i = 0; i < sizeof q32 / sizeof q32[0]; i++) bench_kernel(q32[i], N_EMBD, N_EMBD, tpc);
+    static const int kq[] = {KQ_Q2_K, KQ_Q3_K, KQ_Q4_K, KQ_Q5_K, KQ_Q6_K, KQ_IQ4_XS};
+    for (size_t i = 0; i < sizeof kq / sizeof kq[0]; i++) bench_kernel(kq[i], N_FF, N_EMBD, tpc);
     return 0;
 }
