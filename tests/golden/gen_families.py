@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """llama.cpp's greedy decoding of the tiny random-weight models of every family and RoPE variant.
 
-Run:  make build/tests/test_families && $(tests/golden/setup-venv.sh) tests/golden/gen_families.py
+Run:  $(tests/golden/setup-venv.sh) tests/golden/gen_families.py [--build BUILD]
+(it builds BUILD/tests/test_families first; BUILD as the Makefile's, default build)
 
 The models come from ppd's own generator (tests/unit/family_model.c, run through
 `test_families --write`), so the C test can rebuild each file bit for bit from its

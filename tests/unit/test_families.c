@@ -40,7 +40,7 @@
 
 #define GOLDEN_DIR "tests/golden/data/"
 #define GOLDEN_JSON GOLDEN_DIR "families.json"
-#define REGEN_CMD "make build/tests/test_families && $(tests/golden/setup-venv.sh) tests/golden/gen_families.py"
+#define REGEN_CMD "$(tests/golden/setup-venv.sh) tests/golden/gen_families.py"
 #define MAX_PROMPT 256
 #define MAX_GEN 128
 #define MAX_SEQ 512
