@@ -134,8 +134,6 @@ static int model_read_rope_scaling(const struct gguf_file *g, const char *a, str
     }
     if ((rc = model_get_u32(g, a, "rope.scaling.original_context_length", 0, &hp->rope_ctx_orig, err, cap))) return rc;
     if ((rc = model_get_f32(g, a, "rope.scaling.attn_factor", &hp->rope_attn_factor, err, cap))) return rc;
-    if ((rc = model_get_f32(g, a, "rope.scaling.yarn_beta_fast", &hp->rope_yarn_beta_fast, err, cap))) return rc;
-    if ((rc = model_get_f32(g, a, "rope.scaling.yarn_beta_slow", &hp->rope_yarn_beta_slow, err, cap))) return rc;
     if (!(hp->rope_attn_factor >= 0.0f && hp->rope_attn_factor < 100.0f)) {
         snprintf(err, cap, "%s: %s.rope.scaling.attn_factor %g is out of range", g->path, a, hp->rope_attn_factor);
         return ENG_E_FORMAT;
@@ -163,9 +161,9 @@ struct kq_rope eng_hparams_rope(const struct eng_hparams *hp) {
     if (hp->rope_attn_factor > 0.0f) r.attn_factor = hp->rope_attn_factor;
     if (hp->rope_scale_factor > 0.0f) {
         if (hp->rope_yarn)
+            /* llama.cpp's YaRN betas for these architectures, whatever a file says */
             kq_rope_set_yarn(&r, hp->rope_scale_factor, hp->rope_ctx_orig ? hp->rope_ctx_orig : hp->n_ctx_train,
-                             hp->rope_yarn_beta_fast > 0.0f ? hp->rope_yarn_beta_fast : 32.0f,
-                             hp->rope_yarn_beta_slow > 0.0f ? hp->rope_yarn_beta_slow : 1.0f);
+                             32.0f, 1.0f);
         else
             r.freq_scale = 1.0f / hp->rope_scale_factor;
     }

@@ -44,7 +44,6 @@ struct eng_hparams {
     int rope_yarn;                /* 1: YaRN, 0: linear */
     int rope_ctx_orig;            /* YaRN: the training context (0: n_ctx_train) */
     float rope_attn_factor;       /* cos/sin magnitude (0: 1) */
-    float rope_yarn_beta_fast, rope_yarn_beta_slow;  /* 0: 32 and 1 */
     const float *rope_freq_factors;  /* [n_rot/2] host floats (Llama 3's rope_freqs), or NULL */
 };
 
