@@ -62,6 +62,10 @@
  *       B = sum_h mc_h * bsum_h  (with mins)   or   bias * sum_h sc_h * bsum_h
  *     with bsum_h the Q8_K block's bsums, and the reference's float work is
  *     (d*da)*A - (dmin*da)*B (with mins) or (d*da)*(A - B).
+ *     Unlike the other types, the two panels of a pair are interleaved
+ *     finely (kq_kpanel_pair_off): both panels' d side by side, then both
+ *     dmin, then each 32-byte vector of panel 0 followed by the same vector
+ *     of panel 1, so that one 512-bit load takes a vector of the pair.
  * In the nibble vectors, vector v (0..3) holds in its 32-bit lane o the GGUF
  * bytes qs[4v .. 4v+3] of output o: low nibbles are elements 4v..4v+3, high
  * nibbles elements 16+4v..16+4v+3.  In the Q8_0 vectors, vector g (0..7)
@@ -128,6 +132,14 @@ static inline int kq_kpanel_bias_log2(int type) {
 /* 1 when both halves of every 32 elements share one scale (and min). */
 static inline int kq_kpanel_sub32(int type) { return type == KQ_Q4_K || type == KQ_Q5_K || type == KQ_IQ4_XS; }
 static inline size_t kq_kpanel_quant_off(int type) { return kq_kpanel_has_min(type) ? KQ_KP_MC + 256 : KQ_KP_MC; }
+/* Where byte `off` of panel p's (p = 0, 1) K panel block sits in its pair's
+ * block (which starts where panel 0's would).  For the start of a 16-byte
+ * f16 row that is 2*off + 16p, for the start of a 32-byte vector 2*off + 32p:
+ * the kernels use those forms. */
+static inline size_t kq_kpanel_pair_off(size_t off, int p) {
+    if (off < KQ_KP_SC) return (off / 16) * 32 + 16 * (size_t)p + off % 16;
+    return 2 * KQ_KP_SC + ((off - KQ_KP_SC) / 32) * 64 + 32 * (size_t)p + (off - KQ_KP_SC) % 32;
+}
 
 /* Bytes per packed block of a panel for a repacked type; 0 when the type is
  * not repacked. */

@@ -3,8 +3,8 @@
  * matmul_ref.c: the integer sums are exact, and the float work per
  * super-block is the reference's, in its order.
  *
- * One 512-bit vector holds a group (4 elements) of the 16 outputs of a panel
- * pair.  Per 16- or 32-element unit of one scale, vpdpbusd adds u*a into an
+ * One 512-bit vector, one load from the finely interleaved pair layout,
+ * holds a group (4 elements) of the 16 outputs of a panel pair.  Per 16- or 32-element unit of one scale, vpdpbusd adds u*a into an
  * int32 sum per row (the activation bytes broadcast from memory); one
  * vpmulld by the unit's scales adds it into A.  B comes from the Q8_K block's
  * bsums: one vpmaddwd per two halves (int16 scale or min pairs times int16
@@ -31,8 +31,8 @@
 _Static_assert(sizeof(kq_block_q8_K) == 292, "q8_K layout");
 
 struct ktile512 {
-    const uint8_t *pw;   /* super-block 0 of the pair's first panel */
-    size_t pstride, bstep;
+    const uint8_t *pw;   /* super-block 0 of the pair */
+    size_t bstep;
     const uint8_t *act;  /* row r0's first Q8_K block */
     size_t stride;       /* bytes between rows */
     int64_t nb;
@@ -42,16 +42,15 @@ struct ktile512 {
     int r0, prefetch;
 };
 
-KQ_INLINE KQ_AVX512 __m512i load_pair(const uint8_t *pw, size_t pstride, size_t off) {
-    const __m256i a = _mm256_loadu_si256((const __m256i *)(pw + off));
-    const __m256i b = _mm256_loadu_si256((const __m256i *)(pw + pstride + off));
-    return _mm512_inserti64x4(_mm512_castsi256_si512(a), b, 1);
+/* Vector `off` (a panel-block offset) of both panels of the pair: one load
+ * (kq_kpanel_pair_off(off, 0) = 2*off). */
+KQ_INLINE KQ_AVX512 __m512i load_pair(const uint8_t *pw, size_t off) {
+    return _mm512_loadu_si512(pw + 2 * off);
 }
 
-KQ_INLINE KQ_AVX512 __m512 load_pair_f16(const uint8_t *pw, size_t pstride, size_t off) {
-    const __m128i a = _mm_loadu_si128((const __m128i *)(pw + off));
-    const __m128i b = _mm_loadu_si128((const __m128i *)(pw + pstride + off));
-    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1));
+/* The 8 f16 values at `off` of both panels, as 16 floats. */
+KQ_INLINE KQ_AVX512 __m512 load_pair_f16(const uint8_t *pw, size_t off) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(pw + 2 * off)));
 }
 
 KQ_INLINE KQ_AVX512 __m512i bcast32(const uint8_t *p) {
@@ -67,11 +66,11 @@ KQ_INLINE KQ_AVX512 __m512 bcast_f32(const uint8_t *p) {
 }
 
 /* The unsigned weight bytes of group k (elements 4k..4k+3) of both panels. */
-KQ_INLINE KQ_AVX512 __m512i group_u(const uint8_t *pw, size_t pstride, const int type, int k, __m512i lut) {
+KQ_INLINE KQ_AVX512 __m512i group_u(const uint8_t *pw, const int type, int k, __m512i lut) {
     const size_t qoff = kq_kpanel_quant_off(type);
-    if (!kq_kpanel_nibbles(type)) return load_pair(pw, pstride, qoff + 32 * (size_t)k);
+    if (!kq_kpanel_nibbles(type)) return load_pair(pw, qoff + 32 * (size_t)k);
     const int c = k / 16, kk = k % 16;
-    const __m512i n = load_pair(pw, pstride, qoff + 256 * (size_t)c + 32 * (size_t)(kk % 8));
+    const __m512i n = load_pair(pw, qoff + 256 * (size_t)c + 32 * (size_t)(kk % 8));
     const __m512i nib = _mm512_and_si512(kk >= 8 ? _mm512_srli_epi16(n, 4) : n, _mm512_set1_epi8(0x0F));
     return type == KQ_IQ4_XS ? _mm512_shuffle_epi8(lut, nib) : nib;
 }
@@ -79,7 +78,7 @@ KQ_INLINE KQ_AVX512 __m512i group_u(const uint8_t *pw, size_t pstride, const int
 KQ_INLINE KQ_AVX512 void ktile(const struct ktile512 *t, const int type, const int R) {
     const int sub32 = kq_kpanel_sub32(type), has_min = kq_kpanel_has_min(type);
     const int unit = sub32 ? 8 : 4; /* groups per scale */
-    const size_t pstride = t->pstride, stride = t->stride;
+    const size_t stride = t->stride;
     /* kv + 128 for each IQ4_XS nibble, in every 128-bit lane */
     uint8_t lut_b[16];
     for (int i = 0; i < 16; i++) lut_b[i] = (uint8_t)(kq_iq4nl_values[i] + 128);
@@ -103,14 +102,14 @@ KQ_INLINE KQ_AVX512 void ktile(const struct ktile512 *t, const int type, const i
 #pragma GCC unroll 8
             for (int gi = 0; gi < unit; gi++) {
                 const int k = u * unit + gi;
-                const __m512i w = group_u(pw, pstride, type, k, lut);
+                const __m512i w = group_u(pw, type, k, lut);
 #pragma GCC unroll 8
                 for (int r = 0; r < R; r++)
                     s[r] = _mm512_dpbusd_epi32(s[r], w, bcast32(ab + (size_t)r * stride + KQK_ACT_QS + 4 * (size_t)k));
             }
             /* the unit's scale: half h = 16u/16 (sub32: halves 2u, 2u+1 share it) */
             const int h = sub32 ? 2 * u : u;
-            const __m512i pair = load_pair(pw, pstride, KQ_KP_SC + 32 * (size_t)(h / 2));
+            const __m512i pair = load_pair(pw, KQ_KP_SC + 32 * (size_t)(h / 2));
             const __m512i sc = h % 2 ? _mm512_srai_epi32(pair, 16) : _mm512_srai_epi32(_mm512_slli_epi32(pair, 16), 16);
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) A[r] = _mm512_add_epi32(A[r], _mm512_mullo_epi32(s[r], sc));
@@ -120,14 +119,14 @@ KQ_INLINE KQ_AVX512 void ktile(const struct ktile512 *t, const int type, const i
         for (int r = 0; r < R; r++) s[r] = _mm512_setzero_si512();
 #pragma GCC unroll 8
         for (int k = 0; k < 8; k++) {
-            const __m512i pair = load_pair(pw, pstride, (has_min ? KQ_KP_MC : KQ_KP_SC) + 32 * (size_t)k);
+            const __m512i pair = load_pair(pw, (has_min ? KQ_KP_MC : KQ_KP_SC) + 32 * (size_t)k);
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++)
                 s[r] = _mm512_add_epi32(s[r], _mm512_madd_epi16(pair, bcast32(ab + (size_t)r * stride + KQK_ACT_BSUMS + 4 * (size_t)k)));
         }
-        const __m512 d = load_pair_f16(pw, pstride, 0);
+        const __m512 d = load_pair_f16(pw, 0);
         if (has_min) {
-            const __m512 dmin = load_pair_f16(pw, pstride, KQ_KP_DMIN);
+            const __m512 dmin = load_pair_f16(pw, KQ_KP_DMIN);
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
                 /* acc + ((d*da)*(float)A - (dmin*da)*(float)B), as the reference */
@@ -167,7 +166,7 @@ KQ_INLINE int tile_rows(int n_rows, int r0) {
             const int lo = o_begin > o0 ? (int)(o_begin - o0) : 0;                                        \
             const int hi = o_end < o0 + per_pair ? (int)(o_end - o0) : (int)per_pair;                     \
             struct ktile512 t = {.pw = (const uint8_t *)w->packed + kq_packed_block_offset(TYPE, nb, 2 * pair, 0), \
-                                 .pstride = pbb, .bstep = KQ_PANEL_PAIR * pbb, .stride = stride, .nb = nb, \
+                                 .bstep = KQ_PANEL_PAIR * pbb, .stride = stride, .nb = nb, \
                                  .y = y, .ldy = ldy, .o0 = o0,                                            \
                                  .lanes = (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u))};             \
             for (int r0 = 0, R; r0 < n_rows; r0 += R) {                                                   \

@@ -86,23 +86,29 @@ static void kp_decode(int type, const uint8_t *blk, struct kp_block *k) {
     }
 }
 
-/* Write lane `lane` of one panel block. */
-static void kp_store(int type, const struct kp_block *k, int lane, uint8_t *dst) {
-    memcpy(dst + 2 * lane, &k->d, 2);
-    memcpy(dst + KQ_KP_DMIN + 2 * lane, &k->dmin, 2);
+/* Write `n` bytes at byte `off` of panel p's block, in its pair's block. */
+static void kp_put(uint8_t *pair, int p, size_t off, const void *src, size_t n) {
+    memcpy(pair + kq_kpanel_pair_off(off, p), src, n);
+}
+
+/* Write lane `lane` of panel p (0, 1) into its pair's block. */
+static void kp_store(int type, const struct kp_block *k, int p, int lane, uint8_t *pair) {
+    kp_put(pair, p, 2 * (size_t)lane, &k->d, 2);
+    kp_put(pair, p, KQ_KP_DMIN + 2 * (size_t)lane, &k->dmin, 2);
     for (int v = 0; v < 8; v++) {
-        memcpy(dst + KQ_KP_SC + 32 * v + 4 * lane, &k->sc[2 * v], 4);
-        if (kq_kpanel_has_min(type)) memcpy(dst + KQ_KP_MC + 32 * v + 4 * lane, &k->mc[2 * v], 4);
+        kp_put(pair, p, KQ_KP_SC + 32 * (size_t)v + 4 * (size_t)lane, &k->sc[2 * v], 4);
+        if (kq_kpanel_has_min(type)) kp_put(pair, p, KQ_KP_MC + 32 * (size_t)v + 4 * (size_t)lane, &k->mc[2 * v], 4);
     }
-    uint8_t *q = dst + kq_kpanel_quant_off(type);
+    const size_t q = kq_kpanel_quant_off(type);
     if (kq_kpanel_nibbles(type)) {
         for (int c = 0; c < 4; c++)
             for (int v = 0; v < 8; v++)
-                for (int i = 0; i < 4; i++)
-                    q[256 * c + 32 * v + 4 * lane + i] =
-                        (uint8_t)(k->u[64 * c + 4 * v + i] | k->u[64 * c + 32 + 4 * v + i] << 4);
+                for (int i = 0; i < 4; i++) {
+                    const uint8_t byte = (uint8_t)(k->u[64 * c + 4 * v + i] | k->u[64 * c + 32 + 4 * v + i] << 4);
+                    kp_put(pair, p, q + 256 * (size_t)c + 32 * (size_t)v + 4 * (size_t)lane + (size_t)i, &byte, 1);
+                }
     } else {
-        for (int g = 0; g < 64; g++) memcpy(q + 32 * g + 4 * lane, &k->u[4 * g], 4);
+        for (int g = 0; g < 64; g++) kp_put(pair, p, q + 32 * (size_t)g + 4 * (size_t)lane, &k->u[4 * g], 4);
     }
 }
 
@@ -119,7 +125,9 @@ int kq_kpanel_repack(struct kq_weight *w) {
         const uint8_t *src = (const uint8_t *)w->data + (size_t)o * rb;
         for (int64_t b = 0; b < nb; b++) {
             kp_decode(w->type, src + (size_t)b * bb, &k);
-            kp_store(w->type, &k, (int)(o % KQ_PANEL), p + kq_packed_block_offset(w->type, nb, o / KQ_PANEL, b));
+            const int64_t panel = o / KQ_PANEL;
+            kp_store(w->type, &k, (int)(panel % 2), (int)(o % KQ_PANEL),
+                     p + kq_packed_block_offset(w->type, nb, panel & ~(int64_t)1, b));
         }
     }
     w->packed = p;
