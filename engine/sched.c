@@ -59,8 +59,11 @@ void eng_sched_req_free(struct eng_sched_req *r) {
 int eng_sched_req_want_logprobs(struct eng_sched_req *r, int n_top, bool prompt) {
     if (n_top < 0 || n_top > ENG_LOGPROBS_MAX_TOP) return ENG_E_RANGE;
     if (!r->lp_step && !(r->lp_step = calloc(ENG_PPD_MAX_PROMPT + 2, sizeof *r->lp_step))) return ENG_E_NOMEM;
-    if (prompt && !r->lp_prompt && !(r->lp_prompt = calloc((size_t)r->n_prompt, sizeof *r->lp_prompt)))
-        return ENG_E_NOMEM;
+    if (prompt && !r->lp_prompt) {
+        if (!(r->lp_prompt = calloc((size_t)r->n_prompt, sizeof *r->lp_prompt))) return ENG_E_NOMEM;
+        /* the first prompt token has no distribution to come from: only its id */
+        for (int i = 0; i < r->n_prompt; i++) r->lp_prompt[i].id = r->prompt[i];
+    }
     r->n_top_logprobs = n_top;
     return 0;
 }

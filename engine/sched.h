@@ -124,7 +124,8 @@ struct eng_sched_req {
     /* logprobs (eng_sched_req_want_logprobs; off by default, and then free) */
     int n_top_logprobs;              /* -1: none; else alternatives per token, 0..ENG_LOGPROBS_MAX_TOP */
     struct eng_logprob *lp_step;     /* [ENG_PPD_MAX_PROMPT + 2] this step's delivered tokens */
-    struct eng_logprob *lp_prompt;   /* [n_prompt] with prompt logprobs: [i] for prompt token i >= 1 */
+    struct eng_logprob *lp_prompt;   /* [n_prompt] with prompt logprobs: [i] for prompt token i >= 1
+                                        ([0] holds only the first token's id) */
     /* per-request figures (scheduler state, reported in every event) */
     double t_first;                  /* eng_now_s() when the first token was delivered (0: not yet) */
     int ppd_steps, ppd_drafted, ppd_accepted;   /* this request's PPD steps, as eng_sched_stats counts them */
