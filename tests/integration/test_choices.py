@@ -5,7 +5,10 @@ choice's index; usage counts the prompt once and every choice's tokens; the
 timings object sits at the top level of the whole answer and of the last
 chunk before [DONE], and its figures add up."""
 import json
+import socket
+import time
 
+import pytest
 import requests
 
 MSGS = [{"role": "user", "content": "Tell me a short fact about owls."}]
@@ -109,3 +112,29 @@ def test_timings_where_and_what(server, model_id):
             assert last["choices"][0]["finish_reason"] is not None
             n = b.get("n", 1)
             assert last["timings"]["prompt_n"] % n == 0 and last["timings"]["predicted_n"] > 0
+
+
+def test_n_stream_disconnect_cancels_every_choice(server):
+    m0 = server.metrics()
+    body = json.dumps({"messages": [{"role": "user", "content": "Write a very long story."}], "max_tokens": 400,
+                       "temperature": 0.8, "ignore_eos": True, "stream": True, "n": 3}).encode()
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    got = b""
+    while got.count(b"data: ") < 9:   # the role chunks and a few steps of text
+        got += s.recv(65536)
+    s.close()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        m = server.metrics()
+        if m["ppd_request_cancelled_total"] == m0["ppd_request_cancelled_total"] + 3 and \
+                m["ppd_num_requests_running"] == 0:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the three choices were not all cancelled")
+    assert m["ppd_kv_cache_usage_perc"] == 0
+    # the server goes on serving
+    r = requests.post(server.url + "/v1/chat/completions", json={"messages": MSGS, "max_tokens": 2, "n": 2}, timeout=60)
+    assert r.status_code == 200 and len(r.json()["choices"]) == 2
