@@ -460,7 +460,7 @@ static const struct bad_case bad_cases[] = {
     {"element count overflow", "tensor.a", 12, 8, 1ull << 62, NULL, ENG_E_FORMAT, "tensor 'tensor.a'",
      "element count"},
     {"size overflow", "tensor.a", 4, 8, 1ull << 61, NULL, ENG_E_FORMAT, "tensor 'tensor.a'", "size overflows"},
-    {"unknown tensor type", "tensor.b", 20, 4, 7, NULL, ENG_E_UNSUPPORTED, "tensor 'tensor.b'", "type 7 (Q5_1)"},
+    {"unknown tensor type", "tensor.b", 20, 4, 16, NULL, ENG_E_UNSUPPORTED, "tensor 'tensor.b'", "type 16 (IQ2_XXS)"},
     {"tensor type id out of range", "tensor.b", 20, 4, 1000, NULL, ENG_E_UNSUPPORTED, "tensor 'tensor.b'",
      "type 1000"},
     {"non-weight tensor type", "tensor.b", 20, 4, KQ_Q8_K, NULL, ENG_E_UNSUPPORTED, "tensor 'tensor.b'", "type 15"},
