@@ -7,6 +7,7 @@
 #   make asan test  the whole test command (unit, fuzz seeds, integration) on that build
 #   make check-deep  ppd generate and ppd serve under valgrind memcheck
 #   make check-golden  every golden prompt against llama.cpp (make test runs a subset)
+#   make check-logprobs  the server's logprobs against llama.cpp's on the F32 model (F32_MODEL)
 #   make bench      decode/prefill speed and the row-scaling table (see BENCHMARKS.md)
 #   make check-deploy  Docker/Kubernetes/Prometheus/Grafana artefacts against the real tools (docs/deploy.md)
 #   make fuzz       the libFuzzer targets, FUZZ_SECONDS (default 60) each, or FUZZ_RUNS executions
@@ -96,7 +97,7 @@ BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libppd.a
 GPU_BIN  := $(BUILD)/gpu/test_cuda_ops $(BUILD)/gpu/bench_7b
 
-.PHONY: check-ppd check-golden bench-bins gpu-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak soak-serve check-deep check-deploy fuzz adapter bench-adapter clean features
+.PHONY: check-ppd check-golden check-logprobs bench-bins gpu-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak soak-serve check-deep check-deploy fuzz adapter bench-adapter clean features
 all: features $(BUILD)/ppd $(if $(NVCC),$(GPU_BIN))
 
 # Under CI a machine with nvcc builds the CUDA backend: CUDA=0 there fails the
@@ -218,6 +219,16 @@ check-deep: deps model
 check-golden: deps model
 	@$(MAKE) --no-print-directory $(BUILD)/tests/test_forward
 	@PPD_TEST_GOLDEN_CASES=24 PPD_TEST_MODEL=$(MODEL) $(BUILD)/tests/test_forward
+
+# The server's logprobs against llama.cpp's (llama-cpp-python in the golden
+# venv) on the model with every weight in F32: F32_MODEL, a file no other
+# target needs (tests/integration/test_logprobs_llamacpp.py).
+F32_MODEL ?= models/quants/SmolLM2-135M-Instruct.F32.gguf
+check-logprobs: deps model
+	@$(MAKE) --no-print-directory $(BUILD)/ppd $(ITEST_VENV)/.ok
+	@test -f $(F32_MODEL) || { echo "check-logprobs: $(F32_MODEL) is missing (F32_MODEL=PATH)" >&2; exit 1; }
+	PPD_LLAMACPP_PYTHON=$$(tests/golden/setup-venv.sh) PPD_F32_MODEL=$(F32_MODEL) PPD_TEST_MODEL=$(MODEL) \
+	  PPD_BIN=$(BUILD)/ppd $(ITEST_VENV)/bin/python -m pytest -q -s -p no:cacheprovider tests/integration/test_logprobs_llamacpp.py
 
 run: deps model
 	@$(MAKE) --no-print-directory all

@@ -118,8 +118,10 @@ static const float *ppd_row_logits(const struct eng_forward *f, int batch_row) {
     return r < 0 ? NULL : f->logits + (size_t)r * (size_t)f->m->hp.n_vocab;
 }
 
-/* Emit one token; true when the sequence is finished. */
-static bool ppd_emit(struct eng_ppd_seq *s, int32_t id, int32_t *out, int *n_out) {
+/* Emit one token chosen from the logits of batch row `row`; true when the
+ * sequence is finished. */
+static bool ppd_emit(struct eng_ppd_seq *s, int32_t id, int row, int32_t *out, int *n_out) {
+    s->emit_row[*n_out] = row;
     out[(*n_out)++] = id;
     s->n_emitted++;
     if (!s->ignore_eog && s->tok && tok_is_eog(s->tok, id)) {
@@ -176,7 +178,7 @@ int eng_ppd_seq_prefill_finish(struct eng_ppd_seq *s, const struct eng_forward *
                                                        : eng_sample(&s->sp, &s->rng, lg, f->m->hp.n_vocab, s->scratch);
     if (root < 0) return root;
     s->cand[0] = root;
-    if (ppd_emit(s, root, out, n_out) || s->plain) return 0;
+    if (ppd_emit(s, root, s->b_first, out, n_out) || s->plain) return 0;
     int32_t rows[ENG_PPD_MAX_PROMPT];
     for (int i = 0; i < N; i++) rows[i] = s->b_first + 1 + i;
     return ppd_take_guesses(s, f, rows, N);
@@ -302,7 +304,7 @@ int eng_ppd_seq_step_finish(struct eng_ppd_seq *s, const struct eng_forward *f, 
         s->last_acc = 1;
         kv->len[s->slot] = s->n_past + 1;
         s->cand[0] = id;
-        ppd_emit(s, id, out, n_out);
+        ppd_emit(s, id, s->b_first, out, n_out);
         return 0;
     }
     if (s->pending != 2) return ENG_E_INVALID;
@@ -317,19 +319,21 @@ int eng_ppd_seq_step_finish(struct eng_ppd_seq *s, const struct eng_forward *f, 
         int32_t nodes[ENG_PPD_MAX_PROMPT + 1];
         int nA = ppd_typical_select(s, f, tr, nodes);
         for (int c = 1; c <= nA && !s->done; c++) {
+            const int parent_row = s->b_first + tr->normal_pos[node];
             node = nodes[c];
             acc_pos[++A] = tr->normal_pos[node];
-            ppd_emit(s, s->cand[tr->node_cand[node]], out, n_out);
+            ppd_emit(s, s->cand[tr->node_cand[node]], parent_row, out, n_out);
         }
         if (!s->done) {
             const float *lg = ppd_row_logits(f, s->b_first + tr->normal_pos[node]);
             next = eng_sampler_argmax(lg, n_vocab);
             if (next < 0) return next;
-            ppd_emit(s, next, out, n_out);
+            ppd_emit(s, next, s->b_first + tr->normal_pos[node], out, n_out);
         }
     }
     for (; s->accept != ENG_PPD_ACCEPT_TYPICAL;) {
-        const float *lg = ppd_row_logits(f, s->b_first + tr->normal_pos[node]);
+        const int row = s->b_first + tr->normal_pos[node];
+        const float *lg = ppd_row_logits(f, row);
         if (!lg) return ENG_E_INTERNAL;
         int32_t id = eng_sample(&s->sp, &s->rng, lg, n_vocab, s->scratch);
         if (id < 0) return id;
@@ -342,7 +346,7 @@ int eng_ppd_seq_step_finish(struct eng_ppd_seq *s, const struct eng_forward *f, 
         } else {
             next = id;
         }
-        if (ppd_emit(s, id, out, n_out) || child < 0) break;
+        if (ppd_emit(s, id, row, out, n_out) || child < 0) break;
     }
     s->steps++;
     s->hist[A + 1]++;

@@ -105,6 +105,9 @@ struct eng_ppd_seq {
                                     calibrated choice for this batch size); tree steps resume
                                     after it with the guesses they had (verification decides) */
     int n_past;                  /* committed entries when the pending step was built */
+    int32_t emit_row[ENG_PPD_MAX_PROMPT + 2];   /* the batch row whose logits chose each token the last
+                                                   prefill_finish / step_finish emitted (valid until the
+                                                   next forward pass: logprobs are read there) */
     eng_ppd_guess_fn guess_fn;
     void *guess_user;
     enum eng_ppd_accept accept;  /* set after init; EXACT by default */

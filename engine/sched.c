@@ -36,6 +36,7 @@ int eng_sched_req_init(struct eng_sched_req **out, const struct tok *tok, const 
     r->sp = *sp;
     r->slot = -1;
     r->use_ppd = true;
+    r->n_top_logprobs = -1;
     atomic_init(&r->cancel, false);
     *out = r;
     return 0;
@@ -50,7 +51,21 @@ void eng_sched_req_free(struct eng_sched_req *r) {
     eng_ppd_seq_free(&r->ppd);   /* a request freed while still inside (see eng_sched_free) */
     free(r->prompt);
     free(r->out_ids);
+    free(r->lp_step);
+    free(r->lp_prompt);
     free(r);
+}
+
+int eng_sched_req_want_logprobs(struct eng_sched_req *r, int n_top, bool prompt) {
+    if (n_top < 0 || n_top > ENG_LOGPROBS_MAX_TOP) return ENG_E_RANGE;
+    if (!r->lp_step && !(r->lp_step = calloc(ENG_PPD_MAX_PROMPT + 2, sizeof *r->lp_step))) return ENG_E_NOMEM;
+    if (prompt && !r->lp_prompt) {
+        if (!(r->lp_prompt = calloc((size_t)r->n_prompt, sizeof *r->lp_prompt))) return ENG_E_NOMEM;
+        /* the first prompt token has no distribution to come from: only its id */
+        for (int i = 0; i < r->n_prompt; i++) r->lp_prompt[i].id = r->prompt[i];
+    }
+    r->n_top_logprobs = n_top;
+    return 0;
 }
 
 /* Rows one PPD sequence may need in a step: its largest tree, or the prefill
@@ -160,7 +175,13 @@ static void sched_emit(struct eng_sched *s, struct eng_sched_req *r, int n_new, 
     if (fin != ENG_SCHED_RUNNING && fin != ENG_SCHED_FINISH_STOP) eng_textout_finish(&r->text);
     struct eng_sched_event ev = {.req = r, .ids = r->out_ids + r->n_gen - n_new, .n_ids = n_new,
                                  .finish = fin, .err = err, .n_prompt = r->n_prompt, .n_gen = r->n_gen,
-                                 .queue_s = r->t_admit > 0 ? r->t_admit - r->t_submit : 0};
+                                 .queue_s = r->t_admit > 0 ? r->t_admit - r->t_submit : 0,
+                                 .t_admit = r->t_admit, .t_emit = eng_now_s(), .ppd_steps = r->ppd_steps,
+                                 .ppd_drafted = r->ppd_drafted, .ppd_accepted = r->ppd_accepted};
+    if (n_new > 0 && r->t_first == 0) r->t_first = ev.t_emit;
+    ev.t_first = r->t_first;
+    if (r->lp_step && n_new > 0) ev.lp = r->lp_step;
+    if (r->lp_prompt && n_new > 0 && n_new == r->n_gen) ev.lp_prompt = r->lp_prompt;
     ev.text = eng_textout_take(&r->text, &ev.n_text);
     if (fin != ENG_SCHED_RUNNING) r->state = ENG_SEQ_DONE;
     if (s->p.emit) s->p.emit(s->p.user, &ev);
@@ -228,6 +249,8 @@ static void sched_admit(struct eng_sched *s) {
         r->n_prefilled = 0;
         r->n_gen = 0;
         r->t_admit = eng_now_s();
+        r->t_first = 0;
+        r->ppd_steps = r->ppd_drafted = r->ppd_accepted = 0;
         eng_rng_seed(&r->rng, r->sp.seed);
         sched_ppd_admit(s, r);
         s->kv->len[slot] = 0;
@@ -249,8 +272,33 @@ static int seq_add_decode(struct eng_sched *s, struct eng_sched_req *r) {
 static int seq_add_prefill(struct eng_sched *s, struct eng_sched_req *r, int n) {
     r->row0 = s->batch.n_tok;
     r->n_rows = n;
-    return eng_batch_add_causal(&s->batch, r->slot, s->kv->len[r->slot], r->prompt + r->n_prefilled, n,
-                                !r->ppd_on && r->n_prefilled + n == r->n_prompt);
+    int rc = eng_batch_add_causal(&s->batch, r->slot, s->kv->len[r->slot], r->prompt + r->n_prefilled, n,
+                                  !r->ppd_on && r->n_prefilled + n == r->n_prompt);
+    if (!rc && r->lp_prompt)   /* prompt logprobs: every row's logits */
+        for (int i = 0; i < n; i++) s->batch.want_logits[r->row0 + i] = true;
+    return rc;
+}
+
+/* Prompt logprobs of the chunk just run: the row of prompt token j holds the
+ * distribution of token j + 1. */
+static void seq_prompt_logprobs(struct eng_sched *s, struct eng_sched_req *r) {
+    if (!r->lp_prompt) return;
+    const int n_vocab = s->f->m->hp.n_vocab;
+    for (int i = 0; i < r->n_rows; i++) {
+        const int j = r->n_prefilled + i, lrow = s->f->row_logit[r->row0 + i];
+        if (j + 1 >= r->n_prompt || lrow < 0) continue;
+        eng_logprobs_compute(s->f->logits + (size_t)lrow * (size_t)n_vocab, n_vocab, r->prompt[j + 1],
+                             r->n_top_logprobs, &r->lp_prompt[j + 1]);
+    }
+}
+
+/* The logprobs entry of the k-th token delivered this step, chosen from the
+ * logits of batch row `row`. */
+static void seq_token_logprobs(struct eng_sched *s, struct eng_sched_req *r, int k, int row, int32_t id) {
+    if (!r->lp_step) return;
+    const int n_vocab = s->f->m->hp.n_vocab, lrow = s->f->row_logit[row];
+    eng_logprobs_compute(s->f->logits + (size_t)lrow * (size_t)n_vocab, n_vocab, id, r->n_top_logprobs,
+                         &r->lp_step[k]);
 }
 
 /* Prompt tokens still to go through ordinary chunks: all of them for plain
@@ -304,7 +352,7 @@ static int seq_check_context(const struct eng_sched *s, const struct eng_sched_r
 }
 
 /* Count a finished PPD step (see eng_sched_stats). */
-static void sched_ppd_count(struct eng_sched *s, const struct eng_sched_req *r, int n_out) {
+static void sched_ppd_count(struct eng_sched *s, struct eng_sched_req *r, int n_out) {
     struct eng_sched_stats *st = &s->stats;
     const int acc = r->ppd.last_acc - 1;
     st->ppd_steps++;
@@ -313,6 +361,9 @@ static void sched_ppd_count(struct eng_sched *s, const struct eng_sched_req *r, 
     if (n_out >= 0 && n_out <= ENG_PPD_MAX_PROMPT + 1) st->ppd_hist[n_out]++;
     for (int i = 1; i <= acc && i <= ENG_PPD_MAX_PROMPT; i++) st->ppd_accepted_pos[i]++;
     st->ppd_accepted += acc;
+    r->ppd_steps++;
+    r->ppd_drafted += r->ppd_depth;
+    r->ppd_accepted += acc;
 }
 
 /* A PPD sequence after the forward pass: commit its rows (ppd.c moves the
@@ -320,6 +371,7 @@ static void sched_ppd_count(struct eng_sched *s, const struct eng_sched_req *r, 
  * tokens in order until one finishes the request; the rest are dropped. */
 static int seq_consume_ppd(struct eng_sched *s, struct eng_sched_req *r, int *n_new, int *err) {
     if (r->state == ENG_SEQ_PREFILL && seq_prefill_left(r) > 0) {
+        seq_prompt_logprobs(s, r);
         s->kv->len[r->slot] += r->n_rows;
         r->n_prefilled += r->n_rows;
         return -1;
@@ -337,6 +389,7 @@ static int seq_consume_ppd(struct eng_sched *s, struct eng_sched_req *r, int *n_
     if (rc) { *err = rc; return ENG_SCHED_FINISH_ERROR; }
     int fin = ENG_SCHED_RUNNING;
     for (int i = 0; i < n_out && fin == ENG_SCHED_RUNNING; i++) {
+        seq_token_logprobs(s, r, *n_new, r->ppd.emit_row[i], toks[i]);
         fin = seq_deliver(s, r, toks[i]);
         (*n_new)++;
     }
@@ -353,6 +406,7 @@ static int seq_consume_ppd(struct eng_sched *s, struct eng_sched_req *r, int *n_
 static int seq_consume(struct eng_sched *s, struct eng_sched_req *r, int *n_new, int *err) {
     *n_new = 0;
     if (r->ppd_on) return seq_consume_ppd(s, r, n_new, err);
+    if (r->state == ENG_SEQ_PREFILL) seq_prompt_logprobs(s, r);
     s->kv->len[r->slot] += r->n_rows;
     if (r->state == ENG_SEQ_PREFILL) {
         r->n_prefilled += r->n_rows;
@@ -362,6 +416,7 @@ static int seq_consume(struct eng_sched *s, struct eng_sched_req *r, int *n_new,
     int lrow = s->f->row_logit[r->row0 + r->n_rows - 1];
     int32_t id = seq_sample(s, r, lrow);
     if (id < 0) { *err = id; return ENG_SCHED_FINISH_ERROR; }
+    seq_token_logprobs(s, r, 0, r->row0 + r->n_rows - 1, id);
     *n_new = 1;
     return seq_check_context(s, r, seq_deliver(s, r, id));
 }

@@ -41,6 +41,14 @@
  * never touches it and the submitter frees it.  `cancel` is the only field
  * another thread may write while the request is inside.
  *
+ * Logprobs (asked per request): each delivered token's entry is computed
+ * from the very logits row it was drawn from, in the step that drew it, while
+ * the forward pass's logits are still there: the last row for plain decoding,
+ * the tree row ppd.c names (eng_ppd_seq.emit_row) for PPD.  Rows do not
+ * depend on the batch, so PPD and plain decoding report the same bits.
+ * Prompt logprobs make the request's prefill chunks compute the logits of
+ * every row.
+ *
  * Usage counting: every sampled token is delivered and counted (the
  * end-of-generation token too, as `ppd generate` counts it), except that
  * nothing after a completed stop string or past max_tokens is.
@@ -61,6 +69,7 @@
 #include "batch.h"
 #include "forward.h"
 #include "kv_cache.h"
+#include "logprobs.h"
 #include "ppd.h"
 #include "sampler.h"
 #include "textout.h"
@@ -112,12 +121,27 @@ struct eng_sched_req {
     int add_err;                     /* this step's rows could not be added (ENG_E_*) */
     int ppd_depth;                   /* guesses this step's tree can accept at most (0: a plain step) */
     struct eng_ppd_seq ppd;          /* with ppd_on, from admission to retirement */
+    /* logprobs (eng_sched_req_want_logprobs; off by default, and then free) */
+    int n_top_logprobs;              /* -1: none; else alternatives per token, 0..ENG_LOGPROBS_MAX_TOP */
+    struct eng_logprob *lp_step;     /* [ENG_PPD_MAX_PROMPT + 2] this step's delivered tokens */
+    struct eng_logprob *lp_prompt;   /* [n_prompt] with prompt logprobs: [i] for prompt token i >= 1
+                                        ([0] holds only the first token's id) */
+    /* per-request figures (scheduler state, reported in every event) */
+    double t_first;                  /* eng_now_s() when the first token was delivered (0: not yet) */
+    int ppd_steps, ppd_drafted, ppd_accepted;   /* this request's PPD steps, as eng_sched_stats counts them */
 };
 
 /* Allocates the request and its buffers (prompt copied).  max_tokens >= 1. */
 int eng_sched_req_init(struct eng_sched_req **out, const struct tok *tok, const int32_t *prompt, int n_prompt,
                        int max_tokens, const struct eng_sampler_params *sp, const char *const *stop, int n_stop);
 void eng_sched_req_free(struct eng_sched_req *r);   /* accepts NULL */
+
+/* Ask for logprobs (before submit): for every delivered token, the
+ * log-probability of the model's raw distribution at its position and the
+ * n_top (0..ENG_LOGPROBS_MAX_TOP) most likely tokens there; with prompt, also
+ * for every prompt token after the first (the prefill then computes the
+ * logits of every prompt row).  ENG_E_RANGE, ENG_E_NOMEM. */
+int eng_sched_req_want_logprobs(struct eng_sched_req *r, int n_top, bool prompt);
 
 /* What one sequence delivered in one step. */
 struct eng_sched_event {
@@ -130,6 +154,13 @@ struct eng_sched_event {
     int err;                         /* ENG_E_* with ENG_SCHED_FINISH_ERROR */
     int n_prompt, n_gen;             /* usage so far */
     double queue_s;                  /* submit to admission (0 if never admitted) */
+    /* with logprobs: lp[0..n_ids) for ids; lp_prompt[1..n_prompt) once, in the
+     * event that delivers the first token (NULL otherwise) */
+    const struct eng_logprob *lp;
+    const struct eng_logprob *lp_prompt;
+    /* this request's figures so far (eng_now_s() times; 0: not yet) */
+    double t_admit, t_first, t_emit;
+    int ppd_steps, ppd_drafted, ppd_accepted;
 };
 
 /* Called on the scheduler's thread; must not call back into the scheduler. */

@@ -7,8 +7,13 @@
  * ignore_eos (llama.cpp's) and "ppd": false, which decodes the request
  * plainly (PPD is lossless, so this changes speed, never the text); unknown
  * fields are ignored, a known field of the wrong type or out of range is a
- * 400 naming it.  Deliberately refused (400): n > 1, logprobs true, echo true, prompt
- * lists of more than one prompt.  Not here: HTTP, SSE framing, threads.
+ * 400 naming it.  n (1..SRV_MAX_CHOICES), logprobs (chat: logprobs +
+ * top_logprobs 0..20; completions: logprobs 0..5) and completions' echo are
+ * OpenAI's.  Deliberately refused (400): echo on chat, prompt lists of more
+ * than one prompt.  Every response carries a llama.cpp-style "timings" object
+ * (plus PPD's figures) at its top level: the non-streamed answer and the last
+ * chunk before [DONE].  Not here: HTTP, SSE framing, threads, the logprobs
+ * objects (api_logprobs.c).
  */
 #include <math.h>
 #include <stdarg.h>
@@ -19,6 +24,7 @@
 #include "cli.h"
 #include "engine/chat.h"
 #include "engine/err.h"
+#include "engine/logprobs.h"
 #include "engine/tokenizer.h"
 #include "serve.h"
 
@@ -205,6 +211,21 @@ out:
     return rc;
 }
 
+/* With echo: the prompt's text, as given (text) or decoded from its ids. */
+static int api_echo_text(struct srv *s, struct srv_gen *g, const char *text, struct srv_err *err) {
+    if (!g->echo) return 0;
+    size_t n = text ? strlen(text) : tok_decode(s->eng->tok, g->prompt, (size_t)g->n_prompt, TOK_PIECE_SPECIAL, NULL, 0);
+    if (!(g->echo_text = malloc(n + 1))) {
+        srv_err_set(err, ENG_E_NOMEM, NULL, NULL, "out of memory");
+        return -1;
+    }
+    if (text) memcpy(g->echo_text, text, n);
+    else tok_decode(s->eng->tok, g->prompt, (size_t)g->n_prompt, TOK_PIECE_SPECIAL, g->echo_text, n);
+    g->echo_text[n] = 0;
+    g->n_echo_text = n;
+    return 0;
+}
+
 static int api_completion_prompt(struct srv *s, json_t *root, struct srv_gen *g, struct srv_err *err) {
     json_t *p = api_field(root, "prompt");
     if (!p) { srv_err_set(err, ENG_E_INVALID, "prompt", "missing_required_parameter", "'prompt' is required"); return -1; }
@@ -223,7 +244,7 @@ static int api_completion_prompt(struct srv *s, json_t *root, struct srv_gen *g,
             g->prompt[i] = (int32_t)id;
         }
         g->n_prompt = (int)n;
-        return 0;
+        return api_echo_text(s, g, NULL, err);
     }
     if (json_is_array(p)) {
         if (json_array_size(p) != 1 || !json_is_string(json_array_get(p, 0))) {
@@ -239,7 +260,7 @@ static int api_completion_prompt(struct srv *s, json_t *root, struct srv_gen *g,
     }
     int rc = eng_engine_text_tokens(s->eng, json_string_value(p), &g->prompt, &g->n_prompt);
     if (rc) { srv_err_set(err, rc, "prompt", NULL, "cannot tokenize the prompt: %s", eng_err_msg(rc)); return -1; }
-    return 0;
+    return api_echo_text(s, g, json_string_value(p), err);
 }
 
 static int api_stop(json_t *root, struct srv_gen *g, struct srv_err *err) {
@@ -311,8 +332,9 @@ int srv_api_parse(struct srv *s, enum srv_kind kind, const char *body, size_t n,
         srv_err_set(err, ENG_E_NOT_FOUND, "model", "model_not_found", "The model `%s` does not exist.", json_string_value(model));
         return -1;
     }
-    long long max_tokens = 0, mct = 0, top_k = 0, seed = 0, n_choices = 1;
-    bool have_mct = false, logprobs = false, echo = false;
+    long long max_tokens = 0, mct = 0, top_k = 0, seed = 0, n_choices = 1, top_logprobs = 0, n_logprobs = 0;
+    bool have_mct = false, logprobs = false, echo = false, have_top = false, have_logprobs = false;
+    const bool chat = kind == SRV_CHAT;
     json_t *so = api_field(root, "stream_options");
     if (api_bool(root, "stream", &g->stream, err) ||
         api_int(root, "max_tokens", 1, 1 << 30, &max_tokens, NULL, err) ||
@@ -324,7 +346,10 @@ int srv_api_parse(struct srv *s, enum srv_kind kind, const char *body, size_t n,
         api_int(root, "seed", INT64_MIN, INT64_MAX, &seed, NULL, err) ||
         api_number(root, "presence_penalty", -2, 2, &g->sp.presence_penalty, err) ||
         api_number(root, "frequency_penalty", -2, 2, &g->sp.frequency_penalty, err) ||
-        api_int(root, "n", 1, 128, &n_choices, NULL, err) || api_bool(root, "logprobs", &logprobs, err) ||
+        api_int(root, "n", 1, SRV_MAX_CHOICES, &n_choices, NULL, err) ||
+        (chat ? api_bool(root, "logprobs", &logprobs, err) ||
+                    api_int(root, "top_logprobs", 0, ENG_LOGPROBS_MAX_TOP, &top_logprobs, &have_top, err)
+              : api_int(root, "logprobs", 0, SRV_MAX_COMPLETION_LOGPROBS, &n_logprobs, &have_logprobs, err)) ||
         api_bool(root, "echo", &echo, err) || api_bool(root, "ignore_eos", &g->ignore_eos, err) ||
         api_bool(root, "ppd", &g->use_ppd, err) ||
         api_stop(root, g, err))
@@ -339,22 +364,21 @@ int srv_api_parse(struct srv *s, enum srv_kind kind, const char *body, size_t n,
         srv_err_set(err, ENG_E_INVALID, "user", "invalid_type", "'user' must be a string");
         return -1;
     }
-    if (n_choices != 1) {
-        srv_err_set(err, ENG_E_UNSUPPORTED, "n", "invalid_value", "only n = 1 is supported");
+    if (have_top && !logprobs) {
+        srv_err_set(err, ENG_E_INVALID, "top_logprobs", "invalid_value", "'top_logprobs' needs 'logprobs': true");
         return -1;
     }
-    if (logprobs) {
-        srv_err_set(err, ENG_E_UNSUPPORTED, "logprobs", "invalid_value", "logprobs are not supported");
+    if (chat && echo) {
+        srv_err_set(err, ENG_E_UNSUPPORTED, "echo", "invalid_value", "echo is a /v1/completions field");
         return -1;
     }
-    if (echo) {
-        srv_err_set(err, ENG_E_UNSUPPORTED, "echo", "invalid_value", "echo is not supported");
-        return -1;
-    }
+    g->n_choices = (int)n_choices;
+    g->logprobs = chat ? (logprobs ? (int)top_logprobs : -1) : (have_logprobs ? (int)n_logprobs : -1);
+    g->echo = echo;
     g->max_tokens = (int)(have_mct ? mct : max_tokens);
     g->sp.top_k = (int)top_k;
     g->sp.seed = (uint64_t)seed;
-    if (kind == SRV_CHAT ? api_chat_prompt(s, root, g, err) : api_completion_prompt(s, root, g, err)) return -1;
+    if (chat ? api_chat_prompt(s, root, g, err) : api_completion_prompt(s, root, g, err)) return -1;
     if (g->n_prompt < 1) {
         srv_err_set(err, ENG_E_INVALID, kind == SRV_CHAT ? "messages" : "prompt", NULL, "the prompt is empty");
         return -1;
@@ -370,17 +394,62 @@ int srv_api_parse(struct srv *s, enum srv_kind kind, const char *body, size_t n,
 
 void srv_gen_free(struct srv_gen *g) {
     free(g->prompt);
+    free(g->echo_text);
     g->prompt = NULL;
+    g->echo_text = NULL;
 }
 
 /* ---- responses ---- */
 
 static json_t *api_usage(const struct srv_req *r) {
+    long long n_gen = 0;
+    for (int i = 0; i < r->n_choices; i++) n_gen += r->ch[i].n_gen;
     json_t *u = json_object();
     json_object_set_new(u, "prompt_tokens", json_integer(r->n_prompt));
-    json_object_set_new(u, "completion_tokens", json_integer(r->n_gen));
-    json_object_set_new(u, "total_tokens", json_integer(r->n_prompt + r->n_gen));
+    json_object_set_new(u, "completion_tokens", json_integer(n_gen));
+    json_object_set_new(u, "total_tokens", json_integer(r->n_prompt + n_gen));
     return u;
+}
+
+/* n / seconds and milliseconds per item, 0 where there is nothing to divide. */
+static void api_rate(json_t *o, const char *per_token, const char *per_second, long long n, double ms) {
+    json_object_set_new(o, per_token, json_real(n > 0 ? ms / (double)n : 0.0));
+    json_object_set_new(o, per_second, json_real(ms > 0 ? (double)n * 1e3 / ms : 0.0));
+}
+
+/* llama.cpp's timings, over all choices: the prompt phase runs from the
+ * first admission to the last choice's first token, the predicted phase from
+ * there to the last choice's end; prompt_n counts every choice's prefill (each
+ * choice prefills the prompt).  Then PPD's figures, summed over the choices. */
+static json_t *api_timings(const struct srv_req *r) {
+    double t_admit = 0, t_first = 0, t_end = 0;
+    long long n_gen = 0, n_prompt = 0, steps = 0, drafted = 0, accepted = 0;
+    for (int i = 0; i < r->n_choices; i++) {
+        const struct srv_choice *c = &r->ch[i];
+        if (c->t_admit > 0 && (t_admit == 0 || c->t_admit < t_admit)) t_admit = c->t_admit;
+        if (c->t_first > t_first) t_first = c->t_first;
+        if (c->t_end > t_end) t_end = c->t_end;
+        if (c->t_admit > 0) n_prompt += r->n_prompt;
+        n_gen += c->n_gen;
+        steps += c->ppd_steps;
+        drafted += c->ppd_drafted;
+        accepted += c->ppd_accepted;
+    }
+    const double prompt_ms = t_first > t_admit && t_admit > 0 ? (t_first - t_admit) * 1e3 : 0;
+    const double predicted_ms = t_end > t_first && t_first > 0 ? (t_end - t_first) * 1e3 : 0;
+    json_t *o = json_object();
+    json_object_set_new(o, "prompt_n", json_integer(n_prompt));
+    json_object_set_new(o, "prompt_ms", json_real(prompt_ms));
+    api_rate(o, "prompt_per_token_ms", "prompt_per_second", n_prompt, prompt_ms);
+    json_object_set_new(o, "predicted_n", json_integer(n_gen));
+    json_object_set_new(o, "predicted_ms", json_real(predicted_ms));
+    api_rate(o, "predicted_per_token_ms", "predicted_per_second", n_gen, predicted_ms);
+    json_object_set_new(o, "cached_prompt_tokens", json_integer(0));
+    json_object_set_new(o, "ppd_steps", json_integer(steps));
+    json_object_set_new(o, "ppd_drafted", json_integer(drafted));
+    json_object_set_new(o, "ppd_accepted", json_integer(accepted));
+    json_object_set_new(o, "ppd_mean_accepted_per_step", json_real(steps > 0 ? (double)accepted / (double)steps : 0.0));
+    return o;
 }
 
 static json_t *api_head(const struct srv_req *r, const char *model, const char *object) {
@@ -399,53 +468,59 @@ static char *api_dump(json_t *o) {
     return txt;
 }
 
-static const char *api_finish(const struct srv_req *r) {
-    const char *f = eng_sched_finish_reason((enum eng_sched_finish)r->finish);
+static const char *api_finish(const struct srv_choice *c) {
+    const char *f = eng_sched_finish_reason((enum eng_sched_finish)c->finish);
     return f ? f : "stop";
 }
 
-char *srv_api_completion(const struct srv_req *r, const char *model, const char *text, size_t n_text) {
+char *srv_api_completion(const struct srv_req *r, const char *model) {
     bool chat = r->kind == SRV_CHAT;
     json_t *o = api_head(r, model, chat ? "chat.completion" : "text_completion");
-    json_t *choice = json_object();
-    json_object_set_new(choice, "index", json_integer(0));
-    if (chat) {
-        json_t *msg = json_object();
-        json_object_set_new(msg, "role", json_string("assistant"));
-        json_object_set_new(msg, "content", json_stringn(text, n_text));
-        json_object_set_new(choice, "message", msg);
-    } else {
-        json_object_set_new(choice, "text", json_stringn(text, n_text));
-    }
-    json_object_set_new(choice, "logprobs", json_null());
-    json_object_set_new(choice, "finish_reason", json_string(api_finish(r)));
     json_t *choices = json_array();
-    json_array_append_new(choices, choice);
+    for (int i = 0; i < r->n_choices; i++) {
+        const struct srv_choice *c = &r->ch[i];
+        const char *text = c->text ? c->text : "";
+        json_t *choice = json_object();
+        json_object_set_new(choice, "index", json_integer(i));
+        if (chat) {
+            json_t *msg = json_object();
+            json_object_set_new(msg, "role", json_string("assistant"));
+            json_object_set_new(msg, "content", json_stringn(text, c->n_text));
+            json_object_set_new(choice, "message", msg);
+        } else {
+            json_object_set_new(choice, "text", json_stringn(text, c->n_text));
+        }
+        json_object_set(choice, "logprobs", c->logprobs ? c->logprobs : json_null());
+        json_object_set_new(choice, "finish_reason", json_string(api_finish(c)));
+        json_array_append_new(choices, choice);
+    }
     json_object_set_new(o, "choices", choices);
     json_object_set_new(o, "usage", api_usage(r));
+    json_object_set_new(o, "timings", api_timings(r));
     return api_dump(o);
 }
 
-char *srv_api_chunk(const struct srv_req *r, const char *model, const char *text, size_t n_text, bool role,
-                    const char *finish) {
+char *srv_api_chunk(const struct srv_req *r, const char *model, int index, const char *text, size_t n_text, bool role,
+                    json_t *logprobs, const char *finish, bool timings) {
     bool chat = r->kind == SRV_CHAT;
     json_t *o = api_head(r, model, chat ? "chat.completion.chunk" : "text_completion");
     json_t *choice = json_object();
-    json_object_set_new(choice, "index", json_integer(0));
+    json_object_set_new(choice, "index", json_integer(index));
     if (chat) {
         json_t *delta = json_object();
         if (role) json_object_set_new(delta, "role", json_string("assistant"));
-        if (role || n_text) json_object_set_new(delta, "content", json_stringn(text, n_text));
+        if (role || n_text || logprobs) json_object_set_new(delta, "content", json_stringn(text, n_text));
         json_object_set_new(choice, "delta", delta);
     } else {
         json_object_set_new(choice, "text", json_stringn(text, n_text));
     }
-    json_object_set_new(choice, "logprobs", json_null());
+    json_object_set_new(choice, "logprobs", logprobs ? logprobs : json_null());
     json_object_set_new(choice, "finish_reason", finish ? json_string(finish) : json_null());
     json_t *choices = json_array();
     json_array_append_new(choices, choice);
     json_object_set_new(o, "choices", choices);
     if (r->include_usage) json_object_set_new(o, "usage", json_null());
+    if (timings) json_object_set_new(o, "timings", api_timings(r));
     return api_dump(o);
 }
 
@@ -454,6 +529,7 @@ char *srv_api_usage_chunk(const struct srv_req *r, const char *model) {
     json_t *o = api_head(r, model, chat ? "chat.completion.chunk" : "text_completion");
     json_object_set_new(o, "choices", json_array());
     json_object_set_new(o, "usage", api_usage(r));
+    json_object_set_new(o, "timings", api_timings(r));
     return api_dump(o);
 }
 

@@ -14,11 +14,15 @@
  *     resumed and answered with the whole completion.
  * A stream that has had nothing to send for --sse-keepalive seconds gets an
  * SSE comment line; a request older than --timeout is cancelled.
+ * A request with n choices submits n jobs at once and answers when the last
+ * has ended; in a stream each chunk names its choice, and the first choice
+ * to fail (an error, or cancelled) cancels the others, whose end then brings
+ * the one error event.
  * A suspended connection is invisible to MHD, so a uv_poll on its socket
  * notices a client that hangs up while it waits; that, or MHD reporting a
- * failed write, sets the job's cancel flag.  The srv_req is freed only when
- * both MHD is done with the connection and the engine has sent the job's last
- * event (the engine may still hold the job until then).
+ * failed write, sets the jobs' cancel flags.  The srv_req is freed only when
+ * both MHD is done with the connection and the engine has sent every job's
+ * last event (the engine may still hold a job until then).
  *
  * Not here: JSON shapes (api.c), metrics text (metrics.c), the engine thread
  * (worker.c), start-up and signals (cli_serve.c).
@@ -126,19 +130,34 @@ static void req_watch_stop(struct srv_req *r) {
     r->watch = NULL;
 }
 
+/* The choices' memory (jobs never submitted, or whose last event came). */
+static void req_choices_free(struct srv_req *r) {
+    for (int i = 0; i < r->n_choices; i++) {
+        struct srv_choice *c = &r->ch[i];
+        eng_sched_req_free(c->job);
+        free(c->spare);
+        free(c->text);
+        json_decref(c->logprobs);
+    }
+    free(r->ch);
+    r->ch = NULL;
+    r->n_choices = 0;
+}
+
 static void req_free(struct srv *s, struct srv_req *r) {
     req_watch_stop(r);
     req_unlink(s, r);
     s->n_open--;
-    eng_sched_req_free(r->job);
-    free(r->spare);
+    req_choices_free(r);
+    free(r->echo_text);
     free(r->body);
     free(r->out);
     free(r);
 }
 
 static void req_cancel(struct srv_req *r) {
-    if (r->job) atomic_store(&r->job->cancel, true);
+    for (int i = 0; i < r->n_choices; i++)
+        if (r->ch[i].job) atomic_store(&r->ch[i].job->cancel, true);
 }
 
 static void req_resume(struct srv_req *r) {
@@ -219,6 +238,36 @@ static void req_cancel_reason(const struct srv *s, const struct srv_req *r, stru
 
 /* ---- generation requests ---- */
 
+/* The request's n jobs, one per choice, each with its own seed (seed +
+ * index); nothing is submitted.  On failure, what was made is freed. */
+static int req_jobs_create(struct srv *s, struct srv_req *r, const struct srv_gen *g, int max_tokens,
+                           struct srv_err *err) {
+    if (!(r->ch = calloc((size_t)g->n_choices, sizeof *r->ch))) {
+        srv_err_set(err, ENG_E_NOMEM, NULL, NULL, "out of memory");
+        return -1;
+    }
+    r->n_choices = g->n_choices;
+    for (int i = 0; i < g->n_choices; i++) {
+        struct srv_choice *c = &r->ch[i];
+        c->req = r;
+        c->index = i;
+        struct eng_sampler_params sp = g->sp;
+        sp.seed += (uint64_t)i;
+        int erc = eng_sched_req_init(&c->job, s->eng->tok, g->prompt, g->n_prompt, max_tokens, &sp, g->stop, g->n_stop);
+        if (!erc && g->logprobs >= 0) erc = eng_sched_req_want_logprobs(c->job, g->logprobs, g->echo);
+        if (!erc && !(c->spare = malloc(sizeof *c->spare + 1))) erc = ENG_E_NOMEM;
+        if (erc) {
+            req_choices_free(r);   /* never submitted: no event will come for them */
+            srv_err_set(err, erc, NULL, NULL, "%s", eng_err_msg(erc));
+            return -1;
+        }
+        c->job->ignore_eog = g->ignore_eos;
+        c->job->use_ppd = g->use_ppd;
+        c->job->user = c;
+    }
+    return 0;
+}
+
 static enum MHD_Result handle_generate(struct srv *s, struct srv_req *r, enum srv_kind kind) {
     struct srv_err err = {0};
     if (s->draining) {
@@ -232,7 +281,14 @@ static enum MHD_Result handle_generate(struct srv *s, struct srv_req *r, enum sr
     struct srv_gen g;
     json_t *root = NULL;
     int rc = srv_api_parse(s, kind, r->body ? r->body : "", r->n_body, &g, &root, &err);
-    if (rc == 0 && s->n_jobs >= s->cfg.n_parallel + s->cfg.max_queue) {
+    const long room_jobs = s->cfg.n_parallel + s->cfg.max_queue;
+    if (rc == 0 && g.n_choices > room_jobs) {
+        srv_err_set(&err, ENG_E_RANGE, "n", "invalid_value",
+                    "n = %d is more than this server can hold at once (--parallel + --max-queue = %ld)", g.n_choices,
+                    room_jobs);
+        rc = -1;
+    }
+    if (rc == 0 && s->n_jobs + g.n_choices > room_jobs) {
         srv_err_set(&err, ENG_E_FULL, NULL, "queue_full", "too many requests are waiting (%d); retry later", s->n_jobs);
         rc = -1;
     }
@@ -240,20 +296,18 @@ static enum MHD_Result handle_generate(struct srv *s, struct srv_req *r, enum sr
         int room = s->n_ctx - g.n_prompt;
         int max_tokens = g.max_tokens > 0 ? g.max_tokens : s->cfg.n_predict > 0 ? (int)s->cfg.n_predict : room;
         if (max_tokens > room) max_tokens = room;
-        int erc = eng_sched_req_init(&r->job, s->eng->tok, g.prompt, g.n_prompt, max_tokens, &g.sp, g.stop, g.n_stop);
-        if (!erc && !(r->spare = malloc(sizeof *r->spare + 1))) {
-            eng_sched_req_free(r->job);   /* never submitted: no event will come for it */
-            r->job = NULL;
-            erc = ENG_E_NOMEM;
-        }
-        if (erc) { srv_err_set(&err, erc, NULL, NULL, "%s", eng_err_msg(erc)); rc = -1; }
-        else { r->job->ignore_eog = g.ignore_eos; r->job->use_ppd = g.use_ppd; }
+        rc = req_jobs_create(s, r, &g, max_tokens, &err);
     }
     if (rc == 0) {
         r->kind = kind;
         r->stream = g.stream;
         r->include_usage = g.stream && g.include_usage;
         r->n_prompt = g.n_prompt;
+        r->logprobs = g.logprobs;
+        r->echo = g.echo;
+        r->echo_text = g.echo_text;
+        r->n_echo_text = g.n_echo_text;
+        g.echo_text = NULL;
     }
     srv_gen_free(&g);
     json_decref(root);
@@ -262,18 +316,22 @@ static enum MHD_Result handle_generate(struct srv *s, struct srv_req *r, enum sr
     snprintf(r->id, sizeof r->id, "%s-%llx%08llx", kind == SRV_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)time(NULL), ++s->next_id);
     r->created = (long long)time(NULL);
-    r->job->user = r;
-    r->submit.req = r;
-    s->n_jobs++;
-    srv_queue_push(&s->inbox, &r->submit.node);
-    LOG_DEBUG("%s: %d prompt tokens, max_tokens %d%s", r->id, r->n_prompt, r->job->max_tokens, r->stream ? ", streamed" : "");
+    for (int i = 0; i + 1 < r->n_choices; i++) r->ch[i].submit.next = &r->ch[i + 1].submit;
+    r->ch[r->n_choices - 1].submit.next = NULL;
+    r->n_live = r->n_choices;
+    s->n_jobs += r->n_choices;
+    srv_queue_push_list(&s->inbox, &r->ch[0].submit, &r->ch[r->n_choices - 1].submit);
+    LOG_DEBUG("%s: %d prompt tokens, max_tokens %d, n %d%s", r->id, r->n_prompt, r->ch[0].job->max_tokens,
+              r->n_choices, r->stream ? ", streamed" : "");
     req_watch_start(s, r);
     if (!r->stream) {
         r->suspended = true;
         MHD_suspend_connection(r->conn);
         return MHD_YES;
     }
-    if (kind == SRV_CHAT) sse_data(r, srv_api_chunk(r, s->model_id, "", 0, true, NULL));
+    if (kind == SRV_CHAT)
+        for (int i = 0; i < r->n_choices; i++)
+            sse_data(r, srv_api_chunk(r, s->model_id, i, "", 0, true, NULL, NULL, false));
     struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse_reader, r, NULL);
     if (!resp) { req_cancel(r); return MHD_NO; }
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
@@ -284,18 +342,23 @@ static enum MHD_Result handle_generate(struct srv *s, struct srv_req *r, enum sr
     return q;
 }
 
-/* A non-streamed request whose job has ended: answer it. */
+/* The error a request whose choice failed answers with. */
+static void req_fail_err(const struct srv *s, const struct srv_req *r, struct srv_err *err) {
+    if (r->fail_finish == ENG_SCHED_FINISH_CANCELLED)
+        req_cancel_reason(s, r, err);
+    else
+        srv_err_set(err, r->fail_err ? r->fail_err : ENG_E_INTERNAL, NULL, NULL, "generation failed: %s",
+                    eng_err_msg(r->fail_err));
+}
+
+/* A non-streamed request whose jobs have all ended: answer it. */
 static enum MHD_Result respond_final(struct srv *s, struct srv_req *r) {
-    struct srv_err err = {0};
-    if (r->finish == ENG_SCHED_FINISH_ERROR) {
-        srv_err_set(&err, r->err ? r->err : ENG_E_INTERNAL, NULL, NULL, "generation failed: %s", eng_err_msg(r->err));
+    if (r->fail_finish) {
+        struct srv_err err = {0};
+        req_fail_err(s, r, &err);
         return respond_err(s, r->conn, &err);
     }
-    if (r->finish == ENG_SCHED_FINISH_CANCELLED) {
-        req_cancel_reason(s, r, &err);
-        return respond_err(s, r->conn, &err);
-    }
-    return respond(r->conn, 200, srv_api_completion(r, s->model_id, r->out ? r->out : "", r->n_out), "application/json");
+    return respond(r->conn, 200, srv_api_completion(r, s->model_id), "application/json");
 }
 
 /* ---- the MHD callbacks ---- */
@@ -405,8 +468,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     r->conn = NULL;
     r->suspended = false;
     req_watch_stop(r);
-    if (r->job) {
-        /* The engine still holds the job: cancel, free at its last event. */
+    if (r->n_live > 0) {
+        /* The engine still holds jobs: cancel, free at their last events. */
         if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) LOG_DEBUG("%s: connection ended early, cancelling", r->id);
         req_cancel(r);
         return;
@@ -416,60 +479,115 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /* ---- engine events ---- */
 
-static void req_on_event(struct srv *s, struct srv_req *r, const struct srv_event *ev) {
+/* Not streamed: the choice's text so far grows by n bytes. */
+static void choice_text_append(struct srv_choice *c, const char *p, size_t n) {
+    if (c->n_text + n + 1 > c->cap_text) {
+        size_t nc = (c->n_text + n + 1) * 2;
+        if (nc < 256) nc = 256;
+        char *np = realloc(c->text, nc);
+        if (!np) return;
+        c->text = np;
+        c->cap_text = nc;
+    }
+    memcpy(c->text + c->n_text, p, n);
+    c->n_text += n;
+    c->text[c->n_text] = 0;
+}
+
+/* The event's text and logprobs as the client sees them: with echo, the
+ * prompt (and its logprobs) come first, once per choice. */
+static void choice_on_output(struct srv *s, struct srv_req *r, struct srv_choice *c, const struct srv_event *ev) {
+    const bool echo = r->echo && !c->echoed;
+    c->echoed = true;
+    json_t *lp = NULL;
+    if (r->logprobs >= 0 && (ev->n_lp > 0 || (echo && ev->lp_prompt)))
+        lp = srv_logprobs_json(r, c, echo ? ev->lp_prompt : NULL, ev->n_prompt, ev->lp, ev->n_lp);
+    if (r->stream) {
+        if (!ev->n_text && !lp && !(echo && r->n_echo_text)) return;
+        if (echo) {
+            char *t = malloc(r->n_echo_text + ev->n_text + 1);
+            if (!t) { json_decref(lp); return; }
+            memcpy(t, r->echo_text, r->n_echo_text);
+            memcpy(t + r->n_echo_text, ev->text, ev->n_text);
+            sse_data(r, srv_api_chunk(r, s->model_id, c->index, t, r->n_echo_text + ev->n_text, false, lp, NULL, false));
+            free(t);
+        } else {
+            sse_data(r, srv_api_chunk(r, s->model_id, c->index, ev->text, ev->n_text, false, lp, NULL, false));
+        }
+        return;
+    }
+    if (echo) choice_text_append(c, r->echo_text, r->n_echo_text);
+    choice_text_append(c, ev->text, ev->n_text);
+    srv_logprobs_append(&c->logprobs, lp);
+}
+
+/* A stream's end once every choice has ended: the usage chunk (with the
+ * timings) and [DONE], or the first failure's error event. */
+static void req_stream_end(struct srv *s, struct srv_req *r) {
+    if (r->fail_finish) {
+        struct srv_err err = {0};
+        req_fail_err(s, r, &err);
+        sse_data(r, srv_err_json(&err));
+    } else {
+        if (r->include_usage) sse_data(r, srv_api_usage_chunk(r, s->model_id));
+        out_append(r, "data: [DONE]\n\n", 14);
+    }
+}
+
+static void req_on_event(struct srv *s, struct srv_choice *c, const struct srv_event *ev) {
+    struct srv_req *r = c->req;
     double now = eng_now_s();
     struct srv_metrics *m = &s->metrics;
     if (ev->n_ids > 0) {
         if (r->t_first == 0) {
             r->t_first = now;
             srv_hist_observe(&m->ttft, now - r->t_arrive);
+        }
+        if (c->t_last == 0) {
             srv_hist_observe(&m->queue, ev->queue_s);
         } else {
-            double dt = (now - r->t_last) / ev->n_ids;
+            double dt = (now - c->t_last) / ev->n_ids;
             for (int i = 0; i < ev->n_ids; i++) srv_hist_observe(&m->itl, dt);
         }
-        r->t_last = now;
+        c->t_last = r->t_last = now;
     }
-    r->n_gen = ev->n_gen;
-    bool last = ev->finish != ENG_SCHED_RUNNING;
-    if (!r->conn_gone) {
-        if (r->stream) {
-            if (ev->n_text) sse_data(r, srv_api_chunk(r, s->model_id, ev->text, ev->n_text, false, NULL));
-            if (last) {
-                r->finish = ev->finish;
-                const char *reason = eng_sched_finish_reason((enum eng_sched_finish)ev->finish);
-                if (reason) {
-                    sse_data(r, srv_api_chunk(r, s->model_id, "", 0, false, reason));
-                    if (r->include_usage) sse_data(r, srv_api_usage_chunk(r, s->model_id));
-                    out_append(r, "data: [DONE]\n\n", 14);
-                } else {
-                    struct srv_err err = {0};
-                    if (ev->finish == ENG_SCHED_FINISH_CANCELLED)
-                        req_cancel_reason(s, r, &err);
-                    else
-                        srv_err_set(&err, ev->err ? ev->err : ENG_E_INTERNAL, NULL, NULL, "generation failed: %s",
-                                    eng_err_msg(ev->err));
-                    sse_data(r, srv_err_json(&err));
-                }
-                r->finished = true;
-            }
-            req_resume(r);
-        } else {
-            out_append(r, ev->text, ev->n_text);
-            if (last) {
-                r->finish = ev->finish;
-                r->err = ev->err;
-                r->finished = true;
-                req_resume(r);
-            }
+    c->n_gen = ev->n_gen;
+    c->t_admit = ev->t_admit;
+    c->t_first = ev->t_first;
+    c->t_end = ev->t_emit;
+    c->ppd_steps = ev->ppd_steps;
+    c->ppd_drafted = ev->ppd_drafted;
+    c->ppd_accepted = ev->ppd_accepted;
+    const bool last = ev->finish != ENG_SCHED_RUNNING;
+    const char *reason = eng_sched_finish_reason((enum eng_sched_finish)ev->finish);
+    if (last) {
+        c->done = true;
+        c->finish = ev->finish;
+        c->err = ev->err;
+        r->n_live--;
+        if (!reason && !r->fail_finish) {
+            /* The first choice to fail decides the answer; the others stop. */
+            r->fail_finish = ev->finish;
+            r->fail_err = ev->err;
+            req_cancel(r);
         }
     }
+    if (!r->conn_gone) {
+        choice_on_output(s, r, c, ev);
+        if (last && r->stream && reason && !r->fail_finish)
+            sse_data(r, srv_api_chunk(r, s->model_id, c->index, "", 0, false, NULL, reason,
+                                      r->n_live == 0 && !r->include_usage));
+        if (last && r->n_live == 0) {
+            if (r->stream) req_stream_end(s, r);
+            r->finished = true;
+        }
+        if (r->stream || r->finished) req_resume(r);
+    }
     if (!last) return;
-    eng_sched_req_free(r->job);
-    r->job = NULL;
+    eng_sched_req_free(c->job);
+    c->job = NULL;
     s->n_jobs--;
-    req_watch_stop(r);
-    m->prompt_tokens += (unsigned long long)ev->n_prompt;
+    if (c->index == 0) m->prompt_tokens += (unsigned long long)ev->n_prompt;   /* once per request */
     m->gen_tokens += (unsigned long long)ev->n_gen;
     switch (ev->finish) {
     case ENG_SCHED_FINISH_EOG:
@@ -479,9 +597,11 @@ static void req_on_event(struct srv *s, struct srv_req *r, const struct srv_even
     case ENG_SCHED_FINISH_CANCELLED: m->cancelled++; break;
     default: m->failed++; break;
     }
-    if (ev->finish != ENG_SCHED_FINISH_CANCELLED) srv_hist_observe(&m->e2e, now - r->t_arrive);
-    const char *why = eng_sched_finish_reason((enum eng_sched_finish)ev->finish);
-    LOG_DEBUG("%s: done (%s), %d + %d tokens", r->id, why ? why : "cancelled/error", ev->n_prompt, ev->n_gen);
+    LOG_DEBUG("%s: choice %d done (%s), %d + %d tokens", r->id, c->index, reason ? reason : "cancelled/error",
+              ev->n_prompt, ev->n_gen);
+    if (r->n_live > 0) return;
+    req_watch_stop(r);
+    if (r->fail_finish != ENG_SCHED_FINISH_CANCELLED) srv_hist_observe(&m->e2e, now - r->t_arrive);
     if (r->conn_gone) req_free(s, r);
 }
 
@@ -502,8 +622,10 @@ void srv_http_on_events(struct srv *s) {
                 if (ev->step_s > s->metrics.step_max_s) s->metrics.step_max_s = ev->step_s;
             }
         } else {
-            if (ev == ev->req->spare) ev->req->spare = NULL;   /* freed below, not with the request */
-            req_on_event(s, ev->req, ev);
+            if (ev == ev->choice->spare) ev->choice->spare = NULL;   /* freed below, not with the request */
+            req_on_event(s, ev->choice, ev);
+            free(ev->lp);
+            free(ev->lp_prompt);
         }
         free(ev);
     }
@@ -521,7 +643,7 @@ static void on_tick(uv_timer_t *t) {
     double now = eng_now_s();
     bool any = false;
     for (struct srv_req *r = s->reqs; r; r = r->next) {
-        if (r->finished || r->conn_gone || !r->job) continue;
+        if (r->finished || r->conn_gone || r->n_live == 0) continue;
         if (s->cfg.timeout_s > 0 && !r->timed_out && now - r->t_arrive > (double)s->cfg.timeout_s) {
             LOG_INFO("%s: deadline of %lds passed, cancelling", r->id, s->cfg.timeout_s);
             r->timed_out = true;

@@ -9,10 +9,15 @@
  * read-only after load, so the loop thread tokenizes prompts itself and can
  * reject an over-long one before anything is queued.
  *
+ * A request with n choices is n engine jobs (srv_choice), each its own
+ * sequence with its own seed (seed + index), batched by the scheduler like
+ * any others; the srv_req answers once every job has ended.
+ *
  * Files: config.c (settings), queue.c (the queues), api.c (OpenAI JSON in and
- * out, the error formatter), metrics.c (Prometheus text), worker.c (engine
- * thread), http.c (MHD on libuv, routes, request lifecycle, SSE), cli_serve.c
- * (start-up, signals, drain).
+ * out, the error formatter), api_logprobs.c (the logprobs objects),
+ * metrics.c (Prometheus text), worker.c (engine thread), http.c (MHD on
+ * libuv, routes, request lifecycle, SSE), cli_serve.c (start-up, signals,
+ * drain).
  */
 #ifndef PPD_SERVER_SERVE_H
 #define PPD_SERVER_SERVE_H
@@ -33,6 +38,9 @@
 #include "queue.h"
 
 enum srv_kind { SRV_CHAT = 1, SRV_COMPLETION };
+
+#define SRV_MAX_CHOICES 16               /* n at most */
+#define SRV_MAX_COMPLETION_LOGPROBS 5    /* /v1/completions' logprobs at most (OpenAI's bound) */
 
 /* An error on its way to the client: an ENG_E_* code (which gives the HTTP
  * status), a message, the offending field and OpenAI's string code. */
@@ -55,6 +63,11 @@ struct srv_gen {
     int n_stop;
     int32_t *prompt;         /* malloc'd */
     int n_prompt;
+    int n_choices;           /* n */
+    int logprobs;            /* -1: none; else alternatives per token (chat top_logprobs, completions logprobs) */
+    bool echo;               /* completions: the prompt before the completion (with logprobs: its tokens too) */
+    char *echo_text;         /* malloc'd with echo: the prompt's text */
+    size_t n_echo_text;
 };
 
 /* ---- metrics (loop thread only) ---- */
@@ -97,11 +110,16 @@ enum srv_ev_kind { SRV_EV_SEQ = 1, SRV_EV_STATS };
 struct srv_event {
     struct srv_qnode node;   /* first: the queue links through it */
     enum srv_ev_kind kind;
-    struct srv_req *req;     /* SRV_EV_SEQ */
+    struct srv_choice *choice;   /* SRV_EV_SEQ */
     int finish;              /* enum eng_sched_finish */
     int err;
     int n_ids, n_prompt, n_gen;
     double queue_s;
+    struct eng_logprob *lp;  /* malloc'd [n_lp] with logprobs, else NULL */
+    int n_lp;
+    struct eng_logprob *lp_prompt;   /* malloc'd [n_prompt] once, with prompt logprobs */
+    double t_admit, t_first, t_emit;
+    int ppd_steps, ppd_drafted, ppd_accepted;
     /* SRV_EV_STATS */
     int n_running, n_waiting, n_rows;
     long kv_used, kv_total;
@@ -150,6 +168,25 @@ struct srv {
     struct srv_req *reqs;            /* every live srv_req (for drain) */
 };
 
+/* One choice of a request: one engine job (loop thread, except that the
+ * engine holds `job` between submit and its last event). */
+struct srv_choice {
+    struct srv_qnode submit;         /* the inbox node */
+    struct srv_req *req;
+    int index;
+    struct eng_sched_req *job;       /* owned by the engine between submit and the last event */
+    struct srv_event *spare;         /* the last event's carrier if malloc fails on the engine thread */
+    bool done;                       /* the job's last event arrived */
+    bool echoed;                     /* echo: the prompt went out */
+    char *text;                      /* not streamed: the text so far */
+    size_t n_text, cap_text;
+    json_t *logprobs;                /* not streamed, with logprobs: the choice's logprobs object */
+    long n_chars;                    /* completions' text_offset: characters of the token strings so far */
+    int n_gen, finish, err;
+    double t_admit, t_first, t_end, t_last;
+    int ppd_steps, ppd_drafted, ppd_accepted;
+};
+
 /* One HTTP request (loop thread). */
 struct srv_req {
     struct srv *srv;
@@ -166,22 +203,23 @@ struct srv_req {
     bool timed_out;                  /* cancelled by the --timeout deadline */
     enum srv_kind kind;
     bool stream, include_usage;
+    int logprobs;                    /* -1: none; else alternatives per token */
+    bool echo;
+    char *echo_text;                 /* with echo: the prompt's text */
+    size_t n_echo_text;
     char id[48];
     long long created;
-    struct {                         /* inbox node */
-        struct srv_qnode node;
-        struct srv_req *req;
-    } submit;
-    struct eng_sched_req *job;       /* owned by the engine between submit and the last event */
-    struct srv_event *spare;         /* the last event's carrier if malloc fails on the engine thread */
+    struct srv_choice *ch;           /* [n_choices] */
+    int n_choices;
+    int n_live;                      /* jobs submitted whose last event has not arrived */
     uv_poll_t *watch;                /* notices a client that hangs up while we wait */
     int watch_fd;
     /* produced output */
-    char *out;                       /* SSE bytes to send, or the non-streamed text */
+    char *out;                       /* SSE bytes to send */
     size_t n_out, off_out, cap_out;
-    int n_prompt, n_gen;
-    int finish, err;
-    double t_arrive, t_first, t_last;
+    int n_prompt;
+    int fail_finish, fail_err;       /* the first choice that ended without a finish_reason (0: none) */
+    double t_arrive, t_first, t_last;   /* arrival, first token and latest token of any choice */
 };
 
 /* api.c */
@@ -193,11 +231,28 @@ void srv_err_set(struct srv_err *e, int code, const char *param, const char *oai
 /* {"error":{"message","type","param","code"}}; malloc'd. */
 char *srv_err_json(const struct srv_err *e);
 const char *srv_err_type(int http_status);
-/* Response bodies (malloc'd, compact JSON). */
-char *srv_api_completion(const struct srv_req *r, const char *model, const char *text, size_t n_text);
-char *srv_api_chunk(const struct srv_req *r, const char *model, const char *text, size_t n_text, bool role,
-                    const char *finish);
+/* Response bodies (malloc'd, compact JSON).  The whole non-streamed answer
+ * (every choice's text, logprobs and finish, usage, timings): */
+char *srv_api_completion(const struct srv_req *r, const char *model);
+/* One stream chunk for choice `index`: text (chat: the delta's content;
+ * role: with role "assistant"), logprobs (stolen; NULL: null), finish (NULL:
+ * null); with `timings`, the request's timings at the top level. */
+char *srv_api_chunk(const struct srv_req *r, const char *model, int index, const char *text, size_t n_text, bool role,
+                    json_t *logprobs, const char *finish, bool timings);
+/* The usage chunk (choices: []), with the timings. */
 char *srv_api_usage_chunk(const struct srv_req *r, const char *model);
+
+/* api_logprobs.c: one event's tokens in OpenAI's logprobs shape for the
+ * request's kind (chat: {"content": [...]}, completions: {"tokens",
+ * "token_logprobs", "top_logprobs", "text_offset"}), the prompt's tokens
+ * first when prompt_lp is given (echo: [0] is the first prompt token, which
+ * has no logprob); c->n_chars advances.  NULL on out of
+ * memory. */
+json_t *srv_logprobs_json(const struct srv_req *r, struct srv_choice *c, const struct eng_logprob *prompt_lp,
+                          int n_prompt, const struct eng_logprob *lp, int n_lp);
+/* Append the entries of `more` (as srv_logprobs_json made it) to *acc
+ * (NULL: it becomes more); takes more. */
+void srv_logprobs_append(json_t **acc, json_t *more);
 char *srv_api_models(const struct srv *s);
 
 /* worker.c */

@@ -29,12 +29,28 @@ static void worker_append(struct worker_batch *wb, struct srv_event *ev) {
 
 static struct worker_batch *worker_cur;   /* the batch of the step running (engine thread) */
 
+/* A malloc'd copy of n entries (NULL when there are none, or on out of memory). */
+static struct eng_logprob *worker_copy_lp(const struct eng_logprob *lp, int n) {
+    if (!lp || n <= 0) return NULL;
+    struct eng_logprob *c = malloc(sizeof *c * (size_t)n);
+    if (c) memcpy(c, lp, sizeof *c * (size_t)n);
+    return c;
+}
+
 static void worker_on_event(void *user, const struct eng_sched_event *e) {
     (void)user;
-    struct srv_req *r = e->req->user;
+    struct srv_choice *c = e->req->user;
     struct srv_event *ev = malloc(sizeof *ev + e->n_text + 1);
     size_t n_text = e->n_text;
+    struct eng_logprob *lp = worker_copy_lp(e->lp, e->n_ids), *lp_prompt = worker_copy_lp(e->lp_prompt, e->n_prompt);
+    if (ev && ((e->lp && e->n_ids > 0 && !lp) || (e->lp_prompt && !lp_prompt))) {
+        free(ev);   /* logprobs asked for and lost: handled as lost text */
+        ev = NULL;
+    }
     if (!ev) {
+        free(lp);
+        free(lp_prompt);
+        lp = lp_prompt = NULL;
         if (e->finish == ENG_SCHED_RUNNING) {
             /* This step's text is lost; cancel rather than send a stream
              * with a hole in it.  The final event will use the spare. */
@@ -44,12 +60,21 @@ static void worker_on_event(void *user, const struct eng_sched_event *e) {
         }
         /* The final event must arrive, or the request would never be freed:
          * it travels in the carrier allocated with the request, without text. */
-        ev = r->spare;
+        ev = c->spare;
         n_text = 0;
     }
     memset(ev, 0, sizeof *ev);
     ev->kind = SRV_EV_SEQ;
-    ev->req = r;
+    ev->choice = c;
+    ev->lp = lp;
+    ev->n_lp = lp ? e->n_ids : 0;
+    ev->lp_prompt = lp_prompt;
+    ev->t_admit = e->t_admit;
+    ev->t_first = e->t_first;
+    ev->t_emit = e->t_emit;
+    ev->ppd_steps = e->ppd_steps;
+    ev->ppd_drafted = e->ppd_drafted;
+    ev->ppd_accepted = e->ppd_accepted;
     ev->finish = e->finish;
     ev->err = e->err;
     ev->n_ids = e->n_ids;
@@ -70,7 +95,7 @@ static void *worker_main(void *arg) {
         struct srv_qnode *n = srv_queue_wait(&s->inbox, !eng_sched_idle(&s->sched), &closed);
         while (n) {
             struct srv_qnode *next = n->next;
-            struct eng_sched_req *job = ((struct srv_req *)((char *)n - offsetof(struct srv_req, submit.node)))->job;
+            struct eng_sched_req *job = ((struct srv_choice *)((char *)n - offsetof(struct srv_choice, submit)))->job;
             eng_sched_submit(&s->sched, job);
             n = next;
         }

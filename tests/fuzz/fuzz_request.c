@@ -1,7 +1,7 @@
 /* fuzz_request.c — libFuzzer target: the OpenAI request parser/validator
  * (srv_api_parse, the function the HTTP handler calls on every body), then
  * the scheduler request the handler builds from an accepted one
- * (eng_sched_req_init: stop strings, sampler parameters).
+ * (eng_sched_req_init: stop strings, sampler parameters; logprobs).
  *
  * Each input is parsed as a chat body and as a completion body.  The server
  * context is the smallest one srv_api_parse reads: the default model's
@@ -50,12 +50,17 @@ static void fuzz_parse(const char *body, size_t n, enum srv_kind kind) {
         if (g.n_stop < 0 || g.n_stop > ENG_TEXTOUT_MAX_STOP || g.max_tokens < 0) abort();
         for (int i = 0; i < g.n_stop; i++)
             if (strlen(g.stop[i]) > ENG_TEXTOUT_MAX_STOP_LEN) abort();
+        if (g.n_choices < 1 || g.n_choices > SRV_MAX_CHOICES) abort();
+        if (g.logprobs < -1 || g.logprobs > (kind == SRV_CHAT ? ENG_LOGPROBS_MAX_TOP : SRV_MAX_COMPLETION_LOGPROBS))
+            abort();
+        if (g.echo != (g.echo_text != NULL) || (g.echo && kind == SRV_CHAT)) abort();
         /* What the handler does next with an accepted request. */
         int room = FUZZ_N_CTX - g.n_prompt;
         int max_tokens = g.max_tokens > 0 && g.max_tokens < room ? g.max_tokens : room;
         struct eng_sched_req *job = NULL;
         if (eng_sched_req_init(&job, fuzz_eng.tok, g.prompt, g.n_prompt, max_tokens, &g.sp, g.stop, g.n_stop))
             abort();
+        if (g.logprobs >= 0 && eng_sched_req_want_logprobs(job, g.logprobs, g.echo)) abort();
         eng_sched_req_free(job);
     } else if (e.code >= 0 || !e.msg[0]) {
         abort();   /* a refusal always carries an ENG_E_* code and a message */

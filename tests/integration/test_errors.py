@@ -48,12 +48,42 @@ def test_malformed_json_400(server):
 
 @pytest.mark.parametrize("field,value", [
     ("temperature", "hot"), ("temperature", 3.5), ("max_tokens", "ten"), ("max_tokens", 0), ("top_p", 1.5),
-    ("top_k", 1.5), ("stream", "yes"), ("stop", 5), ("stop", ["a", 1]), ("seed", "x"), ("n", 2),
-    ("presence_penalty", 9), ("stream_options", 3), ("logprobs", True), ("model", 7),
+    ("top_k", 1.5), ("stream", "yes"), ("stop", 5), ("stop", ["a", 1]), ("seed", "x"), ("n", 0), ("n", 17),
+    ("n", 1.5), ("presence_penalty", 9), ("stream_options", 3), ("logprobs", 1), ("top_logprobs", 21),
+    ("top_logprobs", -1), ("echo", True), ("model", 7),
 ])
 def test_wrong_field_400(server, field, value):
     body = {"messages": [{"role": "user", "content": "Hi"}], field: value}
+    if field == "top_logprobs":
+        body["logprobs"] = True
     check_error(post(server, "/v1/chat/completions", json=body), 400, param=field)
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"top_logprobs": 3}, "top_logprobs"),                   # without logprobs: true
+    ({"logprobs": False, "top_logprobs": 3}, "top_logprobs"),
+])
+def test_logprobs_fields_400(server, body, param):
+    body = {"messages": [{"role": "user", "content": "Hi"}], **body}
+    check_error(post(server, "/v1/chat/completions", json=body), 400, param=param)
+
+
+@pytest.mark.parametrize("field,value", [("logprobs", 6), ("logprobs", -1), ("logprobs", True), ("logprobs", 1.5),
+                                         ("echo", 1), ("n", 17)])
+def test_wrong_completion_field_400(server, field, value):
+    check_error(post(server, "/v1/completions", json={"prompt": "Hi", field: value}), 400, param=field)
+
+
+def test_n_beyond_what_the_server_holds_400(tmp_path_factory):
+    s = start_server(tmp_path_factory, "-np", "1", "--max-queue", "2", "-c", "256", name="smallqueue")
+    try:
+        body = {"messages": [{"role": "user", "content": "Hi"}], "n": 4, "max_tokens": 1}
+        err = check_error(requests.post(s.url + "/v1/chat/completions", json=body, timeout=60), 400, param="n")
+        assert "--max-queue" in err["message"]
+        ok = requests.post(s.url + "/v1/chat/completions", json={**body, "n": 3}, timeout=60)
+        assert ok.status_code == 200 and len(ok.json()["choices"]) == 3
+    finally:
+        assert s.stop() == 0
 
 
 @pytest.mark.parametrize("body,param", [

@@ -71,6 +71,15 @@ def test_responses_conform(server, spec, model_id):
     body = {"prompt": "Hi", "max_tokens": 4}
     r = requests.post(u + "/v1/completions", json=body, timeout=60)
     jsonschema.validate(r.json(), response_schema(spec, "/v1/completions", "post", 200))
+    # n choices with logprobs (and echo) in their full shapes
+    body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "n": 2, "logprobs": True, "top_logprobs": 3}
+    r = requests.post(u + "/v1/chat/completions", json=body, timeout=60).json()
+    assert len(r["choices"]) == 2 and r["choices"][1]["logprobs"]["content"]
+    jsonschema.validate(r, response_schema(spec, "/v1/chat/completions", "post", 200))
+    body = {"prompt": "Hi there", "max_tokens": 4, "n": 2, "logprobs": 2, "echo": True}
+    r = requests.post(u + "/v1/completions", json=body, timeout=60).json()
+    assert r["choices"][1]["logprobs"]["token_logprobs"][0] is None
+    jsonschema.validate(r, response_schema(spec, "/v1/completions", "post", 200))
     for path, status, kw in [("/v1/completions", 400, {"data": b"{"}),
                              ("/v1/completions", 404, {"json": {"prompt": "x", "model": "nope"}}),
                              ("/v1/completions", 413, {"data": b"[" + b" " * (2 << 20) + b"]"})]:
@@ -90,6 +99,8 @@ CHAT_BODIES = [
     {"messages": [{"role": "user", "content": "Hi"}], "ignore_eos": True},
     {"messages": [{"role": "user", "content": "Hi"}], "ppd": False},
     {"messages": [{"role": "user", "content": "Hi"}], "ppd": None},
+    {"messages": [{"role": "user", "content": "Hi"}], "n": 3, "logprobs": True, "top_logprobs": 20},
+    {"messages": [{"role": "user", "content": "Hi"}], "logprobs": True, "top_logprobs": None},
     {"messages": [{"role": "user", "content": "Hi"}], "temperature": 2, "top_p": 0, "min_p": 1,
      "presence_penalty": -2, "frequency_penalty": 2},
     # rejected
@@ -100,10 +111,13 @@ CHAT_BODIES = [
     {"messages": [{"role": "user", "content": "Hi"}], "temperature": -0.1},
     {"messages": [{"role": "user", "content": "Hi"}], "top_p": 1.01},
     {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 0},
-    {"messages": [{"role": "user", "content": "Hi"}], "n": 3},
+    {"messages": [{"role": "user", "content": "Hi"}], "n": 17},
+    {"messages": [{"role": "user", "content": "Hi"}], "logprobs": True, "top_logprobs": 21},
+    {"messages": [{"role": "user", "content": "Hi"}], "top_logprobs": 2},
+    {"messages": [{"role": "user", "content": "Hi"}], "logprobs": 2},
+    {"messages": [{"role": "user", "content": "Hi"}], "echo": True},
     {"messages": [{"role": "user", "content": "Hi"}], "stop": ["a", "b", "c", "d", "e"]},
     {"messages": [{"role": "user", "content": "Hi"}], "stream": 1},
-    {"messages": [{"role": "user", "content": "Hi"}], "logprobs": True},
     {"messages": [{"role": "user", "content": "Hi"}], "seed": 1.5},
     {"messages": [{"role": "user", "content": "Hi"}], "ignore_eos": "no"},
     {"messages": [{"role": "user", "content": "Hi"}], "ppd": "off"},
@@ -112,7 +126,10 @@ CHAT_BODIES = [
 
 COMPLETION_BODIES = [
     {"prompt": "Hi"}, {"prompt": ["Hi"]}, {"prompt": [1, 2, 3]}, {"prompt": "Hi", "echo": False},
-    {"prompt": ["a", "b"]}, {"prompt": []}, {"prompt": 5}, {"prompt": "Hi", "echo": True}, {"prompt": [-1]},
+    {"prompt": "Hi", "echo": True, "logprobs": 5, "n": 2}, {"prompt": [1, 2], "logprobs": 0, "echo": True},
+    # rejected
+    {"prompt": ["a", "b"]}, {"prompt": []}, {"prompt": 5}, {"prompt": [-1]}, {"prompt": "Hi", "logprobs": 6},
+    {"prompt": "Hi", "logprobs": True}, {"prompt": "Hi", "n": 0},
 ]
 
 

@@ -25,6 +25,7 @@
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/generate.h"
+#include "engine/logprobs.h"
 #include "engine/ppd.h"
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_tree.h"
@@ -54,6 +55,14 @@ struct seen {
     int n_gen;
     int32_t ids[256];
     int done;
+    /* with logprobs: one entry per delivered token, and the prompt's */
+    struct eng_logprob lp[256];
+    int n_lp;
+    struct eng_logprob lp_prompt[256];
+    int n_lp_prompt_events;
+    /* the request's figures in its last event */
+    double t_admit, t_first, t_emit;
+    int ppd_steps, ppd_drafted, ppd_accepted;
 };
 
 static struct seen seen[MAX_REQ];
@@ -65,7 +74,24 @@ static void on_event(void *user, const struct eng_sched_event *ev) {
     memcpy(s->text + s->n_text, ev->text, ev->n_text);
     s->n_text += ev->n_text;
     memcpy(s->ids + s->n_tokens, ev->ids, sizeof *ev->ids * (size_t)ev->n_ids);
+    if (ev->lp) {
+        ck_assert_int_eq(s->n_lp, s->n_tokens);
+        memcpy(s->lp + s->n_lp, ev->lp, sizeof *ev->lp * (size_t)ev->n_ids);
+        s->n_lp += ev->n_ids;
+    }
+    if (ev->lp_prompt) {
+        ck_assert_int_le(ev->n_prompt, 256);
+        ck_assert_int_eq(s->n_tokens, 0);   /* with the first tokens */
+        memcpy(s->lp_prompt, ev->lp_prompt, sizeof *ev->lp_prompt * (size_t)ev->n_prompt);
+        s->n_lp_prompt_events++;
+    }
     s->n_tokens += ev->n_ids;
+    s->t_admit = ev->t_admit;
+    s->t_first = ev->t_first;
+    s->t_emit = ev->t_emit;
+    s->ppd_steps = ev->ppd_steps;
+    s->ppd_drafted = ev->ppd_drafted;
+    s->ppd_accepted = ev->ppd_accepted;
     s->n_events++;
     if (ev->finish != ENG_SCHED_RUNNING) {
         s->done = 1;
@@ -253,6 +279,7 @@ static void run_together_ppd_trees(const struct eng_sampler_params *sp_base, int
         ck_assert_int_eq(seen[i].done, 1);
         ck_assert_int_eq(seen[i].n_tokens, n_ref[i]);
         ck_assert_int_eq(seen[i].n_gen, n_ref[i]);
+        ck_assert_int_eq(seen[i].n_lp + seen[i].n_lp_prompt_events, 0);   /* not asked for: none */
         for (int k = 0; k < n_ref[i]; k++)
             ck_assert_msg(seen[i].ids[k] == ref[i][k], "prompt %d token %d: %d alone, %d batched", i, k, ref[i][k],
                           seen[i].ids[k]);
@@ -528,6 +555,172 @@ START_TEST(test_ppd_truncates_like_plain) {
 }
 END_TEST
 
+/* ---- logprobs ---- */
+
+/* One request alone with logprobs (n_top alternatives, prompt logprobs too),
+ * with PPD (oracle guesses from `cont` when given) or without, the prompt
+ * prefilled in chunks of prefill_chunk (0: one); what it delivered lands in
+ * seen[0]. */
+static void run_one_logprobs(struct eng_engine *e, const struct eng_ppd *ppd, const int32_t *ids, int n_ids,
+                             int max_tokens, const struct eng_sampler_params *sp, int n_top, int prefill_chunk,
+                             const int32_t *cont, int n_cont, struct eng_sched_stats *st) {
+    memset(seen, 0, sizeof seen);
+    oracle_ids[0] = cont;
+    oracle_n[0] = n_cont;
+    struct eng_sched s;
+    struct eng_sched_params p = {.emit = on_event, .ppd = ppd, .prefill_chunk = prefill_chunk,
+                                 .ppd_guess_fn = cont ? oracle_guess : NULL};
+    ck_assert_int_eq(eng_sched_init(&s, &e->fwd, &e->kv, e->tok, &p), 0);
+    struct eng_sched_req *r;
+    ck_assert_int_eq(eng_sched_req_init(&r, e->tok, ids, n_ids, max_tokens, sp, NULL, 0), 0);
+    ck_assert_int_eq(eng_sched_req_want_logprobs(r, ENG_LOGPROBS_MAX_TOP + 1, false), ENG_E_RANGE);
+    ck_assert_int_eq(eng_sched_req_want_logprobs(r, n_top, true), 0);
+    r->user = (void *)(intptr_t)0;
+    eng_sched_submit(&s, r);
+    while (!eng_sched_idle(&s)) ck_assert_int_ge(eng_sched_step(&s), 0);
+    ck_assert_int_eq(r->ppd_on, ppd != NULL);
+    ck_assert_int_eq(seen[0].done, 1);
+    ck_assert_int_eq(seen[0].n_lp, seen[0].n_tokens);
+    ck_assert_int_eq(seen[0].n_lp_prompt_events, 1);
+    ck_assert(seen[0].t_admit > 0 && seen[0].t_admit <= seen[0].t_first && seen[0].t_first <= seen[0].t_emit);
+    *st = s.stats;
+    eng_sched_req_free(r);
+    oracle_ids[0] = NULL;
+    eng_sched_free(&s);
+}
+
+/* The same bits: the token, its logprob, and the alternatives. */
+static void expect_lp_equal(const struct eng_logprob *a, const struct eng_logprob *b, const char *what, int k) {
+    ck_assert_msg(a->id == b->id && a->n_top == b->n_top, "%s %d: token %d/%d, %d/%d alternatives", what, k, a->id,
+                  b->id, a->n_top, b->n_top);
+    ck_assert_msg(!memcmp(&a->logprob, &b->logprob, sizeof a->logprob), "%s %d: logprob %.9g vs %.9g", what, k,
+                  (double)a->logprob, (double)b->logprob);
+    ck_assert(!memcmp(a->top_id, b->top_id, sizeof *a->top_id * (size_t)a->n_top));
+    ck_assert_msg(!memcmp(a->top_logprob, b->top_logprob, sizeof *a->top_logprob * (size_t)a->n_top),
+                  "%s %d: alternatives differ", what, k);
+}
+
+/* Each entry: the delivered token, <= 0, n_top alternatives in descending
+ * order; the token's logprob equals its own entry among them, or is below
+ * them all; greedy tokens are the first alternative. */
+static void check_logprobs_shape(const struct seen *sn, int n_top, bool greedy) {
+    for (int k = 0; k < sn->n_tokens; k++) {
+        const struct eng_logprob *lp = &sn->lp[k];
+        ck_assert_int_eq(lp->id, sn->ids[k]);
+        ck_assert_int_eq(lp->n_top, n_top);
+        ck_assert(lp->logprob <= 0);
+        bool listed = false;
+        for (int i = 0; i < n_top; i++) {
+            ck_assert(lp->top_logprob[i] <= 0);
+            if (i > 0) ck_assert(lp->top_logprob[i] <= lp->top_logprob[i - 1]);
+            if (lp->top_id[i] == lp->id) {
+                listed = true;
+                ck_assert(!memcmp(&lp->top_logprob[i], &lp->logprob, sizeof lp->logprob));
+            }
+        }
+        if (!listed && n_top > 0) ck_assert(lp->logprob <= lp->top_logprob[n_top - 1]);
+        if (greedy) ck_assert_int_eq(lp->top_id[0], lp->id);
+    }
+}
+
+/* The reference, computed another way: the prompt and the delivered tokens
+ * in one causal batch (every row's logits) from an empty slot; the row of
+ * position j gives the entry of token j + 1. */
+static void teacher_forced(struct eng_engine *e, const int32_t *ids, int n_ids, const struct seen *sn, int n_top,
+                           struct eng_logprob *out) {
+    const int n = n_ids + sn->n_tokens - 1, n_vocab = e->model->hp.n_vocab;
+    ck_assert_int_le(n, e->fwd.max_rows);
+    int32_t *all = malloc(sizeof *all * (size_t)(n + 1));
+    memcpy(all, ids, sizeof *all * (size_t)n_ids);
+    memcpy(all + n_ids, sn->ids, sizeof *all * (size_t)sn->n_tokens);
+    struct eng_batch b;
+    ck_assert_int_eq(eng_batch_init(&b, n, n), 0);
+    ck_assert_int_eq(eng_batch_add_causal(&b, 0, 0, all, n, true), 0);
+    for (int j = 0; j < n; j++) b.want_logits[j] = true;
+    e->kv.len[0] = 0;
+    ck_assert_int_eq(eng_forward_run(&e->fwd, &b, &e->kv, NULL, 0), 0);
+    for (int j = 0; j < n; j++) {
+        const int lrow = e->fwd.row_logit[j];
+        eng_logprobs_compute(e->fwd.logits + (size_t)lrow * (size_t)n_vocab, n_vocab, all[j + 1], n_top, &out[j + 1]);
+    }
+    eng_batch_free(&b);
+    free(all);
+}
+
+static struct seen lp_plain;
+static struct eng_logprob lp_ref[512];
+
+/* Logprobs through the scheduler: the entries of plain decoding equal, bit
+ * for bit, those of a teacher-forced pass over the same tokens, and PPD
+ * (multi-token steps through oracle guesses; an untrained adapter) reports
+ * exactly plain decoding's, prompt included, greedy and seeded; the
+ * request's PPD figures add up to the scheduler's. */
+START_TEST(test_logprobs_ppd_equal_plain) {
+    struct eng_engine *e = open_engine_rows(1, 128);
+    struct ppd_fx px;
+    ppd_fx_open(&px, e, 20);
+    int32_t *ids;
+    int n_ids;
+    chat_ids(e, prompts[0], &ids, &n_ids);
+    struct eng_sampler_params sp;
+    eng_sampler_params_default(&sp);
+    struct eng_sched_stats st;
+    for (int seeded = 0; seeded < 2; seeded++) {
+        sp.temperature = seeded ? 0.8f : 0.0f;
+        sp.seed = 3;
+        const int n_top = seeded ? 20 : 5;
+        run_one_logprobs(e, NULL, ids, n_ids, 24, &sp, n_top, 8, NULL, 0, &st);
+        lp_plain = seen[0];
+        ck_assert_int_eq(lp_plain.ppd_steps, 0);
+        check_logprobs_shape(&lp_plain, n_top, !seeded);
+        teacher_forced(e, ids, n_ids, &lp_plain, n_top, lp_ref);
+        for (int j = 1; j < n_ids; j++) expect_lp_equal(&lp_ref[j], &lp_plain.lp_prompt[j], "prompt token", j);
+        for (int k = 0; k < lp_plain.n_tokens; k++)
+            expect_lp_equal(&lp_ref[n_ids + k], &lp_plain.lp[k], "teacher-forced token", k);
+        run_one_logprobs(e, &px.ppd, ids, n_ids, 24, &sp, n_top, 0, lp_plain.ids, lp_plain.n_tokens, &st);
+        expect_seen_equal(&lp_plain, &seen[0], "logprobs");
+        for (int j = 1; j < n_ids; j++) expect_lp_equal(&lp_plain.lp_prompt[j], &seen[0].lp_prompt[j], "PPD prompt", j);
+        for (int k = 0; k < lp_plain.n_tokens; k++) expect_lp_equal(&lp_plain.lp[k], &seen[0].lp[k], "PPD token", k);
+        /* several tokens per step really came from tree rows */
+        ck_assert_int_lt(seen[0].ppd_steps, seen[0].n_tokens - 2);
+        ck_assert_int_eq(seen[0].ppd_steps, st.ppd_steps);
+        ck_assert_int_eq(seen[0].ppd_drafted, st.ppd_draft_tokens);
+        ck_assert_int_eq(seen[0].ppd_accepted, st.ppd_accepted);
+        ck_assert_int_gt(seen[0].ppd_accepted, 0);
+    }
+    free(ids);
+    ppd_fx_close(&px);
+    eng_engine_close(e);
+}
+END_TEST
+
+/* The committed adapter, real guesses: still plain decoding's logprobs. */
+START_TEST(test_logprobs_committed_adapter) {
+    struct eng_engine *e = open_engine_rows(1, 128);
+    struct ppd_fx px;
+    committed_adapter = true;
+    ppd_fx_open(&px, e, 20);
+    committed_adapter = false;
+    int32_t *ids;
+    int n_ids;
+    chat_ids(e, prompts[1], &ids, &n_ids);
+    struct eng_sampler_params sp;
+    eng_sampler_params_default(&sp);
+    sp.temperature = 0;
+    struct eng_sched_stats st;
+    run_one_logprobs(e, NULL, ids, n_ids, 32, &sp, 3, 0, NULL, 0, &st);
+    lp_plain = seen[0];
+    run_one_logprobs(e, &px.ppd, ids, n_ids, 32, &sp, 3, 0, NULL, 0, &st);
+    expect_seen_equal(&lp_plain, &seen[0], "committed adapter");
+    for (int k = 0; k < lp_plain.n_tokens; k++) expect_lp_equal(&lp_plain.lp[k], &seen[0].lp[k], "PPD token", k);
+    printf("logprobs with the committed adapter: %d tokens in %d PPD steps\n", seen[0].n_tokens, seen[0].ppd_steps);
+    ck_assert_int_gt(seen[0].ppd_accepted, 0);
+    free(ids);
+    ppd_fx_close(&px);
+    eng_engine_close(e);
+}
+END_TEST
+
 /* The sizing rule; requests with penalties decode plainly. */
 START_TEST(test_ppd_sizing_and_penalties) {
     struct eng_engine *e = open_engine_rows(4, 128);
@@ -640,6 +833,8 @@ int main(void) {
     tcase_add_test(tc, test_ppd_committed_adapter_batched);
     tcase_add_test(tc, test_ppd_truncates_like_plain);
     tcase_add_test(tc, test_ppd_cancel_frees_slot);
+    tcase_add_test(tc, test_logprobs_ppd_equal_plain);
+    tcase_add_test(tc, test_logprobs_committed_adapter);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
 }
