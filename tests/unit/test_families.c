@@ -37,6 +37,11 @@
 #include "engine/forward.h"
 #include "engine/kv_cache.h"
 #include "engine/model.h"
+#include "engine/generate.h"
+#include "engine/ppd.h"
+#include "engine/ppd_adapter.h"
+#include "engine/ppd_tree.h"
+#include "engine/tokenizer.h"
 
 #define GOLDEN_DIR "tests/golden/data/"
 #define GOLDEN_JSON GOLDEN_DIR "families.json"
@@ -291,6 +296,86 @@ START_TEST(test_variant_batch_equals_sequential) {
 }
 END_TEST
 
+/* PPD on each family: an adapter initialised from the model's own embeddings
+ * (as `ppd adapter init` makes it), a 20-row tree, and guesses that follow
+ * plain decoding's own continuation (so long runs are accepted and the
+ * family's operations run on many-row tree steps): PPD's tokens equal plain
+ * decoding's, greedy and seeded sampling, on 4 prompts x 48 tokens. */
+static const double fam_acc[30] = {
+    0.48335, 0.14342, 0.0736, 0.0454, 0.03087, 0.02155, 0.01658, 0.01323, 0.00932, 0.00845,
+    0.26256, 0.14561, 0.08114, 0.0576, 0.04283, 0.0323, 0.0257, 0.02152, 0.01903, 0.0155,
+    0.16413, 0.11756, 0.08092, 0.05784, 0.04586, 0.03672, 0.03128, 0.02317, 0.02372, 0.01789};
+
+struct fam_oracle { const int32_t *ids; int n; };
+
+/* The token t places after the root goes to rank (n_emitted + t) % 3 of prompt token t. */
+static void fam_oracle_guess(void *user, int32_t *cand, int d, int K, int n_emitted) {
+    const struct fam_oracle *o = user;
+    for (int t = 1; t <= d; t++) {
+        const int at = n_emitted - 1 + t;
+        if (at >= o->n) continue;
+        const int rank = (n_emitted + t) % 3;
+        int32_t *row = cand + 1 + (size_t)K * (t - 1);
+        for (int r = 0; r < K; r++)
+            if (row[r] == o->ids[at]) row[r] = row[rank];
+        row[rank] = o->ids[at];
+    }
+}
+
+START_TEST(test_variant_ppd_lossless) {
+    const int variant = _i;
+    const char *name = fam_variant_name(variant);
+    json_t *g = golden_load();
+    int vi;
+    json_t *gv = golden_variant(g, name, &vi);
+    const char *path = make_model(variant, g, gv);
+    struct fx x;
+    fx_open(&x, path, name);
+    char err[ERR_CAP];
+    struct tok *tk = NULL;
+    struct eng_ppd_adapter *ad = NULL;
+    struct eng_ppd_tree_family *fam = NULL;
+    struct eng_ppd ppd;
+    ck_assert_msg(tok_load(&tk, x.m->gguf, err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(eng_ppd_adapter_init_text(&ad, x.m, tk, 3, 10, ENG_PPD_INIT_TEXT, err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(eng_ppd_tree_build(&fam, fam_acc, 3, 10, 20, NULL), 0);
+    ck_assert_msg(eng_ppd_init(&ppd, ad, fam, err, sizeof err) == 0, "%s", err);
+    enum { N_GEN = 48, N_PROMPTS = 4 };
+    int32_t ids[MAX_PROMPT], plain[N_GEN], out[N_GEN];
+    long accepted = 0, steps = 0;
+    for (int temp_i = 0; temp_i < 2; temp_i++) {
+        for (int c = 0; c < N_PROMPTS; c++) {
+            const int n = json_ids(json_array_get(json_object_get(g, "prompts"), (size_t)c), ids, MAX_PROMPT);
+            struct eng_gen_params gp = {.n_predict = N_GEN, .ignore_eog = true};
+            eng_sampler_params_default(&gp.sp);
+            gp.sp.temperature = temp_i ? 0.8f : 0.0f;
+            gp.sp.seed = 77 + (uint64_t)c;
+            struct eng_gen_stats ps;
+            ck_assert_int_eq(eng_generate(&x.f, &x.kv, 0, tk, ids, n, &gp, NULL, NULL, plain, &ps), 0);
+            struct fam_oracle o = {plain, ps.n_gen};
+            struct eng_ppd_gen_opts opts = {.accept = ENG_PPD_ACCEPT_EXACT, .guess_fn = fam_oracle_guess, .guess_user = &o};
+            struct eng_ppd_gen_stats qs;
+            ck_assert_int_eq(eng_ppd_generate(&x.f, &x.kv, 0, tk, &ppd, ids, n, &gp, NULL, NULL, out, NULL, &qs, &opts), 0);
+            int i = 0;
+            while (i < ps.n_gen && i < qs.gen.n_gen && plain[i] == out[i]) i++;
+            ck_assert_msg(ps.n_gen == qs.gen.n_gen && i == ps.n_gen,
+                          "%s, temp %.1f, prompt %d: plain %d tokens, PPD %d, first difference at %d", name,
+                          gp.sp.temperature, c, ps.n_gen, qs.gen.n_gen, i);
+            for (int a = 0; a < ENG_PPD_MAX_PROMPT + 2; a++) { accepted += (long)a * qs.hist[a]; steps += qs.hist[a]; }
+        }
+    }
+    printf("families %s: PPD equals plain decoding on %d prompts x %d tokens, greedy and sampled; %.2f tokens per step\n",
+           name, N_PROMPTS, N_GEN, (double)accepted / (double)steps);
+    ck_assert((double)accepted / (double)steps > 1.8);   /* the guesses really ran multi-token tree steps */
+    eng_ppd_free(&ppd);
+    eng_ppd_tree_family_free(fam);
+    eng_ppd_adapter_free(ad);
+    tok_free(tk);
+    fx_close(&x);
+    json_decref(g);
+}
+END_TEST
+
 /* The CUDA backend (f16 weights and matmul inputs, so not bit-comparable)
  * against the CPU along llama.cpp's own continuation of every prompt: at each
  * step the logits within 5% of their standard deviation of the CPU's, where a
@@ -460,6 +545,7 @@ int main(int argc, char **argv) {
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_variant_matches_llamacpp, 0, FAM_N_VARIANTS);
     tcase_add_loop_test(tc, test_variant_batch_equals_sequential, 0, FAM_N_VARIANTS);
+    tcase_add_loop_test(tc, test_variant_ppd_lossless, 0, FAM_N_VARIANTS);
     tcase_add_loop_test(tc, test_variant_cuda_matches_cpu, 0, FAM_N_VARIANTS);
     suite_add_tcase(s, tc);
     TCase *te = tcase_create("refusals");
