@@ -1,4 +1,4 @@
-"""Errors in OpenAI's shape with the statuses of architecture.md §4, and
+"""Errors in OpenAI's shape with the statuses of docs/serving.md, and
 authentication with --api-key."""
 import json
 import socket
