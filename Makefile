@@ -13,7 +13,7 @@
 # Variables: V=1 (echo commands), WERROR=1 (warnings are errors; CI sets it),
 #            SAN=1 (sanitizers), CUDA=0 (never build the CUDA backend).
 
-# `make asan test` (issue 9): the whole test command, unit and integration, on a
+# `make asan test`: the whole test command, unit and integration, on a
 # build with ASan + UBSan in build-asan/; `make asan` alone runs the unit tests there.
 ifneq ($(filter asan,$(MAKECMDGOALS)),)
 ifneq ($(filter test test-unit test-integration,$(MAKECMDGOALS)),)
@@ -204,12 +204,12 @@ asan: deps model
 	@PPD_TEST_GOLDEN_CASES=1 PPD_TEST_PPD_CASES=1 PPD_TEST_LOSSLESS_CASES=1 $(MAKE) --no-print-directory BUILD=build-asan SAN=1 test-unit
 endif
 
-# Issue 3's acceptance run: PPD == plain decoding on MT-Bench + HumanEval first turns.
+# The lossless check at scale: PPD == plain decoding on MT-Bench + HumanEval first turns.
 check-ppd: deps model
 	@$(MAKE) --no-print-directory all
 	python3 scripts/check-ppd.py --count 50 -n 256 --temps 0,0.7,1.0
 
-# Issue 9: ppd generate (plain and PPD) and ppd serve under valgrind memcheck, on a
+# ppd generate (plain and PPD) and ppd serve under valgrind memcheck, on a
 # CUDA-less build in build-deep/ (scripts/check-deep.sh says why).
 check-deep: deps model
 	@$(MAKE) --no-print-directory BUILD=build-deep CUDA=0 ALLOW_NO_CUDA=1 all
@@ -260,8 +260,8 @@ fuzz: deps model
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_RUNS=$(FUZZ_RUNS) PPD_TEST_MODEL=$(MODEL) scripts/fuzz.sh
 
 # The soak (tests/integration/test_soak.py at full length; make test runs 12 s of
-# it): issue 9's is 64 clients for 10 minutes (`make soak`); issue 5's load run
-# was 5 minutes (`make soak-serve`).  SOAK_SECONDS and SOAK_CLIENTS change it.
+# it): 64 clients for 10 minutes (`make soak`), or 5 minutes (`make soak-serve`).
+# SOAK_SECONDS and SOAK_CLIENTS change it.
 SOAK_SECONDS ?= 600
 SOAK_CLIENTS ?= 64
 soak: deps model
