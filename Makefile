@@ -7,6 +7,7 @@
 #   make asan test  the whole test command (unit, fuzz seeds, integration) on that build
 #   make check-deep  ppd generate and ppd serve under valgrind memcheck
 #   make check-golden  every golden prompt against llama.cpp (make test runs a subset)
+#   make check-history  no tracked file tells how or when the project was built (part of make test)
 #   make bench      decode/prefill speed and the row-scaling table (see BENCHMARKS.md)
 #   make check-deploy  Docker/Kubernetes/Prometheus/Grafana artefacts against the real tools (docs/deploy.md)
 #   make fuzz       the libFuzzer targets, FUZZ_SECONDS (default 60) each, or FUZZ_RUNS executions
@@ -96,7 +97,7 @@ BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libppd.a
 GPU_BIN  := $(BUILD)/gpu/test_cuda_ops $(BUILD)/gpu/bench_7b
 
-.PHONY: check-ppd check-golden bench-bins gpu-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak soak-serve check-deep check-deploy fuzz adapter bench-adapter clean features
+.PHONY: check-history check-ppd check-golden bench-bins gpu-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak soak-serve check-deep check-deploy fuzz adapter bench-adapter clean features
 all: features $(BUILD)/ppd $(if $(NVCC),$(GPU_BIN))
 
 # Under CI a machine with nvcc builds the CUDA backend: CUDA=0 there fails the
@@ -174,6 +175,7 @@ model:
 	@scripts/fetch-model.sh
 
 test: deps model
+	@scripts/check-history.sh
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory test-unit
 	@PPD_TEST_MODEL=$(MODEL) scripts/fuzz.sh --seeds-only
@@ -214,6 +216,10 @@ check-ppd: deps model
 check-deep: deps model
 	@$(MAKE) --no-print-directory BUILD=build-deep CUDA=0 ALLOW_NO_CUDA=1 all
 	scripts/check-deep.sh build-deep/ppd $(MODEL)
+
+# No tracked file tells how or when the project was built (make test runs it first).
+check-history:
+	@scripts/check-history.sh
 
 check-golden: deps model
 	@$(MAKE) --no-print-directory $(BUILD)/tests/test_forward
