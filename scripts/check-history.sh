@@ -19,7 +19,8 @@ PATTERNS=(
   '\b(this|that|earlier|previous|later|helper) sessions?\b'
   '\bof the session\b'                          # "the final code of the session"
   '\bissues? #[0-9]'                            # issue #12
-  '\bissues? [0-9]+([^0-9 a-z]|$| (and|or)\b)'  # issue 4's, (issue 6), issues 4, 6 (not "issues 12 FMAs")
+  '\bissues? [0-9]+([^0-9 a-z.]|\.([^0-9]|$)|$| (and|or)\b)'  # issue 4's, (issue 6), issues 4, 6
+                                                # (not "issues 12 FMAs", "issues 0.14 instructions")
   '\bstages? #?[0-9]'                           # stage 2 (the tree builder's are "the first/second stage")
   '\bstops? #[0-9]|\bstop [0-9]+\b'             # stop 12
   '\b(lent|borrowed)\b[^.]{0,40}\b(gpus?|machines?|devices?|cards?|h[12]00)\b'
