@@ -8,13 +8,14 @@
 #   make check-deep  ppd generate and ppd serve under valgrind memcheck
 #   make check-golden  every golden prompt against llama.cpp (make test runs a subset)
 #   make check-logprobs  the server's logprobs against llama.cpp's on the F32 model (F32_MODEL)
+#   make check-history  no tracked file tells how or when the project was built (part of make test)
 #   make bench      decode/prefill speed and the row-scaling table (see BENCHMARKS.md)
 #   make check-deploy  Docker/Kubernetes/Prometheus/Grafana artefacts against the real tools (docs/deploy.md)
 #   make fuzz       the libFuzzer targets, FUZZ_SECONDS (default 60) each, or FUZZ_RUNS executions
 # Variables: V=1 (echo commands), WERROR=1 (warnings are errors; CI sets it),
 #            SAN=1 (sanitizers), CUDA=0 (never build the CUDA backend).
 
-# `make asan test` (issue 9): the whole test command, unit and integration, on a
+# `make asan test`: the whole test command, unit and integration, on a
 # build with ASan + UBSan in build-asan/; `make asan` alone runs the unit tests there.
 ifneq ($(filter asan,$(MAKECMDGOALS)),)
 ifneq ($(filter test test-unit test-integration,$(MAKECMDGOALS)),)
@@ -97,7 +98,7 @@ BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libppd.a
 GPU_BIN  := $(BUILD)/gpu/test_cuda_ops $(BUILD)/gpu/bench_7b
 
-.PHONY: check-ppd check-golden check-logprobs bench-bins gpu-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak soak-serve check-deep check-deploy fuzz adapter bench-adapter clean features
+.PHONY: check-history check-ppd check-golden check-logprobs bench-bins gpu-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak soak-serve check-deep check-deploy fuzz adapter bench-adapter clean features
 all: features $(BUILD)/ppd $(if $(NVCC),$(GPU_BIN))
 
 # Under CI a machine with nvcc builds the CUDA backend: CUDA=0 there fails the
@@ -175,6 +176,7 @@ model:
 	@scripts/fetch-model.sh
 
 test: deps model
+	@scripts/check-history.sh
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory test-unit
 	@PPD_TEST_MODEL=$(MODEL) scripts/fuzz.sh --seeds-only
@@ -205,16 +207,20 @@ asan: deps model
 	@PPD_TEST_GOLDEN_CASES=1 PPD_TEST_PPD_CASES=1 PPD_TEST_LOSSLESS_CASES=1 $(MAKE) --no-print-directory BUILD=build-asan SAN=1 test-unit
 endif
 
-# Issue 3's acceptance run: PPD == plain decoding on MT-Bench + HumanEval first turns.
+# The lossless check at scale: PPD == plain decoding on MT-Bench + HumanEval first turns.
 check-ppd: deps model
 	@$(MAKE) --no-print-directory all
 	python3 scripts/check-ppd.py --count 50 -n 256 --temps 0,0.7,1.0
 
-# Issue 9: ppd generate (plain and PPD) and ppd serve under valgrind memcheck, on a
+# ppd generate (plain and PPD) and ppd serve under valgrind memcheck, on a
 # CUDA-less build in build-deep/ (scripts/check-deep.sh says why).
 check-deep: deps model
 	@$(MAKE) --no-print-directory BUILD=build-deep CUDA=0 ALLOW_NO_CUDA=1 all
 	scripts/check-deep.sh build-deep/ppd $(MODEL)
+
+# No tracked file tells how or when the project was built (make test runs it first).
+check-history:
+	@scripts/check-history.sh
 
 check-golden: deps model
 	@$(MAKE) --no-print-directory $(BUILD)/tests/test_forward
@@ -271,8 +277,8 @@ fuzz: deps model
 	@FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_RUNS=$(FUZZ_RUNS) PPD_TEST_MODEL=$(MODEL) scripts/fuzz.sh
 
 # The soak (tests/integration/test_soak.py at full length; make test runs 12 s of
-# it): issue 9's is 64 clients for 10 minutes (`make soak`); issue 5's load run
-# was 5 minutes (`make soak-serve`).  SOAK_SECONDS and SOAK_CLIENTS change it.
+# it): 64 clients for 10 minutes (`make soak`), or 5 minutes (`make soak-serve`).
+# SOAK_SECONDS and SOAK_CLIENTS change it.
 SOAK_SECONDS ?= 600
 SOAK_CLIENTS ?= 64
 soak: deps model

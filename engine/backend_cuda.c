@@ -17,7 +17,7 @@
  * logit rows back; scratch grows to the largest batch seen and is then reused.
  * A CUDA failure in the middle of a step cannot be undone: it is logged and the
  * process aborts (as the CPU backend does when memory runs out mid-step).
- * It does not do KV compaction, sampling or CUDA graphs (not yet).
+ * It does not do KV compaction, sampling or CUDA graphs.
  * Nothing here runs unless the CUDA backend is asked for: a binary built with
  * CUDA starts and runs on the CPU on a machine without a GPU or driver.
  */

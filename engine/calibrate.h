@@ -1,4 +1,4 @@
-/* calibrate.h — the hardware-aware part of PPD (ppd-spec.md §3.5): measure the
+/* calibrate.h — the hardware-aware part of PPD (docs/calibration.md): measure the
  * step latency of this device, then choose, for every number of decoding
  * sequences, the tree budget L (or plain decoding) that gives the most tokens
  * per second.
@@ -13,9 +13,10 @@
  * the slots' committed lengths are restored afterwards.
  *
  * Choice: for each L of a candidate list, the tree family built from the
- * adapter's accuracy table (§3.2–3.4) predicts tokens per step (1 + the
- * state-chain objective) and rows per step (each state's T weighted by the
- * stationary distribution, the phantom root-only state counting as state N).
+ * adapter's accuracy table (docs/ppd.md, "Building trees") predicts tokens
+ * per step and rows per step (each state's T weighted by the stationary
+ * distribution of the states, without the reference's phantom root-only
+ * state).
  * For b decoding sequences, predicted tokens/s = b * tokens_per_step /
  * t(b, rows), t interpolated in the table; plain decoding (L = 0) is one row
  * and one token.  The largest tree of a choice must fit b * T <= max_rows.

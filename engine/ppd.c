@@ -171,7 +171,7 @@ int eng_ppd_seq_prefill_finish(struct eng_ppd_seq *s, const struct eng_forward *
     if (s->pending != 1) return ENG_E_INVALID;
     s->pending = 0;
     const int N = s->ppd->n_prompt;
-    kv->len[s->slot] = s->n_past + 1;   /* the prompt rows' entries are dropped (§2.4) */
+    kv->len[s->slot] = s->n_past + 1;   /* the prompt rows' entries are dropped */
     const float *lg = ppd_row_logits(f, s->b_first);
     if (!lg) return ENG_E_INTERNAL;
     int32_t root = s->accept == ENG_PPD_ACCEPT_TYPICAL ? eng_sampler_argmax(lg, f->m->hp.n_vocab)

@@ -1,5 +1,6 @@
 /* ppd.h — Parallel Prompt Decoding for one sequence, shaped for batching
- * (ppd-spec.md §2.4–§2.5, with the pitfalls of §6 fixed).
+ * (docs/ppd.md, "Prefill" and "A decoding step"; "Pitfalls" there lists the
+ * reference's pitfalls this code avoids).
  *
  * A sequence's decoding is a chain of steps, each exactly one forward pass:
  *   eng_ppd_seq_step_add     append this step's rows to a shared eng_batch: the
@@ -16,7 +17,7 @@
  *                            switch to its depth state.
  * Prefill is the caller's: ordinary causal chunks for prompt[0 .. P-1), then
  * eng_ppd_seq_prefill_add / _finish for the last prompt token plus the N
- * prompt-token rows (§2.4), which yields the first root and guesses.
+ * prompt-token rows, which yields the first root and guesses.
  *
  * Verification (one rule for greedy and sampling, both lossless): at the root
  * and then at every accepted node, choose the next token from the model's own
@@ -26,11 +27,11 @@
  * go on, otherwise it becomes the next step's root.  Every emitted token costs
  * one draw, in emission order, so a seed gives the same text as plain
  * sampling.  Retrieve rows are never consulted, so the reference's padding
- * sentinel cannot be accepted (§6.4).  Emission stops at the first
- * end-of-generation token and at n_predict, inside a step if need be (§6.8).
+ * sentinel cannot be accepted.  Emission stops at the first
+ * end-of-generation token and at n_predict, inside a step if need be.
  *
- * Opt-in instead: Medusa-style typical acceptance (§2.5e; not lossless, no
- * random draws): roots are argmax; along each retrieve row a candidate is
+ * Opt-in instead: the reference's Medusa-style typical acceptance (not
+ * lossless, no random draws): roots are argmax; along each retrieve row a candidate is
  * accepted while its probability under softmax(logits / temperature) exceeds
  * min(eps, alpha * exp(-entropy)); the longest row wins, ties by the largest
  * sum of log-probabilities, then the first row.

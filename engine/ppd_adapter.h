@@ -1,7 +1,7 @@
 /* ppd_adapter.h — the PPD adapter file (`*.ppd.gguf`): the trained prompt-token
  * embeddings of one base model, and what is known about them.
  *
- * Contents (architecture.md §3 "PPD adapter file"):
+ * Contents (docs/ppd.md, "Prompt tokens and the adapter file"):
  *   tensor ppd.prompt_embeddings  F32, ne = {H, N}: row i is prompt token i (V = 1)
  *   tensor ppd.accuracy           F32, ne = {K, N}: a[i][k], the probability that the
  *                                 rank-k guess of prompt token i+1 is right (optional:
@@ -26,7 +26,7 @@
  *
  * Not here: training (engine/train.c), importing the paper's PEFT safetensors
  * files (engine/ppd_import.h), V > 1 ensembles (inference uses V = 1 only,
- * ppd-spec.md §6.2).
+ * as the paper's does).
  */
 #ifndef PPD_PPD_ADAPTER_H
 #define PPD_PPD_ADAPTER_H
@@ -44,7 +44,7 @@ struct tok;
 
 /* (K+1)^N, or 0 when that exceeds ENG_PPD_JOINT_MAX (then no joint is kept). */
 int eng_ppd_joint_size(int n_prompt, int topk);
-/* The paper's init text, used for every N (ppd-spec.md §1.5, §6.3). */
+/* The paper's init text, used for every N, as the reference does (docs/ppd.md). */
 #define ENG_PPD_INIT_TEXT "Next 2 word"
 
 struct eng_ppd_adapter {

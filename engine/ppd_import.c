@@ -102,7 +102,7 @@ static int import_cfg_read(struct import_cfg *c, const char *path, char *err, si
         rc = eng_err_set(err, cap, ENG_E_FORMAT, "%s: not a JSON object", path);
         goto out;
     }
-    /* The PPD loader deletes peft_type from the file (ppd-spec.md §6, item 20), so
+    /* The reference's loader deletes peft_type from the file (docs/ppd.md, "Pitfalls"), so
      * absence is fine; another PEFT method is not a PPD adapter. */
     if ((rc = import_cfg_str(root, "peft_type", "", peft_type, sizeof peft_type, path, err, cap))) goto out;
     if (peft_type[0] && strcmp(peft_type, "PROMPT_TUNING")) {
@@ -250,7 +250,7 @@ int eng_ppd_adapter_import(struct eng_ppd_adapter **out, const char *path, const
     if (v > 1 && o->ensemble_member < 0)
         return eng_err_set(err, cap, ENG_E_UNSUPPORTED,
                            "%s: %d virtual tokens per prompt token (aggregation %s): ppd runs V = 1 only, as the "
-                           "paper's inference does (ppd-spec.md §6.2); importing one ensemble member alone "
+                           "paper's inference does (docs/ppd.md); importing one ensemble member alone "
                            "(--ensemble-member J, J in 0..%d) approximates what was trained",
                            cfg_path, v, c.aggregation, v - 1);
     if (o->ensemble_member >= v)

@@ -6,7 +6,7 @@
  * of prompt token i) and adapter_config.json (PEFT's prompt-tuning fields plus
  * PPD's: num_special_tokens N, virtual_tokens_per_special_token V,
  * vt_attention_type, aggregation_type, base_model_name_or_path, ...;
- * ppd-spec.md §1.1, §1.7), or the safetensors file itself (its config is then
+ * docs/ppd.md), or the safetensors file itself (its config is then
  * looked for beside it, or given explicitly, or replaced by an explicit N with
  * V = 1 assumed).
  *
@@ -15,8 +15,8 @@
  * carries that model's name and fingerprint; the provenance records the source
  * and the config's base_model_name_or_path.
  *
- * V > 1: inference uses V = 1 only (ppd-spec.md §1.7, §6.2: the reference
- * slices exactly N prompt logits), so an ensemble adapter is refused unless
+ * V > 1: inference uses V = 1 only (as the paper's: the reference slices
+ * exactly N prompt logits), so an ensemble adapter is refused unless
  * the caller names one member j, whose rows i*V + j are then taken alone — an
  * approximation of what was trained (the aggregated logits of all V members),
  * recorded as such in the provenance.

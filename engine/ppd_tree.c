@@ -1,5 +1,6 @@
 /* ppd_tree.c — tree-family files (JSON) and the per-state buffers of
- * ppd_tree.h (ppd-spec.md §2.3).  The builder is in ppd_tree_build.c.
+ * ppd_tree.h (docs/ppd.md, "The buffers of a state").  The builder is in
+ * ppd_tree_build.c.
  *
  * Buffers are built once at start-up, so this file favours plain code over
  * speed: tree items live as short paths and positions are found by binary

@@ -1,6 +1,7 @@
 /* ppd_tree.h — PPD sparse trees: the tree-family file, the two-stage builder,
- * and the per-depth-state buffers one decoding step reads (ppd-spec.md §2.2,
- * §2.3, §3.2–§3.4), for any N (prompt tokens) and K (guesses per prompt token).
+ * and the per-depth-state buffers one decoding step reads (docs/ppd.md,
+ * "Trees" and "Building trees"), for any N (prompt tokens) and K (guesses per
+ * prompt token).
  *
  * A tree family maps each depth state d = 1..N to a list of candidate nodes
  * (path of ranks, exclusive acceptance probability, prompt tokens attached).
@@ -13,7 +14,8 @@
  * The buffers of a state follow the reference's order exactly (candidates
  * sorted by (length, path); tree items sorted by (length, path) with prompt
  * token j written as -j), so positions, masks and retrieve rows compare with
- * the reference array for array (§2.7).  The root is node 0 at position 0.
+ * the reference array for array (docs/ppd.md, "Reference checks").  The root
+ * is node 0 at position 0.
  *
  * Not here: the decode loop (ppd.c), choosing L for a device (calibration).
  */
@@ -56,7 +58,7 @@ void eng_ppd_tree_family_free(struct eng_ppd_tree_family *f);   /* accepts NULL 
 struct eng_ppd_tree_build_info {
     int s[ENG_PPD_MAX_PROMPT + 1];     /* candidate nodes per state */
     double x[ENG_PPD_MAX_PROMPT + 1];  /* stationary distribution; x[0] the phantom root-only state */
-    double objective;                  /* the reference's objective (§3.4), which chose the tree */
+    double objective;                  /* the reference's objective, which chose the tree */
     /* What the tree is expected to emit per step, root included: 1 + sum_d pi_d Val(d) over
      * the true stationary distribution pi_d = x_d / (1 - x_0).  The reference's phantom
      * root-only state counts a step that never happens (a step that accepts only the root
@@ -65,9 +67,9 @@ struct eng_ppd_tree_build_info {
     double tokens_per_step;
 };
 
-/* The two-stage builder of ppd-spec.md §3.2–§3.4 for accuracy a[i*K + k]
- * (rank-k guess of prompt token i+1 right), N prompt tokens, budget L:
- * stage 1 keeps the L most probable paths per depth limit; stage 2 attaches N
+/* The two-stage builder (docs/ppd.md, "Building trees") for accuracy a[i*K + k]
+ * (rank-k guess of prompt token i+1 right), N prompt tokens, budget L: the
+ * first stage keeps the L most probable paths per depth limit; the second attaches N
  * prompt tokens per node and removes the least valuable ones until each state
  * fits L; node counts s_2..s_N are searched in [L/(N+1), L/2] for the best
  * stationary expected acceptance.  s_1 = min(K, L).  info may be NULL. */
@@ -80,11 +82,11 @@ int eng_ppd_tree_build(struct eng_ppd_tree_family **out, const double *acc, int 
 int eng_ppd_tree_build_joint(struct eng_ppd_tree_family **out, const double *acc, const double *joint, int n_prompt,
                              int topk, int L, struct eng_ppd_tree_build_info *info);
 
-/* The paper's Vicuna-7B accuracy rows (ppd-spec.md §3.1; N = 3, K = 10), a
+/* The paper's Vicuna-7B accuracy rows (docs/ppd.md, "Reference checks"; N = 3, K = 10), a
  * prior for building trees when an adapter has no measured accuracy. */
 extern const double eng_ppd_acc_vicuna7b[30];
 
-/* The buffers of one depth state d (§2.3). */
+/* The buffers of one depth state d (docs/ppd.md, "The buffers of a state"). */
 struct eng_ppd_tree {
     int d;
     int T;                  /* tree positions (rows fed per step) */

@@ -1,8 +1,8 @@
-/* ppd_tree_build.c — the two-stage sparse-tree builder of ppd-spec.md
- * §3.2–§3.4, for any N and K (the reference hard-codes N = 3 in its Markov
- * solve; here the chain has N + 1 states and is solved by Gaussian
- * elimination).  Fed the §3.1 accuracy rows it reproduces the reference's
- * Vicuna-7B trees exactly; the tests check that.
+/* ppd_tree_build.c — the two-stage sparse-tree builder (docs/ppd.md,
+ * "Building trees"), for any N and K (the reference hard-codes N = 3 in its
+ * Markov solve; here the chain has N + 1 states and is solved by Gaussian
+ * elimination).  Fed the paper's Vicuna-7B hit rates it reproduces the
+ * reference's Vicuna-7B trees exactly; the tests check that.
  *
  * Deliberately kept from the reference because exact reproduction depends on
  * them: stage-1 scores rounded to 5 decimals, a stable descending sort over
@@ -38,7 +38,7 @@ struct build_path {
     double q;       /* path probability (rounded once kept) */
 };
 
-/* Stage 1 for one depth limit: paths sorted by probability, the first L kept. */
+/* The first stage for one depth limit: paths sorted by probability, the first L kept. */
 struct build_stage1 {
     int n;                   /* kept paths */
     struct build_path *p;    /* [n] */
@@ -133,7 +133,7 @@ static void build_exclusive(struct build_stage1 *s, int size) {
         if (s->parent[i] >= 0) s->acc[s->parent[i]] -= s->p[i].q;
 }
 
-/* Stage 2's candidates: node i at its current prompt-token count, scored by
+/* The second stage's candidates: node i at its current prompt-token count, scored by
  * v = what removing one of its prompt tokens costs.  A binary max-heap on
  * (v, then the lower node index), so a pop is the node the reference's scan
  * picks (the first maximum in node order) and the result is the same, in
@@ -174,7 +174,7 @@ static double build_cand_v(const struct build_stage1 *st, const int *sz, int i, 
     return st[d].acc[i] * (st[n - 1].val[sz[n - 1]] - st[n].val[sz[n]]);
 }
 
-/* Stage 2 for state d with node counts sz[1..N]: prompt tokens per node into
+/* The second stage for state d with node counts sz[1..N]: prompt tokens per node into
  * n[]; heap: scratch for sz[d] candidates.  Every node starts with N prompt
  * tokens and the cheapest one to lose goes until the step fits L rows. */
 static void build_stage2(struct build_stage1 *st, const int *sz, int d, int N, int L, int *n, struct build_cand *heap) {
@@ -194,7 +194,7 @@ static void build_stage2(struct build_stage1 *st, const int *sz, int d, int N, i
     }
 }
 
-/* Stationary distribution of the state chain (§3.4) into x[0..N]; -1 if singular. */
+/* Stationary distribution of the state chain into x[0..N]; -1 if singular. */
 static int build_stationary(const double *e, int N, double *x) {
     /* e[d * (N + 1) + k]: probability that a step in state d ends in a node with k
      * prompt tokens (k = 0: only the root).  Unknowns x_0..x_N. */
@@ -290,7 +290,7 @@ int eng_ppd_tree_build_joint(struct eng_ppd_tree_family **out, const double *acc
         goto out;
     }
 
-    /* search s_2..s_N over [L/(N+1), L/2] (clamped to what stage 1 kept), s_2 outermost */
+    /* search s_2..s_N over [L/(N+1), L/2] (clamped to what the first stage kept), s_2 outermost */
     int sz[ENG_PPD_MAX_PROMPT + 1], lo[ENG_PPD_MAX_PROMPT + 1], hi[ENG_PPD_MAX_PROMPT + 1];
     int best_sz[ENG_PPD_MAX_PROMPT + 1];
     double best = -INFINITY, x[ENG_PPD_MAX_PROMPT + 1], best_x[ENG_PPD_MAX_PROMPT + 1];

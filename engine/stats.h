@@ -1,5 +1,5 @@
 /* stats.h — the summary statistics the benchmarks and calibration take of
- * repeated timings (this machine is shared and noisy: medians, not means). */
+ * repeated timings (shared machines are noisy: medians, not means). */
 #ifndef PPD_STATS_H
 #define PPD_STATS_H
 

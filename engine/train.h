@@ -6,7 +6,7 @@
  * prefill (the teacher pass: it yields the prefix K/V and, at every chosen
  * position, the teacher's logits), picks random cut points inside the answer,
  * and runs the N prompt rows of every cut forward and backward through the
- * float model (train_model.h, ppd-spec.md §4.6).  Loss (§4.3): per cut,
+ * float model (train_model.h; docs/training.md).  Loss: per cut,
  * (1/N) Σ_i 0.8^i KL(teacher_i ‖ student_i), averaged over the cuts of a step.
  * AdamW on the N·H prompt embeddings, cosine learning-rate schedule.
  *
@@ -14,7 +14,7 @@
  * the epoch and the sequence's index, and every product is summed in an
  * order independent of the thread count, so a seed gives the same adapter —
  * also across a checkpoint and resume.  A held-out split measures the prompt
- * tokens' per-offset, per-rank hit rates (§3.1) and the joint distribution of
+ * tokens' per-offset, per-rank hit rates and the joint distribution of
  * their ranks, stored in the adapter as ppd.accuracy and ppd.rank_joint for the
  * tree builder.  eval_only measures an existing adapter on other data (all of
  * it held out) without training it.
@@ -45,7 +45,7 @@ struct eng_train_params {
     int cuts_per_seq;              /* cut points per sequence per step */
     double lr, weight_decay, beta1, beta2, adam_eps;
     double decay;                  /* prompt row i's loss weight decay^i (0.8) */
-    int loss_ce;                   /* 1: cross-entropy on the teacher's top token (§4.4); 0: KL (§4.3) */
+    int loss_ce;                   /* 1: cross-entropy on the teacher's top token; 0: KL (the paper's) */
     double val_frac;               /* held-out share of the sequences */
     int val_max_seqs;              /* at most this many held-out sequences (0: no cap) */
     int eval_every;                /* steps between validations (0: only at the end) */

@@ -1,5 +1,5 @@
 /* train_model.h — the frozen model in float, run forward and backward through
- * the PPD prompt-token rows only (ppd-spec.md §4.3, §4.6).
+ * the PPD prompt-token rows only (docs/training.md).
  *
  * Because the prompt tokens are appended after the text and attention is
  * causal, nothing the text rows compute depends on the prompt embeddings E:
@@ -77,8 +77,8 @@ struct eng_tm_result {
 struct eng_tm_work;
 
 /* The training loss per prompt row: the paper's KL(teacher ‖ student) over the
- * vocabulary (ppd-spec.md §4.3), or the cross-entropy of the student on the
- * teacher's top token (§4.4: the reference's hard-label variant; greedy
+ * vocabulary, or the cross-entropy of the student on the teacher's top token
+ * (the reference's hard-label variant; greedy
  * acceptance only needs that token ranked first). */
 enum eng_tm_loss { ENG_TM_LOSS_KL, ENG_TM_LOSS_CE };
 

@@ -162,7 +162,7 @@ def main():
     # plain: no PPD; ppd: the adapter with a fixed tree (--tree, else its tuned
     # budget); calibrated: start-up calibration's tree per number of sequences;
     # batch1: the tree calibration chose for one sequence, forced at every
-    # batch size (issue 6's comparison).
+    # batch size (does choosing per batch size pay?).
     fixed = ["--ppd", a.ppd, "--calibrate", "off"] + (["--tree", a.tree] if a.tree else [])
     all_modes = {"plain": ["--no-ppd"], "ppd": fixed,
                  "calibrated": ["--ppd", a.ppd, "--calibrate", "auto"], "batch1": None}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# check-deep.sh BIN MODEL — `make check-deep` (issue 9): ppd under valgrind memcheck.
+# check-deep.sh BIN MODEL — `make check-deep`: ppd under valgrind memcheck.
 #
 # Runs, each under memcheck with full leak checking (any error, or a definitely or
 # indirectly lost block, fails):

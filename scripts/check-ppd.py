@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""check-ppd.py — issue 3's acceptance run: PPD output equals plain decoding, token for token.
+"""check-ppd.py — the lossless check at scale: PPD output equals plain decoding, token for token.
 
   python3 scripts/check-ppd.py [--count N] [-n 256] [--temps 0,0.7,1.0] [--adapter FILE]
 

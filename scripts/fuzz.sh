@@ -4,7 +4,7 @@
 #
 #   scripts/fuzz.sh [TARGET...]             each target for FUZZ_SECONDS (default 60), or
 #                                           until FUZZ_RUNS executions when that is set
-#                                           (issue 9's bar: FUZZ_SECONDS=1800 FUZZ_RUNS=10000000)
+#                                           (the long run: FUZZ_SECONDS=1800 FUZZ_RUNS=10000000)
 #   scripts/fuzz.sh --seeds-only [TARGET...] each target once over its committed
 #                                           corpus tests/fuzz/corpus/TARGET/ (seconds; make test)
 #   scripts/fuzz.sh --build-only

@@ -3,7 +3,7 @@
  * tokenized), build the response objects and chunks, and the one formatter
  * that turns an ENG_E_* code into the OpenAI error object.
  *
- * Accepted fields are those of architecture.md §4, plus two extensions:
+ * Accepted fields are those of docs/serving.md ("Requests"), with two extensions:
  * ignore_eos (llama.cpp's) and "ppd": false, which decodes the request
  * plainly (PPD is lossless, so this changes speed, never the text); unknown
  * fields are ignored, a known field of the wrong type or out of range is a

@@ -1,7 +1,7 @@
 /* cli_adapter.c — `ppd adapter`: make and inspect PPD adapter files.
  *
  *   ppd adapter init [-m MODEL] [-o FILE] [--n-prompt N] [--topk K] [--text T]
- *       an untrained adapter by the paper's text initialisation (ppd-spec.md §1.5)
+ *       an untrained adapter by the paper's text initialisation (docs/ppd.md)
  *   ppd adapter show FILE [-m MODEL]
  *       the adapter's metadata; with -m also whether it fits that model
  *   ppd adapter import DIR|FILE.safetensors [CONFIG.json] [-m MODEL] [-o FILE] [--topk K]

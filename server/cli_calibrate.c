@@ -1,5 +1,5 @@
 /* cli_calibrate.c — `ppd calibrate`: this device's step latency and the PPD
- * tree chosen for every number of decoding sequences (issue 6).
+ * tree chosen for every number of decoding sequences (docs/calibration.md).
  *
  *   ppd calibrate [-m MODEL] [--ppd ADAPTER] [-np N] [-b ROWS] [-t N] [flags]
  *       measure (or load the cached table), print the latency table and the

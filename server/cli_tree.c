@@ -1,7 +1,7 @@
 /* cli_tree.c — `ppd tree`: PPD tree families from an adapter's measured accuracy.
  *
  *   ppd tree build -a ADAPTER [-L 20] -o FILE
- *       the two-stage builder (ppd-spec.md §3.2–§3.4) at budget L
+ *       the two-stage builder (docs/ppd.md, "Building trees") at budget L
  *   ppd tree tune -a ADAPTER -f PROMPTS.jsonl [--sizes 4,8,...] [--count 6] [-n 128] [-o FILE]
  *       choose L for this machine by measurement: for each budget, decode the
  *       prompts with PPD and, alternating, without; keep the budget with the

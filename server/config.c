@@ -62,7 +62,7 @@ static const struct cfg_entry cfg_table[] = {
 #define CFG_N (int)(sizeof cfg_table / sizeof cfg_table[0])
 
 /* Other names the config file accepts for a key (the PPD settings grouped
- * the way the design notes write them). */
+ * under "ppd."). */
 static const struct { const char *alias, *name; } cfg_file_aliases[] = {
     {"ppd.adapter", "ppd"}, {"ppd.tree", "tree"}, {"ppd.tree-size", "tree-size"}, {"ppd.accept", "ppd-accept"},
     {"ppd.calibrate", "calibrate"},

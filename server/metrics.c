@@ -3,8 +3,8 @@
  * Every value lives in struct srv_metrics, owned by the loop thread: request
  * and token figures are updated as the engine's events arrive, the engine's
  * own figures (running/waiting, KV use, step time) come in its per-step stats
- * event.  So nothing here is shared between threads.  Names follow
- * architecture.md §4 (prefix ppd_, vLLM's meanings).
+ * event.  So nothing here is shared between threads.  Names as
+ * docs/serving.md ("Metrics") lists them (prefix ppd_, vLLM's meanings).
  *
  * PPD (spec-decode) figures come from the scheduler's cumulative counters
  * (engine/sched.h): a "draft" is one sequence's PPD step; its draft tokens are

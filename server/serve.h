@@ -1,6 +1,6 @@
 /* serve.h — the pieces of `ppd serve` and what they share.
  *
- * Threads (architecture.md §2): the loop thread owns the uv loop, the MHD
+ * Threads (docs/architecture.md, "Threads"): the loop thread owns the uv loop, the MHD
  * daemon, every connection and srv_req, and the metrics; the engine thread
  * owns the engine (model, KV cache) and the scheduler.  They meet only in two
  * srv_queues: the inbox carries submissions (srv_req.submit), the outbox

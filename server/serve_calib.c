@@ -1,5 +1,5 @@
-/* serve_calib.c — `ppd serve`'s start-up calibration (issue 6): on the engine
- * thread, before its first step, load the cached latency table of this
+/* serve_calib.c — `ppd serve`'s start-up calibration (docs/calibration.md):
+ * on the engine thread, before its first step, load the cached latency table of this
  * device or measure it, choose the tree for every number of sequences
  * holding slots (engine/calibrate.c), and hand the trees to the scheduler.
  * The choice is logged as a table and exported in /metrics (metrics.c reads

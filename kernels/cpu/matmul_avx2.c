@@ -3,7 +3,7 @@
  * activation quantizer.  Every function here reproduces matmul_ref.c /
  * quant_act.c bit for bit; only the schedule differs.
  *
- * Design (architecture.md, "CPU kernels"): 8-bit activations with exact int32
+ * Design (docs/architecture.md, "CPU kernels"): 8-bit activations with exact int32
  * block sums, then the block's scales applied in f32 in the reference's fixed
  * order.  The vector lanes hold the 8 outputs of a panel for one row: group g
  * of a 32-block (elements 4g..4g+3) is one vector whose lane o holds output
@@ -26,15 +26,14 @@
  * vcvtdq2ps, 3 vmulps, 2 vaddps (the irreducible 22), plus 4 broadcast loads
  * (each serves 2 panels), 3 unpack operations (each nibble vector serves 4
  * rows), 1 scale broadcast, 1/2 vcvtph2ps and the accumulator's load and
- * store: 34 instructions in all, against 45 in the former 1-panel x 4-row
- * pass, which kept its 8 unpacked weight vectors in registers across rows and
- * so spilled its accumulators and weights to the stack and broadcast every
- * activation group for every panel.  On the Zen 3 machine this measures ~8.3
- * cycles per 256 MACs against 11.3 before (single thread, weights in cache),
- * which is the throughput of the bare instruction mix: vpmaddubsw and vpmaddwd
- * share two pipes, and the int16 adds and float work fill the rest.  (Q8_0
- * needs vpsignb and a widening per group, 4 operations per group: 13 cycles
- * against 15.8 before.)
+ * store: 34 instructions in all.  A 1-panel x 4-row pass that keeps its 8
+ * unpacked weight vectors in registers across rows needs 45: it spills its
+ * accumulators and weights to the stack and broadcasts every activation group
+ * for every panel.  On a Zen 3 core the tile runs at ~8.3 cycles per 256 MACs
+ * (single thread, weights in cache; 11.3 for that pass), which is the
+ * throughput of the bare instruction mix: vpmaddubsw and vpmaddwd share two
+ * pipes, and the int16 adds and float work fill the rest.  (Q8_0 needs
+ * vpsignb and a widening per group, 4 operations per group: 13 cycles.)
  *
  * The accumulation order of the int16/int32 sums does not matter (they are
  * exact), but the compiler's re-association of them into a tree keeps all 64
@@ -46,8 +45,8 @@
  * tiles of one panel pair reread it from L1 for every 4 rows: each weight byte
  * comes from memory once per call whatever the row count.  The first row tile
  * of each pair prefetches 8 blocks ahead; at 1 to 4 rows, where the stream
- * is the bottleneck, that took a model step from 6.7 to 6.2 ms (1 row) and
- * from 8.6 to 7.5 ms (4 rows) on one thread.
+ * is the bottleneck, that makes a model step 6.2 ms instead of 6.7 (1 row)
+ * and 7.5 ms instead of 8.6 (4 rows) on one Zen 3 thread.
  *
  * Exactness of the int16 sums: Q4 weights are 0..15 and activations -127..127,
  * so a pair is at most 3,810 and eight pairs 30,480 < 32,767 in any order

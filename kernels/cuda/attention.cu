@@ -47,8 +47,7 @@
  * lane).  Still, 64 tree rows of a 7B model take 116 us a layer against 15
  * for one row: ncu finds it latency-bound (0.14 instructions issued per
  * cycle per scheduler, 1% of DRAM bandwidth), one lane per key doing f32
- * work.  Tensor cores over shared-prefix chunks are the next step
- * (BENCHMARKS.md, session 7).
+ * work (BENCHMARKS.md, "NVIDIA H200").
  */
 #include <cuda_fp16.h>
 #include <math.h>

@@ -5,8 +5,8 @@
  *
  * Batch invariance.  cuBLAS picks its kernel (tile, split-K) by shape, so the
  * same row could be summed in another order when the batch has another
- * number of rows, and greedy PPD (many rows) then drifted from plain decoding
- * (one row) on an H200: 1 prompt in 10 differed.  Here the algorithm is
+ * number of rows, and greedy PPD (many rows) would drift from plain decoding
+ * (one row): with cublasGemmEx on an H200, 1 prompt in 10 differs.  Here the algorithm is
  * chosen once per weight shape, when the weight is loaded (kc_gemm_prepare),
  * and every call runs it on column blocks of at most pin_n (64) rows: one
  * kernel, one K order and one split-K for every output element whatever the
@@ -164,7 +164,7 @@ static int lt_candidates(struct kc_gemm *g, struct kc_gemm_shape *s, cublasLtMat
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes, sizeof schemes);
     int n_cand = 0;
-    const int64_t at[2] = {g->pin_n, 1};   /* the pin_n picks first: the old choice stays candidate 0 */
+    const int64_t at[2] = {g->pin_n, 1};   /* the pin_n picks first: the heuristic's own pick is candidate 0 */
     for (int a = 0; a < 2; a++) {
         cublasLtMatmulHeuristicResult_t res[16];
         int n = 0;

@@ -6,7 +6,7 @@ and the safetensors reader (engine/safetensors.c).
 Each directory under tests/golden/data/peft/ is what PEFT's save_pretrained
 leaves for a PPD PromptConfig: adapter_model.safetensors (one tensor,
 `prompt_embeddings` [N*V, H]) and adapter_config.json (the PEFT
-prompt-tuning fields plus PPD's, ppd-spec.md 1.1).  H = 576, SmolLM2-135M's
+prompt-tuning fields plus PPD's; docs/ppd.md).  H = 576, SmolLM2-135M's
 hidden size, so the C test can import them for the default model.
 
   f32/   N=3 V=1 F32   config as PEFT writes it (peft_type PROMPT_TUNING)

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# tests/gpu/carry-model.sh — move the default model (98 MB) to a lent GPU
-# machine whose calls carry at most 64 MiB each: split it here into two
-# ignored halves, carry one per call (two calls back to back, while the
-# machine stays warm), join them there.  The sha256 of the joined file is
-# checked against scripts/fetch-model.sh's pinned one.
+# tests/gpu/carry-model.sh — copy the default model (98 MB) to a GPU machine
+# that cannot fetch it and takes files in transfers of limited size (64 MiB,
+# say): split it here into two ignored halves, copy one per transfer, join
+# them there.  The sha256 of the joined file is checked against
+# scripts/fetch-model.sh's pinned one.
 #   tests/gpu/carry-model.sh split [MiB]  # here: build/carry/model.part1 (MiB of
 #                                          # it; default half), model.part2
 #   tests/gpu/carry-model.sh join    # there: models/SmolLM2-135M-Instruct.Q4_1.gguf
-# (the device tool's `carry` takes build/carry/model.part1 in the first call,
-# build/carry/model.part2 in the second; the second call runs `join` and then
-# tests/gpu/run.sh.  A smaller first part leaves room in the first call for
-# binaries built here: tests/gpu/carry-libs.sh.)
+# (copy build/carry/model.part1 in the first transfer and build/carry/model.part2
+# in the second, then run `join` and tests/gpu/run.sh there.  A smaller first
+# part leaves room in the first transfer for binaries built here:
+# tests/gpu/carry-libs.sh.)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf

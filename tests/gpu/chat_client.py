@@ -1,5 +1,5 @@
 """The small OpenAI-style client the GPU checks share (standard library only:
-a lent GPU machine may have no pip): the served model's id, and one
+a GPU machine may have no pip): the served model's id, and one
 non-streaming greedy chat completion."""
 import json
 import urllib.request

@@ -13,7 +13,7 @@
 #         ppd calibrate --device cuda
 #   serve ppd serve --device cuda -np 8: 8 concurrent greedy chat completions,
 #         each equal to plain ppd generate (tests/gpu/serve_check.py)
-#   load  issue 6's batch-aware check: ppd serve -np 8 under 8 concurrent
+#   load  the batch-aware check: ppd serve -np 8 under 8 concurrent
 #         clients, plain vs calibrated vs the batch-1 tree forced
 #         (tests/gpu/serve_load.py, PPD_GPU_PROMPTS)
 #   ncu   (diagnosis, not in the default list) ncu on bench_7b's 64-row step:
@@ -21,14 +21,14 @@
 #   nsys  (diagnosis, not in the default list) nsys kernel and API summary of
 #         bench_7b's 1-row steps
 #   7b    tests/gpu/bench_7b.c: a Llama-2-7B-shaped model with random f16
-#         weights: copy bandwidth, step latency for 1..512 rows, issue 7's
-#         acceptance figures, calibration's choice of L, the cuBLASLt choice
+#         weights: copy bandwidth, step latency for 1..512 rows, the two
+#         targets of the CUDA step, calibration's choice of L, the cuBLASLt choice
 #         per shape, and (same machine) 1 and 64 rows unfused and at a
 #         2048-entry prefix
 # Writes a markdown report to $OUT/gpu-report.md when $OUT is set, else
 # build/gpu-report.md, and exits 1 when any check fails (0 when all pass; 77
 # when no GPU is usable).  Each part runs under a time limit, so one hang
-# cannot eat a lent machine's whole lease.
+# cannot take the whole run.
 # Without the default model (98 MB; fetched by `make model`) the model checks
 # are skipped and the report says so; a GPU machine that cannot fetch it gets it
 # in two halves: tests/gpu/carry-model.sh split here, join there.
@@ -212,7 +212,7 @@ if part 7b; then
     timeout 150 build/gpu/bench_7b --rows 1,64 --prefix 2048 --no-calib 2>/dev/null | grep "^| [0-9]\|^| attention\|^| \*\*" | tee -a "$REPORT"
     case $rc in
         0) ;;
-        1) log "(an acceptance figure is not met: see above)"; fail=1 ;;
+        1) log "(a target is not met: see above)"; fail=1 ;;
         *) bad "bench_7b exit $rc ($(tail -3 build/gpu/7b.err | tr '\n' ' '))" ;;
     esac
 fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""tests/gpu/serve_load.py — issue 6's batch-aware check on the device at hand,
+"""tests/gpu/serve_load.py — the batch-aware check on the device at hand,
 from the standard library only: `ppd serve -np N` under N concurrent greedy
 clients, three ways in one run, each a fresh server:
   plain       --no-ppd

@@ -591,7 +591,7 @@ static void test_random_model(void) {
          * weights as f32, as for the default model below): the 8-bit path's
          * own error passes a random model's close top-2 logits (gaps of 0.01
          * are common).  Where the f32 CPU's top-2 gap is over 1e-3 the GPU
-         * must pick the same token (issue 7's rule for greedy sequences). */
+         * must pick the same token. */
         int32_t tf32[NG];
         float *lf = xmalloc(sizeof(float) * NG * (size_t)nv);
         rc = weights_to_f32(mc.m, &cpu, keep_rm, &n_keep_rm);

@@ -113,7 +113,7 @@ def start_server(tmp_path_factory, *args, name="ppd"):
     log_path = str(tmp_path_factory.mktemp(name) / "server.log")
     log = open(log_path, "w")
     cmd = [PPD_BIN, "serve", "-m", MODEL, "--host", "127.0.0.1", "--port", "0", "-t", "1", *args]
-    # Start-up calibration (issue 6) measures this device for seconds: off
+    # Start-up calibration measures this device for seconds: off
     # unless a test asks for it (test_calibration.py passes --calibrate auto).
     env = dict(os.environ)
     env.setdefault("PPD_CALIBRATE", "off")

@@ -1,4 +1,4 @@
-"""Start-up calibration (issue 6): `ppd serve` measures this device before it
+"""Start-up calibration: `ppd serve` measures this device before it
 reports ready (/health 503 "calibrating" until then), chooses a tree per
 number of sequences, exports the choice in /metrics, stays lossless, and a
 restart with the same device, model, adapter and build loads the cached table

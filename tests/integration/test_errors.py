@@ -1,4 +1,4 @@
-"""Errors in OpenAI's shape with the statuses of architecture.md §4, and
+"""Errors in OpenAI's shape with the statuses of docs/serving.md, and
 authentication with --api-key."""
 import json
 import socket
@@ -148,7 +148,7 @@ def test_declared_huge_body_refused_before_it_is_read(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 1073741824\r\n\r\n")
-        status, body = read_http(sock)   # before the fix: no answer until the 30 s timeout
+        status, body = read_http(sock)   # a server that waited for the body would not answer before the timeout
     assert status == 413, body[:300]
     assert json.loads(body)["error"]["code"] == "request_too_large"
 

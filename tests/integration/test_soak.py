@@ -18,7 +18,7 @@ floods a server with a small queue: the requests past the queue's room get 429
 at once, while the admitted ones are still decoding.
 
 PPD_SOAK_SECONDS (default 12) and PPD_SOAK_CLIENTS (default 16) set the size;
-issue 9's soak is `make soak` (600 s, 64 clients).  PPD is on, with the adapter
+the full soak is `make soak` (600 s, 64 clients).  PPD is on, with the adapter
 committed next to the model (named, so it is on even where its tuning says it
 does not pay on this CPU), or an untrained one when there is none."""
 import json

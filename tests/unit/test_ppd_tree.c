@@ -1,6 +1,6 @@
 /* test_ppd_tree.c — PPD trees: the per-state buffers against the worked
- * example of ppd-spec.md §2.7 array for array, the two-stage builder against
- * the reference's shipped Vicuna-7B trees (§2.6, §3.6, §3.7), the tree-file
+ * example of docs/ppd.md ("Reference checks") array for array, the two-stage
+ * builder against the reference's shipped Vicuna-7B trees, the tree-file
  * format (round trip, and bad files refused with a message). */
 #include <check.h>
 #include <math.h>
@@ -114,7 +114,7 @@ START_TEST(test_worked_example_state1) {
 }
 END_TEST
 
-/* ppd-spec.md §3.1: the 7B accuracy rows recovered from the shipped trees. */
+/* docs/ppd.md, "Reference checks": the 7B accuracy rows recovered from the shipped trees. */
 static const double acc7b[30] = {
     0.48335, 0.14342, 0.0736, 0.0454, 0.03087, 0.02155, 0.01658, 0.01323, 0.00932, 0.00845,
     0.26256, 0.14561, 0.08114, 0.0576, 0.04283, 0.0323, 0.0257, 0.02152, 0.01903, 0.0155,
@@ -179,7 +179,7 @@ START_TEST(test_builder_vicuna7b_60) {
     ck_assert(fabs(info.x[0] - 0.147) < 1e-3 && fabs(info.x[1]) < 1e-9 && fabs(info.x[2] - 0.707) < 1e-3 &&
               fabs(info.x[3] - 0.147) < 1e-3);
     for (int d = 2; d <= 3; d++)
-        for (int i = 0; i < f->n_nodes[d]; i++) ck_assert_int_eq(f->nodes[d][i].n, 2);   /* §2.6: all n = 2 */
+        for (int i = 0; i < f->n_nodes[d]; i++) ck_assert_int_eq(f->nodes[d][i].n, 2);   /* the 60-token trees: all n = 2 */
     struct eng_ppd_trees tr;
     char err[256];
     ck_assert_int_eq(eng_ppd_trees_init(&tr, f, err, sizeof err), 0);
