@@ -100,7 +100,7 @@ int kq_avx2_repack(struct kq_weight *w) {
                 memcpy(dst + 2 * lane, &blk->d, 2);
                 memcpy(dst + 16 + 2 * lane, &blk->m, 2);
                 for (int v = 0; v < 4; v++) memcpy(dst + 32 + 32 * v + 4 * lane, blk->qs + 4 * v, 4);
-            } else if (w->type == KQ_Q4_0) {
+            } else if (w->type == KQ_Q4_0 || w->type == KQ_IQ4_NL) { /* the same block layout */
                 const kq_block_q4_0 *blk = (const kq_block_q4_0 *)src + b;
                 memcpy(dst + 2 * lane, &blk->d, 2);
                 for (int v = 0; v < 4; v++) memcpy(dst + 16 + 32 * v + 4 * lane, blk->qs + 4 * v, 4);
@@ -116,19 +116,10 @@ int kq_avx2_repack(struct kq_weight *w) {
                 memcpy(dst + KQ_Q5_1_QH + 4 * lane, blk->qh, 4);
                 for (int v = 0; v < 4; v++) memcpy(dst + KQ_Q5_1_QH + 32 + 32 * v + 4 * lane, blk->qs + 4 * v, 4);
             } else {
-                /* one byte per element: group g (elements 4g..4g+3) at 32*g */
-                int8_t v[KQ_QK];
-                const size_t quant = 16;
-                if (w->type == KQ_Q8_0) {
-                    const kq_block_q8_0 *blk = (const kq_block_q8_0 *)src + b;
-                    memcpy(dst + 2 * lane, &blk->d, 2);
-                    memcpy(v, blk->qs, KQ_QK);
-                } else { /* IQ4_NL */
-                    const kq_block_iq4_nl *blk = (const kq_block_iq4_nl *)src + b;
-                    memcpy(dst + 2 * lane, &blk->d, 2);
-                    for (int e = 0; e < KQ_QK; e++) v[e] = kq_iq4nl_values[kq_iq4nl_nibble(blk->qs, e)];
-                }
-                for (int g = 0; g < 8; g++) memcpy(dst + quant + 32 * g + 4 * lane, v + 4 * g, 4);
+                /* Q8_0: one byte per element, group g (elements 4g..4g+3) at 16 + 32*g */
+                const kq_block_q8_0 *blk = (const kq_block_q8_0 *)src + b;
+                memcpy(dst + 2 * lane, &blk->d, 2);
+                for (int g = 0; g < 8; g++) memcpy(dst + 16 + 32 * g + 4 * lane, blk->qs + 4 * g, 4);
             }
         }
     }
@@ -396,10 +387,13 @@ KQ_INLINE KQ_AVX2 void tile_q5(const struct tile_args *t, const int R, const int
         for (int r = 0; r < R; r++) panel_store(&t->out[p], t->r0 + r, acc[r][p]);
 }
 
-/* ---- byte weights: Q8_0 and IQ4_NL x Q8_0 ------------------------------------ */
+/* ---- Q8_0 and IQ4_NL x Q8_0 ---------------------------------------------------- */
 
-KQ_INLINE KQ_AVX2 void tile_q8_0(const struct tile_args *t, const int R, const int P) {
-    const __m256i ones = _mm256_set1_epi16(1);
+/* NL: the panel holds IQ4_NL nibbles (Q4_0's layout), looked up into their
+ * signed values kv; then the same arithmetic as Q8_0's bytes. */
+KQ_INLINE KQ_AVX2 void tile_q8(const struct tile_args *t, const int R, const int P, const int NL) {
+    const __m256i ones = _mm256_set1_epi16(1), m4 = _mm256_set1_epi8(0x0F);
+    const __m256i lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)kq_iq4nl_values));
     const size_t stride = t->stride, quant = 16;
     const uint8_t *q = t->q, *rd = t->d;
     __m256 acc[KQ_TILE_ROWS][KQ_TILE_PANELS];
@@ -416,7 +410,12 @@ KQ_INLINE KQ_AVX2 void tile_q8_0(const struct tile_args *t, const int R, const i
             __m256i wv[KQ_TILE_PANELS], aw[KQ_TILE_PANELS];
 #pragma GCC unroll 2
             for (int p = 0; p < P; p++) {
-                wv[p] = _mm256_loadu_si256((const __m256i *)(pw + (size_t)p * t->pstride + quant + 32 * g));
+                if (NL) {
+                    const __m256i n = _mm256_loadu_si256((const __m256i *)(pw + (size_t)p * t->pstride + quant + 32 * (g & 3)));
+                    wv[p] = _mm256_shuffle_epi8(lut, _mm256_and_si256(g < 4 ? n : _mm256_srli_epi16(n, 4), m4));
+                } else {
+                    wv[p] = _mm256_loadu_si256((const __m256i *)(pw + (size_t)p * t->pstride + quant + 32 * g));
+                }
                 aw[p] = _mm256_abs_epi8(wv[p]);
             }
 #pragma GCC unroll 4
@@ -510,9 +509,12 @@ KQ_INLINE int tile_rows(int n_rows, int r0) {
 /* The qs of a Q8_1 block follow its d and s (4 bytes), those of a Q8_0 block its d. */
 KQ_TILE_LOOP(mm_q4_1, tile_q4_1, 4)
 KQ_TILE_LOOP(mm_q4_0, tile_q4_0, 2)
+#define tile_q8_0(t, R, P) tile_q8(t, R, P, 0)
+#define tile_iq4_nl(t, R, P) tile_q8(t, R, P, 1)
 #define tile_q5_0(t, R, P) tile_q5(t, R, P, 0)
 #define tile_q5_1(t, R, P) tile_q5(t, R, P, 1)
 KQ_TILE_LOOP(mm_q8_0, tile_q8_0, 2)
+KQ_TILE_LOOP(mm_iq4_nl, tile_iq4_nl, 2)
 KQ_TILE_LOOP(mm_q5_0, tile_q5_0, 2)
 KQ_TILE_LOOP(mm_q5_1, tile_q5_1, 4)
 
@@ -582,7 +584,8 @@ int kq_avx2_matmul(const struct kq_weight *w, const void *act, int n_rows,
     else if (w->type == KQ_Q4_0) mm_q4_0(w, &g, act, n_rows, y, ldy, o_begin, o_end);
     else if (w->type == KQ_Q5_0) mm_q5_0(w, &g, act, n_rows, y, ldy, o_begin, o_end);
     else if (w->type == KQ_Q5_1) mm_q5_1(w, &g, act, n_rows, y, ldy, o_begin, o_end);
-    else                         mm_q8_0(w, &g, act, n_rows, y, ldy, o_begin, o_end); /* Q8_0, IQ4_NL */
+    else if (w->type == KQ_IQ4_NL) mm_iq4_nl(w, &g, act, n_rows, y, ldy, o_begin, o_end);
+    else                         mm_q8_0(w, &g, act, n_rows, y, ldy, o_begin, o_end);
     return 0;
 }
 

@@ -98,7 +98,7 @@ KQ_INLINE void prefetch_block(const uint8_t *pw, size_t bstep) {
     for (size_t l = 0; l < bstep; l += 64) _mm_prefetch((const char *)(a + l), _MM_HINT_T0);
 }
 
-enum { W_Q4_1, W_Q4_0, W_Q8_0, W_Q5_0, W_Q5_1 };
+enum { W_Q4_1, W_Q4_0, W_Q8_0, W_Q5_0, W_Q5_1, W_IQ4_NL };
 
 /* The weight vector of group g (elements 4g..4g+3 of each output) as
  * unsigned bytes; `quant` is where the quants start in a panel block, qh the
@@ -111,6 +111,11 @@ KQ_INLINE KQ_AVX512 __m512i group_weights(const uint8_t *pw, size_t pstride, int
     /* low nibbles of vector g for g < 4, high nibbles of vector g-4 after */
     const __m512i n = load_pair(pw, pstride, quant + 32 * (size_t)(g & 3));
     const __m512i nib = _mm512_and_si512(g < 4 ? n : _mm512_srli_epi16(n, 4), _mm512_set1_epi8(0x0F));
+    if (kind == W_IQ4_NL) { /* kv + 128 for each nibble, in every 128-bit lane */
+        uint8_t lut_b[16];
+        for (int i = 0; i < 16; i++) lut_b[i] = (uint8_t)(kq_iq4nl_values[i] + 128);
+        return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)lut_b)), nib);
+    }
     if (kind != W_Q5_0 && kind != W_Q5_1) return nib;
     const __m512i tab = _mm512_setr_epi32(0, 0x10, 0x1000, 0x1010, 0x100000, 0x100010, 0x101000, 0x101010,
                                           0x10000000, 0x10000010, 0x10001000, 0x10001010, 0x10100000,
@@ -153,7 +158,8 @@ KQ_INLINE KQ_AVX512 void tile(const struct tile512 *t, const int kind, const int
                 acc[r] = _mm512_add_ps(acc[r], _mm512_add_ps(x, u));
             }
         } else {
-            const int shift = kind == W_Q4_0 ? 3 : kind == W_Q5_0 ? 4 : 7; /* the bias: 8, 16 or 128 times sum a */
+            /* the bias: 8, 16 or 128 (Q8_0's w xor 0x80, IQ4_NL's kv + 128) times sum a */
+            const int shift = kind == W_Q4_0 ? 3 : kind == W_Q5_0 ? 4 : 7;
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) {
                 const __m512i bias = _mm512_slli_epi32(bcast32(rs + (size_t)r * stride), shift);
@@ -217,6 +223,7 @@ KQ512_LOOP(mm512_q4_1, W_Q4_1, 4)
 KQ512_LOOP(mm512_q4_0, W_Q4_0, 2)
 KQ512_LOOP(mm512_q8_0, W_Q8_0, 2)
 KQ512_LOOP(mm512_q5_0, W_Q5_0, 2)
+KQ512_LOOP(mm512_iq4_nl, W_IQ4_NL, 2)
 KQ512_LOOP(mm512_q5_1, W_Q5_1, 4)
 
 int kq_avx512_matmul(const struct kq_weight *w, const void *act, int n_rows,
@@ -227,9 +234,8 @@ int kq_avx512_matmul(const struct kq_weight *w, const void *act, int n_rows,
     switch (w->type) {
     case KQ_Q4_1: mm512_q4_1(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
     case KQ_Q4_0: mm512_q4_0(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
-    case KQ_Q8_0: case KQ_IQ4_NL: /* int8 values in Q8_0 panels */
-        mm512_q8_0(w, &g, act, n_rows, y, ldy, o_begin, o_end);
-        return 0;
+    case KQ_Q8_0: mm512_q8_0(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
+    case KQ_IQ4_NL: mm512_iq4_nl(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
     case KQ_Q5_0: mm512_q5_0(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
     case KQ_Q5_1: mm512_q5_1(w, &g, act, n_rows, y, ldy, o_begin, o_end); return 0;
     default:      return -1; /* the other types take the AVX2 kernels */

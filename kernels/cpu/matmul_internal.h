@@ -34,9 +34,8 @@
  *   Q4_1 block (160 B): [8 x f16 d][8 x f16 m][4 x 32 B nibbles]
  *   Q4_0 block (144 B): [8 x f16 d][4 x 32 B nibbles]
  *   Q8_0 block (272 B): [8 x f16 d][8 x 32 B int8]
- *     IQ4_NL uses it too, holding its element values kv[nibble] (int8
- *     range): the same integers the reference multiplies, so the Q8_0
- *     kernels compute them exactly.
+ *   IQ4_NL block (144 B): as Q4_0's (its blocks have the same layout); the
+ *     kernels look each nibble's value kv up with vpshufb.
  *   Q5_0 block (176 B): [8 x f16 d][8 x uint32 qh][4 x 32 B nibbles]
  *   Q5_1 block (192 B): [8 x f16 d][8 x f16 m][8 x uint32 qh][4 x 32 B nibbles]
  *     The nibbles as Q4_0's; lane o of qh is output o's GGUF qh (bit e: the
@@ -148,7 +147,8 @@ static inline size_t kq_panel_block_bytes(int type) {
     switch (type) {
     case KQ_Q4_1: return KQ_PANEL_Q4_1_BYTES;
     case KQ_Q4_0: return KQ_PANEL_Q4_0_BYTES;
-    case KQ_Q8_0: case KQ_IQ4_NL: return KQ_PANEL_Q8_0_BYTES;
+    case KQ_Q8_0: return KQ_PANEL_Q8_0_BYTES;
+    case KQ_IQ4_NL: return KQ_PANEL_Q4_0_BYTES;
     case KQ_Q5_0: return KQ_PANEL_Q5_0_BYTES;
     case KQ_Q5_1: return KQ_PANEL_Q5_1_BYTES;
     default:      return 0;
