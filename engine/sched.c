@@ -298,12 +298,34 @@ static int sched_pick_slot(struct eng_sched *s, const struct eng_sched_req *r, i
             best_n = n;
         }
     }
+    /* A running sequence may hold a longer match in its committed entries
+     * (the same system prompt, admitted a moment ago): copy them over. */
+    int src = -1, src_n = 0;
+    for (int i = 0; lookup && i < s->n_active; i++) {
+        const struct eng_sched_req *a = s->active[i];
+        int lim = s->kv->len[a->slot];
+        if (lim > a->n_prompt + a->n_gen) lim = a->n_prompt + a->n_gen;
+        if (lim > r->n_prompt - 1) lim = r->n_prompt - 1;
+        int n = 0;
+        while (n < lim && (n < a->n_prompt ? a->prompt[n] : a->out_ids[n - a->n_prompt]) == r->prompt[n]) n++;
+        if (n > src_n) { src = a->slot; src_n = n; }
+    }
     /* A short match (a chat template's system prompt) would throw away more
-     * kept entries than it reuses: an empty slot serves better while there is
-     * one. */
-    if (best_n < s->pc_len[best] - best_n)
+     * kept entries than it reuses, and a copy needs no kept entries: an
+     * empty slot serves better while there is one. */
+    if (best_n < s->pc_len[best] - best_n || src_n > best_n)
         for (int slot = 0; slot < s->p.n_slot; slot++)
             if (!s->slot_busy[slot] && s->pc_len[slot] == 0) { best = slot; best_n = 0; break; }
+    if (src_n > best_n) {
+        const struct eng_kv *kv = s->kv;
+        const size_t bytes = sizeof(float) * (size_t)src_n * (size_t)kv->kv_dim;
+        for (int l = 0; l < kv->n_layer; l++) {
+            const size_t d = eng_kv_offset(kv, l, best, 0), o = eng_kv_offset(kv, l, src, 0);
+            kv->be->iface->buf_copy(kv->be->ctx, kv->k + d, kv->k + o, bytes);
+            kv->be->iface->buf_copy(kv->be->ctx, kv->v + d, kv->v + o, bytes);
+        }
+        best_n = src_n;
+    }
     if (lookup) {
         s->stats.pc_queries += r->n_prompt;
         s->stats.pc_hits += best_n;

@@ -61,8 +61,11 @@
  * request the free slot whose kept tokens share the longest prefix with its
  * prompt (ties, and no match at all: the least recently used slot, so the
  * others keep their entries longest; an empty slot rather than a match that
- * would discard more kept entries than it reuses), starts its KV length and n_prefilled
- * there, and prefills only the rest.  At least the last prompt token is
+ * would discard more kept entries than it reuses).  When a running
+ * sequence's committed entries match longer (a request arriving while
+ * another with the same system prompt runs), they are copied into the slot
+ * instead, one buf_copy per layer for K and for V.  The request's KV length
+ * and n_prefilled start there, and it prefills only the rest.  At least the last prompt token is
  * always computed, since its logits are needed (PPD: it goes with the prompt
  * rows as usual).  A K/V entry depends only on its token, its position and
  * the entries before it, and rows do not depend on the batch, so a hit gives

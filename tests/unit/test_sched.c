@@ -859,9 +859,12 @@ static int32_t *pc_cat(const int32_t *a, int n_a, const int32_t *b, int n_b, con
     return t;
 }
 
-/* Four requests in three phases: [0] a long prompt A; then together [1] the
- * second turn A + answer + a question and [3] an unrelated prompt; then [2]
- * half of A and another question.  Once cold (no cache, plain: the
+/* Six requests in five phases: [0] a long prompt A; [1] the second turn A +
+ * answer + a question; [3] an unrelated prompt (it takes the empty slot
+ * rather than the second turn's for the chat template they share); [2] half
+ * of A and another question (from the second turn's slot); then together [4]
+ * the second turn again (half of A from [2]'s slot) and [5] [2] again, which
+ * copies [4]'s committed entries from its running slot.  Once cold (no cache, plain: the
  * reference) and once with the cache (with PPD when asked, its guesses from
  * the reference so that multi-token steps commit compacted entries). */
 static void pc_case(bool use_ppd, bool seeded) {
@@ -872,16 +875,16 @@ static void pc_case(bool use_ppd, bool seeded) {
     eng_sampler_params_default(&sp);
     if (seeded) { sp.temperature = 0.8f; sp.seed = 1234; }
     else sp.temperature = 0;
-    int32_t *pr[4], *q1, *q2;
-    int npr[4], nq1, nq2;
+    int32_t *pr[6], *q1, *q2;
+    int npr[6], nq1, nq2;
     chat_ids(e, prompts[2], &pr[0], &npr[0]);
     chat_ids(e, prompts[1], &pr[3], &npr[3]);
     chat_ids(e, prompts[0], &q1, &nq1);
     chat_ids(e, prompts[4], &q2, &nq2);
     const int half = npr[0] / 2;
     pr[2] = pc_cat(pr[0], half, q2, nq2, NULL, 0, &npr[2]);
-    int32_t ref[4][32];
-    int n_ref[4];
+    int32_t ref[6][32];
+    int n_ref[6];
     for (int pass = 0; pass < 2; pass++) {
         const bool cache = pass == 1;
         memset(seen, 0, sizeof seen);
@@ -890,18 +893,23 @@ static void pc_case(bool use_ppd, bool seeded) {
         if (cache && use_ppd) {
             p.ppd = &px.ppd;
             p.ppd_guess_fn = oracle_guess;
-            for (int i = 0; i < 4; i++) { oracle_ids[i] = ref[i]; oracle_n[i] = n_ref[i]; }
+            for (int i = 0; i < 6; i++) { oracle_ids[i] = ref[i]; oracle_n[i] = n_ref[i]; }
         }
         ck_assert_int_eq(eng_sched_init(&s, &e->fwd, &e->kv, e->tok, &p), 0);
         pc_phase(&s, e->tok, pr, npr, 0, 1, &sp);
-        if (!cache) pr[1] = pc_cat(pr[0], npr[0], seen[0].ids, seen[0].n_tokens, q1, nq1, &npr[1]);
+        if (!cache) {
+            pr[1] = pc_cat(pr[0], npr[0], seen[0].ids, seen[0].n_tokens, q1, nq1, &npr[1]);
+            pr[4] = pc_cat(pr[1], npr[1], NULL, 0, NULL, 0, &npr[4]);
+            pr[5] = pc_cat(pr[2], npr[2], NULL, 0, NULL, 0, &npr[5]);
+        }
         pc_phase(&s, e->tok, pr, npr, 1, 2, &sp);
         pc_phase(&s, e->tok, pr, npr, 3, 4, &sp);
         pc_phase(&s, e->tok, pr, npr, 2, 3, &sp);
+        pc_phase(&s, e->tok, pr, npr, 4, 6, &sp);
         ck_assert_int_eq(eng_sched_n_running(&s), 0);
         ck_assert_int_eq(eng_sched_kv_used(&s), 0);
         long long hits = 0, queries = 0;
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < 6; i++) {
             hits += seen[i].n_cached;
             queries += npr[i];
             if (!cache) {
@@ -921,7 +929,10 @@ static void pc_case(bool use_ppd, bool seeded) {
             ck_assert_int_ge(seen[1].n_cached, npr[0]);
             ck_assert_int_le(seen[1].n_cached, npr[0] + n_ref[0]);
             if (!use_ppd) ck_assert_int_eq(seen[1].n_cached, npr[0] + n_ref[0] - 1);
+            ck_assert_int_eq(seen[3].n_cached, 0);      /* the empty slot */
             ck_assert_int_eq(seen[2].n_cached, half);   /* from the second turn's slot */
+            ck_assert_int_eq(seen[4].n_cached, half);   /* from [2]'s slot */
+            ck_assert_int_eq(seen[5].n_cached, half);   /* copied from [4]'s running slot */
             ck_assert_int_eq(s.stats.pc_hits, hits);
             ck_assert_int_eq(s.stats.pc_queries, queries);
             /* idle: both slots free and keeping what their last requests committed */
@@ -941,7 +952,7 @@ static void pc_case(bool use_ppd, bool seeded) {
         eng_sched_free(&s);
     }
     memset(oracle_ids, 0, sizeof oracle_ids);
-    for (int i = 0; i < 4; i++) free(pr[i]);
+    for (int i = 0; i < 6; i++) free(pr[i]);
     free(q1);
     free(q2);
     if (use_ppd) ppd_fx_close(&px);
