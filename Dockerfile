@@ -49,6 +49,8 @@
 #                                              (/health answers 503 meanwhile)
 #   --calib-cache DIR       PPD_CALIB_CACHE    cached calibration tables ($XDG_CACHE_HOME/ppd:
 #                                              /var/cache/ppd here, writable by the ppd user)
+#   --prefix-cache on|off   PPD_PREFIX_CACHE   reuse finished requests' KV entries for a shared
+#                                              prompt prefix (CPU; off on CUDA)
 #   -v, --verbose           PPD_VERBOSE        debug logging
 #   --config FILE           PPD_CONFIG         settings file (/etc/ppd/ppd.conf here)
 #

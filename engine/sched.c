@@ -106,7 +106,15 @@ int eng_sched_set_ppd(struct eng_sched *s, const struct eng_ppd *widest, const s
     int rc = sched_ppd_check(&p);
     if (rc) return rc;
     s->p = p;
+    eng_sched_prefix_clear(s);   /* calibration ran its own steps in the slots */
     return 0;
+}
+
+void eng_sched_prefix_clear(struct eng_sched *s) {
+    if (!s->pc_len) return;
+    memset(s->pc_len, 0, sizeof *s->pc_len * (size_t)s->p.n_slot);
+    s->stats.pc_slots = 0;
+    s->stats.pc_tokens = 0;
 }
 
 int eng_sched_init(struct eng_sched *s, struct eng_forward *f, struct eng_kv *kv, const struct tok *tok,
@@ -132,6 +140,12 @@ int eng_sched_init(struct eng_sched *s, struct eng_forward *f, struct eng_kv *kv
     s->active = calloc((size_t)s->p.n_slot, sizeof *s->active);
     s->slot_busy = calloc((size_t)s->p.n_slot, sizeof *s->slot_busy);
     if (!s->pen_logits || !s->active || !s->slot_busy) goto err;
+    if (s->p.prefix_cache) {
+        s->pc_tok = malloc(sizeof *s->pc_tok * (size_t)s->p.n_slot * (size_t)kv->max_seq);
+        s->pc_len = calloc((size_t)s->p.n_slot, sizeof *s->pc_len);
+        s->pc_stamp = calloc((size_t)s->p.n_slot, sizeof *s->pc_stamp);
+        if (!s->pc_tok || !s->pc_len || !s->pc_stamp) goto err;
+    }
     return 0;
 err:
     eng_sched_free(s);
@@ -145,6 +159,9 @@ void eng_sched_free(struct eng_sched *s) {
     free(s->pen_logits);
     free(s->active);
     free(s->slot_busy);
+    free(s->pc_tok);
+    free(s->pc_len);
+    free(s->pc_stamp);
     memset(s, 0, sizeof *s);
 }
 
@@ -177,7 +194,8 @@ static void sched_emit(struct eng_sched *s, struct eng_sched_req *r, int n_new, 
                                  .finish = fin, .err = err, .n_prompt = r->n_prompt, .n_gen = r->n_gen,
                                  .queue_s = r->t_admit > 0 ? r->t_admit - r->t_submit : 0,
                                  .t_admit = r->t_admit, .t_emit = eng_now_s(), .ppd_steps = r->ppd_steps,
-                                 .ppd_drafted = r->ppd_drafted, .ppd_accepted = r->ppd_accepted};
+                                 .ppd_drafted = r->ppd_drafted, .ppd_accepted = r->ppd_accepted,
+                                 .n_cached = r->n_cached};
     if (n_new > 0 && r->t_first == 0) r->t_first = ev.t_emit;
     ev.t_first = r->t_first;
     if (r->lp_step && n_new > 0) ev.lp = r->lp_step;
@@ -187,10 +205,31 @@ static void sched_emit(struct eng_sched *s, struct eng_sched_req *r, int n_new, 
     if (s->p.emit) s->p.emit(s->p.user, &ev);
 }
 
-/* Remove an admitted request: free its slot, keep the admission order. */
-static void sched_retire(struct eng_sched *s, int i) {
+/* Keep the tokens of r's committed KV entries in its slot.  Committed
+ * entries are always a prefix of the prompt followed by the delivered tokens
+ * (a PPD step commits its root and accepted path in order; tokens a stop
+ * string cut off may be committed past what was delivered, and are not kept). */
+static void sched_prefix_keep(struct eng_sched *s, const struct eng_sched_req *r) {
+    int n = s->kv->len[r->slot];
+    if (n > r->n_prompt + r->n_gen) n = r->n_prompt + r->n_gen;
+    int32_t *dst = s->pc_tok + (size_t)r->slot * (size_t)s->kv->max_seq;
+    const int n_p = n < r->n_prompt ? n : r->n_prompt;
+    memcpy(dst, r->prompt, sizeof *dst * (size_t)n_p);
+    if (n > n_p) memcpy(dst + n_p, r->out_ids, sizeof *dst * (size_t)(n - n_p));
+    s->pc_len[r->slot] = n;
+    s->pc_stamp[r->slot] = ++s->pc_clock;
+    if (n > 0) {
+        s->stats.pc_slots++;
+        s->stats.pc_tokens += n;
+    }
+}
+
+/* Remove an admitted request: free its slot, keep the admission order.
+ * keep: its committed entries are valid and stay for the prefix cache. */
+static void sched_retire(struct eng_sched *s, int i, bool keep) {
     struct eng_sched_req *r = s->active[i];
     if (r->ppd_on) eng_ppd_seq_free(&r->ppd);
+    if (s->pc_len && keep) sched_prefix_keep(s, r);
     s->slot_busy[r->slot] = false;
     s->kv->len[r->slot] = 0;
     memmove(s->active + i, s->active + i + 1, sizeof *s->active * (size_t)(s->n_active - i - 1));
@@ -209,7 +248,7 @@ static void sched_drop_cancelled(struct eng_sched *s) {
     for (int i = 0; i < s->n_active;) {
         struct eng_sched_req *r = s->active[i];
         if (!atomic_load_explicit(&r->cancel, memory_order_relaxed)) { i++; continue; }
-        sched_retire(s, i);
+        sched_retire(s, i, true);
         sched_emit(s, r, 0, ENG_SCHED_FINISH_CANCELLED, 0);
     }
 }
@@ -235,25 +274,90 @@ static void sched_ppd_admit(struct eng_sched *s, struct eng_sched_req *r) {
     s->stats.ppd_seqs++;
 }
 
+/* A free slot for r, and how many of its prompt tokens the slot's kept
+ * entries already hold (see the design note). */
+static int sched_pick_slot(struct eng_sched *s, const struct eng_sched_req *r, int *n_hit) {
+    *n_hit = 0;
+    if (!s->pc_len) {
+        int slot = 0;
+        while (s->slot_busy[slot]) slot++;
+        return slot;
+    }
+    const bool lookup = !r->lp_prompt;
+    int best = -1, best_n = -1;
+    for (int slot = 0; slot < s->p.n_slot; slot++) {
+        if (s->slot_busy[slot]) continue;
+        int n = 0;
+        if (lookup) {
+            const int32_t *t = s->pc_tok + (size_t)slot * (size_t)s->kv->max_seq;
+            const int lim = s->pc_len[slot] < r->n_prompt - 1 ? s->pc_len[slot] : r->n_prompt - 1;
+            while (n < lim && t[n] == r->prompt[n]) n++;
+        }
+        if (n > best_n || (n == best_n && s->pc_stamp[slot] < s->pc_stamp[best])) {
+            best = slot;
+            best_n = n;
+        }
+    }
+    /* A running sequence may hold a longer match in its committed entries
+     * (the same system prompt, admitted a moment ago): copy them over. */
+    int src = -1, src_n = 0;
+    for (int i = 0; lookup && i < s->n_active; i++) {
+        const struct eng_sched_req *a = s->active[i];
+        int lim = s->kv->len[a->slot];
+        if (lim > a->n_prompt + a->n_gen) lim = a->n_prompt + a->n_gen;
+        if (lim > r->n_prompt - 1) lim = r->n_prompt - 1;
+        int n = 0;
+        while (n < lim && (n < a->n_prompt ? a->prompt[n] : a->out_ids[n - a->n_prompt]) == r->prompt[n]) n++;
+        if (n > src_n) { src = a->slot; src_n = n; }
+    }
+    /* A short match (a chat template's system prompt) would throw away more
+     * kept entries than it reuses, and a copy needs no kept entries: an
+     * empty slot serves better while there is one. */
+    if (best_n < s->pc_len[best] - best_n || src_n > best_n)
+        for (int slot = 0; slot < s->p.n_slot; slot++)
+            if (!s->slot_busy[slot] && s->pc_len[slot] == 0) { best = slot; best_n = 0; break; }
+    if (src_n > best_n) {
+        const struct eng_kv *kv = s->kv;
+        const size_t bytes = sizeof(float) * (size_t)src_n * (size_t)kv->kv_dim;
+        for (int l = 0; l < kv->n_layer; l++) {
+            const size_t d = eng_kv_offset(kv, l, best, 0), o = eng_kv_offset(kv, l, src, 0);
+            kv->be->iface->buf_copy(kv->be->ctx, kv->k + d, kv->k + o, bytes);
+            kv->be->iface->buf_copy(kv->be->ctx, kv->v + d, kv->v + o, bytes);
+        }
+        best_n = src_n;
+    }
+    if (lookup) {
+        s->stats.pc_queries += r->n_prompt;
+        s->stats.pc_hits += best_n;
+    }
+    if (s->pc_len[best] > 0) {   /* the slot is taken: its entries are no longer kept */
+        s->stats.pc_slots--;
+        s->stats.pc_tokens -= s->pc_len[best];
+        s->pc_len[best] = 0;
+    }
+    *n_hit = best_n;
+    return best;
+}
+
 static void sched_admit(struct eng_sched *s) {
     while (s->wait_head && s->n_active < s->p.n_slot) {
         struct eng_sched_req *r = s->wait_head;
         s->wait_head = r->next;
         if (!s->wait_head) s->wait_tail = NULL;
         s->n_waiting--;
-        int slot = 0;
-        while (s->slot_busy[slot]) slot++;
+        int n_hit = 0, slot = sched_pick_slot(s, r, &n_hit);
         s->slot_busy[slot] = true;
         r->slot = slot;
         r->state = ENG_SEQ_PREFILL;
-        r->n_prefilled = 0;
+        r->n_prefilled = n_hit;
+        r->n_cached = n_hit;
         r->n_gen = 0;
         r->t_admit = eng_now_s();
         r->t_first = 0;
         r->ppd_steps = r->ppd_drafted = r->ppd_accepted = 0;
         eng_rng_seed(&r->rng, r->sp.seed);
         sched_ppd_admit(s, r);
-        s->kv->len[slot] = 0;
+        s->kv->len[slot] = n_hit;
         s->active[s->n_active++] = r;
     }
 }
@@ -480,7 +584,7 @@ int eng_sched_step(struct eng_sched *s) {
         int e = r->add_err;
         if (!e || e == ENG_E_RANGE) { i++; continue; }
         bool full = e == ENG_E_TOO_LONG && r->state == ENG_SEQ_DECODE;
-        sched_retire(s, i);
+        sched_retire(s, i, false);
         if (full) sched_emit(s, r, 0, ENG_SCHED_FINISH_CONTEXT, 0);
         else sched_emit(s, r, 0, ENG_SCHED_FINISH_ERROR, e);
     }
@@ -495,7 +599,7 @@ int eng_sched_step(struct eng_sched *s) {
         for (int i = 0; i < s->n_active;) {
             struct eng_sched_req *r = s->active[i];
             if (r->n_rows == 0) { i++; continue; }
-            sched_retire(s, i);
+            sched_retire(s, i, false);
             sched_emit(s, r, 0, ENG_SCHED_FINISH_ERROR, rc);
         }
         return rc;
@@ -506,7 +610,7 @@ int eng_sched_step(struct eng_sched *s) {
         if (fin < 0) { i++; continue; }
         if (fin == ENG_SCHED_FINISH_ERROR) n_new = 0;
         /* The last event hands the request back: retire it first. */
-        if (fin != ENG_SCHED_RUNNING) sched_retire(s, i);
+        if (fin != ENG_SCHED_RUNNING) sched_retire(s, i, fin != ENG_SCHED_FINISH_ERROR);
         else i++;
         sched_emit(s, r, n_new, (enum eng_sched_finish)fin, err);
     }

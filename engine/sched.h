@@ -53,6 +53,27 @@
  * end-of-generation token too, as `ppd generate` counts it), except that
  * nothing after a completed stop string or past max_tokens is.
  *
+ * Prefix cache (params.prefix_cache).  The KV cache is laid out per slot,
+ * so the cache is the slots themselves: when a request leaves its slot, the
+ * slot keeps the tokens of its committed KV entries (prompt and delivered
+ * tokens, never tree rows: ppd.c commits only the accepted path, compacted
+ * to the front), and those entries stay where they are.  Admission gives a
+ * request the free slot whose kept tokens share the longest prefix with its
+ * prompt (ties, and no match at all: the least recently used slot, so the
+ * others keep their entries longest; an empty slot rather than a match that
+ * would discard more kept entries than it reuses).  When a running
+ * sequence's committed entries match longer (a request arriving while
+ * another with the same system prompt runs), they are copied into the slot
+ * instead, one buf_copy per layer for K and for V.  The request's KV length
+ * and n_prefilled start there, and it prefills only the rest.  At least the last prompt token is
+ * always computed, since its logits are needed (PPD: it goes with the prompt
+ * rows as usual).  A K/V entry depends only on its token, its position and
+ * the entries before it, and rows do not depend on the batch, so a hit gives
+ * exactly the tokens of a cold prefill.  Requests with prompt logprobs do
+ * not look up (every prompt row's logits are wanted).  Entries of a request
+ * that failed are dropped.  Memory: one token id per KV entry, allocated at
+ * init; nothing else.
+ *
  * Not here: threads, queues, HTTP or JSON (server/), tree buffers and
  * verification (engine/ppd.c, reached through the per-sequence hooks).
  * Nothing allocates in a step, except that admitting a PPD request sets up
@@ -129,6 +150,7 @@ struct eng_sched_req {
     /* per-request figures (scheduler state, reported in every event) */
     double t_first;                  /* eng_now_s() when the first token was delivered (0: not yet) */
     int ppd_steps, ppd_drafted, ppd_accepted;   /* this request's PPD steps, as eng_sched_stats counts them */
+    int n_cached;                    /* prompt tokens taken from the prefix cache at admission */
 };
 
 /* Allocates the request and its buffers (prompt copied).  max_tokens >= 1. */
@@ -161,6 +183,7 @@ struct eng_sched_event {
     /* this request's figures so far (eng_now_s() times; 0: not yet) */
     double t_admit, t_first, t_emit;
     int ppd_steps, ppd_drafted, ppd_accepted;
+    int n_cached;                    /* prompt tokens taken from the prefix cache */
 };
 
 /* Called on the scheduler's thread; must not call back into the scheduler. */
@@ -184,6 +207,7 @@ struct eng_sched_params {
     enum eng_ppd_accept ppd_accept;  /* EXACT (lossless, default) or TYPICAL (only for temperature > 0) */
     struct eng_ppd_typical ppd_typical;   /* eps 0: ppd.c's defaults */
     eng_ppd_guess_fn ppd_guess_fn;   /* tests: ppd.h's guess hook for every PPD sequence, user = req->user */
+    bool prefix_cache;               /* keep finished sequences' KV in their slots for reuse (design note) */
 };
 
 struct eng_sched_stats {
@@ -208,6 +232,11 @@ struct eng_sched_stats {
     long long ppd_draft_tokens;      /* sum over steps of the tree's depth: guesses a step could accept */
     long long ppd_hist[ENG_PPD_MAX_PROMPT + 2];      /* [a]: steps that emitted a tokens, a = 1..N+1 */
     long long ppd_accepted_pos[ENG_PPD_MAX_PROMPT + 1];   /* [i]: steps whose i-th guess (i = 1..N) was accepted */
+    /* prefix cache: cumulative prompt tokens looked up and found; now, free
+     * slots that hold kept entries and those entries */
+    long long pc_queries, pc_hits;
+    int pc_slots;
+    long pc_tokens;
 };
 
 struct eng_sched {
@@ -221,6 +250,11 @@ struct eng_sched {
     struct eng_sched_req **active;   /* [n_slot] admitted requests, admission order */
     int n_active;
     bool *slot_busy;                 /* [n_slot] */
+    /* prefix cache (p.prefix_cache): what a free slot's KV entries hold */
+    int32_t *pc_tok;                 /* (n_slot, max_seq) token of each kept entry */
+    int *pc_len;                     /* [n_slot] kept entries (0 while the slot is busy) */
+    long long *pc_stamp;             /* [n_slot] when the slot was last released (LRU) */
+    long long pc_clock;
     struct eng_sched_req *wait_head, *wait_tail;
     int n_waiting;
     struct eng_sched_stats stats;
@@ -238,6 +272,9 @@ int eng_sched_init(struct eng_sched *s, struct eng_forward *f, struct eng_kv *kv
  * (ENG_E_RANGE).  widest NULL: no PPD. */
 int eng_sched_set_ppd(struct eng_sched *s, const struct eng_ppd *widest, const struct eng_ppd *const *by_batch);
 void eng_sched_free(struct eng_sched *s);   /* accepts NULL */
+
+/* Forget every kept prefix (someone else wrote the slots' KV). */
+void eng_sched_prefix_clear(struct eng_sched *s);
 
 void eng_sched_submit(struct eng_sched *s, struct eng_sched_req *r);
 

@@ -423,7 +423,7 @@ static void api_rate(json_t *o, const char *per_token, const char *per_second, l
  * choice prefills the prompt).  Then PPD's figures, summed over the choices. */
 static json_t *api_timings(const struct srv_req *r) {
     double t_admit = 0, t_first = 0, t_end = 0;
-    long long n_gen = 0, n_prompt = 0, steps = 0, drafted = 0, accepted = 0;
+    long long n_gen = 0, n_prompt = 0, steps = 0, drafted = 0, accepted = 0, cached = 0;
     for (int i = 0; i < r->n_choices; i++) {
         const struct srv_choice *c = &r->ch[i];
         if (c->t_admit > 0 && (t_admit == 0 || c->t_admit < t_admit)) t_admit = c->t_admit;
@@ -434,6 +434,7 @@ static json_t *api_timings(const struct srv_req *r) {
         steps += c->ppd_steps;
         drafted += c->ppd_drafted;
         accepted += c->ppd_accepted;
+        cached += c->n_cached;
     }
     const double prompt_ms = t_first > t_admit && t_admit > 0 ? (t_first - t_admit) * 1e3 : 0;
     const double predicted_ms = t_end > t_first && t_first > 0 ? (t_end - t_first) * 1e3 : 0;
@@ -444,7 +445,7 @@ static json_t *api_timings(const struct srv_req *r) {
     json_object_set_new(o, "predicted_n", json_integer(n_gen));
     json_object_set_new(o, "predicted_ms", json_real(predicted_ms));
     api_rate(o, "predicted_per_token_ms", "predicted_per_second", n_gen, predicted_ms);
-    json_object_set_new(o, "cached_prompt_tokens", json_integer(0));
+    json_object_set_new(o, "cached_prompt_tokens", json_integer(cached));
     json_object_set_new(o, "ppd_steps", json_integer(steps));
     json_object_set_new(o, "ppd_drafted", json_integer(drafted));
     json_object_set_new(o, "ppd_accepted", json_integer(accepted));

@@ -203,6 +203,7 @@ int cmd_serve(int argc, char **argv) {
         uv_run(&loop, UV_RUN_DEFAULT);
         goto done;
     }
+    s->metrics.prefix_cache = s->sched.p.prefix_cache;   /* fixed from here on */
     if (srv_http_start(s, err, sizeof err)) {
         fprintf(stderr, "ppd serve: %s\n", err);
         srv_worker_stop(s);

@@ -56,6 +56,9 @@ static const struct cfg_entry cfg_table[] = {
      "directory of cached calibration tables (default $XDG_CACHE_HOME/ppd, else ~/.cache/ppd; empty: no cache)"},
     {"ppd-accept", NULL, CFG_STR, F(ppd_accept), 0, 0, "exact",
      "PPD acceptance: exact (lossless) or typical (Medusa typical acceptance for temperature > 0; not lossless)"},
+    {"prefix-cache", NULL, CFG_STR, F(prefix_cache), 0, 0, "on",
+     "on: a request reuses the KV entries a finished request left in a free slot for the longest common prompt "
+     "prefix (CPU; off on CUDA); off: every prompt is prefilled in full"},
     {"verbose", "-v", CFG_FLAG, F(verbose), 0, 1, "0", "debug logging"},
     {"config", NULL, CFG_STR, F(config), 0, 0, NULL, "read settings from FILE first (key = value lines)"},
 };
@@ -222,6 +225,10 @@ int srv_config_load(struct srv_config *c, int argc, char **argv) {
     }
     if (strcmp(c->ppd_accept, "exact") && strcmp(c->ppd_accept, "typical")) {
         fprintf(stderr, "ppd serve: ppd-accept: '%s' is not one of exact, typical\n", c->ppd_accept);
+        return 2;
+    }
+    if (strcmp(c->prefix_cache, "on") && strcmp(c->prefix_cache, "off")) {
+        fprintf(stderr, "ppd serve: prefix-cache: '%s' is not one of on, off\n", c->prefix_cache);
         return 2;
     }
     if (strcmp(c->calibrate, "auto") && strcmp(c->calibrate, "off")) {

@@ -40,6 +40,7 @@ struct srv_config {
     long tree_size;           /* budget L of the auto tree (lowered when the slots' trees do not fit a step) */
     const char *calibrate;    /* "auto" or "off" */
     const char *calib_cache;  /* NULL: the default directory; "": none */
+    const char *prefix_cache; /* "on" or "off" */
     const char *ppd_accept;   /* "exact" (lossless) or "typical" (Medusa typical acceptance, sampling only) */
     long verbose;
     const char *config;       /* the config file read, if any */

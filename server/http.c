@@ -558,6 +558,7 @@ static void req_on_event(struct srv *s, struct srv_choice *c, const struct srv_e
     c->ppd_steps = ev->ppd_steps;
     c->ppd_drafted = ev->ppd_drafted;
     c->ppd_accepted = ev->ppd_accepted;
+    c->n_cached = ev->n_cached;
     const bool last = ev->finish != ENG_SCHED_RUNNING;
     const char *reason = eng_sched_finish_reason((enum eng_sched_finish)ev->finish);
     if (last) {

@@ -211,6 +211,14 @@ char *srv_metrics_render(const struct srv_metrics *m, const struct srv_config *c
     mb_head(&b, "cpu_info", "gauge", "The CPU kernels' instruction-set path in use (1), and the best this CPU has.");
     mb_printf(&b, "ppd_cpu_info{isa=\"%s\",detected=\"%s\"} 1\n", kq_isa_name(kq_isa()),
               kq_isa_name(kq_isa_detected()));
+    mb_gauge(&b, "prefix_cache_enabled", "1 when finished requests' KV entries are kept for reuse.", m->prefix_cache);
+    mb_counter(&b, "prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.",
+               (unsigned long long)m->eng.pc_queries);
+    mb_counter(&b, "prefix_cache_hits_total", "Prompt tokens served from the prefix cache (not prefilled).",
+               (unsigned long long)m->eng.pc_hits);
+    mb_gauge(&b, "prefix_cache_slots", "Free KV slots holding a finished request's entries for reuse.",
+             m->eng.pc_slots);
+    mb_gauge(&b, "prefix_cache_tokens", "KV entries kept in free slots for reuse.", (double)m->eng.pc_tokens);
     mb_ppd(&b, m);
     mb_calib(&b, m);
     mb_trees(&b, m, (int)c->n_parallel);

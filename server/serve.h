@@ -97,6 +97,7 @@ struct srv_metrics {
     bool calib_cached;
     double calib_seconds;
     const char *device;              /* the backend's name */
+    bool prefix_cache;               /* the scheduler keeps prefixes */
 };
 
 void srv_metrics_init(struct srv_metrics *m);
@@ -120,6 +121,7 @@ struct srv_event {
     struct eng_logprob *lp_prompt;   /* malloc'd [n_prompt] once, with prompt logprobs */
     double t_admit, t_first, t_emit;
     int ppd_steps, ppd_drafted, ppd_accepted;
+    int n_cached;            /* prompt tokens taken from the prefix cache */
     /* SRV_EV_STATS */
     int n_running, n_waiting, n_rows;
     long kv_used, kv_total;
@@ -185,6 +187,7 @@ struct srv_choice {
     int n_gen, finish, err;
     double t_admit, t_first, t_end, t_last;
     int ppd_steps, ppd_drafted, ppd_accepted;
+    int n_cached;                    /* prompt tokens taken from the prefix cache */
 };
 
 /* One HTTP request (loop thread). */

@@ -75,6 +75,7 @@ static void worker_on_event(void *user, const struct eng_sched_event *e) {
     ev->ppd_steps = e->ppd_steps;
     ev->ppd_drafted = e->ppd_drafted;
     ev->ppd_accepted = e->ppd_accepted;
+    ev->n_cached = e->n_cached;
     ev->finish = e->finish;
     ev->err = e->err;
     ev->n_ids = e->n_ids;
@@ -133,6 +134,11 @@ int srv_worker_start(struct srv *s) {
         p.ppd = &s->ppd.ppd;
         p.ppd_accept = strcmp(s->cfg.ppd_accept, "typical") ? ENG_PPD_ACCEPT_EXACT : ENG_PPD_ACCEPT_TYPICAL;
     }
+    /* The prefix cache relies on rows that do not depend on the batch, which
+     * the CPU backend guarantees; CUDA's kernels are not checked for it. */
+    p.prefix_cache = !strcmp(s->cfg.prefix_cache, "on") && !strcmp(s->eng->be.iface->name, "cpu");
+    if (!strcmp(s->cfg.prefix_cache, "on") && !p.prefix_cache)
+        LOG_INFO("prefix cache: off on the %s backend", s->eng->be.iface->name);
     int rc = eng_sched_init(&s->sched, &s->eng->fwd, &s->eng->kv, s->eng->tok, &p);
     if (rc) return rc;
     if (pthread_create(&s->worker, NULL, worker_main, s)) {

@@ -71,7 +71,8 @@ def check_timings(t, usage, n=1):
                       "ppd_steps", "ppd_drafted", "ppd_accepted", "ppd_mean_accepted_per_step"}
     assert all(v >= 0 for v in t.values())
     assert t["prompt_n"] == n * usage["prompt_tokens"] and t["predicted_n"] == usage["completion_tokens"]
-    assert t["cached_prompt_tokens"] == 0
+    # the prefix cache may serve all but the last prompt token of each choice
+    assert t["cached_prompt_tokens"] <= t["prompt_n"] - n
     for phase in ("prompt", "predicted"):
         if t[phase + "_ms"] > 0:
             assert abs(t[phase + "_per_token_ms"] * t[phase + "_n"] - t[phase + "_ms"]) <= 1e-6 * t[phase + "_ms"]

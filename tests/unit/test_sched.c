@@ -14,6 +14,11 @@
  * of plain decoding, greedy and seeded; a stop string or max_tokens ending
  * inside a multi-token step truncates exactly where plain decoding stops;
  * cancelling a PPD sequence frees its slot; the PPD counters add up.
+ *
+ * Prefix cache: a second turn (the first turn's prompt and answer, then more)
+ * and a prompt sharing half of it reuse the kept KV entries and give exactly
+ * the tokens of a cold prefill, plain and PPD, greedy and seeded; the
+ * counters add up and nothing stays busy when idle.
  */
 #include <check.h>
 #include <stdio.h>
@@ -63,6 +68,7 @@ struct seen {
     /* the request's figures in its last event */
     double t_admit, t_first, t_emit;
     int ppd_steps, ppd_drafted, ppd_accepted;
+    int n_cached;
 };
 
 static struct seen seen[MAX_REQ];
@@ -92,6 +98,7 @@ static void on_event(void *user, const struct eng_sched_event *ev) {
     s->ppd_steps = ev->ppd_steps;
     s->ppd_drafted = ev->ppd_drafted;
     s->ppd_accepted = ev->ppd_accepted;
+    s->n_cached = ev->n_cached;
     s->n_events++;
     if (ev->finish != ENG_SCHED_RUNNING) {
         s->done = 1;
@@ -818,6 +825,152 @@ START_TEST(test_stop_strings) {
 }
 END_TEST
 
+/* ---- prefix cache ---- */
+
+/* Run requests [i0, i1) (prompts pr/npr, user = index, seed + index)
+ * through s until idle. */
+static void pc_phase(struct eng_sched *s, const struct tok *tok, int32_t *const *pr, const int *npr, int i0, int i1,
+                     const struct eng_sampler_params *sp_base) {
+    struct eng_sched_req *reqs[MAX_REQ];
+    for (int i = i0; i < i1; i++) {
+        struct eng_sampler_params sp = *sp_base;
+        sp.seed += (uint64_t)i;
+        ck_assert_int_eq(eng_sched_req_init(&reqs[i], tok, pr[i], npr[i], 24, &sp, NULL, 0), 0);
+        reqs[i]->user = (void *)(intptr_t)i;
+        eng_sched_submit(s, reqs[i]);
+    }
+    for (int steps = 0; !eng_sched_idle(s); steps++) {
+        ck_assert_int_ge(eng_sched_step(s), 0);
+        ck_assert_int_lt(steps, 1000);
+    }
+    for (int i = i0; i < i1; i++) {
+        ck_assert_int_eq(seen[i].done, 1);
+        eng_sched_req_free(reqs[i]);
+    }
+}
+
+/* A token list: a's first n_a, then b's first n_b, then c's n_c. */
+static int32_t *pc_cat(const int32_t *a, int n_a, const int32_t *b, int n_b, const int32_t *c, int n_c, int *n) {
+    int32_t *t = malloc(sizeof *t * (size_t)(n_a + n_b + n_c));
+    memcpy(t, a, sizeof *t * (size_t)n_a);
+    memcpy(t + n_a, b, sizeof *t * (size_t)n_b);
+    memcpy(t + n_a + n_b, c, sizeof *t * (size_t)n_c);
+    *n = n_a + n_b + n_c;
+    return t;
+}
+
+/* Six requests in five phases: [0] a long prompt A; [1] the second turn A +
+ * answer + a question; [3] an unrelated prompt (it takes the empty slot
+ * rather than the second turn's for the chat template they share); [2] half
+ * of A and another question (from the second turn's slot); then together [4]
+ * the second turn again (half of A from [2]'s slot) and [5] [2] again, which
+ * copies [4]'s committed entries from its running slot.  Once cold (no cache, plain: the
+ * reference) and once with the cache (with PPD when asked, its guesses from
+ * the reference so that multi-token steps commit compacted entries). */
+static void pc_case(bool use_ppd, bool seeded) {
+    struct eng_engine *e = open_engine_rows(2, 64);
+    struct ppd_fx px;
+    if (use_ppd) ppd_fx_open(&px, e, 20);
+    struct eng_sampler_params sp;
+    eng_sampler_params_default(&sp);
+    if (seeded) { sp.temperature = 0.8f; sp.seed = 1234; }
+    else sp.temperature = 0;
+    int32_t *pr[6], *q1, *q2;
+    int npr[6], nq1, nq2;
+    chat_ids(e, prompts[2], &pr[0], &npr[0]);
+    chat_ids(e, prompts[1], &pr[3], &npr[3]);
+    chat_ids(e, prompts[0], &q1, &nq1);
+    chat_ids(e, prompts[4], &q2, &nq2);
+    const int half = npr[0] / 2;
+    pr[2] = pc_cat(pr[0], half, q2, nq2, NULL, 0, &npr[2]);
+    int32_t ref[6][32];
+    int n_ref[6];
+    for (int pass = 0; pass < 2; pass++) {
+        const bool cache = pass == 1;
+        memset(seen, 0, sizeof seen);
+        struct eng_sched s;
+        struct eng_sched_params p = {.max_rows = 64, .prefill_chunk = 16, .emit = on_event, .prefix_cache = cache};
+        if (cache && use_ppd) {
+            p.ppd = &px.ppd;
+            p.ppd_guess_fn = oracle_guess;
+            for (int i = 0; i < 6; i++) { oracle_ids[i] = ref[i]; oracle_n[i] = n_ref[i]; }
+        }
+        ck_assert_int_eq(eng_sched_init(&s, &e->fwd, &e->kv, e->tok, &p), 0);
+        pc_phase(&s, e->tok, pr, npr, 0, 1, &sp);
+        if (!cache) {
+            pr[1] = pc_cat(pr[0], npr[0], seen[0].ids, seen[0].n_tokens, q1, nq1, &npr[1]);
+            pr[4] = pc_cat(pr[1], npr[1], NULL, 0, NULL, 0, &npr[4]);
+            pr[5] = pc_cat(pr[2], npr[2], NULL, 0, NULL, 0, &npr[5]);
+        }
+        pc_phase(&s, e->tok, pr, npr, 1, 2, &sp);
+        pc_phase(&s, e->tok, pr, npr, 3, 4, &sp);
+        pc_phase(&s, e->tok, pr, npr, 2, 3, &sp);
+        pc_phase(&s, e->tok, pr, npr, 4, 6, &sp);
+        ck_assert_int_eq(eng_sched_n_running(&s), 0);
+        ck_assert_int_eq(eng_sched_kv_used(&s), 0);
+        long long hits = 0, queries = 0;
+        for (int i = 0; i < 6; i++) {
+            hits += seen[i].n_cached;
+            queries += npr[i];
+            if (!cache) {
+                ck_assert_int_eq(seen[i].n_cached, 0);
+                n_ref[i] = seen[i].n_tokens;
+                memcpy(ref[i], seen[i].ids, sizeof *ref[i] * (size_t)n_ref[i]);
+                continue;
+            }
+            ck_assert_msg(seen[i].n_tokens == n_ref[i], "request %d: %d tokens cold, %d with the cache", i, n_ref[i],
+                          seen[i].n_tokens);
+            for (int k = 0; k < n_ref[i]; k++)
+                ck_assert_msg(seen[i].ids[k] == ref[i][k], "request %d token %d: %d cold, %d with the cache", i, k,
+                              ref[i][k], seen[i].ids[k]);
+        }
+        if (cache) {
+            /* the second turn finds A and (all but the last token of) its answer */
+            ck_assert_int_ge(seen[1].n_cached, npr[0]);
+            ck_assert_int_le(seen[1].n_cached, npr[0] + n_ref[0]);
+            if (!use_ppd) ck_assert_int_eq(seen[1].n_cached, npr[0] + n_ref[0] - 1);
+            ck_assert_int_eq(seen[3].n_cached, 0);      /* the empty slot */
+            ck_assert_int_eq(seen[2].n_cached, half);   /* from the second turn's slot */
+            ck_assert_int_eq(seen[4].n_cached, half);   /* from [2]'s slot */
+            ck_assert_int_eq(seen[5].n_cached, half);   /* copied from [4]'s running slot */
+            ck_assert_int_eq(s.stats.pc_hits, hits);
+            ck_assert_int_eq(s.stats.pc_queries, queries);
+            /* idle: both slots free and keeping what their last requests committed */
+            ck_assert_int_eq(s.stats.pc_slots, 2);
+            ck_assert_int_eq(s.stats.pc_tokens, (long)s.pc_len[0] + s.pc_len[1]);
+            ck_assert_int_gt(s.stats.pc_tokens, npr[2]);
+            ck_assert_int_le(s.stats.pc_tokens, 2L * e->kv.max_seq);
+            if (use_ppd) ck_assert_int_gt(s.stats.ppd_accepted, 0);
+            printf("prefix cache%s%s: %lld of %lld prompt tokens from the cache\n", use_ppd ? " PPD" : "",
+                   seeded ? " seeded" : " greedy", hits, queries);
+            eng_sched_prefix_clear(&s);
+            ck_assert_int_eq(s.stats.pc_slots, 0);
+            ck_assert_int_eq(s.stats.pc_tokens, 0);
+        } else {
+            ck_assert_int_eq(s.stats.pc_queries + s.stats.pc_hits + s.stats.pc_slots, 0);
+        }
+        eng_sched_free(&s);
+    }
+    memset(oracle_ids, 0, sizeof oracle_ids);
+    for (int i = 0; i < 6; i++) free(pr[i]);
+    free(q1);
+    free(q2);
+    if (use_ppd) ppd_fx_close(&px);
+    eng_engine_close(e);
+}
+
+START_TEST(test_prefix_cache_equals_cold) {
+    pc_case(false, false);
+    pc_case(false, true);
+}
+END_TEST
+
+START_TEST(test_prefix_cache_ppd_equals_cold) {
+    pc_case(true, false);
+    pc_case(true, true);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("sched");
     TCase *tc = tcase_create("sched");
@@ -835,6 +988,8 @@ int main(void) {
     tcase_add_test(tc, test_ppd_cancel_frees_slot);
     tcase_add_test(tc, test_logprobs_ppd_equal_plain);
     tcase_add_test(tc, test_logprobs_committed_adapter);
+    tcase_add_test(tc, test_prefix_cache_equals_cold);
+    tcase_add_test(tc, test_prefix_cache_ppd_equals_cold);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
 }

@@ -1,0 +1,99 @@
+"""The prefix cache through the official openai SDK: a chat's second turn
+(the first turn's messages and answer, then a new question) reuses the first
+turn's KV entries and answers exactly as a server without the cache does,
+greedy and seeded, with and without PPD; the counters add up; nothing stays
+busy once idle; bad values of the setting are refused by name."""
+import os
+import subprocess
+
+import pytest
+
+from conftest import PPD_BIN, start_server
+
+SYSTEM = ("You are a careful assistant for a small bookshop. Answer in one or two sentences, name the section "
+          "of the shop where a customer finds what they ask for, and never invent opening hours or prices. "
+          "The sections are: fiction, history, science, children's books, travel, cooking and poetry.")
+QUESTIONS = [("Where do I find a book about the Roman empire?", "And one about baking bread?"),
+             ("I want a novel for a long train ride.", "Something for my five-year-old niece too?")]
+
+
+@pytest.fixture(scope="module")
+def cold(tmp_path_factory):
+    s = start_server(tmp_path_factory, "-np", "2", "-c", "1024", "--prefix-cache", "off", name="cold")
+    yield s
+    assert s.stop() == 0, s.log()
+
+
+def client_for(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def turn(client, messages, sampling, use_ppd):
+    r = client.chat.completions.create(model=client.models.list().data[0].id, messages=messages, max_tokens=24, extra_body={"ppd": use_ppd},
+                                       **sampling)
+    return r.choices[0].message.content, r.usage.prompt_tokens, r.to_dict()["timings"]["cached_prompt_tokens"]
+
+
+def conversation(client, q1, q2, sampling, use_ppd):
+    m1 = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q1}]
+    a1, n1, c1 = turn(client, m1, sampling, use_ppd)
+    m2 = m1 + [{"role": "assistant", "content": a1}, {"role": "user", "content": q2}]
+    a2, n2, c2 = turn(client, m2, sampling, use_ppd)
+    return (a1, a2), (n1, n2), (c1, c2)
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 0.8, "seed": 11}], ids=["greedy", "seeded"])
+@pytest.mark.parametrize("use_ppd", [True, False], ids=["ppd", "plain"])
+def test_second_turn_reuses_first_and_equals_cold(server, cold, sampling, use_ppd):
+    before = server.metrics()
+    hot_c, cold_c = client_for(server), client_for(cold)
+    n_prompt = n_cached = 0
+    for q1, q2 in QUESTIONS:
+        hot, n_hot, cached = conversation(hot_c, q1, q2, sampling, use_ppd)
+        ref, n_ref, cached_ref = conversation(cold_c, q1, q2, sampling, use_ppd)
+        assert hot == ref, (q1, hot, ref)
+        assert n_hot == n_ref
+        assert cached_ref == (0, 0)
+        # the second turn finds at least the first turn's prompt; never the last token
+        assert n_hot[0] <= cached[1] < n_hot[1], (n_hot, cached)
+        n_prompt += sum(n_hot)
+        n_cached += sum(cached)
+    after = server.metrics()
+    hits = after["ppd_prefix_cache_hits_total"] - before["ppd_prefix_cache_hits_total"]
+    queries = after["ppd_prefix_cache_queries_total"] - before["ppd_prefix_cache_queries_total"]
+    assert queries == n_prompt and hits == n_cached
+    assert after["ppd_prefix_cache_enabled"] == 1
+    m = cold.metrics()
+    assert m["ppd_prefix_cache_enabled"] == 0
+    assert m["ppd_prefix_cache_queries_total"] == m["ppd_prefix_cache_hits_total"] == m["ppd_prefix_cache_slots"] == 0
+
+
+def test_counters_and_idle(server, client, model_id):
+    before = server.metrics()
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Do you sell maps?"}]
+    rs = [client.chat.completions.create(model=model_id, messages=msgs, max_tokens=4, temperature=0) for _ in range(2)]
+    after = server.metrics()
+    n = rs[0].usage.prompt_tokens
+    cached = [r.to_dict()["timings"]["cached_prompt_tokens"] for r in rs]
+    assert after["ppd_prefix_cache_queries_total"] - before["ppd_prefix_cache_queries_total"] == 2 * n
+    assert after["ppd_prefix_cache_hits_total"] - before["ppd_prefix_cache_hits_total"] == sum(cached)
+    assert cached[1] == n - 1   # the same prompt again: all but its last token
+    assert rs[0].choices[0].message.content == rs[1].choices[0].message.content
+    # idle: no slot busy, every KV entry free; kept prefixes sit in free slots only
+    assert after["ppd_num_requests_running"] == 0 and after["ppd_kv_cache_usage_perc"] == 0
+    assert 1 <= after["ppd_prefix_cache_slots"] <= after["ppd_num_slots"]
+    assert after["ppd_prefix_cache_tokens"] >= n - 1
+
+
+def test_bad_values_are_refused(tmp_path):
+    conf = tmp_path / "pc.conf"
+    conf.write_text("prefix-cache = sometimes\n")
+    for args, env, needle in [(["--prefix-cache", "maybe"], {}, "prefix-cache: 'maybe'"),
+                              ([], {"PPD_PREFIX_CACHE": "yes"}, "prefix-cache: 'yes'"),
+                              (["--config", str(conf)], {}, "prefix-cache: 'sometimes'")]:
+        p = subprocess.run([PPD_BIN, "serve", *args], capture_output=True, text=True, env={**os.environ, **env},
+                           timeout=30)
+        assert p.returncode == 2, (args, p.stderr)
+        assert needle in p.stderr and "on, off" in p.stderr, (args, p.stderr)
