@@ -852,9 +852,10 @@ static void pc_phase(struct eng_sched *s, const struct tok *tok, int32_t *const 
 /* A token list: a's first n_a, then b's first n_b, then c's n_c. */
 static int32_t *pc_cat(const int32_t *a, int n_a, const int32_t *b, int n_b, const int32_t *c, int n_c, int *n) {
     int32_t *t = malloc(sizeof *t * (size_t)(n_a + n_b + n_c));
-    memcpy(t, a, sizeof *t * (size_t)n_a);
-    memcpy(t + n_a, b, sizeof *t * (size_t)n_b);
-    memcpy(t + n_a + n_b, c, sizeof *t * (size_t)n_c);
+    ck_assert_ptr_nonnull(t);
+    if (n_a) memcpy(t, a, sizeof *t * (size_t)n_a);   /* an empty part may be NULL */
+    if (n_b) memcpy(t + n_a, b, sizeof *t * (size_t)n_b);
+    if (n_c) memcpy(t + n_a + n_b, c, sizeof *t * (size_t)n_c);
     *n = n_a + n_b + n_c;
     return t;
 }
