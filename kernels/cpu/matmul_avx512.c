@@ -102,20 +102,17 @@ enum { W_Q4_1, W_Q4_0, W_Q8_0, W_Q5_0, W_Q5_1, W_IQ4_NL };
 
 /* The weight vector of group g (elements 4g..4g+3 of each output) as
  * unsigned bytes; `quant` is where the quants start in a panel block, qh the
- * pair's Q5 fifth-bit words.  Q5: bits 4g..4g+3 of qh index a 16-entry
- * table (vpermd uses the low 4 bits) of the 4 bytes' 0x10. */
+ * pair's Q5 fifth-bit words, nl IQ4_NL's kv + 128 per nibble.  Q5: bits
+ * 4g..4g+3 of qh index a 16-entry table (vpermd uses the low 4 bits) of the
+ * 4 bytes' 0x10. */
 KQ_INLINE KQ_AVX512 __m512i group_weights(const uint8_t *pw, size_t pstride, int kind, size_t quant, int g,
-                                          __m512i qh) {
+                                          __m512i qh, __m512i nl) {
     if (kind == W_Q8_0)
         return _mm512_xor_si512(load_pair(pw, pstride, quant + 32 * (size_t)g), _mm512_set1_epi8((char)0x80));
     /* low nibbles of vector g for g < 4, high nibbles of vector g-4 after */
     const __m512i n = load_pair(pw, pstride, quant + 32 * (size_t)(g & 3));
     const __m512i nib = _mm512_and_si512(g < 4 ? n : _mm512_srli_epi16(n, 4), _mm512_set1_epi8(0x0F));
-    if (kind == W_IQ4_NL) { /* kv + 128 for each nibble, in every 128-bit lane */
-        uint8_t lut_b[16];
-        for (int i = 0; i < 16; i++) lut_b[i] = (uint8_t)(kq_iq4nl_values[i] + 128);
-        return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)lut_b)), nib);
-    }
+    if (kind == W_IQ4_NL) return _mm512_shuffle_epi8(nl, nib);
     if (kind != W_Q5_0 && kind != W_Q5_1) return nib;
     const __m512i tab = _mm512_setr_epi32(0, 0x10, 0x1000, 0x1010, 0x100000, 0x100010, 0x101000, 0x101010,
                                           0x10000000, 0x10000010, 0x10001000, 0x10001010, 0x10100000,
@@ -129,6 +126,10 @@ KQ_INLINE KQ_AVX512 void tile(const struct tile512 *t, const int kind, const int
     /* after the f16 d (and m) of 8 outputs, and Q5's qh words */
     const size_t qh_off = kind == W_Q5_1 ? KQ_Q5_1_QH : KQ_Q5_0_QH;
     const size_t quant = kind == W_Q5_0 || kind == W_Q5_1 ? qh_off + 32 : has_min ? 32 : 16;
+    /* IQ4_NL's kv + 128 for each nibble, in every 128-bit lane */
+    uint8_t nl_b[16];
+    for (int i = 0; i < 16; i++) nl_b[i] = (uint8_t)(kq_iq4nl_values[i] + 128);
+    const __m512i nl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)nl_b));
     const uint8_t *q = t->q, *rd = t->d, *rs = t->s;
     __m512 acc[KQ512_TILE_ROWS];
 #pragma GCC unroll 8
@@ -142,7 +143,7 @@ KQ_INLINE KQ_AVX512 void tile(const struct tile512 *t, const int kind, const int
         const __m512i qh = kind == W_Q5_0 || kind == W_Q5_1 ? load_pair(pw, pstride, qh_off) : _mm512_setzero_si512();
 #pragma GCC unroll 8
         for (int g = 0; g < 8; g++) {
-            const __m512i w = group_weights(pw, pstride, kind, quant, g, qh);
+            const __m512i w = group_weights(pw, pstride, kind, quant, g, qh, nl);
 #pragma GCC unroll 8
             for (int r = 0; r < R; r++) s[r] = _mm512_dpbusd_epi32(s[r], w, bcast32(q + (size_t)r * stride + 4 * g));
         }
