@@ -113,6 +113,46 @@ __attribute__((target("avx2"))) static void qk_2x4(const float *q0, const float 
     _mm_storeu_ps(s1, _mm256_extractf128_ps(s, 1));
 }
 
+/* Scores of q[0..2] against the four entries k[0..3]: twelve dots at once,
+ * each K chunk loaded once for three queries (a GQA group of three query
+ * heads, or three rows of one head); the same lane sums and trees as qk_2x4. */
+__attribute__((target("avx2"))) static void qk_3x4(const float *const *q, const float *const *k, int hd, float scale,
+                                                   float *s0, float *s1, float *s2) {
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+    __m256 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    __m256 a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+    const float *k0 = k[0], *k1 = k[1], *k2 = k[2], *k3 = k[3], *q0 = q[0], *q1 = q[1], *q2 = q[2];
+    for (int c = 0; c < hd; c += 8) {
+        const __m256 x0 = _mm256_loadu_ps(q0 + c), x1 = _mm256_loadu_ps(q1 + c), x2 = _mm256_loadu_ps(q2 + c);
+        __m256 kv = _mm256_loadu_ps(k0 + c);
+        a00 = _mm256_add_ps(a00, _mm256_mul_ps(x0, kv));
+        a10 = _mm256_add_ps(a10, _mm256_mul_ps(x1, kv));
+        a20 = _mm256_add_ps(a20, _mm256_mul_ps(x2, kv));
+        kv = _mm256_loadu_ps(k1 + c);
+        a01 = _mm256_add_ps(a01, _mm256_mul_ps(x0, kv));
+        a11 = _mm256_add_ps(a11, _mm256_mul_ps(x1, kv));
+        a21 = _mm256_add_ps(a21, _mm256_mul_ps(x2, kv));
+        kv = _mm256_loadu_ps(k2 + c);
+        a02 = _mm256_add_ps(a02, _mm256_mul_ps(x0, kv));
+        a12 = _mm256_add_ps(a12, _mm256_mul_ps(x1, kv));
+        a22 = _mm256_add_ps(a22, _mm256_mul_ps(x2, kv));
+        kv = _mm256_loadu_ps(k3 + c);
+        a03 = _mm256_add_ps(a03, _mm256_mul_ps(x0, kv));
+        a13 = _mm256_add_ps(a13, _mm256_mul_ps(x1, kv));
+        a23 = _mm256_add_ps(a23, _mm256_mul_ps(x2, kv));
+    }
+    const __m256 sc = _mm256_set1_ps(scale);
+    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps(a00, a01), _mm256_hadd_ps(a02, a03));
+    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps(a10, a11), _mm256_hadd_ps(a12, a13));
+    const __m256 u2 = _mm256_hadd_ps(_mm256_hadd_ps(a20, a21), _mm256_hadd_ps(a22, a23));
+    const __m256 lo = _mm256_permute2f128_ps(u0, u1, 0x20), hi = _mm256_permute2f128_ps(u0, u1, 0x31);
+    const __m256 s = _mm256_mul_ps(_mm256_add_ps(lo, hi), sc);
+    _mm_storeu_ps(s0, _mm256_castps256_ps128(s));
+    _mm_storeu_ps(s1, _mm256_extractf128_ps(s, 1));
+    _mm_storeu_ps(s2, _mm_mul_ps(_mm_add_ps(_mm256_castps256_ps128(u2), _mm256_extractf128_ps(u2, 1)),
+                                 _mm256_castps256_ps128(sc)));
+}
+
 /* Scores of q against the eight entries k[0..7]: s[j]. */
 __attribute__((target("avx2"))) static void qk_1x8(const float *q, const float *const *k, int hd, float scale,
                                                    float *s) {
@@ -140,6 +180,9 @@ __attribute__((target("avx2"))) static void qk_1x8(const float *q, const float *
 __attribute__((target("avx2"))) static void qk_block(const float *const *q, int nq, const float *const *k, int nb,
                                                      int hd, float scale, float *s, size_t ld) {
     int i = 0;
+    for (; i + 3 <= nq; i += 3)
+        for (int j = 0; j < nb; j += 4)
+            qk_3x4(q + i, k + j, hd, scale, s + i * ld + j, s + (i + 1) * ld + j, s + (i + 2) * ld + j);
     for (; i + 2 <= nq; i += 2)
         for (int j = 0; j < nb; j += 4) qk_2x4(q[i], q[i + 1], k + j, hd, scale, s + i * ld + j, s + (i + 1) * ld + j);
     if (i < nq)
@@ -201,10 +244,53 @@ __attribute__((target("avx2"))) static void pv_1x8(const float *p, const float *
     _mm256_storeu_ps(o, a);
 }
 
-/* o_i += sum_j p[i * ld + j] * v[j] for nq queries and the nb entries v[0..nb). */
+#define ATTN_AVX512 __attribute__((target("avx2,avx512f,avx512vl")))
+
+/* o_i[d .. d+64) += sum_j p_i[j] * v[j][d .. d+64) for three queries in
+ * 512-bit lanes (AVX-512 path): twelve accumulators, each V row loaded once
+ * for the three; per lane the same multiply-then-add sequence as kq_axpy_f32. */
+ATTN_AVX512 static void pv_3x64(const float *p0, const float *p1, const float *p2, const float *const *v, int nb,
+                                int d, float *o0, float *o1, float *o2) {
+    __m512 a0 = _mm512_loadu_ps(o0), a1 = _mm512_loadu_ps(o0 + 16), a2 = _mm512_loadu_ps(o0 + 32),
+           a3 = _mm512_loadu_ps(o0 + 48);
+    __m512 b0 = _mm512_loadu_ps(o1), b1 = _mm512_loadu_ps(o1 + 16), b2 = _mm512_loadu_ps(o1 + 32),
+           b3 = _mm512_loadu_ps(o1 + 48);
+    __m512 c0 = _mm512_loadu_ps(o2), c1 = _mm512_loadu_ps(o2 + 16), c2 = _mm512_loadu_ps(o2 + 32),
+           c3 = _mm512_loadu_ps(o2 + 48);
+    for (int j = 0; j < nb; j++) {
+        const float *vj = v[j] + d;
+        const __m512 v0 = _mm512_loadu_ps(vj), v1 = _mm512_loadu_ps(vj + 16), v2 = _mm512_loadu_ps(vj + 32),
+                     v3 = _mm512_loadu_ps(vj + 48);
+        __m512 w = _mm512_set1_ps(p0[j]);
+        a0 = _mm512_add_ps(a0, _mm512_mul_ps(w, v0));
+        a1 = _mm512_add_ps(a1, _mm512_mul_ps(w, v1));
+        a2 = _mm512_add_ps(a2, _mm512_mul_ps(w, v2));
+        a3 = _mm512_add_ps(a3, _mm512_mul_ps(w, v3));
+        w = _mm512_set1_ps(p1[j]);
+        b0 = _mm512_add_ps(b0, _mm512_mul_ps(w, v0));
+        b1 = _mm512_add_ps(b1, _mm512_mul_ps(w, v1));
+        b2 = _mm512_add_ps(b2, _mm512_mul_ps(w, v2));
+        b3 = _mm512_add_ps(b3, _mm512_mul_ps(w, v3));
+        w = _mm512_set1_ps(p2[j]);
+        c0 = _mm512_add_ps(c0, _mm512_mul_ps(w, v0));
+        c1 = _mm512_add_ps(c1, _mm512_mul_ps(w, v1));
+        c2 = _mm512_add_ps(c2, _mm512_mul_ps(w, v2));
+        c3 = _mm512_add_ps(c3, _mm512_mul_ps(w, v3));
+    }
+    _mm512_storeu_ps(o0, a0); _mm512_storeu_ps(o0 + 16, a1); _mm512_storeu_ps(o0 + 32, a2); _mm512_storeu_ps(o0 + 48, a3);
+    _mm512_storeu_ps(o1, b0); _mm512_storeu_ps(o1 + 16, b1); _mm512_storeu_ps(o1 + 32, b2); _mm512_storeu_ps(o1 + 48, b3);
+    _mm512_storeu_ps(o2, c0); _mm512_storeu_ps(o2 + 16, c1); _mm512_storeu_ps(o2 + 32, c2); _mm512_storeu_ps(o2 + 48, c3);
+}
+
+/* o_i += sum_j p[i * ld + j] * v[j] for nq queries and the nb entries v[0..nb);
+ * wide: the AVX-512 path may run (three queries, 64 dims at a time). */
 __attribute__((target("avx2"))) static void pv_block(float *const *o, int nq, const float *p, size_t ld,
-                                                     const float *const *v, int nb, int hd) {
+                                                     const float *const *v, int nb, int hd, int wide) {
     int i = 0;
+    if (wide && hd % 64 == 0)
+        for (; i + 3 <= nq; i += 3)
+            for (int d = 0; d < hd; d += 64)
+                pv_3x64(p + i * ld, p + (i + 1) * ld, p + (i + 2) * ld, v, nb, d, o[i] + d, o[i + 1] + d, o[i + 2] + d);
     for (; i + 2 <= nq; i += 2) {
         int d = 0;
         for (; d + 32 <= hd; d += 32) pv_2x32(p + i * ld, p + (i + 1) * ld, v, nb, d, o[i] + d, o[i + 1] + d);
@@ -250,7 +336,7 @@ __attribute__((target("avx2"))) static void attn_touch(const float *base, size_t
  * first + r * (h1 - h0) + (h - h0). */
 struct attn_group { int kvh, h0, h1, first; };
 
-static void attn_run_avx2(const struct kq_attn_task *t, float *scratch) {
+static void attn_run_avx2(const struct kq_attn_task *t, float *scratch, int wide) {
     const int hd = t->head_dim, nr = t->n_row;
     const size_t ld = attn_ld(t->n_shared + attn_max_own(t));
     const float *q[KQ_ATTN_MAX_QUERIES];
@@ -309,7 +395,7 @@ static void attn_run_avx2(const struct kq_attn_task *t, float *scratch) {
         for (int g = 0; g < n_grp; g++) {
             for (int j = 0; j < nb; j++) ptr_g[j] = ptr[j] + (size_t)grp[g].kvh * hd;
             pv_block(o + grp[g].first, nr * (grp[g].h1 - grp[g].h0), scratch + (size_t)grp[g].first * ld + b, ld,
-                     ptr_g, nb, hd);
+                     ptr_g, nb, hd, wide);
         }
     }
     for (int r = 0; r < nr; r++)
@@ -319,19 +405,20 @@ static void attn_run_avx2(const struct kq_attn_task *t, float *scratch) {
             for (int g = 0; g < n_grp; g++) {
                 const int ng = grp[g].h1 - grp[g].h0, i = grp[g].first + r * ng;
                 for (int j = 0; j < nb; j++) ptr_g[j] = ptr[j] + (size_t)grp[g].kvh * hd;
-                pv_block(o + i, ng, scratch + (size_t)i * ld + t->n_shared + b, ld, ptr_g, nb, hd);
+                pv_block(o + i, ng, scratch + (size_t)i * ld + t->n_shared + b, ld, ptr_g, nb, hd, wide);
             }
         }
 }
 
 static int attn_avx2(void) { return kq_isa() >= KQ_ISA_AVX2; }
+static int attn_avx512(void) { return kq_isa() >= KQ_ISA_AVX512VNNI; }
 #endif
 
 void kq_attn_run(const struct kq_attn_task *t, float *scratch) {
     if (t->n_row < 1 || t->n_head < 1) return;
 #ifdef ATTN_HAVE_AVX2
     if (attn_avx2() && t->head_dim % 8 == 0 && t->n_row * t->n_head <= KQ_ATTN_MAX_QUERIES) {
-        attn_run_avx2(t, scratch);
+        attn_run_avx2(t, scratch, attn_avx512());
         return;
     }
 #endif

@@ -1,9 +1,9 @@
 /* ops.c — plain C versions of ops.h, plus AVX2 versions of the loops that
  * matter in a forward pass (dot and axpy for attention, the exponential of
- * softmax and SwiGLU).  Every AVX2 version performs the very same float
- * operations per element (multiply, then add; no FMA) in the same order as its
- * plain twin, so the two are bit-identical and which one runs never changes a
- * result; tests compare them.  Not here: the attention loop itself
+ * softmax and SwiGLU) and AVX-512 versions of softmax and SwiGLU.  Every SIMD
+ * version performs the very same float operations per element (multiply, then
+ * add; no FMA) in the same order as its plain twin, so they are bit-identical
+ * and which one runs never changes a result; tests compare them.  Not here: the attention loop itself
  * (attention.c) and the matmuls (matmul*.c). */
 #include "ops.h"
 
@@ -15,6 +15,7 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define OPS_HAVE_AVX2_PATH 1
+#define OPS_AVX512 __attribute__((target("avx2,f16c,avx512f,avx512bw,avx512dq,avx512vl")))
 #endif
 
 /* The sum of squares is taken in double in eight lanes (element i in lane
@@ -186,6 +187,30 @@ __attribute__((target("avx2"))) static inline __m256 exp8_avx2(__m256 x) {
 }
 #endif
 
+#ifdef OPS_HAVE_AVX2_PATH
+/* exp8_avx2 on sixteen lanes: the same operations, roundscale with imm 1
+ * being floor. */
+OPS_AVX512 static inline __m512 exp16_avx512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(EXP_LO));
+    x = _mm512_min_ps(x, _mm512_set1_ps(EXP_HI));
+    const __m512 fx = _mm512_roundscale_ps(_mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(EXP_LOG2E)), _mm512_set1_ps(0.5f)),
+                                           _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    x = _mm512_sub_ps(x, _mm512_mul_ps(fx, _mm512_set1_ps(EXP_C1)));
+    x = _mm512_sub_ps(x, _mm512_mul_ps(fx, _mm512_set1_ps(EXP_C2)));
+    const __m512 z = _mm512_mul_ps(x, x);
+    __m512 y = _mm512_set1_ps(EXP_P0);
+    y = _mm512_add_ps(_mm512_mul_ps(y, x), _mm512_set1_ps(EXP_P1));
+    y = _mm512_add_ps(_mm512_mul_ps(y, x), _mm512_set1_ps(EXP_P2));
+    y = _mm512_add_ps(_mm512_mul_ps(y, x), _mm512_set1_ps(EXP_P3));
+    y = _mm512_add_ps(_mm512_mul_ps(y, x), _mm512_set1_ps(EXP_P4));
+    y = _mm512_add_ps(_mm512_mul_ps(y, x), _mm512_set1_ps(EXP_P5));
+    y = _mm512_add_ps(_mm512_mul_ps(y, z), x);
+    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+    const __m512i n = _mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127));
+    return _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32(n, 23)));
+}
+#endif
+
 /* ---- SwiGLU, softmax: plain versions ---- */
 
 static void swiglu_plain(const float *gate, const float *up, int n, float *out) {
@@ -256,6 +281,54 @@ __attribute__((target("avx2"))) static void softmax_avx2(float *x, int n) {
 }
 #endif
 
+#ifdef OPS_HAVE_AVX2_PATH
+/* Sixteen at a time; the tail goes to the AVX2 / plain loops, which compute
+ * the same per-element function. */
+OPS_AVX512 static void swiglu_avx512(const float *gate, const float *up, int n, float *out) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 g = _mm512_loadu_ps(gate + i);
+        const __m512 e = exp16_avx512(_mm512_castsi512_ps(
+            _mm512_xor_si512(_mm512_castps_si512(g), _mm512_set1_epi32((int)0x80000000u))));
+        _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), _mm512_loadu_ps(up + i)));
+    }
+    swiglu_avx2(gate + i, up + i, n - i, out + i);
+}
+
+/* As softmax_avx2: element i's exponential goes into double lane i % 8, in
+ * order; a 16-wide vector adds its low eight, then its high eight. */
+OPS_AVX512 static void softmax_avx512(float *x, int n) {
+    float max = -INFINITY;
+    int i = 0;
+    if (n >= 16) {
+        __m512 m = _mm512_loadu_ps(x);
+        for (i = 16; i + 16 <= n; i += 16) m = _mm512_max_ps(m, _mm512_loadu_ps(x + i));
+        max = _mm512_reduce_max_ps(m);
+    }
+    for (; i < n; i++) if (x[i] > max) max = x[i];
+    const __m512 mv = _mm512_set1_ps(max);
+    __m512d s8 = _mm512_setzero_pd();
+    for (i = 0; i + 16 <= n; i += 16) {
+        const __m512 e = exp16_avx512(_mm512_sub_ps(_mm512_loadu_ps(x + i), mv));
+        _mm512_storeu_ps(x + i, e);
+        s8 = _mm512_add_pd(s8, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        s8 = _mm512_add_pd(s8, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
+    }
+    double s[8];
+    _mm512_storeu_pd(s, s8);
+    for (; i < n; i++) {
+        x[i] = kq_expf(x[i] - max);
+        s[i & 7] += (double)x[i];
+    }
+    const double sum = sum8_tree(s);
+    const float inv = sum > 0.0 ? (float)(1.0 / sum) : 0.0f;
+    const __m512 iv = _mm512_set1_ps(inv);
+    for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), iv));
+    for (; i < n; i++) x[i] *= inv;
+}
+#endif
+
 void kq_add(float *x, const float *y, int n) {
     for (int i = 0; i < n; i++) x[i] += y[i];
 }
@@ -295,6 +368,7 @@ __attribute__((target("avx2"))) static void axpy_f32_avx2(float *out, float w, c
 }
 
 static int ops_avx2(void) { return kq_isa() >= KQ_ISA_AVX2; }
+static int ops_avx512(void) { return kq_isa() >= KQ_ISA_AVX512VNNI; }
 #endif
 
 float kq_dot_f32(const float *a, const float *b, int n) {
@@ -316,6 +390,7 @@ void kq_axpy_f32_ref(float *out, float w, const float *v, int n) { axpy_f32_plai
 
 void kq_swiglu(const float *gate, const float *up, int n, float *out) {
 #ifdef OPS_HAVE_AVX2_PATH
+    if (ops_avx512()) { swiglu_avx512(gate, up, n, out); return; }
     if (ops_avx2()) { swiglu_avx2(gate, up, n, out); return; }
 #endif
     swiglu_plain(gate, up, n, out);
@@ -323,6 +398,7 @@ void kq_swiglu(const float *gate, const float *up, int n, float *out) {
 
 void kq_softmax(float *x, int n) {
 #ifdef OPS_HAVE_AVX2_PATH
+    if (ops_avx512()) { softmax_avx512(x, n); return; }
     if (ops_avx2()) { softmax_avx2(x, n); return; }
 #endif
     softmax_plain(x, n);

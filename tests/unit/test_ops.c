@@ -51,18 +51,26 @@ START_TEST(test_exp_softmax_swiglu_match_reference) {
     ck_assert(kq_expf(1000.0f) == kq_expf(88.3762626647949f));
     uint32_t seed = 5;
     static float x[300], y[300], a[300], b[300];
-    for (int n = 0; n <= 300; n++) {
-        for (int i = 0; i < n; i++) { x[i] = frand(&seed) * 40; y[i] = frand(&seed) * 3; }
-        if (n > 9) x[9] = -INFINITY;
-        memcpy(a, x, sizeof(float) * (size_t)n);
-        memcpy(b, x, sizeof(float) * (size_t)n);
-        kq_softmax(a, n);
-        kq_softmax_ref(b, n);
-        ck_assert_msg(memcmp(a, b, sizeof(float) * (size_t)n) == 0, "softmax n=%d", n);
-        kq_swiglu(x, y, n, a);
-        kq_swiglu_ref(x, y, n, b);
-        ck_assert_msg(memcmp(a, b, sizeof(float) * (size_t)n) == 0, "swiglu n=%d", n);
+    for (int isa = KQ_ISA_AVX2; isa < KQ_ISA_COUNT; isa++) {
+        if (kq_isa_set(isa) != 0) {
+            printf("softmax, SwiGLU: %s path NOT RUN (this CPU lacks it)\n", kq_isa_name(isa));
+            continue;
+        }
+        printf("softmax, SwiGLU: %s path == plain bit for bit\n", kq_isa_name(isa));
+        for (int n = 0; n <= 300; n++) {
+            for (int i = 0; i < n; i++) { x[i] = frand(&seed) * 40; y[i] = frand(&seed) * 3; }
+            if (n > 9) x[9] = -INFINITY;
+            memcpy(a, x, sizeof(float) * (size_t)n);
+            memcpy(b, x, sizeof(float) * (size_t)n);
+            kq_softmax(a, n);
+            kq_softmax_ref(b, n);
+            ck_assert_msg(memcmp(a, b, sizeof(float) * (size_t)n) == 0, "softmax n=%d", n);
+            kq_swiglu(x, y, n, a);
+            kq_swiglu_ref(x, y, n, b);
+            ck_assert_msg(memcmp(a, b, sizeof(float) * (size_t)n) == 0, "swiglu n=%d", n);
+        }
     }
+    kq_isa_set(kq_isa_detected());
     /* rmsnorm: AVX2 == plain, for every length, in place too */
     static float w[300];
     for (int i = 0; i < 300; i++) w[i] = frand(&seed) * 2;
