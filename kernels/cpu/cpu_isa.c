@@ -11,8 +11,13 @@
 #include <cpuid.h>
 #define ISA_X86 1
 #endif
+#if defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#define ISA_AMX_LINUX 1
+#endif
 
-static const char *const isa_names[KQ_ISA_COUNT] = {"scalar", "avx2", "avx512vnni"};
+static const char *const isa_names[KQ_ISA_COUNT] = {"scalar", "avx2", "avx512vnni", "amx"};
 
 #ifdef ISA_X86
 /* XCR0, read only after CPUID says OSXSAVE (xgetbv faults otherwise). */
@@ -20,6 +25,18 @@ static uint64_t read_xcr0(void) {
     uint32_t lo, hi;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     return ((uint64_t)hi << 32) | lo;
+}
+
+/* Linux keeps the 8 KB tile data state off until a process asks for it; a
+ * tile instruction before that faults.  The grant is process-wide, so asking
+ * once here, before any kernel runs, covers every thread. */
+static int amx_permitted(void) {
+#ifdef ISA_AMX_LINUX
+    const long arch_req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;
+    return syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
+#else
+    return 0;
+#endif
 }
 
 static int detect(void) {
@@ -36,8 +53,11 @@ static int detect(void) {
     const int f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
     const int vnni = (c >> 11) & 1;
     const int zmm_state = (xcr0 & 0xE0) == 0xE0;              /* opmask, ZMM_Hi256, Hi16_ZMM */
-    if (f && dq && bw && vl && vnni && zmm_state) return KQ_ISA_AVX512VNNI;
-    return KQ_ISA_AVX2;
+    if (!(f && dq && bw && vl && vnni && zmm_state)) return KQ_ISA_AVX2;
+    const int amx_tile = (d >> 24) & 1, amx_int8 = (d >> 25) & 1;
+    const int tile_state = (xcr0 & 0x60000) == 0x60000;      /* XTILECFG, XTILEDATA */
+    if (amx_tile && amx_int8 && tile_state && amx_permitted()) return KQ_ISA_AMX;
+    return KQ_ISA_AVX512VNNI;
 }
 #else
 static int detect(void) { return KQ_ISA_SCALAR; }
@@ -82,7 +102,7 @@ int kq_isa_env_error(char *err, size_t cap) {
     if (!env || !*env) return 0;
     const int want = kq_isa_from_name(env);
     if (want < 0) {
-        snprintf(err, cap, "PPD_CPU_ISA=%s: unknown path (scalar, avx2 or avx512vnni)", env);
+        snprintf(err, cap, "PPD_CPU_ISA=%s: unknown path (scalar, avx2, avx512vnni or amx)", env);
         return 1;
     }
     if (want > kq_isa_detected()) {

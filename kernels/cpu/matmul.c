@@ -2,6 +2,8 @@
  * run-time choice between the SIMD kernels and the plain reference.
  *
  * Paths, best first (cpu_isa.h chooses which this CPU takes):
+ *   amx         matmul_avx512.c's tile kernels: the 32-block types at 4 rows
+ *               and more; everything else falls through to avx512vnni.
  *   avx512vnni  matmul_avx512.c: Q4_0, Q4_1, Q8_0 on the repacked panels;
  *               the other types fall through to AVX2.
  *   avx2        matmul_avx2.c: Q4_0, Q4_1, Q8_0 (repacked panels) and the
@@ -65,6 +67,10 @@ static _Thread_local uint64_t path_calls[KQ_ISA_COUNT];
 void kq_matmul(const struct kq_weight *w, const void *act, int n_rows,
                float *y, int64_t ldy, int64_t o_begin, int64_t o_end) {
     if (n_rows <= 0 || o_begin >= o_end) return;
+    if (kq_amx_usable() && kq_amx_matmul(w, act, n_rows, y, ldy, o_begin, o_end) == 0) {
+        path_calls[KQ_ISA_AMX]++;
+        return;
+    }
     if (kq_avx512_usable() && kq_avx512_matmul(w, act, n_rows, y, ldy, o_begin, o_end) == 0) {
         path_calls[KQ_ISA_AVX512VNNI]++;
         return;

@@ -313,3 +313,162 @@ KQ_AVX512 void kq_avx512_act_quantize_q32(int wtype, const float *x, int64_t n_i
         }
     }
 }
+
+/* ---- AMX-INT8 tiles (the amx path) ----
+ * The same panels and the same per-block float work as tile() above; only the
+ * int32 block sums of up to 16 rows x 16 outputs come from one tile multiply
+ * instead of 8 vpdpbusd per row.  Per block:
+ *   B tile (tmm1, 8 rows x 64 bytes): the pair's 8 group vectors
+ *     (group_weights), stored one after the other: row g holds elements
+ *     4g..4g+3 of each of the 16 outputs, the layout TDPBSUD reads;
+ *   A tile (tmm0, R rows x 32 bytes): the block's 32 activation bytes of each
+ *     row, loaded in place at the quantized input's row stride;
+ *   C tile (tmm2, R rows x 16 int32): zeroed, then TDPBSUD (signed activation
+ *     bytes x unsigned weight bytes, four products added per int32) leaves
+ *     exactly the sums the vpdpbusd loop forms; stored, then read back row by
+ *     row into the reference's float work.
+ * So the results are the same bits as every other path.  Memory: nothing
+ * beyond the panels; 1.5 KB of tile staging per thread.  The float work per
+ * (row, block, 16 outputs) stays, so the gain over avx512vnni is the int8
+ * part: worth it from a few rows up (KQ_AMX_MIN_ROWS), where tree steps and
+ * prefill live; one-row decoding is memory-bound and keeps the VNNI kernels. */
+#define KQ_AMX __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,f16c,amx-tile,amx-int8")))
+#define KQ_AMX_TILE_ROWS 16
+
+int kq_amx_usable(void) { return kq_isa() >= KQ_ISA_AMX; }
+
+/* The 64-byte LDTILECFG operand (palette 1). */
+struct amx_tilecfg {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+/* Per thread, in static storage so that the memory barriers below order the
+ * plain stores to them against the tile instructions that read them: the
+ * configuration (for amx_rows rows), the B tile and C's copy. */
+static _Thread_local struct amx_tilecfg amx_cfg __attribute__((aligned(64)));
+static _Thread_local int amx_rows;
+static _Thread_local uint8_t amx_b[8 * 64] __attribute__((aligned(64)));
+static _Thread_local int32_t amx_c[KQ_AMX_TILE_ROWS * 16] __attribute__((aligned(64)));
+
+/* GCC's tile load and configuration statements do not declare that they
+ * read memory; without this the compiler could move the stores of the B
+ * tile or the configuration past them. */
+#define AMX_MEMORY_BARRIER() __asm__ volatile("" ::: "memory")
+
+/* Configure the tiles for R rows; a no-op while this thread's configuration
+ * already is for R (it stays loaded between calls). */
+KQ_AMX static void amx_configure(int R) {
+    if (amx_rows == R) return;
+    memset(&amx_cfg, 0, sizeof amx_cfg);
+    amx_cfg.palette = 1;
+    amx_cfg.rows[0] = (uint8_t)R;
+    amx_cfg.colsb[0] = 32;
+    amx_cfg.rows[1] = 8;
+    amx_cfg.colsb[1] = 64;
+    amx_cfg.rows[2] = (uint8_t)R;
+    amx_cfg.colsb[2] = 64;
+    AMX_MEMORY_BARRIER();
+    _tile_loadconfig(&amx_cfg);
+    amx_rows = R;
+}
+
+KQ_INLINE KQ_AMX void tile_amx(const struct tile512 *t, const int kind, const int R) {
+    const size_t stride = t->stride, pstride = t->pstride;
+    const int has_min = kind == W_Q4_1 || kind == W_Q5_1;
+    const size_t qh_off = kind == W_Q5_1 ? KQ_Q5_1_QH : KQ_Q5_0_QH;
+    const size_t quant = kind == W_Q5_0 || kind == W_Q5_1 ? qh_off + 32 : has_min ? 32 : 16;
+    uint8_t nl_b[16];
+    for (int i = 0; i < 16; i++) nl_b[i] = (uint8_t)(kq_iq4nl_values[i] + 128);
+    const __m512i nl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)nl_b));
+    amx_configure(R);
+    const uint8_t *q = t->q, *rd = t->d, *rs = t->s;
+    __m512 acc[KQ_AMX_TILE_ROWS];
+    for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+    const uint8_t *pw = t->pw;
+    for (int64_t b = 0; b < t->nb; b++, pw += t->bstep, q += t->qstep, rd += 4, rs += 4) {
+        if (t->prefetch) prefetch_block(pw, t->bstep);
+        const __m512i qh = kind == W_Q5_0 || kind == W_Q5_1 ? load_pair(pw, pstride, qh_off) : _mm512_setzero_si512();
+#pragma GCC unroll 8
+        for (int g = 0; g < 8; g++)
+            _mm512_store_si512((__m512i *)(amx_b + 64 * g), group_weights(pw, pstride, kind, quant, g, qh, nl));
+        AMX_MEMORY_BARRIER();
+        _tile_loadd(1, amx_b, 64);
+        _tile_loadd(0, q, (long)stride);
+        _tile_zero(2);
+        _tile_dpbsud(2, 0, 1);
+        _tile_stored(2, amx_c, 64);
+        const __m512 dw = load_pair_f16(pw, pstride, 0);
+        if (has_min) {
+            const __m512 mw = load_pair_f16(pw, pstride, 16);
+            for (int r = 0; r < R; r++) {
+                const __m512i s = _mm512_load_si512((const __m512i *)(amx_c + 16 * r));
+                const __m512 x = _mm512_mul_ps(_mm512_mul_ps(dw, bcast_f32(rd + (size_t)r * stride)),
+                                               _mm512_cvtepi32_ps(s));
+                const __m512 u = _mm512_mul_ps(mw, bcast_f32(rs + (size_t)r * stride));
+                acc[r] = _mm512_add_ps(acc[r], _mm512_add_ps(x, u));
+            }
+        } else {
+            const int shift = kind == W_Q4_0 ? 3 : kind == W_Q5_0 ? 4 : 7;
+            for (int r = 0; r < R; r++) {
+                const __m512i s = _mm512_load_si512((const __m512i *)(amx_c + 16 * r));
+                const __m512i bias = _mm512_slli_epi32(bcast32(rs + (size_t)r * stride), shift);
+                const __m512 si = _mm512_cvtepi32_ps(_mm512_sub_epi32(s, bias));
+                acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_mul_ps(dw, bcast_f32(rd + (size_t)r * stride)), si));
+            }
+        }
+    }
+    for (int r = 0; r < R; r++)
+        _mm512_mask_storeu_ps(t->y + (size_t)(t->r0 + r) * (size_t)t->ldy + t->o0, t->lanes, acc[r]);
+}
+
+/* Rows per AMX tile: ceil(n/16) tiles as even as possible, larger first. */
+KQ_INLINE int amx_tile_rows(int n_rows, int r0) {
+    const int n_tiles = (n_rows + KQ_AMX_TILE_ROWS - 1) / KQ_AMX_TILE_ROWS;
+    const int base = n_rows / n_tiles, extra = n_rows % n_tiles;
+    return r0 < extra * (base + 1) ? base + 1 : base;
+}
+
+KQ_INLINE KQ_AMX void amx_loop(const struct kq_weight *w, int kind, size_t qs_off, const struct kq_act_geom *g,
+                            const uint8_t *act, int n_rows, float *y, int64_t ldy, int64_t o_begin, int64_t o_end) {
+    const int64_t nb = w->n_in / KQ_QK, per_pair = KQ_PANEL * KQ_PANEL_PAIR;
+    const size_t pbb = kq_panel_block_bytes(w->type);
+    for (int64_t pair = o_begin / per_pair; pair * per_pair < o_end; pair++) {
+        const int64_t o0 = pair * per_pair;
+        const int lo = o_begin > o0 ? (int)(o_begin - o0) : 0;
+        const int hi = o_end < o0 + per_pair ? (int)(o_end - o0) : (int)per_pair;
+        struct tile512 t = {.pw = (const uint8_t *)w->packed + kq_packed_block_offset(w->type, nb, 2 * pair, 0),
+                            .pstride = pbb, .bstep = KQ_PANEL_PAIR * pbb, .stride = g->stride,
+                            .qstep = g->blk_bytes, .nb = nb, .y = y, .ldy = ldy, .o0 = o0,
+                            .lanes = (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u))};
+        for (int r0 = 0, R; r0 < n_rows; r0 += R) {
+            R = amx_tile_rows(n_rows, r0);
+            const uint8_t *row = act + (size_t)r0 * g->stride;
+            t.q = row + qs_off;
+            t.d = row + g->off_d;
+            t.s = row + g->off_s;
+            t.r0 = r0;
+            t.prefetch = r0 == 0;
+            tile_amx(&t, kind, R);
+        }
+    }
+}
+
+KQ_AMX int kq_amx_matmul(const struct kq_weight *w, const void *act, int n_rows,
+                  float *y, int64_t ldy, int64_t o_begin, int64_t o_end) {
+    if (!w->packed || n_rows < KQ_AMX_MIN_ROWS || kq_kpanel_type(w->type)) return -1;
+    const struct kq_act_geom g = kq_act_geom_q32(w->type, w->n_in);
+    const uint8_t *a = act;
+    /* one call per type, so that each is compiled with its kind constant;
+     * the qs of a Q8_1 block follow its d and s, those of a Q8_0 block its d */
+    switch (w->type) {
+    case KQ_Q4_1:   amx_loop(w, W_Q4_1, 4, &g, a, n_rows, y, ldy, o_begin, o_end); return 0;
+    case KQ_Q5_1:   amx_loop(w, W_Q5_1, 4, &g, a, n_rows, y, ldy, o_begin, o_end); return 0;
+    case KQ_Q4_0:   amx_loop(w, W_Q4_0, 2, &g, a, n_rows, y, ldy, o_begin, o_end); return 0;
+    case KQ_Q8_0:   amx_loop(w, W_Q8_0, 2, &g, a, n_rows, y, ldy, o_begin, o_end); return 0;
+    case KQ_Q5_0:   amx_loop(w, W_Q5_0, 2, &g, a, n_rows, y, ldy, o_begin, o_end); return 0;
+    case KQ_IQ4_NL: amx_loop(w, W_IQ4_NL, 2, &g, a, n_rows, y, ldy, o_begin, o_end); return 0;
+    default:        return -1;
+    }
+}

@@ -203,6 +203,14 @@ int kq_avx512_matmul(const struct kq_weight *w, const void *act, int n_rows,
 void kq_avx512_act_quantize_q32(int wtype, const float *x, int64_t n_in, int r_begin,
                                 int r_end, void *act);
 
+/* The AMX-INT8 kernels (matmul_avx512.c), on the same panels: the 32-block
+ * types at KQ_AMX_MIN_ROWS rows and more; -1 for anything else (the caller
+ * falls through).  Fewer rows are memory-bound, where VNNI is as fast. */
+#define KQ_AMX_MIN_ROWS 4
+int kq_amx_usable(void);
+int kq_amx_matmul(const struct kq_weight *w, const void *act, int n_rows,
+                  float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
+
 /* The scalar activation quantizer for the 32-block types (quant_act.c); the
  * AVX2 one must give the same bytes. */
 void kq_act_quantize_q32_scalar(int wtype, const float *x, int64_t n_in, int r_begin,

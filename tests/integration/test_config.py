@@ -131,7 +131,7 @@ def test_version_features():
     whether the CUDA backend is in the binary; under CI a machine with nvcc
     must have built it."""
     line = subprocess.run([PPD_BIN, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[1]
-    m = re.fullmatch(r"features: cpu=(scalar|avx2|avx512vnni) \(this CPU has up to (scalar|avx2|avx512vnni)\) "
+    m = re.fullmatch(r"features: cpu=(scalar|avx2|avx512vnni|amx) \(this CPU has up to (scalar|avx2|avx512vnni|amx)\) "
                      r"cuda=(built|not built)", line)
     assert m, line
     capped = subprocess.run([PPD_BIN, "--version"], capture_output=True, text=True, timeout=30,

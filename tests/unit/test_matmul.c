@@ -2,7 +2,7 @@
  * dequant.c).
  *
  * What must hold, and is checked here:
- *   - kq_matmul on every SIMD path this CPU has (avx2, avx512vnni: each run
+ *   - kq_matmul on every SIMD path this CPU has (avx2, avx512vnni, amx: each run
  *     in turn, each asserted to be the kernel that handled the call, the
  *     paths the CPU lacks printed as not run) equals kq_matmul_ref bit for bit
  *     (memcmp), for every weight type, every n_rows from 1 to 40 and 64 (the
@@ -198,12 +198,13 @@ static void *quantize(int type, const float *x, int64_t n_in, int n_rows) {
 
 /* ---- the paths -------------------------------------------------------------- */
 
-/* The best path with a kernel for this weight type (kq_matmul falls through
- * to the next lower path for a type its kernel lacks). */
-static int type_best_path(int type) {
+/* The best path with a kernel for this weight type and row count (kq_matmul
+ * falls through to the next lower path for a call its kernel does not take). */
+static int type_best_path(int type, int n_rows) {
     switch (type) {
     case KQ_Q4_0: case KQ_Q4_1: case KQ_Q8_0:
     case KQ_Q5_0: case KQ_Q5_1: case KQ_IQ4_NL:
+        return n_rows >= KQ_AMX_MIN_ROWS ? KQ_ISA_AMX : KQ_ISA_AVX512VNNI;
     case KQ_Q2_K: case KQ_Q3_K: case KQ_Q4_K: case KQ_Q5_K: case KQ_Q6_K: case KQ_IQ4_XS:
         return KQ_ISA_AVX512VNNI;
     case KQ_F32: case KQ_F16: case KQ_BF16:   return KQ_ISA_AVX2;
@@ -214,7 +215,7 @@ static int type_best_path(int type) {
 /* Run kq_matmul under path isa and assert that the expected kernel handled it. */
 static void matmul_on_path(int isa, const struct kq_weight *w, const void *act, int n_rows, float *y,
                            int64_t ldy, int64_t ob, int64_t oe) {
-    const int want = isa < type_best_path(w->type) ? isa : type_best_path(w->type);
+    const int best = type_best_path(w->type, n_rows), want = isa < best ? isa : best;
     const uint64_t before = kq_matmul_path_calls(want);
     kq_matmul(w, act, n_rows, y, ldy, ob, oe);
     ck_assert_msg(kq_matmul_path_calls(want) == before + 1, "%s on path %s: the %s kernel did not run",
