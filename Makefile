@@ -9,6 +9,7 @@
 #   make check-golden  every golden prompt against llama.cpp (make test runs a subset)
 #   make check-logprobs  the server's logprobs against llama.cpp's on the F32 model (F32_MODEL)
 #   make check-history  no tracked file tells how or when the project was built (part of make test)
+#   make check-includes  includes point cli → server → engine → kernels → common, no cycle (part of make test)
 #   make bench      decode/prefill speed and the row-scaling table (see BENCHMARKS.md)
 #   make check-deploy  Docker/Kubernetes/Prometheus/Grafana artefacts against the real tools (docs/deploy.md)
 #   make fuzz       the libFuzzer targets, FUZZ_SECONDS (default 60) each, or FUZZ_RUNS executions
@@ -84,7 +85,7 @@ CUDA_OBJ   :=
 CUDA_SKIP  := engine/backend_cuda.c
 endif
 
-LIB_SRC  := $(filter-out $(CUDA_SKIP),$(sort $(wildcard engine/*.c kernels/cpu/*.c)))
+LIB_SRC  := $(filter-out $(CUDA_SKIP),$(sort $(wildcard common/*.c engine/*.c kernels/cpu/*.c)))
 CLI_SRC  := $(sort $(wildcard server/*.c))
 TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
 TEST_COMMON := $(sort $(wildcard tests/unit/common_*.c))
@@ -98,7 +99,7 @@ BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libppd.a
 GPU_BIN  := $(BUILD)/gpu/test_cuda_ops $(BUILD)/gpu/bench_7b
 
-.PHONY: check-history check-ppd check-golden check-logprobs bench-bins gpu-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak soak-serve check-deep check-deploy fuzz adapter bench-adapter clean features
+.PHONY: check-history check-includes check-ppd check-golden check-logprobs bench-bins gpu-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak soak-serve check-deep check-deploy fuzz adapter bench-adapter clean features
 all: features $(BUILD)/ppd $(if $(NVCC),$(GPU_BIN))
 
 # Under CI a machine with nvcc builds the CUDA backend: CUDA=0 there fails the
@@ -177,6 +178,7 @@ model:
 
 test: deps model
 	@scripts/check-history.sh
+	@scripts/check-includes.py
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory test-unit
 	@PPD_TEST_MODEL=$(MODEL) scripts/fuzz.sh --seeds-only
@@ -221,6 +223,11 @@ check-deep: deps model
 # No tracked file tells how or when the project was built (make test runs it first).
 check-history:
 	@scripts/check-history.sh
+
+# Includes point one way, cli → server → engine → kernels → common, and no
+# modules include each other (make test runs it next to check-history).
+check-includes:
+	@scripts/check-includes.py
 
 check-golden: deps model
 	@$(MAKE) --no-print-directory $(BUILD)/tests/test_forward

@@ -17,7 +17,7 @@
 #include "generate.h"
 #include "log.h"
 #include "gguf.h"
-#include "kernels/cpu/qtypes.h"
+#include "common/qtypes.h"
 #include "tokenizer.h"
 #include "train_model.h"
 
