@@ -86,11 +86,13 @@ CUDA_SKIP  := engine/backend_cuda.c
 endif
 
 LIB_SRC  := $(filter-out $(CUDA_SKIP),$(sort $(wildcard common/*.c engine/*.c kernels/cpu/*.c)))
-CLI_SRC  := $(sort $(wildcard server/*.c))
+SRV_SRC  := $(sort $(wildcard server/*.c))
+CLI_SRC  := $(sort $(wildcard cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
 TEST_COMMON := $(sort $(wildcard tests/unit/common_*.c))
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CUDA_OBJ)
+SRV_OBJ  := $(SRV_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_COMMON_OBJ := $(TEST_COMMON:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
@@ -139,9 +141,9 @@ $(LIB): $(LIB_OBJ) $(CUDA_STATE)
 	@mkdir -p $(dir $@)
 	$(Q)rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
-$(BUILD)/ppd: $(CLI_OBJ) $(LIB)
+$(BUILD)/ppd: $(CLI_OBJ) $(SRV_OBJ) $(LIB)
 	@$(if $(Q),echo "  LINK  $@")
-	$(Q)$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(LIB) $(LDLIBS)
+	$(Q)$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(SRV_OBJ) $(LIB) $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_COMMON_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
@@ -299,4 +301,4 @@ soak-serve:
 clean:
 	rm -rf build build-asan build-deep build-fuzz
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_BIN:$(BUILD)/tests/%=$(BUILD)/tests/unit/%.d) $(TEST_COMMON_OBJ:.o=.d) $(FAMILY_OBJ:.o=.d) $(BENCH_BIN:$(BUILD)/bench/%=$(BUILD)/tests/bench/%.d)
+-include $(LIB_OBJ:.o=.d) $(SRV_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_BIN:$(BUILD)/tests/%=$(BUILD)/tests/unit/%.d) $(TEST_COMMON_OBJ:.o=.d) $(FAMILY_OBJ:.o=.d) $(BENCH_BIN:$(BUILD)/bench/%=$(BUILD)/tests/bench/%.d)

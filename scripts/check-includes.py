@@ -14,7 +14,7 @@ depends on module B when a file of A includes B's header.  Any cycle among
 modules fails, because a header shared by files that call one another hides
 who depends on whom; each file that others call gets its own header instead.
 
-Only the quoted includes of tracked files count (system headers are not the
+Only the quoted includes of the files git tracks or would track count (system headers are not the
 project's).  tests/ may include anything.  `make test` and `make
 check-includes` run it; it reads the files once and takes well under a second.
 """
@@ -30,7 +30,7 @@ INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"')
 
 def tracked_files(root):
     try:
-        out = subprocess.run(["git", "ls-files", "--", *LAYERS], cwd=root, check=True,
+        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", *LAYERS], cwd=root, check=True,
                              capture_output=True, text=True).stdout.split("\n")
     except (OSError, subprocess.CalledProcessError):
         out = []
