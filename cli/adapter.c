@@ -1,4 +1,4 @@
-/* cli_adapter.c — `ppd adapter`: make and inspect PPD adapter files.
+/* adapter.c — `ppd adapter`: make and inspect PPD adapter files.
  *
  *   ppd adapter init [-m MODEL] [-o FILE] [--n-prompt N] [--topk K] [--text T]
  *       an untrained adapter by the paper's text initialisation (docs/ppd.md)

@@ -1,4 +1,4 @@
-/* cli_bench.c — `ppd bench`: plain decoding against PPD on prompt sets, in one
+/* bench.c — `ppd bench`: plain decoding against PPD on prompt sets, in one
  * run; and the cost of one forward pass as the number of rows grows.
  *
  *   ppd bench -f PROMPTS.jsonl [-f MORE.jsonl ...] [--count N] [-n 128]

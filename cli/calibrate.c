@@ -1,4 +1,4 @@
-/* cli_calibrate.c — `ppd calibrate`: this device's step latency and the PPD
+/* calibrate.c — `ppd calibrate`: this device's step latency and the PPD
  * tree chosen for every number of decoding sequences (docs/calibration.md).
  *
  *   ppd calibrate [-m MODEL] [--ppd ADAPTER] [-np N] [-b ROWS] [-t N] [flags]

@@ -1,4 +1,4 @@
-/* cli_distill.c — `ppd distill`: the self-distillation corpus for `ppd train`.
+/* distill.c — `ppd distill`: the self-distillation corpus for `ppd train`.
  *
  * Reads a prompt JSONL (one {"id": str, "turns": [str, ...]} per line; only
  * turns[0] is used, as one user message), picks a seeded shuffle of it,

@@ -1,4 +1,4 @@
-/* cli_generate.c — `ppd generate`: one prompt from the command line.
+/* generate.c — `ppd generate`: one prompt from the command line.
  *
  * Text goes to stdout as it is produced (whole UTF-8 characters only); load
  * and progress messages go to stderr.  --json prints one object at the end

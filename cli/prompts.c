@@ -1,4 +1,4 @@
-/* cli_prompts.c — prompt sets for the measuring subcommands (see cli_prompts.h). */
+/* prompts.c — prompt sets for the measuring subcommands (see prompts.h). */
 #include "prompts.h"
 
 #include <jansson.h>

@@ -1,4 +1,4 @@
-/* cli_train.c — `ppd train`: train the PPD prompt tokens on a `ppd distill`
+/* train.c — `ppd train`: train the PPD prompt tokens on a `ppd distill`
  * file and write the adapter (engine/train.h does the work).
  */
 #include <stdio.h>

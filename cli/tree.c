@@ -1,4 +1,4 @@
-/* cli_tree.c — `ppd tree`: PPD tree families from an adapter's measured accuracy.
+/* tree.c — `ppd tree`: PPD tree families from an adapter's measured accuracy.
  *
  *   ppd tree build -a ADAPTER [-L 20] -o FILE
  *       the two-stage builder (docs/ppd.md, "Building trees") at budget L
