@@ -77,9 +77,11 @@ RUN apt-get update -qq \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
+COPY common common
 COPY engine engine
 COPY kernels kernels
 COPY server server
+COPY cli cli
 # `make features` must say the CUDA backend was built: a devel image without
 # nvcc on PATH would otherwise give a CPU-only binary in a CUDA image.
 RUN make features | tee /dev/stderr | grep -q "CUDA backend built" \
@@ -94,9 +96,11 @@ RUN apt-get update -qq \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
+COPY common common
 COPY engine engine
 COPY kernels kernels
 COPY server server
+COPY cli cli
 RUN make CUDA=0 -j"$(nproc)" build/ppd && build/ppd serve --help > /dev/null
 
 # ---- models -----------------------------------------------------------------

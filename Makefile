@@ -9,6 +9,7 @@
 #   make check-golden  every golden prompt against llama.cpp (make test runs a subset)
 #   make check-logprobs  the server's logprobs against llama.cpp's on the F32 model (F32_MODEL)
 #   make check-history  no tracked file tells how or when the project was built (part of make test)
+#   make check-includes  includes point cli → server → engine → kernels → common, no cycle (part of make test)
 #   make bench      decode/prefill speed and the row-scaling table (see BENCHMARKS.md)
 #   make check-deploy  Docker/Kubernetes/Prometheus/Grafana artefacts against the real tools (docs/deploy.md)
 #   make fuzz       the libFuzzer targets, FUZZ_SECONDS (default 60) each, or FUZZ_RUNS executions
@@ -84,12 +85,14 @@ CUDA_OBJ   :=
 CUDA_SKIP  := engine/backend_cuda.c
 endif
 
-LIB_SRC  := $(filter-out $(CUDA_SKIP),$(sort $(wildcard engine/*.c kernels/cpu/*.c)))
-CLI_SRC  := $(sort $(wildcard server/*.c))
+LIB_SRC  := $(filter-out $(CUDA_SKIP),$(sort $(wildcard common/*.c engine/*.c kernels/cpu/*.c)))
+SRV_SRC  := $(sort $(wildcard server/*.c))
+CLI_SRC  := $(sort $(wildcard cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
 TEST_COMMON := $(sort $(wildcard tests/unit/common_*.c))
 
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CUDA_OBJ)
+SRV_OBJ  := $(SRV_SRC:%.c=$(BUILD)/%.o)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_COMMON_OBJ := $(TEST_COMMON:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
@@ -98,7 +101,7 @@ BENCH_BIN := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 LIB      := $(BUILD)/libppd.a
 GPU_BIN  := $(BUILD)/gpu/test_cuda_ops $(BUILD)/gpu/bench_7b
 
-.PHONY: check-history check-ppd check-golden check-logprobs bench-bins gpu-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak soak-serve check-deep check-deploy fuzz adapter bench-adapter clean features
+.PHONY: check-history check-includes check-ppd check-golden check-logprobs bench-bins gpu-bins all deps model test test-unit test-integration test-golden run asan bench bench-serve soak soak-serve check-deep check-deploy fuzz adapter bench-adapter clean features
 all: features $(BUILD)/ppd $(if $(NVCC),$(GPU_BIN))
 
 # Under CI a machine with nvcc builds the CUDA backend: CUDA=0 there fails the
@@ -138,9 +141,9 @@ $(LIB): $(LIB_OBJ) $(CUDA_STATE)
 	@mkdir -p $(dir $@)
 	$(Q)rm -f $@ && ar rcs $@ $(filter %.o,$^)
 
-$(BUILD)/ppd: $(CLI_OBJ) $(LIB)
+$(BUILD)/ppd: $(CLI_OBJ) $(SRV_OBJ) $(LIB)
 	@$(if $(Q),echo "  LINK  $@")
-	$(Q)$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(LIB) $(LDLIBS)
+	$(Q)$(CC) $(CFLAGS) -o $@ $(CLI_OBJ) $(SRV_OBJ) $(LIB) $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_COMMON_OBJ) $(LIB)
 	@mkdir -p $(dir $@)
@@ -177,6 +180,7 @@ model:
 
 test: deps model
 	@scripts/check-history.sh
+	@scripts/check-includes.py
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory test-unit
 	@PPD_TEST_MODEL=$(MODEL) scripts/fuzz.sh --seeds-only
@@ -221,6 +225,11 @@ check-deep: deps model
 # No tracked file tells how or when the project was built (make test runs it first).
 check-history:
 	@scripts/check-history.sh
+
+# Includes point one way, cli → server → engine → kernels → common, and no
+# modules include each other (make test runs it next to check-history).
+check-includes:
+	@scripts/check-includes.py
 
 check-golden: deps model
 	@$(MAKE) --no-print-directory $(BUILD)/tests/test_forward
@@ -292,4 +301,4 @@ soak-serve:
 clean:
 	rm -rf build build-asan build-deep build-fuzz
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_BIN:$(BUILD)/tests/%=$(BUILD)/tests/unit/%.d) $(TEST_COMMON_OBJ:.o=.d) $(FAMILY_OBJ:.o=.d) $(BENCH_BIN:$(BUILD)/bench/%=$(BUILD)/tests/bench/%.d)
+-include $(LIB_OBJ:.o=.d) $(SRV_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(TEST_BIN:$(BUILD)/tests/%=$(BUILD)/tests/unit/%.d) $(TEST_COMMON_OBJ:.o=.d) $(FAMILY_OBJ:.o=.d) $(BENCH_BIN:$(BUILD)/bench/%=$(BUILD)/tests/bench/%.d)

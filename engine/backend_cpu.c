@@ -21,8 +21,10 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/dequant.h"
+#include "kernels/cpu/quant_act.h"
 #include "kernels/cpu/ops.h"
-#include "kernels/cpu/qtypes.h"
+#include "common/qtypes.h"
 
 #define CPU_MAX_MATMUL_GROUP 4
 
@@ -58,12 +60,23 @@ static void cpu_buf_free(void *vctx, void *buf) { (void)vctx; free(buf); }
 static void cpu_buf_copy(void *vctx, void *dst, const void *src, size_t bytes) { (void)vctx; memcpy(dst, src, bytes); }
 static void cpu_sync(void *vctx) { (void)vctx; }
 
+/* The kernels' status codes as the engine's. */
+static int cpu_err_from_kq(int rc) {
+    switch (rc) {
+    case KQ_OK:            return 0;
+    case KQ_E_NOMEM:       return ENG_E_NOMEM;
+    case KQ_E_UNSUPPORTED: return ENG_E_UNSUPPORTED;
+    case KQ_E_INVALID:     return ENG_E_INVALID;
+    default:               return ENG_E_INTERNAL;
+    }
+}
+
 static int cpu_weight_init(void *vctx, struct eng_weight *w, int type, const void *data, int64_t n_in, int64_t n_out) {
     (void)vctx;
     struct kq_weight *kw = calloc(1, sizeof *kw);
     if (!kw) return ENG_E_NOMEM;
     int rc = kq_weight_init(kw, type, data, n_in, n_out);
-    if (rc) { free(kw); return rc; }
+    if (rc) { free(kw); return cpu_err_from_kq(rc); }
     w->type = type;
     w->n_in = n_in;
     w->n_out = n_out;

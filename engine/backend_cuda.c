@@ -35,8 +35,9 @@
 #include "kv_cache.h"
 #include "log.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/dequant.h"
 #include "kernels/cpu/ops.h"
-#include "kernels/cpu/qtypes.h"
+#include "common/qtypes.h"
 #include "kernels/cuda/kcuda.h"
 
 struct cuda_ctx {

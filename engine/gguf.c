@@ -17,7 +17,7 @@
 #include "gguf.h"
 #include "err.h"
 #include "file_map.h"
-#include "kernels/cpu/qtypes.h"
+#include "common/qtypes.h"
 
 #include <errno.h>
 #include <float.h>

@@ -11,7 +11,7 @@
  */
 #include "gguf.h"
 #include "err.h"
-#include "kernels/cpu/qtypes.h"
+#include "common/qtypes.h"
 
 #include <errno.h>
 #include <stdarg.h>

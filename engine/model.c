@@ -8,7 +8,7 @@
 #include "err.h"
 #include "gguf.h"
 #include "log.h"
-#include "kernels/cpu/qtypes.h"
+#include "common/qtypes.h"
 
 static int model_get_u32(const struct gguf_file *g, const char *arch, const char *suffix, int required,
                          int *out, char *err, size_t cap) {

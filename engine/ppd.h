@@ -68,6 +68,13 @@ int eng_ppd_init(struct eng_ppd *p, const struct eng_ppd_adapter *ad, const stru
                  char *err, size_t err_cap);
 void eng_ppd_free(struct eng_ppd *p);    /* accepts NULL */
 
+/* Rows one PPD sequence may need in a step: its largest tree, or the prefill
+ * tail (last prompt token + N prompt rows).  The scheduler sizes steps by it
+ * and PPD set-up fits trees to it. */
+static inline int eng_ppd_seq_rows(const struct eng_ppd *p) {
+    return p->trees.max_T > p->n_prompt + 1 ? p->trees.max_T : p->n_prompt + 1;
+}
+
 enum eng_ppd_accept {
     ENG_PPD_ACCEPT_EXACT = 0,    /* lossless: greedy, or sampling one draw per token */
     ENG_PPD_ACCEPT_TYPICAL,      /* Medusa typical acceptance (opt-in, not lossless) */

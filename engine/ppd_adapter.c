@@ -117,7 +117,7 @@ int eng_ppd_adapter_load(struct eng_ppd_adapter **out, const char *path, const s
     a->base_fingerprint = fp->v.u;
     if (gguf_get_str(g, "ppd.provenance", &s, err, cap) == 0) adapter_copy_str(a->provenance, sizeof a->provenance, s->s);
     if (gguf_get_str(g, "ppd.init_text", &s, err, cap) == 0) adapter_copy_str(a->init_text, sizeof a->init_text, s->s);
-    if (gguf_find_kv(g, "ppd.tree_L") && (rc = adapter_get_u32(g, "ppd.tree_L", 1, 4096, &a->tree_L, err, cap))) goto err;
+    if (gguf_find_kv(g, "ppd.tree_L") && (rc = adapter_get_u32(g, "ppd.tree_L", 1, 4096, &a->tree_budget, err, cap))) goto err;
     if (gguf_find_kv(g, "ppd.tuned_speedup") &&
         (gguf_get_f32(g, "ppd.tuned_speedup", &a->tuned_speedup, err, cap) || !(a->tuned_speedup >= 0.0f) ||
          a->tuned_speedup > 1000.0f)) {
@@ -264,7 +264,7 @@ int eng_ppd_adapter_save(const struct eng_ppd_adapter *a, const char *path, char
         (rc = gguf_writer_set_scalar(w, "ppd.base.fingerprint", GGUF_VT_UINT64, &fp)) ||
         (rc = gguf_writer_set_str(w, "ppd.provenance", a->provenance)) ||
         (a->init_text[0] && (rc = gguf_writer_set_str(w, "ppd.init_text", a->init_text))) ||
-        (a->tree_L > 0 && (rc = gguf_writer_set_u32(w, "ppd.tree_L", (uint32_t)a->tree_L))) ||
+        (a->tree_budget > 0 && (rc = gguf_writer_set_u32(w, "ppd.tree_L", (uint32_t)a->tree_budget))) ||
         (a->tuned_speedup > 0 && (rc = gguf_writer_set_f32(w, "ppd.tuned_speedup", a->tuned_speedup))) ||
         (rc = gguf_writer_add_tensor(w, "ppd.prompt_embeddings", ADAPTER_KQ_F32, 2, ne_e, a->emb)) ||
         (a->accuracy && (rc = gguf_writer_add_tensor(w, "ppd.accuracy", ADAPTER_KQ_F32, 2, ne_a, a->accuracy))) ||

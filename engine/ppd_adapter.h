@@ -60,8 +60,8 @@ struct eng_ppd_adapter {
     uint64_t base_fingerprint;
     char provenance[256];
     char init_text[128];         /* empty when not from a text init */
-    int tree_L;                  /* tree budget chosen for this adapter (ppd tree tune); 0: none */
-    float tuned_speedup;         /* decode speed-up ppd tree tune measured with tree_L (0: not measured) */
+    int tree_budget;             /* tree budget chosen for this adapter (ppd tree tune); 0: none */
+    float tuned_speedup;         /* decode speed-up ppd tree tune measured with tree_budget (0: not measured) */
 };
 
 /* Load and validate path.  When m is not NULL the adapter must belong to it

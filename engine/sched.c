@@ -68,11 +68,8 @@ int eng_sched_req_want_logprobs(struct eng_sched_req *r, int n_top, bool prompt)
     return 0;
 }
 
-/* Rows one PPD sequence may need in a step: its largest tree, or the prefill
- * tail (last prompt token + N prompt rows). */
-static int sched_ppd_rows_max(const struct eng_ppd *ppd) {
-    return ppd->trees.max_T > ppd->n_prompt + 1 ? ppd->trees.max_T : ppd->n_prompt + 1;
-}
+/* Rows one PPD sequence may need in a step (ppd.h). */
+static int sched_ppd_rows_max(const struct eng_ppd *ppd) { return eng_ppd_seq_rows(ppd); }
 
 /* The sizing rule: every step's trees fit (see eng_sched_params). */
 static int sched_ppd_check(const struct eng_sched_params *p) {

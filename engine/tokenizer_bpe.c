@@ -21,7 +21,8 @@
  *
  * It does not split special tokens (tokenizer.c does, before calling here).
  */
-#include "tokenizer_int.h"
+#include "tokenizer_bpe.h"
+#include "tokenizer_utf8.h"
 #include "err.h"
 #include "log.h"
 

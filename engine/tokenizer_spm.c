@@ -17,7 +17,7 @@
  * whitespace first as the sentencepiece library may: llama.cpp does none of
  * that either, and the GGUF carries no normalizer.
  */
-#include "tokenizer_int.h"
+#include "tokenizer_spm.h"
 #include "err.h"
 
 #include <stdlib.h>

@@ -17,7 +17,7 @@
 #include "generate.h"
 #include "log.h"
 #include "gguf.h"
-#include "kernels/cpu/qtypes.h"
+#include "common/qtypes.h"
 #include "tokenizer.h"
 #include "train_model.h"
 
@@ -623,7 +623,7 @@ int eng_train_run(const struct eng_train_params *p, struct eng_train_report *rep
         if (n >= sizeof out_ad.provenance) n = sizeof out_ad.provenance - 1;
         memcpy(out_ad.provenance, full, n);
         out_ad.provenance[n] = 0;
-        out_ad.tree_L = init->tree_L;
+        out_ad.tree_budget = init->tree_budget;
         out_ad.tuned_speedup = init->tuned_speedup;
     }
     rc = eng_ppd_adapter_save(&out_ad, p->out_path, err, cap);

@@ -19,7 +19,7 @@
  * tree builder.  eval_only measures an existing adapter on other data (all of
  * it held out) without training it.
  *
- * Not here: distillation (server/cli_distill.c), the float model (train_model.c).
+ * Not here: distillation (cli/distill.c), the float model (train_model.c).
  */
 #ifndef PPD_TRAIN_H
 #define PPD_TRAIN_H

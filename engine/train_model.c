@@ -19,6 +19,7 @@
 #include "err.h"
 #include "kernels/cpu/gemm_f32.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/dequant.h"
 #include "kernels/cpu/ops.h"
 #include "threadpool.h"
 

@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
+#include "flags.h"
 #include "engine/chat.h"
 #include "engine/err.h"
 #include "engine/logprobs.h"
@@ -537,14 +537,14 @@ char *srv_api_usage_chunk(const struct srv_req *r, const char *model) {
 /* What /v1/models says about PPD: enabled or not, and with what. */
 static json_t *api_ppd_info(const struct srv *s) {
     json_t *p = json_object();
-    const struct cli_ppd *c = &s->ppd;
-    json_object_set_new(p, "enabled", json_boolean(c->src != CLI_PPD_OFF));
-    if (c->src == CLI_PPD_OFF) return p;
-    json_object_set_new(p, "adapter", c->src == CLI_PPD_FILE ? json_string(c->path) : json_null());
+    const struct eng_ppd_setup *c = &s->ppd;
+    json_object_set_new(p, "enabled", json_boolean(c->src != ENG_PPD_OFF));
+    if (c->src == ENG_PPD_OFF) return p;
+    json_object_set_new(p, "adapter", c->src == ENG_PPD_FILE ? json_string(c->path) : json_null());
     json_object_set_new(p, "n_prompt", json_integer(c->ppd.n_prompt));
     json_object_set_new(p, "topk", json_integer(c->ppd.topk));
-    json_object_set_new(p, "tree", json_string(s->ppd_tree_L > 0 ? "auto" : s->cfg.tree));
-    if (s->ppd_tree_L > 0) json_object_set_new(p, "tree_size", json_integer(s->ppd_tree_L));
+    json_object_set_new(p, "tree", json_string(s->tree_budget > 0 ? "auto" : s->cfg.tree));
+    if (s->tree_budget > 0) json_object_set_new(p, "tree_size", json_integer(s->tree_budget));
     json_object_set_new(p, "tree_rows", json_integer(c->ppd.trees.max_T));
     json_object_set_new(p, "accept", json_string(s->cfg.ppd_accept));
     return p;

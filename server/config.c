@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cli.h"
+#include "flags.h"
 #include "engine/engine.h"
 #include "engine/log.h"
 
@@ -48,10 +48,10 @@ static const struct cfg_entry cfg_table[] = {
     {"no-ppd", NULL, CFG_FLAG, F(no_ppd), 0, 1, "0", "plain decoding (the same as --ppd none)"},
     {"tree", NULL, CFG_STR, F(tree), 0, 0, "auto",
      "PPD tree family: auto (built from the adapter's accuracy table) or a JSON file"},
-    {"tree-size", NULL, CFG_INT, F(tree_size), 0, 4096, "0",
+    {"tree-budget", NULL, CFG_INT, F(tree_budget), 0, 4096, "0",
      "budget L of the auto tree; 0: the adapter's tuned one (ppd tree tune), else 20 (lowered until every slot's tree fits in --batch-size)"},
     {"calibrate", NULL, CFG_STR, F(calibrate), 0, 0, "auto",
-     "auto: with the auto tree and no --tree-size, measure this device at start-up (cached) and choose the tree per number of sequences; off: the adapter's tuned budget"},
+     "auto: with the auto tree and no --tree-budget, measure this device at start-up (cached) and choose the tree per number of sequences; off: the adapter's tuned budget"},
     {"calib-cache", NULL, CFG_STR, F(calib_cache), 0, 0, NULL,
      "directory of cached calibration tables (default $XDG_CACHE_HOME/ppd, else ~/.cache/ppd; empty: no cache)"},
     {"ppd-accept", NULL, CFG_STR, F(ppd_accept), 0, 0, "exact",
@@ -67,14 +67,29 @@ static const struct cfg_entry cfg_table[] = {
 /* Other names the config file accepts for a key (the PPD settings grouped
  * under "ppd."). */
 static const struct { const char *alias, *name; } cfg_file_aliases[] = {
-    {"ppd.adapter", "ppd"}, {"ppd.tree", "tree"}, {"ppd.tree-size", "tree-size"}, {"ppd.accept", "ppd-accept"},
+    {"ppd.adapter", "ppd"}, {"ppd.tree", "tree"}, {"ppd.tree-budget", "tree-budget"}, {"ppd.accept", "ppd-accept"},
     {"ppd.calibrate", "calibrate"},
 };
+
+/* Earlier names of a setting, still accepted everywhere the name is: as a
+ * flag (--tree-size), a variable (PPD_TREE_SIZE) and a config-file key
+ * (tree-size, ppd.tree-size).  The current name wins where both are given. */
+static const struct { const char *old, *name; } cfg_old_names[] = {
+    {"tree-size", "tree-budget"}, {"ppd.tree-size", "tree-budget"},
+};
+#define CFG_N_OLD (int)(sizeof cfg_old_names / sizeof cfg_old_names[0])
 #define CFG_N_ALIAS (int)(sizeof cfg_file_aliases / sizeof cfg_file_aliases[0])
 
 static const char *cfg_alias_of(const char *name) {
     for (int i = 0; i < CFG_N_ALIAS; i++)
         if (!strcmp(cfg_file_aliases[i].name, name)) return cfg_file_aliases[i].alias;
+    return NULL;
+}
+
+/* The earlier flag name of a setting, NULL when it has none. */
+static const char *cfg_old_name_of(const char *name) {
+    for (int i = 0; i < CFG_N_OLD; i++)
+        if (!strcmp(cfg_old_names[i].name, name) && strncmp(cfg_old_names[i].old, "ppd.", 4)) return cfg_old_names[i].old;
     return NULL;
 }
 
@@ -94,7 +109,7 @@ static int cfg_set(struct srv_config *c, const struct cfg_entry *e, const char *
         if (!strcmp(v, "1") || !strcmp(v, "true") || !strcmp(v, "yes")) l = 1;
         else if (!strcmp(v, "0") || !strcmp(v, "false") || !strcmp(v, "no") || !*v) l = 0;
         else { fprintf(stderr, "ppd serve: %s: '%s' is not a boolean (1/0, true/false)\n", what, v); return 2; }
-    } else if (cli_int(what, v, e->min, e->max, &l)) {
+    } else if (flag_int(what, v, e->min, e->max, &l)) {
         return 2;
     }
     *(long *)(base + e->off) = l;
@@ -113,8 +128,10 @@ void srv_config_usage(FILE *fp) {
         fprintf(fp, "  %-26s %s", left, e->help);
         if (e->type == CFG_INT) fprintf(fp, " [%ld..%ld]", e->min, e->max);
         if (e->def && e->type != CFG_FLAG) fprintf(fp, " (default %s)", e->def);
-        const char *alias = cfg_alias_of(e->name);
-        fprintf(fp, "\n  %-26s env %s%s%s\n", "", env, alias ? "; config-file key also " : "", alias ? alias : "");
+        const char *alias = cfg_alias_of(e->name), *old = cfg_old_name_of(e->name);
+        fprintf(fp, "\n  %-26s env %s%s%s", "", env, alias ? "; config-file key also " : "", alias ? alias : "");
+        if (old) fprintf(fp, "; also --%s", old);
+        fprintf(fp, "\n");
     }
     fprintf(fp, "  %-26s this text\n", "-h, --help");
 }
@@ -127,6 +144,8 @@ static const struct cfg_entry *cfg_find(const char *name, size_t n) {
 
 /* A config-file key: the long name or its alias. */
 static const struct cfg_entry *cfg_find_key(const char *key) {
+    for (int i = 0; i < CFG_N_OLD; i++)
+        if (!strcmp(cfg_old_names[i].old, key)) key = cfg_old_names[i].name;
     for (int i = 0; i < CFG_N_ALIAS; i++)
         if (!strcmp(cfg_file_aliases[i].alias, key)) key = cfg_file_aliases[i].name;
     return cfg_find(key, strlen(key));
@@ -142,7 +161,7 @@ static char *cfg_trim(char *p) {
 /* Read `key = value` lines; values may be "quoted".  The text stays alive in
  * c->file_text because string settings point into it. */
 static int cfg_read_file(struct srv_config *c, const char *path) {
-    if (!(c->file_text = cli_read_file(path))) return 2;
+    if (!(c->file_text = flag_read_file(path))) return 2;
     int line = 0;
     for (char *p = c->file_text; p && *p;) {
         char *nl = strchr(p, '\n');
@@ -178,7 +197,7 @@ int srv_config_load(struct srv_config *c, int argc, char **argv) {
     memset(c, 0, sizeof *c);
     for (int i = 0; i < CFG_N; i++)
         if (cfg_table[i].def && cfg_set(c, &cfg_table[i], cfg_table[i].name, cfg_table[i].def)) return 2;
-    c->n_threads = cli_default_threads();
+    c->n_threads = flag_default_threads();
     /* The config file comes first, wherever --config stands on the line. */
     const char *file = getenv("PPD_CONFIG");
     for (int a = 1; a < argc; a++) {
@@ -192,6 +211,14 @@ int srv_config_load(struct srv_config *c, int argc, char **argv) {
     }
     for (int i = 0; i < CFG_N; i++) {
         char env[64];
+        const char *old = cfg_old_name_of(cfg_table[i].name);
+        if (old) {   /* the earlier name's variable first, so the current one wins */
+            struct cfg_entry was = cfg_table[i];
+            was.name = old;
+            cfg_env_name(&was, env, sizeof env);
+            const char *v = getenv(env);
+            if (v && *v && cfg_set(c, &cfg_table[i], env, v)) return 2;
+        }
         cfg_env_name(&cfg_table[i], env, sizeof env);
         const char *v = getenv(env);
         if (v && *v && cfg_set(c, &cfg_table[i], env, v)) return 2;
@@ -203,11 +230,15 @@ int srv_config_load(struct srv_config *c, int argc, char **argv) {
         const char *inline_val = NULL;
         for (int i = 0; i < CFG_N && !e; i++) {
             const struct cfg_entry *t = &cfg_table[i];
-            size_t nl = strlen(t->name);
-            if (t->short_flag && !strcmp(arg, t->short_flag)) e = t;
-            else if (!strncmp(arg, "--", 2) && !strncmp(arg + 2, t->name, nl) && (arg[2 + nl] == 0 || arg[2 + nl] == '=')) {
-                e = t;
-                if (arg[2 + nl] == '=') inline_val = arg + 3 + nl;
+            const char *old = cfg_old_name_of(t->name);
+            for (int k = 0; k < (old ? 2 : 1) && !e; k++) {
+                const char *name = k ? old : t->name;
+                size_t nl = strlen(name);
+                if (t->short_flag && !strcmp(arg, t->short_flag)) e = t;
+                else if (!strncmp(arg, "--", 2) && !strncmp(arg + 2, name, nl) && (arg[2 + nl] == 0 || arg[2 + nl] == '=')) {
+                    e = t;
+                    if (arg[2 + nl] == '=') inline_val = arg + 3 + nl;
+                }
             }
         }
         if (!e) {
@@ -215,7 +246,7 @@ int srv_config_load(struct srv_config *c, int argc, char **argv) {
             return 2;
         }
         const char *v = inline_val;
-        if (!v) v = e->type == CFG_FLAG ? "1" : cli_value(argc, argv, &a);
+        if (!v) v = e->type == CFG_FLAG ? "1" : flag_value(argc, argv, &a);
         if (!v) return 2;
         if (cfg_set(c, e, arg, v)) return 2;
     }

@@ -37,7 +37,7 @@ struct srv_config {
     const char *ppd;          /* PPD adapter: FILE, "auto" (MODEL.ppd.gguf when it exists) or "none" */
     long no_ppd;              /* the same as ppd = none */
     const char *tree;         /* PPD tree family: "auto" (built from the adapter) or a JSON file */
-    long tree_size;           /* budget L of the auto tree (lowered when the slots' trees do not fit a step) */
+    long tree_budget;         /* budget of the auto tree (lowered when the slots' trees do not fit a step) */
     const char *calibrate;    /* "auto" or "off" */
     const char *calib_cache;  /* NULL: the default directory; "": none */
     const char *prefix_cache; /* "on" or "off" */

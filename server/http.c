@@ -677,7 +677,7 @@ void srv_http_run_mhd(struct srv *s) {
     else uv_timer_stop(&s->mhd_timer);
     /* While draining, the last request may end here (its response sent), not
      * on an engine event: look whether the drain is over. */
-    if (s->draining) srv_try_finish(s);
+    if (s->draining && s->try_finish) s->try_finish(s);
 }
 
 int srv_http_start(struct srv *s, char *err, size_t cap) {

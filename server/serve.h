@@ -15,9 +15,9 @@
  *
  * Files: config.c (settings), queue.c (the queues), api.c (OpenAI JSON in and
  * out, the error formatter), api_logprobs.c (the logprobs objects),
- * metrics.c (Prometheus text), worker.c (engine thread), http.c (MHD on
- * libuv, routes, request lifecycle, SSE), cli_serve.c (start-up, signals,
- * drain).
+ * metrics.c (Prometheus text), worker.c (engine thread), serve_calib.c (the
+ * start-up calibration on the engine thread), http.c (MHD on libuv, routes,
+ * request lifecycle, SSE), server.c (start-up, signals, drain).
  */
 #ifndef PPD_SERVER_SERVE_H
 #define PPD_SERVER_SERVE_H
@@ -30,10 +30,10 @@
 #include <stdint.h>
 #include <uv.h>
 
-#include "calib_setup.h"
-#include "cli_ppd.h"
 #include "config.h"
+#include "engine/calib_setup.h"
 #include "engine/engine.h"
+#include "engine/ppd_setup.h"
 #include "engine/sched.h"
 #include "queue.h"
 
@@ -142,18 +142,15 @@ struct srv {
     pthread_t worker;
     bool worker_started;
     struct eng_sched sched;          /* engine thread only */
-    struct cli_ppd ppd;              /* adapter and trees; read-only while serving (src: whether PPD is on) */
-    long ppd_tree_L;                 /* budget of the auto tree in use (0: a tree file) */
+    struct eng_ppd_setup ppd;        /* adapter and trees; read-only while serving (src: whether PPD is on) */
+    int tree_budget;                 /* budget of the auto tree in use (0: a tree file) */
     /* Start-up calibration (serve_calib.c): the engine thread measures and
      * chooses before its first step; until calib_pending drops to 0 /health
      * answers 503 and requests wait in the inbox.  The results below are
      * written before the release store and read by the loop thread after. */
-    bool calibrate;                  /* decided at start (PPD on, auto tree, no --tree-size, --calibrate auto) */
+    bool calibrate;                  /* decided at start (PPD on, auto tree, no --tree-budget, --calibrate auto) */
     _Atomic int calib_pending;
-    struct calib_trees *calib;       /* the trees of the choice (engine thread's; NULL: none) */
-    struct eng_calib_choice *calib_choice;   /* NULL until chosen */
-    bool calib_cached;
-    double calib_seconds;            /* measuring time (0 when cached) */
+    struct eng_calib_result *calib;  /* the choice and its trees (NULL: none) */
     /* loop thread only from here */
     uv_loop_t *loop;
     uv_async_t wake;
@@ -168,6 +165,9 @@ struct srv {
     unsigned long long next_id;
     struct srv_metrics metrics;
     struct srv_req *reqs;            /* every live srv_req (for drain) */
+    /* server.c's drain step: while draining, stop once no job is left and no
+     * request is open; http.c calls it when a request ends. */
+    void (*try_finish)(struct srv *s);
 };
 
 /* One choice of a request: one engine job (loop thread, except that the
@@ -262,9 +262,8 @@ char *srv_api_models(const struct srv *s);
 int srv_worker_start(struct srv *s);
 void srv_worker_stop(struct srv *s);   /* closes the inbox and joins */
 
-/* cli_serve.c: while draining, stop once no job is left and no request is
- * open (after the drain timeout, once no job is left); else nothing. */
-void srv_try_finish(struct srv *s);
+/* server.c: `ppd serve` (argv[0] is the subcommand); the process exit status. */
+int srv_main(int argc, char **argv);
 
 /* http.c */
 int srv_http_start(struct srv *s, char *err, size_t cap);

@@ -130,7 +130,7 @@ static void *worker_main(void *arg) {
 int srv_worker_start(struct srv *s) {
     struct eng_sched_params p = {.n_slot = (int)s->cfg.n_parallel, .max_rows = (int)s->cfg.batch,
                                  .prefill_chunk = (int)s->cfg.prefill_chunk, .emit = worker_on_event, .user = s};
-    if (s->ppd.src != CLI_PPD_OFF) {
+    if (s->ppd.src != ENG_PPD_OFF) {
         p.ppd = &s->ppd.ppd;
         p.ppd_accept = strcmp(s->cfg.ppd_accept, "typical") ? ENG_PPD_ACCEPT_EXACT : ENG_PPD_ACCEPT_TYPICAL;
     }

@@ -25,7 +25,7 @@
  *         ls (4 low bits in scales_l, 2 high in scales_h), nibbles as IQ4_NL
  * It does not compute dot products (matmul_ref.c works on the integers).
  */
-#include "matmul_internal.h"
+#include "dequant.h"
 
 #include <string.h>
 

@@ -16,13 +16,16 @@
  *
  * It deliberately contains no arithmetic.
  */
-#include "matmul_internal.h"
+#include "matmul.h"
+#include "matmul_avx2.h"
+#include "matmul_avx512.h"
+#include "matmul_kpanel.h"
+#include "matmul_ref.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu_isa.h"
-#include "engine/err.h"
 
 static int mm_type_supported(int type) {
     switch (type) {
@@ -37,8 +40,8 @@ static int mm_type_supported(int type) {
 
 int kq_weight_init(struct kq_weight *w, int type, const void *data, int64_t n_in, int64_t n_out) {
     memset(w, 0, sizeof *w);
-    if (!mm_type_supported(type)) return ENG_E_UNSUPPORTED;
-    if (n_in <= 0 || n_out < 0 || kq_row_bytes(type, n_in) == 0) return ENG_E_INVALID;
+    if (!mm_type_supported(type)) return KQ_E_UNSUPPORTED;
+    if (n_in <= 0 || n_out < 0 || kq_row_bytes(type, n_in) == 0) return KQ_E_INVALID;
     w->type = type;
     w->n_in = n_in;
     w->n_out = n_out;

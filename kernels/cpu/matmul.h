@@ -9,6 +9,9 @@
  * of rows in the call, and kq_matmul (fast, SIMD, chosen at run time from the
  * CPU's features) is bit-identical to kq_matmul_ref (plain C).
  *
+ * The input's quantization is quant_act.h, the reference matmul_ref.h, a row
+ * dequantized to floats dequant.h.
+ *
  * Threading is the caller's: split [o_begin, o_end) across threads, each thread
  * calling kq_matmul on its own output range with the same quantized input.
  */
@@ -18,35 +21,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct kq_weight {
-    int type;            /* enum kq_type of the stored data */
-    int64_t n_in;        /* elements per row (multiple of the type's block size) */
-    int64_t n_out;       /* rows */
-    const void *data;    /* n_out rows in GGUF layout, not owned (usually the mmap) */
-    void *packed;        /* kernel-specific repacked copy, owned; NULL when unused */
-    size_t packed_bytes;
-};
+#include "matmul_layout.h"
 
-/* Prepare W (may repack into an owned layout).  ENG_E_UNSUPPORTED for a type
- * with no kernel, ENG_E_INVALID for n_in not a multiple of the block size. */
+
+/* Prepare W (may repack into an owned layout).  KQ_OK, KQ_E_UNSUPPORTED for a
+ * type with no kernel, KQ_E_INVALID for n_in not a multiple of the block size,
+ * KQ_E_NOMEM. */
 int kq_weight_init(struct kq_weight *w, int type, const void *data, int64_t n_in, int64_t n_out);
 void kq_weight_free(struct kq_weight *w);   /* accepts NULL; frees only `packed` */
 
-/* Bytes needed to hold n_rows quantized input rows for weights of type wtype. */
-size_t kq_act_bytes(int wtype, int64_t n_in, int n_rows);
-/* Quantize input rows [r_begin, r_end) of x (row stride n_in) into act. */
-void kq_act_quantize(int wtype, const float *x, int64_t n_in, int r_begin, int r_end, void *act);
 
 /* y[r * ldy + o] = sum_k W[o][k] * x[r][k] for r < n_rows, o in [o_begin, o_end).
  * act is the quantized x (for float weight types act is x itself). */
 void kq_matmul(const struct kq_weight *w, const void *act, int n_rows,
                float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
-/* Plain C reference with identical results. */
-void kq_matmul_ref(const struct kq_weight *w, const void *act, int n_rows,
-                   float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
 
-/* Dequantize row `row` of W into n_in floats (embedding lookup, tests). */
-void kq_weight_row_f32(const struct kq_weight *w, int64_t row, float *out);
 
 /* Which SIMD path kq_matmul uses on this CPU ("avx512vnni", "avx2", "scalar"):
  * the cpu_isa.h path; a type without a kernel on it takes the next lower one. */
@@ -59,11 +48,5 @@ uint64_t kq_matmul_path_calls(int isa);
  * correct, only slower). */
 #define KQ_MATMUL_OUT_ALIGN 16
 
-/* Block type of the quantized input for weights of type wtype: KQ_Q8_0,
- * KQ_Q8_1 or KQ_Q8_K, or KQ_F32 for the float weight types; -1 if unknown. */
-int kq_act_type(int wtype);
-/* Row r of a quantized input: n_in/block elements of kq_act_type(wtype) blocks
- * in GGUF layout (for float weight types, the row's n_in floats). */
-const void *kq_act_row(int wtype, const void *act, int64_t n_in, int r);
 
 #endif

@@ -41,7 +41,7 @@
  * after each group keeps the sums serial and in registers.
  *
  * Memory: the packed layout puts the blocks of the two panels of a tile side
- * by side (matmul_internal.h), so a tile reads one sequential stream, and the
+ * by side (matmul_layout.h), so a tile reads one sequential stream, and the
  * tiles of one panel pair reread it from L1 for every 4 rows: each weight byte
  * comes from memory once per call whatever the row count.  The first row tile
  * of each pair prefetches 8 blocks ahead; at 1 to 4 rows, where the stream
@@ -59,14 +59,14 @@
  * This file does not choose paths (matmul.c does) and holds no scalar
  * fallback.
  */
-#include "matmul_internal.h"
+#include "matmul_avx2.h"
+#include "matmul_k_avx2.h"
 
 #include <immintrin.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu_isa.h"
-#include "engine/err.h"
 
 #define KQ_AVX2 __attribute__((target("avx2,f16c")))
 #define KQ_INLINE static inline __attribute__((always_inline))
@@ -87,7 +87,7 @@ int kq_avx2_repack(struct kq_weight *w) {
     const int64_t nb = w->n_in / KQ_QK;
     const size_t bytes = kq_packed_bytes(w->type, w->n_in, w->n_out);
     uint8_t *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    if (!p) return ENG_E_NOMEM;
+    if (!p) return KQ_E_NOMEM;
     memset(p, 0, bytes); /* padding outputs: zero scales and quants */
     const size_t rb = kq_row_bytes(w->type, w->n_in);
     for (int64_t o = 0; o < w->n_out; o++) {

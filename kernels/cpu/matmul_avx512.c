@@ -2,7 +2,7 @@
  * Every function here reproduces matmul_ref.c bit for bit; only the schedule
  * differs.
  *
- * Same packed panels as the AVX2 kernels (matmul_internal.h), read a pair at a
+ * Same packed panels as the AVX2 kernels (matmul_layout.h), read a pair at a
  * time: one 512-bit vector holds group g (elements 4g..4g+3) of both panels of
  * a pair, so its 16 lanes are 16 consecutive outputs.  The row's 4 activation
  * bytes are broadcast from memory and multiplied with vpdpbusd (unsigned
@@ -34,7 +34,8 @@
  * No FMA: the reference multiplies and adds separately, and so must we.
  * This file does not choose paths (matmul.c does).
  */
-#include "matmul_internal.h"
+#include "matmul_avx512.h"
+#include "matmul_k_avx512.h"
 
 #include <immintrin.h>
 #include <string.h>

@@ -1,5 +1,5 @@
 /* matmul_k_avx512.c — the AVX-512 VNNI kernel for the k-quants (Q2_K, Q3_K,
- * Q4_K, Q5_K, Q6_K, IQ4_XS) on K panels (matmul_internal.h).  Bit-identical to
+ * Q4_K, Q5_K, Q6_K, IQ4_XS) on K panels (matmul_layout.h).  Bit-identical to
  * matmul_ref.c: the integer sums are exact, and the float work per
  * super-block is the reference's, in its order.
  *
@@ -13,7 +13,7 @@
  *
  * No FMA: the reference multiplies and adds separately, and so must we.
  */
-#include "matmul_internal.h"
+#include "matmul_k_avx512.h"
 
 #include <immintrin.h>
 #include <string.h>

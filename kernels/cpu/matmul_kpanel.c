@@ -1,5 +1,5 @@
 /* matmul_kpanel.c — repacking of k-quant weights (Q2_K, Q3_K, Q4_K, Q5_K,
- * Q6_K, IQ4_XS) into K panels (layout: matmul_internal.h), which the AVX2 and
+ * Q6_K, IQ4_XS) into K panels (layout: matmul_layout.h), which the AVX2 and
  * AVX-512 k-quant kernels read.
  *
  * Every k-quant becomes the same shape: per 16-element half of a super-block
@@ -12,12 +12,12 @@
  *
  * It holds no arithmetic on activations.
  */
-#include "matmul_internal.h"
+#include "matmul_kpanel.h"
+#include "dequant.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/err.h"
 
 /* The values one super-block contributes to a K panel: u[e] (the unsigned
  * byte, or for the nibble types the nibble), sc[h], mc[h], d, dmin. */
@@ -117,7 +117,7 @@ int kq_kpanel_repack(struct kq_weight *w) {
     const int64_t nb = w->n_in / KQ_QK_K;
     const size_t bytes = kq_packed_bytes(w->type, w->n_in, w->n_out);
     uint8_t *p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    if (!p) return ENG_E_NOMEM;
+    if (!p) return KQ_E_NOMEM;
     memset(p, 0, bytes); /* padding outputs: zero scales and quants */
     const size_t rb = kq_row_bytes(w->type, w->n_in), bb = kq_type_block_bytes(w->type);
     struct kp_block k;

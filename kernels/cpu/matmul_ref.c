@@ -27,7 +27,8 @@
  * match this one.  It deliberately has no speed tricks; it is what the tests
  * trust.
  */
-#include "matmul_internal.h"
+#include "matmul_ref.h"
+#include "dequant.h"
 
 #include <string.h>
 

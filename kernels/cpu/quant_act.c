@@ -1,5 +1,5 @@
 /* quant_act.c — quantization of matmul inputs to 8-bit blocks (Q8_0, Q8_1,
- * Q8_K) and the layout of the quantized input buffer (matmul_internal.h).
+ * Q8_K) and the layout of the quantized input buffer (matmul_layout.h).
  *
  * The numerics follow llama.cpp's x86 build, because our greedy output is
  * compared token for token with it:
@@ -20,7 +20,9 @@
  * This file does not compute dot products, and holds no SIMD code (the SIMD
  * quantizers sit with their kernels in matmul_avx2.c and matmul_avx512.c).
  */
-#include "matmul_internal.h"
+#include "quant_act.h"
+#include "matmul_avx2.h"
+#include "matmul_avx512.h"
 
 #include <math.h>
 #include <string.h>
@@ -36,42 +38,6 @@ static inline float act_round_even(float v) {
 static inline float act_clamp127(float v) {
     v = v < 127.0f ? v : 127.0f;    /* NaN -> 127, like minps(v, 127) */
     return v > -127.0f ? v : -127.0f;
-}
-
-int kq_act_type(int wtype) {
-    switch (wtype) {
-    case KQ_Q4_0: case KQ_Q5_0: case KQ_Q8_0: case KQ_IQ4_NL:
-        return KQ_Q8_0;
-    case KQ_Q4_1: case KQ_Q5_1:
-        return KQ_Q8_1;
-    case KQ_Q2_K: case KQ_Q3_K: case KQ_Q4_K: case KQ_Q5_K: case KQ_Q6_K: case KQ_IQ4_XS:
-        return KQ_Q8_K;
-    case KQ_F32: case KQ_F16: case KQ_BF16:    return KQ_F32;
-    default:                                   return -1;
-    }
-}
-
-static size_t act_row_stride(int wtype, int64_t n_in) {
-    switch (kq_act_type(wtype)) {
-    case KQ_Q8_0: case KQ_Q8_1:
-        return kq_act_geom_q32(wtype, n_in).stride;
-    case KQ_Q8_K: {
-        size_t b = (size_t)(n_in / KQ_QK_K) * sizeof(kq_block_q8_K);
-        return (b + KQ_ACT_ALIGN - 1) & ~(size_t)(KQ_ACT_ALIGN - 1);
-    }
-    case KQ_F32:
-        return (size_t)n_in * sizeof(float);
-    default:
-        return 0;
-    }
-}
-
-size_t kq_act_bytes(int wtype, int64_t n_in, int n_rows) {
-    return act_row_stride(wtype, n_in) * (size_t)(n_rows > 0 ? n_rows : 0);
-}
-
-const void *kq_act_row(int wtype, const void *act, int64_t n_in, int r) {
-    return (const uint8_t *)act + act_row_stride(wtype, n_in) * (size_t)r;
 }
 
 void kq_act_quantize_q32_scalar(int wtype, const float *x, int64_t n_in, int r_begin,
@@ -119,7 +85,7 @@ void kq_act_quantize_q32_scalar(int wtype, const float *x, int64_t n_in, int r_b
 
 static void act_quantize_q8_k(const float *x, int64_t n_in, int r_begin, int r_end,
                               void *act) {
-    const size_t stride = act_row_stride(KQ_Q4_K, n_in);
+    const size_t stride = kq_act_row_bytes(KQ_Q4_K, n_in);
     const int64_t nb = n_in / KQ_QK_K;
     for (int r = r_begin; r < r_end; r++) {
         const float *xr = x + (size_t)r * (size_t)n_in;

@@ -6,7 +6,7 @@
  */
 #include <cuda_fp16.h>
 
-#include "kernels/cpu/qtypes.h"
+#include "common/qtypes.h"
 #include "kernels/cuda/kcuda.h"
 
 static __device__ __forceinline__ float h2f(kq_f16 h) { return __half2float(__ushort_as_half(h)); }

@@ -39,7 +39,9 @@
 
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/matmul.h"
-#include "kernels/cpu/qtypes.h"
+#include "kernels/cpu/matmul_ref.h"
+#include "kernels/cpu/quant_act.h"
+#include "common/qtypes.h"
 
 #define MAX_THREADS 8
 

@@ -31,7 +31,7 @@
 #include "engine/kv_cache.h"
 #include "engine/ppd_tree.h"
 #include "engine/stats.h"
-#include "kernels/cpu/qtypes.h"
+#include "common/qtypes.h"
 #include "tests/gpu/random_model.h"
 
 

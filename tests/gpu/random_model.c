@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "engine/err.h"
-#include "kernels/cpu/qtypes.h"
+#include "common/qtypes.h"
 
 static uint64_t rm_next(uint64_t *s) {
     *s ^= *s << 13;

@@ -43,7 +43,8 @@
 #include "engine/kv_cache.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/matmul.h"
-#include "kernels/cpu/qtypes.h"
+#include "kernels/cpu/dequant.h"
+#include "common/qtypes.h"
 #include "tests/gpu/random_model.h"
 
 static int n_fail, n_check;

@@ -20,6 +20,35 @@ def test_help_lists_every_setting():
         assert flag in p.stdout, flag
 
 
+def test_help_env_and_config_file_share_one_table():
+    """`ppd serve --help`, the PPD_* variables and config/ppd.conf come from one
+    settings table (server/config.c): every key of ppd.conf is a flag and a
+    variable in the help, every flag of the help is a key of ppd.conf, and an
+    earlier name (--tree-size) still reads the same setting."""
+    p = subprocess.run([PPD_BIN, "serve", "--help"], capture_output=True, text=True)
+    assert p.returncode == 0
+    here = os.path.dirname(os.path.abspath(__file__))
+    conf = open(os.path.join(here, "..", "..", "config", "ppd.conf")).read()
+    keys = set(re.findall(r"^#? ?([a-z][a-z0-9-]*) *=", conf, re.M))
+    flags = set(re.findall(r"--([a-z][a-z0-9-]*)", p.stdout.split("\n  -h, --help")[0]))
+    for key in keys:
+        assert f"--{key}" in p.stdout, key
+        assert "PPD_" + key.upper().replace("-", "_") in p.stdout, key
+    old = {"tree-size"}   # earlier names, shown beside the current one
+    assert flags - old - {"config"} <= keys, flags - old - {"config"} - keys
+    assert "--tree-budget" in p.stdout and "also --tree-size" in p.stdout
+    for args in (["--tree-size", "3"], ["--tree-budget", "3"]):
+        q = subprocess.run([PPD_BIN, "serve", *args, "--help"], capture_output=True, text=True)
+        assert q.returncode == 0, (args, q.stderr)
+    for args, env in ((["--tree-size", "x"], {}), ([], {"PPD_TREE_SIZE": "x"}), (["--tree-budget", "x"], {})):
+        q = subprocess.run([PPD_BIN, "serve", *args], capture_output=True, text=True, env={**os.environ, **env},
+                           timeout=30)
+        assert q.returncode == 2 and "is not an integer" in q.stderr, (args, env, q.stderr)
+    for cmd in ("generate", "bench"):
+        q = subprocess.run([PPD_BIN, cmd, "--help"], capture_output=True, text=True)
+        assert "--tree-budget" in q.stdout + q.stderr, cmd
+
+
 def test_bad_settings_exit_2(tmp_path):
     for args, env, needle in [(["--bogus"], {}, "--bogus"), (["-np", "0"], {}, "[1, 256]"),
                               ([], {"PPD_PORT": "70000"}, "PPD_PORT"),

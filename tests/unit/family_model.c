@@ -8,7 +8,7 @@
 
 #include "engine/err.h"
 #include "engine/gguf.h"
-#include "kernels/cpu/qtypes.h"
+#include "common/qtypes.h"
 
 #define FAM_N_LAYER 2
 #define FAM_N_EMBD 64

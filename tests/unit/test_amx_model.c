@@ -95,7 +95,9 @@ static void model_dpbsud(int dst, int a, int b) {
 #include "common_test.h"
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/matmul.h"
-#include "kernels/cpu/qtypes.h"
+#include "kernels/cpu/matmul_ref.h"
+#include "kernels/cpu/quant_act.h"
+#include "common/qtypes.h"
 
 static uint64_t rng_state;
 static uint32_t rng_next(void) { /* splitmix64, high half */

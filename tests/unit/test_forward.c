@@ -32,7 +32,8 @@
 #include "engine/kv_cache.h"
 #include "engine/model.h"
 #include "kernels/cpu/matmul.h"
-#include "kernels/cpu/qtypes.h"
+#include "kernels/cpu/dequant.h"
+#include "common/qtypes.h"
 
 #define GOLDEN_DIR "tests/golden/data/"
 

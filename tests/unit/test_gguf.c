@@ -9,7 +9,7 @@
  */
 #include "engine/err.h"
 #include "engine/gguf.h"
-#include "kernels/cpu/qtypes.h"
+#include "common/qtypes.h"
 
 #include <check.h>
 #include <limits.h>

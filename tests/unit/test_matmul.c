@@ -31,11 +31,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/err.h"
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/matmul.h"
-#include "kernels/cpu/matmul_internal.h"
-#include "kernels/cpu/qtypes.h"
+#include "kernels/cpu/dequant.h"
+#include "kernels/cpu/matmul_avx2.h"
+#include "kernels/cpu/matmul_avx512.h"
+#include "kernels/cpu/matmul_layout.h"
+#include "kernels/cpu/matmul_ref.h"
+#include "kernels/cpu/quant_act.h"
+#include "common/qtypes.h"
 
 /* ---- deterministic data ---------------------------------------------------- */
 
@@ -744,10 +748,10 @@ END_TEST
 START_TEST(test_init_errors) {
     struct kq_weight w;
     uint8_t dummy[64] = {0};
-    ck_assert_int_eq(kq_weight_init(&w, KQ_Q8_1, dummy, 32, 1), ENG_E_UNSUPPORTED);
-    ck_assert_int_eq(kq_weight_init(&w, KQ_Q8_K, dummy, 256, 1), ENG_E_UNSUPPORTED);
-    ck_assert_int_eq(kq_weight_init(&w, KQ_Q4_1, dummy, 33, 1), ENG_E_INVALID);
-    ck_assert_int_eq(kq_weight_init(&w, KQ_Q4_K, dummy, 32, 1), ENG_E_INVALID);
+    ck_assert_int_eq(kq_weight_init(&w, KQ_Q8_1, dummy, 32, 1), KQ_E_UNSUPPORTED);
+    ck_assert_int_eq(kq_weight_init(&w, KQ_Q8_K, dummy, 256, 1), KQ_E_UNSUPPORTED);
+    ck_assert_int_eq(kq_weight_init(&w, KQ_Q4_1, dummy, 33, 1), KQ_E_INVALID);
+    ck_assert_int_eq(kq_weight_init(&w, KQ_Q4_K, dummy, 32, 1), KQ_E_INVALID);
     kq_weight_free(NULL);
     ck_assert_int_eq(kq_weight_init(&w, KQ_Q4_1, dummy, 32, 0), 0);
     kq_weight_free(&w);

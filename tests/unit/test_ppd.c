@@ -409,7 +409,7 @@ static void committed_adapter_lossless(int big) {
     for (int i = 0; i < N * K; i++) acc[i] = ad->accuracy[i];
     for (int i = 0; i < nj; i++) acc[N * K + i] = ad->joint[i];
     /* its tuned budget, or the budget whose largest tree state feeds 64 rows */
-    int L = ad->tree_L > 0 ? ad->tree_L : 2;
+    int L = ad->tree_budget > 0 ? ad->tree_budget : 2;
     struct eng_ppd_tree_family *fam = NULL;
     for (;;) {
         ck_assert_int_eq(eng_ppd_tree_build_joint(&fam, acc, nj ? acc + N * K : NULL, N, K, L, NULL), 0);

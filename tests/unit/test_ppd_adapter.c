@@ -47,7 +47,7 @@ START_TEST(test_round_trip) {
     char err[512];
     for (int acc = 0; acc < 2; acc++) {
         struct eng_ppd_adapter *a = make_adapter(3, 10, 64, acc), *b = NULL;
-        a->tree_L = acc ? 12 : 0;   /* the tuned tree budget travels with the file when set */
+        a->tree_budget = acc ? 12 : 0;   /* the tuned tree budget travels with the file when set */
         ck_assert_int_eq(eng_ppd_adapter_save(a, path, err, sizeof err), 0);
         int rc = eng_ppd_adapter_load(&b, path, NULL, err, sizeof err);
         ck_assert_msg(rc == 0, "load: %s", err);
@@ -59,7 +59,7 @@ START_TEST(test_round_trip) {
         ck_assert_str_eq(b->provenance, "unit test");
         ck_assert_int_eq(memcmp(a->emb, b->emb, sizeof(float) * 3 * 64), 0);
         ck_assert_int_eq(!!b->accuracy, acc);
-        ck_assert_int_eq(b->tree_L, acc ? 12 : 0);
+        ck_assert_int_eq(b->tree_budget, acc ? 12 : 0);
         ck_assert_int_eq(!!b->joint, acc);
         if (acc) ck_assert_int_eq(memcmp(a->accuracy, b->accuracy, sizeof(float) * 30), 0);
         if (acc) ck_assert_int_eq(memcmp(a->joint, b->joint, sizeof(float) * 1331), 0);

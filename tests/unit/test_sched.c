@@ -143,7 +143,7 @@ static void ppd_fx_open(struct ppd_fx *x, const struct eng_engine *e, int tree_L
         const int N = x->ad->n_prompt, K = x->ad->topk;
         double *acc = malloc(sizeof(double) * (size_t)N * (size_t)K);
         for (int i = 0; i < N * K; i++) acc[i] = x->ad->accuracy[i];
-        ck_assert_int_eq(eng_ppd_tree_build(&x->fam, acc, N, K, x->ad->tree_L > 0 ? x->ad->tree_L : tree_L, NULL), 0);
+        ck_assert_int_eq(eng_ppd_tree_build(&x->fam, acc, N, K, x->ad->tree_budget > 0 ? x->ad->tree_budget : tree_L, NULL), 0);
         free(acc);
     } else {
         ck_assert_msg(eng_ppd_adapter_init_text(&x->ad, e->model, e->tok, 3, 10, ENG_PPD_INIT_TEXT, err, sizeof err) == 0,

@@ -1,4 +1,4 @@
-/* cli_calibrate.c — `ppd calibrate`: this device's step latency and the PPD
+/* calibrate.c — `ppd calibrate`: this device's step latency and the PPD
  * tree chosen for every number of decoding sequences (docs/calibration.md).
  *
  *   ppd calibrate [-m MODEL] [--ppd ADAPTER] [-np N] [-b ROWS] [-t N] [flags]
@@ -10,18 +10,18 @@
  *   --plot FILE.png            the latency curves with the chosen budgets marked (gnuplot)
  *
  * Not here: measuring and choosing (engine/calibrate.c), the cache and the
- * fingerprint (calib_setup.c).
+ * fingerprint (engine/calib_setup.c).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "calib_setup.h"
 #include "cli.h"
-#include "cli_ppd.h"
-#include "cli_prompts.h"
+#include "prompts.h"
+#include "engine/calib_setup.h"
 #include "engine/err.h"
+#include "engine/ppd_setup.h"
 #include "engine/generate.h"
 
 struct calib_opts {
@@ -51,24 +51,24 @@ static void calib_usage(FILE *fp) {
             "                        neighbours: predicted vs measured\n"
             "      --skip N --count N -n N   which prompts and how many tokens (default 0, 6, 128)\n"
             "      --plot FILE.png   draw the latency curves with the chosen budgets (gnuplot)\n",
-            PPD_DEFAULT_MODEL, CALIB_PREFIX_DEFAULT, CALIB_L_MAX_DEFAULT);
+            PPD_DEFAULT_MODEL, ENG_CALIB_PREFIX_DEFAULT, ENG_CALIB_BUDGET_MAX_DEFAULT);
 }
 
 static int calib_parse(int argc, char **argv, struct calib_opts *o) {
     memset(o, 0, sizeof *o);
     o->model = PPD_DEFAULT_MODEL;
-    o->threads = cli_default_threads();
+    o->threads = flag_default_threads();
     o->n_slot = 4;
     o->rows = 256;
     o->ctx = 4096;
-    o->prefix = CALIB_PREFIX_DEFAULT;
-    o->L_max = CALIB_L_MAX_DEFAULT;
+    o->prefix = ENG_CALIB_PREFIX_DEFAULT;
+    o->L_max = ENG_CALIB_BUDGET_MAX_DEFAULT;
     o->count = 6;
     o->n_predict = 128;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
-#define VAL() do { if (!(v = cli_value(argc, argv, &i))) return 2; } while (0)
-#define NUM(lo, hi, dst) do { VAL(); if (cli_int(a, v, lo, hi, dst)) return 2; } while (0)
+#define VAL() do { if (!(v = flag_value(argc, argv, &i))) return 2; } while (0)
+#define NUM(lo, hi, dst) do { VAL(); if (flag_int(a, v, lo, hi, dst)) return 2; } while (0)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { calib_usage(stdout); return 1; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); o->model = v; }
         else if (!strcmp(a, "--ppd")) { VAL(); o->adapter = v; }
@@ -119,7 +119,7 @@ static void calib_print_table(const struct eng_calib_table *t) {
     if (t->stop_ratio > 0)
         printf("(-: not measured; each batch size stopped after two row counts whose step cost over %.2f one-row\n"
                " steps: %.3f, the most tokens per step a tree of this adapter is predicted to emit, x %.2f)\n",
-               t->stop_ratio, t->stop_ratio / CALIB_STOP_MARGIN, CALIB_STOP_MARGIN);
+               t->stop_ratio, t->stop_ratio / ENG_CALIB_STOP_MARGIN, ENG_CALIB_STOP_MARGIN);
     printf("%6s", "r");
     for (int i = 0; i < t->n_b; i++) printf(" %9s%-3d", "b=", t->b[i]);
     printf("\n");
@@ -199,7 +199,7 @@ static int calib_validate(const struct calib_opts *o, struct eng_engine *e, cons
     struct cli_prompt *pr = NULL;
     int n_pr = 0, status = 1;
     int32_t *a = malloc(sizeof(int32_t) * (size_t)o->n_predict), *b = malloc(sizeof(int32_t) * (size_t)o->n_predict);
-    double *acc = cli_ppd_accuracy(ad);
+    double *acc = eng_ppd_accuracy(ad);
     if (!a || !b || !acc ||
         cli_prompts_load(e, "ppd calibrate", o->validate, o->skip, o->count, o->n_predict, &pr, &n_pr))
         goto done;
@@ -221,11 +221,11 @@ static int calib_validate(const struct calib_opts *o, struct eng_engine *e, cons
     double plain_tps = 0;
     for (int k = 0; k < nL; k++) {
         struct eng_calib_pick pick;
-        if (eng_calib_predict(&pick, t, acc, cli_ppd_joint(ad, acc), ad->n_prompt, ad->topk, Ls[k], 1)) goto done;
+        if (eng_calib_predict(&pick, t, acc, eng_ppd_accuracy_joint(ad, acc), ad->n_prompt, ad->topk, Ls[k], 1)) goto done;
         struct eng_ppd ppd = {0};
         struct eng_ppd_tree_family *fam = NULL;
         char err[512];
-        if (Ls[k] > 0 && (eng_ppd_tree_build_joint(&fam, acc, cli_ppd_joint(ad, acc), ad->n_prompt, ad->topk, Ls[k], NULL) ||
+        if (Ls[k] > 0 && (eng_ppd_tree_build_joint(&fam, acc, eng_ppd_accuracy_joint(ad, acc), ad->n_prompt, ad->topk, Ls[k], NULL) ||
                           eng_ppd_init(&ppd, ad, fam, err, sizeof err))) {
             fprintf(stderr, "ppd calibrate: tree L=%d: cannot build\n", Ls[k]);
             eng_ppd_tree_family_free(fam);
@@ -275,28 +275,33 @@ int cmd_calibrate(int argc, char **argv) {
                                    .n_slot = (int)o.n_slot, .max_rows = (int)o.rows};
     struct eng_engine *e = NULL;
     if (eng_engine_open(&e, &ep, err, sizeof err)) { fprintf(stderr, "ppd calibrate: %s\n", err); return 1; }
-    struct cli_ppd cp;
-    struct cli_ppd_opts po = {.model = o.model, .adapter = o.adapter, .untrained = true, .caller_fits_rows = true};
+    struct eng_ppd_setup cp;
+    struct eng_ppd_setup_opts po = {.model_path = o.model, .adapter = o.adapter, .untrained = true, .max_rows = -1};
     int status = 1;
-    if (cli_ppd_open(&cp, &po, e)) { eng_engine_close(e); return 1; }
+    if (eng_ppd_setup_open(&cp, &po, e, err, sizeof err)) {
+        fprintf(stderr, "ppd: %s\n", err);
+        eng_ppd_setup_close(&cp);
+        eng_engine_close(e);
+        return 1;
+    }
     struct eng_calib_table t;
     struct eng_calib_choice *c = calloc(1, sizeof *c);
-    double *acc = cli_ppd_accuracy(cp.ad);
+    double *acc = eng_ppd_accuracy(cp.ad);
     if (!c || !acc) goto done;
-    struct calib_setup_opts so = {.model_path = o.model, .adapter_path = cp.src == CLI_PPD_FILE ? cp.path : NULL,
+    struct eng_calib_setup_opts so = {.model_path = o.model, .adapter_path = cp.src == ENG_PPD_FILE ? cp.path : NULL,
                                   .cache_dir = o.no_cache ? "" : o.cache, .n_threads = (int)o.threads,
                                   .n_slot = (int)o.n_slot, .prefix = (int)o.prefix, .force = o.force,
-                                  .progress = calib_progress_bar, .ad = cp.ad, .stop_L_max = o.full ? 0 : (int)o.L_max};
+                                  .progress = calib_progress_bar, .ad = cp.ad, .stop_budget_max = o.full ? 0 : (int)o.L_max};
     bool cached = false;
-    if ((rc = calib_setup_table(&t, e, &so, &cached, path, sizeof path))) {
+    if ((rc = eng_calib_setup_table(&t, e, &so, &cached, path, sizeof path))) {
         fprintf(stderr, "ppd calibrate: measuring failed: %s\n", eng_err_msg(rc));
         goto done;
     }
     printf("device %s, %ld threads, model %s, adapter %s (N=%d, K=%d)\n", e->be.iface->name, o.threads, o.model,
-           cp.src == CLI_PPD_FILE ? cp.path : "untrained", cp.ad->n_prompt, cp.ad->topk);
+           cp.src == ENG_PPD_FILE ? cp.path : "untrained", cp.ad->n_prompt, cp.ad->topk);
     printf("table %s%s\n\n", path[0] ? path : "(not cached)", cached ? " (cached: not measured again)" : "");
     calib_print_table(&t);
-    if ((rc = eng_calib_choose(c, &t, acc, cli_ppd_joint(cp.ad, acc), cp.ad->n_prompt, cp.ad->topk, (int)o.n_slot, (int)o.L_max))) {
+    if ((rc = eng_calib_choose(c, &t, acc, eng_ppd_accuracy_joint(cp.ad, acc), cp.ad->n_prompt, cp.ad->topk, (int)o.n_slot, (int)o.L_max))) {
         fprintf(stderr, "ppd calibrate: no choice fits: %s\n", eng_err_msg(rc));
         goto done;
     }
@@ -307,7 +312,7 @@ int cmd_calibrate(int argc, char **argv) {
 done:
     free(acc);
     free(c);
-    cli_ppd_close(&cp);
+    eng_ppd_setup_close(&cp);
     eng_engine_close(e);
     return status;
 }

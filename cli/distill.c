@@ -1,4 +1,4 @@
-/* cli_distill.c — `ppd distill`: the self-distillation corpus for `ppd train`.
+/* distill.c — `ppd distill`: the self-distillation corpus for `ppd train`.
  *
  * Reads a prompt JSONL (one {"id": str, "turns": [str, ...]} per line; only
  * turns[0] is used, as one user message), picks a seeded shuffle of it,
@@ -99,22 +99,22 @@ static int dist_parse(int argc, char **argv, struct dist_opts *o) {
     o->max_tokens = 256;
     o->max_prompt = 768;
     o->parallel = 8;
-    o->n_threads = cli_default_threads();
+    o->n_threads = flag_default_threads();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         long l;
-#define VAL() do { if (!(v = cli_value(argc, argv, &i))) return 2; } while (0)
+#define VAL() do { if (!(v = flag_value(argc, argv, &i))) return 2; } while (0)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { dist_usage(stdout); return 1; }
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { VAL(); o->prompts = v; }
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { VAL(); o->out = v; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); o->model = v; }
-        else if (!strcmp(a, "--count")) { VAL(); if (cli_int(a, v, 1, 1L << 40, &o->count)) return 2; }
-        else if (!strcmp(a, "--skip")) { VAL(); if (cli_int(a, v, 0, 1L << 40, &o->skip)) return 2; }
-        else if (!strcmp(a, "--seed")) { VAL(); if (cli_int(a, v, 0, 0x7fffffffffffffffL, &o->seed)) return 2; }
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (cli_int(a, v, 1, 1 << 20, &o->max_tokens)) return 2; }
-        else if (!strcmp(a, "--max-prompt")) { VAL(); if (cli_int(a, v, 1, 1 << 20, &o->max_prompt)) return 2; }
-        else if (!strcmp(a, "-np") || !strcmp(a, "--parallel")) { VAL(); if (cli_int(a, v, 1, 256, &o->parallel)) return 2; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (cli_int(a, v, 1, 1024, &l)) return 2; o->n_threads = (int)l; }
+        else if (!strcmp(a, "--count")) { VAL(); if (flag_int(a, v, 1, 1L << 40, &o->count)) return 2; }
+        else if (!strcmp(a, "--skip")) { VAL(); if (flag_int(a, v, 0, 1L << 40, &o->skip)) return 2; }
+        else if (!strcmp(a, "--seed")) { VAL(); if (flag_int(a, v, 0, 0x7fffffffffffffffL, &o->seed)) return 2; }
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (flag_int(a, v, 1, 1 << 20, &o->max_tokens)) return 2; }
+        else if (!strcmp(a, "--max-prompt")) { VAL(); if (flag_int(a, v, 1, 1 << 20, &o->max_prompt)) return 2; }
+        else if (!strcmp(a, "-np") || !strcmp(a, "--parallel")) { VAL(); if (flag_int(a, v, 1, 256, &o->parallel)) return 2; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (flag_int(a, v, 1, 1024, &l)) return 2; o->n_threads = (int)l; }
         else if (!strcmp(a, "--force")) o->force = 1;
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) eng_log_set_level(ENG_LOG_DEBUG);
         else { fprintf(stderr, "ppd distill: unknown flag '%s' (see --help)\n", a); return 2; }

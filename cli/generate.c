@@ -1,4 +1,4 @@
-/* cli_generate.c — `ppd generate`: one prompt from the command line.
+/* generate.c — `ppd generate`: one prompt from the command line.
  *
  * Text goes to stdout as it is produced (whole UTF-8 characters only); load
  * and progress messages go to stderr.  --json prints one object at the end
@@ -18,8 +18,7 @@
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_tree.h"
 #include "engine/tokenizer.h"
-#include "calib_setup.h"
-#include "cli_ppd.h"
+#include "ppd_open.h"
 
 struct gen_opts {
     const char *model, *prompt, *prompt_file, *chat_template, *system;
@@ -28,7 +27,7 @@ struct gen_opts {
     long n_predict;
     const char *ppd_adapter, *tree_file;   /* adapter NULL: the model's committed one, if any */
     int no_ppd;
-    long tree_L;
+    long tree_budget;
     struct eng_ppd_gen_opts popts;
     struct eng_sampler_params sp;
 };
@@ -55,8 +54,8 @@ static void gen_usage(FILE *fp) {
             "      --ppd FILE          PPD adapter (default: MODEL with .ppd.gguf when that file exists)\n"
             "      --no-ppd            plain decoding, one token per forward pass\n"
             "      --tree FILE         PPD tree family (JSON); default: built at start-up from the\n"
-            "                          adapter's accuracy table (or the paper's Vicuna-7B one) with --tree-size\n"
-            "      --tree-size L       tree budget L for the built tree (default: with the adapter next to the\n"
+            "                          adapter's accuracy table (or the paper's Vicuna-7B one) with --tree-budget\n"
+            "      --tree-budget L     tree budget L for the built tree (--tree-size L: the same; default: with the adapter next to the\n"
             "                          model, the one this device's calibration chooses, cached; PPD is off\n"
             "                          when it chooses plain decoding (PPD_CALIBRATE=off: the adapter's own L))\n"
             "      --typical           PPD with Medusa typical acceptance (faster, not lossless; needs --temp > 0)\n"
@@ -75,18 +74,18 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o) {
     memset(o, 0, sizeof *o);
     o->model = PPD_DEFAULT_MODEL;
     o->n_predict = 128;
-    o->n_threads = cli_default_threads();
+    o->n_threads = flag_default_threads();
     o->device = ENG_DEVICE_AUTO;
     o->sp.temperature = 0.0f;
     o->sp.top_p = 1.0f;
-    o->tree_L = 0;   /* the adapter's tuned budget, else CLI_PPD_TREE_L_DEFAULT */
+    o->tree_budget = 0;   /* the adapter's tuned budget, else ENG_PPD_TREE_BUDGET_DEFAULT */
     o->popts.typical.eps = 0.09f;
     o->popts.typical.alpha = 0.3f;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         long l;
         double d;
-#define VAL() do { if (!(v = cli_value(argc, argv, &i))) return 2; } while (0)
+#define VAL() do { if (!(v = flag_value(argc, argv, &i))) return 2; } while (0)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { gen_usage(stdout); return 1; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); o->model = v; }
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { VAL(); o->prompt = v; }
@@ -94,14 +93,14 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o) {
         else if (!strcmp(a, "--chat")) o->chat = 1;
         else if (!strcmp(a, "--system")) { VAL(); o->system = v; }
         else if (!strcmp(a, "--chat-template")) { VAL(); o->chat_template = v; }
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (cli_int(a, v, 1, 1 << 20, &o->n_predict)) return 2; }
-        else if (!strcmp(a, "--temp")) { VAL(); if (cli_float(a, v, 0, 100, &d)) return 2; o->sp.temperature = (float)d; }
-        else if (!strcmp(a, "--top-k")) { VAL(); if (cli_int(a, v, 0, 1 << 24, &l)) return 2; o->sp.top_k = (int)l; }
-        else if (!strcmp(a, "--top-p")) { VAL(); if (cli_float(a, v, 0, 1, &d)) return 2; o->sp.top_p = (float)d; }
-        else if (!strcmp(a, "--min-p")) { VAL(); if (cli_float(a, v, 0, 1, &d)) return 2; o->sp.min_p = (float)d; }
-        else if (!strcmp(a, "--seed")) { VAL(); if (cli_int(a, v, 0, 0x7fffffffffffffffL, &l)) return 2; o->sp.seed = (uint64_t)l; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (cli_int(a, v, 1, 1024, &l)) return 2; o->n_threads = (int)l; }
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { VAL(); if (cli_int(a, v, 16, 1 << 20, &l)) return 2; o->n_ctx = (int)l; }
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (flag_int(a, v, 1, 1 << 20, &o->n_predict)) return 2; }
+        else if (!strcmp(a, "--temp")) { VAL(); if (flag_float(a, v, 0, 100, &d)) return 2; o->sp.temperature = (float)d; }
+        else if (!strcmp(a, "--top-k")) { VAL(); if (flag_int(a, v, 0, 1 << 24, &l)) return 2; o->sp.top_k = (int)l; }
+        else if (!strcmp(a, "--top-p")) { VAL(); if (flag_float(a, v, 0, 1, &d)) return 2; o->sp.top_p = (float)d; }
+        else if (!strcmp(a, "--min-p")) { VAL(); if (flag_float(a, v, 0, 1, &d)) return 2; o->sp.min_p = (float)d; }
+        else if (!strcmp(a, "--seed")) { VAL(); if (flag_int(a, v, 0, 0x7fffffffffffffffL, &l)) return 2; o->sp.seed = (uint64_t)l; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (flag_int(a, v, 1, 1024, &l)) return 2; o->n_threads = (int)l; }
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { VAL(); if (flag_int(a, v, 16, 1 << 20, &l)) return 2; o->n_ctx = (int)l; }
         else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
         else if (!strcmp(a, "--device")) {
             VAL();
@@ -111,9 +110,9 @@ static int gen_parse(int argc, char **argv, struct gen_opts *o) {
         else if (!strcmp(a, "--ppd")) { VAL(); o->ppd_adapter = v; }
         else if (!strcmp(a, "--tree")) { VAL(); o->tree_file = v; }
         else if (!strcmp(a, "--typical")) o->popts.accept = ENG_PPD_ACCEPT_TYPICAL;
-        else if (!strcmp(a, "--typical-eps")) { VAL(); if (cli_float(a, v, 1e-9, 1, &d)) return 2; o->popts.typical.eps = (float)d; }
-        else if (!strcmp(a, "--typical-alpha")) { VAL(); if (cli_float(a, v, 1e-9, 100, &d)) return 2; o->popts.typical.alpha = (float)d; }
-        else if (!strcmp(a, "--tree-size")) { VAL(); if (cli_int(a, v, 1, 4096, &o->tree_L)) return 2; }
+        else if (!strcmp(a, "--typical-eps")) { VAL(); if (flag_float(a, v, 1e-9, 1, &d)) return 2; o->popts.typical.eps = (float)d; }
+        else if (!strcmp(a, "--typical-alpha")) { VAL(); if (flag_float(a, v, 1e-9, 100, &d)) return 2; o->popts.typical.alpha = (float)d; }
+        else if (!strcmp(a, "--tree-budget") || !strcmp(a, "--tree-size")) { VAL(); if (flag_int(a, v, 1, 4096, &o->tree_budget)) return 2; }
         else if (!strcmp(a, "--json")) o->json = 1;
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) eng_log_set_level(ENG_LOG_DEBUG);
         else { fprintf(stderr, "ppd generate: unknown flag '%s' (see --help)\n", a); return 2; }
@@ -174,7 +173,7 @@ int cmd_generate(int argc, char **argv) {
     int rc = gen_parse(argc, argv, &o);
     if (rc) return rc == 1 ? 0 : rc;
     char *file_text = NULL;
-    if (o.prompt_file && !(file_text = cli_read_file(o.prompt_file))) return 1;
+    if (o.prompt_file && !(file_text = flag_read_file(o.prompt_file))) return 1;
     const char *prompt = o.prompt ? o.prompt : file_text;
 
     struct eng_engine_params ep = {.model_path = o.model, .device = o.device, .n_threads = o.n_threads, .n_ctx = o.n_ctx,
@@ -184,15 +183,15 @@ int cmd_generate(int argc, char **argv) {
     int32_t *ids = NULL, *out = NULL;
     int n_ids = 0, status = 1, use_ppd = 0, *acc_len = NULL;
     struct gen_stream s = {0};
-    struct cli_ppd cp = {0};
+    struct eng_ppd_setup cp = {0};
     if (eng_engine_open(&e, &ep, err, sizeof err)) {
         fprintf(stderr, "ppd: %s\n", err);
         goto done;
     }
     /* PPD on unless --no-ppd, when an adapter is named or sits next to the model */
-    struct cli_ppd_opts po = {.model = o.model, .adapter = o.ppd_adapter, .tree_file = o.tree_file, .tree_L = o.tree_L};
-    if (!o.no_ppd && calib_setup_ppd_open(&cp, &po, e, o.n_threads, false, "ppd")) goto done;
-    use_ppd = cp.src != CLI_PPD_OFF;
+    struct eng_ppd_setup_opts po = {.model_path = o.model, .adapter = o.ppd_adapter, .tree_file = o.tree_file, .tree_budget = (int)o.tree_budget};
+    if (!o.no_ppd && cli_ppd_open(&cp, &po, e, o.n_threads, false, "ppd")) goto done;
+    use_ppd = cp.src != ENG_PPD_OFF;
     if (o.chat) {
         struct chat_msg msgs[2];
         int n = 0;
@@ -299,7 +298,7 @@ done:
     free(s.piece);
     free(out);
     free(acc_len);
-    cli_ppd_close(&cp);
+    eng_ppd_setup_close(&cp);
     free(ids);
     free(file_text);
     eng_engine_close(e);

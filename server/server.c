@@ -1,4 +1,4 @@
-/* cli_serve.c — `ppd serve`: load the model, start the engine thread and the
+/* server.c — the HTTP server's start and stop: load the model, start the engine thread and the
  * HTTP loop, run until SIGTERM/SIGINT, drain, exit 0.
  *
  * Shutdown: the first signal stops accepting connections (MHD quiesced),
@@ -10,11 +10,12 @@
  * PPD: on when an adapter is found (--ppd FILE, else MODEL.ppd.gguf next to
  * the model) unless --no-ppd / --ppd none.  Every slot's largest tree must
  * fit in one step (engine/sched.h's sizing rule), so the auto tree's budget
- * is lowered until it does; when even the smallest does not fit, a named
+ * is lowered until it does (engine/ppd_setup.h); when even the smallest does not fit, a named
  * adapter or tree file is an error and the auto-detected adapter is left off
  * with a warning.
  *
- * Not here: HTTP handling (http.c), the engine thread (worker.c).
+ * Not here: HTTP handling (http.c), the engine thread (worker.c), PPD set-up
+ * and calibration (engine/ppd_setup.h, engine/calib_setup.h).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,19 +23,19 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "cli.h"
-#include "cli_ppd.h"
 #include "engine/err.h"
 #include "engine/log.h"
 #include "serve.h"
 
+static void srv_try_finish(struct srv *s);
+
 static void on_wake(uv_async_t *a) {
     struct srv *s = a->data;
     /* the calibration's result, once the engine thread has published it */
-    if (s->calibrate && !s->metrics.calib_choice && !atomic_load(&s->calib_pending) && s->calib_choice) {
-        s->metrics.calib_choice = s->calib_choice;
-        s->metrics.calib_cached = s->calib_cached;
-        s->metrics.calib_seconds = s->calib_seconds;
+    if (s->calibrate && !s->metrics.calib_choice && !atomic_load(&s->calib_pending) && s->calib) {
+        s->metrics.calib_choice = &s->calib->choice;
+        s->metrics.calib_cached = s->calib->cached;
+        s->metrics.calib_seconds = s->calib->seconds;
     }
     srv_http_on_events(s);
     srv_try_finish(s);
@@ -49,7 +50,7 @@ static void srv_close_handles(struct srv *s) {
 
 /* While draining: finished when no job is left and no request is open (or,
  * after the drain timeout, when no job is left). */
-void srv_try_finish(struct srv *s) {
+static void srv_try_finish(struct srv *s) {
     if (!s->draining || s->stopping) return;
     if (s->n_jobs > 0 || (s->n_open > 0 && !s->force_stop)) return;
     s->stopping = true;
@@ -85,11 +86,6 @@ static void on_signal(uv_signal_t *h, int signum) {
     srv_try_finish(s);
 }
 
-/* Rows one PPD sequence may need in a step (as the scheduler counts them). */
-static long serve_ppd_rows(const struct eng_ppd *p) {
-    return p->trees.max_T > p->n_prompt + 1 ? p->trees.max_T : p->n_prompt + 1;
-}
-
 /* Set s->ppd up from the configuration (see the file comment).  Returns 0
  * (s->ppd.src says whether PPD is on) or 1 after printing why not. */
 static int serve_ppd_open(struct srv *s) {
@@ -99,22 +95,16 @@ static int serve_ppd_open(struct srv *s) {
         return 0;
     }
     const bool named = strcmp(c->ppd, "auto") != 0, auto_tree = !strcmp(c->tree, "auto");
-    struct cli_ppd_opts o = {.model = c->model, .adapter = named ? c->ppd : NULL,
-                             .tree_file = auto_tree ? NULL : c->tree, .tree_L = c->tree_size, .caller_fits_rows = true};
-    for (;;) {
-        if (cli_ppd_open(&s->ppd, &o, s->eng)) return 1;
-        if (s->ppd.src == CLI_PPD_OFF) {
-            LOG_INFO("PPD: off (no adapter next to the model; --ppd FILE names one)");
-            return 0;
-        }
-        const long per = serve_ppd_rows(&s->ppd.ppd);
-        if (per * c->n_parallel <= c->batch) break;
-        if (auto_tree && s->ppd.tree_L > 1) {   /* a smaller tree, still lossless */
-            o.tree_L = s->ppd.tree_L - 1;
-            cli_ppd_close(&s->ppd);
-            continue;
-        }
-        cli_ppd_close(&s->ppd);
+    /* every slot's tree fits one step: the rows per sequence are the step's share */
+    const int per_max = (int)(c->batch / c->n_parallel);
+    struct eng_ppd_setup_opts o = {.model_path = c->model, .adapter = named ? c->ppd : NULL,
+                                   .tree_file = auto_tree ? NULL : c->tree, .tree_budget = (int)c->tree_budget,
+                                   .max_rows = per_max > 0 ? per_max : 1, .fit_budget = auto_tree};
+    char err[1024];
+    int rc = eng_ppd_setup_open(&s->ppd, &o, s->eng, err, sizeof err);
+    if (rc == ENG_E_RANGE && s->ppd.ad) {
+        const long per = eng_ppd_seq_rows(&s->ppd.ppd);
+        eng_ppd_setup_close(&s->ppd);
         if (named || !auto_tree) {
             fprintf(stderr, "ppd serve: PPD needs %ld slots x %ld rows (the largest tree) = %ld rows per step, but "
                     "--batch-size is %ld: raise it, lower --parallel%s, or use --no-ppd\n", c->n_parallel, per,
@@ -125,26 +115,37 @@ static int serve_ppd_open(struct srv *s) {
                  c->n_parallel, per, per * c->n_parallel, c->batch);
         return 0;
     }
-    if (auto_tree && o.tree_L != c->tree_size)
-        LOG_WARN("PPD: tree budget lowered to %ld so that %ld slots' trees fit in --batch-size %ld",
-                 s->ppd.tree_L, c->n_parallel, c->batch);
-    s->ppd_tree_L = auto_tree ? s->ppd.tree_L : 0;
-    s->calibrate = auto_tree && c->tree_size == 0 && !strcmp(c->calibrate, "auto");
+    if (rc) {
+        fprintf(stderr, "ppd: %s\n", err);
+        return 1;
+    }
+    if (s->ppd.src == ENG_PPD_OFF) {
+        LOG_INFO("PPD: off (no adapter next to the model; --ppd FILE names one)");
+        return 0;
+    }
+    const int want = c->tree_budget > 0 ? (int)c->tree_budget
+                     : s->ppd.ad->tree_budget > 0 ? s->ppd.ad->tree_budget : ENG_PPD_TREE_BUDGET_DEFAULT;
+    if (auto_tree && s->ppd.tree_budget != want)
+        LOG_WARN("PPD: tree budget lowered to %d so that %ld slots' trees fit in --batch-size %ld",
+                 s->ppd.tree_budget, c->n_parallel, c->batch);
+    s->tree_budget = auto_tree ? s->ppd.tree_budget : 0;
+    s->calibrate = auto_tree && c->tree_budget == 0 && !strcmp(c->calibrate, "auto");
     atomic_store(&s->calib_pending, s->calibrate);
     if (s->calibrate) LOG_INFO("PPD: calibrating at start-up (--calibrate off: the fixed tree below for every batch)");
     const struct eng_ppd *p = &s->ppd.ppd;
     char tree[320];
-    if (auto_tree) snprintf(tree, sizeof tree, "auto (L=%ld)", s->ppd.tree_L);
+    if (auto_tree) snprintf(tree, sizeof tree, "auto (L=%d)", s->ppd.tree_budget);
     else snprintf(tree, sizeof tree, "%s", c->tree);
     LOG_INFO("PPD: on: adapter %s (N=%d, K=%d), tree %s of at most %d rows, %s acceptance%s",
-             s->ppd.src == CLI_PPD_FILE ? s->ppd.path : "(untrained)", p->n_prompt, p->topk, tree, p->trees.max_T,
+             s->ppd.src == ENG_PPD_FILE ? s->ppd.path : "(untrained)", p->n_prompt, p->topk, tree, p->trees.max_T,
              c->ppd_accept, strcmp(c->ppd_accept, "typical") ? " (lossless)" : " for temperature > 0 (not lossless)");
     return 0;
 }
 
-int cmd_serve(int argc, char **argv) {
+int srv_main(int argc, char **argv) {
     struct srv *s = calloc(1, sizeof *s);
     if (!s) return 1;
+    s->try_finish = srv_try_finish;
     int status = 1, rc = srv_config_load(&s->cfg, argc, argv);
     if (rc) { srv_config_free(&s->cfg); free(s); return rc == 1 ? 0 : rc; }
     if (s->cfg.verbose) eng_log_set_level(ENG_LOG_DEBUG);
@@ -181,9 +182,9 @@ int cmd_serve(int argc, char **argv) {
     if (serve_ppd_open(s)) goto done;
     srv_metrics_init(&s->metrics);
     s->metrics.device = s->eng->be.iface->name;
-    if (s->ppd.src != CLI_PPD_OFF) s->metrics.ppd_n_prompt = s->ppd.ppd.n_prompt;
-    s->metrics.fixed_L = s->ppd.src == CLI_PPD_OFF ? 0 : s->ppd_tree_L > 0 ? (int)s->ppd_tree_L : -1;
-    s->metrics.fixed_rows = s->ppd.src == CLI_PPD_OFF ? 1 : s->ppd.ppd.trees.max_T;
+    if (s->ppd.src != ENG_PPD_OFF) s->metrics.ppd_n_prompt = s->ppd.ppd.n_prompt;
+    s->metrics.fixed_L = s->ppd.src == ENG_PPD_OFF ? 0 : s->tree_budget > 0 ? s->tree_budget : -1;
+    s->metrics.fixed_rows = s->ppd.src == ENG_PPD_OFF ? 1 : s->ppd.ppd.trees.max_T;
 
     if (uv_loop_init(&loop)) goto done;
     loop_ok = true;
@@ -219,7 +220,7 @@ int cmd_serve(int argc, char **argv) {
 done:
     if (loop_ok) uv_loop_close(&loop);
     srv_calibration_free(s);
-    cli_ppd_close(&s->ppd);
+    eng_ppd_setup_close(&s->ppd);
     eng_engine_close(s->eng);
     if (q_in) srv_queue_free(&s->inbox);
     if (q_out) srv_queue_free(&s->outbox);

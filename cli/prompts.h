@@ -1,4 +1,4 @@
-/* cli_prompts.h — prompt sets for the measuring subcommands (`ppd bench`,
+/* prompts.h — prompt sets for the measuring subcommands (`ppd bench`,
  * `ppd tree tune`, `ppd calibrate --validate`): JSON lines with "turns" (the format of
  * ../shared/data), the first turn rendered with the model's chat template.
  *

@@ -1,17 +1,21 @@
-/* tokenizer_int.h — what the tokenizer's own files share: the vocabulary
- * struct, its hash maps and the growable buffers of one encode call.
+/* tokenizer_vocab.h — the vocabulary as the tokenizer's files share it: the
+ * struct behind tokenizer.h's opaque struct tok, its hash maps and the
+ * growable id list of one encode call.
  *
  * Only engine/tokenizer*.c include this; everything else uses tokenizer.h.
- * It holds no algorithm: the BPE merge loop lives in tokenizer_bpe.c, the
- * SentencePiece one in tokenizer_spm.c, decoding in tokenizer_detok.c.
+ * It includes nothing of the tokenizer, so the merge loops (tokenizer_bpe.c,
+ * tokenizer_spm.c) read the vocabulary without depending on the file that
+ * calls them (tokenizer.c).  It holds no algorithm.
  */
-#ifndef PPD_TOKENIZER_INT_H
-#define PPD_TOKENIZER_INT_H
+#ifndef PPD_TOKENIZER_VOCAB_H
+#define PPD_TOKENIZER_VOCAB_H
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
-#include "tokenizer.h"
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 /* Private attribute bit: the token ends generation (kept beside the public
  * TOK_ATTR_* bits so one array answers every per-token question). */
@@ -41,7 +45,7 @@ struct tok_map {
 };
 
 struct tok {
-    enum tok_kind kind;
+    int kind;               /* enum tok_kind (tokenizer.h) */
     enum tok_pre pre;
     int32_t n_vocab;
 
@@ -88,24 +92,5 @@ void tok_map_free(struct tok_map *m);
 /* Insert entry i; returns i, or the index already holding an equal key. */
 int32_t tok_map_insert(struct tok_map *m, int32_t i);
 int32_t tok_map_find(const struct tok_map *m, const char *key, size_t len);
-
-/* Byte-level BPE (tokenizer_bpe.c). */
-int tok_bpe_init(struct tok *t, const char *pre_name, char *err, size_t err_cap);
-void tok_bpe_free(struct tok *t);
-int tok_bpe_encode(const struct tok *t, const char *text, size_t len, struct tok_vec *out);
-/* GPT-2's byte <-> printable code point mapping: byte b is code point tok_byte_cpt(b). */
-uint32_t tok_byte_cpt(unsigned char b);
-/* Inverse: the byte for code point c, or -1 when c is not in the table. */
-int tok_cpt_byte(uint32_t c);
-
-/* SentencePiece BPE (tokenizer_spm.c); text has had spaces escaped to U+2581. */
-int tok_spm_encode(const struct tok *t, const char *text, size_t len, struct tok_vec *out);
-
-/* UTF-8 helpers (tokenizer_detok.c). */
-/* llama.cpp's lenient decoder: one code point from s[*i..n), advancing *i;
- * a malformed sequence gives U+FFFD and advances one byte. */
-uint32_t tok_utf8_next_lenient(const unsigned char *s, size_t n, size_t *i);
-/* Encode c (any value below 2^21) into out (4 bytes); returns the length. */
-size_t tok_utf8_put(uint32_t c, char *out);
 
 #endif

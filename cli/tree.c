@@ -1,4 +1,4 @@
-/* cli_tree.c — `ppd tree`: PPD tree families from an adapter's measured accuracy.
+/* tree.c — `ppd tree`: PPD tree families from an adapter's measured accuracy.
  *
  *   ppd tree build -a ADAPTER [-L 20] -o FILE
  *       the two-stage builder (docs/ppd.md, "Building trees") at budget L
@@ -17,12 +17,12 @@
 #include <string.h>
 
 #include "cli.h"
-#include "cli_ppd.h"
-#include "cli_prompts.h"
+#include "prompts.h"
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/generate.h"
 #include "engine/ppd.h"
+#include "engine/ppd_setup.h"
 #include "engine/ppd_tree.h"
 
 #define TREE_L_DEFAULT 20
@@ -56,10 +56,10 @@ static int tree_from_adapter(const char *adapter, int L, struct eng_ppd_tree_fam
         eng_ppd_adapter_free(ad);
         return 1;
     }
-    double *acc = cli_ppd_accuracy(ad);
+    double *acc = eng_ppd_accuracy(ad);
     int rc = 1;
     if (acc) {
-        rc = eng_ppd_tree_build_joint(fam, acc, cli_ppd_joint(ad, acc), ad->n_prompt, ad->topk, L, info);
+        rc = eng_ppd_tree_build_joint(fam, acc, eng_ppd_accuracy_joint(ad, acc), ad->n_prompt, ad->topk, L, info);
         if (rc) fprintf(stderr, "ppd tree: building with L=%d failed: %s\n", L, eng_err_msg(rc));
     }
     free(acc);
@@ -74,7 +74,7 @@ static int tune_set_adapter(const char *adapter, int L, double speedup) {
     struct eng_ppd_adapter *ad = NULL;
     int rc = eng_ppd_adapter_load(&ad, adapter, NULL, err, sizeof err);
     if (!rc) {
-        ad->tree_L = L;
+        ad->tree_budget = L;
         ad->tuned_speedup = (float)speedup;
         rc = eng_ppd_adapter_save(ad, adapter, err, sizeof err);
     }
@@ -164,21 +164,21 @@ int cmd_tree(int argc, char **argv) {
     const char *sub = argv[1], *adapter = NULL, *out = NULL, *file = NULL, *model = PPD_DEFAULT_MODEL;
     const char *sizes = "2,4,6,8,12,16,24,32,48,64";
     int set_adapter = 0;
-    long L = TREE_L_DEFAULT, skip = 0, count = 6, n_predict = 128, threads = cli_default_threads();
+    long L = TREE_L_DEFAULT, skip = 0, count = 6, n_predict = 128, threads = flag_default_threads();
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i], *v;
-#define VAL() do { if (!(v = cli_value(argc, argv, &i))) return 2; } while (0)
+#define VAL() do { if (!(v = flag_value(argc, argv, &i))) return 2; } while (0)
         if (!strcmp(a, "-a") || !strcmp(a, "--adapter")) { VAL(); adapter = v; }
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { VAL(); out = v; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); model = v; }
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { VAL(); file = v; }
         else if (!strcmp(a, "--sizes")) { VAL(); sizes = v; }
         else if (!strcmp(a, "--set-adapter")) set_adapter = 1;
-        else if (!strcmp(a, "-L") || !strcmp(a, "--size")) { VAL(); if (cli_int(a, v, 1, 256, &L)) return 2; }
-        else if (!strcmp(a, "--skip")) { VAL(); if (cli_int(a, v, 0, 100000000, &skip)) return 2; }
-        else if (!strcmp(a, "--count")) { VAL(); if (cli_int(a, v, 1, 100000, &count)) return 2; }
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (cli_int(a, v, 2, 100000, &n_predict)) return 2; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (cli_int(a, v, 1, 1024, &threads)) return 2; }
+        else if (!strcmp(a, "-L") || !strcmp(a, "--size")) { VAL(); if (flag_int(a, v, 1, 256, &L)) return 2; }
+        else if (!strcmp(a, "--skip")) { VAL(); if (flag_int(a, v, 0, 100000000, &skip)) return 2; }
+        else if (!strcmp(a, "--count")) { VAL(); if (flag_int(a, v, 1, 100000, &count)) return 2; }
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (flag_int(a, v, 2, 100000, &n_predict)) return 2; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (flag_int(a, v, 1, 1024, &threads)) return 2; }
         else { fprintf(stderr, "ppd tree: unknown flag '%s' (see --help)\n", a); return 2; }
 #undef VAL
     }

@@ -1,4 +1,4 @@
-/* cli_bench.c — `ppd bench`: plain decoding against PPD on prompt sets, in one
+/* bench.c — `ppd bench`: plain decoding against PPD on prompt sets, in one
  * run; and the cost of one forward pass as the number of rows grows.
  *
  *   ppd bench -f PROMPTS.jsonl [-f MORE.jsonl ...] [--count N] [-n 128]
@@ -19,7 +19,7 @@
  *       one row (JSON lines).
  * A table goes to stdout, or with --json one JSON object per prompt file;
  * progress goes to stderr.  The adapter and the tree are chosen as
- * `ppd generate --ppd` chooses them (server/cli_ppd.c), except that with no
+ * `ppd generate --ppd` chooses them (cli/ppd_open.c), except that with no
  * adapter file an untrained text-initialised one is made in memory.
  *
  * Not here: batching several prompts at once (the server's scheduler), and
@@ -31,9 +31,8 @@
 #include <string.h>
 
 #include "cli.h"
-#include "calib_setup.h"
-#include "cli_ppd.h"
-#include "cli_prompts.h"
+#include "ppd_open.h"
+#include "prompts.h"
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/generate.h"
@@ -48,7 +47,7 @@ struct bench_opts {
     const char *model, *files[BENCH_MAX_FILES], *rows;
     int n_files, ignore_eos, json, no_ppd;
     int device;                       /* enum eng_device */
-    long count, n_predict, threads, prefix, repeat, tree_L;
+    long count, n_predict, threads, prefix, repeat, tree_budget;
     const char *adapter, *tree_file;
     struct eng_sampler_params sp;
 };
@@ -76,8 +75,8 @@ static void bench_usage(FILE *fp) {
             "      --ppd FILE       PPD adapter (default: MODEL with .ppd.gguf when that file exists,\n"
             "                       else an untrained text-initialised one made in memory)\n"
             "      --tree FILE      PPD tree family (JSON); default: built from the adapter's accuracy\n"
-            "                       table with --tree-size, as ppd generate does\n"
-            "      --tree-size L    tree budget L for the built tree (default: with the adapter next to the model,\n"
+            "                       table with --tree-budget, as ppd generate does\n"
+            "      --tree-budget L  (or --tree-size L) tree budget L for the built tree (default: with the adapter next to the model,\n"
             "                       the one this device's calibration chooses, else the adapter's own, else %d)\n"
             "      --no-ppd         plain decoding only\n"
             "      --temp T         temperature (default 0: greedy); --top-k K, --top-p P, --min-p P\n"
@@ -89,7 +88,7 @@ static void bench_usage(FILE *fp) {
             "      --prefix N       committed KV entries the rows see (default 256)\n"
             "      --repeat N       passes per row count (default 15; the median is reported)\n"
             "Exit status 1 when PPD's tokens differ from plain decoding's on any prompt.\n",
-            PPD_DEFAULT_MODEL, BENCH_DEFAULT_PROMPTS, CLI_PPD_TREE_L_DEFAULT);
+            PPD_DEFAULT_MODEL, BENCH_DEFAULT_PROMPTS, ENG_PPD_TREE_BUDGET_DEFAULT);
 }
 
 static int bench_rows(struct eng_engine *e, const char *list, int prefix, int repeat) {
@@ -155,17 +154,17 @@ static int bench_parse(int argc, char **argv, struct bench_opts *o) {
     o->model = PPD_DEFAULT_MODEL;
     o->count = 10;
     o->n_predict = 128;
-    o->threads = cli_default_threads();
+    o->threads = flag_default_threads();
     o->device = ENG_DEVICE_AUTO;
     o->prefix = 256;
     o->repeat = 15;
-    o->tree_L = 0;   /* the adapter's tuned budget, else CLI_PPD_TREE_L_DEFAULT */
+    o->tree_budget = 0;   /* the adapter's tuned budget, else ENG_PPD_TREE_BUDGET_DEFAULT */
     o->sp.top_p = 1.0f;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v;
         long l;
         double d;
-#define VAL() do { if (!(v = cli_value(argc, argv, &i))) return 2; } while (0)
+#define VAL() do { if (!(v = flag_value(argc, argv, &i))) return 2; } while (0)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { bench_usage(stdout); return 1; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); o->model = v; }
         else if (!strcmp(a, "-f") || !strcmp(a, "--file")) {
@@ -173,12 +172,12 @@ static int bench_parse(int argc, char **argv, struct bench_opts *o) {
             if (o->n_files == BENCH_MAX_FILES) { fprintf(stderr, "ppd bench: at most %d files\n", BENCH_MAX_FILES); return 2; }
             o->files[o->n_files++] = v;
         }
-        else if (!strcmp(a, "--count")) { VAL(); if (cli_int(a, v, 1, 1000000, &o->count)) return 2; }
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (cli_int(a, v, 1, 1 << 20, &o->n_predict)) return 2; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (cli_int(a, v, 1, 1024, &o->threads)) return 2; }
+        else if (!strcmp(a, "--count")) { VAL(); if (flag_int(a, v, 1, 1000000, &o->count)) return 2; }
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (flag_int(a, v, 1, 1 << 20, &o->n_predict)) return 2; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (flag_int(a, v, 1, 1024, &o->threads)) return 2; }
         else if (!strcmp(a, "--rows")) { VAL(); o->rows = v; }
-        else if (!strcmp(a, "--prefix")) { VAL(); if (cli_int(a, v, 1, 1 << 20, &o->prefix)) return 2; }
-        else if (!strcmp(a, "--repeat")) { VAL(); if (cli_int(a, v, 1, 100000, &o->repeat)) return 2; }
+        else if (!strcmp(a, "--prefix")) { VAL(); if (flag_int(a, v, 1, 1 << 20, &o->prefix)) return 2; }
+        else if (!strcmp(a, "--repeat")) { VAL(); if (flag_int(a, v, 1, 100000, &o->repeat)) return 2; }
         else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
         else if (!strcmp(a, "--device")) {
             VAL();
@@ -187,12 +186,12 @@ static int bench_parse(int argc, char **argv, struct bench_opts *o) {
         else if (!strcmp(a, "--no-ppd")) o->no_ppd = 1;
         else if (!strcmp(a, "--ppd")) { VAL(); o->adapter = v; }
         else if (!strcmp(a, "--tree")) { VAL(); o->tree_file = v; }
-        else if (!strcmp(a, "--tree-size")) { VAL(); if (cli_int(a, v, 1, 4096, &o->tree_L)) return 2; }
-        else if (!strcmp(a, "--temp")) { VAL(); if (cli_float(a, v, 0, 100, &d)) return 2; o->sp.temperature = (float)d; }
-        else if (!strcmp(a, "--top-k")) { VAL(); if (cli_int(a, v, 0, 1 << 24, &l)) return 2; o->sp.top_k = (int)l; }
-        else if (!strcmp(a, "--top-p")) { VAL(); if (cli_float(a, v, 0, 1, &d)) return 2; o->sp.top_p = (float)d; }
-        else if (!strcmp(a, "--min-p")) { VAL(); if (cli_float(a, v, 0, 1, &d)) return 2; o->sp.min_p = (float)d; }
-        else if (!strcmp(a, "--seed")) { VAL(); if (cli_int(a, v, 0, 0x7fffffffffffffffL, &l)) return 2; o->sp.seed = (uint64_t)l; }
+        else if (!strcmp(a, "--tree-budget") || !strcmp(a, "--tree-size")) { VAL(); if (flag_int(a, v, 1, 4096, &o->tree_budget)) return 2; }
+        else if (!strcmp(a, "--temp")) { VAL(); if (flag_float(a, v, 0, 100, &d)) return 2; o->sp.temperature = (float)d; }
+        else if (!strcmp(a, "--top-k")) { VAL(); if (flag_int(a, v, 0, 1 << 24, &l)) return 2; o->sp.top_k = (int)l; }
+        else if (!strcmp(a, "--top-p")) { VAL(); if (flag_float(a, v, 0, 1, &d)) return 2; o->sp.top_p = (float)d; }
+        else if (!strcmp(a, "--min-p")) { VAL(); if (flag_float(a, v, 0, 1, &d)) return 2; o->sp.min_p = (float)d; }
+        else if (!strcmp(a, "--seed")) { VAL(); if (flag_int(a, v, 0, 0x7fffffffffffffffL, &l)) return 2; o->sp.seed = (uint64_t)l; }
         else if (!strcmp(a, "--json")) o->json = 1;
         else { fprintf(stderr, "ppd bench: unknown flag '%s' (see --help)\n", a); return 2; }
 #undef VAL
@@ -212,7 +211,7 @@ static const char *bench_basename(const char *path) {
 
 /* Plain decoding and (unless --no-ppd) PPD on one prompt, in the order given;
  * adds to a.  Returns 0 or an ENG_E_* code. */
-static int bench_prompt(struct eng_engine *e, const struct cli_ppd *cp, const struct bench_opts *o, const int32_t *ids,
+static int bench_prompt(struct eng_engine *e, const struct eng_ppd_setup *cp, const struct bench_opts *o, const int32_t *ids,
                         int n_ids, int ppd_first, int32_t *out_base, int32_t *out_ppd, struct bench_acc *a,
                         const char *file, int line) {
     struct eng_gen_params gp = {.n_predict = (int)o->n_predict, .ignore_eog = o->ignore_eos, .sp = o->sp};
@@ -261,7 +260,7 @@ static int bench_hist_top(const struct bench_acc *a) {
     return top;
 }
 
-static void bench_report_json(const struct bench_opts *o, const struct cli_ppd *cp, const char *file,
+static void bench_report_json(const struct bench_opts *o, const struct eng_ppd_setup *cp, const char *file,
                               struct bench_acc *a) {
     json_t *j = json_object();
     json_object_set_new(j, "bench", json_string("prompts"));
@@ -287,10 +286,10 @@ static void bench_report_json(const struct bench_opts *o, const struct cli_ppd *
         }
         for (int d = 1; d <= cp->ppd.n_prompt; d++) json_array_append_new(rows, json_integer(cp->ppd.trees.st[d].T));
         json_object_set_new(j, "adapter",
-                            json_string(cp->src == CLI_PPD_TEXT_INIT ? "text-init (untrained)" : cp->path));
+                            json_string(cp->src == ENG_PPD_TEXT_INIT ? "text-init (untrained)" : cp->path));
         json_object_set_new(j, "adapter_provenance", json_string(cp->ad->provenance));
         json_object_set_new(j, "tree", o->tree_file ? json_string(o->tree_file) : json_null());
-        json_object_set_new(j, "tree_L", o->tree_file ? json_null() : json_integer(cp->tree_L));
+        json_object_set_new(j, "tree_L", o->tree_file ? json_null() : json_integer(cp->tree_budget));
         json_object_set_new(j, "tree_rows", rows);
         json_object_set_new(j, "ppd_generated", json_integer(a->ppd_gen));
         json_object_set_new(j, "mismatches", json_integer(a->mismatches));
@@ -316,7 +315,7 @@ static void bench_report_json(const struct bench_opts *o, const struct cli_ppd *
     fflush(stdout);
 }
 
-static void bench_report_header(const struct bench_opts *o, const struct cli_ppd *cp) {
+static void bench_report_header(const struct bench_opts *o, const struct eng_ppd_setup *cp) {
     char mode[96];
     if (o->sp.temperature > 0)
         snprintf(mode, sizeof mode, "sampling T=%g seed %llu", o->sp.temperature, (unsigned long long)o->sp.seed);
@@ -327,9 +326,9 @@ static void bench_report_header(const struct bench_opts *o, const struct cli_ppd
         printf("%-28s %7s %7s %13s %13s\n", "file", "prompts", "tokens", "prefill tok/s", "decode tok/s");
         return;
     }
-    printf("adapter: %s (%s)\n", cp->src == CLI_PPD_TEXT_INIT ? "text-init (untrained)" : cp->path, cp->ad->provenance);
+    printf("adapter: %s (%s)\n", cp->src == ENG_PPD_TEXT_INIT ? "text-init (untrained)" : cp->path, cp->ad->provenance);
     if (o->tree_file) printf("tree: %s, rows per step by state:", o->tree_file);
-    else printf("tree: built with L=%ld, rows per step by state:", cp->tree_L);
+    else printf("tree: built with L=%d, rows per step by state:", cp->tree_budget);
     for (int d = 1; d <= cp->ppd.n_prompt; d++) printf(" %d", cp->ppd.trees.st[d].T);
     printf("\n%-28s %7s %7s %8s %11s %9s %8s %9s %10s\n", "file", "prompts", "tokens", "acc/step", "plain tok/s",
            "PPD tok/s", "speed-up", "overhead", "mismatches");
@@ -359,7 +358,7 @@ static void bench_report_row(const struct bench_opts *o, const char *file, struc
 }
 
 /* One prompt file: returns 0, or 1 after printing why. */
-static int bench_file(struct eng_engine *e, const struct cli_ppd *cp, const struct bench_opts *o, const char *file,
+static int bench_file(struct eng_engine *e, const struct eng_ppd_setup *cp, const struct bench_opts *o, const char *file,
                       struct bench_acc *a) {
     struct cli_prompt *p = NULL;
     int n = 0, status = 1;
@@ -394,12 +393,12 @@ int cmd_bench(int argc, char **argv) {
         eng_engine_close(e);
         return status;
     }
-    struct cli_ppd cp = {0};
-    struct cli_ppd_opts po = {.model = o.model, .adapter = o.adapter, .tree_file = o.tree_file, .tree_L = o.tree_L,
+    struct eng_ppd_setup cp = {0};
+    struct eng_ppd_setup_opts po = {.model_path = o.model, .adapter = o.adapter, .tree_file = o.tree_file, .tree_budget = (int)o.tree_budget,
                               .untrained = true};
     struct bench_acc a = {0};
     int status = 1, mismatches = 0;
-    if (!o.no_ppd && calib_setup_ppd_open(&cp, &po, e, (int)o.threads, true, "ppd bench")) goto done;
+    if (!o.no_ppd && cli_ppd_open(&cp, &po, e, (int)o.threads, true, "ppd bench")) goto done;
     a.pre_tps = calloc((size_t)o.count, sizeof *a.pre_tps);
     a.dec_tps = calloc((size_t)o.count, sizeof *a.dec_tps);
     if (!a.pre_tps || !a.dec_tps) goto done;
@@ -417,7 +416,7 @@ int cmd_bench(int argc, char **argv) {
 done:
     free(a.pre_tps);
     free(a.dec_tps);
-    cli_ppd_close(&cp);
+    eng_ppd_setup_close(&cp);
     eng_engine_close(e);
     return status;
 }

@@ -1,4 +1,4 @@
-/* cli_adapter.c — `ppd adapter`: make and inspect PPD adapter files.
+/* adapter.c — `ppd adapter`: make and inspect PPD adapter files.
  *
  *   ppd adapter init [-m MODEL] [-o FILE] [--n-prompt N] [--topk K] [--text T]
  *       an untrained adapter by the paper's text initialisation (docs/ppd.md)
@@ -61,14 +61,14 @@ static int adapter_init(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { adapter_usage(stdout); return 0; }
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = cli_value(argc, argv, &i))) return 2; model = v; }
-        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { if (!(v = cli_value(argc, argv, &i))) return 2; output = v; }
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = flag_value(argc, argv, &i))) return 2; model = v; }
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { if (!(v = flag_value(argc, argv, &i))) return 2; output = v; }
         else if (!strcmp(a, "--force")) force = 1;
-        else if (!strcmp(a, "--text")) { if (!(v = cli_value(argc, argv, &i))) return 2; text = v; }
+        else if (!strcmp(a, "--text")) { if (!(v = flag_value(argc, argv, &i))) return 2; text = v; }
         else if (!strcmp(a, "--n-prompt")) {
-            if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 1, ENG_PPD_MAX_PROMPT, &n_prompt)) return 2;
+            if (!(v = flag_value(argc, argv, &i)) || flag_int(a, v, 1, ENG_PPD_MAX_PROMPT, &n_prompt)) return 2;
         } else if (!strcmp(a, "--topk")) {
-            if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 1, ENG_PPD_MAX_TOPK, &topk)) return 2;
+            if (!(v = flag_value(argc, argv, &i)) || flag_int(a, v, 1, ENG_PPD_MAX_TOPK, &topk)) return 2;
         } else { fprintf(stderr, "ppd adapter init: unknown flag '%s' (see --help)\n", a); return 2; }
     }
     char path[1024], err[512];
@@ -107,7 +107,7 @@ static int adapter_show(int argc, char **argv) {
     const char *file = NULL, *model = NULL, *v;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = cli_value(argc, argv, &i))) return 2; model = v; }
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = flag_value(argc, argv, &i))) return 2; model = v; }
         else if (a[0] == '-') { fprintf(stderr, "ppd adapter show: unknown flag '%s'\n", a); return 2; }
         else if (!file) file = a;
         else { fprintf(stderr, "ppd adapter show: one file at a time\n"); return 2; }
@@ -164,15 +164,15 @@ static int adapter_import(int argc, char **argv) {
         const char *a = argv[i];
         size_t len = strlen(a);
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { adapter_usage(stdout); return 0; }
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = cli_value(argc, argv, &i))) return 2; model = v; }
-        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { if (!(v = cli_value(argc, argv, &i))) return 2; output = v; }
+        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = flag_value(argc, argv, &i))) return 2; model = v; }
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { if (!(v = flag_value(argc, argv, &i))) return 2; output = v; }
         else if (!strcmp(a, "--force")) force = 1;
         else if (!strcmp(a, "--n-prompt")) {
-            if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 1, ENG_PPD_MAX_PROMPT, &n_prompt)) return 2;
+            if (!(v = flag_value(argc, argv, &i)) || flag_int(a, v, 1, ENG_PPD_MAX_PROMPT, &n_prompt)) return 2;
         } else if (!strcmp(a, "--topk")) {
-            if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 1, ENG_PPD_MAX_TOPK, &topk)) return 2;
+            if (!(v = flag_value(argc, argv, &i)) || flag_int(a, v, 1, ENG_PPD_MAX_TOPK, &topk)) return 2;
         } else if (!strcmp(a, "--ensemble-member")) {
-            if (!(v = cli_value(argc, argv, &i)) || cli_int(a, v, 0, 1 << 20, &member)) return 2;
+            if (!(v = flag_value(argc, argv, &i)) || flag_int(a, v, 0, 1 << 20, &member)) return 2;
         } else if (a[0] == '-') {
             fprintf(stderr, "ppd adapter import: unknown flag '%s' (see --help)\n", a);
             return 2;

@@ -1,9 +1,11 @@
-/* matmul_internal.h — what the matmul files (quant_act.c, matmul_ref.c,
- * matmul_avx2.c, matmul_avx512.c, matmul.c) share and nobody else needs: the byte layout of a
+/* matmul_layout.h — what every matmul file shares: the weight handle
+ * (struct kq_weight), the kernels' status codes, and the byte layout of a
  * quantized input row and of the repacked weight panels.
  *
- * It deliberately holds no code that computes anything; the arithmetic lives
- * in the .c files so that each file can be read on its own.
+ * It holds only layout arithmetic (offsets, strides, which input block type a
+ * weight type takes), as inline functions, and declares no function of any
+ * .c file: each kernel file has its own header, so the files' dependencies
+ * read from their includes and run one way (matmul.c → the paths → this).
  *
  * Quantized input ("act") layout, one row after another, row r at r*stride:
  *   32-block weights (Q4_0, Q4_1, Q8_0):
@@ -71,14 +73,31 @@
  * holds in lane o the elements 4g..4g+3 of output o.  This is a pure dword
  * interleave of the GGUF bytes: nothing is re-quantized.
  */
-#ifndef PPD_MATMUL_INTERNAL_H
-#define PPD_MATMUL_INTERNAL_H
+#ifndef PPD_MATMUL_LAYOUT_H
+#define PPD_MATMUL_LAYOUT_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "matmul.h"
-#include "qtypes.h"
+#include "common/qtypes.h"
+
+/* What the fallible kernel functions return: 0 or one of these.  The kernels
+ * know no engine; the CPU backend turns them into its own error codes. */
+enum kq_status {
+    KQ_OK = 0,
+    KQ_E_NOMEM = -1,        /* a repacked copy could not be allocated */
+    KQ_E_UNSUPPORTED = -2,  /* no kernel for this weight type */
+    KQ_E_INVALID = -3,      /* n_in not a multiple of the type's block, or a negative size */
+};
+
+struct kq_weight {
+    int type;            /* enum kq_type of the stored data */
+    int64_t n_in;        /* elements per row (multiple of the type's block size) */
+    int64_t n_out;       /* rows */
+    const void *data;    /* n_out rows in GGUF layout, not owned (usually the mmap) */
+    void *packed;        /* kernel-specific repacked copy, owned; NULL when unused */
+    size_t packed_bytes;
+};
 
 #define KQ_PANEL 8          /* outputs per repacked panel (one AVX2 float vector) */
 #define KQ_PANEL_PAIR 2     /* panels whose blocks are interleaved in the packed layout */
@@ -91,6 +110,21 @@
 #define KQ_Q5_1_QH 32
 #define KQ_PANEL_Q5_0_BYTES (16 + 32 + 128)
 #define KQ_PANEL_Q5_1_BYTES (16 + 16 + 32 + 128)
+
+/* Block type of the quantized input for weights of type wtype: KQ_Q8_0,
+ * KQ_Q8_1 or KQ_Q8_K, or KQ_F32 for the float weight types; -1 if unknown. */
+static inline int kq_act_type(int wtype) {
+    switch (wtype) {
+    case KQ_Q4_0: case KQ_Q5_0: case KQ_Q8_0: case KQ_IQ4_NL:
+        return KQ_Q8_0;
+    case KQ_Q4_1: case KQ_Q5_1:
+        return KQ_Q8_1;
+    case KQ_Q2_K: case KQ_Q3_K: case KQ_Q4_K: case KQ_Q5_K: case KQ_Q6_K: case KQ_IQ4_XS:
+        return KQ_Q8_K;
+    case KQ_F32: case KQ_F16: case KQ_BF16:    return KQ_F32;
+    default:                                   return -1;
+    }
+}
 
 /* Byte offsets inside one quantized row of a 32-block weight type. */
 struct kq_act_geom {
@@ -112,6 +146,33 @@ static inline struct kq_act_geom kq_act_geom_q32(int wtype, int64_t n_in) {
     g.off_a = g.blk_bytes == sizeof(kq_block_q8_1) ? g.off_s + nb * 4 : g.off_s;
     g.stride = (g.off_a + nb * 4 + KQ_ACT_ALIGN - 1) & ~(size_t)(KQ_ACT_ALIGN - 1);
     return g;
+}
+
+/* Bytes of one quantized input row for weights of type wtype (0 if unknown). */
+static inline size_t kq_act_row_bytes(int wtype, int64_t n_in) {
+    switch (kq_act_type(wtype)) {
+    case KQ_Q8_0: case KQ_Q8_1:
+        return kq_act_geom_q32(wtype, n_in).stride;
+    case KQ_Q8_K: {
+        size_t b = (size_t)(n_in / KQ_QK_K) * sizeof(kq_block_q8_K);
+        return (b + KQ_ACT_ALIGN - 1) & ~(size_t)(KQ_ACT_ALIGN - 1);
+    }
+    case KQ_F32:
+        return (size_t)n_in * sizeof(float);
+    default:
+        return 0;
+    }
+}
+
+/* Bytes needed to hold n_rows quantized input rows for weights of type wtype. */
+static inline size_t kq_act_bytes(int wtype, int64_t n_in, int n_rows) {
+    return kq_act_row_bytes(wtype, n_in) * (size_t)(n_rows > 0 ? n_rows : 0);
+}
+
+/* Row r of a quantized input: n_in/block elements of kq_act_type(wtype) blocks
+ * in GGUF layout (for float weight types, the row's n_in floats). */
+static inline const void *kq_act_row(int wtype, const void *act, int64_t n_in, int r) {
+    return (const uint8_t *)act + kq_act_row_bytes(wtype, n_in) * (size_t)r;
 }
 
 #define KQ_KP_DMIN 16      /* offsets inside a K panel block */
@@ -168,52 +229,5 @@ static inline size_t kq_packed_block_offset(int type, int64_t nb, int64_t p, int
     return ((size_t)(p / KQ_PANEL_PAIR) * (size_t)nb + (size_t)b) * KQ_PANEL_PAIR * pbb +
            (size_t)(p % KQ_PANEL_PAIR) * pbb;
 }
-
-/* Block helpers shared by dequant.c and matmul_ref.c. */
-void kq_k4_scale_min(const uint8_t *scales, int j, int *sc, int *m); /* Q4_K/Q5_K sub-block j */
-int kq_q6_k_value(const kq_block_q6_K *x, int e);                    /* element e, in [-32, 31] */
-int kq_q5_value(const uint8_t *qh, const uint8_t *qs, int e);       /* Q5_0/Q5_1 element e, in [0, 31] */
-int kq_iq4nl_nibble(const uint8_t *qs, int e);                       /* index into kq_iq4nl_values */
-int kq_q2_k_value(const kq_block_q2_K *x, int e);                    /* element e, in [0, 3] */
-int kq_q3_k_value(const kq_block_q3_K *x, int e);                    /* element e, in [-4, 3] */
-int kq_q3_k_scale(const uint8_t *scales, int s);                    /* scale s (of 16), in [-32, 31] */
-int kq_iq4_xs_scale(const kq_block_iq4_xs *x, int j);                /* scale j (of 8), in [-32, 31] */
-
-/* The fast paths (matmul_avx2.c).  Each returns 0 when it handled the call. */
-int kq_avx2_usable(void);
-int kq_avx2_repack(struct kq_weight *w);      /* 0, or ENG_E_NOMEM; no-op for other types */
-int kq_avx2_matmul(const struct kq_weight *w, const void *act, int n_rows,
-                   float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
-void kq_avx2_act_quantize_q32(int wtype, const float *x, int64_t n_in, int r_begin,
-                              int r_end, void *act);
-
-/* K panels (matmul_kpanel.c): the repacking, and the kernels on them
- * (matmul_k_avx2.c, matmul_k_avx512.c).  Each kernel returns 0 when it
- * handled the call. */
-int kq_kpanel_repack(struct kq_weight *w);    /* 0, or ENG_E_NOMEM */
-int kq_k_avx2_matmul(const struct kq_weight *w, const void *act, int n_rows,
-                     float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
-int kq_k_avx512_matmul(const struct kq_weight *w, const void *act, int n_rows,
-                       float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
-
-/* The AVX-512 VNNI kernels (matmul_avx512.c), on the same packed panels. */
-int kq_avx512_usable(void);
-int kq_avx512_matmul(const struct kq_weight *w, const void *act, int n_rows,
-                     float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
-void kq_avx512_act_quantize_q32(int wtype, const float *x, int64_t n_in, int r_begin,
-                                int r_end, void *act);
-
-/* The AMX-INT8 kernels (matmul_avx512.c), on the same panels: the 32-block
- * types at KQ_AMX_MIN_ROWS rows and more; -1 for anything else (the caller
- * falls through).  Fewer rows are memory-bound, where VNNI is as fast. */
-#define KQ_AMX_MIN_ROWS 4
-int kq_amx_usable(void);
-int kq_amx_matmul(const struct kq_weight *w, const void *act, int n_rows,
-                  float *y, int64_t ldy, int64_t o_begin, int64_t o_end);
-
-/* The scalar activation quantizer for the 32-block types (quant_act.c); the
- * AVX2 one must give the same bytes. */
-void kq_act_quantize_q32_scalar(int wtype, const float *x, int64_t n_in, int r_begin,
-                                int r_end, void *act);
 
 #endif

@@ -1,5 +1,6 @@
-/* calib_setup.c — fingerprint, cache and per-batch trees of the calibration
- * (see calib_setup.h).
+/* calib_setup.c — fingerprint, cache, load-or-measure and the trees chosen
+ * per batch size (see calib_setup.h).  Nothing here prints; the choice for
+ * the scheduler is logged through log.h.
  */
 #include "calib_setup.h"
 
@@ -9,10 +10,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "cli_ppd.h"
-#include "engine/err.h"
-#include "engine/log.h"
-#include "engine/sha256.h"
+#include "err.h"
+#include "log.h"
+#include "sha256.h"
+#include "generate.h"
 #include "kernels/cpu/cpu_isa.h"
 
 static void hex(const uint8_t *d, int n, char *out) {
@@ -63,7 +64,7 @@ static void cpu_model(char *out, size_t cap) {
     fclose(fp);
 }
 
-static void calib_fingerprint(const struct eng_engine *e, const struct calib_setup_opts *o, int prefix,
+static void calib_fingerprint(const struct eng_engine *e, const struct eng_calib_setup_opts *o, int prefix,
                               char out[2 * ENG_SHA256_BYTES + 1]) {
     char cpu[256], model[2 * ENG_SHA256_BYTES + 1] = "?", adapter[2 * ENG_SHA256_BYTES + 1] = "untrained",
          build[2 * ENG_SHA256_BYTES + 1] = "?", desc[2048];
@@ -81,7 +82,7 @@ static void calib_fingerprint(const struct eng_engine *e, const struct calib_set
              "ppd-calib-v1|%s|%s|isa=%s|device=%s|threads=%d|model=%s:%lld:%lld:%s|adapter=%s|build=%s|slots=%d|rows=%d|prefix=%d"
              "|stop=%d",
              e->be.iface->name, cpu, kq_isa_name(kq_isa()), device, o->n_threads, o->model_path, (long long)st.st_size, (long long)st.st_mtime,
-             model, adapter, build, o->n_slot, e->fwd.max_rows, prefix, o->ad ? o->stop_L_max : 0);
+             model, adapter, build, o->n_slot, e->fwd.max_rows, prefix, o->ad ? o->stop_budget_max : 0);
     uint8_t d[ENG_SHA256_BYTES];
     struct eng_sha256 h;
     eng_sha256_init(&h);
@@ -103,7 +104,7 @@ static int make_dirs(const char *dir) {
     return mkdir(p, 0755) && errno != EEXIST ? -1 : 0;
 }
 
-static void cache_dir(const struct calib_setup_opts *o, char *out, size_t cap) {
+static void cache_dir(const struct eng_calib_setup_opts *o, char *out, size_t cap) {
     const char *env = getenv("PPD_CALIB_CACHE"), *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
     if (o->cache_dir) snprintf(out, cap, "%s", o->cache_dir);
     else if (env && *env) snprintf(out, cap, "%s", env);
@@ -112,11 +113,11 @@ static void cache_dir(const struct calib_setup_opts *o, char *out, size_t cap) {
     else out[0] = 0;
 }
 
-int calib_setup_table(struct eng_calib_table *t, struct eng_engine *e, const struct calib_setup_opts *o,
-                      bool *cached, char *path_out, size_t cap) {
+int eng_calib_setup_table(struct eng_calib_table *t, struct eng_engine *e, const struct eng_calib_setup_opts *o,
+                          bool *cached, char *path_out, size_t cap) {
     *cached = false;
     path_out[0] = 0;
-    const int prefix = o->prefix > 0 ? o->prefix : CALIB_PREFIX_DEFAULT;
+    const int prefix = o->prefix > 0 ? o->prefix : ENG_CALIB_PREFIX_DEFAULT;
     char fp[2 * ENG_SHA256_BYTES + 1], dir[3072], err[1024];
     calib_fingerprint(e, o, prefix, fp);
     cache_dir(o, dir, sizeof dir);
@@ -130,14 +131,14 @@ int calib_setup_table(struct eng_calib_table *t, struct eng_engine *e, const str
         if (rc != ENG_E_NOT_FOUND) LOG_WARN("calibration: %s; measuring again", err);
     }
     double stop_ratio = 0;
-    if (o->ad && o->stop_L_max > 0) {
-        double most, *acc = cli_ppd_accuracy(o->ad);
-        int rc = acc ? eng_calib_max_tokens_per_step(acc, cli_ppd_joint(o->ad, acc), o->ad->n_prompt, o->ad->topk,
-                                                     o->stop_L_max, &most)
+    if (o->ad && o->stop_budget_max > 0) {
+        double most, *acc = eng_ppd_accuracy(o->ad);
+        int rc = acc ? eng_calib_max_tokens_per_step(acc, eng_ppd_accuracy_joint(o->ad, acc), o->ad->n_prompt, o->ad->topk,
+                                                     o->stop_budget_max, &most)
                      : ENG_E_NOMEM;
         free(acc);
         if (rc) return rc;
-        stop_ratio = CALIB_STOP_MARGIN * most;
+        stop_ratio = ENG_CALIB_STOP_MARGIN * most;
     }
     int rc = eng_calib_measure(t, &e->fwd, &e->kv, o->n_slot, prefix, stop_ratio, o->progress, o->progress_user);
     if (rc) return rc;
@@ -153,85 +154,109 @@ int calib_setup_table(struct eng_calib_table *t, struct eng_engine *e, const str
     return 0;
 }
 
-int calib_trees_init(struct calib_trees *ct, const struct eng_calib_choice *c, const struct eng_ppd_adapter *ad,
-                     char *err, size_t err_cap) {
+int eng_calib_trees_init(struct eng_calib_trees *ct, const struct eng_calib_choice *c, const struct eng_ppd_adapter *ad,
+                         char *err, size_t err_cap) {
     memset(ct, 0, sizeof *ct);
-    double *acc = cli_ppd_accuracy(ad);
+    double *acc = eng_ppd_accuracy(ad);
     if (!acc) return eng_err_set(err, err_cap, ENG_E_NOMEM, "out of memory");
     int rc = 0;
     for (int b = 1; b <= c->n_slot && !rc; b++) {
         const int L = c->by_batch[b].L;
         if (L == 0) continue;
         int k = 0;
-        while (k < ct->n && ct->L[k] != L) k++;
+        while (k < ct->n && ct->tree_budget[k] != L) k++;
         if (k == ct->n) {
-            if (ct->n == CALIB_TREES_MAX) { rc = eng_err_set(err, err_cap, ENG_E_RANGE, "too many distinct trees"); break; }
+            if (ct->n == ENG_CALIB_TREES_MAX) { rc = eng_err_set(err, err_cap, ENG_E_RANGE, "too many distinct trees"); break; }
             struct eng_ppd_tree_family *fam = NULL;
-            rc = eng_ppd_tree_build_joint(&fam, acc, cli_ppd_joint(ad, acc), ad->n_prompt, ad->topk, L, NULL);
-            if (rc) { eng_err_set(err, err_cap, rc, "cannot build the tree of L=%d: %s", L, eng_err_msg(rc)); break; }
+            rc = eng_ppd_tree_build_joint(&fam, acc, eng_ppd_accuracy_joint(ad, acc), ad->n_prompt, ad->topk, L, NULL);
+            if (rc) { eng_err_set(err, err_cap, rc, "cannot build the tree of budget %d: %s", L, eng_err_msg(rc)); break; }
             rc = eng_ppd_init(&ct->ppd[k], ad, fam, err, err_cap);
             eng_ppd_tree_family_free(fam);
             if (rc) break;
-            ct->L[k] = L;
+            ct->tree_budget[k] = L;
             ct->n++;
             if (!ct->widest || ct->ppd[k].trees.max_T > ct->widest->trees.max_T) ct->widest = &ct->ppd[k];
         }
         ct->by_batch[b] = &ct->ppd[k];
     }
     free(acc);
-    if (rc) calib_trees_free(ct);
+    if (rc) eng_calib_trees_free(ct);
     return rc;
 }
 
-void calib_trees_free(struct calib_trees *ct) {
+void eng_calib_trees_free(struct eng_calib_trees *ct) {
     if (!ct) return;
     for (int k = 0; k < ct->n; k++) eng_ppd_free(&ct->ppd[k]);
     memset(ct, 0, sizeof *ct);
 }
 
-int calib_setup_ppd_open(struct cli_ppd *c, struct cli_ppd_opts *o, struct eng_engine *e, int n_threads,
-                         bool keep_tree, const char *who) {
-    if (cli_ppd_open(c, o, e)) return 1;
-    const char *env = getenv("PPD_CALIBRATE");
-    if (c->src != CLI_PPD_FILE || o->adapter || o->tree_file || o->tree_L > 0 || (env && !strcmp(env, "off")))
-        return 0;
-    struct calib_setup_opts so = {.model_path = o->model, .adapter_path = c->path, .n_threads = n_threads,
-                                  .n_slot = 1, .ad = c->ad, .stop_L_max = CALIB_L_MAX_DEFAULT};
+int eng_calib_setup_budget_one(struct eng_engine *e, const struct eng_ppd_setup *s, const char *model_path,
+                               int n_threads, int *tree_budget, double *gain, bool *cached, char *path, size_t cap) {
+    struct eng_calib_setup_opts so = {.model_path = model_path, .adapter_path = s->src == ENG_PPD_FILE ? s->path : NULL,
+                                      .n_threads = n_threads, .n_slot = 1, .ad = s->ad,
+                                      .stop_budget_max = ENG_CALIB_BUDGET_MAX_DEFAULT};
     struct eng_calib_table t;
     struct eng_calib_choice *choice = calloc(1, sizeof *choice);
-    double *acc = cli_ppd_accuracy(c->ad);
-    char path[4096];
-    bool cached = false;
+    double *acc = eng_ppd_accuracy(s->ad);
     int rc = choice && acc ? 0 : ENG_E_NOMEM;
-    if (!rc && !(rc = calib_setup_table(&t, e, &so, &cached, path, sizeof path)))
-        rc = eng_calib_choose(choice, &t, acc, cli_ppd_joint(c->ad, acc), c->ad->n_prompt, c->ad->topk, 1,
-                              CALIB_L_MAX_DEFAULT);
-    const int L = rc ? -1 : choice->by_batch[1].L;
-    const double gain = rc || choice->plain_tokens_per_s[1] <= 0
-                            ? 0 : choice->by_batch[1].tokens_per_s / choice->plain_tokens_per_s[1];
+    if (!rc && !(rc = eng_calib_setup_table(&t, e, &so, cached, path, cap)))
+        rc = eng_calib_choose(choice, &t, acc, eng_ppd_accuracy_joint(s->ad, acc), s->ad->n_prompt, s->ad->topk, 1,
+                              ENG_CALIB_BUDGET_MAX_DEFAULT);
+    if (!rc) {
+        *tree_budget = choice->by_batch[1].L;
+        *gain = choice->plain_tokens_per_s[1] <= 0 ? 0
+                : choice->by_batch[1].tokens_per_s / choice->plain_tokens_per_s[1];
+    }
     free(choice);
     free(acc);
-    if (rc) {
-        fprintf(stderr, "%s: calibrating this device failed: %s\n", who, eng_err_msg(rc));
-        return 1;
+    return rc;
+}
+
+static void calib_log_choice(const struct eng_calib_choice *c, bool cached, double seconds, const char *path,
+                             bool any_tree) {
+    LOG_INFO("calibration: %s in %.1f s (%s)", cached ? "cached table loaded" : "measured", seconds,
+             path[0] ? path : "not cached");
+    LOG_INFO("calibration: sequences | L (0: plain) | rows per step | predicted tokens/step | predicted tokens/s | plain tokens/s");
+    for (int b = 1; b <= c->n_slot; b++) {
+        const struct eng_calib_pick *p = &c->by_batch[b];
+        LOG_INFO("calibration: %9d | %13d | %13d | %21.3f | %18.1f | %14.1f", b, p->L, b * p->max_T,
+                 p->tokens_per_step, p->tokens_per_s, c->plain_tokens_per_s[b]);
     }
-    char from[4200];
-    snprintf(from, sizeof from, "%s %s", cached ? "cached in" : "measured now,", path[0] ? path : "not cached");
-    if (L == 0) {
-        if (keep_tree) {
-            fprintf(stderr, "%s: calibration (%s) predicts no tree faster than plain decoding on this device; "
-                    "measuring the adapter's tree (L=%ld) all the same\n", who, from, c->tree_L);
-            return 0;
-        }
-        fprintf(stderr, "%s: PPD off: calibration (%s) predicts no tree faster than plain decoding on this device; "
-                "--ppd %s turns it on\n", who, from, c->path);
-        cli_ppd_close(c);
-        return 0;
-    }
-    fprintf(stderr, "%s: calibration (%s) chose the tree of L=%d: %.2fx plain decoding predicted\n", who, from, L,
-            gain);
-    if (L == c->tree_L) return 0;
-    cli_ppd_close(c);
-    o->tree_L = L;
-    return cli_ppd_open(c, o, e);
+    if (!any_tree) LOG_INFO("calibration: plain decoding predicted fastest at every batch size: PPD stays off");
+}
+
+int eng_calib_setup_sched(struct eng_calib_result **out, struct eng_engine *e, struct eng_sched *sched,
+                          const struct eng_ppd_setup *s, const struct eng_calib_setup_opts *o, char *err,
+                          size_t err_cap) {
+    *out = NULL;
+    const double t0 = eng_now_s();
+    struct eng_calib_table *t = calloc(1, sizeof *t);
+    struct eng_calib_result *r = calloc(1, sizeof *r);
+    double *acc = eng_ppd_accuracy(s->ad);
+    char path[4096] = "";
+    int rc = ENG_E_NOMEM;
+    if (!t || !r || !acc) goto fail;
+    if ((rc = eng_calib_setup_table(t, e, o, &r->cached, path, sizeof path))) goto fail;
+    if ((rc = eng_calib_choose(&r->choice, t, acc, eng_ppd_accuracy_joint(s->ad, acc), s->ad->n_prompt, s->ad->topk,
+                               o->n_slot, ENG_CALIB_BUDGET_MAX_DEFAULT)))
+        goto fail;
+    if ((rc = eng_calib_trees_init(&r->trees, &r->choice, s->ad, err, err_cap))) goto fail;
+    if ((rc = eng_sched_set_ppd(sched, r->trees.widest, r->trees.by_batch))) goto fail;
+    r->seconds = r->cached ? 0 : t->seconds;
+    calib_log_choice(&r->choice, r->cached, eng_now_s() - t0, path, r->trees.widest != NULL);
+    free(t);
+    free(acc);
+    *out = r;
+    return 0;
+fail:
+    eng_calib_result_free(r);
+    free(t);
+    free(acc);
+    return rc;
+}
+
+void eng_calib_result_free(struct eng_calib_result *r) {
+    if (!r) return;
+    eng_calib_trees_free(&r->trees);
+    free(r);
 }

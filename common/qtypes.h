@@ -2,7 +2,10 @@
  * and the block layouts of the quantized ones.
  *
  * This header is the single source of truth for "how many bytes does a row of
- * n elements of type T take".  It knows nothing about models or files.
+ * n elements of type T take".  It knows nothing about models or files.  It
+ * lives in common/ because both sides read it: the GGUF loader and the
+ * backends in engine/, the CPU and CUDA kernels in kernels/; it includes
+ * nothing of either.
  */
 #ifndef PPD_QTYPES_H
 #define PPD_QTYPES_H

@@ -1,4 +1,5 @@
-/* cli_args.c — strict flag-value parsing shared by the subcommands. */
+/* flags.c — strict flag-value parsing, shared by the server's settings
+ * (config.c) and the command-line programs (cli/). */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -6,10 +7,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "cli.h"
+#include "flags.h"
 #include "engine/threadpool.h"
 
-int cli_int(const char *flag, const char *s, long lo, long hi, long *out) {
+int flag_int(const char *flag, const char *s, long lo, long hi, long *out) {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
@@ -21,7 +22,7 @@ int cli_int(const char *flag, const char *s, long lo, long hi, long *out) {
     return 0;
 }
 
-int cli_float(const char *flag, const char *s, double lo, double hi, double *out) {
+int flag_float(const char *flag, const char *s, double lo, double hi, double *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
@@ -33,7 +34,7 @@ int cli_float(const char *flag, const char *s, double lo, double hi, double *out
     return 0;
 }
 
-const char *cli_value(int argc, char **argv, int *i) {
+const char *flag_value(int argc, char **argv, int *i) {
     if (*i + 1 >= argc) {
         fprintf(stderr, "ppd: %s needs a value\n", argv[*i]);
         return NULL;
@@ -41,7 +42,7 @@ const char *cli_value(int argc, char **argv, int *i) {
     return argv[++*i];
 }
 
-char *cli_read_file(const char *path) {
+char *flag_read_file(const char *path) {
     FILE *fp = fopen(path, "rb");
     if (!fp) { fprintf(stderr, "ppd: cannot open %s: %s\n", path, strerror(errno)); return NULL; }
     size_t cap = 1 << 16, n = 0;
@@ -62,10 +63,10 @@ char *cli_read_file(const char *path) {
     return buf;
 }
 
-int cli_default_threads(void) {
+int flag_default_threads(void) {
     const char *env = getenv("PPD_THREADS");
     long v;
-    if (env && *env && cli_int("PPD_THREADS", env, 1, 1024, &v) == 0) return (int)v;
+    if (env && *env && flag_int("PPD_THREADS", env, 1, 1024, &v) == 0) return (int)v;
     const int n = eng_cpu_count();
     return n > 8 ? 8 : n;
 }

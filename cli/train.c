@@ -1,4 +1,4 @@
-/* cli_train.c — `ppd train`: train the PPD prompt tokens on a `ppd distill`
+/* train.c — `ppd train`: train the PPD prompt tokens on a `ppd distill`
  * file and write the adapter (engine/train.h does the work).
  */
 #include <stdio.h>
@@ -51,7 +51,7 @@ int cmd_train(int argc, char **argv) {
     struct eng_train_params p;
     eng_train_params_default(&p);
     p.model_path = PPD_DEFAULT_MODEL;
-    p.n_threads = cli_default_threads();
+    p.n_threads = flag_default_threads();
     p.progress = isatty(2);
     int force = 0;
     char out_default[4096];
@@ -59,9 +59,9 @@ int cmd_train(int argc, char **argv) {
         const char *a = argv[i], *v;
         long l;
         double d;
-#define VAL() do { if (!(v = cli_value(argc, argv, &i))) return 2; } while (0)
-#define INT(lo, hi, dst) do { VAL(); if (cli_int(a, v, lo, hi, &l)) return 2; dst = l; } while (0)
-#define DBL(lo, hi, dst) do { VAL(); if (cli_float(a, v, lo, hi, &d)) return 2; dst = d; } while (0)
+#define VAL() do { if (!(v = flag_value(argc, argv, &i))) return 2; } while (0)
+#define INT(lo, hi, dst) do { VAL(); if (flag_int(a, v, lo, hi, &l)) return 2; dst = l; } while (0)
+#define DBL(lo, hi, dst) do { VAL(); if (flag_float(a, v, lo, hi, &d)) return 2; dst = d; } while (0)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { train_usage(stdout); return 0; }
         else if (!strcmp(a, "-d") || !strcmp(a, "--data")) { VAL(); p.data_path = v; }
         else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); p.model_path = v; }

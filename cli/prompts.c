@@ -1,5 +1,5 @@
-/* cli_prompts.c — prompt sets for the measuring subcommands (see cli_prompts.h). */
-#include "cli_prompts.h"
+/* prompts.c — prompt sets for the measuring subcommands (see prompts.h). */
+#include "prompts.h"
 
 #include <jansson.h>
 #include <stdio.h>
