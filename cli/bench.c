@@ -26,6 +26,7 @@
  * typical acceptance (not lossless, so the token check would not hold).
  */
 #include <jansson.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,7 @@
 #include "cli.h"
 #include "ppd_open.h"
 #include "prompts.h"
+#include "server/settings.h"
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/generate.h"
@@ -41,16 +43,54 @@
 #include "engine/stats.h"
 
 #define BENCH_DEFAULT_PROMPTS "../shared/data/eval-mt_bench.jsonl"
-#define BENCH_MAX_FILES 16
 
 struct bench_opts {
-    const char *model, *files[BENCH_MAX_FILES], *rows;
-    int n_files, ignore_eos, json, no_ppd;
-    int device;                       /* enum eng_device */
-    long count, n_predict, threads, prefix, repeat, tree_budget;
-    const char *adapter, *tree_file;
+    /* as the flags give them */
+    const char *model, *rows, *device_name;
+    const char *ppd, *tree;                 /* "auto", "none" (ppd) or a file */
+    struct flag_list files;
+    long ignore_eos, json, no_ppd, count, n_predict, threads, prefix, repeat, tree_budget, top_k, seed;
+    double temp, top_p, min_p;
+    /* what they mean for the engine */
+    int device;                             /* enum eng_device */
+    const char *adapter, *tree_file;        /* NULL: the model's committed adapter (else one made in memory); the built tree */
     struct eng_sampler_params sp;
 };
+
+#define O(field) offsetof(struct bench_opts, field)
+#define BENCH(...) FLAG_OWN(__VA_ARGS__)
+
+static const struct flag_opt bench_flags[] = {
+    {&setting_model, O(model)},
+    {BENCH(.name = "file", .short_flag = "-f", .kind = FLAG_LIST, .meta = "FILE",
+           .help = "prompt set, JSON lines with \"turns\"; repeat for several (default " BENCH_DEFAULT_PROMPTS ")"),
+     O(files)},
+    {BENCH(.name = "count", .kind = FLAG_INT, .min = 1, .max = 1000000, .def = "10",
+           .help = "first N prompts of each file"), O(count)},
+    {BENCH(.name = "n-predict", .short_flag = "-n", .kind = FLAG_INT, .min = 1, .max = 1 << 20, .def = "128",
+           .help = "tokens per prompt"), O(n_predict)},
+    {&setting_ignore_eos, O(ignore_eos)},
+    {&setting_ppd, O(ppd)},
+    {&setting_tree, O(tree)},
+    {&setting_tree_budget, O(tree_budget)},
+    {&setting_no_ppd, O(no_ppd)},
+    {&setting_temp, O(temp)},
+    {&setting_top_k, O(top_k)},
+    {&setting_top_p, O(top_p)},
+    {&setting_min_p, O(min_p)},
+    {&setting_seed, O(seed)},
+    {&setting_threads, O(threads)},
+    {&setting_device, O(device_name)},
+    {BENCH(.name = "json", .kind = FLAG_BOOL, .help = "one JSON object per prompt file instead of the table"), O(json)},
+    {BENCH(.name = "rows", .kind = FLAG_STR, .meta = "LIST",
+           .help = "instead: forward-pass cost for these row counts, e.g. 1,8,16,64"), O(rows)},
+    {BENCH(.name = "prefix", .kind = FLAG_INT, .min = 1, .max = 1 << 20, .def = "256",
+           .help = "committed KV entries the rows see"), O(prefix)},
+    {BENCH(.name = "repeat", .kind = FLAG_INT, .min = 1, .max = 100000, .def = "15",
+           .help = "passes per row count (the median is reported)"), O(repeat)},
+};
+
+static const struct flag_table bench_table = FLAG_TABLE("ppd bench", bench_flags);
 
 /* One prompt file's sums over its prompts. */
 struct bench_acc {
@@ -65,30 +105,11 @@ struct bench_acc {
 };
 
 static void bench_usage(FILE *fp) {
-    fprintf(fp,
-            "usage: ppd bench [flags]\n"
-            "  -m, --model FILE     GGUF model (default %s)\n"
-            "  -f, --file FILE      prompt set, JSON lines with \"turns\"; repeat for several (default %s)\n"
-            "      --count N        first N prompts of each file (default 10)\n"
-            "  -n, --n-predict N    tokens per prompt (default 128)\n"
-            "      --ignore-eos     always generate n tokens (fixed-length speed runs)\n"
-            "      --ppd FILE       PPD adapter (default: MODEL with .ppd.gguf when that file exists,\n"
-            "                       else an untrained text-initialised one made in memory)\n"
-            "      --tree FILE      PPD tree family (JSON); default: built from the adapter's accuracy\n"
-            "                       table with --tree-budget, as ppd generate does\n"
-            "      --tree-budget L  (or --tree-size L) tree budget L for the built tree (default: with the adapter next to the model,\n"
-            "                       the one this device's calibration chooses, else the adapter's own, else %d)\n"
-            "      --no-ppd         plain decoding only\n"
-            "      --temp T         temperature (default 0: greedy); --top-k K, --top-p P, --min-p P\n"
-            "      --seed S         sampling seed (default 0; both runs of a prompt use it)\n"
-            "  -t, --threads N      CPU threads\n"
-            "      --device D       auto, cpu or cuda (default auto: CUDA when a GPU is usable)\n"
-            "      --json           one JSON object per prompt file instead of the table\n"
-            "      --rows LIST      instead: forward-pass cost for these row counts, e.g. 1,8,16,64\n"
-            "      --prefix N       committed KV entries the rows see (default 256)\n"
-            "      --repeat N       passes per row count (default 15; the median is reported)\n"
-            "Exit status 1 when PPD's tokens differ from plain decoding's on any prompt.\n",
-            PPD_DEFAULT_MODEL, BENCH_DEFAULT_PROMPTS, ENG_PPD_TREE_BUDGET_DEFAULT);
+    fprintf(fp, "usage: ppd bench [flags]\n");
+    flag_usage(fp, &bench_table);
+    fprintf(fp, "With --ppd auto and no adapter next to the model, an untrained text-initialised one is made in memory;\n"
+                "both runs of a prompt use the same --seed.\n"
+                "Exit status 1 when PPD's tokens differ from plain decoding's on any prompt.\n");
 }
 
 static int bench_rows(struct eng_engine *e, const char *list, int prefix, int repeat) {
@@ -151,56 +172,26 @@ done:
 
 static int bench_parse(int argc, char **argv, struct bench_opts *o) {
     memset(o, 0, sizeof *o);
-    o->model = PPD_DEFAULT_MODEL;
-    o->count = 10;
-    o->n_predict = 128;
-    o->threads = flag_default_threads();
-    o->device = ENG_DEVICE_AUTO;
-    o->prefix = 256;
-    o->repeat = 15;
-    o->tree_budget = 0;   /* the adapter's tuned budget, else ENG_PPD_TREE_BUDGET_DEFAULT */
-    o->sp.top_p = 1.0f;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        long l;
-        double d;
-#define VAL() do { if (!(v = flag_value(argc, argv, &i))) return 2; } while (0)
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { bench_usage(stdout); return 1; }
-        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); o->model = v; }
-        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) {
-            VAL();
-            if (o->n_files == BENCH_MAX_FILES) { fprintf(stderr, "ppd bench: at most %d files\n", BENCH_MAX_FILES); return 2; }
-            o->files[o->n_files++] = v;
-        }
-        else if (!strcmp(a, "--count")) { VAL(); if (flag_int(a, v, 1, 1000000, &o->count)) return 2; }
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (flag_int(a, v, 1, 1 << 20, &o->n_predict)) return 2; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (flag_int(a, v, 1, 1024, &o->threads)) return 2; }
-        else if (!strcmp(a, "--rows")) { VAL(); o->rows = v; }
-        else if (!strcmp(a, "--prefix")) { VAL(); if (flag_int(a, v, 1, 1 << 20, &o->prefix)) return 2; }
-        else if (!strcmp(a, "--repeat")) { VAL(); if (flag_int(a, v, 1, 100000, &o->repeat)) return 2; }
-        else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
-        else if (!strcmp(a, "--device")) {
-            VAL();
-            if ((o->device = eng_device_parse(v)) < 0) { fprintf(stderr, "ppd bench: --device '%s' is not one of auto, cpu, cuda\n", v); return 2; }
-        }
-        else if (!strcmp(a, "--no-ppd")) o->no_ppd = 1;
-        else if (!strcmp(a, "--ppd")) { VAL(); o->adapter = v; }
-        else if (!strcmp(a, "--tree")) { VAL(); o->tree_file = v; }
-        else if (!strcmp(a, "--tree-budget") || !strcmp(a, "--tree-size")) { VAL(); if (flag_int(a, v, 1, 4096, &o->tree_budget)) return 2; }
-        else if (!strcmp(a, "--temp")) { VAL(); if (flag_float(a, v, 0, 100, &d)) return 2; o->sp.temperature = (float)d; }
-        else if (!strcmp(a, "--top-k")) { VAL(); if (flag_int(a, v, 0, 1 << 24, &l)) return 2; o->sp.top_k = (int)l; }
-        else if (!strcmp(a, "--top-p")) { VAL(); if (flag_float(a, v, 0, 1, &d)) return 2; o->sp.top_p = (float)d; }
-        else if (!strcmp(a, "--min-p")) { VAL(); if (flag_float(a, v, 0, 1, &d)) return 2; o->sp.min_p = (float)d; }
-        else if (!strcmp(a, "--seed")) { VAL(); if (flag_int(a, v, 0, 0x7fffffffffffffffL, &l)) return 2; o->sp.seed = (uint64_t)l; }
-        else if (!strcmp(a, "--json")) o->json = 1;
-        else { fprintf(stderr, "ppd bench: unknown flag '%s' (see --help)\n", a); return 2; }
-#undef VAL
+    int rc = flag_defaults(&bench_table, o);
+    if (!rc) rc = flag_parse(&bench_table, o, argc, argv, NULL);
+    if (rc == 1) bench_usage(stdout);
+    if (rc) return rc;
+    if (!*o->ppd || !*o->tree) {
+        fprintf(stderr, "ppd bench: --%s: give a file, auto or none\n", !*o->ppd ? "ppd" : "tree");
+        return 2;
     }
-    if (o->no_ppd && (o->adapter || o->tree_file)) {
+    const int ppd_named = strcmp(o->ppd, "auto") && strcmp(o->ppd, "none"), tree_named = strcmp(o->tree, "auto");
+    if (o->no_ppd && (ppd_named || tree_named)) {
         fprintf(stderr, "ppd bench: --no-ppd cannot be combined with --ppd or --tree\n");
         return 2;
     }
-    if (!o->n_files) o->files[o->n_files++] = BENCH_DEFAULT_PROMPTS;
+    if (!strcmp(o->ppd, "none")) o->no_ppd = 1;
+    o->adapter = ppd_named ? o->ppd : NULL;
+    o->tree_file = tree_named ? o->tree : NULL;
+    o->device = eng_device_parse(o->device_name);
+    o->sp = (struct eng_sampler_params){.temperature = (float)o->temp, .top_k = (int)o->top_k, .top_p = (float)o->top_p,
+                                        .min_p = (float)o->min_p, .seed = (uint64_t)o->seed};
+    if (!o->files.n) o->files.v[o->files.n++] = BENCH_DEFAULT_PROMPTS;
     return 0;
 }
 
@@ -403,12 +394,12 @@ int cmd_bench(int argc, char **argv) {
     a.dec_tps = calloc((size_t)o.count, sizeof *a.dec_tps);
     if (!a.pre_tps || !a.dec_tps) goto done;
     if (!o.json) bench_report_header(&o, &cp);
-    for (int i = 0; i < o.n_files; i++) {
+    for (int i = 0; i < o.files.n; i++) {
         struct bench_acc fresh = {.pre_tps = a.pre_tps, .dec_tps = a.dec_tps};
         a = fresh;
-        if (bench_file(e, &cp, &o, o.files[i], &a)) goto done;
-        if (o.json) bench_report_json(&o, &cp, o.files[i], &a);
-        else bench_report_row(&o, o.files[i], &a);
+        if (bench_file(e, &cp, &o, o.files.v[i], &a)) goto done;
+        if (o.json) bench_report_json(&o, &cp, o.files.v[i], &a);
+        else bench_report_row(&o, o.files.v[i], &a);
         mismatches += a.mismatches;
     }
     if (mismatches) fprintf(stderr, "ppd bench: %d prompts where PPD's tokens differ from plain decoding's\n", mismatches);

@@ -12,6 +12,7 @@
  * Not here: measuring and choosing (engine/calibrate.c), the cache and the
  * fingerprint (engine/calib_setup.c).
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,89 +20,83 @@
 
 #include "cli.h"
 #include "prompts.h"
+#include "server/settings.h"
 #include "engine/calib_setup.h"
 #include "engine/err.h"
 #include "engine/ppd_setup.h"
 #include "engine/generate.h"
 
 struct calib_opts {
-    const char *model, *adapter, *cache, *validate, *plot;
-    long threads, n_slot, rows, ctx, prefix, L_max, count, n_predict, skip;
-    int device;     /* enum eng_device */
-    bool force, no_cache, full;
+    /* as the flags give them */
+    const char *model, *ppd, *cache, *validate, *plot, *device_name;
+    long threads, n_slot, rows, ctx, prefix, L_max, count, n_predict, skip, force, no_cache, full;
+    /* what they mean for the engine */
+    int device;             /* enum eng_device */
+    const char *adapter;    /* NULL: MODEL.ppd.gguf next to the model, else an untrained one */
 };
 
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define O(field) offsetof(struct calib_opts, field)
+#define CALIB(...) FLAG_OWN(__VA_ARGS__)
+
+static const struct flag_opt calib_flags[] = {
+    {&setting_model, O(model)},
+    {&setting_ppd, O(ppd)},
+    {CALIB(.name = "parallel", .short_flag = "-np", .kind = FLAG_INT, .min = 1, .max = ENG_CALIB_MAX_SLOTS, .def = "4",
+           .help = "sequences decoded at once: choices for 1..N"), O(n_slot)},
+    {&setting_batch_size, O(rows)},
+    {&setting_ctx_size, O(ctx)},
+    {&setting_threads, O(threads)},
+    /* the CPU by default, unlike the shared --device (server/settings.c) */
+    {CALIB(.name = "device", .kind = FLAG_STR, .choices = "auto|cpu|cuda", .def = "cpu", .meta = "D",
+           .help = "auto, cpu or cuda (auto: CUDA when a GPU is usable, else the CPU)"), O(device_name)},
+    {CALIB(.name = "prefix", .kind = FLAG_INT, .min = 0, .max = 1 << 20, .def = STR(ENG_CALIB_PREFIX_DEFAULT),
+           .help = "committed KV entries each measured row sees"), O(prefix)},
+    {CALIB(.name = "max-L", .kind = FLAG_INT, .min = 1, .max = 4096, .def = STR(ENG_CALIB_BUDGET_MAX_DEFAULT),
+           .help = "largest tree budget considered"), O(L_max)},
+    {CALIB(.name = "cache", .kind = FLAG_STR, .meta = "DIR",
+           .help = "where tables are cached (default $PPD_CALIB_CACHE, $XDG_CACHE_HOME/ppd, ~/.cache/ppd)"), O(cache)},
+    {CALIB(.name = "no-cache", .kind = FLAG_BOOL, .help = "neither read nor write a cached table"), O(no_cache)},
+    {CALIB(.name = "force", .kind = FLAG_BOOL, .help = "measure again even when a cached table matches"), O(force)},
+    {CALIB(.name = "full", .kind = FLAG_BOOL,
+           .help = "measure every row count (default: stop where no tree could beat plain decoding)"), O(full)},
+    {CALIB(.name = "validate", .kind = FLAG_STR, .meta = "FILE",
+           .help = "decode prompts (JSON lines with \"turns\") with the batch-1 choice and its neighbours: "
+                   "predicted vs measured"), O(validate)},
+    {CALIB(.name = "skip", .kind = FLAG_INT, .min = 0, .max = 1L << 30, .def = "0", .help = "--validate: prompts skipped"),
+     O(skip)},
+    {CALIB(.name = "count", .kind = FLAG_INT, .min = 1, .max = 100000, .def = "6", .help = "--validate: prompts decoded"),
+     O(count)},
+    {CALIB(.name = "n-predict", .short_flag = "-n", .kind = FLAG_INT, .min = 1, .max = 1 << 20, .def = "128",
+           .help = "--validate: tokens per prompt"), O(n_predict)},
+    {CALIB(.name = "plot", .kind = FLAG_STR, .meta = "FILE.png",
+           .help = "draw the latency curves with the chosen budgets (gnuplot)"), O(plot)},
+};
+
+static const struct flag_table calib_table = FLAG_TABLE("ppd calibrate", calib_flags);
+
 static void calib_usage(FILE *fp) {
-    fprintf(fp,
-            "usage: ppd calibrate [flags]\n"
-            "  -m, --model FILE      GGUF model (default %s)\n"
-            "      --ppd FILE        PPD adapter (default: MODEL.ppd.gguf next to the model, else an untrained one)\n"
-            "  -np, --parallel N     sequences decoded at once: choices for 1..N (default 4)\n"
-            "  -b, --batch-size N    rows per forward step (default 256)\n"
-            "  -c, --ctx-size N      KV entries per slot (default 4096)\n"
-            "  -t, --threads N       CPU threads (default: the CPUs this process may use, at most 8)\n"
-            "      --device D        auto, cpu or cuda (default cpu; auto: CUDA when a GPU is usable)\n"
-            "      --prefix N        committed KV entries each measured row sees (default %d)\n"
-            "      --max-L N         largest tree budget considered (default %d)\n"
-            "      --cache DIR       where tables are cached (default $PPD_CALIB_CACHE, $XDG_CACHE_HOME/ppd, ~/.cache/ppd)\n"
-            "      --no-cache        neither read nor write a cached table\n"
-            "      --force           measure again even when a cached table matches\n"
-            "      --full            measure every row count (default: stop where no tree could beat plain decoding)\n"
-            "      --validate FILE   decode prompts (JSON lines with \"turns\") with the batch-1 choice and its\n"
-            "                        neighbours: predicted vs measured\n"
-            "      --skip N --count N -n N   which prompts and how many tokens (default 0, 6, 128)\n"
-            "      --plot FILE.png   draw the latency curves with the chosen budgets (gnuplot)\n",
-            PPD_DEFAULT_MODEL, ENG_CALIB_PREFIX_DEFAULT, ENG_CALIB_BUDGET_MAX_DEFAULT);
+    fprintf(fp, "usage: ppd calibrate [flags]\n");
+    flag_usage(fp, &calib_table);
 }
 
 static int calib_parse(int argc, char **argv, struct calib_opts *o) {
     memset(o, 0, sizeof *o);
-    o->model = PPD_DEFAULT_MODEL;
-    o->threads = flag_default_threads();
-    o->n_slot = 4;
-    o->rows = 256;
-    o->ctx = 4096;
-    o->prefix = ENG_CALIB_PREFIX_DEFAULT;
-    o->L_max = ENG_CALIB_BUDGET_MAX_DEFAULT;
-    o->count = 6;
-    o->n_predict = 128;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-#define VAL() do { if (!(v = flag_value(argc, argv, &i))) return 2; } while (0)
-#define NUM(lo, hi, dst) do { VAL(); if (flag_int(a, v, lo, hi, dst)) return 2; } while (0)
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { calib_usage(stdout); return 1; }
-        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); o->model = v; }
-        else if (!strcmp(a, "--ppd")) { VAL(); o->adapter = v; }
-        else if (!strcmp(a, "-np") || !strcmp(a, "--parallel")) NUM(1, ENG_CALIB_MAX_SLOTS, &o->n_slot);
-        else if (!strcmp(a, "-b") || !strcmp(a, "--batch-size")) NUM(1, 4096, &o->rows);
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) NUM(16, 1 << 20, &o->ctx);
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) NUM(1, 1024, &o->threads);
-        else if (!strcmp(a, "--device")) {
-            VAL();
-            if ((o->device = eng_device_parse(v)) < 0) {
-                fprintf(stderr, "ppd calibrate: --device '%s' is not one of auto, cpu, cuda\n", v);
-                return 2;
-            }
-        }
-        else if (!strcmp(a, "--prefix")) NUM(0, 1 << 20, &o->prefix);
-        else if (!strcmp(a, "--max-L")) NUM(1, 4096, &o->L_max);
-        else if (!strcmp(a, "--cache")) { VAL(); o->cache = v; }
-        else if (!strcmp(a, "--no-cache")) o->no_cache = true;
-        else if (!strcmp(a, "--force")) o->force = true;
-        else if (!strcmp(a, "--full")) o->full = true;
-        else if (!strcmp(a, "--validate")) { VAL(); o->validate = v; }
-        else if (!strcmp(a, "--skip")) NUM(0, 1L << 30, &o->skip);
-        else if (!strcmp(a, "--count")) NUM(1, 100000, &o->count);
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) NUM(1, 1 << 20, &o->n_predict);
-        else if (!strcmp(a, "--plot")) { VAL(); o->plot = v; }
-        else { fprintf(stderr, "ppd calibrate: unknown flag '%s'\n", a); calib_usage(stderr); return 2; }
-#undef NUM
-#undef VAL
+    int rc = flag_defaults(&calib_table, o);
+    if (!rc) rc = flag_parse(&calib_table, o, argc, argv, NULL);
+    if (rc == 1) calib_usage(stdout);
+    if (rc) return rc;
+    if (!*o->ppd || !strcmp(o->ppd, "none")) {
+        fprintf(stderr, "ppd calibrate: --ppd: give a file or auto (calibration measures PPD)\n");
+        return 2;
     }
     if (o->n_slot > o->rows) {
         fprintf(stderr, "ppd calibrate: --parallel %ld is larger than --batch-size %ld\n", o->n_slot, o->rows);
         return 2;
     }
+    o->adapter = strcmp(o->ppd, "auto") ? o->ppd : NULL;
+    o->device = eng_device_parse(o->device_name);
     return 0;
 }
 

@@ -1,4 +1,6 @@
-/* cli.h — the `ppd` subcommands (flag values are parsed by server/flags.h).
+/* cli.h — the `ppd` subcommands.  Their flags are described in tables read
+ * by server/flags.h; the settings they share with `ppd serve` are described
+ * once, in server/settings.h.
  *
  * Each subcommand is `int cmd_NAME(int argc, char **argv)` returning the
  * process exit status (0 ok, 1 runtime error, 2 usage error).

@@ -5,6 +5,7 @@
  * instead, with the token ids and timings (the form tests and scripts read).
  */
 #include <jansson.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,117 +20,104 @@
 #include "engine/ppd_tree.h"
 #include "engine/tokenizer.h"
 #include "ppd_open.h"
+#include "server/settings.h"
 
 struct gen_opts {
-    const char *model, *prompt, *prompt_file, *chat_template, *system;
-    int chat, json, ignore_eos, n_threads, n_ctx;
-    int device;             /* enum eng_device */
-    long n_predict;
-    const char *ppd_adapter, *tree_file;   /* adapter NULL: the model's committed one, if any */
-    int no_ppd;
-    long tree_budget;
+    /* as the flags give them */
+    const char *model, *prompt, *prompt_file, *chat_template, *system, *device_name;
+    const char *ppd, *tree;   /* "auto", "none" (ppd) or a file */
+    long chat, json, ignore_eos, n_threads, n_ctx, n_predict, no_ppd, tree_budget, typical, verbose, top_k, seed;
+    double temp, top_p, min_p, typical_eps, typical_alpha;
+    /* what they mean for the engine */
+    int device;                            /* enum eng_device */
+    const char *ppd_adapter, *tree_file;   /* NULL: the model's committed adapter, if any; the built tree */
     struct eng_ppd_gen_opts popts;
     struct eng_sampler_params sp;
 };
 
+#define O(field) offsetof(struct gen_opts, field)
+#define GEN(...) FLAG_OWN(__VA_ARGS__)
+
+static const struct flag_opt gen_flags[] = {
+    {&setting_model, O(model)},
+    {GEN(.name = "prompt", .short_flag = "-p", .kind = FLAG_STR, .help = "prompt text"), O(prompt)},
+    {GEN(.name = "file", .short_flag = "-f", .kind = FLAG_STR, .meta = "FILE", .help = "read the prompt from FILE"),
+     O(prompt_file)},
+    {GEN(.name = "chat", .kind = FLAG_BOOL, .help = "wrap the prompt as a user message in the model's chat template"),
+     O(chat)},
+    {GEN(.name = "system", .kind = FLAG_STR, .help = "system message (with --chat)"), O(system)},
+    {&setting_chat_template, O(chat_template)},
+    {GEN(.name = "n-predict", .short_flag = "-n", .kind = FLAG_INT, .min = 1, .max = 1 << 20, .def = "128",
+         .help = "new tokens at most"), O(n_predict)},
+    {&setting_temp, O(temp)},
+    {&setting_top_k, O(top_k)},
+    {&setting_top_p, O(top_p)},
+    {&setting_min_p, O(min_p)},
+    {&setting_seed, O(seed)},
+    {&setting_threads, O(n_threads)},
+    {&setting_device, O(device_name)},
+    {&setting_ctx_size, O(n_ctx)},
+    {&setting_ignore_eos, O(ignore_eos)},
+    {&setting_ppd, O(ppd)},
+    {&setting_no_ppd, O(no_ppd)},
+    {&setting_tree, O(tree)},
+    {&setting_tree_budget, O(tree_budget)},
+    {GEN(.name = "typical", .kind = FLAG_BOOL,
+         .help = "PPD with Medusa typical acceptance (faster, not lossless; needs --temp > 0)"), O(typical)},
+    {GEN(.name = "typical-eps", .kind = FLAG_FLOAT, .fmin = 1e-9, .fmax = 1, .def = "0.09", .meta = "E",
+         .help = "typical acceptance threshold"), O(typical_eps)},
+    {GEN(.name = "typical-alpha", .kind = FLAG_FLOAT, .fmin = 1e-9, .fmax = 100, .def = "0.3", .meta = "A",
+         .help = "typical acceptance entropy factor"), O(typical_alpha)},
+    {GEN(.name = "json", .kind = FLAG_BOOL, .help = "print one JSON object: text, tokens, timings, PPD statistics"),
+     O(json)},
+    {&setting_verbose, O(verbose)},
+};
+
+static const struct flag_table gen_table = FLAG_TABLE("ppd generate", gen_flags);
+
 static void gen_usage(FILE *fp) {
+    fprintf(fp, "usage: ppd generate [flags] (-p TEXT | -f FILE)\n");
+    flag_usage(fp, &gen_table);
     fprintf(fp,
-            "usage: ppd generate [flags]\n"
-            "  -m, --model FILE        GGUF model (default %s)\n"
-            "  -p, --prompt TEXT       prompt text\n"
-            "  -f, --file FILE         read the prompt from FILE\n"
-            "      --chat              wrap the prompt as a user message in the model's chat template\n"
-            "      --system TEXT       system message (with --chat)\n"
-            "      --chat-template NAME  chatml, vicuna, llama2, llama3, zephyr (default: from the model)\n"
-            "  -n, --n-predict N       new tokens at most (default 128)\n"
-            "      --temp T            temperature (default 0: greedy)\n"
-            "      --top-k K           (default 0: off)\n"
-            "      --top-p P           (default 1.0: off)\n"
-            "      --min-p P           (default 0.0: off)\n"
-            "      --seed S            sampling seed (default 0)\n"
-            "  -t, --threads N         CPU threads (default: PPD_THREADS or the CPUs, at most 8)\n"
-            "      --device D          auto, cpu or cuda (default auto: CUDA when a GPU is usable)\n"
-            "  -c, --ctx-size N        KV entries (default min(model context, 4096))\n"
-            "      --ignore-eos        keep generating past end-of-turn tokens\n"
-            "      --ppd FILE          PPD adapter (default: MODEL with .ppd.gguf when that file exists)\n"
-            "      --no-ppd            plain decoding, one token per forward pass\n"
-            "      --tree FILE         PPD tree family (JSON); default: built at start-up from the\n"
-            "                          adapter's accuracy table (or the paper's Vicuna-7B one) with --tree-budget\n"
-            "      --tree-budget L     tree budget L for the built tree (--tree-size L: the same; default: with the adapter next to the\n"
-            "                          model, the one this device's calibration chooses, cached; PPD is off\n"
-            "                          when it chooses plain decoding (PPD_CALIBRATE=off: the adapter's own L))\n"
-            "      --typical           PPD with Medusa typical acceptance (faster, not lossless; needs --temp > 0)\n"
-            "      --typical-eps E     typical acceptance threshold (default 0.09)\n"
-            "      --typical-alpha A   typical acceptance entropy factor (default 0.3)\n"
-            "      --json              print one JSON object: text, tokens, timings, PPD statistics\n"
-            "  -v, --verbose           debug logging\n"
             "Models: GGUF files of the llama (Llama 2/3/3.1/3.2, TinyLlama, SmolLM, Mistral-style), qwen2 and\n"
             "qwen3 architectures, RoPE scaling none, linear, YaRN or Llama 3 frequency factors; weights in\n"
             "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS\n"
-            "(so the usual Q4_K_M, Q5_K_M, Q3_K_M ... mixes).\n",
-            PPD_DEFAULT_MODEL);
+            "(so the usual Q4_K_M, Q5_K_M, Q3_K_M ... mixes).\n");
 }
 
 static int gen_parse(int argc, char **argv, struct gen_opts *o) {
     memset(o, 0, sizeof *o);
-    o->model = PPD_DEFAULT_MODEL;
-    o->n_predict = 128;
-    o->n_threads = flag_default_threads();
-    o->device = ENG_DEVICE_AUTO;
-    o->sp.temperature = 0.0f;
-    o->sp.top_p = 1.0f;
-    o->tree_budget = 0;   /* the adapter's tuned budget, else ENG_PPD_TREE_BUDGET_DEFAULT */
-    o->popts.typical.eps = 0.09f;
-    o->popts.typical.alpha = 0.3f;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        long l;
-        double d;
-#define VAL() do { if (!(v = flag_value(argc, argv, &i))) return 2; } while (0)
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { gen_usage(stdout); return 1; }
-        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); o->model = v; }
-        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { VAL(); o->prompt = v; }
-        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { VAL(); o->prompt_file = v; }
-        else if (!strcmp(a, "--chat")) o->chat = 1;
-        else if (!strcmp(a, "--system")) { VAL(); o->system = v; }
-        else if (!strcmp(a, "--chat-template")) { VAL(); o->chat_template = v; }
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (flag_int(a, v, 1, 1 << 20, &o->n_predict)) return 2; }
-        else if (!strcmp(a, "--temp")) { VAL(); if (flag_float(a, v, 0, 100, &d)) return 2; o->sp.temperature = (float)d; }
-        else if (!strcmp(a, "--top-k")) { VAL(); if (flag_int(a, v, 0, 1 << 24, &l)) return 2; o->sp.top_k = (int)l; }
-        else if (!strcmp(a, "--top-p")) { VAL(); if (flag_float(a, v, 0, 1, &d)) return 2; o->sp.top_p = (float)d; }
-        else if (!strcmp(a, "--min-p")) { VAL(); if (flag_float(a, v, 0, 1, &d)) return 2; o->sp.min_p = (float)d; }
-        else if (!strcmp(a, "--seed")) { VAL(); if (flag_int(a, v, 0, 0x7fffffffffffffffL, &l)) return 2; o->sp.seed = (uint64_t)l; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (flag_int(a, v, 1, 1024, &l)) return 2; o->n_threads = (int)l; }
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) { VAL(); if (flag_int(a, v, 16, 1 << 20, &l)) return 2; o->n_ctx = (int)l; }
-        else if (!strcmp(a, "--ignore-eos")) o->ignore_eos = 1;
-        else if (!strcmp(a, "--device")) {
-            VAL();
-            if ((o->device = eng_device_parse(v)) < 0) { fprintf(stderr, "ppd generate: --device '%s' is not one of auto, cpu, cuda\n", v); return 2; }
-        }
-        else if (!strcmp(a, "--no-ppd")) o->no_ppd = 1;
-        else if (!strcmp(a, "--ppd")) { VAL(); o->ppd_adapter = v; }
-        else if (!strcmp(a, "--tree")) { VAL(); o->tree_file = v; }
-        else if (!strcmp(a, "--typical")) o->popts.accept = ENG_PPD_ACCEPT_TYPICAL;
-        else if (!strcmp(a, "--typical-eps")) { VAL(); if (flag_float(a, v, 1e-9, 1, &d)) return 2; o->popts.typical.eps = (float)d; }
-        else if (!strcmp(a, "--typical-alpha")) { VAL(); if (flag_float(a, v, 1e-9, 100, &d)) return 2; o->popts.typical.alpha = (float)d; }
-        else if (!strcmp(a, "--tree-budget") || !strcmp(a, "--tree-size")) { VAL(); if (flag_int(a, v, 1, 4096, &o->tree_budget)) return 2; }
-        else if (!strcmp(a, "--json")) o->json = 1;
-        else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) eng_log_set_level(ENG_LOG_DEBUG);
-        else { fprintf(stderr, "ppd generate: unknown flag '%s' (see --help)\n", a); return 2; }
-#undef VAL
-    }
+    int rc = flag_defaults(&gen_table, o);
+    if (!rc) rc = flag_parse(&gen_table, o, argc, argv, NULL);
+    if (rc == 1) gen_usage(stdout);
+    if (rc) return rc;
     if (!!o->prompt + !!o->prompt_file != 1) {
         fprintf(stderr, "ppd generate: give exactly one of -p TEXT or -f FILE\n");
         return 2;
     }
-    if (o->no_ppd && (o->ppd_adapter || o->tree_file || o->popts.accept)) {
+    if (!*o->ppd || !*o->tree) {
+        fprintf(stderr, "ppd generate: --%s: give a file, auto or none\n", !*o->ppd ? "ppd" : "tree");
+        return 2;
+    }
+    const int ppd_named = strcmp(o->ppd, "auto") && strcmp(o->ppd, "none"), tree_named = strcmp(o->tree, "auto");
+    if (o->no_ppd && (ppd_named || tree_named || o->typical)) {
         fprintf(stderr, "ppd generate: --no-ppd cannot be combined with --ppd, --tree or --typical\n");
         return 2;
     }
-    if (o->popts.accept == ENG_PPD_ACCEPT_TYPICAL && o->sp.temperature <= 0) {
+    if (o->typical && o->temp <= 0) {
         fprintf(stderr, "ppd generate: --typical needs --temp > 0 (at temperature 0 PPD is greedy and lossless)\n");
         return 2;
     }
+    if (!strcmp(o->ppd, "none")) o->no_ppd = 1;
+    o->ppd_adapter = ppd_named ? o->ppd : NULL;
+    o->tree_file = tree_named ? o->tree : NULL;
+    o->device = eng_device_parse(o->device_name);
+    o->sp = (struct eng_sampler_params){.temperature = (float)o->temp, .top_k = (int)o->top_k, .top_p = (float)o->top_p,
+                                        .min_p = (float)o->min_p, .seed = (uint64_t)o->seed};
+    o->popts.accept = o->typical ? ENG_PPD_ACCEPT_TYPICAL : ENG_PPD_ACCEPT_EXACT;
+    o->popts.typical.eps = (float)o->typical_eps;
+    o->popts.typical.alpha = (float)o->typical_alpha;
+    if (o->verbose) eng_log_set_level(ENG_LOG_DEBUG);
     return 0;
 }
 

@@ -49,6 +49,49 @@ def test_help_env_and_config_file_share_one_table():
         assert "--tree-budget" in q.stdout + q.stderr, cmd
 
 
+def _help_lines(cmd):
+    """`ppd CMD --help` as {long flag name: its line}, the env lines left out."""
+    p = subprocess.run([PPD_BIN, cmd, "--help"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, (cmd, p.stderr)
+    lines = {}
+    for line in p.stdout.splitlines():
+        m = re.match(r"  (?:-[a-z]+, )?--([a-z][a-z0-9-]*)", line)
+        if m and m[1] != "help":
+            lines[m[1]] = line
+    return lines
+
+
+def test_shared_settings_read_alike_everywhere():
+    """The settings serve, generate and bench share come from one description
+    each (server/settings.c): the same name, short flag, range, default and
+    help text in every --help, so a rename or a new default in one program
+    alone shows up here."""
+    serve, generate, bench = _help_lines("serve"), _help_lines("generate"), _help_lines("bench")
+    with_serve = {"model", "threads", "device", "ppd", "no-ppd", "tree", "tree-budget"}
+    decoding = {"temp", "top-k", "top-p", "min-p", "seed", "ignore-eos"}
+    for name in with_serve:
+        assert name in serve and name in generate and name in bench, name
+    assert {"ctx-size", "chat-template", "verbose"} <= serve.keys() & generate.keys()
+    for name in decoding:
+        assert name in generate and name in bench, name
+    own = {"n-predict", "file", "json"}   # the same word for different things in each program
+    for a, b in ((serve, generate), (serve, bench), (generate, bench)):
+        for name in a.keys() & b.keys() - own:
+            assert a[name] == b[name], (name, a[name], b[name])
+    conf = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "config", "ppd.conf")).read()
+    for name in with_serve | {"ctx-size", "chat-template"}:
+        assert re.search(rf"^#? ?{name} *=", conf, re.M), name
+    # the example file sets a shared setting to the default every --help shows
+    for name, value in re.findall(r"^([a-z][a-z0-9-]*) *= *(\S+)", conf, re.M):
+        m = re.search(r"\(default ([^;)]*)", generate.get(name, ""))
+        if m and name not in own:
+            assert value == m[1], (name, value, m[1])
+    for args in (["--tree-size", "x"], ["--device", "gpu"], ["--temp", "-1"]):
+        for cmd in ("generate", "bench"):
+            q = subprocess.run([PPD_BIN, cmd, *args, "-p", "x"], capture_output=True, text=True, timeout=30)
+            assert q.returncode == 2 and args[0] in q.stderr, (cmd, args, q.stderr)
+
+
 def test_bad_settings_exit_2(tmp_path):
     for args, env, needle in [(["--bogus"], {}, "--bogus"), (["-np", "0"], {}, "[1, 256]"),
                               ([], {"PPD_PORT": "70000"}, "PPD_PORT"),
