@@ -33,7 +33,11 @@
  * only the rest is generated.  A different header is refused, naming the
  * first differing field, unless --force.
  *
- * Not here: training (cli_train.c), sampling (distillation is greedy by
+ * The model, threads and verbose flags are the settings every program shares
+ * (server/settings.h); -np reads as serve's --parallel; --seed is the
+ * shuffle's, not a sampling seed.
+ *
+ * Not here: training (train.c), sampling (distillation is greedy by
  * design: the trainer's teacher is the model's own argmax continuation), PPD
  * (the answers are the base model's plain output; PPD would give the same
  * tokens).
@@ -41,13 +45,16 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <limits.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "server/settings.h"
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/generate.h"
@@ -64,62 +71,58 @@ struct dist_opts {
     const char *prompts, *out, *model;
     long count;                     /* 0: all */
     long skip;                      /* leading prompts of the shuffled order left out */
-    long seed, max_tokens, max_prompt, parallel;
-    int n_threads, force;
+    long seed, max_tokens, max_prompt, parallel, n_threads, force, verbose;
 };
 
+#define O(field) offsetof(struct dist_opts, field)
+#define DIST(...) FLAG_OWN(__VA_ARGS__)
+
+static const struct flag_opt dist_flags[] = {
+    {DIST(.name = "file", .short_flag = "-f", .kind = FLAG_STR, .meta = "FILE",
+          .help = "prompt JSONL: one {\"id\": ..., \"turns\": [TEXT, ...]} per line; turns[0] is rendered as one "
+                  "user message with the chat template"), O(prompts)},
+    {DIST(.name = "output", .short_flag = "-o", .kind = FLAG_STR, .meta = "FILE",
+          .help = "output JSONL (header line, then one record per answered prompt)"), O(out)},
+    {&setting_model, O(model)},
+    {DIST(.name = "count", .kind = FLAG_INT, .min = 1, .max = 1L << 40,
+          .help = "answer the first N prompts of the shuffled file (default: all)"), O(count)},
+    /* not the sampling seed of generate and bench: distillation is greedy, this orders the prompts */
+    {DIST(.name = "seed", .kind = FLAG_INT, .min = 0, .max = LONG_MAX, .def = "1", .meta = "S",
+          .help = "shuffle seed"), O(seed)},
+    {DIST(.name = "skip", .kind = FLAG_INT, .min = 0, .max = 1L << 40, .def = "0",
+          .help = "leave out the first N prompts of the shuffled file: --skip N picks prompts a run with --count N "
+                  "never answered"), O(skip)},
+    {DIST(.name = "n-predict", .short_flag = "-n", .kind = FLAG_INT, .min = 1, .max = 1 << 20, .def = "256",
+          .help = "answer tokens at most"), O(max_tokens)},
+    {DIST(.name = "max-prompt", .kind = FLAG_INT, .min = 1, .max = 1 << 20, .def = "768",
+          .help = "skip (and count) prompts longer than N tokens"), O(max_prompt)},
+    /* serve's --parallel: the same range and meaning, more sequences by default */
+    {DIST(.name = "parallel", .short_flag = "-np", .kind = FLAG_INT, .min = 1, .max = 256, .def = "8",
+          .help = "sequences decoded at once (KV slots)"), O(parallel)},
+    {&setting_threads, O(n_threads)},
+    {DIST(.name = "force", .kind = FLAG_BOOL, .help = "overwrite OUT even when it holds another run's output"),
+     O(force)},
+    {&setting_verbose, O(verbose)},
+};
+
+static const struct flag_table dist_table = FLAG_TABLE("ppd distill", dist_flags);
+
 static void dist_usage(FILE *fp) {
-    fprintf(fp,
-            "usage: ppd distill -f PROMPTS.jsonl -o OUT.jsonl [flags]\n"
-            "Lets the base model answer a prompt set greedily and writes the token sequences\n"
-            "(the training data of `ppd train`).\n"
-            "  -f, --file FILE         prompt JSONL: one {\"id\": ..., \"turns\": [TEXT, ...]} per line;\n"
-            "                          turns[0] is rendered as one user message with the chat template\n"
-            "  -o, --output FILE       output JSONL (header line, then one record per answered prompt)\n"
-            "  -m, --model FILE        GGUF model (default %s)\n"
-            "      --count N           answer the first N prompts of the shuffled file (default: all)\n"
-            "      --seed S            shuffle seed (default 1)\n"
-            "      --skip N            leave out the first N prompts of the shuffled file (default 0):\n"
-            "                          --skip N picks prompts a run with --count N never answered\n"
-            "  -n, --n-predict N       answer tokens at most (default 256)\n"
-            "      --max-prompt N      skip (and count) prompts longer than N tokens (default 768)\n"
-            "  -np, --parallel N       sequences decoded at once (default 8)\n"
-            "  -t, --threads N         CPU threads (default: PPD_THREADS or the CPUs, at most 8)\n"
-            "      --force             overwrite OUT even when it holds another run's output\n"
-            "  -v, --verbose           debug logging\n"
-            "An existing OUT with the same model, prompts, seed, -n and --max-prompt is resumed:\n"
-            "its complete records are kept and only the missing ones are generated.\n",
-            PPD_DEFAULT_MODEL);
+    fprintf(fp, "usage: ppd distill -f PROMPTS.jsonl -o OUT.jsonl [flags]\n"
+                "Lets the base model answer a prompt set greedily and writes the token sequences\n"
+                "(the training data of `ppd train`).\n");
+    flag_usage(fp, &dist_table);
+    fprintf(fp, "An existing OUT with the same model, prompts, seed, -n and --max-prompt is resumed:\n"
+                "its complete records are kept and only the missing ones are generated.\n");
 }
 
 static int dist_parse(int argc, char **argv, struct dist_opts *o) {
     memset(o, 0, sizeof *o);
-    o->model = PPD_DEFAULT_MODEL;
-    o->seed = 1;
-    o->max_tokens = 256;
-    o->max_prompt = 768;
-    o->parallel = 8;
-    o->n_threads = flag_default_threads();
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i], *v;
-        long l;
-#define VAL() do { if (!(v = flag_value(argc, argv, &i))) return 2; } while (0)
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { dist_usage(stdout); return 1; }
-        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { VAL(); o->prompts = v; }
-        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { VAL(); o->out = v; }
-        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); o->model = v; }
-        else if (!strcmp(a, "--count")) { VAL(); if (flag_int(a, v, 1, 1L << 40, &o->count)) return 2; }
-        else if (!strcmp(a, "--skip")) { VAL(); if (flag_int(a, v, 0, 1L << 40, &o->skip)) return 2; }
-        else if (!strcmp(a, "--seed")) { VAL(); if (flag_int(a, v, 0, 0x7fffffffffffffffL, &o->seed)) return 2; }
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (flag_int(a, v, 1, 1 << 20, &o->max_tokens)) return 2; }
-        else if (!strcmp(a, "--max-prompt")) { VAL(); if (flag_int(a, v, 1, 1 << 20, &o->max_prompt)) return 2; }
-        else if (!strcmp(a, "-np") || !strcmp(a, "--parallel")) { VAL(); if (flag_int(a, v, 1, 256, &o->parallel)) return 2; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (flag_int(a, v, 1, 1024, &l)) return 2; o->n_threads = (int)l; }
-        else if (!strcmp(a, "--force")) o->force = 1;
-        else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) eng_log_set_level(ENG_LOG_DEBUG);
-        else { fprintf(stderr, "ppd distill: unknown flag '%s' (see --help)\n", a); return 2; }
-#undef VAL
-    }
+    int rc = flag_defaults(&dist_table, o);
+    if (!rc) rc = flag_parse(&dist_table, o, argc, argv, NULL);
+    if (rc == 1) dist_usage(stdout);
+    if (rc) return rc;
+    if (o->verbose) eng_log_set_level(ENG_LOG_DEBUG);
     if (!o->prompts || !o->out) {
         fprintf(stderr, "ppd distill: give the prompts (-f FILE) and the output (-o FILE)\n");
         return 2;
@@ -694,7 +697,7 @@ int cmd_distill(int argc, char **argv) {
 
     /* The context holds the longest prompt kept plus the longest answer; a
      * model trained on less gets its own limit (answers then end "context"). */
-    struct eng_engine_params ep = {.model_path = o.model, .n_threads = o.n_threads, .n_slot = (int)o.parallel,
+    struct eng_engine_params ep = {.model_path = o.model, .n_threads = (int)o.n_threads, .n_slot = (int)o.parallel,
                                    .n_ctx = (int)(o.max_prompt + o.max_tokens),
                                    .max_rows = o.parallel > DIST_MAX_ROWS ? (int)o.parallel : DIST_MAX_ROWS};
     if (eng_engine_open(&r.e, &ep, err, sizeof err)) { fprintf(stderr, "ppd: %s\n", err); goto done; }
@@ -710,7 +713,7 @@ int cmd_distill(int argc, char **argv) {
     }
     if (!(hdr = dist_header_new(&o, r.e, &ps, r.n))) goto done;
     if (dist_out_open(&r, hdr)) goto done;
-    fprintf(stderr, "ppd distill: %ld of %ld prompts (seed %ld), %ld to generate, %ld at a time, %d threads\n", r.n,
+    fprintf(stderr, "ppd distill: %ld of %ld prompts (seed %ld), %ld to generate, %ld at a time, %ld threads\n", r.n,
             ps.n, o.seed, r.n - r.next, o.parallel, o.n_threads);
     r.tty = isatty(2);
     r.t0 = r.t_last_log = eng_now_s();
