@@ -9,41 +9,87 @@
  *
  * The tuning prompts should not be the ones reported on (use training
  * prompts); greedy decoding, so the outputs of both runs must agree (checked).
+ * The model, threads and verbose flags are the settings every program shares
+ * (server/settings.h).
  * Not here: the builder (engine/ppd_tree_build.c), online re-tuning under load.
  */
 #include <jansson.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
 #include "prompts.h"
+#include "server/settings.h"
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/generate.h"
+#include "engine/log.h"
 #include "engine/ppd.h"
 #include "engine/ppd_setup.h"
 #include "engine/ppd_tree.h"
 
-#define TREE_L_DEFAULT 20
+#define TREE_L_MAX 256
+
+/* One table for both subcommands: build reads -a, -L and -o; tune the rest. */
+struct tree_opts {
+    const char *adapter, *model, *file, *sizes, *output;
+    long L, skip, count, n_predict, threads, set_adapter, verbose;
+};
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define O(field) offsetof(struct tree_opts, field)
+#define TREE(...) FLAG_OWN(__VA_ARGS__)
+
+static const struct flag_opt tree_flags[] = {
+    {TREE(.name = "adapter", .short_flag = "-a", .kind = FLAG_STR, .meta = "FILE",
+          .help = "PPD adapter with a measured accuracy table (ppd train)"), O(adapter)},
+    {&setting_model, O(model)},
+    {TREE(.name = "size", .short_flag = "-L", .kind = FLAG_INT, .min = 1, .max = TREE_L_MAX, .def = "20", .meta = "L",
+          .help = "build: tree budget"), O(L)},
+    {TREE(.name = "file", .short_flag = "-f", .kind = FLAG_STR, .meta = "FILE",
+          .help = "tune: prompts, JSON lines with \"turns\" (use training prompts)"), O(file)},
+    {TREE(.name = "skip", .kind = FLAG_INT, .min = 0, .max = 100000000, .def = "0",
+          .help = "tune: skip the first N lines of the file"), O(skip)},
+    {TREE(.name = "count", .kind = FLAG_INT, .min = 1, .max = 100000, .def = "6", .help = "tune: prompts"), O(count)},
+    {TREE(.name = "n-predict", .short_flag = "-n", .kind = FLAG_INT, .min = 2, .max = 100000, .def = "128",
+          .help = "tune: tokens per prompt"), O(n_predict)},
+    {TREE(.name = "sizes", .kind = FLAG_STR, .def = "2,4,6,8,12,16,24,32,48,64", .meta = "LIST",
+          .help = "tune: budgets to try, comma-separated, each in [1.." STR(TREE_L_MAX) "]"), O(sizes)},
+    {&setting_threads, O(threads)},
+    {TREE(.name = "output", .short_flag = "-o", .kind = FLAG_STR, .meta = "FILE",
+          .help = "tree family to write (JSON); tune: the best budget's"), O(output)},
+    {TREE(.name = "set-adapter", .kind = FLAG_BOOL,
+          .help = "tune: record the chosen budget in the adapter (ppd.tree_L): the default tree of generate, "
+                  "bench and serve is then built with it"), O(set_adapter)},
+    {&setting_verbose, O(verbose)},
+};
+
+static const struct flag_table tree_table = FLAG_TABLE("ppd tree", tree_flags);
 
 static void tree_usage(FILE *fp) {
-    fprintf(fp,
-            "usage: ppd tree build -a ADAPTER [-L BUDGET] -o FILE\n"
-            "       ppd tree tune -a ADAPTER -f PROMPTS.jsonl [flags]\n"
-            "  -a, --adapter FILE   PPD adapter with a measured accuracy table (ppd train)\n"
-            "  -m, --model FILE     base model (tune; default %s)\n"
-            "  -L, --size L         tree budget (build; default %d)\n"
-            "  -f, --file FILE      tuning prompts, JSON lines with \"turns\" (use training prompts)\n"
-            "      --skip N         skip the first N lines of the file (default 0)\n"
-            "      --count N        prompts (default 6)\n"
-            "  -n, --n-predict N    tokens per prompt (default 128)\n"
-            "      --sizes LIST     budgets to try (default 2,4,6,8,12,16,24,32,48,64)\n"
-            "  -t, --threads N      CPU threads\n"
-            "  -o, --output FILE    tree family to write (JSON)\n"
-            "      --set-adapter    record the chosen budget in the adapter (ppd.tree_L): the default\n"
-            "                       tree of generate, bench and serve is then built with it\n",
-            PPD_DEFAULT_MODEL, TREE_L_DEFAULT);
+    fprintf(fp, "usage: ppd tree build -a ADAPTER [-L BUDGET] -o FILE\n"
+                "       ppd tree tune -a ADAPTER -f PROMPTS.jsonl [flags]\n");
+    flag_usage(fp, &tree_table);
+}
+
+/* Every budget of "4,8,..." in [1, TREE_L_MAX]: the first bad one is a
+ * usage error before any model is opened. */
+static int tree_sizes_ok(const char *sizes) {
+    const char *s = sizes;
+    do {
+        char *end;
+        long L = strtol(s, &end, 10);
+        if (end == s || L < 1 || L > TREE_L_MAX || (*end && *end != ',')) {
+            fprintf(stderr, "ppd tree: --sizes: bad budget at '%s' (comma-separated, each in [1, %d])\n", s,
+                    TREE_L_MAX);
+            return 0;
+        }
+        s = *end == ',' ? end + 1 : end;
+    } while (*s);
+    return 1;
 }
 
 static int tree_from_adapter(const char *adapter, int L, struct eng_ppd_tree_family **fam,
@@ -101,7 +147,6 @@ static int cmd_tree_tune(const char *model, const char *adapter, const char *fil
     for (const char *s = sizes; *s;) {
         char *end;
         long L = strtol(s, &end, 10);
-        if (end == s || L < 1 || L > 256) { fprintf(stderr, "ppd tree: --sizes: bad budget at '%s'\n", s); goto done; }
         s = *end == ',' ? end + 1 : end;
         struct eng_ppd_tree_build_info info;
         struct eng_ppd_tree_family *fam = NULL;
@@ -161,44 +206,33 @@ int cmd_tree(int argc, char **argv) {
         tree_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
-    const char *sub = argv[1], *adapter = NULL, *out = NULL, *file = NULL, *model = PPD_DEFAULT_MODEL;
-    const char *sizes = "2,4,6,8,12,16,24,32,48,64";
-    int set_adapter = 0;
-    long L = TREE_L_DEFAULT, skip = 0, count = 6, n_predict = 128, threads = flag_default_threads();
-    for (int i = 2; i < argc; i++) {
-        const char *a = argv[i], *v;
-#define VAL() do { if (!(v = flag_value(argc, argv, &i))) return 2; } while (0)
-        if (!strcmp(a, "-a") || !strcmp(a, "--adapter")) { VAL(); adapter = v; }
-        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { VAL(); out = v; }
-        else if (!strcmp(a, "-m") || !strcmp(a, "--model")) { VAL(); model = v; }
-        else if (!strcmp(a, "-f") || !strcmp(a, "--file")) { VAL(); file = v; }
-        else if (!strcmp(a, "--sizes")) { VAL(); sizes = v; }
-        else if (!strcmp(a, "--set-adapter")) set_adapter = 1;
-        else if (!strcmp(a, "-L") || !strcmp(a, "--size")) { VAL(); if (flag_int(a, v, 1, 256, &L)) return 2; }
-        else if (!strcmp(a, "--skip")) { VAL(); if (flag_int(a, v, 0, 100000000, &skip)) return 2; }
-        else if (!strcmp(a, "--count")) { VAL(); if (flag_int(a, v, 1, 100000, &count)) return 2; }
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { VAL(); if (flag_int(a, v, 2, 100000, &n_predict)) return 2; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { VAL(); if (flag_int(a, v, 1, 1024, &threads)) return 2; }
-        else { fprintf(stderr, "ppd tree: unknown flag '%s' (see --help)\n", a); return 2; }
-#undef VAL
+    const char *sub = argv[1];
+    if (strcmp(sub, "build") && strcmp(sub, "tune")) {
+        fprintf(stderr, "ppd tree: unknown subcommand '%s' (build, tune)\n", sub);
+        return 2;
     }
-    if (!adapter) { fprintf(stderr, "ppd tree: -a ADAPTER is required\n"); return 2; }
+    struct tree_opts o;
+    memset(&o, 0, sizeof o);
+    int rc = flag_defaults(&tree_table, &o);
+    if (!rc) rc = flag_parse(&tree_table, &o, argc - 1, argv + 1, NULL);
+    if (rc == 1) tree_usage(stdout);
+    if (rc) return rc == 1 ? 0 : rc;
+    if (o.verbose) eng_log_set_level(ENG_LOG_DEBUG);
+    if (!o.adapter) { fprintf(stderr, "ppd tree: -a ADAPTER is required\n"); return 2; }
     if (!strcmp(sub, "build")) {
-        if (!out) { fprintf(stderr, "ppd tree build: -o FILE is required\n"); return 2; }
+        if (!o.output) { fprintf(stderr, "ppd tree build: -o FILE is required\n"); return 2; }
         struct eng_ppd_tree_family *fam = NULL;
         struct eng_ppd_tree_build_info info;
-        if (tree_from_adapter(adapter, (int)L, &fam, &info)) return 1;
+        if (tree_from_adapter(o.adapter, (int)o.L, &fam, &info)) return 1;
         char err[512];
-        int rc = eng_ppd_tree_family_save(fam, out, err, sizeof err);
+        rc = eng_ppd_tree_family_save(fam, o.output, err, sizeof err);
         eng_ppd_tree_family_free(fam);
         if (rc) { fprintf(stderr, "ppd tree: %s\n", err); return 1; }
-        printf("{\"tree\":\"%s\",\"L\":%ld,\"expected_accepted_per_step\":%.4f}\n", out, L, info.tokens_per_step);
+        printf("{\"tree\":\"%s\",\"L\":%ld,\"expected_accepted_per_step\":%.4f}\n", o.output, o.L, info.tokens_per_step);
         return 0;
     }
-    if (!strcmp(sub, "tune")) {
-        if (!file) { fprintf(stderr, "ppd tree tune: -f PROMPTS.jsonl is required\n"); return 2; }
-        return cmd_tree_tune(model, adapter, file, skip, count, n_predict, sizes, (int)threads, out, set_adapter);
-    }
-    fprintf(stderr, "ppd tree: unknown subcommand '%s' (build, tune)\n", sub);
-    return 2;
+    if (!o.file) { fprintf(stderr, "ppd tree tune: -f PROMPTS.jsonl is required\n"); return 2; }
+    if (!tree_sizes_ok(o.sizes)) return 2;
+    return cmd_tree_tune(o.model, o.adapter, o.file, o.skip, o.count, o.n_predict, o.sizes, (int)o.threads, o.output,
+                         (int)o.set_adapter);
 }
