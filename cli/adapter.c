@@ -9,13 +9,17 @@
  *       the paper's released PEFT adapter as an adapter for MODEL
  *       (engine/ppd_import.h says what is accepted)
  *
+ * init and import take the model flag every program shares
+ * (server/settings.h); show's -m is optional, so it has no default.
  * Not here: training (`ppd train`).
  */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "server/settings.h"
 #include "engine/backend.h"
 #include "engine/err.h"
 #include "engine/model.h"
@@ -23,25 +27,87 @@
 #include "engine/ppd_import.h"
 #include "engine/tokenizer.h"
 
-int cmd_adapter(int argc, char **argv);
+struct adapter_opts {
+    const char *model, *output, *text;
+    long n_prompt, topk, member, force;
+    struct flag_list files;   /* show: the adapter; import: the adapter and its config */
+};
 
-static void adapter_usage(FILE *fp) {
-    fprintf(fp,
-            "usage: ppd adapter init [flags]    make an untrained adapter (text initialisation)\n"
-            "       ppd adapter show FILE [-m MODEL]\n"
-            "       ppd adapter import DIR|FILE.safetensors [CONFIG.json] [flags]\n"
-            "                          import the paper's PEFT adapter (adapter_model.safetensors\n"
-            "                          + adapter_config.json) for MODEL\n"
-            "  -m, --model FILE     base model (default %s)\n"
-            "  -o, --output FILE    adapter to write (default: MODEL with .ppd.gguf)\n"
-            "      --n-prompt N     prompt tokens (init: default 3; import: only when there is no config,\n"
-            "                       V = 1 is then assumed)\n"
-            "      --topk K         guesses per prompt token (default 10)\n"
-            "      --text TEXT      init text (default \"%s\")\n"
-            "      --ensemble-member J  import: for V > 1 adapters, take virtual token J of every\n"
-            "                       prompt token alone (ppd runs V = 1; without it V > 1 is refused)\n"
-            "      --force          overwrite an existing output file\n",
-            PPD_DEFAULT_MODEL, ENG_PPD_INIT_TEXT);
+#define O(field) offsetof(struct adapter_opts, field)
+#define ADAPTER(...) FLAG_OWN(__VA_ARGS__)
+
+/* init's and import's flags that read alike in both */
+static const struct flag_spec adapter_output = {
+    .name = "output", .short_flag = "-o", .kind = FLAG_STR, .meta = "FILE",
+    .help = "adapter to write (default: MODEL with .ppd.gguf)"};
+static const struct flag_spec adapter_topk = {
+    .name = "topk", .kind = FLAG_INT, .min = 1, .max = ENG_PPD_MAX_TOPK, .def = "10", .meta = "K",
+    .help = "guesses per prompt token"};
+static const struct flag_spec adapter_force = {
+    .name = "force", .kind = FLAG_BOOL, .help = "overwrite an existing output file"};
+
+static const struct flag_opt adapter_init_flags[] = {
+    {&setting_model, O(model)},
+    {&adapter_output, O(output)},
+    {ADAPTER(.name = "n-prompt", .kind = FLAG_INT, .min = 1, .max = ENG_PPD_MAX_PROMPT, .def = "3",
+             .help = "prompt tokens"), O(n_prompt)},
+    {&adapter_topk, O(topk)},
+    {ADAPTER(.name = "text", .kind = FLAG_STR, .def = ENG_PPD_INIT_TEXT, .meta = "TEXT",
+             .help = "the text whose token embeddings start the prompt tokens"), O(text)},
+    {&adapter_force, O(force)},
+};
+
+/* show opens a model only when asked: its -m has no default */
+static const struct flag_opt adapter_show_flags[] = {
+    {ADAPTER(.name = "model", .short_flag = "-m", .kind = FLAG_STR, .meta = "FILE",
+             .help = "also check that the adapter fits this GGUF model"), O(model)},
+};
+
+static const struct flag_opt adapter_import_flags[] = {
+    {&setting_model, O(model)},
+    {&adapter_output, O(output)},
+    {ADAPTER(.name = "n-prompt", .kind = FLAG_INT, .min = 1, .max = ENG_PPD_MAX_PROMPT,
+             .help = "prompt tokens, only when there is no config (V = 1 is then assumed)"), O(n_prompt)},
+    {&adapter_topk, O(topk)},
+    {ADAPTER(.name = "ensemble-member", .kind = FLAG_INT, .min = 0, .max = 1 << 20, .meta = "J",
+             .help = "for V > 1 adapters, take virtual token J of every prompt token alone (ppd runs V = 1; "
+                     "without it V > 1 is refused)"), O(member)},
+    {&adapter_force, O(force)},
+};
+
+static const struct flag_table adapter_init_table = FLAG_TABLE("ppd adapter init", adapter_init_flags);
+static const struct flag_table adapter_show_table = FLAG_TABLE("ppd adapter show", adapter_show_flags);
+static const struct flag_table adapter_import_table = FLAG_TABLE("ppd adapter import", adapter_import_flags);
+
+/* One subcommand's usage, or all three when t is NULL. */
+static void adapter_usage(FILE *fp, const struct flag_table *t) {
+    if (!t || t == &adapter_init_table) {
+        fprintf(fp, "usage: ppd adapter init [flags]\n"
+                    "  an untrained adapter (the paper's text initialisation)\n");
+        flag_usage(fp, &adapter_init_table);
+    }
+    if (!t || t == &adapter_show_table) {
+        fprintf(fp, "%susage: ppd adapter show FILE [-m MODEL]\n"
+                    "  the adapter's metadata\n", t ? "" : "\n");
+        flag_usage(fp, &adapter_show_table);
+    }
+    if (!t || t == &adapter_import_table) {
+        fprintf(fp, "%susage: ppd adapter import DIR|FILE.safetensors [CONFIG.json] [flags]\n"
+                    "  the paper's PEFT adapter (adapter_model.safetensors + adapter_config.json) for MODEL\n",
+                t ? "" : "\n");
+        flag_usage(fp, &adapter_import_table);
+    }
+}
+
+/* A subcommand's flags into o; the words that are not flags into o->files.
+ * 0, 1 after --help (printed), 2 after a message. */
+static int adapter_parse(const struct flag_table *t, int argc, char **argv, struct adapter_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->member = -1;   /* no --ensemble-member */
+    int rc = flag_defaults(t, o);
+    if (!rc) rc = flag_parse(t, o, argc, argv, t == &adapter_init_table ? NULL : &o->files);
+    if (rc == 1) adapter_usage(stdout, t);
+    return rc;
 }
 
 static int adapter_open_model(const char *path, struct eng_backend *be, struct eng_model **m, struct tok **t) {
@@ -55,28 +121,16 @@ static int adapter_open_model(const char *path, struct eng_backend *be, struct e
 }
 
 static int adapter_init(int argc, char **argv) {
-    const char *model = PPD_DEFAULT_MODEL, *output = NULL, *text = ENG_PPD_INIT_TEXT, *v;
-    long n_prompt = 3, topk = 10;
-    int force = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { adapter_usage(stdout); return 0; }
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = flag_value(argc, argv, &i))) return 2; model = v; }
-        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { if (!(v = flag_value(argc, argv, &i))) return 2; output = v; }
-        else if (!strcmp(a, "--force")) force = 1;
-        else if (!strcmp(a, "--text")) { if (!(v = flag_value(argc, argv, &i))) return 2; text = v; }
-        else if (!strcmp(a, "--n-prompt")) {
-            if (!(v = flag_value(argc, argv, &i)) || flag_int(a, v, 1, ENG_PPD_MAX_PROMPT, &n_prompt)) return 2;
-        } else if (!strcmp(a, "--topk")) {
-            if (!(v = flag_value(argc, argv, &i)) || flag_int(a, v, 1, ENG_PPD_MAX_TOPK, &topk)) return 2;
-        } else { fprintf(stderr, "ppd adapter init: unknown flag '%s' (see --help)\n", a); return 2; }
-    }
+    struct adapter_opts o;
+    int rc = adapter_parse(&adapter_init_table, argc, argv, &o);
+    if (rc) return rc == 1 ? 0 : rc;
+    const char *model = o.model, *output = o.output;
     char path[1024], err[512];
     if (!output) {
         if (eng_ppd_adapter_default_path(model, path, sizeof path)) { fprintf(stderr, "ppd: model path too long\n"); return 2; }
         output = path;
     }
-    FILE *exists = force ? NULL : fopen(output, "rb");
+    FILE *exists = o.force ? NULL : fopen(output, "rb");
     if (exists) {
         fclose(exists);
         fprintf(stderr, "ppd: %s exists; --force overwrites it\n", output);
@@ -88,7 +142,7 @@ static int adapter_init(int argc, char **argv) {
     struct eng_ppd_adapter *ad = NULL;
     int status = 1;
     if (adapter_open_model(model, &be, &m, &t)) goto done;
-    if (eng_ppd_adapter_init_text(&ad, m, t, (int)n_prompt, (int)topk, text, err, sizeof err) ||
+    if (eng_ppd_adapter_init_text(&ad, m, t, (int)o.n_prompt, (int)o.topk, o.text, err, sizeof err) ||
         eng_ppd_adapter_save(ad, output, err, sizeof err)) {
         fprintf(stderr, "ppd: %s\n", err);
         goto done;
@@ -104,15 +158,12 @@ done:
 }
 
 static int adapter_show(int argc, char **argv) {
-    const char *file = NULL, *model = NULL, *v;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = flag_value(argc, argv, &i))) return 2; model = v; }
-        else if (a[0] == '-') { fprintf(stderr, "ppd adapter show: unknown flag '%s'\n", a); return 2; }
-        else if (!file) file = a;
-        else { fprintf(stderr, "ppd adapter show: one file at a time\n"); return 2; }
-    }
-    if (!file) { adapter_usage(stderr); return 2; }
+    struct adapter_opts o;
+    int rc = adapter_parse(&adapter_show_table, argc, argv, &o);
+    if (rc) return rc == 1 ? 0 : rc;
+    if (o.files.n > 1) { fprintf(stderr, "ppd adapter show: one file at a time\n"); return 2; }
+    if (!o.files.n) { adapter_usage(stderr, &adapter_show_table); return 2; }
+    const char *file = o.files.v[0], *model = o.model;
     struct eng_backend be = {0};
     struct eng_model *m = NULL;
     struct eng_ppd_adapter *ad = NULL;
@@ -156,42 +207,30 @@ done:
 }
 
 static int adapter_import(int argc, char **argv) {
-    const char *model = PPD_DEFAULT_MODEL, *output = NULL, *src = NULL, *v;
+    struct adapter_opts a;
+    int rc = adapter_parse(&adapter_import_table, argc, argv, &a);
+    if (rc) return rc == 1 ? 0 : rc;
     struct eng_ppd_import_opts o = ENG_PPD_IMPORT_OPTS_DEFAULT;
-    long n_prompt = 0, topk = o.topk, member = -1;
-    int force = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        size_t len = strlen(a);
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { adapter_usage(stdout); return 0; }
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) { if (!(v = flag_value(argc, argv, &i))) return 2; model = v; }
-        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { if (!(v = flag_value(argc, argv, &i))) return 2; output = v; }
-        else if (!strcmp(a, "--force")) force = 1;
-        else if (!strcmp(a, "--n-prompt")) {
-            if (!(v = flag_value(argc, argv, &i)) || flag_int(a, v, 1, ENG_PPD_MAX_PROMPT, &n_prompt)) return 2;
-        } else if (!strcmp(a, "--topk")) {
-            if (!(v = flag_value(argc, argv, &i)) || flag_int(a, v, 1, ENG_PPD_MAX_TOPK, &topk)) return 2;
-        } else if (!strcmp(a, "--ensemble-member")) {
-            if (!(v = flag_value(argc, argv, &i)) || flag_int(a, v, 0, 1 << 20, &member)) return 2;
-        } else if (a[0] == '-') {
-            fprintf(stderr, "ppd adapter import: unknown flag '%s' (see --help)\n", a);
-            return 2;
-        } else if (len > 5 && !strcmp(a + len - 5, ".json")) {
+    const char *model = a.model, *output = a.output, *src = NULL;
+    for (int i = 0; i < a.files.n; i++) {
+        const char *f = a.files.v[i];
+        const size_t len = strlen(f);
+        if (len > 5 && !strcmp(f + len - 5, ".json")) {
             if (o.config_path) { fprintf(stderr, "ppd adapter import: one config file at a time\n"); return 2; }
-            o.config_path = a;
-        } else if (!src) src = a;
+            o.config_path = f;
+        } else if (!src) src = f;
         else { fprintf(stderr, "ppd adapter import: one adapter at a time\n"); return 2; }
     }
-    if (!src) { adapter_usage(stderr); return 2; }
-    o.n_prompt = (int)n_prompt;
-    o.topk = (int)topk;
-    o.ensemble_member = (int)member;
+    if (!src) { adapter_usage(stderr, &adapter_import_table); return 2; }
+    o.n_prompt = (int)a.n_prompt;
+    o.topk = (int)a.topk;
+    o.ensemble_member = (int)a.member;
     char path[1024], err[1024];
     if (!output) {
         if (eng_ppd_adapter_default_path(model, path, sizeof path)) { fprintf(stderr, "ppd: model path too long\n"); return 2; }
         output = path;
     }
-    FILE *exists = force ? NULL : fopen(output, "rb");
+    FILE *exists = a.force ? NULL : fopen(output, "rb");
     if (exists) {
         fclose(exists);
         fprintf(stderr, "ppd: %s exists; --force overwrites it\n", output);
@@ -216,8 +255,8 @@ done:
 }
 
 int cmd_adapter(int argc, char **argv) {
-    if (argc < 2) { adapter_usage(stderr); return 2; }
-    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) { adapter_usage(stdout); return 0; }
+    if (argc < 2) { adapter_usage(stderr, NULL); return 2; }
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) { adapter_usage(stdout, NULL); return 0; }
     if (!strcmp(argv[1], "init")) return adapter_init(argc - 1, argv + 1);
     if (!strcmp(argv[1], "show")) return adapter_show(argc - 1, argv + 1);
     if (!strcmp(argv[1], "import")) return adapter_import(argc - 1, argv + 1);
