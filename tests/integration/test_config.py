@@ -49,13 +49,13 @@ def test_help_env_and_config_file_share_one_table():
         assert "--tree-budget" in q.stdout + q.stderr, cmd
 
 
-def _help_lines(cmd):
-    """`ppd CMD --help` as {long flag name: its line}, the env lines left out."""
-    p = subprocess.run([PPD_BIN, cmd, "--help"], capture_output=True, text=True, timeout=30)
+def _help_lines(*cmd):
+    """`ppd CMD [SUBCMD] --help` as {long flag name: its line}, the env lines left out."""
+    p = subprocess.run([PPD_BIN, *cmd, "--help"], capture_output=True, text=True, timeout=30)
     assert p.returncode == 0, (cmd, p.stderr)
     lines = {}
     for line in p.stdout.splitlines():
-        m = re.match(r"  (?:-[a-z]+, )?--([a-z][a-z0-9-]*)", line)
+        m = re.match(r"  (?:-[a-zA-Z]+, )?--([a-z][a-z0-9-]*)", line)
         if m and m[1] != "help":
             lines[m[1]] = line
     return lines
@@ -90,6 +90,39 @@ def test_shared_settings_read_alike_everywhere():
         for cmd in ("generate", "bench"):
             q = subprocess.run([PPD_BIN, cmd, *args, "-p", "x"], capture_output=True, text=True, timeout=30)
             assert q.returncode == 2 and args[0] in q.stderr, (cmd, args, q.stderr)
+
+
+def test_toolchain_reads_the_shared_settings_alike():
+    """distill, train, tree and adapter take the model, threads and verbose
+    settings from the same descriptions as generate and serve, so their --help
+    lines are the same; distill's -np is serve's --parallel with its own
+    default; the seed of distill and train orders data, and is not the
+    sampling seed.  A bad value exits 2 naming the flag."""
+    generate, serve = _help_lines("generate"), _help_lines("serve")
+    tools = {"distill": _help_lines("distill"), "train": _help_lines("train"), "tree": _help_lines("tree"),
+             "adapter init": _help_lines("adapter", "init"), "adapter import": _help_lines("adapter", "import")}
+    shared = {"model": tools.keys(), "threads": {"distill", "train", "tree"}, "verbose": {"distill", "train", "tree"}}
+    for name, progs in shared.items():
+        for prog in progs:
+            assert tools[prog].get(name) == generate[name], (prog, name, tools[prog].get(name), generate[name])
+    no_default = lambda line: re.sub(r" \(default [^)]*\)", "", line)
+    assert no_default(tools["distill"]["parallel"]) == no_default(serve["parallel"])
+    assert "(default 8)" in tools["distill"]["parallel"]
+    for prog in ("distill", "train"):
+        assert tools[prog]["seed"] != generate["seed"] and "(default 1)" in tools[prog]["seed"], prog
+    # show opens a model only when given one
+    assert "(default" not in _help_lines("adapter", "show")["model"]
+    bad = [(["distill", "-f", "p.jsonl", "-o", "o.jsonl", "-t", "0"], "-t"),
+           (["distill", "-np", "300"], "-np"), (["distill", "--seed", "-1"], "--seed"),
+           (["train", "-d", "d.jsonl", "--lr", "x"], "--lr"), (["train", "--loss", "mse"], "--loss"),
+           (["train", "--val=2"], "--val"), (["train", "--bogus"], "--bogus"),
+           (["tree", "build", "-a", "a.gguf", "-L", "0"], "-L"), (["tree", "tune", "--count", "x"], "--count"),
+           (["tree", "tune", "-a", "a.gguf", "-f", "p.jsonl", "--sizes", "4,x"], "--sizes"),
+           (["adapter", "init", "--topk", "0"], "--topk"), (["adapter", "import", "x", "--n-prompt", "99"], "--n-prompt"),
+           (["adapter", "show", "x", "-m"], "-m")]
+    for args, flag in bad:
+        q = subprocess.run([PPD_BIN, *args], capture_output=True, text=True, timeout=30)
+        assert q.returncode == 2 and flag in q.stderr, (args, q.returncode, q.stderr)
 
 
 def test_bad_settings_exit_2(tmp_path):
