@@ -361,13 +361,17 @@ static void test_attention(const struct att_case *tc) {
 
     /* batch invariance on the GPU: every row alone, from the same q, gives the
      * bits it has in the batch (rows in full tiles of rows sharing a group
-     * take attention.cu's shared-load path, a row alone the one-row path) */
+     * take attention.cu's shared-load path, a row alone the one-row path).
+     * Under a sliding window a tree row alone cannot be compared: the
+     * positions of its ancestors' entries come from the rows that write them
+     * (batch.h), which a one-row batch lacks. */
+    const int alone_ok = !tc->window || tc->kind == ATT_CAUSAL || tc->kind == ATT_DECODE;
     struct eng_batch b1;
     if (eng_batch_init(&b1, 1, b.vis_words * 64)) exit(2);
     float *o1 = up(&gpu, NULL, sizeof(float) * q_dim);
     float *alone = xmalloc(sizeof(float) * q_dim);
     int n_same = 0;
-    for (int r = 0; r < n; r++) {
+    for (int r = 0; r < n && alone_ok; r++) {
         b1.n_tok = 1;
         b1.token[0] = 0; b1.pos[0] = b.pos[r]; b1.slot[0] = b.slot[r]; b1.kv_idx[0] = b.kv_idx[r];
         b1.n_prefix[0] = b.n_prefix[r]; b1.grp_first[0] = b.grp_first[r]; b1.grp_len[0] = b.grp_len[r];
@@ -379,7 +383,7 @@ static void test_attention(const struct att_case *tc) {
     snprintf(name, sizeof name, "attention %s: each row alone == in the batch (GPU)", tc->name);
     char det[64];
     snprintf(det, sizeof det, "%d of %d rows bitwise", n_same, n);
-    check_true(name, n_same == n, det);
+    if (alone_ok) check_true(name, n_same == n, det);
 
     IF(&gpu)->buf_free(gpu.ctx, o1);
     float *cb[] = {qc, kc, vc, oc}, *gb[] = {qg, kg, vg, og};
