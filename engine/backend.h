@@ -64,9 +64,10 @@ struct eng_backend_i {
     void (*rope_kv_store)(void *ctx, float *q, float *k, const float *v, const struct eng_batch *b,
                           struct eng_kv *kv, int layer, int n_head, int n_head_kv, int head_dim,
                           const struct kq_rope *rope);
-    /* out[r] = attention of q[r] over the entries of its slot that batch row r sees. */
+    /* out[r] = attention of q[r] over the entries of its slot that batch row r sees,
+     * cut to the sliding window of `window` positions (batch.h; 0: none). */
     void (*attention)(void *ctx, const float *q, const struct eng_batch *b, const struct eng_kv *kv,
-                      int layer, int n_head, int n_head_kv, int head_dim, float scale, float *out);
+                      int layer, int n_head, int n_head_kv, int head_dim, float scale, int window, float *out);
     /* out = silu(gate) * up, n_tok rows of n. */
     void (*swiglu)(void *ctx, const float *gate, const float *up, int n_tok, int n, float *out);
     /* x += y, n_tok rows of n. */

@@ -42,6 +42,10 @@ struct cpu_ctx {
     int n_pieces;
     int32_t *iota;          /* [iota_cap] 0, 1, 2, ...: the shared entry list */
     size_t iota_cap;
+    int32_t *win_lo;        /* [win_cap] sliding window: each row's first visible committed entry */
+    uint64_t *win_vis;      /* [win_cap][vis_words] the batch's visibility cut to the window */
+    size_t win_cap;         /* rows of win_lo (win_vis: win_cap * win_words words) */
+    int win_words;
     int32_t *rope_pos;      /* [rope_cap] positions whose RoPE angles rope_cs holds */
     float *rope_cs;         /* [rope_cap][KQ_ROPE_MAX_ROT] cos, sin per pair */
     size_t rope_cap;
@@ -320,12 +324,18 @@ static void cpu_rope_kv_store(void *vctx, float *q, float *k, const float *v, co
  * for one row of SmolLM2), and a many-row step gives each thread whole pieces.
  * Whatever the cut, a (row, head) gets the same entry list in the same order
  * (prefix, then its visible entries of the step, ascending) and kq_attn_run's
- * result depends on nothing else: attention.h. */
+ * result depends on nothing else: attention.h.
+ * A sliding window (batch.h) first cuts the batch's visibility
+ * (eng_batch_window): a row's committed entries start at lo[r] instead of 0,
+ * and its bits lose the step's entries outside the window.  A piece's rows
+ * then also share lo, so the shared list is lo .. n_prefix + common - 1 for
+ * all of them; below the window's length nothing changes. */
 #define ATTN_PIECE_ROWS 8
 
 struct attn_job {
     struct cpu_ctx *c; const float *q; const struct eng_batch *b; const struct eng_kv *kv;
     int layer, n_head, n_head_kv, head_dim; float scale; float *out;
+    const int32_t *lo;      /* [n_tok] first visible committed entry per row, or NULL: 0 */
 };
 
 /* Query heads [h0, h1) for the rows of piece p. */
@@ -333,6 +343,7 @@ static void attn_task(const struct attn_job *j, int p, int h0, int h1, float *sc
     const struct cpu_ctx *c = j->c;
     const struct eng_batch *b = j->b;
     const int r0 = c->pieces[p], r1 = c->pieces[p + 1], nr = r1 - r0, common = c->piece_common[p];
+    const int lo = j->lo ? j->lo[r0] : 0;
     const int hd = j->head_dim, gcap = b->vis_words * 64;
     const int32_t *own[ATTN_PIECE_ROWS];
     int n_own[ATTN_PIECE_ROWS];
@@ -353,7 +364,7 @@ static void attn_task(const struct attn_job *j, int p, int h0, int h1, float *sc
         .head_dim = hd, .scale = j->scale, .n_rep = j->n_head / j->n_head_kv, .head0 = h0, .n_head = h1 - h0,
         .q = j->q + (size_t)r0 * row_stride, .q_stride = row_stride,
         .out = j->out + (size_t)r0 * row_stride, .out_stride = row_stride,
-        .n_row = nr, .shared = c->iota, .n_shared = b->n_prefix[r0] + common,
+        .n_row = nr, .shared = c->iota + lo, .n_shared = b->n_prefix[r0] - lo + common,
         .own = own, .n_own = n_own,
     };
     kq_attn_run(&t, sc);
@@ -391,9 +402,36 @@ static int attn_leading_visible(const struct eng_batch *b, int r) {
     return n;
 }
 
-static void cpu_attention(void *vctx, const float *q, const struct eng_batch *b, const struct eng_kv *kv,
-                          int layer, int n_head, int n_head_kv, int head_dim, float scale, float *out) {
+/* The window's cut of b into c->win_lo and c->win_vis, and a view of b with
+ * those bits in *bw; NULL when the window hides nothing (or there is none). */
+static const int32_t *attn_window(struct cpu_ctx *c, const struct eng_batch *b, int window, struct eng_batch *bw) {
+    if (window <= 0) return NULL;
+    int bites = 0;
+    for (int r = 0; r < b->n_tok && !bites; r++) bites = b->pos[r] >= window;
+    if (!bites) return NULL;
+    if ((size_t)b->n_tok > c->win_cap || b->vis_words > c->win_words) {
+        const size_t rows = (size_t)b->n_tok > c->win_cap ? (size_t)b->n_tok : c->win_cap;
+        const int words = b->vis_words > c->win_words ? b->vis_words : c->win_words;
+        int32_t *l = realloc(c->win_lo, sizeof *l * rows);
+        if (l) c->win_lo = l;
+        uint64_t *v = realloc(c->win_vis, sizeof *v * rows * (size_t)words);
+        if (v) c->win_vis = v;
+        if (!l || !v) abort(); /* out of memory mid-step: cannot continue */
+        c->win_cap = rows;
+        c->win_words = words;
+    }
+    if (!eng_batch_window(b, window, c->win_lo, c->win_vis)) return NULL;
+    *bw = *b;
+    bw->vis = c->win_vis;
+    return c->win_lo;
+}
+
+static void cpu_attention(void *vctx, const float *q, const struct eng_batch *b_in, const struct eng_kv *kv,
+                          int layer, int n_head, int n_head_kv, int head_dim, float scale, int window, float *out) {
     struct cpu_ctx *c = vctx;
+    struct eng_batch bw;
+    const int32_t *lo = attn_window(c, b_in, window, &bw);
+    const struct eng_batch *b = lo ? &bw : b_in;
     const int n = b->n_tok;
     int piece_rows = ATTN_PIECE_ROWS;
     while (piece_rows > 1 && piece_rows * n_head > KQ_ATTN_MAX_QUERIES) piece_rows--;
@@ -415,7 +453,7 @@ static void cpu_attention(void *vctx, const float *q, const struct eng_batch *b,
     for (int r = 0; r < n;) {
         int e = r + 1;
         while (e < n && b->slot[e] == b->slot[r] && b->n_prefix[e] == b->n_prefix[r] &&
-               b->grp_first[e] == b->grp_first[r])
+               b->grp_first[e] == b->grp_first[r] && (!lo || lo[e] == lo[r]))
             e++;
         const int k = (e - r + piece_rows - 1) / piece_rows;
         for (int i = 0; i < k; i++) {
@@ -425,7 +463,7 @@ static void cpu_attention(void *vctx, const float *q, const struct eng_batch *b,
             for (int rr = p0; rr < p1; rr++) {
                 const int lead = b->grp_first[rr] == b->n_prefix[rr] ? attn_leading_visible(b, rr) : 0;
                 if (lead < common) common = lead;
-                cost += eng_batch_row_visible(b, rr) + 32;
+                cost += eng_batch_row_visible(b, rr) - (lo ? lo[rr] : 0) + 32;
                 if (b->n_prefix[rr] + b->grp_len[rr] > n_keys_max) n_keys_max = b->n_prefix[rr] + b->grp_len[rr];
             }
             c->pieces[c->n_pieces] = p0;
@@ -453,7 +491,7 @@ static void cpu_attention(void *vctx, const float *q, const struct eng_batch *b,
         c->scores = sc;
         c->scores_cap = need;
     }
-    struct attn_job j = {c, q, b, kv, layer, n_head, n_head_kv, head_dim, scale, out};
+    struct attn_job j = {c, q, b, kv, layer, n_head, n_head_kv, head_dim, scale, out, lo};
     eng_pool_run(c->pool, attn_region, &j);
 }
 
@@ -510,6 +548,8 @@ static void cpu_free(void *vctx) {
     free(c->pieces);
     free(c->piece_cum);
     free(c->iota);
+    free(c->win_lo);
+    free(c->win_vis);
     free(c->rope_pos);
     free(c->rope_cs);
     free(c);

@@ -68,6 +68,10 @@ struct cuda_ctx {
     size_t b_cap;           /* bytes */
     size_t b_bytes;         /* bytes of the current upload (0: none) */
     struct kc_batch kb;
+    int window;             /* the sliding window attention last ran with (rope's uploads use it too) */
+    int32_t *win_lo;        /* [win_cap] host: each row's first visible committed entry */
+    uint64_t *win_vis;      /* [win_cap * win_words] host: the visibility cut to the window */
+    size_t win_cap, win_words;
     int att_tile_rows;      /* of the batch in kb: mean run of rows sharing slot, prefix and group */
     int att_n_split;        /* of the batch in kb: the most kc_attn_splits of any row */
     /* Fused weights (cuda_weight_fuse): one allocation holding n matrices
@@ -356,20 +360,34 @@ static const struct cuda_fused *cuda_fused_whole(struct cuda_ctx *c, const struc
 
 /* ---- the batch on the device ---- */
 
-/* Upload b's per-row arrays unless the device copy already holds them. */
+/* Upload b's per-row arrays, cut to the sliding window c->window (batch.h),
+ * unless the device copy already holds them. */
 static void cuda_batch_sync(struct cuda_ctx *c, const struct eng_batch *b) {
-    const size_t n = (size_t)b->n_tok, ints = 6 * n * sizeof(int32_t);
+    const size_t n = (size_t)b->n_tok, ints = 7 * n * sizeof(int32_t);
     const size_t bytes = ints + n * (size_t)b->vis_words * sizeof(uint64_t);
     if (cuda_grow(c, &c->b_dev, &c->b_host, &c->b_cap, bytes)) c->b_bytes = 0;
+    if (n > c->win_cap || (size_t)b->vis_words > c->win_words) {
+        const size_t rows = n > c->win_cap ? n : c->win_cap;
+        const size_t words = (size_t)b->vis_words > c->win_words ? (size_t)b->vis_words : c->win_words;
+        int32_t *l = realloc(c->win_lo, sizeof *l * rows);
+        if (l) c->win_lo = l;
+        uint64_t *v = realloc(c->win_vis, sizeof *v * rows * words);
+        if (v) c->win_vis = v;
+        if (!l || !v) cuda_fatal("realloc", "out of host memory", __LINE__);
+        c->win_cap = rows;
+        c->win_words = words;
+    }
+    const int cut = eng_batch_window(b, c->window, c->win_lo, c->win_vis);
+    const uint64_t *vis = cut ? c->win_vis : b->vis;
     /* The host copy is compared array by array and rewritten only on a change. */
-    const int32_t *src[6] = {b->pos, b->slot, b->kv_idx, b->n_prefix, b->grp_first, b->grp_len};
+    const int32_t *src[7] = {b->pos, b->slot, b->kv_idx, b->n_prefix, b->grp_first, b->grp_len, c->win_lo};
     int same = bytes == c->b_bytes && c->kb.n_tok == b->n_tok && c->kb.vis_words == b->vis_words;
     char *h = c->b_host;
-    for (int i = 0; i < 6 && same; i++) same = !memcmp(h + i * n * sizeof(int32_t), src[i], n * sizeof(int32_t));
-    if (same) same = !memcmp(h + ints, b->vis, bytes - ints);
+    for (int i = 0; i < 7 && same; i++) same = !memcmp(h + i * n * sizeof(int32_t), src[i], n * sizeof(int32_t));
+    if (same) same = !memcmp(h + ints, vis, bytes - ints);
     if (same) return;
-    for (int i = 0; i < 6; i++) memcpy(h + i * n * sizeof(int32_t), src[i], n * sizeof(int32_t));
-    memcpy(h + ints, b->vis, bytes - ints);
+    for (int i = 0; i < 7; i++) memcpy(h + i * n * sizeof(int32_t), src[i], n * sizeof(int32_t));
+    memcpy(h + ints, vis, bytes - ints);
     CUDA_CHECK(cudaMemcpyAsync(c->b_dev, c->b_host, bytes, cudaMemcpyHostToDevice, c->st));
     c->b_bytes = bytes;
     const int32_t *d = c->b_dev;
@@ -381,16 +399,20 @@ static void cuda_batch_sync(struct cuda_ctx *c, const struct eng_batch *b) {
     c->kb.n_prefix = d + 3 * n;
     c->kb.grp_first = d + 4 * n;
     c->kb.grp_len = d + 5 * n;
+    c->kb.prefix_lo = d + 6 * n;
     c->kb.vis = (const uint64_t *)((const char *)c->b_dev + ints);
     /* What attention's launch needs of this batch, once per upload, not per layer:
      * runs of rows sharing slot, prefix and group (a PPD tree, a prefill chunk)
      * are served a tile at a time, and long rows' keys go to several blocks. */
+    struct eng_batch bw = *b;
+    bw.vis = (uint64_t *)vis;
     int runs = 1, n_split = 1;
     for (int r = 0; r < b->n_tok; r++) {
         if (r > 0)
             runs += b->slot[r] != b->slot[r - 1] || b->n_prefix[r] != b->n_prefix[r - 1] ||
-                    b->grp_first[r] != b->grp_first[r - 1] || b->grp_len[r] != b->grp_len[r - 1];
-        const int s = kc_attn_splits(eng_batch_row_visible(b, r));
+                    b->grp_first[r] != b->grp_first[r - 1] || b->grp_len[r] != b->grp_len[r - 1] ||
+                    c->win_lo[r] != c->win_lo[r - 1];
+        const int s = kc_attn_splits(eng_batch_row_visible(&bw, r) - c->win_lo[r]);
         if (s > n_split) n_split = s;
     }
     c->att_tile_rows = b->n_tok / runs;
@@ -528,10 +550,11 @@ static void cuda_rope_kv_store(void *vctx, float *q, float *k, const float *v, c
 }
 
 static void cuda_attention(void *vctx, const float *q, const struct eng_batch *b, const struct eng_kv *kv, int layer,
-                           int n_head, int n_head_kv, int head_dim, float scale, float *out) {
+                           int n_head, int n_head_kv, int head_dim, float scale, int window, float *out) {
     struct cuda_ctx *c = vctx;
     c->x16_of = NULL;
     if (head_dim > KC_ATTN_MAX_HEAD_DIM) cuda_fatal("attention", "head_dim above 256", __LINE__);
+    c->window = window;
     cuda_batch_sync(c, b);
     struct kc_kv kk = cuda_kv(kv);
     const int n_split = c->att_n_split;
@@ -614,6 +637,8 @@ static void cuda_free(void *vctx) {
     free(c->ids_host);
     free(c->extra_host);
     free(c->b_host);
+    free(c->win_lo);
+    free(c->win_vis);
     kc_gemm_free(c->gemm);
     if (c->blas) cublasDestroy(c->blas);
     if (c->st) cudaStreamDestroy(c->st);

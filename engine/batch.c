@@ -67,3 +67,38 @@ int eng_batch_add_causal(struct eng_batch *b, int slot, int n_past, const int32_
     b->n_tok += n;
     return 0;
 }
+
+/* The position of entry e of row r's group: that of the row of the batch
+ * that writes it (the rows writing a group sit together: a causal run, a PPD
+ * tree), else e itself. */
+static int32_t batch_entry_pos(const struct eng_batch *b, int r, int32_t e) {
+    const int32_t d = e - b->kv_idx[r];
+    const int w = r + d;   /* the rows of a group write its entries in row order */
+    if (w >= 0 && w < b->n_tok && b->slot[w] == b->slot[r] && b->kv_idx[w] == e) return b->pos[w];
+    for (int i = 0; i < b->n_tok; i++)
+        if (b->slot[i] == b->slot[r] && b->kv_idx[i] == e) return b->pos[i];
+    return e;
+}
+
+int eng_batch_window(const struct eng_batch *b, int window, int32_t *lo, uint64_t *vis_out) {
+    const size_t W = (size_t)b->vis_words;
+    memcpy(vis_out, b->vis, sizeof *vis_out * W * (size_t)b->n_tok);
+    int cut = 0;
+    for (int r = 0; r < b->n_tok; r++) {
+        lo[r] = 0;
+        if (window <= 0) continue;
+        const int32_t first = b->pos[r] - window + 1;   /* the lowest position row r sees */
+        if (first <= 0) continue;
+        lo[r] = first < b->n_prefix[r] ? first : b->n_prefix[r];
+        cut |= lo[r] > 0;
+        uint64_t *v = vis_out + (size_t)r * W;
+        for (int g = 0; g < b->grp_len[r]; g++) {
+            if (!(v[g >> 6] >> (g & 63) & 1)) continue;
+            if (batch_entry_pos(b, r, b->grp_first[r] + g) < first) {
+                v[g >> 6] &= ~(1ull << (g & 63));
+                cut = 1;
+            }
+        }
+    }
+    return cut;
+}

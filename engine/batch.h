@@ -9,6 +9,15 @@
  * pass knows nothing about trees.
  * A token id < 0 means "embedding row -1 - id of the extra embedding table"
  * (PPD prompt-token rows).
+ *
+ * Sliding window.  A model with an attention window of W (Mistral's) lets a
+ * row at position p see, of the entries above, only those at positions
+ * > p - W.  The committed entry i of a slot is at position i (the prefix is
+ * the accepted tokens in order); an entry written by this batch is at the
+ * position of the row that writes it.  The batch itself never holds the
+ * window: the attention op applies it (eng_batch_window), so one batch shape
+ * serves every model, and a PPD tree row sees exactly what the same token
+ * decoded plainly would see.
  */
 #ifndef PPD_BATCH_H
 #define PPD_BATCH_H
@@ -37,6 +46,13 @@ void eng_batch_free(struct eng_batch *b);   /* accepts NULL */
 void eng_batch_clear(struct eng_batch *b);
 /* The KV entries row r sees: its prefix plus the set bits among its group's. */
 int eng_batch_row_visible(const struct eng_batch *b, int r);
+
+/* The window W's cut of b's visibility: for each row r, lo[r] = the first
+ * committed entry it sees (0 .. n_prefix[r]; entries [lo[r], n_prefix[r])),
+ * and vis_out[r * vis_words ...] = its bits of b->vis, cleared for this
+ * batch's entries outside the window.  W <= 0: no window (lo 0, bits copied).
+ * Returns 1 when the window hides some entry from some row, else 0. */
+int eng_batch_window(const struct eng_batch *b, int window, int32_t *lo, uint64_t *vis_out);
 
 /* Append a causal run of n tokens for `slot` whose committed length is n_past:
  * rows see the prefix plus all earlier rows of this run.  Logits only for the

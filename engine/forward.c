@@ -101,7 +101,8 @@ int eng_forward_run_deep(struct eng_forward *f, const struct eng_batch *b, struc
             BE(f)->rmsnorm(BCTX(f), f->k, L->k_norm, n * hp->n_head_kv, hp->head_dim, hp->rms_eps, f->k);
         }
         BE(f)->rope_kv_store(BCTX(f), f->q, f->k, f->v, b, kv, l, hp->n_head, hp->n_head_kv, hp->head_dim, &rope);
-        BE(f)->attention(BCTX(f), f->q, b, kv, l, hp->n_head, hp->n_head_kv, hp->head_dim, scale, f->attn);
+        BE(f)->attention(BCTX(f), f->q, b, kv, l, hp->n_head, hp->n_head_kv, hp->head_dim, scale, hp->n_swa,
+                          f->attn);
         const struct eng_weight *o_w[1] = {&L->wo};
         float *o_out[1] = {f->proj};
         BE(f)->matmul(BCTX(f), o_w, o_out, 1, f->attn, n);

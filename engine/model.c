@@ -239,6 +239,22 @@ static int model_read_hparams(struct eng_model *m, char *err, size_t cap) {
     /* llama GGUFs store Q/K permuted for the interleaved layout; Qwen's are NeoX */
     hp->rope_neox = hp->arch != ENG_ARCH_LLAMA;
     if ((rc = model_read_rope_scaling(g, a, hp, err, cap))) return rc;
+    /* llama.cpp reads this key only for the architectures it builds with
+     * windowed layers and ignores it in llama, qwen2 and qwen3 files; ppd
+     * applies it, as the model was trained with it (docs/architecture.md). */
+    hp->n_swa = 0;
+    {
+        char key[128];
+        uint32_t w;
+        snprintf(key, sizeof key, "%s.attention.sliding_window", a);
+        rc = gguf_get_u32(g, key, &w, err, cap);
+        if (rc && rc != ENG_E_NOT_FOUND) return rc;
+        if (!rc && w > (1u << 24)) {
+            snprintf(err, cap, "%s: metadata key '%s' = %u is out of range", g->path, key, w);
+            return ENG_E_FORMAT;
+        }
+        if (!rc) hp->n_swa = (int)w;   /* 0: no window, as converters write for none */
+    }
     const struct gguf_tensor *emb = gguf_find_tensor(g, "token_embd.weight");
     if (!emb) {
         snprintf(err, cap, "%s: tensor 'token_embd.weight' is missing", g->path);
@@ -306,11 +322,13 @@ int eng_model_load(struct eng_model **out, const char *path, struct eng_backend 
     }
     eng_model_fuse_weights(m);
     m->fingerprint = model_fingerprint(m->gguf);
-    LOG_INFO("model '%s' (%s): %d layers, n_embd %d, %d/%d heads of %d, n_ff %d, vocab %d, %.1f MB of weights%s%s",
+    LOG_INFO("model '%s' (%s): %d layers, n_embd %d, %d/%d heads of %d, n_ff %d, vocab %d, %.1f MB of weights%s%s%s",
              m->name, eng_arch_name(hp->arch), hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv, hp->head_dim,
              hp->n_ff, hp->n_vocab, m->weight_bytes / 1e6, m->output_tied ? ", tied output" : "",
              hp->rope_scale_factor > 0.0f ? (hp->rope_yarn ? ", YaRN RoPE" : ", linear RoPE scaling")
-             : hp->rope_freq_factors ? ", RoPE frequency factors" : "");
+             : hp->rope_freq_factors ? ", RoPE frequency factors" : "",
+             hp->n_swa ? ", sliding attention window" : "");
+    if (hp->n_swa) LOG_INFO("attention window: each position sees the %d positions up to itself", hp->n_swa);
     *out = m;
     return 0;
 err:

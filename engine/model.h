@@ -8,6 +8,8 @@
  *   qwen3  Qwen 3: RMSNorm on each head of q and k before RoPE, a head size
  *          of its own (attention.key_length); NeoX RoPE
  * and RoPE scaling as llama.cpp reads it (Llama 3's rope_freqs, linear, YaRN).
+ * A sliding attention window (Mistral's) is applied wherever the metadata
+ * declares one, in any of these architectures (docs/architecture.md).
  * Shapes are checked against the metadata before anything is used; a bad
  * file is an error naming the tensor or key.  The tokenizer and chat template
  * are loaded separately from the same file.
@@ -45,6 +47,8 @@ struct eng_hparams {
     int rope_ctx_orig;            /* YaRN: the training context (0: n_ctx_train) */
     float rope_attn_factor;       /* cos/sin magnitude (0: 1) */
     const float *rope_freq_factors;  /* [n_rot/2] host floats (Llama 3's rope_freqs), or NULL */
+    int n_swa;                    /* attention.sliding_window: a row at position p sees the
+                                     positions > p - n_swa (0: all; every layer alike) */
 };
 
 struct eng_layer {

@@ -285,6 +285,12 @@ struct tm_run {
     int *row_rank;                   /* [R] */
 };
 
+/* The first key a row with n_keys keys (positions 0 .. n_keys - 1, its own
+ * last) sees: under a sliding window of W, the positions > its own - W. */
+static inline int tm_first_key(const struct eng_hparams *hp, int n_keys) {
+    return hp->n_swa > 0 && n_keys > hp->n_swa ? n_keys - hp->n_swa : 0;
+}
+
 /* Key j of head group g as row r sees it: prefix entries, then prompt rows. */
 static inline const float *tm_key(const struct tm_run *t, const struct eng_tm_cut *c, int cut, int j, int g,
                                   const float *prompt_kv, const float *prefix_kv) {
@@ -304,17 +310,17 @@ static void tm_attn_fwd_region(void *arg, int ith, int nth) {
         const struct eng_tm_cut *cut = &t->cuts[c];
         for (int i = 0; i < t->N; i++) {
             const long r = c * t->N + i;
-            const int n_keys = cut->n_prefix + i + 1;
+            const int n_keys = cut->n_prefix + i + 1, j0 = tm_first_key(hp, n_keys);
             for (int h = 0; h < hp->n_head; h++) {
                 const int g = h / grp;
                 const float *q = t->A->q + r * H + (long)h * hd;
                 float *p = t->A->p + ((size_t)r * hp->n_head + (size_t)h) * t->w->p_stride;
-                for (int j = 0; j < n_keys; j++)
+                for (int j = j0; j < n_keys; j++)
                     p[j] = scale * kq_dot_f32(q, tm_key(t, cut, (int)c, j, g, t->A->k, cut->k), hd);
-                kq_softmax(p, n_keys);
+                kq_softmax(p + j0, n_keys - j0);
                 float *o = t->A->o + r * H + (long)h * hd;
                 memset(o, 0, (size_t)hd * sizeof(float));
-                for (int j = 0; j < n_keys; j++) kq_axpy_f32(o, p[j], tm_key(t, cut, (int)c, j, g, t->A->v, cut->v), hd);
+                for (int j = j0; j < n_keys; j++) kq_axpy_f32(o, p[j], tm_key(t, cut, (int)c, j, g, t->A->v, cut->v), hd);
             }
         }
     }
@@ -337,7 +343,7 @@ static void tm_attn_bwd_region(void *arg, int ith, int nth) {
         memset(w->dv + c * t->N * KV, 0, (size_t)t->N * KV * sizeof(float));
         for (int i = 0; i < t->N; i++) {
             const long r = c * t->N + i;
-            const int n_keys = cut->n_prefix + i + 1;
+            const int n_keys = cut->n_prefix + i + 1, j0 = tm_first_key(hp, n_keys);
             for (int h = 0; h < hp->n_head; h++) {
                 const int g = h / grp;
                 const float *p = t->A->p + ((size_t)r * hp->n_head + (size_t)h) * w->p_stride;
@@ -346,11 +352,11 @@ static void tm_attn_bwd_region(void *arg, int ith, int nth) {
                 float *dq = w->dq + r * H + (long)h * hd;
                 double sum = 0.0;
                 memset(dq, 0, (size_t)hd * sizeof(float));
-                for (int j = 0; j < n_keys; j++) {
+                for (int j = j0; j < n_keys; j++) {
                     dp[j] = kq_dot_f32(dout, tm_key(t, cut, (int)c, j, g, t->A->v, cut->v), hd);
                     sum += (double)p[j] * (double)dp[j];
                 }
-                for (int j = 0; j < n_keys; j++) {
+                for (int j = j0; j < n_keys; j++) {
                     const float dsj = (float)((double)p[j] * ((double)dp[j] - sum));
                     kq_axpy_f32(dq, scale * dsj, tm_key(t, cut, (int)c, j, g, t->A->k, cut->k), hd);
                     if (j >= cut->n_prefix) {

@@ -28,8 +28,14 @@
  * 2 adds of float work (Q4_1; Q4_0 and Q8_0 one multiply and one add fewer,
  * one integer subtract more).
  *
- * Memory: as in the AVX2 kernels, the first row tile of a pair streams the
- * weights (and prefetches ahead); the others reread them from L1/L2.
+ * Memory: the first row tile of a pair streams the weights; the others
+ * reread them from L1/L2.  A call of 1 to 3 rows leaves the stream to the
+ * hardware prefetchers: on Zen 4 a software prefetch 8 blocks ahead into L1
+ * (what the AVX2 kernels do) made the 1-row step of the Q8_0 model slower,
+ * 1 thread 15.8 -> 12.2 ms median without it, interleaved on a busy
+ * machine (bench_matmul -w Q8_0).  From 4 rows, where the kernel spends
+ * more time per byte, a prefetch into L2 24 blocks ahead (13 KB of Q8_0)
+ * keeps the stream ahead of the compute (16 rows: 35.9 -> 28.1 ms median).
  *
  * No FMA: the reference multiplies and adds separately, and so must we.
  * This file does not choose paths (matmul.c does).
@@ -46,7 +52,8 @@
 #define KQ_INLINE static inline __attribute__((always_inline))
 
 #define KQ512_TILE_ROWS 8
-#define KQ512_PREFETCH_BLOCKS 8
+#define KQ512_PREFETCH_BLOCKS 24
+#define KQ512_PREFETCH_MIN_ROWS 4
 
 int kq_avx512_usable(void) { return kq_isa() >= KQ_ISA_AVX512VNNI; }
 
@@ -96,7 +103,7 @@ KQ_INLINE KQ_AVX512 __m512 bcast_f32(const uint8_t *p) {
 
 KQ_INLINE void prefetch_block(const uint8_t *pw, size_t bstep) {
     const uintptr_t a = (uintptr_t)pw + KQ512_PREFETCH_BLOCKS * bstep;
-    for (size_t l = 0; l < bstep; l += 64) _mm_prefetch((const char *)(a + l), _MM_HINT_T0);
+    for (size_t l = 0; l < bstep; l += 64) _mm_prefetch((const char *)(a + l), _MM_HINT_T1);
 }
 
 enum { W_Q4_1, W_Q4_0, W_Q8_0, W_Q5_0, W_Q5_1, W_IQ4_NL };
@@ -205,7 +212,7 @@ KQ_INLINE int tile_rows(int n_rows, int r0) {
                 t.d = row + g->off_d;                                                                     \
                 t.s = row + g->off_s;                                                                     \
                 t.r0 = r0;                                                                                \
-                t.prefetch = r0 == 0;                                                                     \
+                t.prefetch = r0 == 0 && n_rows >= KQ512_PREFETCH_MIN_ROWS;                                \
                 switch (R) {                                                                              \
                 case 8: tile(&t, KIND, 8); break;                                                         \
                 case 7: tile(&t, KIND, 7); break;                                                         \

@@ -1,8 +1,9 @@
 /* attention.cu — attention of each batch row over the KV entries it may see:
  * the twin of cpu_attention (kq_attn_run).  One kernel serves prefill chunks,
  * decode rows and PPD trees: row r sees its slot's committed prefix
- * [0, n_prefix[r]) and those of the batch's entries [grp_first, grp_first +
- * grp_len) whose bit is set in its visibility words (batch.h).
+ * [prefix_lo[r], n_prefix[r]) and those of the batch's entries [grp_first,
+ * grp_first + grp_len) whose bit is set in its visibility words (batch.h; the
+ * host has already cut both to a sliding window where the model has one).
  *
  * One block per (tile of consecutive rows, query head, split), ATT_WARPS
  * warps.  A row's visible keys go in chunks of 32, one key per lane; chunk c
@@ -280,7 +281,10 @@ static __device__ void att_rows(const float *q, const struct kc_batch &b, const 
                                 int n_head, int n_head_kv, int hd, float scale, const struct att_dst &dst, int r0,
                                 int h, int s, float (*q_sh)[DPL * 32], float *m_sh, float *l_sh, float *acc_sh) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int n_prefix = b.n_prefix[r0], grp_first = b.grp_first[r0], grp_len = b.grp_len[r0];
+    /* n_prefix: the prefix entries the rows see, from entry p_lo on (a sliding
+     * window starts it above 0) */
+    const int p_lo = b.prefix_lo[r0], n_prefix = b.n_prefix[r0] - p_lo;
+    const int grp_first = b.grp_first[r0], grp_len = b.grp_len[r0];
     /* Chunks over the row's visible keys in order (the prefix, then the
      * visible group entries); split s takes [lo, hi) of them, and chunk c is
      * this warp's when c % ATT_WARPS == warp. */
@@ -313,7 +317,7 @@ static __device__ void att_rows(const float *q, const struct kc_batch &b, const 
         const int v = c * 32 + lane;
         /* this warp's next chunk, while this one computes (prefix keys: known without the mask) */
         if (v + 32 * ATT_WARPS < n_prefix && c + ATT_WARPS < c_hi)
-            att_prefetch<2>(kb, vb, v + 32 * ATT_WARPS, kv.kv_dim, hd);
+            att_prefetch<2>(kb, vb, p_lo + v + 32 * ATT_WARPS, kv.kv_dim, hd);
         bool valid[NR];
         int key[NR];
         bool all_prefix = (c + 1) * 32 <= n_prefix;
@@ -322,7 +326,7 @@ static __device__ void att_rows(const float *q, const struct kc_batch &b, const 
             const bool mine = c >= lo[i] && c < hi[i];
             all_prefix &= mine;
             valid[i] = mine && v < n_vis[i];
-            key[i] = v < n_prefix ? v
+            key[i] = v < n_prefix ? p_lo + v
                      : valid[i] ? grp_first + vis_select(b.vis + (size_t)(r0 + i) * b.vis_words, grp_len, v - n_prefix)
                                 : 0;
         }
@@ -387,7 +391,8 @@ attention_rows(const float *q, struct kc_batch b, struct kc_kv kv, int layer, in
     bool same = n == TILE;
     for (int i = 1; i < n && same; i++)
         same = b.slot[r0 + i] == b.slot[r0] && b.n_prefix[r0 + i] == b.n_prefix[r0] &&
-               b.grp_first[r0 + i] == b.grp_first[r0] && b.grp_len[r0 + i] == b.grp_len[r0];
+               b.grp_first[r0 + i] == b.grp_first[r0] && b.grp_len[r0 + i] == b.grp_len[r0] &&
+               b.prefix_lo[r0 + i] == b.prefix_lo[r0];
     if (same) {
         att_rows<TILE, DPL>(q, b, kv, layer, n_head, n_head_kv, hd, scale, dst, r0, h, s, q_sh, m_sh, l_sh, acc_sh);
     } else {
@@ -401,7 +406,7 @@ attention_rows(const float *q, struct kc_batch b, struct kc_kv kv, int layer, in
  * per (row, head). */
 static __global__ void att_merge(struct kc_batch b, int n_head, int hd, struct att_dst dst) {
     const int row = blockIdx.x, h = blockIdx.y;
-    const int n_vis = b.n_prefix[row] + vis_count(b.vis + (size_t)row * b.vis_words, b.grp_len[row]);
+    const int n_vis = b.n_prefix[row] - b.prefix_lo[row] + vis_count(b.vis + (size_t)row * b.vis_words, b.grp_len[row]);
     const int S = kc_attn_splits(n_vis);
     if (S == 1) return;   /* written by its one block */
     float m = -INFINITY;

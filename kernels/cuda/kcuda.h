@@ -24,7 +24,8 @@ extern "C" {
 struct kc_batch {
     int n_tok, vis_words;
     const int32_t *pos, *slot, *kv_idx, *n_prefix, *grp_first, *grp_len;
-    const uint64_t *vis;    /* [n_tok][vis_words] */
+    const int32_t *prefix_lo;   /* first committed entry each row sees (a sliding window: batch.h; else 0) */
+    const uint64_t *vis;    /* [n_tok][vis_words], cut to the window */
 };
 
 /* The KV cache's geometry (kv_cache.h): element offset of (layer, slot, pos) is

@@ -9,12 +9,13 @@
  *      on the avx512vnni path (c) its kernel's mix per 16 outputs x 1 row x 1
  *      block (8 vpdpbusd with broadcast loads, vcvtdq2ps, 3 vmulps, 2 vaddps);
  *   3. a "model matmul step": 30 layers x (q 576x576, k 576x192, v 576x192,
- *      o 576x576, gate 576x1536, up 576x1536, down 1536x576) in Q4_1 plus the
- *      output 576x49152 in Q8_0, in sequence, each preceded by the activation
+ *      o 576x576, gate 576x1536, up 576x1536, down 1536x576) in Q4_1 (-w TYPE:
+ *      another 32-block type, e.g. -w Q8_0) plus the output 576x49152 in Q8_0,
+ *      in sequence, each preceded by the activation
  *      quantization its input needs (rows split over threads, then outputs split
  *      over threads at multiples of 16 outputs as engine/backend_cpu.c does,
  *      spin barriers between), for n_rows = 1, 2, 4, ... 64.
- *      Prints, per row count, the best and median step time, the floors
+ *      (-m N: up to N rows only).  Prints, per row count, the best and median step time, the floors
  *      bytes/bandwidth and rows*MACs/peak, and t(n)/t(1);
  *   4. the kernels alone (only these with -k), one thread, weights in cache
  *      (Q4_1 576x576, Q8_0 576x4096, the other 32-block types 576x576, the
@@ -35,6 +36,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "kernels/cpu/cpu_isa.h"
@@ -427,13 +429,13 @@ static void *random_weight_data(int type, int64_t n_in, int64_t n_out) {
     return p;
 }
 
-static int model_init(struct model *m) {
+static int model_init(struct model *m, int type) {
     memset(m, 0, sizeof *m);
     for (int l = 0; l < N_LAYER; l++)
         for (int j = 0; j < 7; j++) {
             int i = m->n_mat++;
-            m->data[i] = random_weight_data(KQ_Q4_1, layer_mats[j].n_in, layer_mats[j].n_out);
-            if (!m->data[i] || kq_weight_init(&m->w[i], KQ_Q4_1, m->data[i], layer_mats[j].n_in, layer_mats[j].n_out))
+            m->data[i] = random_weight_data(type, layer_mats[j].n_in, layer_mats[j].n_out);
+            if (!m->data[i] || kq_weight_init(&m->w[i], type, m->data[i], layer_mats[j].n_in, layer_mats[j].n_out))
                 return -1;
             m->new_input[i] = layer_mats[j].new_input;
         }
@@ -446,8 +448,8 @@ static int model_init(struct model *m) {
         m->macs_per_row += (double)m->w[k].n_in * (double)m->w[k].n_out;
     }
     m->x = malloc(sizeof(float) * MAX_ROWS * N_FF);
-    m->act = malloc(kq_act_bytes(KQ_Q4_1, N_FF, MAX_ROWS) > kq_act_bytes(KQ_Q8_0, N_FF, MAX_ROWS)
-                        ? kq_act_bytes(KQ_Q4_1, N_FF, MAX_ROWS) : kq_act_bytes(KQ_Q8_0, N_FF, MAX_ROWS));
+    m->act = malloc(kq_act_bytes(type, N_FF, MAX_ROWS) > kq_act_bytes(KQ_Q8_0, N_FF, MAX_ROWS)
+                        ? kq_act_bytes(type, N_FF, MAX_ROWS) : kq_act_bytes(KQ_Q8_0, N_FF, MAX_ROWS));
     m->y = malloc(sizeof(float) * MAX_ROWS * N_VOCAB);
     if (!m->x || !m->act || !m->y) return -1;
     for (int k = 0; k < MAX_ROWS * N_FF; k++) m->x[k] = 3.0f * rng_sym();
@@ -508,7 +510,7 @@ static int check_fast_equals_ref(struct model *m) {
     const int n_rows = 8;
     for (int k = 0; k < m->n_mat; k++) {
         const struct kq_weight *w = &m->w[k];
-        if (k != 0 && k != m->n_mat - 1) continue;   /* the first Q4_1 and the Q8_0 output */
+        if (k != 0 && k != m->n_mat - 1) continue;   /* the first layer matrix and the Q8_0 output */
         const int64_t n_out = w->n_out < 256 ? w->n_out : 256;
         kq_act_quantize(w->type, m->x, w->n_in, 0, n_rows, m->act);
         float *a = malloc(sizeof(float) * (size_t)n_rows * (size_t)n_out);
@@ -585,12 +587,24 @@ static void bench_kernel(int type, int64_t n_in, int64_t n_out, double tpc) {
 }
 
 int main(int argc, char **argv) {
-    int n_threads = 2, reps = 10, kernels_only = 0;
+    int n_threads = 2, reps = 10, kernels_only = 0, layer_type = KQ_Q4_1, max_rows = MAX_ROWS;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-t") && i + 1 < argc) n_threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-r") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-m") && i + 1 < argc) max_rows = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-k")) kernels_only = 1;
-        else { fprintf(stderr, "usage: %s [-t threads] [-r reps] [-k (section 4 only)]\n", argv[0]); return 2; }
+        else if (!strcmp(argv[i], "-w") && i + 1 < argc) {
+            const char *name = argv[++i];
+            layer_type = -1;
+            static const int q32[] = {KQ_Q4_0, KQ_Q4_1, KQ_Q5_0, KQ_Q5_1, KQ_Q8_0, KQ_IQ4_NL};
+            for (size_t k = 0; k < sizeof q32 / sizeof q32[0]; k++)
+                if (!strcasecmp(name, kq_type_name(q32[k]))) layer_type = q32[k];
+            if (layer_type < 0) { fprintf(stderr, "-w: a 32-block type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL)\n"); return 2; }
+        } else {
+            fprintf(stderr, "usage: %s [-t threads] [-r reps] [-w layer type] [-m max rows] [-k (section 4 only)]\n",
+                    argv[0]);
+            return 2;
+        }
     }
     if (n_threads < 1 || n_threads > MAX_THREADS || reps < 1 || reps > 64) {
         fprintf(stderr, "threads 1..%d, reps 1..64\n", MAX_THREADS);
@@ -617,15 +631,15 @@ int main(int argc, char **argv) {
         printf("int8 peak, AVX-512 VNNI Q4_1 mix:    not measured (path %s)\n", kq_matmul_path());
 
     struct model m;
-    if (model_init(&m)) { fprintf(stderr, "out of memory\n"); return 1; }
+    if (model_init(&m, layer_type)) { fprintf(stderr, "out of memory\n"); return 1; }
     if (check_fast_equals_ref(&m)) return 1;
-    printf("model step: %d matrices, %.1f MB of weights, %.1f M MACs per row\n",
-           m.n_mat, m.bytes / 1e6, m.macs_per_row / 1e6);
+    printf("model step: %d matrices (layers %s), %.1f MB of weights, %.1f M MACs per row\n",
+           m.n_mat, kq_type_name(layer_type), m.bytes / 1e6, m.macs_per_row / 1e6);
     printf("%5s %9s %9s %8s %9s %9s %7s %7s\n", "rows", "best ms", "median", "out ms", "bw floor",
            "mac floor", "t/floor", "t/t(1)");
     static const int row_list[] = {1, 2, 4, 8, 16, 32, 64};
     double t1 = 0.0;
-    for (size_t i = 0; i < sizeof row_list / sizeof row_list[0]; i++) {
+    for (size_t i = 0; i < sizeof row_list / sizeof row_list[0] && row_list[i] <= max_rows; i++) {
         struct step_arg a = {&m, row_list[i], reps + 1, {0, 0, n_threads}, {0}, {0}};
         struct team t = {n_threads, step_thread, &a, {0}};
         team_run(&t);

@@ -106,7 +106,7 @@ static void op_profile(struct eng_forward *f, struct eng_kv *kv, struct eng_batc
                 case 2: be->rope_kv_store(ctx, f->q, f->k, f->v, b, kv, 0, hp->n_head, hp->n_head_kv, hp->head_dim,
                                           &rope); break;
                 case 3: be->attention(ctx, f->q, b, kv, 0, hp->n_head, hp->n_head_kv, hp->head_dim,
-                                      1.0f / sqrtf((float)hp->head_dim), f->attn); break;
+                                      1.0f / sqrtf((float)hp->head_dim), hp->n_swa, f->attn); break;
                 case 4: be->matmul(ctx, wo, p_o, 1, f->attn, n); break;
                 case 5: be->add(ctx, f->x, f->proj, n, E); break;
                 case 6: be->matmul(ctx, gu, gu_o, 2, f->xn, n); break;

@@ -31,19 +31,21 @@ struct fam_spec {
     const char *scaling;    /* rope.scaling.type, or NULL */
     int ctx_orig;           /* rope.scaling.original_context_length (YaRN), or 0 */
     const char *pre;        /* tokenizer.ggml.pre override, or NULL: the source's */
+    int window;             /* attention.sliding_window, or 0: not written */
 };
 
 /* Head counts differ on purpose: multi-head, grouped and multi-query
  * attention each appear once at least. */
 static const struct fam_spec fam_specs[FAM_N_VARIANTS] = {
-    [FAM_LLAMA] = {"llama", "llama", 4, 16, 10000.0f, 1e-5f, 2048, 1, 0, 0, 0, NULL, 0, NULL},
-    [FAM_LLAMA3_ROPE] = {"llama3-rope", "llama", 2, 16, 500000.0f, 1e-5f, 8192, 1, 0, 0, 1, NULL, 0, NULL},
-    [FAM_LLAMA_LINEAR] = {"llama-linear", "llama", 1, 16, 10000.0f, 1e-5f, 2048, 1, 0, 0, 0, "linear", 0, NULL},
-    [FAM_QWEN2] = {"qwen2", "qwen2", 2, 16, 1000000.0f, 1e-6f, 2048, 0, 1, 0, 0, NULL, 0, "qwen2"},
+    [FAM_LLAMA] = {"llama", "llama", 4, 16, 10000.0f, 1e-5f, 2048, 1, 0, 0, 0, NULL, 0, NULL, 0},
+    [FAM_LLAMA3_ROPE] = {"llama3-rope", "llama", 2, 16, 500000.0f, 1e-5f, 8192, 1, 0, 0, 1, NULL, 0, NULL, 0},
+    [FAM_LLAMA_LINEAR] = {"llama-linear", "llama", 1, 16, 10000.0f, 1e-5f, 2048, 1, 0, 0, 0, "linear", 0, NULL, 0},
+    [FAM_QWEN2] = {"qwen2", "qwen2", 2, 16, 1000000.0f, 1e-6f, 2048, 0, 1, 0, 0, NULL, 0, "qwen2", 0},
     /* An original context of 128 puts the golden prompts' later positions
      * (up to ~200) past it, and the correction range across the 8 pairs. */
-    [FAM_QWEN2_YARN] = {"qwen2-yarn", "qwen2", 2, 16, 1000000.0f, 1e-6f, 1024, 0, 1, 0, 0, "yarn", 128, "qwen2"},
-    [FAM_QWEN3] = {"qwen3", "qwen3", 2, 32, 1000000.0f, 1e-6f, 2048, 0, 0, 1, 0, NULL, 0, "qwen2"},
+    [FAM_QWEN2_YARN] = {"qwen2-yarn", "qwen2", 2, 16, 1000000.0f, 1e-6f, 1024, 0, 1, 0, 0, "yarn", 128, "qwen2", 0},
+    [FAM_QWEN3] = {"qwen3", "qwen3", 2, 32, 1000000.0f, 1e-6f, 2048, 0, 0, 1, 0, NULL, 0, "qwen2", 0},
+    [FAM_LLAMA_SWA] = {"llama-swa", "llama", 2, 16, 10000.0f, 1e-5f, 2048, 1, 0, 0, 0, NULL, 0, NULL, FAM_SWA_WINDOW},
 };
 
 #define FAM_SCALE_FACTOR 4.0f
@@ -190,6 +192,8 @@ static int fam_hparams(struct fam_writer *fw, const struct fam_spec *sp, const c
         rc = rc ? rc : gguf_writer_set_str(fw->w, FAM_KEY("rope.scaling.type"), scaling);
         rc = rc ? rc : gguf_writer_set_f32(fw->w, FAM_KEY("rope.scaling.factor"), FAM_SCALE_FACTOR);
     }
+    if (sp->window)
+        rc = rc ? rc : gguf_writer_set_u32(fw->w, FAM_KEY("attention.sliding_window"), (uint32_t)sp->window);
     if (sp->ctx_orig)
         rc = rc ? rc : gguf_writer_set_u32(fw->w, FAM_KEY("rope.scaling.original_context_length"), (uint32_t)sp->ctx_orig);
 #undef FAM_KEY

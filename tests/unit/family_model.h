@@ -28,10 +28,18 @@ enum fam_variant {
     FAM_QWEN2,          /* qwen2: q/k/v biases, NeoX RoPE, 4/2 heads */
     FAM_QWEN2_YARN,     /* qwen2 + YaRN, factor 4, original context 128 of 1024 */
     FAM_QWEN3,          /* qwen3: head size 32 (q_dim 128 != n_embd), q/k head norms */
+    FAM_N_LLAMACPP,     /* the variants above are the ones llama.cpp decodes as ppd does */
+    /* llama + attention.sliding_window 4, 4/2 heads: Mistral's windowed
+     * attention, which llama.cpp ignores in llama files, so the tests compare
+     * it with a float64 reference of their own instead */
+    FAM_LLAMA_SWA = FAM_N_LLAMACPP,
     FAM_N_VARIANTS,
 };
 
-/* "llama", "llama3-rope", "llama-linear", "qwen2", "qwen2-yarn", "qwen3". */
+/* The window of FAM_LLAMA_SWA. */
+#define FAM_SWA_WINDOW 4
+
+/* "llama", "llama3-rope", "llama-linear", "qwen2", "qwen2-yarn", "qwen3", "llama-swa". */
 const char *fam_variant_name(int variant);
 /* The variant of that name, or -1. */
 int fam_variant_by_name(const char *name);
