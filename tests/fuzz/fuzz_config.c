@@ -48,7 +48,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (rc == 0) {
         if (!c.model || !c.host || !c.device || !c.ppd || !c.tree || !c.calibrate || !c.ppd_accept) abort();
         if (c.port < 0 || c.port > 65535 || c.n_ctx < 16 || c.n_parallel < 1 || c.n_parallel > 256 || c.batch < 1 ||
-            c.prefill_chunk < 1 || c.max_body < 1024 || c.keepalive_s < 1 || c.n_threads < 1 || c.tree_size < 0)
+            c.prefill_chunk < 1 || c.max_body < 1024 || c.keepalive_s < 1 || c.n_threads < 1 || c.tree_budget < 0)
             abort();
         volatile size_t sink = strlen(c.model) + strlen(c.host) + strlen(c.ppd) + strlen(c.tree);
         if (c.alias) sink += strlen(c.alias);
