@@ -91,7 +91,7 @@ def test_bad_values_are_refused(tmp_path):
     conf = tmp_path / "pc.conf"
     conf.write_text("prefix-cache = sometimes\n")
     for args, env, needle in [(["--prefix-cache", "maybe"], {}, "prefix-cache: 'maybe'"),
-                              ([], {"PPD_PREFIX_CACHE": "yes"}, "prefix-cache: 'yes'"),
+                              ([], {"PPD_PREFIX_CACHE": "yes"}, "PPD_PREFIX_CACHE: 'yes'"),
                               (["--config", str(conf)], {}, "prefix-cache: 'sometimes'")]:
         p = subprocess.run([PPD_BIN, "serve", *args], capture_output=True, text=True, env={**os.environ, **env},
                            timeout=30)
