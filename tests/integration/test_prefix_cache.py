@@ -87,6 +87,26 @@ def test_counters_and_idle(server, client, model_id):
     assert after["ppd_prefix_cache_tokens"] >= n - 1
 
 
+def test_usage_cached_tokens(server, cold, client, model_id):
+    """usage.prompt_tokens_details.cached_tokens, OpenAI's shape, parsed by the
+    SDK: chat and completions, whole and streamed (the usage chunk)."""
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Do you sell atlases?"}]
+    prompt = SYSTEM + " Q: Do you sell atlases? A:"
+    calls = [lambda c, **kw: c.chat.completions.create(model=model_id, messages=msgs, max_tokens=4, temperature=0, **kw),
+             lambda c, **kw: c.completions.create(model=model_id, prompt=prompt, max_tokens=4, temperature=0, **kw)]
+    for call in calls:
+        first, again = call(client), call(client)
+        for r in (first, again):
+            assert r.usage.prompt_tokens_details.cached_tokens == r.to_dict()["timings"]["cached_prompt_tokens"]
+        assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+        chunks = list(call(client, stream=True, stream_options={"include_usage": True}))
+        usage = chunks[-1].usage
+        assert chunks[-1].choices == [] and usage.prompt_tokens == again.usage.prompt_tokens
+        assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
+        assert all(ch.usage is None for ch in chunks[:-1])
+        assert call(client_for(cold)).usage.prompt_tokens_details.cached_tokens == 0
+
+
 def test_bad_values_are_refused(tmp_path):
     conf = tmp_path / "pc.conf"
     conf.write_text("prefix-cache = sometimes\n")
