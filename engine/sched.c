@@ -411,13 +411,15 @@ static int seq_prefill_left(const struct eng_sched_req *r) {
     return r->n_prompt - (r->ppd_on ? 1 : 0) - r->n_prefilled;
 }
 
-/* A PPD sequence's rows: the prefill tail once its chunks are done, then one
- * tree per step.  Leaves r->n_rows = 0 when nothing was added. */
+/* A PPD sequence's rows: the prefill tail (with whatever prompt tokens are
+ * still to go) once the chunks before it are done, then one tree per step.
+ * Leaves r->n_rows = 0 when nothing was added. */
 static int seq_add_ppd(struct eng_sched *s, struct eng_sched_req *r) {
     const int before = s->batch.n_tok;
     r->row0 = before;
     int rc = r->state == ENG_SEQ_PREFILL
-                 ? eng_ppd_seq_prefill_add(&r->ppd, &s->batch, s->kv, r->prompt[r->n_prompt - 1])
+                 ? eng_ppd_seq_prefill_add(&r->ppd, &s->batch, s->kv, r->prompt + r->n_prefilled,
+                                           r->n_prompt - r->n_prefilled)
                  : eng_ppd_seq_step_add(&r->ppd, &s->batch, s->kv);
     r->n_rows = s->batch.n_tok - before;
     r->ppd_depth = r->ppd.pending == 3 ? 0 : r->ppd.ppd->trees.st[r->ppd.d].D;
@@ -474,7 +476,7 @@ static void sched_ppd_count(struct eng_sched *s, struct eng_sched_req *r, int n_
  * KV length itself for the tail and the trees), then deliver the step's
  * tokens in order until one finishes the request; the rest are dropped. */
 static int seq_consume_ppd(struct eng_sched *s, struct eng_sched_req *r, int *n_new, int *err) {
-    if (r->state == ENG_SEQ_PREFILL && seq_prefill_left(r) > 0) {
+    if (r->state == ENG_SEQ_PREFILL && r->ppd.pending != 1) {   /* an ordinary chunk */
         seq_prompt_logprobs(s, r);
         s->kv->len[r->slot] += r->n_rows;
         r->n_prefilled += r->n_rows;
@@ -557,14 +559,18 @@ int eng_sched_step(struct eng_sched *s) {
     /* What is left is shared evenly by the prefilling sequences, in admission
      * order; a share a sequence does not need goes to those after it.  A PPD
      * prefill tail is one unit of N + 1 rows (the sizing rule of init makes
-     * every share at least that large). */
+     * every share at least that large); when the prompt's last chunk fits in
+     * the share with it, they go as one run, saving a step before the first
+     * token (rows do not depend on how the prompt was cut). */
     int budget = s->p.max_rows - s->batch.n_tok, left = n_prefill;
     for (int i = 0; i < s->n_active && budget > 0; i++) {
         struct eng_sched_req *r = s->active[i];
         if (r->state != ENG_SEQ_PREFILL) continue;
         int share = budget / left > 0 ? budget / left : 1;
         int n = seq_prefill_left(r);
-        if (n == 0) {   /* PPD: the tail */
+        const int tail = r->ppd_on ? r->ppd.ppd->n_prompt + 1 : 0;
+        const int lim = share < s->p.prefill_chunk ? share : s->p.prefill_chunk;
+        if (n == 0 || (r->ppd_on && !r->lp_prompt && n + tail <= lim)) {   /* PPD: the tail */
             r->add_err = seq_add_ppd(s, r);
             if (r->add_err == ENG_E_RANGE) r->add_err = 0;   /* no room this step: it waits */
         } else {

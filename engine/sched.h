@@ -23,8 +23,9 @@
  * presence/frequency penalty (ppd.c does not apply them) decodes with PPD.
  * Its prompt is prefilled in ordinary chunks up to its last token; the last
  * token and the N prompt-token rows are one further prefill step
- * (eng_ppd_seq_prefill_add, N + 1 rows), which yields the first token and
- * the first guesses; from then on each step adds the sequence's tree
+ * (eng_ppd_seq_prefill_add, N + 1 rows; the prompt's last chunk joins them
+ * when it fits in the step), which yields the first token and the first
+ * guesses; from then on each step adds the sequence's tree
  * (eng_ppd_seq_step_rows rows) and emits 1..N+1 tokens.  Those tokens pass one
  * at a time through the same end-of-generation / stop-string / max_tokens
  * checks as a plain token, so nothing after the first finishing token is
