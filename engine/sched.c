@@ -168,6 +168,7 @@ void eng_sched_free(struct eng_sched *s) {
 void eng_sched_submit(struct eng_sched *s, struct eng_sched_req *r) {
     r->state = ENG_SEQ_WAITING;
     r->next = NULL;
+    r->hold_left = 0;
     r->t_submit = eng_now_s();
     if (s->wait_tail) s->wait_tail->next = r;
     else s->wait_head = r;
@@ -274,6 +275,63 @@ static void sched_ppd_admit(struct eng_sched *s, struct eng_sched_req *r) {
     s->stats.ppd_seqs++;
 }
 
+/* How many of r's prompt tokens (at most all but the last) the kept entries
+ * of free slot `slot` hold. */
+static int sched_match_kept(const struct eng_sched *s, int slot, const struct eng_sched_req *r) {
+    const int32_t *t = s->pc_tok + (size_t)slot * (size_t)s->kv->max_seq;
+    const int lim = s->pc_len[slot] < r->n_prompt - 1 ? s->pc_len[slot] : r->n_prompt - 1;
+    int n = 0;
+    while (n < lim && t[n] == r->prompt[n]) n++;
+    return n;
+}
+
+/* The same for admitted sequence a: its committed entries (prompt, then
+ * delivered tokens), or with `planned` its whole prompt, committed or not. */
+static int sched_match_active(const struct eng_sched *s, const struct eng_sched_req *a,
+                              const struct eng_sched_req *r, bool planned) {
+    int lim = planned ? a->n_prompt : s->kv->len[a->slot];
+    if (lim > a->n_prompt + a->n_gen) lim = a->n_prompt + a->n_gen;
+    if (lim > r->n_prompt - 1) lim = r->n_prompt - 1;
+    int n = 0;
+    while (n < lim && (n < a->n_prompt ? a->prompt[n] : a->out_ids[n - a->n_prompt]) == r->prompt[n]) n++;
+    return n;
+}
+
+/* Whether r waits (see the design note): a sequence still prefilling will
+ * hold at least ENG_SCHED_HOLD_MIN more of r's prompt than the cache and
+ * the running sequences hold now; once held, r waits until nothing more is
+ * to come.  A hold is given a number of steps when it starts (twice what the
+ * prefill needs at full chunks, plus two) and never outlasts them, so a
+ * stalled prefill cannot starve r. */
+static bool sched_hold(struct eng_sched *s, struct eng_sched_req *r) {
+    if (!s->pc_len || r->lp_prompt || r->hold_left < 0) return false;
+    int now = 0, planned = 0;
+    for (int slot = 0; slot < s->p.n_slot; slot++) {
+        if (s->slot_busy[slot]) continue;
+        const int n = sched_match_kept(s, slot, r);
+        if (n > now) now = n;
+    }
+    for (int i = 0; i < s->n_active; i++) {
+        const struct eng_sched_req *a = s->active[i];
+        int n = sched_match_active(s, a, r, false);
+        if (n > now) now = n;
+        if (a->state != ENG_SEQ_PREFILL) continue;
+        n = sched_match_active(s, a, r, true);
+        if (n > planned) planned = n;
+    }
+    if (planned - now < (r->hold_left > 0 ? 1 : ENG_SCHED_HOLD_MIN)) {
+        r->hold_left = -1;   /* nothing worth waiting for: admit, and never hold it again */
+        return false;
+    }
+    if (r->hold_left == 0) {   /* the first step held */
+        const int chunk = s->p.prefill_chunk;
+        r->hold_left = 2 * ((planned - now + chunk - 1) / chunk) + 2;
+        s->stats.pc_held++;
+    }
+    if (--r->hold_left == 0) r->hold_left = -1;   /* its last step held */
+    return true;
+}
+
 /* A free slot for r, and how many of its prompt tokens the slot's kept
  * entries already hold (see the design note). */
 static int sched_pick_slot(struct eng_sched *s, const struct eng_sched_req *r, int *n_hit) {
@@ -287,12 +345,7 @@ static int sched_pick_slot(struct eng_sched *s, const struct eng_sched_req *r, i
     int best = -1, best_n = -1;
     for (int slot = 0; slot < s->p.n_slot; slot++) {
         if (s->slot_busy[slot]) continue;
-        int n = 0;
-        if (lookup) {
-            const int32_t *t = s->pc_tok + (size_t)slot * (size_t)s->kv->max_seq;
-            const int lim = s->pc_len[slot] < r->n_prompt - 1 ? s->pc_len[slot] : r->n_prompt - 1;
-            while (n < lim && t[n] == r->prompt[n]) n++;
-        }
+        const int n = lookup ? sched_match_kept(s, slot, r) : 0;
         if (n > best_n || (n == best_n && s->pc_stamp[slot] < s->pc_stamp[best])) {
             best = slot;
             best_n = n;
@@ -302,13 +355,8 @@ static int sched_pick_slot(struct eng_sched *s, const struct eng_sched_req *r, i
      * (the same system prompt, admitted a moment ago): copy them over. */
     int src = -1, src_n = 0;
     for (int i = 0; lookup && i < s->n_active; i++) {
-        const struct eng_sched_req *a = s->active[i];
-        int lim = s->kv->len[a->slot];
-        if (lim > a->n_prompt + a->n_gen) lim = a->n_prompt + a->n_gen;
-        if (lim > r->n_prompt - 1) lim = r->n_prompt - 1;
-        int n = 0;
-        while (n < lim && (n < a->n_prompt ? a->prompt[n] : a->out_ids[n - a->n_prompt]) == r->prompt[n]) n++;
-        if (n > src_n) { src = a->slot; src_n = n; }
+        const int n = sched_match_active(s, s->active[i], r, false);
+        if (n > src_n) { src = s->active[i]->slot; src_n = n; }
     }
     /* A short match (a chat template's system prompt) would throw away more
      * kept entries than it reuses, and a copy needs no kept entries: an
@@ -339,11 +387,14 @@ static int sched_pick_slot(struct eng_sched *s, const struct eng_sched_req *r, i
     return best;
 }
 
+/* Admit waiting requests into free slots in arrival order; a request held
+ * back (sched_hold) keeps its place and those behind it go first. */
 static void sched_admit(struct eng_sched *s) {
-    while (s->wait_head && s->n_active < s->p.n_slot) {
-        struct eng_sched_req *r = s->wait_head;
-        s->wait_head = r->next;
-        if (!s->wait_head) s->wait_tail = NULL;
+    for (struct eng_sched_req **pp = &s->wait_head, *prev = NULL; *pp && s->n_active < s->p.n_slot;) {
+        struct eng_sched_req *r = *pp;
+        if (sched_hold(s, r)) { prev = r; pp = &r->next; continue; }
+        *pp = r->next;
+        if (s->wait_tail == r) s->wait_tail = prev;
         s->n_waiting--;
         int n_hit = 0, slot = sched_pick_slot(s, r, &n_hit);
         s->slot_busy[slot] = true;
