@@ -147,18 +147,25 @@ static int ppd_take_guesses(struct eng_ppd_seq *s, const struct eng_forward *f, 
     return 0;
 }
 
-int eng_ppd_seq_prefill_add(struct eng_ppd_seq *s, struct eng_batch *b, const struct eng_kv *kv, int32_t last_token) {
-    const int P1 = kv->len[s->slot];
+int eng_ppd_seq_prefill_add(struct eng_ppd_seq *s, struct eng_batch *b, const struct eng_kv *kv, const int32_t *rest,
+                            int n_rest) {
+    if (n_rest < 1) return ENG_E_INVALID;
+    const int P0 = kv->len[s->slot], P1 = P0 + n_rest - 1;   /* P1: the last prompt token's entry */
     if (P1 + 1 > kv->max_seq) return ENG_E_TOO_LONG;
     /* No room for the prompt rows: plain decoding from the start (see plain). */
     const int N = P1 + 1 + s->ppd->n_prompt > kv->max_seq ? 0 : s->ppd->n_prompt;
     s->plain = N == 0;
-    int32_t toks[ENG_PPD_MAX_PROMPT + 1];
-    toks[0] = last_token;
-    for (int i = 0; i < N; i++) toks[1 + i] = -1 - i;   /* prompt token i: row i of the adapter */
-    s->b_first = b->n_tok;
-    int rc = eng_batch_add_causal(b, s->slot, P1, toks, N + 1, false);
+    const int n = n_rest + N, r0 = b->n_tok;
+    if (r0 + n > b->cap) return ENG_E_RANGE;
+    /* One causal run: the rest of the prompt, then prompt token i as the id
+     * -1 - i.  The ids are written where the run's rows go, so the batch
+     * copies them onto themselves. */
+    int32_t *toks = b->token + r0;
+    memcpy(toks, rest, sizeof *toks * (size_t)n_rest);
+    for (int i = 0; i < N; i++) toks[n_rest + i] = -1 - i;
+    int rc = eng_batch_add_causal(b, s->slot, P0, toks, n, false);
     if (rc) return rc;
+    s->b_first = r0 + n_rest - 1;
     for (int i = 0; i <= N; i++) b->want_logits[s->b_first + i] = true;
     s->pending = 1;
     s->n_past = P1;
@@ -403,7 +410,7 @@ int eng_ppd_generate(struct eng_forward *f, struct eng_kv *kv, int slot, const s
         kv->len[slot] += n;
     }
     eng_batch_clear(&b);
-    if ((rc = eng_ppd_seq_prefill_add(&s, &b, kv, prompt[n_prompt - 1]))) goto out;
+    if ((rc = eng_ppd_seq_prefill_add(&s, &b, kv, prompt + n_prompt - 1, 1))) goto out;
     if ((rc = eng_forward_run_deep(f, &b, kv, extra, N, ppd->ad->deep, ppd->ad->n_deep))) goto out;
     if ((rc = eng_ppd_seq_prefill_finish(&s, f, kv, emitted, &n_em))) goto out;
     st->gen.prefill_s = eng_now_s() - t0;

@@ -16,8 +16,9 @@
  *                            guesses from the accepted node's prompt rows and
  *                            switch to its depth state.
  * Prefill is the caller's: ordinary causal chunks for prompt[0 .. P-1), then
- * eng_ppd_seq_prefill_add / _finish for the last prompt token plus the N
- * prompt-token rows, which yields the first root and guesses.
+ * eng_ppd_seq_prefill_add / _finish for the last prompt token (with the last
+ * chunk, when it fits in the same step) plus the N prompt-token rows, which
+ * yields the first root and guesses.
  *
  * Verification (one rule for greedy and sampling, both lossless): at the root
  * and then at every accepted node, choose the next token from the model's own
@@ -133,11 +134,14 @@ int eng_ppd_seq_init(struct eng_ppd_seq *s, const struct eng_ppd *ppd, int slot,
                      int n_predict, const struct tok *tok, bool ignore_eog, int n_vocab);
 void eng_ppd_seq_free(struct eng_ppd_seq *s);   /* accepts NULL */
 
-/* Prefill tail: the last prompt token (committed entries n_past = P - 1 before
- * it) and the N prompt-token rows, causal (only the token when the slot cannot
+/* Prefill tail: the prompt's last n_rest >= 1 tokens (the slot's committed
+ * entries are the ones before them; usually n_rest = 1, the last token alone,
+ * more when the caller folds the last prefill chunk into this step) and the N
+ * prompt-token rows, one causal run (only the tokens when the slot cannot
  * hold P + N entries: the sequence then decodes plainly).  ENG_E_RANGE if the
- * batch is full, ENG_E_TOO_LONG if the slot cannot hold P entries. */
-int eng_ppd_seq_prefill_add(struct eng_ppd_seq *s, struct eng_batch *b, const struct eng_kv *kv, int32_t last_token);
+ * batch is full, ENG_E_TOO_LONG if the slot cannot hold the P prompt entries. */
+int eng_ppd_seq_prefill_add(struct eng_ppd_seq *s, struct eng_batch *b, const struct eng_kv *kv, const int32_t *rest,
+                            int n_rest);
 /* After the forward: commit P entries, choose (and emit) the first root, take
  * the first guesses.  Emitted tokens go to out (room for ENG_PPD_MAX_PROMPT + 2). */
 int eng_ppd_seq_prefill_finish(struct eng_ppd_seq *s, const struct eng_forward *f, struct eng_kv *kv, int32_t *out,

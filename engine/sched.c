@@ -165,6 +165,7 @@ void eng_sched_free(struct eng_sched *s) {
 void eng_sched_submit(struct eng_sched *s, struct eng_sched_req *r) {
     r->state = ENG_SEQ_WAITING;
     r->next = NULL;
+    r->hold_left = 0;
     r->t_submit = eng_now_s();
     if (s->wait_tail) s->wait_tail->next = r;
     else s->wait_head = r;
@@ -271,6 +272,63 @@ static void sched_ppd_admit(struct eng_sched *s, struct eng_sched_req *r) {
     s->stats.ppd_seqs++;
 }
 
+/* How many of r's prompt tokens (at most all but the last) the kept entries
+ * of free slot `slot` hold. */
+static int sched_match_kept(const struct eng_sched *s, int slot, const struct eng_sched_req *r) {
+    const int32_t *t = s->pc_tok + (size_t)slot * (size_t)s->kv->max_seq;
+    const int lim = s->pc_len[slot] < r->n_prompt - 1 ? s->pc_len[slot] : r->n_prompt - 1;
+    int n = 0;
+    while (n < lim && t[n] == r->prompt[n]) n++;
+    return n;
+}
+
+/* The same for admitted sequence a: its committed entries (prompt, then
+ * delivered tokens), or with `planned` its whole prompt, committed or not. */
+static int sched_match_active(const struct eng_sched *s, const struct eng_sched_req *a,
+                              const struct eng_sched_req *r, bool planned) {
+    int lim = planned ? a->n_prompt : s->kv->len[a->slot];
+    if (lim > a->n_prompt + a->n_gen) lim = a->n_prompt + a->n_gen;
+    if (lim > r->n_prompt - 1) lim = r->n_prompt - 1;
+    int n = 0;
+    while (n < lim && (n < a->n_prompt ? a->prompt[n] : a->out_ids[n - a->n_prompt]) == r->prompt[n]) n++;
+    return n;
+}
+
+/* Whether r waits (see the design note): a sequence still prefilling will
+ * hold at least ENG_SCHED_HOLD_MIN more of r's prompt than the cache and
+ * the running sequences hold now; once held, r waits until nothing more is
+ * to come.  A hold is given a number of steps when it starts (twice what the
+ * prefill needs at full chunks, plus two) and never outlasts them, so a
+ * stalled prefill cannot starve r. */
+static bool sched_hold(struct eng_sched *s, struct eng_sched_req *r) {
+    if (!s->pc_len || r->lp_prompt || r->hold_left < 0) return false;
+    int now = 0, planned = 0;
+    for (int slot = 0; slot < s->p.n_slot; slot++) {
+        if (s->slot_busy[slot]) continue;
+        const int n = sched_match_kept(s, slot, r);
+        if (n > now) now = n;
+    }
+    for (int i = 0; i < s->n_active; i++) {
+        const struct eng_sched_req *a = s->active[i];
+        int n = sched_match_active(s, a, r, false);
+        if (n > now) now = n;
+        if (a->state != ENG_SEQ_PREFILL) continue;
+        n = sched_match_active(s, a, r, true);
+        if (n > planned) planned = n;
+    }
+    if (planned - now < (r->hold_left > 0 ? 1 : ENG_SCHED_HOLD_MIN)) {
+        r->hold_left = -1;   /* nothing worth waiting for: admit, and never hold it again */
+        return false;
+    }
+    if (r->hold_left == 0) {   /* the first step held */
+        const int chunk = s->p.prefill_chunk;
+        r->hold_left = 2 * ((planned - now + chunk - 1) / chunk) + 2;
+        s->stats.pc_held++;
+    }
+    if (--r->hold_left == 0) r->hold_left = -1;   /* its last step held */
+    return true;
+}
+
 /* A free slot for r, and how many of its prompt tokens the slot's kept
  * entries already hold (see the design note). */
 static int sched_pick_slot(struct eng_sched *s, const struct eng_sched_req *r, int *n_hit) {
@@ -284,12 +342,7 @@ static int sched_pick_slot(struct eng_sched *s, const struct eng_sched_req *r, i
     int best = -1, best_n = -1;
     for (int slot = 0; slot < s->p.n_slot; slot++) {
         if (s->slot_busy[slot]) continue;
-        int n = 0;
-        if (lookup) {
-            const int32_t *t = s->pc_tok + (size_t)slot * (size_t)s->kv->max_seq;
-            const int lim = s->pc_len[slot] < r->n_prompt - 1 ? s->pc_len[slot] : r->n_prompt - 1;
-            while (n < lim && t[n] == r->prompt[n]) n++;
-        }
+        const int n = lookup ? sched_match_kept(s, slot, r) : 0;
         if (n > best_n || (n == best_n && s->pc_stamp[slot] < s->pc_stamp[best])) {
             best = slot;
             best_n = n;
@@ -299,13 +352,8 @@ static int sched_pick_slot(struct eng_sched *s, const struct eng_sched_req *r, i
      * (the same system prompt, admitted a moment ago): copy them over. */
     int src = -1, src_n = 0;
     for (int i = 0; lookup && i < s->n_active; i++) {
-        const struct eng_sched_req *a = s->active[i];
-        int lim = s->kv->len[a->slot];
-        if (lim > a->n_prompt + a->n_gen) lim = a->n_prompt + a->n_gen;
-        if (lim > r->n_prompt - 1) lim = r->n_prompt - 1;
-        int n = 0;
-        while (n < lim && (n < a->n_prompt ? a->prompt[n] : a->out_ids[n - a->n_prompt]) == r->prompt[n]) n++;
-        if (n > src_n) { src = a->slot; src_n = n; }
+        const int n = sched_match_active(s, s->active[i], r, false);
+        if (n > src_n) { src = s->active[i]->slot; src_n = n; }
     }
     /* A short match (a chat template's system prompt) would throw away more
      * kept entries than it reuses, and a copy needs no kept entries: an
@@ -336,11 +384,14 @@ static int sched_pick_slot(struct eng_sched *s, const struct eng_sched_req *r, i
     return best;
 }
 
+/* Admit waiting requests into free slots in arrival order; a request held
+ * back (sched_hold) keeps its place and those behind it go first. */
 static void sched_admit(struct eng_sched *s) {
-    while (s->wait_head && s->n_active < s->p.n_slot) {
-        struct eng_sched_req *r = s->wait_head;
-        s->wait_head = r->next;
-        if (!s->wait_head) s->wait_tail = NULL;
+    for (struct eng_sched_req **pp = &s->wait_head, *prev = NULL; *pp && s->n_active < s->p.n_slot;) {
+        struct eng_sched_req *r = *pp;
+        if (sched_hold(s, r)) { prev = r; pp = &r->next; continue; }
+        *pp = r->next;
+        if (s->wait_tail == r) s->wait_tail = prev;
         s->n_waiting--;
         int n_hit = 0, slot = sched_pick_slot(s, r, &n_hit);
         s->slot_busy[slot] = true;
@@ -408,13 +459,15 @@ static int seq_prefill_left(const struct eng_sched_req *r) {
     return r->n_prompt - (r->ppd_on ? 1 : 0) - r->n_prefilled;
 }
 
-/* A PPD sequence's rows: the prefill tail once its chunks are done, then one
- * tree per step.  Leaves r->n_rows = 0 when nothing was added. */
+/* A PPD sequence's rows: the prefill tail (with whatever prompt tokens are
+ * still to go) once the chunks before it are done, then one tree per step.
+ * Leaves r->n_rows = 0 when nothing was added. */
 static int seq_add_ppd(struct eng_sched *s, struct eng_sched_req *r) {
     const int before = s->batch.n_tok;
     r->row0 = before;
     int rc = r->state == ENG_SEQ_PREFILL
-                 ? eng_ppd_seq_prefill_add(&r->ppd, &s->batch, s->kv, r->prompt[r->n_prompt - 1])
+                 ? eng_ppd_seq_prefill_add(&r->ppd, &s->batch, s->kv, r->prompt + r->n_prefilled,
+                                           r->n_prompt - r->n_prefilled)
                  : eng_ppd_seq_step_add(&r->ppd, &s->batch, s->kv);
     r->n_rows = s->batch.n_tok - before;
     r->ppd_depth = r->ppd.pending == 3 ? 0 : r->ppd.ppd->trees.st[r->ppd.d].D;
@@ -471,7 +524,7 @@ static void sched_ppd_count(struct eng_sched *s, struct eng_sched_req *r, int n_
  * KV length itself for the tail and the trees), then deliver the step's
  * tokens in order until one finishes the request; the rest are dropped. */
 static int seq_consume_ppd(struct eng_sched *s, struct eng_sched_req *r, int *n_new, int *err) {
-    if (r->state == ENG_SEQ_PREFILL && seq_prefill_left(r) > 0) {
+    if (r->state == ENG_SEQ_PREFILL && r->ppd.pending != 1) {   /* an ordinary chunk */
         seq_prompt_logprobs(s, r);
         s->kv->len[r->slot] += r->n_rows;
         r->n_prefilled += r->n_rows;
@@ -554,14 +607,18 @@ int eng_sched_step(struct eng_sched *s) {
     /* What is left is shared evenly by the prefilling sequences, in admission
      * order; a share a sequence does not need goes to those after it.  A PPD
      * prefill tail is one unit of N + 1 rows (the sizing rule of init makes
-     * every share at least that large). */
+     * every share at least that large); when the prompt's last chunk fits in
+     * the share with it, they go as one run, saving a step before the first
+     * token (rows do not depend on how the prompt was cut). */
     int budget = s->p.max_rows - s->batch.n_tok, left = n_prefill;
     for (int i = 0; i < s->n_active && budget > 0; i++) {
         struct eng_sched_req *r = s->active[i];
         if (r->state != ENG_SEQ_PREFILL) continue;
         int share = budget / left > 0 ? budget / left : 1;
         int n = seq_prefill_left(r);
-        if (n == 0) {   /* PPD: the tail */
+        const int tail = r->ppd_on ? r->ppd.ppd->n_prompt + 1 : 0;
+        const int lim = share < s->p.prefill_chunk ? share : s->p.prefill_chunk;
+        if (n == 0 || (r->ppd_on && !r->lp_prompt && n + tail <= lim)) {   /* PPD: the tail */
             r->add_err = seq_add_ppd(s, r);
             if (r->add_err == ENG_E_RANGE) r->add_err = 0;   /* no room this step: it waits */
         } else {

@@ -23,8 +23,9 @@
  * presence/frequency penalty (ppd.c does not apply them) decodes with PPD.
  * Its prompt is prefilled in ordinary chunks up to its last token; the last
  * token and the N prompt-token rows are one further prefill step
- * (eng_ppd_seq_prefill_add, N + 1 rows), which yields the first token and
- * the first guesses; from then on each step adds the sequence's tree
+ * (eng_ppd_seq_prefill_add, N + 1 rows; the prompt's last chunk joins them
+ * when it fits in the step), which yields the first token and the first
+ * guesses; from then on each step adds the sequence's tree
  * (eng_ppd_seq_step_rows rows) and emits 1..N+1 tokens.  Those tokens pass one
  * at a time through the same end-of-generation / stop-string / max_tokens
  * checks as a plain token, so nothing after the first finishing token is
@@ -65,7 +66,15 @@
  * sequence's committed entries match longer (a request arriving while
  * another with the same system prompt runs), they are copied into the slot
  * instead, one buf_copy per layer for K and for V.  The request's KV length
- * and n_prefilled start there, and it prefills only the rest.  At least the last prompt token is
+ * and n_prefilled start there, and it prefills only the rest.
+ * A request whose prompt shares at least ENG_SCHED_HOLD_MIN more tokens with
+ * a sequence still prefilling (or admitted ahead of it in the same step)
+ * than with anything cached is held back, keeping its place in the queue
+ * while requests behind it are admitted, until that prefill has committed
+ * the shared part; then it copies those entries as above.  So clients that
+ * arrive together with one long system prompt compute it once.  The wait is
+ * bounded (sched_hold), a held request is cancelled like any waiting one, and
+ * a request with no such match is never held.  At least the last prompt token is
  * always computed, since its logits are needed (PPD: it goes with the prompt
  * rows as usual).  A K/V entry depends only on its token, its position and
  * the entries before it, and rows do not depend on the batch, so a hit gives
@@ -111,6 +120,10 @@ enum eng_sched_finish {
  * request produced no normal end (cancelled, error). */
 const char *eng_sched_finish_reason(enum eng_sched_finish f);
 
+/* A request waits for a sequence still prefilling when that sequence will
+ * hold at least this many more of its prompt tokens than anything cached now. */
+#define ENG_SCHED_HOLD_MIN 64
+
 enum eng_sched_state { ENG_SEQ_WAITING = 0, ENG_SEQ_PREFILL, ENG_SEQ_DECODE, ENG_SEQ_DONE };
 
 struct eng_sched_req {
@@ -151,6 +164,7 @@ struct eng_sched_req {
     double t_first;                  /* eng_now_s() when the first token was delivered (0: not yet) */
     int ppd_steps, ppd_drafted, ppd_accepted;   /* this request's PPD steps, as eng_sched_stats counts them */
     int n_cached;                    /* prompt tokens taken from the prefix cache at admission */
+    int hold_left;                   /* waiting: steps it may still be held back (0: not held yet, -1: never) */
 };
 
 /* Allocates the request and its buffers (prompt copied).  max_tokens >= 1. */
@@ -235,6 +249,7 @@ struct eng_sched_stats {
     /* prefix cache: cumulative prompt tokens looked up and found; now, free
      * slots that hold kept entries and those entries */
     long long pc_queries, pc_hits;
+    long long pc_held;               /* requests held back for a prefix still being prefilled */
     int pc_slots;
     long pc_tokens;
 };

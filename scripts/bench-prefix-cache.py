@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """bench-prefix-cache.py — what the prefix cache saves, measured through the
-official openai SDK against `ppd serve` with --prefix-cache on and then off
-(one server at a time, same flags otherwise).
+official openai SDK against two `ppd serve` processes, --prefix-cache on and
+off (same flags otherwise), both started first and queried in turn, so that
+changes in the machine's load fall on both alike (an idle server does not
+compute).
 
 (a) Multi-turn chat: MT-Bench two-turn conversations; turn 1, then turn 2
     sent with turn 1's answer as a chat client does (streamed, to time the
-    first token).  Reports the median time to first token of turn 2 with and
-    without the cache, and whether every answer is the same.
+    first token); each conversation on one server and then the other, the
+    order alternating.  Reports the median time to first token of turn 2 with
+    and without the cache, and whether every answer is the same.
 (b) Shared system prompt: --clients clients at once, each a short question
     after the same ~1,000-token system prompt.  Reports the prompt tokens sent
     and the prompt tokens computed (sent minus the cache's hits, from
@@ -100,7 +103,17 @@ def streamed(client, model, messages, max_tokens):
     return "".join(parts), ttft if ttft is not None else time.perf_counter() - t0, cached
 
 
-def run_chat(a, client, model):
+def conversation(a, client, model, t1, t2):
+    """(answers, turn 2's time to first token, its cached prompt tokens)."""
+    m1 = [{"role": "user", "content": t1}]
+    a1, _, _ = streamed(client, model, m1, a.turn1_tokens)
+    m2 = m1 + [{"role": "assistant", "content": a1}, {"role": "user", "content": t2}]
+    a2, t, c = streamed(client, model, m2, a.turn2_tokens)
+    return (a1, a2), t, c
+
+
+def run_chat(a, servers):
+    """Every conversation on both servers, alternating which goes first."""
     convs = []
     with open(a.data) as f:
         for line in f:
@@ -109,16 +122,14 @@ def run_chat(a, client, model):
                 convs.append(o["turns"][:2])
             if len(convs) == a.conversations:
                 break
-    answers, ttft2, cached2 = [], [], []
-    for t1, t2 in convs:
-        m1 = [{"role": "user", "content": t1}]
-        a1, _, _ = streamed(client, model, m1, a.turn1_tokens)
-        m2 = m1 + [{"role": "assistant", "content": a1}, {"role": "user", "content": t2}]
-        a2, t, c = streamed(client, model, m2, a.turn2_tokens)
-        answers.append((a1, a2))
-        ttft2.append(t)
-        cached2.append(c)
-    return answers, ttft2, cached2
+    res = {cache: ([], [], []) for cache in servers}
+    for i, (t1, t2) in enumerate(convs):
+        for cache in ((True, False) if i % 2 == 0 else (False, True)):
+            client, model, _ = servers[cache]
+            ans, t, c = conversation(a, client, model, t1, t2)
+            for lst, v in zip(res[cache], (ans, t, c)):
+                lst.append(v)
+    return res
 
 
 def run_shared(a, client, model, url):
@@ -152,7 +163,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--parallel", type=int, default=4, help="-np of the server")
     ap.add_argument("--ctx", type=int, default=2048)
-    ap.add_argument("--conversations", type=int, default=10)
+    ap.add_argument("--conversations", type=int, default=80, help="MT-Bench conversations (80: all)")
     ap.add_argument("--turn1-tokens", type=int, default=128)
     ap.add_argument("--turn2-tokens", type=int, default=16)
     ap.add_argument("--clients", type=int, default=16)
@@ -160,16 +171,17 @@ def main():
     ap.add_argument("--shared-tokens", type=int, default=16)
     ap.add_argument("--json", help="write every figure to this file")
     a = ap.parse_args()
-    res = {}
-    for cache in (True, False):
-        proc, url = start_server(a, cache, f"/tmp/bench-prefix-cache-{'on' if cache else 'off'}.log")
-        try:
+    procs, servers = [], {}
+    try:
+        for cache in (True, False):
+            proc, url = start_server(a, cache, f"/tmp/bench-prefix-cache-{'on' if cache else 'off'}.log")
+            procs.append(proc)
             client = OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
-            model = client.models.list().data[0].id
-            chat = run_chat(a, client, model)
-            shared = run_shared(a, client, model, url)
-            res[cache] = {"chat": chat, "shared": shared}
-        finally:
+            servers[cache] = (client, client.models.list().data[0].id, url)
+        chat = run_chat(a, servers) if a.conversations > 0 else {True: ([], [0], [0]), False: ([], [0], [0])}
+        res = {cache: {"chat": chat[cache], "shared": run_shared(a, *servers[cache])} for cache in (True, False)}
+    finally:
+        for proc in procs:
             proc.terminate()
             proc.wait(timeout=60)
     on, off = res[True], res[False]
@@ -177,7 +189,7 @@ def main():
     same_shared = [x[0] for x in on["shared"][0]] == [x[0] for x in off["shared"][0]]
     med_on, med_off = statistics.median(on["chat"][1]), statistics.median(off["chat"][1])
     print(f"(a) {len(on['chat'][1])} MT-Bench conversations, turn 2 time to first token (median): "
-          f"cache on {med_on * 1e3:.1f} ms, off {med_off * 1e3:.1f} ms ({med_off / med_on:.2f}x); "
+          f"cache on {med_on * 1e3:.1f} ms, off {med_off * 1e3:.1f} ms (on/off {med_on / max(med_off, 1e-9):.2f}); "
           f"turn 2 prompt tokens from the cache: median {statistics.median(on['chat'][2]):.0f}; "
           f"answers identical: {same_chat}")
     for cache, r in ((True, on), (False, off)):
@@ -185,7 +197,8 @@ def main():
         print(f"(b) {a.clients} clients, shared system prompt ({r['shared'][0][0][1]} prompt tokens each), "
               f"cache {'on ' if cache else 'off'}: sent {sent:.0f}, computed {sent - hits:.0f} "
               f"({(sent - hits) / sent * 100:.0f}%), wall {wall:.1f} s"
-              + (f"; idle: {m['ppd_prefix_cache_slots']:.0f} slots keep {m['ppd_prefix_cache_tokens']:.0f} tokens"
+              + (f"; {m['ppd_prefix_cache_held_total']:.0f} held back;"
+                 f" idle: {m['ppd_prefix_cache_slots']:.0f} slots keep {m['ppd_prefix_cache_tokens']:.0f} tokens"
                  if cache else ""))
     print(f"(b) answers identical: {same_shared}")
     if a.json:

@@ -401,13 +401,23 @@ void srv_gen_free(struct srv_gen *g) {
 
 /* ---- responses ---- */
 
+/* OpenAI's usage.  prompt_tokens counts the prompt once, so cached_tokens
+ * is what no choice had to compute: the fewest any choice took from the
+ * prefix cache (with n > 1 the first choice prefills, the others reuse it). */
 static json_t *api_usage(const struct srv_req *r) {
     long long n_gen = 0;
-    for (int i = 0; i < r->n_choices; i++) n_gen += r->ch[i].n_gen;
+    int cached = r->n_choices > 0 ? r->ch[0].n_cached : 0;
+    for (int i = 0; i < r->n_choices; i++) {
+        n_gen += r->ch[i].n_gen;
+        if (r->ch[i].n_cached < cached) cached = r->ch[i].n_cached;
+    }
     json_t *u = json_object();
     json_object_set_new(u, "prompt_tokens", json_integer(r->n_prompt));
     json_object_set_new(u, "completion_tokens", json_integer(n_gen));
     json_object_set_new(u, "total_tokens", json_integer(r->n_prompt + n_gen));
+    json_t *details = json_object();
+    json_object_set_new(details, "cached_tokens", json_integer(cached));
+    json_object_set_new(u, "prompt_tokens_details", details);
     return u;
 }
 

@@ -216,6 +216,9 @@ char *srv_metrics_render(const struct srv_metrics *m, const struct srv_config *c
                (unsigned long long)m->eng.pc_queries);
     mb_counter(&b, "prefix_cache_hits_total", "Prompt tokens served from the prefix cache (not prefilled).",
                (unsigned long long)m->eng.pc_hits);
+    mb_counter(&b, "prefix_cache_held_total",
+               "Requests held back until a sequence still prefilling had computed the prompt prefix they share.",
+               (unsigned long long)m->eng.pc_held);
     mb_gauge(&b, "prefix_cache_slots", "Free KV slots holding a finished request's entries for reuse.",
              m->eng.pc_slots);
     mb_gauge(&b, "prefix_cache_tokens", "KV entries kept in free slots for reuse.", (double)m->eng.pc_tokens);

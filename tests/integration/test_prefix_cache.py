@@ -2,9 +2,12 @@
 (the first turn's messages and answer, then a new question) reuses the first
 turn's KV entries and answers exactly as a server without the cache does,
 greedy and seeded, with and without PPD; the counters add up; nothing stays
-busy once idle; bad values of the setting are refused by name."""
+busy once idle; clients arriving together with one system prompt compute it
+once; usage reports the cached tokens; bad values of the setting are refused
+by name."""
 import os
 import subprocess
+import threading
 
 import pytest
 
@@ -85,6 +88,67 @@ def test_counters_and_idle(server, client, model_id):
     assert after["ppd_num_requests_running"] == 0 and after["ppd_kv_cache_usage_perc"] == 0
     assert 1 <= after["ppd_prefix_cache_slots"] <= after["ppd_num_slots"]
     assert after["ppd_prefix_cache_tokens"] >= n - 1
+
+
+def test_usage_cached_tokens(server, cold, client, model_id):
+    """usage.prompt_tokens_details.cached_tokens, OpenAI's shape, parsed by the
+    SDK: chat and completions, whole and streamed (the usage chunk)."""
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Do you sell atlases?"}]
+    prompt = SYSTEM + " Q: Do you sell atlases? A:"
+    calls = [lambda c, **kw: c.chat.completions.create(model=model_id, messages=msgs, max_tokens=4, temperature=0, **kw),
+             lambda c, **kw: c.completions.create(model=model_id, prompt=prompt, max_tokens=4, temperature=0, **kw)]
+    for call in calls:
+        first, again = call(client), call(client)
+        for r in (first, again):
+            assert r.usage.prompt_tokens_details.cached_tokens == r.to_dict()["timings"]["cached_prompt_tokens"]
+        assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
+        chunks = list(call(client, stream=True, stream_options={"include_usage": True}))
+        usage = chunks[-1].usage
+        assert chunks[-1].choices == [] and usage.prompt_tokens == again.usage.prompt_tokens
+        assert usage.prompt_tokens_details.cached_tokens == usage.prompt_tokens - 1
+        assert all(ch.usage is None for ch in chunks[:-1])
+        assert call(client_for(cold)).usage.prompt_tokens_details.cached_tokens == 0
+
+
+RULES = " ".join(f"Rule {i}: a customer who asks about shelf {i} is sent to aisle {i % 7} and told that the books "
+                 f"there are sorted by the author's family name." for i in range(1, 25))
+
+
+def test_clients_sharing_a_system_prompt(server, cold, model_id):
+    """Eight clients at once, one long system prompt, four slots: the first
+    prefills it, those arriving while it does are held back and copy it, the
+    rest find it kept in a free slot; answers equal the cold server's."""
+    qs = ["Where are the atlases?", "Do you have poetry?", "Where is cooking?", "Any travel guides?",
+          "Where is history?", "Books for children?", "Where is science?", "Where is fiction?"]
+
+    def ask_all(srv):
+        c = client_for(srv)
+        out = [None] * len(qs)
+
+        def one(i):
+            msgs = [{"role": "system", "content": RULES}, {"role": "user", "content": qs[i]}]
+            out[i] = c.chat.completions.create(model=model_id, messages=msgs, max_tokens=8, temperature=0)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(qs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out
+
+    before = server.metrics()
+    hot = ask_all(server)
+    after = server.metrics()
+    ref = ask_all(cold)
+    assert [r.choices[0].message.content for r in hot] == [r.choices[0].message.content for r in ref]
+    sent = after["ppd_prompt_tokens_total"] - before["ppd_prompt_tokens_total"]
+    hits = after["ppd_prefix_cache_hits_total"] - before["ppd_prefix_cache_hits_total"]
+    assert sent == sum(r.usage.prompt_tokens for r in hot) and hot[0].usage.prompt_tokens > 600
+    assert hits == sum(r.usage.prompt_tokens_details.cached_tokens for r in hot)
+    # the system prompt is computed once: all but one request take it from the cache
+    assert sorted(r.usage.prompt_tokens_details.cached_tokens > 600 for r in hot) == [False] + [True] * (len(qs) - 1)
+    assert (sent - hits) / sent < 0.2, (sent, hits)
+    assert after["ppd_prefix_cache_held_total"] > before["ppd_prefix_cache_held_total"]
 
 
 def test_bad_values_are_refused(tmp_path):

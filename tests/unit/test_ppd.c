@@ -357,7 +357,7 @@ START_TEST(test_two_sequences_one_batch) {
     }
     eng_batch_clear(&b);
     for (int i = 0; i < 2; i++)
-        ck_assert_int_eq(eng_ppd_seq_prefill_add(&sq[i], &b, &kv2, x.prompts[ca[i]][x.n_prompt[ca[i]] - 1]), 0);
+        ck_assert_int_eq(eng_ppd_seq_prefill_add(&sq[i], &b, &kv2, x.prompts[ca[i]] + x.n_prompt[ca[i]] - 1, 1), 0);
     ck_assert_int_eq(eng_forward_run(&x.f, &b, &kv2, x.ad->emb, x.ad->n_prompt), 0);
     for (int i = 0; i < 2; i++) {
         int n;

@@ -18,7 +18,9 @@
  * Prefix cache: a second turn (the first turn's prompt and answer, then more)
  * and a prompt sharing half of it reuse the kept KV entries and give exactly
  * the tokens of a cold prefill, plain and PPD, greedy and seeded; the
- * counters add up and nothing stays busy when idle.
+ * counters add up and nothing stays busy when idle.  A request sharing a long
+ * prefix with one still prefilling waits for it and copies its entries, while
+ * an unrelated one is admitted at once; cancelling either side works.
  */
 #include <check.h>
 #include <stdio.h>
@@ -972,6 +974,113 @@ START_TEST(test_prefix_cache_ppd_equals_cold) {
 }
 END_TEST
 
+/* Hold-back.  P is a long prompt, B is P and a question, C is unrelated;
+ * three slots, 16-row chunks.  mode 0: the three arrive together: P and C
+ * are admitted at once (C is never held), B waits while P prefills and then
+ * copies all of P's entries.  mode 1: P is cancelled while B waits; B goes on
+ * from what P's slot kept.  mode 2: B is cancelled while it waits.  Every
+ * finished request's tokens equal a cold run's (no cache, all three batched,
+ * which equals each alone). */
+static void pc_hold_case(bool use_ppd, bool seeded, int mode) {
+    struct eng_engine *e = open_engine_rows(3, 96);
+    struct ppd_fx px;
+    if (use_ppd) ppd_fx_open(&px, e, 20);
+    struct eng_sampler_params sp;
+    eng_sampler_params_default(&sp);
+    if (seeded) { sp.temperature = 0.8f; sp.seed = 99; }
+    else sp.temperature = 0;
+    int32_t *a, *b, *q, *pr[3];
+    int na, nb, nq, npr[3];
+    chat_ids(e, prompts[2], &a, &na);
+    chat_ids(e, prompts[0], &b, &nb);
+    chat_ids(e, prompts[4], &q, &nq);
+    pr[0] = pc_cat(a, na, b, nb, NULL, 0, &npr[0]);
+    pr[1] = pc_cat(pr[0], npr[0], q, nq, NULL, 0, &npr[1]);
+    chat_ids(e, prompts[1], &pr[2], &npr[2]);
+    ck_assert_int_ge(npr[0], ENG_SCHED_HOLD_MIN + 16);
+    int32_t ref[3][32];
+    int n_ref[3];
+    for (int pass = 0; pass < 2; pass++) {
+        const bool cache = pass == 1;
+        memset(seen, 0, sizeof seen);
+        struct eng_sched s;
+        struct eng_sched_params p = {.max_rows = 96, .prefill_chunk = 16, .emit = on_event, .prefix_cache = cache};
+        if (cache && use_ppd) {
+            p.ppd = &px.ppd;
+            p.ppd_guess_fn = oracle_guess;
+            for (int i = 0; i < 3; i++) { oracle_ids[i] = ref[i]; oracle_n[i] = n_ref[i]; }
+        }
+        ck_assert_int_eq(eng_sched_init(&s, &e->fwd, &e->kv, e->tok, &p), 0);
+        struct eng_sched_req *reqs[3];
+        const int n_req = cache && mode > 0 ? 2 : 3;
+        for (int i = 0; i < n_req; i++) {
+            struct eng_sampler_params spi = sp;
+            spi.seed += (uint64_t)i;
+            ck_assert_int_eq(eng_sched_req_init(&reqs[i], e->tok, pr[i], npr[i], 24, &spi, NULL, 0), 0);
+            reqs[i]->user = (void *)(intptr_t)i;
+            eng_sched_submit(&s, reqs[i]);
+        }
+        ck_assert_int_gt(eng_sched_step(&s), 0);
+        if (cache) {
+            /* P (and C) admitted in the first step; B waits */
+            ck_assert_int_eq(eng_sched_n_running(&s), n_req - 1);
+            ck_assert_int_eq(eng_sched_n_waiting(&s), 1);
+            ck_assert_int_eq(reqs[1]->state, ENG_SEQ_WAITING);
+            ck_assert_int_eq(s.stats.pc_held, 1);
+            if (mode == 1) atomic_store(&reqs[0]->cancel, true);
+            if (mode == 2) atomic_store(&reqs[1]->cancel, true);
+        }
+        for (int steps = 0; !eng_sched_idle(&s); steps++) {
+            ck_assert_int_ge(eng_sched_step(&s), 0);
+            ck_assert_int_lt(steps, 1000);
+        }
+        for (int i = 0; i < n_req; i++) {
+            ck_assert_int_eq(seen[i].done, 1);
+            const bool cancelled = cache && mode > 0 && i == mode - 1;
+            if (cancelled) ck_assert_int_eq(seen[i].finish, ENG_SCHED_FINISH_CANCELLED);
+            if (!cache) {
+                n_ref[i] = seen[i].n_tokens;
+                memcpy(ref[i], seen[i].ids, sizeof *ref[i] * (size_t)n_ref[i]);
+            } else if (!cancelled) {
+                ck_assert_msg(seen[i].n_tokens == n_ref[i], "request %d: %d tokens cold, %d held", i, n_ref[i],
+                              seen[i].n_tokens);
+                for (int k = 0; k < n_ref[i]; k++)
+                    ck_assert_msg(seen[i].ids[k] == ref[i][k], "request %d token %d: %d cold, %d held", i, k,
+                                  ref[i][k], seen[i].ids[k]);
+            }
+            eng_sched_req_free(reqs[i]);
+        }
+        if (cache) {
+            ck_assert_int_eq(seen[0].n_cached, 0);
+            if (mode == 0) {
+                ck_assert_int_eq(seen[1].n_cached, npr[0]);   /* all of P, copied from its slot */
+                ck_assert_int_eq(seen[2].n_cached, 0);
+            }
+            if (mode == 1) ck_assert_int_eq(seen[1].n_cached, 16);   /* P's one chunk, kept in its slot */
+            ck_assert_int_eq(s.stats.pc_held, 1);
+            ck_assert_int_eq(eng_sched_kv_used(&s), 0);
+        } else {
+            ck_assert_int_eq(s.stats.pc_held, 0);
+        }
+        eng_sched_free(&s);
+    }
+    memset(oracle_ids, 0, sizeof oracle_ids);
+    for (int i = 0; i < 3; i++) free(pr[i]);
+    free(a);
+    free(b);
+    free(q);
+    if (use_ppd) ppd_fx_close(&px);
+    eng_engine_close(e);
+}
+
+START_TEST(test_prefix_cache_hold) {
+    pc_hold_case(false, false, 0);
+    pc_hold_case(true, true, 0);
+    pc_hold_case(false, false, 1);
+    pc_hold_case(true, false, 2);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("sched");
     TCase *tc = tcase_create("sched");
@@ -991,6 +1100,7 @@ int main(void) {
     tcase_add_test(tc, test_logprobs_committed_adapter);
     tcase_add_test(tc, test_prefix_cache_equals_cold);
     tcase_add_test(tc, test_prefix_cache_ppd_equals_cold);
+    tcase_add_test(tc, test_prefix_cache_hold);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
 }
