@@ -1,6 +1,7 @@
-/* matmul_avx512.c — the AVX-512 VNNI kernels for Q4_1, Q4_0 and Q8_0 weights.
- * Every function here reproduces matmul_ref.c bit for bit; only the schedule
- * differs.
+/* matmul_avx512.c — the AVX-512 VNNI kernels for the 32-block weight types
+ * (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL), and their AMX-INT8 tile variant
+ * (the amx path, at the end of the file).  Every function here reproduces
+ * matmul_ref.c bit for bit; only the schedule differs.
  *
  * Same packed panels as the AVX2 kernels (matmul_layout.h), read a pair at a
  * time: one 512-bit vector holds group g (elements 4g..4g+3) of both panels of
