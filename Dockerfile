@@ -43,7 +43,7 @@
 #   --ppd FILE|auto|none    PPD_PPD            PPD adapter (auto: MODEL.ppd.gguf next to the model)
 #   --no-ppd                PPD_NO_PPD         plain decoding
 #   --tree auto|FILE        PPD_TREE           PPD tree family (JSON files in /etc/ppd/trees)
-#   --tree-budget N         PPD_TREE_BUDGET    budget L of the auto tree (--tree-size, PPD_TREE_SIZE: the older names)
+#   --tree-budget N         PPD_TREE_BUDGET    budget L of the auto tree (--tree-size: the older name)
 #   --ppd-accept MODE       PPD_PPD_ACCEPT     exact (lossless) or typical
 #   --calibrate auto|off    PPD_CALIBRATE      measure the device at start-up to choose the trees
 #                                              (/health answers 503 meanwhile)

@@ -7,6 +7,7 @@ bit (JSON numbers written with every digit of the float), and the PPD run must
 really have accepted guesses (timings.ppd_accepted > 0) for that to mean
 something."""
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,21 +19,29 @@ def timings(r):
     return r.to_dict()["timings"]
 
 
+def counts(usage):
+    """The usage's token counts.  Its prompt_tokens_details.cached_tokens is left out: how
+    much of the prompt the prefix cache served depends on the requests before, not on this
+    output."""
+    return SimpleNamespace(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                           total_tokens=usage.total_tokens)
+
+
 def chat(client, model_id, ppd=True, stream=False, **kw):
-    """(text, finish_reason, logprobs content as dicts, usage, timings) of one chat completion."""
+    """(text, finish_reason, logprobs content as dicts, token counts, timings) of one chat completion."""
     msgs = [{"role": "user", "content": PROMPT}]
     extra = {} if ppd else {"extra_body": {"ppd": False}}
     if not stream:
         r = client.chat.completions.create(model=model_id, messages=msgs, **kw, **extra)
         c = r.choices[0]
         content = [e.model_dump() for e in c.logprobs.content] if c.logprobs else None
-        return c.message.content, c.finish_reason, content, r.usage, timings(r)
+        return c.message.content, c.finish_reason, content, counts(r.usage), timings(r)
     chunks = list(client.chat.completions.create(model=model_id, messages=msgs, stream=True,
                                                  stream_options={"include_usage": True}, **kw, **extra))
     body = [c for c in chunks if c.choices]
     content = [e.model_dump() for c in body if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
     text = "".join(c.choices[0].delta.content or "" for c in body)
-    return text, body[-1].choices[0].finish_reason, content, chunks[-1].usage, timings(chunks[-1])
+    return text, body[-1].choices[0].finish_reason, content, counts(chunks[-1].usage), timings(chunks[-1])
 
 
 def check_chat_entries(text, finish, content, usage, n_top, greedy):
@@ -92,12 +101,12 @@ def test_chat_without_logprobs_has_none(client, model_id):
 
 
 def completion(client, model_id, prompt, ppd=True, stream=False, **kw):
-    """(text, finish_reason, logprobs as a dict of lists, usage) of one completion."""
+    """(text, finish_reason, logprobs as a dict of lists, token counts) of one completion."""
     extra = {} if ppd else {"extra_body": {"ppd": False}}
     if not stream:
         r = client.completions.create(model=model_id, prompt=prompt, **kw, **extra)
         c = r.choices[0]
-        return c.text, c.finish_reason, c.logprobs.model_dump() if c.logprobs else None, r.usage
+        return c.text, c.finish_reason, c.logprobs.model_dump() if c.logprobs else None, counts(r.usage)
     chunks = list(client.completions.create(model=model_id, prompt=prompt, stream=True,
                                             stream_options={"include_usage": True}, **kw, **extra))
     body = [c for c in chunks if c.choices]
@@ -106,7 +115,7 @@ def completion(client, model_id, prompt, ppd=True, stream=False, **kw):
         if c.choices[0].logprobs:
             for k, v in c.choices[0].logprobs.model_dump().items():
                 lp[k] += v
-    return "".join(c.choices[0].text for c in body), body[-1].choices[0].finish_reason, lp, chunks[-1].usage
+    return "".join(c.choices[0].text for c in body), body[-1].choices[0].finish_reason, lp, counts(chunks[-1].usage)
 
 
 def test_completion_echo_logprobs(client, model_id):
