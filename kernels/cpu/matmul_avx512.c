@@ -129,6 +129,31 @@ KQ_INLINE KQ_AVX512 __m512i group_weights(const uint8_t *pw, size_t pstride, int
     return _mm512_or_si512(nib, _mm512_permutexvar_epi32(_mm512_srli_epi32(qh, 4 * g), tab));
 }
 
+/* The reference's float work for one row and block, added to acc: with a
+ * min (Q4_1, Q5_1) acc + ((dw*da)*(float)sumi + mw*sa); otherwise acc +
+ * (dw*da)*(float)(sumi - bias*sum a), the bias 8, 16 or 128 (Q4_0, Q5_0;
+ * Q8_0's w xor 0x80 and IQ4_NL's kv + 128).  d and s: the row's block d and
+ * s (the int32 sum of a's bytes in the Q8_0 act layout). */
+KQ_INLINE KQ_AVX512 __m512 block_float(int kind, __m512 acc, __m512i sumi, __m512 dw, __m512 mw, const uint8_t *d,
+                                       const uint8_t *s) {
+    if (kind == W_Q4_1 || kind == W_Q5_1) {
+        const __m512 x = _mm512_mul_ps(_mm512_mul_ps(dw, bcast_f32(d)), _mm512_cvtepi32_ps(sumi));
+        return _mm512_add_ps(acc, _mm512_add_ps(x, _mm512_mul_ps(mw, bcast_f32(s))));
+    }
+    const int shift = kind == W_Q4_0 ? 3 : kind == W_Q5_0 ? 4 : 7;
+    const __m512 si = _mm512_cvtepi32_ps(_mm512_sub_epi32(sumi, _mm512_slli_epi32(bcast32(s), shift)));
+    return _mm512_add_ps(acc, _mm512_mul_ps(_mm512_mul_ps(dw, bcast_f32(d)), si));
+}
+
+/* Rows per tile for a call of n rows: ceil(n/max_rows) tiles as even as
+ * possible, larger first, because a small tile forms each weight vector for
+ * few rows. */
+KQ_INLINE int tile_rows(int n_rows, int r0, int max_rows) {
+    const int n_tiles = (n_rows + max_rows - 1) / max_rows;
+    const int base = n_rows / n_tiles, extra = n_rows % n_tiles;
+    return r0 < extra * (base + 1) ? base + 1 : base;
+}
+
 KQ_INLINE KQ_AVX512 void tile(const struct tile512 *t, const int kind, const int R) {
     const size_t stride = t->stride, pstride = t->pstride;
     const int has_min = kind == W_Q4_1 || kind == W_Q5_1;
@@ -157,38 +182,14 @@ KQ_INLINE KQ_AVX512 void tile(const struct tile512 *t, const int kind, const int
             for (int r = 0; r < R; r++) s[r] = _mm512_dpbusd_epi32(s[r], w, bcast32(q + (size_t)r * stride + 4 * g));
         }
         const __m512 dw = load_pair_f16(pw, pstride, 0);
-        if (has_min) {
-            const __m512 mw = load_pair_f16(pw, pstride, 16);
+        const __m512 mw = has_min ? load_pair_f16(pw, pstride, 16) : _mm512_setzero_ps();
 #pragma GCC unroll 8
-            for (int r = 0; r < R; r++) {
-                /* acc + ((dw*da)*(float)sumi + mw*sa), as the reference */
-                const __m512 x = _mm512_mul_ps(_mm512_mul_ps(dw, bcast_f32(rd + (size_t)r * stride)),
-                                               _mm512_cvtepi32_ps(s[r]));
-                const __m512 u = _mm512_mul_ps(mw, bcast_f32(rs + (size_t)r * stride));
-                acc[r] = _mm512_add_ps(acc[r], _mm512_add_ps(x, u));
-            }
-        } else {
-            /* the bias: 8, 16 or 128 (Q8_0's w xor 0x80, IQ4_NL's kv + 128) times sum a */
-            const int shift = kind == W_Q4_0 ? 3 : kind == W_Q5_0 ? 4 : 7;
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++) {
-                const __m512i bias = _mm512_slli_epi32(bcast32(rs + (size_t)r * stride), shift);
-                const __m512 si = _mm512_cvtepi32_ps(_mm512_sub_epi32(s[r], bias));
-                acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_mul_ps(dw, bcast_f32(rd + (size_t)r * stride)), si));
-            }
-        }
+        for (int r = 0; r < R; r++)
+            acc[r] = block_float(kind, acc[r], s[r], dw, mw, rd + (size_t)r * stride, rs + (size_t)r * stride);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; r++)
         _mm512_mask_storeu_ps(t->y + (size_t)(t->r0 + r) * (size_t)t->ldy + t->o0, t->lanes, acc[r]);
-}
-
-/* Rows per tile for a call of n rows: ceil(n/8) tiles as even as possible,
- * larger first, because a small tile forms each weight vector for few rows. */
-KQ_INLINE int tile_rows(int n_rows, int r0) {
-    const int n_tiles = (n_rows + KQ512_TILE_ROWS - 1) / KQ512_TILE_ROWS;
-    const int base = n_rows / n_tiles, extra = n_rows % n_tiles;
-    return r0 < extra * (base + 1) ? base + 1 : base;
 }
 
 /* One function per weight type so that each row count is compiled with the
@@ -207,7 +208,7 @@ KQ_INLINE int tile_rows(int n_rows, int r0) {
                                 .qstep = g->blk_bytes, .nb = nb, .y = y, .ldy = ldy, .o0 = o0,             \
                                 .lanes = (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u))};             \
             for (int r0 = 0, R; r0 < n_rows; r0 += R) {                                                   \
-                R = tile_rows(n_rows, r0);                                                                \
+                R = tile_rows(n_rows, r0, KQ512_TILE_ROWS);                                                                \
                 const uint8_t *row = act + (size_t)r0 * g->stride;                                        \
                 t.q = row + (QS_OFF);                                                                     \
                 t.d = row + g->off_d;                                                                     \
@@ -409,34 +410,13 @@ KQ_INLINE KQ_AMX void tile_amx(const struct tile512 *t, const int kind, const in
         _tile_dpbsud(2, 0, 1);
         _tile_stored(2, amx_c, 64);
         const __m512 dw = load_pair_f16(pw, pstride, 0);
-        if (has_min) {
-            const __m512 mw = load_pair_f16(pw, pstride, 16);
-            for (int r = 0; r < R; r++) {
-                const __m512i s = _mm512_load_si512((const __m512i *)(amx_c + 16 * r));
-                const __m512 x = _mm512_mul_ps(_mm512_mul_ps(dw, bcast_f32(rd + (size_t)r * stride)),
-                                               _mm512_cvtepi32_ps(s));
-                const __m512 u = _mm512_mul_ps(mw, bcast_f32(rs + (size_t)r * stride));
-                acc[r] = _mm512_add_ps(acc[r], _mm512_add_ps(x, u));
-            }
-        } else {
-            const int shift = kind == W_Q4_0 ? 3 : kind == W_Q5_0 ? 4 : 7;
-            for (int r = 0; r < R; r++) {
-                const __m512i s = _mm512_load_si512((const __m512i *)(amx_c + 16 * r));
-                const __m512i bias = _mm512_slli_epi32(bcast32(rs + (size_t)r * stride), shift);
-                const __m512 si = _mm512_cvtepi32_ps(_mm512_sub_epi32(s, bias));
-                acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(_mm512_mul_ps(dw, bcast_f32(rd + (size_t)r * stride)), si));
-            }
-        }
+        const __m512 mw = has_min ? load_pair_f16(pw, pstride, 16) : _mm512_setzero_ps();
+        for (int r = 0; r < R; r++)
+            acc[r] = block_float(kind, acc[r], _mm512_load_si512((const __m512i *)(amx_c + 16 * r)), dw, mw,
+                                 rd + (size_t)r * stride, rs + (size_t)r * stride);
     }
     for (int r = 0; r < R; r++)
         _mm512_mask_storeu_ps(t->y + (size_t)(t->r0 + r) * (size_t)t->ldy + t->o0, t->lanes, acc[r]);
-}
-
-/* Rows per AMX tile: ceil(n/16) tiles as even as possible, larger first. */
-KQ_INLINE int amx_tile_rows(int n_rows, int r0) {
-    const int n_tiles = (n_rows + KQ_AMX_TILE_ROWS - 1) / KQ_AMX_TILE_ROWS;
-    const int base = n_rows / n_tiles, extra = n_rows % n_tiles;
-    return r0 < extra * (base + 1) ? base + 1 : base;
 }
 
 KQ_INLINE KQ_AMX void amx_loop(const struct kq_weight *w, int kind, size_t qs_off, const struct kq_act_geom *g,
@@ -452,7 +432,7 @@ KQ_INLINE KQ_AMX void amx_loop(const struct kq_weight *w, int kind, size_t qs_of
                             .qstep = g->blk_bytes, .nb = nb, .y = y, .ldy = ldy, .o0 = o0,
                             .lanes = (__mmask16)(((1u << hi) - 1u) & ~((1u << lo) - 1u))};
         for (int r0 = 0, R; r0 < n_rows; r0 += R) {
-            R = amx_tile_rows(n_rows, r0);
+            R = tile_rows(n_rows, r0, KQ_AMX_TILE_ROWS);
             const uint8_t *row = act + (size_t)r0 * g->stride;
             t.q = row + qs_off;
             t.d = row + g->off_d;
