@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "kernels/cpu/attention.h"
+#include "bench_clock.h"
 #include "kernels/cpu/cpu_isa.h"
 
 #define N_HEAD 9
@@ -28,35 +29,6 @@
 #define HEAD_DIM 64
 #define PIECE_ROWS 8
 #define MAX_LIST 16
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* TSC ticks per core cycle: a chain of dependent adds runs at one per cycle. */
-static double tsc_per_cycle(void) {
-    uint64_t best = ~0ull;
-    for (int rep = 0; rep < 200; rep++) {
-        long n = 100000;
-        const uint64_t t0 = __rdtsc();
-        __asm__ volatile("1:\n\t add $1, %%rax\n\t add $1, %%rax\n\t add $1, %%rax\n\t add $1, %%rax\n\t"
-                         "dec %0\n\t jnz 1b" : "+r"(n) : : "rax", "cc");
-        const uint64_t t = __rdtsc() - t0;
-        if (t < best) best = t;
-    }
-    return (double)best / 400000.0;
-}
-
-/* TSC ticks per second, against the monotonic clock over 20 ms. */
-static double tsc_hz(void) {
-    const double t0 = now_s();
-    const uint64_t c0 = __rdtsc();
-    while (now_s() - t0 < 0.02) {
-    }
-    return (double)(__rdtsc() - c0) / (now_s() - t0);
-}
 
 static int parse_list(const char *s, int *out) {
     int n = 0;
