@@ -4,8 +4,8 @@
  * Design note.  MHD runs with MHD_USE_EPOLL and no thread of its own: its
  * epoll fd sits under a uv_poll, and a uv_timer follows MHD_get_timeout, so
  * MHD_run is only called when there is something to do.  MHD callbacks never
- * block: a generation request is parsed, validated, tokenized and pushed to
- * the inbox, then
+ * block: a generation request is parsed, validated, tokenized and submitted
+ * to the engine thread, then
  *   - streamed: a 200 with a content-reader response is queued at once; the
  *     reader hands out buffered SSE bytes and, when there are none, suspends
  *     the connection (returning 0); each engine event appends a chunk and
@@ -25,7 +25,7 @@
  * last event (the engine may still hold a job until then).
  *
  * Not here: JSON shapes (api.c), metrics text (metrics.c), the engine thread
- * (worker.c), start-up and signals (cli_serve.c).
+ * (engine/runner.c and events.c), start-up and signals (server.c).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -316,11 +316,11 @@ static enum MHD_Result handle_generate(struct srv *s, struct srv_req *r, enum sr
     snprintf(r->id, sizeof r->id, "%s-%llx%08llx", kind == SRV_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)time(NULL), ++s->next_id);
     r->created = (long long)time(NULL);
-    for (int i = 0; i + 1 < r->n_choices; i++) r->ch[i].submit.next = &r->ch[i + 1].submit;
-    r->ch[r->n_choices - 1].submit.next = NULL;
+    struct eng_sched_req *jobs[SRV_MAX_CHOICES];
+    for (int i = 0; i < r->n_choices; i++) jobs[i] = r->ch[i].job;
     r->n_live = r->n_choices;
     s->n_jobs += r->n_choices;
-    srv_queue_push_list(&s->inbox, &r->ch[0].submit, &r->ch[r->n_choices - 1].submit);
+    eng_runner_submit(&s->runner, jobs, r->n_choices);
     LOG_DEBUG("%s: %d prompt tokens, max_tokens %d, n %d%s", r->id, r->n_prompt, r->ch[0].job->max_tokens,
               r->n_choices, r->stream ? ", streamed" : "");
     req_watch_start(s, r);

@@ -2,9 +2,9 @@
  *
  * Threads (docs/architecture.md, "Threads"): the loop thread owns the uv loop, the MHD
  * daemon, every connection and srv_req, and the metrics; the engine thread
- * owns the engine (model, KV cache) and the scheduler.  They meet only in two
- * srv_queues: the inbox carries submissions (srv_req.submit), the outbox
- * carries srv_events.  The one other thing the loop touches on a submitted
+ * (engine/runner.h) owns the engine (model, KV cache) and the scheduler.
+ * They meet only in two queues: the runner's inbox carries submissions (each
+ * choice's job), the outbox (queue.h) carries srv_events.  The one other thing the loop touches on a submitted
  * request is its atomic cancel flag.  The tokenizer and chat template are
  * read-only after load, so the loop thread tokenizes prompts itself and can
  * reject an over-long one before anything is queued.
@@ -13,9 +13,10 @@
  * sequence with its own seed (seed + index), batched by the scheduler like
  * any others; the srv_req answers once every job has ended.
  *
- * Files: config.c (settings), queue.c (the queues), api.c (OpenAI JSON in and
+ * Files: config.c (settings), queue.c (the outbox), api.c (OpenAI JSON in and
  * out, the error formatter), api_logprobs.c (the logprobs objects),
- * metrics.c (Prometheus text), worker.c (engine thread), serve_calib.c (the
+ * metrics.c (Prometheus text), events.c (the engine thread's settings and
+ * callbacks, which fill the outbox), serve_calib.c (the
  * start-up calibration on the engine thread), http.c (MHD on libuv, routes,
  * request lifecycle, SSE), server.c (start-up, signals, drain).
  */
@@ -34,6 +35,7 @@
 #include "engine/calib_setup.h"
 #include "engine/engine.h"
 #include "engine/ppd_setup.h"
+#include "engine/runner.h"
 #include "engine/sched.h"
 #include "queue.h"
 
@@ -137,11 +139,10 @@ struct srv {
     char model_id[256];
     struct eng_engine *eng;          /* tok and chat read by both threads, the rest engine thread only */
     int n_ctx;
-    /* queues */
-    struct srv_queue inbox, outbox;
-    pthread_t worker;
-    bool worker_started;
-    struct eng_sched sched;          /* engine thread only */
+    struct eng_runner runner;        /* the engine thread and its scheduler (engine/runner.h) */
+    bool runner_started;
+    struct srv_queue outbox;         /* engine thread -> loop: srv_events */
+    struct srv_qnode *step_first, *step_last;   /* engine thread only: the running step's events */
     struct eng_ppd_setup ppd;        /* adapter and trees; read-only while serving (src: whether PPD is on) */
     int tree_budget;                 /* budget of the auto tree in use (0: a tree file) */
     /* Start-up calibration (serve_calib.c): the engine thread measures and
@@ -173,7 +174,6 @@ struct srv {
 /* One choice of a request: one engine job (loop thread, except that the
  * engine holds `job` between submit and its last event). */
 struct srv_choice {
-    struct srv_qnode submit;         /* the inbox node */
     struct srv_req *req;
     int index;
     struct eng_sched_req *job;       /* owned by the engine between submit and the last event */
@@ -258,9 +258,9 @@ json_t *srv_logprobs_json(const struct srv_req *r, struct srv_choice *c, const s
 void srv_logprobs_append(json_t **acc, json_t *more);
 char *srv_api_models(const struct srv *s);
 
-/* worker.c */
-int srv_worker_start(struct srv *s);
-void srv_worker_stop(struct srv *s);   /* closes the inbox and joins */
+/* events.c */
+int srv_engine_start(struct srv *s);   /* the engine thread (engine/runner.h) with the server's callbacks */
+void srv_engine_stop(struct srv *s);   /* closes its inbox, lets it finish, joins */
 
 /* server.c: `ppd serve` (argv[0] is the subcommand); the process exit status. */
 int srv_main(int argc, char **argv);

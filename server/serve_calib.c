@@ -34,7 +34,7 @@ void srv_calibrate(struct srv *s) {
                                      .n_slot = (int)s->cfg.n_parallel, .progress = serve_calib_progress,
                                      .progress_user = &last, .ad = s->ppd.ad,
                                      .stop_budget_max = ENG_CALIB_BUDGET_MAX_DEFAULT};
-    int rc = eng_calib_setup_sched(&s->calib, s->eng, &s->sched, &s->ppd, &o, err, sizeof err);
+    int rc = eng_calib_setup_sched(&s->calib, s->eng, &s->runner.sched, &s->ppd, &o, err, sizeof err);
     if (rc) LOG_WARN("calibration failed (%s%s%s); keeping the fixed tree", eng_err_msg(rc), err[0] ? ": " : "", err);
     atomic_store(&s->calib_pending, 0);
     uv_async_send(&s->wake);

@@ -14,7 +14,7 @@
  * adapter or tree file is an error and the auto-detected adapter is left off
  * with a warning.
  *
- * Not here: HTTP handling (http.c), the engine thread (worker.c), PPD set-up
+ * Not here: HTTP handling (http.c), the engine thread (engine/runner.c, fed by events.c), PPD set-up
  * and calibration (engine/ppd_setup.h, engine/calib_setup.h).
  */
 #include <stdio.h>
@@ -55,7 +55,7 @@ static void srv_try_finish(struct srv *s) {
     if (s->n_jobs > 0 || (s->n_open > 0 && !s->force_stop)) return;
     s->stopping = true;
     LOG_INFO("drained; stopping");
-    srv_worker_stop(s);
+    srv_engine_stop(s);
     /* Events the engine posted after the last wake-up (its final stats). */
     srv_http_on_events(s);
     srv_http_stop(s);
@@ -157,12 +157,11 @@ int srv_main(int argc, char **argv) {
         free(s);
         return 2;
     }
-    bool q_in = false, q_out = false, loop_ok = false;
+    bool q_out = false, loop_ok = false;
     uv_loop_t loop;
     char err[512] = "";
-    if (srv_queue_init(&s->inbox) == 0) q_in = true;
-    if (srv_queue_init(&s->outbox) == 0) q_out = true;
-    if (!q_in || !q_out) goto done;
+    if (srv_queue_init(&s->outbox)) goto done;
+    q_out = true;
 
     struct eng_engine_params ep = {.model_path = s->cfg.model, .device = eng_device_parse(s->cfg.device),
                                    .n_threads = (int)s->cfg.n_threads,
@@ -198,16 +197,16 @@ int srv_main(int argc, char **argv) {
     s->sig_int.data = s->sig_term.data = s;
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
     uv_signal_start(&s->sig_term, on_signal, SIGTERM);
-    if ((rc = srv_worker_start(s))) {
+    if ((rc = srv_engine_start(s))) {
         fprintf(stderr, "ppd serve: cannot start the engine thread: %s\n", eng_err_msg(rc));
         srv_close_handles(s);
         uv_run(&loop, UV_RUN_DEFAULT);
         goto done;
     }
-    s->metrics.prefix_cache = s->sched.p.prefix_cache;   /* fixed from here on */
+    s->metrics.prefix_cache = s->runner.sched.p.prefix_cache;   /* fixed from here on */
     if (srv_http_start(s, err, sizeof err)) {
         fprintf(stderr, "ppd serve: %s\n", err);
-        srv_worker_stop(s);
+        srv_engine_stop(s);
         srv_close_handles(s);
         uv_run(&loop, UV_RUN_DEFAULT);
         goto done;
@@ -222,7 +221,6 @@ done:
     srv_calibration_free(s);
     eng_ppd_setup_close(&s->ppd);
     eng_engine_close(s->eng);
-    if (q_in) srv_queue_free(&s->inbox);
     if (q_out) srv_queue_free(&s->outbox);
     srv_config_free(&s->cfg);
     free(s);

@@ -21,11 +21,15 @@
  * counters add up and nothing stays busy when idle.  A request sharing a long
  * prefix with one still prefilling waits for it and copies its entries, while
  * an unrelated one is admitted at once; cancelling either side works.
+ *
+ * The engine thread (engine/runner.c) gives the same tokens as the requests
+ * alone, with submissions arriving while it runs.
  */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "tests/unit/common_test.h"
 
@@ -36,6 +40,7 @@
 #include "engine/ppd.h"
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_tree.h"
+#include "engine/runner.h"
 #include "engine/sched.h"
 #include "engine/textout.h"
 #include "engine/tokenizer.h"
@@ -1081,6 +1086,91 @@ START_TEST(test_prefix_cache_hold) {
 }
 END_TEST
 
+/* The engine thread (engine/runner.c): requests submitted from this thread,
+ * some while it already runs, give exactly the tokens each gives alone; the
+ * prepare hook runs once, before any step; every step ends with step_done;
+ * stop finishes what was queued.  The callbacks only record (they run on the
+ * engine thread); the checks follow the join. */
+struct runner_log {
+    int n_prepare, steps_before_prepare, n_step_done, n_failed_steps;
+    int events_at_step_end;          /* events seen by the time of the last step_done */
+    int n_events;
+};
+static struct runner_log runner_log;
+static int32_t runner_ids[MAX_REQ][64];
+static int runner_n[MAX_REQ], runner_done[MAX_REQ];
+
+static void runner_prepare(void *user) {
+    (void)user;
+    runner_log.n_prepare++;
+}
+
+static void runner_step_done(void *user, int rc) {
+    (void)user;
+    if (!runner_log.n_prepare) runner_log.steps_before_prepare++;
+    if (rc < 0) runner_log.n_failed_steps++;
+    runner_log.n_step_done++;
+    runner_log.events_at_step_end = runner_log.n_events;
+}
+
+static void runner_on_event(void *user, const struct eng_sched_event *ev) {
+    (void)user;
+    const int i = (int)(intptr_t)ev->req->user;
+    for (int k = 0; k < ev->n_ids && runner_n[i] < 64; k++) runner_ids[i][runner_n[i]++] = ev->ids[k];
+    if (ev->finish != ENG_SCHED_RUNNING) runner_done[i]++;
+    runner_log.n_events++;
+}
+
+START_TEST(test_runner_equals_alone) {
+    struct eng_engine *e = open_engine(4);
+    struct eng_sampler_params greedy;
+    eng_sampler_params_default(&greedy);
+    greedy.temperature = 0;
+    const int max_tokens = 20;
+    int32_t *ids[N_PROMPT], ref[N_PROMPT][32];
+    int n_ids[N_PROMPT], n_ref[N_PROMPT];
+    for (int i = 0; i < N_PROMPT; i++) {
+        chat_ids(e, prompts[i], &ids[i], &n_ids[i]);
+        n_ref[i] = solo(e, ids[i], n_ids[i], max_tokens, &greedy, ref[i]);
+    }
+    memset(&runner_log, 0, sizeof runner_log);
+    memset(runner_n, 0, sizeof runner_n);
+    memset(runner_done, 0, sizeof runner_done);
+    struct eng_sched_req *reqs[N_PROMPT];
+    for (int i = 0; i < N_PROMPT; i++) {
+        ck_assert_int_eq(eng_sched_req_init(&reqs[i], e->tok, ids[i], n_ids[i], max_tokens, &greedy, NULL, 0), 0);
+        reqs[i]->user = (void *)(intptr_t)i;
+    }
+    struct eng_runner r;
+    const struct eng_sched_params p = {.max_rows = 64, .prefill_chunk = 16, .emit = runner_on_event};
+    const struct eng_runner_hooks h = {.prepare = runner_prepare, .step_done = runner_step_done};
+    ck_assert_int_eq(eng_runner_start(&r, &e->fwd, &e->kv, e->tok, &p, &h), 0);
+    eng_runner_submit(&r, reqs, 2);   /* two together, then the rest one by one while it runs */
+    for (int i = 2; i < N_PROMPT; i++) {
+        struct timespec ts = {0, 2000000};
+        nanosleep(&ts, NULL);
+        eng_runner_submit(&r, &reqs[i], 1);
+    }
+    eng_runner_stop(&r);
+    ck_assert_int_eq(runner_log.n_prepare, 1);
+    ck_assert_int_eq(runner_log.steps_before_prepare, 0);
+    ck_assert_int_eq(runner_log.n_failed_steps, 0);
+    ck_assert_int_gt(runner_log.n_step_done, 0);
+    ck_assert_int_eq(runner_log.events_at_step_end, runner_log.n_events);   /* the last step's events precede its step_done */
+    for (int i = 0; i < N_PROMPT; i++) {
+        ck_assert_int_eq(runner_done[i], 1);
+        ck_assert_int_eq(runner_n[i], n_ref[i]);
+        for (int k = 0; k < n_ref[i]; k++)
+            ck_assert_msg(runner_ids[i][k] == ref[i][k], "prompt %d token %d: %d alone, %d on the engine thread", i, k,
+                          ref[i][k], runner_ids[i][k]);
+        eng_sched_req_free(reqs[i]);
+        free(ids[i]);
+    }
+    eng_runner_stop(&r);   /* a second stop does nothing */
+    eng_engine_close(e);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("sched");
     TCase *tc = tcase_create("sched");
@@ -1101,6 +1191,7 @@ int main(void) {
     tcase_add_test(tc, test_prefix_cache_equals_cold);
     tcase_add_test(tc, test_prefix_cache_ppd_equals_cold);
     tcase_add_test(tc, test_prefix_cache_hold);
+    tcase_add_test(tc, test_runner_equals_alone);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
 }
