@@ -85,7 +85,7 @@ CUDA_OBJ   :=
 CUDA_SKIP  := engine/backend_cuda.c
 endif
 
-LIB_SRC  := $(filter-out $(CUDA_SKIP),$(sort $(wildcard common/*.c engine/*.c kernels/cpu/*.c)))
+LIB_SRC  := $(filter-out $(CUDA_SKIP),$(sort $(wildcard common/*.c engine/*.c engine/*/*.c kernels/cpu/*.c)))
 SRV_SRC  := $(sort $(wildcard server/*.c))
 CLI_SRC  := $(sort $(wildcard cli/*.c))
 TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))

@@ -25,7 +25,7 @@
 #include "engine/model.h"
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_import.h"
-#include "engine/tokenizer.h"
+#include "engine/load/tokenizer.h"
 
 struct adapter_opts {
     const char *model, *output, *text;

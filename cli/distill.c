@@ -60,8 +60,8 @@
 #include "engine/generate.h"
 #include "engine/log.h"
 #include "engine/sched.h"
-#include "engine/sha256.h"
-#include "engine/tokenizer.h"
+#include "engine/load/sha256.h"
+#include "engine/load/tokenizer.h"
 
 #define DIST_FORMAT_VERSION 1
 #define DIST_MAX_ROWS 64            /* rows per step: all decode rows plus prefill chunks */

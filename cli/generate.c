@@ -18,7 +18,7 @@
 #include "engine/ppd.h"
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_tree.h"
-#include "engine/tokenizer.h"
+#include "engine/load/tokenizer.h"
 #include "ppd_open.h"
 #include "server/settings.h"
 

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/chat.h"
+#include "engine/load/chat.h"
 
 int cli_prompts_load(const struct eng_engine *e, const char *who, const char *file, long skip, long count,
                      long n_predict, struct cli_prompt **out, int *n_out) {

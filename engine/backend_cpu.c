@@ -12,12 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "batch.h"
-#include "err.h"
-#include "kv_cache.h"
-#include "log.h"
-#include "threadpool.h"
+#include "engine/backend.h"
+#include "engine/batch.h"
+#include "engine/err.h"
+#include "engine/kv_cache.h"
+#include "engine/log.h"
+#include "engine/threadpool.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/matmul.h"

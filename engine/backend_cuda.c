@@ -29,11 +29,11 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "backend.h"
-#include "batch.h"
-#include "err.h"
-#include "kv_cache.h"
-#include "log.h"
+#include "engine/backend.h"
+#include "engine/batch.h"
+#include "engine/err.h"
+#include "engine/kv_cache.h"
+#include "engine/log.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/dequant.h"
 #include "kernels/cpu/ops.h"

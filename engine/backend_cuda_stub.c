@@ -4,8 +4,8 @@
  */
 #include <stdio.h>
 
-#include "backend.h"
-#include "err.h"
+#include "engine/backend.h"
+#include "engine/err.h"
 
 int eng_backend_cuda_init(struct eng_backend *be, int device, char *err, size_t cap) {
     (void)device;

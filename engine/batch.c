@@ -1,10 +1,10 @@
 /* batch.c — allocation and the causal-run builder of batch.h. */
-#include "batch.h"
+#include "engine/batch.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "engine/err.h"
 
 int eng_batch_init(struct eng_batch *b, int cap, int max_grp) {
     memset(b, 0, sizeof *b);

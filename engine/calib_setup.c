@@ -2,7 +2,7 @@
  * per batch size (see calib_setup.h).  Nothing here prints; the choice for
  * the scheduler is logged through log.h.
  */
-#include "calib_setup.h"
+#include "engine/calib_setup.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -10,10 +10,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "err.h"
-#include "log.h"
-#include "sha256.h"
-#include "generate.h"
+#include "engine/err.h"
+#include "engine/log.h"
+#include "engine/load/sha256.h"
+#include "engine/generate.h"
 #include "kernels/cpu/cpu_isa.h"
 
 static void hex(const uint8_t *d, int n, char *out) {

@@ -16,11 +16,11 @@
 
 #include <stdbool.h>
 
-#include "calibrate.h"
-#include "engine.h"
-#include "ppd.h"
-#include "ppd_setup.h"
-#include "sched.h"
+#include "engine/calibrate.h"
+#include "engine/engine.h"
+#include "engine/ppd.h"
+#include "engine/ppd_setup.h"
+#include "engine/sched.h"
 
 #define ENG_CALIB_PREFIX_DEFAULT 256
 #define ENG_CALIB_BUDGET_MAX_DEFAULT 256

@@ -1,7 +1,7 @@
 /* calibrate.c — step latency table and the per-batch-size tree choice (see
  * calibrate.h).
  */
-#include "calibrate.h"
+#include "engine/calibrate.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -9,11 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "batch.h"
-#include "err.h"
-#include "generate.h"
-#include "ppd_tree.h"
-#include "stats.h"
+#include "engine/batch.h"
+#include "engine/err.h"
+#include "engine/generate.h"
+#include "engine/ppd_tree.h"
+#include "engine/stats.h"
 
 /* Rows per sequence: dense up to 8 (where a CPU turns from bandwidth- to
  * compute-bound), then about 1.5x apart up to 256. */

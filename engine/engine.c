@@ -1,14 +1,14 @@
 /* engine.c — opening and closing the pieces of engine.h in the right order. */
-#include "engine.h"
+#include "engine/engine.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "gguf.h"
-#include "log.h"
-#include "tokenizer.h"
+#include "engine/err.h"
+#include "engine/load/gguf.h"
+#include "engine/log.h"
+#include "engine/load/tokenizer.h"
 
 int eng_device_parse(const char *s) {
     if (!strcmp(s, "auto")) return ENG_DEVICE_AUTO;

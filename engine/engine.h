@@ -7,11 +7,11 @@
 #ifndef PPD_ENGINE_H
 #define PPD_ENGINE_H
 
-#include "backend.h"
-#include "chat.h"
-#include "forward.h"
-#include "kv_cache.h"
-#include "model.h"
+#include "engine/backend.h"
+#include "engine/load/chat.h"
+#include "engine/forward.h"
+#include "engine/kv_cache.h"
+#include "engine/model.h"
 
 struct tok;
 

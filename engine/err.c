@@ -1,5 +1,5 @@
 /* err.c — names, messages and HTTP statuses for the codes of err.h. */
-#include "err.h"
+#include "engine/err.h"
 
 #include <stdarg.h>
 #include <stdio.h>

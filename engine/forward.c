@@ -1,13 +1,13 @@
 /* forward.c — embed, n_layer × (attention + SwiGLU MLP), final norm, logits.
  * The families differ only inside attention: qwen2 adds biases to q, k and v;
  * qwen3 normalises each head of q and k before RoPE. */
-#include "forward.h"
+#include "engine/forward.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "engine/err.h"
 
 #define BE(f) ((f)->be->iface)
 #define BCTX(f) ((f)->be->ctx)

@@ -7,9 +7,9 @@
 #ifndef PPD_FORWARD_H
 #define PPD_FORWARD_H
 
-#include "batch.h"
-#include "kv_cache.h"
-#include "model.h"
+#include "engine/batch.h"
+#include "engine/kv_cache.h"
+#include "engine/model.h"
 
 struct eng_forward {
     struct eng_model *m;

@@ -1,12 +1,12 @@
 /* generate.c — the single-sequence prefill + decode loop of generate.h. */
-#include "generate.h"
+#include "engine/generate.h"
 
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "err.h"
-#include "tokenizer.h"
+#include "engine/err.h"
+#include "engine/load/tokenizer.h"
 
 double eng_now_s(void) {
     struct timespec ts;

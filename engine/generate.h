@@ -10,9 +10,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "forward.h"
-#include "kv_cache.h"
-#include "sampler.h"
+#include "engine/forward.h"
+#include "engine/kv_cache.h"
+#include "engine/sampler.h"
 
 struct tok;
 

@@ -1,11 +1,11 @@
 /* kv_cache.c — allocation of the KV cache in backend memory. */
-#include "kv_cache.h"
+#include "engine/kv_cache.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "backend.h"
-#include "err.h"
+#include "engine/backend.h"
+#include "engine/err.h"
 
 size_t eng_kv_bytes(int n_layer, int n_slot, int max_seq, int kv_dim) {
     return 2 * (size_t)n_layer * (size_t)n_slot * (size_t)max_seq * (size_t)kv_dim * sizeof(float);

@@ -1,5 +1,5 @@
 /* log.c — the sink behind log.h; default sink writes one line to stderr. */
-#include "log.h"
+#include "engine/log.h"
 
 #include <stdarg.h>
 #include <stdio.h>

@@ -1,13 +1,13 @@
 /* model.c — reading Llama-family hyper-parameters and weights out of a GGUF file. */
-#include "model.h"
+#include "engine/model.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "gguf.h"
-#include "log.h"
+#include "engine/err.h"
+#include "engine/load/gguf.h"
+#include "engine/log.h"
 #include "common/qtypes.h"
 
 static int model_get_u32(const struct gguf_file *g, const char *arch, const char *suffix, int required,

@@ -19,7 +19,7 @@
 
 #include <stdint.h>
 
-#include "backend.h"
+#include "engine/backend.h"
 #include "kernels/cpu/ops.h"
 
 struct gguf_file;

@@ -4,15 +4,15 @@
  * Nothing here allocates per step: the candidate array and the sampler
  * scratch are sized at eng_ppd_seq_init.
  */
-#include "ppd.h"
+#include "engine/ppd.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "tokenizer.h"
+#include "engine/err.h"
+#include "engine/load/tokenizer.h"
 
 int eng_ppd_init(struct eng_ppd *p, const struct eng_ppd_adapter *ad, const struct eng_ppd_tree_family *fam,
                  char *err, size_t cap) {

@@ -47,13 +47,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "batch.h"
-#include "forward.h"
-#include "generate.h"
-#include "kv_cache.h"
-#include "ppd_adapter.h"
-#include "ppd_tree.h"
-#include "sampler.h"
+#include "engine/batch.h"
+#include "engine/forward.h"
+#include "engine/generate.h"
+#include "engine/kv_cache.h"
+#include "engine/ppd_adapter.h"
+#include "engine/ppd_tree.h"
+#include "engine/sampler.h"
 
 struct tok;
 

@@ -1,7 +1,7 @@
 /* ppd_adapter.c — reading, writing and text-initialising PPD adapter files
  * (ppd_adapter.h).  Every field is validated before use; a bad file is an
  * error naming the file and the field, never a crash. */
-#include "ppd_adapter.h"
+#include "engine/ppd_adapter.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -9,10 +9,10 @@
 #include <string.h>
 #include <strings.h>
 
-#include "err.h"
-#include "gguf.h"
-#include "model.h"
-#include "tokenizer.h"
+#include "engine/err.h"
+#include "engine/load/gguf.h"
+#include "engine/model.h"
+#include "engine/load/tokenizer.h"
 
 #define ADAPTER_KQ_F32 0   /* enum kq_type's F32: the only tensor type an adapter holds */
 

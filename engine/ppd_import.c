@@ -2,7 +2,7 @@
  * Reads the config first (it says how many rows the tensor must have), then
  * the safetensors file, checks every size against the other and against the
  * model, and only then converts the rows. */
-#include "ppd_import.h"
+#include "engine/ppd_import.h"
 
 #include <jansson.h>
 #include <limits.h>
@@ -13,10 +13,10 @@
 #include <strings.h>
 #include <sys/stat.h>
 
-#include "err.h"
-#include "model.h"
-#include "ppd_adapter.h"
-#include "safetensors.h"
+#include "engine/err.h"
+#include "engine/model.h"
+#include "engine/ppd_adapter.h"
+#include "engine/load/safetensors.h"
 
 #define IMPORT_TENSOR "prompt_embeddings"
 #define IMPORT_ST_NAME "adapter_model.safetensors"

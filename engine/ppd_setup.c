@@ -3,14 +3,14 @@
  * It reads the adapter once: lowering the tree budget to fit a row budget
  * rebuilds only the tree.
  */
-#include "ppd_setup.h"
+#include "engine/ppd_setup.h"
 
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "engine/err.h"
 
 double *eng_ppd_accuracy(const struct eng_ppd_adapter *ad) {
     const int N = ad->n_prompt, K = ad->topk, nj = ad->joint ? eng_ppd_joint_size(N, K) : 0;

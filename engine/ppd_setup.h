@@ -15,10 +15,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "engine.h"
-#include "ppd.h"
-#include "ppd_adapter.h"
-#include "ppd_tree.h"
+#include "engine/engine.h"
+#include "engine/ppd.h"
+#include "engine/ppd_adapter.h"
+#include "engine/ppd_tree.h"
 
 #define ENG_PPD_TREE_BUDGET_DEFAULT 20   /* tree budget when neither the caller nor the adapter names one */
 #define ENG_PPD_UNTRAINED_N 3            /* prompt tokens of an in-memory untrained adapter */

@@ -6,14 +6,14 @@
  * speed: tree items live as short paths and positions are found by binary
  * search in the sorted item list.
  */
-#include "ppd_tree.h"
+#include "engine/ppd_tree.h"
 
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "engine/err.h"
 
 /* A tree item: a candidate path optionally followed by prompt markers -1..-j. */
 struct tree_item {

@@ -21,8 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "ppd_tree.h"
+#include "engine/err.h"
+#include "engine/ppd_tree.h"
 
 #define BUILD_MAX_PATHS 2000000
 

@@ -1,13 +1,13 @@
 /* sched.c — the continuous-batching step of sched.h, plain and PPD sequences. */
-#include "sched.h"
+#include "engine/sched.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
-#include "generate.h"
-#include "log.h"
-#include "tokenizer.h"
+#include "engine/err.h"
+#include "engine/generate.h"
+#include "engine/log.h"
+#include "engine/load/tokenizer.h"
 
 const char *eng_sched_finish_reason(enum eng_sched_finish f) {
     switch (f) {

@@ -96,13 +96,13 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "batch.h"
-#include "forward.h"
-#include "kv_cache.h"
-#include "logprobs.h"
-#include "ppd.h"
-#include "sampler.h"
-#include "textout.h"
+#include "engine/batch.h"
+#include "engine/forward.h"
+#include "engine/kv_cache.h"
+#include "engine/logprobs.h"
+#include "engine/ppd.h"
+#include "engine/sampler.h"
+#include "engine/textout.h"
 
 struct tok;
 

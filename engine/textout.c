@@ -1,10 +1,10 @@
 /* textout.c — detokenization with stop strings and hold-back (textout.h). */
-#include "textout.h"
+#include "engine/textout.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "engine/err.h"
 
 int eng_textout_init(struct eng_textout *t, const struct tok *tok, const char *const *stop, int n_stop) {
     memset(t, 0, sizeof *t);

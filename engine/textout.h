@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "tokenizer.h"
+#include "engine/load/tokenizer.h"
 
 #define ENG_TEXTOUT_MAX_STOP 4             /* OpenAI allows up to 4 stop sequences */
 #define ENG_TEXTOUT_MAX_STOP_LEN 256       /* bytes per stop string */

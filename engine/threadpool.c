@@ -1,5 +1,5 @@
 /* threadpool.c — spin-then-sleep worker pool; see threadpool.h for why. */
-#include "threadpool.h"
+#include "engine/threadpool.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -9,7 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "err.h"
+#include "engine/err.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>

@@ -2,7 +2,7 @@
  * teacher prefill, AdamW with a cosine schedule, held-out hit rates,
  * checkpoints.
  */
-#include "train.h"
+#include "engine/train.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -11,15 +11,15 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "batch.h"
-#include "engine.h"
-#include "err.h"
-#include "generate.h"
-#include "log.h"
-#include "gguf.h"
+#include "engine/batch.h"
+#include "engine/engine.h"
+#include "engine/err.h"
+#include "engine/generate.h"
+#include "engine/log.h"
+#include "engine/load/gguf.h"
 #include "common/qtypes.h"
-#include "tokenizer.h"
-#include "train_model.h"
+#include "engine/load/tokenizer.h"
+#include "engine/train_model.h"
 
 void eng_train_params_default(struct eng_train_params *p) {
     memset(p, 0, sizeof *p);

@@ -9,19 +9,19 @@
  * and the loss are split by cut or row, each item done wholly by one thread,
  * so nothing depends on the thread count.
  */
-#include "train_model.h"
+#include "engine/train_model.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "err.h"
+#include "engine/err.h"
 #include "kernels/cpu/gemm_f32.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/dequant.h"
 #include "kernels/cpu/ops.h"
-#include "threadpool.h"
+#include "engine/threadpool.h"
 
 /* ---------------------------------------------------------------- weights -- */
 

@@ -28,8 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model.h"
-#include "ppd_adapter.h"
+#include "engine/model.h"
+#include "engine/ppd_adapter.h"
 
 struct eng_pool;
 

@@ -22,10 +22,10 @@
 #include <string.h>
 
 #include "flags.h"
-#include "engine/chat.h"
+#include "engine/load/chat.h"
 #include "engine/err.h"
 #include "engine/logprobs.h"
-#include "engine/tokenizer.h"
+#include "engine/load/tokenizer.h"
 #include "serve.h"
 
 void srv_err_set(struct srv_err *e, int code, const char *param, const char *oai_code, const char *fmt, ...) {

@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/tokenizer.h"
+#include "engine/load/tokenizer.h"
 #include "serve.h"
 
 /* The token's string (valid UTF-8) as a JSON string; its character count in *n_chars. */

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/chat.h"
+#include "engine/load/chat.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -16,9 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "engine/chat.h"
-#include "engine/gguf.h"
-#include "engine/tokenizer.h"
+#include "engine/load/chat.h"
+#include "engine/load/gguf.h"
+#include "engine/load/tokenizer.h"
 
 /* Strict UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF). */
 static inline bool fuzz_utf8_valid(const uint8_t *s, size_t n) {

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "engine/err.h"
-#include "engine/gguf.h"
+#include "engine/load/gguf.h"
 #include "common/qtypes.h"
 
 #define FAM_N_LAYER 2

@@ -19,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/sha256.h"
+#include "engine/load/sha256.h"
 
 enum fam_variant {
     FAM_LLAMA,          /* plain llama, 4/4 heads, rope.freq_base 10000 */

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/chat.h"
+#include "engine/load/chat.h"
 #include "engine/err.h"
 
 #define GOLDEN_DIR "tests/golden/data/"

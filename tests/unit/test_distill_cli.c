@@ -19,7 +19,7 @@
 
 #include "tests/unit/common_test.h"
 
-#include "engine/sha256.h"
+#include "engine/load/sha256.h"
 
 /* ids with characters JSON must escape; turns[0] only is used */
 static const char *const ids[] = {"capital", "fib \"quoted\" id", "story-\xc3\xa9t\xc3\xa9", "list"};

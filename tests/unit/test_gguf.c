@@ -8,7 +8,7 @@
  * It does not test the model loader or tokenizer, which read these values.
  */
 #include "engine/err.h"
-#include "engine/gguf.h"
+#include "engine/load/gguf.h"
 #include "common/qtypes.h"
 
 #include <check.h>

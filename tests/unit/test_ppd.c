@@ -28,7 +28,7 @@
 #include "engine/ppd.h"
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_tree.h"
-#include "engine/tokenizer.h"
+#include "engine/load/tokenizer.h"
 
 static const double acc7b[30] = {
     0.48335, 0.14342, 0.0736, 0.0454, 0.03087, 0.02155, 0.01658, 0.01323, 0.00932, 0.00845,

@@ -11,10 +11,10 @@
 
 #include "engine/backend.h"
 #include "engine/err.h"
-#include "engine/gguf.h"
+#include "engine/load/gguf.h"
 #include "engine/model.h"
 #include "engine/ppd_adapter.h"
-#include "engine/tokenizer.h"
+#include "engine/load/tokenizer.h"
 
 static struct eng_ppd_adapter *make_adapter(int n, int k, int h, int with_acc) {
     struct eng_ppd_adapter *a = calloc(1, sizeof *a);

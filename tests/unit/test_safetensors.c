@@ -15,7 +15,7 @@
 #include "tests/unit/common_test.h"
 
 #include "engine/err.h"
-#include "engine/safetensors.h"
+#include "engine/load/safetensors.h"
 
 #define GOLDEN "tests/golden/data/peft/"
 #define ERR_CAP 512

@@ -43,7 +43,7 @@
 #include "engine/runner.h"
 #include "engine/sched.h"
 #include "engine/textout.h"
-#include "engine/tokenizer.h"
+#include "engine/load/tokenizer.h"
 
 #define MAX_REQ 8
 

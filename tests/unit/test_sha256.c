@@ -8,7 +8,7 @@
 
 #include "tests/unit/common_test.h"
 
-#include "engine/sha256.h"
+#include "engine/load/sha256.h"
 
 static void check_hex(const void *data, size_t n, const char *want) {
     char got[ENG_SHA256_HEX];

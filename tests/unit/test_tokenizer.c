@@ -12,8 +12,8 @@
  * that name the key.  Run from the repository root.
  */
 #include "engine/err.h"
-#include "engine/gguf.h"
-#include "engine/tokenizer.h"
+#include "engine/load/gguf.h"
+#include "engine/load/tokenizer.h"
 
 #include <check.h>
 #include <limits.h>

@@ -9,8 +9,8 @@
  * version 3.  It checks what it is given (names, types, shapes) so that what it
  * writes always passes the reader.
  */
-#include "gguf.h"
-#include "err.h"
+#include "engine/load/gguf.h"
+#include "engine/err.h"
 #include "common/qtypes.h"
 
 #include <errno.h>

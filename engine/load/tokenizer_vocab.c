@@ -2,8 +2,8 @@
  * open-addressing map from byte strings to entry indices and the growable id
  * list of one encode call.  Loading the vocabulary is tokenizer.c's.
  */
-#include "tokenizer_vocab.h"
-#include "err.h"
+#include "engine/load/tokenizer_vocab.h"
+#include "engine/err.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 
-#include "tokenizer_vocab.h"
+#include "engine/load/tokenizer_vocab.h"
 
 /* Encode text, whose spaces have been escaped to U+2581. */
 int tok_spm_encode(const struct tok *t, const char *text, size_t len, struct tok_vec *out);

@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "gguf.h"
+#include "engine/load/gguf.h"
 
 #define TOK_NULL (-1)           /* "no such token" (an absent bos, a failed lookup) */
 

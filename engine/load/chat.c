@@ -12,7 +12,7 @@
  * against content that contains special-token text such as "<|im_end|>": the
  * tokenizer decides whether such text becomes a special token.
  */
-#include "engine/chat.h"
+#include "engine/load/chat.h"
 
 #include <stdarg.h>
 #include <stdint.h>

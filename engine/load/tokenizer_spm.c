@@ -17,8 +17,8 @@
  * whitespace first as the sentencepiece library may: llama.cpp does none of
  * that either, and the GGUF carries no normalizer.
  */
-#include "tokenizer_spm.h"
-#include "err.h"
+#include "engine/load/tokenizer_spm.h"
+#include "engine/err.h"
 
 #include <stdlib.h>
 

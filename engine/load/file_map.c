@@ -1,5 +1,5 @@
 /* file_map.c — read-only whole-file mappings (see file_map.h). */
-#include "file_map.h"
+#include "engine/load/file_map.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "err.h"
+#include "engine/err.h"
 
 int eng_file_map(const char *path, const void **base, size_t *size, char *err, size_t err_cap) {
     struct stat st;

@@ -1,7 +1,7 @@
 /* safetensors.c — the safetensors reader (safetensors.h).  Every field is
  * validated before use; a bad file is an error naming the file and the field,
  * never a crash.  The JSON header is parsed by jansson. */
-#include "safetensors.h"
+#include "engine/load/safetensors.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -9,8 +9,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "err.h"
-#include "file_map.h"
+#include "engine/err.h"
+#include "engine/load/file_map.h"
 
 /* The reference implementation refuses headers above 100 MB; so do we (a real
  * header is a few hundred bytes per tensor). */

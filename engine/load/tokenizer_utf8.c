@@ -1,6 +1,6 @@
 /* tokenizer_utf8.c — one code point out of UTF-8 bytes, leniently as
  * llama.cpp reads them, and one code point into UTF-8. */
-#include "tokenizer_utf8.h"
+#include "engine/load/tokenizer_utf8.h"
 
 uint32_t tok_utf8_next_lenient(const unsigned char *s, size_t n, size_t *i) {
     /* llama.cpp's unicode_cpt_from_utf8: the lead byte fixes the length, the

@@ -14,9 +14,9 @@
  * It does not interpret metadata (the model and tokenizer do), convert tensor
  * data, read GGUF v1 or big-endian files, or write files (gguf_write.c).
  */
-#include "gguf.h"
-#include "err.h"
-#include "file_map.h"
+#include "engine/load/gguf.h"
+#include "engine/err.h"
+#include "engine/load/file_map.h"
 #include "common/qtypes.h"
 
 #include <errno.h>

@@ -14,13 +14,13 @@
  * decoding (tokenizer_detok.c), or llama.cpp's per-model-name attribute hacks
  * (Phi-3 rstrip, jina/modern-bert mask lstrip).
  */
-#include "tokenizer.h"
-#include "tokenizer_bpe.h"
-#include "tokenizer_spm.h"
-#include "tokenizer_utf8.h"
-#include "tokenizer_vocab.h"
-#include "err.h"
-#include "log.h"
+#include "engine/load/tokenizer.h"
+#include "engine/load/tokenizer_bpe.h"
+#include "engine/load/tokenizer_spm.h"
+#include "engine/load/tokenizer_utf8.h"
+#include "engine/load/tokenizer_vocab.h"
+#include "engine/err.h"
+#include "engine/log.h"
 
 #include <stdarg.h>
 #include <stdio.h>

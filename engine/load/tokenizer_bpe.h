@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "tokenizer_vocab.h"
+#include "engine/load/tokenizer_vocab.h"
 
 int tok_bpe_init(struct tok *t, const char *pre_name, char *err, size_t err_cap);
 void tok_bpe_free(struct tok *t);

@@ -14,9 +14,9 @@
  * space before "." or "'s"): the default model does not ask for it, and a
  * streamed text could not be cleaned without holding back every space.
  */
-#include "tokenizer.h"
-#include "tokenizer_utf8.h"
-#include "tokenizer_vocab.h"
+#include "engine/load/tokenizer.h"
+#include "engine/load/tokenizer_utf8.h"
+#include "engine/load/tokenizer_vocab.h"
 
 #include <stdlib.h>
 #include <string.h>

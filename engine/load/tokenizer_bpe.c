@@ -21,10 +21,10 @@
  *
  * It does not split special tokens (tokenizer.c does, before calling here).
  */
-#include "tokenizer_bpe.h"
-#include "tokenizer_utf8.h"
-#include "err.h"
-#include "log.h"
+#include "engine/load/tokenizer_bpe.h"
+#include "engine/load/tokenizer_utf8.h"
+#include "engine/err.h"
+#include "engine/log.h"
 
 #include <stdio.h>
 #include <stdlib.h>

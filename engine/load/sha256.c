@@ -1,7 +1,7 @@
 /* sha256.c — SHA-256 as FIPS 180-4 §6.2 describes it, one 64-byte block at a
  * time.  Byte order is handled explicitly (big-endian words), so the result
  * does not depend on the host. */
-#include "sha256.h"
+#include "engine/load/sha256.h"
 
 #include <string.h>
 
