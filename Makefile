@@ -66,15 +66,15 @@ NVCC := $(NVCC_FOUND)
 ifeq ($(CUDA),0)
 NVCC :=
 endif
-# With nvcc: kernels/cuda/*.cu and engine/backend_cuda.c join the library (sm_80
+# With nvcc: kernels/cuda/*.cu and engine/model/backend_cuda.c join the library (sm_80
 # and sm_90), linked to the CUDA runtime and cuBLAS; without it (or CUDA=0)
-# engine/backend_cuda_stub.c answers "unsupported".  A CUDA-enabled binary
+# engine/model/backend_cuda_stub.c answers "unsupported".  A CUDA-enabled binary
 # touches the GPU only when the CUDA backend is asked for.
 ifneq ($(NVCC),)
 CUDA_HOME  ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 CUDA_SRC   := $(sort $(wildcard kernels/cuda/*.cu))
 CUDA_OBJ   := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
-CUDA_SKIP  := engine/backend_cuda_stub.c
+CUDA_SKIP  := engine/model/backend_cuda_stub.c
 NVCCFLAGS  := -O2 -std=c++17 -fmad=false -I. -MMD -MP -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 ifeq ($(WERROR),1)
 NVCCFLAGS  += -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror
@@ -82,7 +82,7 @@ endif
 LDLIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lstdc++
 else
 CUDA_OBJ   :=
-CUDA_SKIP  := engine/backend_cuda.c
+CUDA_SKIP  := engine/model/backend_cuda.c
 endif
 
 LIB_SRC  := $(filter-out $(CUDA_SKIP),$(sort $(wildcard common/*.c engine/*.c engine/*/*.c kernels/cpu/*.c)))

@@ -20,9 +20,9 @@
 
 #include "cli.h"
 #include "server/settings.h"
-#include "engine/backend.h"
+#include "engine/model/backend.h"
 #include "engine/err.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_import.h"
 #include "engine/load/tokenizer.h"

@@ -3,7 +3,7 @@
 #include <string.h>
 
 #include "cli.h"
-#include "engine/backend.h"
+#include "engine/model/backend.h"
 #include "kernels/cpu/cpu_isa.h"
 
 

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/batch.h"
+#include "engine/model/batch.h"
 #include "engine/err.h"
 #include "engine/generate.h"
 #include "engine/ppd_tree.h"

@@ -31,8 +31,8 @@
 
 #include <stddef.h>
 
-#include "engine/forward.h"
-#include "engine/kv_cache.h"
+#include "engine/model/forward.h"
+#include "engine/model/kv_cache.h"
 
 #define ENG_CALIB_MAX_B 16        /* batch sizes measured */
 #define ENG_CALIB_MAX_R 32        /* rows-per-sequence grid points */

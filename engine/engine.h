@@ -7,11 +7,11 @@
 #ifndef PPD_ENGINE_H
 #define PPD_ENGINE_H
 
-#include "engine/backend.h"
+#include "engine/model/backend.h"
 #include "engine/load/chat.h"
-#include "engine/forward.h"
-#include "engine/kv_cache.h"
-#include "engine/model.h"
+#include "engine/model/forward.h"
+#include "engine/model/kv_cache.h"
+#include "engine/model/model.h"
 
 struct tok;
 

@@ -10,8 +10,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "engine/forward.h"
-#include "engine/kv_cache.h"
+#include "engine/model/forward.h"
+#include "engine/model/kv_cache.h"
 #include "engine/sampler.h"
 
 struct tok;

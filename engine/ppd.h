@@ -47,10 +47,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "engine/batch.h"
-#include "engine/forward.h"
+#include "engine/model/batch.h"
+#include "engine/model/forward.h"
 #include "engine/generate.h"
-#include "engine/kv_cache.h"
+#include "engine/model/kv_cache.h"
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_tree.h"
 #include "engine/sampler.h"

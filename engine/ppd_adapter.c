@@ -11,7 +11,7 @@
 
 #include "engine/err.h"
 #include "engine/load/gguf.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "engine/load/tokenizer.h"
 
 #define ADAPTER_KQ_F32 0   /* enum kq_type's F32: the only tensor type an adapter holds */

@@ -14,7 +14,7 @@
 #include <sys/stat.h>
 
 #include "engine/err.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "engine/ppd_adapter.h"
 #include "engine/load/safetensors.h"
 

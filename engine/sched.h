@@ -96,9 +96,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "engine/batch.h"
-#include "engine/forward.h"
-#include "engine/kv_cache.h"
+#include "engine/model/batch.h"
+#include "engine/model/forward.h"
+#include "engine/model/kv_cache.h"
 #include "engine/logprobs.h"
 #include "engine/ppd.h"
 #include "engine/sampler.h"

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/batch.h"
+#include "engine/model/batch.h"
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/generate.h"

@@ -21,7 +21,7 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/dequant.h"
 #include "kernels/cpu/ops.h"
-#include "engine/threadpool.h"
+#include "engine/model/threadpool.h"
 
 /* ---------------------------------------------------------------- weights -- */
 

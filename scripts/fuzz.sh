@@ -72,7 +72,7 @@ CFLAGS="-std=c11 -O1 -g -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -pthre
 # (server/flags.c, server/settings.c).
 LIB_SRC=""
 for f in common/*.c engine/*.c engine/*/*.c kernels/cpu/*.c server/api.c server/config.c server/flags.c server/settings.c; do
-    [ "$f" = engine/backend_cuda.c ] || LIB_SRC="$LIB_SRC $f"
+    [ "$f" = engine/model/backend_cuda.c ] || LIB_SRC="$LIB_SRC $f"
 done
 
 # stale OBJ SRC: true when OBJ is missing or older than SRC or a header it used.

@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "flags.h"
-#include "engine/threadpool.h"
+#include "engine/model/threadpool.h"
 
 int flag_int(const char *flag, const char *s, long lo, long hi, long *out) {
     char *end;

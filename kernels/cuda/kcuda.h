@@ -1,7 +1,7 @@
 /* kcuda.h — the CUDA kernels' launchers, callable from C (backend_cuda.c).
  *
  * One launcher per op, one op per .cu file, each with the name stem and the
- * argument order of its CPU twin (kernels/cpu, engine/backend_cpu.c).  Every
+ * argument order of its CPU twin (kernels/cpu, engine/model/backend_cpu.c).  Every
  * pointer is device memory unless its comment says otherwise; every launcher
  * enqueues on `st` and returns at once (no synchronisation, no allocation).
  * Each (row, head) or row is computed by one fixed group of threads in a fixed

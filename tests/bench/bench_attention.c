@@ -4,7 +4,7 @@
  *
  * Shape: SmolLM2-135M's (9 query heads over 3 KV heads of 64); the R rows cut
  * into pieces of at most 8 (as equal as possible) and each piece into tasks of
- * one KV head's three query heads, as engine/backend_cpu.c cuts a tree step;
+ * one KV head's three query heads, as engine/model/backend_cpu.c cuts a tree step;
  * row r sees the prefix, the tree root and itself.  Prints, per path and
  * shape, the best of many calls in microseconds (TSC ticks over the TSC rate)
  * and in multiply-adds per core cycle (TSC ticks rescaled by a dependent-add

@@ -13,7 +13,7 @@
  *      another 32-block type, e.g. -w Q8_0) plus the output 576x49152 in Q8_0,
  *      in sequence, each preceded by the activation
  *      quantization its input needs (rows split over threads, then outputs split
- *      over threads at multiples of 16 outputs as engine/backend_cpu.c does,
+ *      over threads at multiples of 16 outputs as engine/model/backend_cpu.c does,
  *      spin barriers between), for n_rows = 1, 2, 4, ... 64.
  *      (-m N: up to N rows only).  Prints, per row count, the best and median step time, the floors
  *      bytes/bandwidth and rows*MACs/peak, and t(n)/t(1);
@@ -456,7 +456,7 @@ static void model_free(struct model *m) {
     free(m->x); free(m->act); free(m->y);
 }
 
-/* Outputs per thread share: a pair of 8-output panels, as engine/backend_cpu.c
+/* Outputs per thread share: a pair of 8-output panels, as engine/model/backend_cpu.c
  * splits (the AVX2 kernel computes the two panels of a pair together). */
 #define STEP_OUT_ALIGN 16
 

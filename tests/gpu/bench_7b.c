@@ -22,13 +22,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/backend.h"
-#include "engine/batch.h"
+#include "engine/model/backend.h"
+#include "engine/model/batch.h"
 #include "engine/calibrate.h"
 #include "engine/err.h"
-#include "engine/forward.h"
+#include "engine/model/forward.h"
 #include "engine/generate.h"
-#include "engine/kv_cache.h"
+#include "engine/model/kv_cache.h"
 #include "engine/ppd_tree.h"
 #include "engine/stats.h"
 #include "common/qtypes.h"

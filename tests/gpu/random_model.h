@@ -9,8 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/backend.h"
-#include "engine/model.h"
+#include "engine/model/backend.h"
+#include "engine/model/model.h"
 
 /* Random GGUF bytes of n_out rows of n_in elements of `type` into p, with the
  * block scales kept in a sane range (no NaN/Inf halves). */

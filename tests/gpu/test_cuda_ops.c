@@ -36,11 +36,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/backend.h"
-#include "engine/batch.h"
+#include "engine/model/backend.h"
+#include "engine/model/batch.h"
 #include "engine/engine.h"
 #include "engine/err.h"
-#include "engine/kv_cache.h"
+#include "engine/model/kv_cache.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/dequant.h"

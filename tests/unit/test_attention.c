@@ -19,9 +19,9 @@
 
 #include "tests/unit/common_test.h"
 
-#include "engine/batch.h"
+#include "engine/model/batch.h"
 #include "engine/engine.h"
-#include "engine/forward.h"
+#include "engine/model/forward.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cpu_isa.h"
 

@@ -26,11 +26,11 @@
 
 #include "tests/unit/common_test.h"
 
-#include "engine/backend.h"
-#include "engine/batch.h"
-#include "engine/forward.h"
-#include "engine/kv_cache.h"
-#include "engine/model.h"
+#include "engine/model/backend.h"
+#include "engine/model/batch.h"
+#include "engine/model/forward.h"
+#include "engine/model/kv_cache.h"
+#include "engine/model/model.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/dequant.h"
 #include "common/qtypes.h"

@@ -19,12 +19,12 @@
 
 #include "tests/unit/common_test.h"
 
-#include "engine/backend.h"
+#include "engine/model/backend.h"
 #include "engine/err.h"
-#include "engine/forward.h"
+#include "engine/model/forward.h"
 #include "engine/generate.h"
-#include "engine/kv_cache.h"
-#include "engine/model.h"
+#include "engine/model/kv_cache.h"
+#include "engine/model/model.h"
 #include "engine/ppd.h"
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_tree.h"

@@ -9,10 +9,10 @@
 
 #include "tests/unit/common_test.h"
 
-#include "engine/backend.h"
+#include "engine/model/backend.h"
 #include "engine/err.h"
 #include "engine/load/gguf.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "engine/ppd_adapter.h"
 #include "engine/load/tokenizer.h"
 

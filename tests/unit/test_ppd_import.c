@@ -15,9 +15,9 @@
 
 #include "tests/unit/common_test.h"
 
-#include "engine/backend.h"
+#include "engine/model/backend.h"
 #include "engine/err.h"
-#include "engine/model.h"
+#include "engine/model/model.h"
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_import.h"
 

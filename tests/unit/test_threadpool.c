@@ -7,7 +7,7 @@
 
 #include "tests/unit/common_test.h"
 
-#include "engine/threadpool.h"
+#include "engine/model/threadpool.h"
 
 struct phases {
     struct eng_pool *pool;

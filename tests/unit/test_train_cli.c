@@ -15,8 +15,8 @@
 
 #include "tests/unit/common_test.h"
 
-#include "engine/backend.h"
-#include "engine/model.h"
+#include "engine/model/backend.h"
+#include "engine/model/model.h"
 #include "engine/ppd_adapter.h"
 
 static char dir[] = "/tmp/ppd-train-cli-XXXXXX";

@@ -4,7 +4,7 @@
  */
 #include <stdio.h>
 
-#include "engine/backend.h"
+#include "engine/model/backend.h"
 #include "engine/err.h"
 
 int eng_backend_cuda_init(struct eng_backend *be, int device, char *err, size_t cap) {

@@ -19,7 +19,7 @@
 
 #include <stdint.h>
 
-#include "engine/backend.h"
+#include "engine/model/backend.h"
 #include "kernels/cpu/ops.h"
 
 struct gguf_file;

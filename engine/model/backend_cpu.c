@@ -12,12 +12,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/backend.h"
-#include "engine/batch.h"
+#include "engine/model/backend.h"
+#include "engine/model/batch.h"
 #include "engine/err.h"
-#include "engine/kv_cache.h"
+#include "engine/model/kv_cache.h"
 #include "engine/log.h"
-#include "engine/threadpool.h"
+#include "engine/model/threadpool.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cpu_isa.h"
 #include "kernels/cpu/matmul.h"

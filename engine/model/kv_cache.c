@@ -1,10 +1,10 @@
 /* kv_cache.c — allocation of the KV cache in backend memory. */
-#include "engine/kv_cache.h"
+#include "engine/model/kv_cache.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/backend.h"
+#include "engine/model/backend.h"
 #include "engine/err.h"
 
 size_t eng_kv_bytes(int n_layer, int n_slot, int max_seq, int kv_dim) {

@@ -1,5 +1,5 @@
 /* batch.c — allocation and the causal-run builder of batch.h. */
-#include "engine/batch.h"
+#include "engine/model/batch.h"
 
 #include <stdlib.h>
 #include <string.h>

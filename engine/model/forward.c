@@ -1,7 +1,7 @@
 /* forward.c — embed, n_layer × (attention + SwiGLU MLP), final norm, logits.
  * The families differ only inside attention: qwen2 adds biases to q, k and v;
  * qwen3 normalises each head of q and k before RoPE. */
-#include "engine/forward.h"
+#include "engine/model/forward.h"
 
 #include <math.h>
 #include <stdlib.h>

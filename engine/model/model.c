@@ -1,5 +1,5 @@
 /* model.c — reading Llama-family hyper-parameters and weights out of a GGUF file. */
-#include "engine/model.h"
+#include "engine/model/model.h"
 
 #include <stdio.h>
 #include <stdlib.h>

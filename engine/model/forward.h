@@ -7,9 +7,9 @@
 #ifndef PPD_FORWARD_H
 #define PPD_FORWARD_H
 
-#include "engine/batch.h"
-#include "engine/kv_cache.h"
-#include "engine/model.h"
+#include "engine/model/batch.h"
+#include "engine/model/kv_cache.h"
+#include "engine/model/model.h"
 
 struct eng_forward {
     struct eng_model *m;

@@ -29,10 +29,10 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "engine/backend.h"
-#include "engine/batch.h"
+#include "engine/model/backend.h"
+#include "engine/model/batch.h"
 #include "engine/err.h"
-#include "engine/kv_cache.h"
+#include "engine/model/kv_cache.h"
 #include "engine/log.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/dequant.h"

@@ -1,5 +1,5 @@
 /* threadpool.c — spin-then-sleep worker pool; see threadpool.h for why. */
-#include "engine/threadpool.h"
+#include "engine/model/threadpool.h"
 
 #include <pthread.h>
 #include <sched.h>
