@@ -24,7 +24,7 @@
 #include "engine/calib_setup.h"
 #include "engine/err.h"
 #include "engine/ppd_setup.h"
-#include "engine/generate.h"
+#include "engine/decode/generate.h"
 
 struct calib_opts {
     /* as the flags give them */

@@ -5,7 +5,7 @@
  * renders each prompt with the model's chat template (generation prompt
  * added, as `ppd generate --chat` does) and lets the base model answer
  * greedily.  Many prompts run at once through the continuous-batching
- * scheduler (engine/sched.h); every batch row is computed independently of
+ * scheduler (engine/decode/sched.h); every batch row is computed independently of
  * the others, so each answer is exactly what `ppd generate --chat -p PROMPT
  * -n MAX_TOKENS` prints for that prompt alone.
  *
@@ -57,9 +57,9 @@
 #include "server/settings.h"
 #include "engine/engine.h"
 #include "engine/err.h"
-#include "engine/generate.h"
+#include "engine/decode/generate.h"
 #include "engine/log.h"
-#include "engine/sched.h"
+#include "engine/decode/sched.h"
 #include "engine/load/sha256.h"
 #include "engine/load/tokenizer.h"
 

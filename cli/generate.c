@@ -13,7 +13,7 @@
 #include "cli.h"
 #include "engine/engine.h"
 #include "engine/err.h"
-#include "engine/generate.h"
+#include "engine/decode/generate.h"
 #include "engine/log.h"
 #include "engine/ppd.h"
 #include "engine/ppd_adapter.h"

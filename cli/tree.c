@@ -24,7 +24,7 @@
 #include "server/settings.h"
 #include "engine/engine.h"
 #include "engine/err.h"
-#include "engine/generate.h"
+#include "engine/decode/generate.h"
 #include "engine/log.h"
 #include "engine/ppd.h"
 #include "engine/ppd_setup.h"

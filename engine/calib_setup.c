@@ -13,7 +13,7 @@
 #include "engine/err.h"
 #include "engine/log.h"
 #include "engine/load/sha256.h"
-#include "engine/generate.h"
+#include "engine/decode/generate.h"
 #include "kernels/cpu/cpu_isa.h"
 
 static void hex(const uint8_t *d, int n, char *out) {

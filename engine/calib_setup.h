@@ -20,7 +20,7 @@
 #include "engine/engine.h"
 #include "engine/ppd.h"
 #include "engine/ppd_setup.h"
-#include "engine/sched.h"
+#include "engine/decode/sched.h"
 
 #define ENG_CALIB_PREFIX_DEFAULT 256
 #define ENG_CALIB_BUDGET_MAX_DEFAULT 256

@@ -11,7 +11,7 @@
 
 #include "engine/model/batch.h"
 #include "engine/err.h"
-#include "engine/generate.h"
+#include "engine/decode/generate.h"
 #include "engine/ppd_tree.h"
 #include "engine/stats.h"
 

@@ -39,7 +39,7 @@
  *
  * Not here: penalties (presence/frequency need the per-node history; the
  * plain loop does not apply them either), scheduling many sequences
- * (engine/sched.c).
+ * (engine/decode/sched.c).
  */
 #ifndef PPD_PPD_H
 #define PPD_PPD_H
@@ -49,11 +49,11 @@
 
 #include "engine/model/batch.h"
 #include "engine/model/forward.h"
-#include "engine/generate.h"
+#include "engine/decode/generate.h"
 #include "engine/model/kv_cache.h"
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_tree.h"
-#include "engine/sampler.h"
+#include "engine/decode/sampler.h"
 
 struct tok;
 

@@ -14,7 +14,7 @@
 #include "engine/model/batch.h"
 #include "engine/engine.h"
 #include "engine/err.h"
-#include "engine/generate.h"
+#include "engine/decode/generate.h"
 #include "engine/log.h"
 #include "engine/load/gguf.h"
 #include "common/qtypes.h"

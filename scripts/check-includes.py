@@ -8,8 +8,8 @@ file may include its own layer and the ones below it, never one above: the
 kernels know no engine, the engine knows no server or command line, the server
 knows no command.
 
-A module is a .c file and the header of the same name (engine/sched.c and
-engine/sched.h); a header without a .c file is a module of its own.  Module A
+A module is a .c file and the header of the same name (engine/decode/sched.c and
+engine/decode/sched.h); a header without a .c file is a module of its own.  Module A
 depends on module B when a file of A includes B's header.  Any cycle among
 modules fails, because a header shared by files that call one another hides
 who depends on whom; each file that others call gets its own header instead.

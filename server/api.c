@@ -24,7 +24,7 @@
 #include "flags.h"
 #include "engine/load/chat.h"
 #include "engine/err.h"
-#include "engine/logprobs.h"
+#include "engine/decode/logprobs.h"
 #include "engine/load/tokenizer.h"
 #include "serve.h"
 

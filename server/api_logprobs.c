@@ -13,7 +13,7 @@
  * from the start of the choice's text (the prompt's, with echo).  With echo
  * the prompt's tokens come first, the very first with a null logprob.
  *
- * Not here: computing logprobs (engine/logprobs.c), where a chunk goes (http.c).
+ * Not here: computing logprobs (engine/decode/logprobs.c), where a chunk goes (http.c).
  */
 #include <stdlib.h>
 #include <string.h>

@@ -2,7 +2,7 @@
  * events become srv_events in the outbox, and each step ends with a stats
  * event and one wake-up of the loop.
  *
- * The engine thread itself is engine/runner.c; this file gives it the
+ * The engine thread itself is engine/decode/runner.c; this file gives it the
  * server's scheduler settings and the callbacks.  Events of one step are
  * collected into a list on the engine thread and pushed with one lock and
  * one uv_async_send.  An event is malloc'd here and freed by the loop thread;

@@ -25,7 +25,7 @@
  * last event (the engine may still hold a job until then).
  *
  * Not here: JSON shapes (api.c), metrics text (metrics.c), the engine thread
- * (engine/runner.c and events.c), start-up and signals (server.c).
+ * (engine/decode/runner.c and events.c), start-up and signals (server.c).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -38,7 +38,7 @@
 #include <unistd.h>
 
 #include "engine/err.h"
-#include "engine/generate.h"
+#include "engine/decode/generate.h"
 #include "engine/log.h"
 #include "serve.h"
 

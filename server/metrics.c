@@ -7,7 +7,7 @@
  * docs/serving.md ("Metrics") lists them (prefix ppd_, vLLM's meanings).
  *
  * PPD (spec-decode) figures come from the scheduler's cumulative counters
- * (engine/sched.h): a "draft" is one sequence's PPD step; its draft tokens are
+ * (engine/decode/sched.h): a "draft" is one sequence's PPD step; its draft tokens are
  * the guesses its tree could accept at most (the tree's depth), so
  * accepted / draft tokens is the acceptance rate and 1 + accepted / drafts the
  * mean accepted length, as with vLLM.  Per position i = 1..N: steps whose

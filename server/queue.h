@@ -6,7 +6,7 @@
  * for a few pointer moves, never while work is done.  Its user pairs it with
  * a uv_async_t; because uv_async_send wake-ups coalesce, the loop drains the
  * whole list per wake-up.  (The other direction, submissions to the engine
- * thread, is engine/runner.h's inbox.)
+ * thread, is engine/decode/runner.h's inbox.)
  *
  * Not here: what the nodes carry (server/serve.h) or any other shared state.
  */

@@ -2,7 +2,7 @@
  *
  * Threads (docs/architecture.md, "Threads"): the loop thread owns the uv loop, the MHD
  * daemon, every connection and srv_req, and the metrics; the engine thread
- * (engine/runner.h) owns the engine (model, KV cache) and the scheduler.
+ * (engine/decode/runner.h) owns the engine (model, KV cache) and the scheduler.
  * They meet only in two queues: the runner's inbox carries submissions (each
  * choice's job), the outbox (queue.h) carries srv_events.  The one other thing the loop touches on a submitted
  * request is its atomic cancel flag.  The tokenizer and chat template are
@@ -35,8 +35,8 @@
 #include "engine/calib_setup.h"
 #include "engine/engine.h"
 #include "engine/ppd_setup.h"
-#include "engine/runner.h"
-#include "engine/sched.h"
+#include "engine/decode/runner.h"
+#include "engine/decode/sched.h"
 #include "queue.h"
 
 enum srv_kind { SRV_CHAT = 1, SRV_COMPLETION };
@@ -139,7 +139,7 @@ struct srv {
     char model_id[256];
     struct eng_engine *eng;          /* tok and chat read by both threads, the rest engine thread only */
     int n_ctx;
-    struct eng_runner runner;        /* the engine thread and its scheduler (engine/runner.h) */
+    struct eng_runner runner;        /* the engine thread and its scheduler (engine/decode/runner.h) */
     bool runner_started;
     struct srv_queue outbox;         /* engine thread -> loop: srv_events */
     struct srv_qnode *step_first, *step_last;   /* engine thread only: the running step's events */
@@ -259,7 +259,7 @@ void srv_logprobs_append(json_t **acc, json_t *more);
 char *srv_api_models(const struct srv *s);
 
 /* events.c */
-int srv_engine_start(struct srv *s);   /* the engine thread (engine/runner.h) with the server's callbacks */
+int srv_engine_start(struct srv *s);   /* the engine thread (engine/decode/runner.h) with the server's callbacks */
 void srv_engine_stop(struct srv *s);   /* closes its inbox, lets it finish, joins */
 
 /* server.c: `ppd serve` (argv[0] is the subcommand); the process exit status. */

@@ -1,5 +1,5 @@
 /* fuzz_textout.c — libFuzzer target: streamed text with stop strings and
- * hold-back (engine/textout.c), the text SSE chunks carry.
+ * hold-back (engine/decode/textout.c), the text SSE chunks carry.
  *
  * Input layout: byte 0 low 3 bits: number of stop strings (0..4, larger is 0);
  * each stop string is 4 bytes (a token id, an offset and a length: a slice of
@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/textout.h"
+#include "engine/decode/textout.h"
 #include "fuzz_model.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);

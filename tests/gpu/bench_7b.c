@@ -27,7 +27,7 @@
 #include "engine/calibrate.h"
 #include "engine/err.h"
 #include "engine/model/forward.h"
-#include "engine/generate.h"
+#include "engine/decode/generate.h"
 #include "engine/model/kv_cache.h"
 #include "engine/ppd_tree.h"
 #include "engine/stats.h"

@@ -38,7 +38,7 @@
 #include "engine/load/gguf.h"
 #include "engine/model/kv_cache.h"
 #include "engine/model/model.h"
-#include "engine/generate.h"
+#include "engine/decode/generate.h"
 #include "engine/ppd.h"
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_tree.h"

@@ -1,5 +1,5 @@
 /* test_logprobs.c — log-softmax of a logits row and its top alternatives
- * (engine/logprobs.c): hand-computed cases, a brute-force reference in long
+ * (engine/decode/logprobs.c): hand-computed cases, a brute-force reference in long
  * double on a full-size random row, ties, NaN, infinities and the floor.
  * Where the tokens' logprobs come from in a decode (plain and PPD give the
  * same bits) is test_sched.c's. */
@@ -11,7 +11,7 @@
 
 #include "tests/unit/common_test.h"
 
-#include "engine/logprobs.h"
+#include "engine/decode/logprobs.h"
 
 /* probabilities 0.5, 0.3, 0.15, 0.05 at ids 3, 0, 4, 1; id 2 masked */
 START_TEST(test_hand_computed) {

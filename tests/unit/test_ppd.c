@@ -22,7 +22,7 @@
 #include "engine/model/backend.h"
 #include "engine/err.h"
 #include "engine/model/forward.h"
-#include "engine/generate.h"
+#include "engine/decode/generate.h"
 #include "engine/model/kv_cache.h"
 #include "engine/model/model.h"
 #include "engine/ppd.h"

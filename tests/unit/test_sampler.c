@@ -8,7 +8,7 @@
 #include <string.h>
 
 #include "engine/err.h"
-#include "engine/sampler.h"
+#include "engine/decode/sampler.h"
 
 static struct eng_sampler_params params(float temperature, int top_k, float top_p, float min_p)
 {

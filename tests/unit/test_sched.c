@@ -1,5 +1,5 @@
-/* test_sched.c — continuous batching (engine/sched.c) and stop strings
- * (engine/textout.c) on the default model.
+/* test_sched.c — continuous batching (engine/decode/sched.c) and stop strings
+ * (engine/decode/textout.c) on the default model.
  *
  * The central check: N sequences run together through the scheduler (sharing
  * batches, prompts split into chunks, admitted as slots free up) produce
@@ -22,7 +22,7 @@
  * prefix with one still prefilling waits for it and copies its entries, while
  * an unrelated one is admitted at once; cancelling either side works.
  *
- * The engine thread (engine/runner.c) gives the same tokens as the requests
+ * The engine thread (engine/decode/runner.c) gives the same tokens as the requests
  * alone, with submissions arriving while it runs.
  */
 #include <check.h>
@@ -35,14 +35,14 @@
 
 #include "engine/engine.h"
 #include "engine/err.h"
-#include "engine/generate.h"
-#include "engine/logprobs.h"
+#include "engine/decode/generate.h"
+#include "engine/decode/logprobs.h"
 #include "engine/ppd.h"
 #include "engine/ppd_adapter.h"
 #include "engine/ppd_tree.h"
-#include "engine/runner.h"
-#include "engine/sched.h"
-#include "engine/textout.h"
+#include "engine/decode/runner.h"
+#include "engine/decode/sched.h"
+#include "engine/decode/textout.h"
 #include "engine/load/tokenizer.h"
 
 #define MAX_REQ 8
@@ -1086,7 +1086,7 @@ START_TEST(test_prefix_cache_hold) {
 }
 END_TEST
 
-/* The engine thread (engine/runner.c): requests submitted from this thread,
+/* The engine thread (engine/decode/runner.c): requests submitted from this thread,
  * some while it already runs, give exactly the tokens each gives alone; the
  * prepare hook runs once, before any step; every step ends with step_done;
  * stop finishes what was queued.  The callbacks only record (they run on the

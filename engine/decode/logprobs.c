@@ -6,7 +6,7 @@
  * logits against the current n-th best before walking it entry by entry.
  * Only requests that ask for logprobs pay for it.
  */
-#include "engine/logprobs.h"
+#include "engine/decode/logprobs.h"
 
 #include <math.h>
 

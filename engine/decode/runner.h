@@ -23,7 +23,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 
-#include "engine/sched.h"
+#include "engine/decode/sched.h"
 
 struct eng_runner_hooks {
     /* Once, on the engine thread, before the first step; submissions wait in

@@ -12,7 +12,7 @@
  * bookkeeping (the caller keeps it), and any allocation after
  * eng_sampler_scratch_init.
  */
-#include "engine/sampler.h"
+#include "engine/decode/sampler.h"
 
 #include <math.h>
 #include <stdarg.h>

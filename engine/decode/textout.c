@@ -1,5 +1,5 @@
 /* textout.c — detokenization with stop strings and hold-back (textout.h). */
-#include "engine/textout.h"
+#include "engine/decode/textout.h"
 
 #include <stdlib.h>
 #include <string.h>

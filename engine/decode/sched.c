@@ -1,11 +1,11 @@
 /* sched.c — the continuous-batching step of sched.h, plain and PPD sequences. */
-#include "engine/sched.h"
+#include "engine/decode/sched.h"
 
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/err.h"
-#include "engine/generate.h"
+#include "engine/decode/generate.h"
 #include "engine/log.h"
 #include "engine/load/tokenizer.h"
 

@@ -99,10 +99,10 @@
 #include "engine/model/batch.h"
 #include "engine/model/forward.h"
 #include "engine/model/kv_cache.h"
-#include "engine/logprobs.h"
+#include "engine/decode/logprobs.h"
 #include "engine/ppd.h"
-#include "engine/sampler.h"
-#include "engine/textout.h"
+#include "engine/decode/sampler.h"
+#include "engine/decode/textout.h"
 
 struct tok;
 

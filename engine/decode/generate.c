@@ -1,5 +1,5 @@
 /* generate.c — the single-sequence prefill + decode loop of generate.h. */
-#include "engine/generate.h"
+#include "engine/decode/generate.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -12,7 +12,7 @@
 
 #include "engine/model/forward.h"
 #include "engine/model/kv_cache.h"
-#include "engine/sampler.h"
+#include "engine/decode/sampler.h"
 
 struct tok;
 

@@ -4,7 +4,7 @@
 
 #include "engine/err.h"
 #include "engine/log.h"
-#include "engine/runner.h"
+#include "engine/decode/runner.h"
 
 /* Take the whole inbox, sleeping while it is empty unless the scheduler has
  * work.  *closed reports that eng_runner_stop was called. */
