@@ -7,7 +7,7 @@
  *   ppd adapter import DIR|FILE.safetensors [CONFIG.json] [-m MODEL] [-o FILE] [--topk K]
  *                      [--n-prompt N] [--ensemble-member J] [--force]
  *       the paper's released PEFT adapter as an adapter for MODEL
- *       (engine/ppd_import.h says what is accepted)
+ *       (engine/ppd/ppd_import.h says what is accepted)
  *
  * init and import take the model flag every program shares
  * (server/settings.h); show's -m is optional, so it has no default.
@@ -23,8 +23,8 @@
 #include "engine/model/backend.h"
 #include "engine/err.h"
 #include "engine/model/model.h"
-#include "engine/ppd_adapter.h"
-#include "engine/ppd_import.h"
+#include "engine/ppd/ppd_adapter.h"
+#include "engine/ppd/ppd_import.h"
 #include "engine/load/tokenizer.h"
 
 struct adapter_opts {

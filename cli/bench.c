@@ -39,7 +39,7 @@
 #include "engine/err.h"
 #include "engine/decode/generate.h"
 #include "engine/log.h"
-#include "engine/ppd.h"
+#include "engine/ppd/ppd.h"
 #include "engine/stats.h"
 
 #define BENCH_DEFAULT_PROMPTS "../shared/data/eval-mt_bench.jsonl"

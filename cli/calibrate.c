@@ -23,7 +23,7 @@
 #include "server/settings.h"
 #include "engine/calib_setup.h"
 #include "engine/err.h"
-#include "engine/ppd_setup.h"
+#include "engine/ppd/ppd_setup.h"
 #include "engine/decode/generate.h"
 
 struct calib_opts {

@@ -1,5 +1,5 @@
 /* ppd_open.h — PPD for `ppd generate` and `ppd bench`: opened by the engine
- * (engine/ppd_setup.h) from their flags and, when the adapter was found next
+ * (engine/ppd/ppd_setup.h) from their flags and, when the adapter was found next
  * to the model and no tree or budget was named, with the budget this device's
  * calibration chooses for one sequence (engine/calib_setup.h).  Here only
  * the choice of what to ask and the lines that say what happened. */
@@ -9,7 +9,7 @@
 #include <stdbool.h>
 
 #include "engine/engine.h"
-#include "engine/ppd_setup.h"
+#include "engine/ppd/ppd_setup.h"
 
 /* Plain decoding chosen by the calibration: with keep_tree (bench, which
  * compares the two) the adapter's own tree stays, else PPD is turned off

@@ -14,7 +14,7 @@
 #include "server/settings.h"
 #include "engine/err.h"
 #include "engine/log.h"
-#include "engine/ppd_adapter.h"
+#include "engine/ppd/ppd_adapter.h"
 #include "engine/train.h"
 
 /* The flags as they read; cmd_train copies them into eng_train_params. */

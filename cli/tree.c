@@ -11,7 +11,7 @@
  * prompts); greedy decoding, so the outputs of both runs must agree (checked).
  * The model, threads and verbose flags are the settings every program shares
  * (server/settings.h).
- * Not here: the builder (engine/ppd_tree_build.c), online re-tuning under load.
+ * Not here: the builder (engine/ppd/ppd_tree_build.c), online re-tuning under load.
  */
 #include <jansson.h>
 #include <stddef.h>
@@ -26,9 +26,9 @@
 #include "engine/err.h"
 #include "engine/decode/generate.h"
 #include "engine/log.h"
-#include "engine/ppd.h"
-#include "engine/ppd_setup.h"
-#include "engine/ppd_tree.h"
+#include "engine/ppd/ppd.h"
+#include "engine/ppd/ppd_setup.h"
+#include "engine/ppd/ppd_tree.h"
 
 #define TREE_L_MAX 256
 

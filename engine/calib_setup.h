@@ -18,8 +18,8 @@
 
 #include "engine/calibrate.h"
 #include "engine/engine.h"
-#include "engine/ppd.h"
-#include "engine/ppd_setup.h"
+#include "engine/ppd/ppd.h"
+#include "engine/ppd/ppd_setup.h"
 #include "engine/decode/sched.h"
 
 #define ENG_CALIB_PREFIX_DEFAULT 256

@@ -12,7 +12,7 @@
 #include "engine/model/batch.h"
 #include "engine/err.h"
 #include "engine/decode/generate.h"
-#include "engine/ppd_tree.h"
+#include "engine/ppd/ppd_tree.h"
 #include "engine/stats.h"
 
 /* Rows per sequence: dense up to 8 (where a CPU turns from bandwidth- to

@@ -27,7 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/ppd_adapter.h"
+#include "engine/ppd/ppd_adapter.h"
 
 struct eng_train_params {
     const char *model_path;

@@ -29,7 +29,7 @@
 #include <stdint.h>
 
 #include "engine/model/model.h"
-#include "engine/ppd_adapter.h"
+#include "engine/ppd/ppd_adapter.h"
 
 struct eng_pool;
 

@@ -34,7 +34,7 @@
 #include "config.h"
 #include "engine/calib_setup.h"
 #include "engine/engine.h"
-#include "engine/ppd_setup.h"
+#include "engine/ppd/ppd_setup.h"
 #include "engine/decode/runner.h"
 #include "engine/decode/sched.h"
 #include "queue.h"

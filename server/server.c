@@ -10,12 +10,12 @@
  * PPD: on when an adapter is found (--ppd FILE, else MODEL.ppd.gguf next to
  * the model) unless --no-ppd / --ppd none.  Every slot's largest tree must
  * fit in one step (engine/decode/sched.h's sizing rule), so the auto tree's budget
- * is lowered until it does (engine/ppd_setup.h); when even the smallest does not fit, a named
+ * is lowered until it does (engine/ppd/ppd_setup.h); when even the smallest does not fit, a named
  * adapter or tree file is an error and the auto-detected adapter is left off
  * with a warning.
  *
  * Not here: HTTP handling (http.c), the engine thread (engine/decode/runner.c, fed by events.c), PPD set-up
- * and calibration (engine/ppd_setup.h, engine/calib_setup.h).
+ * and calibration (engine/ppd/ppd_setup.h, engine/calib_setup.h).
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
 
 #include <limits.h>
 
-#include "engine/ppd_setup.h"
+#include "engine/ppd/ppd_setup.h"
 
 #define STR_(x) #x
 #define STR(x) STR_(x)

@@ -1,5 +1,5 @@
 /* generate.h — one sequence, start to end: prefill in chunks, then decode one
- * token per step (plain decoding; PPD's steps are engine/ppd.c's).
+ * token per step (plain decoding; PPD's steps are engine/ppd/ppd.c's).
  *
  * Used by `ppd generate` and `ppd bench`; the server's scheduler drives the
  * same forward pass for many sequences at once and does not use this loop.

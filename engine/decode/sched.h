@@ -84,7 +84,7 @@
  * init; nothing else.
  *
  * Not here: threads, queues, HTTP or JSON (server/), tree buffers and
- * verification (engine/ppd.c, reached through the per-sequence hooks).
+ * verification (engine/ppd/ppd.c, reached through the per-sequence hooks).
  * Nothing allocates in a step, except that admitting a PPD request sets up
  * its eng_ppd_seq (candidate arrays, sampler scratch); when that fails the
  * request decodes plainly, which gives the same tokens.
@@ -100,7 +100,7 @@
 #include "engine/model/forward.h"
 #include "engine/model/kv_cache.h"
 #include "engine/decode/logprobs.h"
-#include "engine/ppd.h"
+#include "engine/ppd/ppd.h"
 #include "engine/decode/sampler.h"
 #include "engine/decode/textout.h"
 

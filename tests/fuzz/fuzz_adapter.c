@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/ppd_adapter.h"
+#include "engine/ppd/ppd_adapter.h"
 #include "fuzz_file.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);

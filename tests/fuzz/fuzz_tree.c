@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/ppd_tree.h"
+#include "engine/ppd/ppd_tree.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

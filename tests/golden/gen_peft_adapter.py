@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """gen_peft_adapter.py -- tiny PPD adapters in the paper's PEFT layout, written
-by the real `safetensors` package, for `ppd adapter import` (engine/ppd_import.c)
+by the real `safetensors` package, for `ppd adapter import` (engine/ppd/ppd_import.c)
 and the safetensors reader (engine/load/safetensors.c).
 
 Each directory under tests/golden/data/peft/ is what PEFT's save_pretrained

@@ -29,7 +29,7 @@
 #include "engine/model/forward.h"
 #include "engine/decode/generate.h"
 #include "engine/model/kv_cache.h"
-#include "engine/ppd_tree.h"
+#include "engine/ppd/ppd_tree.h"
 #include "engine/stats.h"
 #include "common/qtypes.h"
 #include "tests/gpu/random_model.h"

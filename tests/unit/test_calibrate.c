@@ -18,7 +18,7 @@
 #include "engine/calibrate.h"
 #include "engine/engine.h"
 #include "engine/err.h"
-#include "engine/ppd_tree.h"
+#include "engine/ppd/ppd_tree.h"
 
 /* A table over b = 1, 2, 4 and the usual r grid from a cost model:
  * t(b, r) = base + per_row * max(0, b * r - free_rows). */

@@ -39,9 +39,9 @@
 #include "engine/model/kv_cache.h"
 #include "engine/model/model.h"
 #include "engine/decode/generate.h"
-#include "engine/ppd.h"
-#include "engine/ppd_adapter.h"
-#include "engine/ppd_tree.h"
+#include "engine/ppd/ppd.h"
+#include "engine/ppd/ppd_adapter.h"
+#include "engine/ppd/ppd_tree.h"
 #include "engine/load/tokenizer.h"
 
 #define GOLDEN_DIR "tests/golden/data/"

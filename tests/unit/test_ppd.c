@@ -25,9 +25,9 @@
 #include "engine/decode/generate.h"
 #include "engine/model/kv_cache.h"
 #include "engine/model/model.h"
-#include "engine/ppd.h"
-#include "engine/ppd_adapter.h"
-#include "engine/ppd_tree.h"
+#include "engine/ppd/ppd.h"
+#include "engine/ppd/ppd_adapter.h"
+#include "engine/ppd/ppd_tree.h"
 #include "engine/load/tokenizer.h"
 
 static const double acc7b[30] = {

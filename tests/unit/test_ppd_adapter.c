@@ -13,7 +13,7 @@
 #include "engine/err.h"
 #include "engine/load/gguf.h"
 #include "engine/model/model.h"
-#include "engine/ppd_adapter.h"
+#include "engine/ppd/ppd_adapter.h"
 #include "engine/load/tokenizer.h"
 
 static struct eng_ppd_adapter *make_adapter(int n, int k, int h, int with_acc) {

@@ -16,7 +16,7 @@
 
 #include "tests/unit/common_test.h"
 
-#include "engine/ppd_adapter.h"
+#include "engine/ppd/ppd_adapter.h"
 
 static char adapter_path[] = "/tmp/ppd-cli-adapter-XXXXXX";
 

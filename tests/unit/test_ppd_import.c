@@ -1,5 +1,5 @@
 /* test_ppd_import.c — importing the paper's PEFT adapters
- * (engine/ppd_import.h, `ppd adapter import`): the golden adapters written by
+ * (engine/ppd/ppd_import.h, `ppd adapter import`): the golden adapters written by
  * the real `safetensors` package (tests/golden/gen_peft_adapter.py) give
  * exactly numpy's f32 values for F32, F16 and BF16; the result saves, loads
  * for the default model and drives `ppd generate --ppd`; V > 1 is refused
@@ -18,8 +18,8 @@
 #include "engine/model/backend.h"
 #include "engine/err.h"
 #include "engine/model/model.h"
-#include "engine/ppd_adapter.h"
-#include "engine/ppd_import.h"
+#include "engine/ppd/ppd_adapter.h"
+#include "engine/ppd/ppd_import.h"
 
 #define GOLDEN "tests/golden/data/peft/"
 #define H 576

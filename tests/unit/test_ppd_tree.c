@@ -12,7 +12,7 @@
 #include "tests/unit/common_test.h"
 
 #include "engine/err.h"
-#include "engine/ppd_tree.h"
+#include "engine/ppd/ppd_tree.h"
 
 static struct eng_ppd_tree_family *parse_ok(const char *json) {
     struct eng_ppd_tree_family *f = NULL;

@@ -17,7 +17,7 @@
 
 #include "engine/model/backend.h"
 #include "engine/model/model.h"
-#include "engine/ppd_adapter.h"
+#include "engine/ppd/ppd_adapter.h"
 
 static char dir[] = "/tmp/ppd-train-cli-XXXXXX";
 static char data_path[256], bad_fp_path[256], bad_line_path[256];

@@ -4,7 +4,7 @@
  * Nothing here allocates per step: the candidate array and the sampler
  * scratch are sized at eng_ppd_seq_init.
  */
-#include "engine/ppd.h"
+#include "engine/ppd/ppd.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -51,8 +51,8 @@
 #include "engine/model/forward.h"
 #include "engine/decode/generate.h"
 #include "engine/model/kv_cache.h"
-#include "engine/ppd_adapter.h"
-#include "engine/ppd_tree.h"
+#include "engine/ppd/ppd_adapter.h"
+#include "engine/ppd/ppd_tree.h"
 #include "engine/decode/sampler.h"
 
 struct tok;

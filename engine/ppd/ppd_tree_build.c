@@ -22,7 +22,7 @@
 #include <string.h>
 
 #include "engine/err.h"
-#include "engine/ppd_tree.h"
+#include "engine/ppd/ppd_tree.h"
 
 #define BUILD_MAX_PATHS 2000000
 

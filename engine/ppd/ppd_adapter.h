@@ -25,7 +25,7 @@
  * made for another model is refused with a message naming both models.
  *
  * Not here: training (engine/train.c), importing the paper's PEFT safetensors
- * files (engine/ppd_import.h), V > 1 ensembles (inference uses V = 1 only,
+ * files (engine/ppd/ppd_import.h), V > 1 ensembles (inference uses V = 1 only,
  * as the paper's does).
  */
 #ifndef PPD_PPD_ADAPTER_H

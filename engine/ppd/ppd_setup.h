@@ -7,7 +7,7 @@
  * Every command that decodes with PPD opens it here, so `ppd generate`,
  * `ppd bench`, `ppd calibrate` and `ppd serve` decode with the same tree for
  * the same settings.  Errors go into the caller's buffer; nothing here prints
- * or decodes (engine/ppd.h decodes; calib_setup.h chooses trees per batch).
+ * or decodes (engine/ppd/ppd.h decodes; calib_setup.h chooses trees per batch).
  */
 #ifndef PPD_ENGINE_PPD_SETUP_H
 #define PPD_ENGINE_PPD_SETUP_H
@@ -16,9 +16,9 @@
 #include <stddef.h>
 
 #include "engine/engine.h"
-#include "engine/ppd.h"
-#include "engine/ppd_adapter.h"
-#include "engine/ppd_tree.h"
+#include "engine/ppd/ppd.h"
+#include "engine/ppd/ppd_adapter.h"
+#include "engine/ppd/ppd_tree.h"
 
 #define ENG_PPD_TREE_BUDGET_DEFAULT 20   /* tree budget when neither the caller nor the adapter names one */
 #define ENG_PPD_UNTRAINED_N 3            /* prompt tokens of an in-memory untrained adapter */

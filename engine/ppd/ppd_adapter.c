@@ -1,7 +1,7 @@
 /* ppd_adapter.c — reading, writing and text-initialising PPD adapter files
  * (ppd_adapter.h).  Every field is validated before use; a bad file is an
  * error naming the file and the field, never a crash. */
-#include "engine/ppd_adapter.h"
+#include "engine/ppd/ppd_adapter.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -25,7 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "engine/ppd_adapter.h"
+#include "engine/ppd/ppd_adapter.h"
 
 #define ENG_PPD_PAD (-1)         /* an empty retrieve-row entry: never a node, never accepted */
 

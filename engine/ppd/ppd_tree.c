@@ -6,7 +6,7 @@
  * speed: tree items live as short paths and positions are found by binary
  * search in the sorted item list.
  */
-#include "engine/ppd_tree.h"
+#include "engine/ppd/ppd_tree.h"
 
 #include <jansson.h>
 #include <stdio.h>

@@ -3,7 +3,7 @@
  * It reads the adapter once: lowering the tree budget to fit a row budget
  * rebuilds only the tree.
  */
-#include "engine/ppd_setup.h"
+#include "engine/ppd/ppd_setup.h"
 
 #include <limits.h>
 #include <stdio.h>

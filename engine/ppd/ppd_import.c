@@ -2,7 +2,7 @@
  * Reads the config first (it says how many rows the tensor must have), then
  * the safetensors file, checks every size against the other and against the
  * model, and only then converts the rows. */
-#include "engine/ppd_import.h"
+#include "engine/ppd/ppd_import.h"
 
 #include <jansson.h>
 #include <limits.h>
@@ -15,7 +15,7 @@
 
 #include "engine/err.h"
 #include "engine/model/model.h"
-#include "engine/ppd_adapter.h"
+#include "engine/ppd/ppd_adapter.h"
 #include "engine/load/safetensors.h"
 
 #define IMPORT_TENSOR "prompt_embeddings"
