@@ -40,7 +40,7 @@
 #include "engine/decode/generate.h"
 #include "engine/log.h"
 #include "engine/ppd/ppd.h"
-#include "engine/stats.h"
+#include "engine/calib/stats.h"
 
 #define BENCH_DEFAULT_PROMPTS "../shared/data/eval-mt_bench.jsonl"
 

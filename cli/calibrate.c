@@ -9,8 +9,8 @@
  *       predicted vs measured tokens/step and tokens/s
  *   --plot FILE.png            the latency curves with the chosen budgets marked (gnuplot)
  *
- * Not here: measuring and choosing (engine/calibrate.c), the cache and the
- * fingerprint (engine/calib_setup.c).
+ * Not here: measuring and choosing (engine/calib/calibrate.c), the cache and the
+ * fingerprint (engine/calib/calib_setup.c).
  */
 #include <stddef.h>
 #include <stdio.h>
@@ -21,7 +21,7 @@
 #include "cli.h"
 #include "prompts.h"
 #include "server/settings.h"
-#include "engine/calib_setup.h"
+#include "engine/calib/calib_setup.h"
 #include "engine/err.h"
 #include "engine/ppd/ppd_setup.h"
 #include "engine/decode/generate.h"

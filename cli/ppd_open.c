@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/calib_setup.h"
+#include "engine/calib/calib_setup.h"
 #include "engine/err.h"
 
 static int open_or_say(struct eng_ppd_setup *s, const struct eng_ppd_setup_opts *o, struct eng_engine *e,

@@ -1,7 +1,7 @@
 /* ppd_open.h — PPD for `ppd generate` and `ppd bench`: opened by the engine
  * (engine/ppd/ppd_setup.h) from their flags and, when the adapter was found next
  * to the model and no tree or budget was named, with the budget this device's
- * calibration chooses for one sequence (engine/calib_setup.h).  Here only
+ * calibration chooses for one sequence (engine/calib/calib_setup.h).  Here only
  * the choice of what to ask and the lines that say what happened. */
 #ifndef PPD_CLI_PPD_OPEN_H
 #define PPD_CLI_PPD_OPEN_H

@@ -32,7 +32,7 @@
 #include <uv.h>
 
 #include "config.h"
-#include "engine/calib_setup.h"
+#include "engine/calib/calib_setup.h"
 #include "engine/engine.h"
 #include "engine/ppd/ppd_setup.h"
 #include "engine/decode/runner.h"

@@ -1,13 +1,13 @@
 /* serve_calib.c — `ppd serve`'s start-up calibration (docs/calibration.md):
  * on the engine thread, before its first step, load the cached latency table of this
  * device or measure it, choose the tree for every number of sequences
- * holding slots (engine/calibrate.c), and hand the trees to the scheduler.
+ * holding slots (engine/calib/calibrate.c), and hand the trees to the scheduler.
  * The choice is logged as a table and exported in /metrics (metrics.c reads
  * s->calib once calib_pending is 0).  A failure leaves the fixed tree
  * serve_ppd_open chose, with a warning: calibration is an optimisation.
  *
  * Not here: measuring, choosing, the cache and the fingerprint
- * (engine/calib_setup.h), /health (http.c reads calib_pending).
+ * (engine/calib/calib_setup.h), /health (http.c reads calib_pending).
  */
 #include <stdlib.h>
 

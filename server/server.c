@@ -15,7 +15,7 @@
  * with a warning.
  *
  * Not here: HTTP handling (http.c), the engine thread (engine/decode/runner.c, fed by events.c), PPD set-up
- * and calibration (engine/ppd/ppd_setup.h, engine/calib_setup.h).
+ * and calibration (engine/ppd/ppd_setup.h, engine/calib/calib_setup.h).
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/calibrate.h"
+#include "engine/calib/calibrate.h"
 #include "engine/err.h"
 #include "fuzz_file.h"
 

@@ -24,13 +24,13 @@
 
 #include "engine/model/backend.h"
 #include "engine/model/batch.h"
-#include "engine/calibrate.h"
+#include "engine/calib/calibrate.h"
 #include "engine/err.h"
 #include "engine/model/forward.h"
 #include "engine/decode/generate.h"
 #include "engine/model/kv_cache.h"
 #include "engine/ppd/ppd_tree.h"
-#include "engine/stats.h"
+#include "engine/calib/stats.h"
 #include "common/qtypes.h"
 #include "tests/gpu/random_model.h"
 

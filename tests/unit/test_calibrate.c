@@ -1,4 +1,4 @@
-/* test_calibrate.c — the hardware-aware choice (engine/calibrate.c): latency
+/* test_calibrate.c — the hardware-aware choice (engine/calib/calibrate.c): latency
  * interpolation, the per-batch-size choice on synthetic latency curves whose
  * right answer is known (a flat curve rewards big trees, a curve linear from
  * the first row never pays for PPD, trees shrink as the batch grows), the
@@ -15,7 +15,7 @@
 
 #include "tests/unit/common_test.h"
 
-#include "engine/calibrate.h"
+#include "engine/calib/calibrate.h"
 #include "engine/engine.h"
 #include "engine/err.h"
 #include "engine/ppd/ppd_tree.h"

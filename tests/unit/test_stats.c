@@ -4,7 +4,7 @@
 
 #include "tests/unit/common_test.h"
 
-#include "engine/stats.h"
+#include "engine/calib/stats.h"
 
 START_TEST(test_median_odd_even) {
     double odd[] = {5.0, -1.0, 3.0, 3.0, 9.0};

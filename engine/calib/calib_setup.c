@@ -2,7 +2,7 @@
  * per batch size (see calib_setup.h).  Nothing here prints; the choice for
  * the scheduler is logged through log.h.
  */
-#include "engine/calib_setup.h"
+#include "engine/calib/calib_setup.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -1,7 +1,7 @@
 /* calibrate.c — step latency table and the per-batch-size tree choice (see
  * calibrate.h).
  */
-#include "engine/calibrate.h"
+#include "engine/calib/calibrate.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -13,7 +13,7 @@
 #include "engine/err.h"
 #include "engine/decode/generate.h"
 #include "engine/ppd/ppd_tree.h"
-#include "engine/stats.h"
+#include "engine/calib/stats.h"
 
 /* Rows per sequence: dense up to 8 (where a CPU turns from bandwidth- to
  * compute-bound), then about 1.5x apart up to 256. */

@@ -1,5 +1,5 @@
 /* stats.c — summary statistics of repeated timings (stats.h). */
-#include "engine/stats.h"
+#include "engine/calib/stats.h"
 
 #include <stdlib.h>
 

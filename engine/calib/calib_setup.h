@@ -16,7 +16,7 @@
 
 #include <stdbool.h>
 
-#include "engine/calibrate.h"
+#include "engine/calib/calibrate.h"
 #include "engine/engine.h"
 #include "engine/ppd/ppd.h"
 #include "engine/ppd/ppd_setup.h"
