@@ -1,5 +1,5 @@
 /* train.c — `ppd train`: train the PPD prompt tokens on a `ppd distill`
- * file and write the adapter (engine/train.h does the work).  The model,
+ * file and write the adapter (engine/train/train.h does the work).  The model,
  * threads and verbose flags are the settings every program shares
  * (server/settings.h); the training flags are described here.
  */
@@ -15,7 +15,7 @@
 #include "engine/err.h"
 #include "engine/log.h"
 #include "engine/ppd/ppd_adapter.h"
-#include "engine/train.h"
+#include "engine/train/train.h"
 
 /* The flags as they read; cmd_train copies them into eng_train_params. */
 struct train_opts {

@@ -24,7 +24,7 @@
  * Loading checks shapes and, when a model is given, the fingerprint: an adapter
  * made for another model is refused with a message naming both models.
  *
- * Not here: training (engine/train.c), importing the paper's PEFT safetensors
+ * Not here: training (engine/train/train.c), importing the paper's PEFT safetensors
  * files (engine/ppd/ppd_import.h), V > 1 ensembles (inference uses V = 1 only,
  * as the paper's does).
  */

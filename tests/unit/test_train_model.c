@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "common_test.h"
-#include "engine/train_model.h"
+#include "engine/train/train_model.h"
 #include "kernels/cpu/gemm_f32.h"
 
 static uint64_t rng_state = 88172645463325252ULL;

@@ -9,7 +9,7 @@
  * and the loss are split by cut or row, each item done wholly by one thread,
  * so nothing depends on the thread count.
  */
-#include "engine/train_model.h"
+#include "engine/train/train_model.h"
 
 #include <math.h>
 #include <stdio.h>

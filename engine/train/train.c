@@ -2,7 +2,7 @@
  * teacher prefill, AdamW with a cosine schedule, held-out hit rates,
  * checkpoints.
  */
-#include "engine/train.h"
+#include "engine/train/train.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -19,7 +19,7 @@
 #include "engine/load/gguf.h"
 #include "common/qtypes.h"
 #include "engine/load/tokenizer.h"
-#include "engine/train_model.h"
+#include "engine/train/train_model.h"
 
 void eng_train_params_default(struct eng_train_params *p) {
     memset(p, 0, sizeof *p);

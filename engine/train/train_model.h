@@ -20,7 +20,7 @@
  * differences on a tiny random model).  Results do not depend on the thread
  * count.
  *
- * Not here: choosing cut points, the optimiser, files (engine/train.c).
+ * Not here: choosing cut points, the optimiser, files (engine/train/train.c).
  */
 #ifndef PPD_TRAIN_MODEL_H
 #define PPD_TRAIN_MODEL_H
