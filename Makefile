@@ -122,7 +122,7 @@ $(BUILD)/kernels/cuda/%.o: kernels/cuda/%.cu
 	@$(if $(Q),echo "  NVCC  $<")
 	$(Q)$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
-$(BUILD)/engine/backend_cuda.o: CFLAGS += -I$(CUDA_HOME)/include
+$(BUILD)/engine/model/backend_cuda.o: CFLAGS += -I$(CUDA_HOME)/include
 
 # The SIMD matmul tiles under ASan run ~10x slower (72% of a sanitized forward
 # pass, which made `make asan test` an hour long): they are left uninstrumented
