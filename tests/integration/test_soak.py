@@ -9,8 +9,10 @@ larger than the server's limit (413, before it is read), a body with invalid
 UTF-8 (400), and garbage: half-sent requests, a header block too large (431).
 Two more threads scrape /metrics throughout and check every exposition parses.
 
-Afterwards every slot must be free, RSS must not have grown past the warm-up
-level by more than a bound, and a fresh request is still right.  Then a last
+Afterwards every slot must be free, the prefix cache must have served prompt
+tokens (the clients repeat six prompts) and keep no more than one finished
+request per slot, RSS must not have grown past the warm-up level by more than
+a bound, and a fresh request is still right.  Then a last
 wave of streams is started and the server gets SIGTERM: each of them must still
 end complete and equal to its reference, and the server exit 0 (under
 `make asan test`, with no LeakSanitizer report either).  A separate test
@@ -296,6 +298,11 @@ def test_soak_with_faults_then_sigterm(tmp_path_factory):
         m = s.metrics()
         assert m["ppd_num_requests_running"] == 0 and m["ppd_num_requests_waiting"] == 0
         assert m["ppd_kv_cache_usage_perc"] == 0
+        # The prefix cache was in play (the clients repeat six prompts) and, idle, keeps at most
+        # one finished request's entries per slot: nothing it holds is counted as in use.
+        assert m["ppd_prefix_cache_enabled"] == 1
+        assert m["ppd_prefix_cache_hits_total"] > 0, m["ppd_prefix_cache_queries_total"]
+        assert m["ppd_prefix_cache_slots"] <= 4 and m["ppd_prefix_cache_tokens"] <= 4 * 512
         # still serving, and memory flat after the warm-up (a leak per request would show over hundreds)
         assert stream_text(s.url, PROMPTS[0], N) == ref[PROMPTS[0]]
         rss_end = rss(s)
@@ -305,7 +312,10 @@ def test_soak_with_faults_then_sigterm(tmp_path_factory):
               f"rss warm {rss_warm / 2**20:.1f} MiB -> end {rss_end / 2**20:.1f} MiB; "
               f"slowest 429 {busy_s[0] * 1e3:.0f} ms; max step {m['ppd_step_duration_max_seconds'] * 1e3:.1f} ms; "
               f"steps {m['ppd_engine_steps_total']:.0f}; rejected before the engine {m['ppd_http_rejected_total']:.0f}; "
-              f"PPD accepted/step {m.get('ppd_spec_decode_num_accepted_tokens_total', 0) / max(1, m.get('ppd_spec_decode_num_drafts_total', 0)) + 1:.2f}")
+              f"PPD accepted/step {m.get('ppd_spec_decode_num_accepted_tokens_total', 0) / max(1, m.get('ppd_spec_decode_num_drafts_total', 0)) + 1:.2f}; "
+              f"prefix cache {m['ppd_prefix_cache_hits_total']:.0f} of {m['ppd_prefix_cache_queries_total']:.0f} prompt "
+              f"tokens, {m['ppd_prefix_cache_held_total']:.0f} held back, idle: {m['ppd_prefix_cache_slots']:.0f} slots "
+              f"keep {m['ppd_prefix_cache_tokens']:.0f} entries")
 
         # SIGTERM with a wave of streams in flight: each still ends complete and right.
         wave = {}
