@@ -185,7 +185,7 @@ def test_more_conversations_than_slots(tmp_path_factory, cold, model_id):
             assert turns[1, i][1] >= turns[0, i][0] // 32 * 32, (i, turns)
         assert store_hits >= sum(turns[0, i][0] // 32 * 32 for i in range(len(convs))), store_hits
         block = after["ppd_prefix_cache_block_bytes"]
-        assert block == 2 * 30 * 32 * 192 * 4   # K and V of 32 positions, 30 layers of 192 numbers
+        assert block > 0 and block % (2 * 32 * 4) == 0   # K and V of 32 positions, f32, every layer
         assert after["ppd_prefix_cache_block_capacity"] == 64 * 2**20 // block
         assert 0 < after["ppd_prefix_cache_blocks"] <= after["ppd_prefix_cache_block_capacity"]
         assert after["ppd_prefix_cache_store_evictions_total"] == 0
