@@ -51,6 +51,8 @@
 #                                              /var/cache/ppd here, writable by the ppd user)
 #   --prefix-cache on|off   PPD_PREFIX_CACHE   reuse finished requests' KV entries for a shared
 #                                              prompt prefix (CPU; off on CUDA)
+#   --prefix-cache-size MB  PPD_PREFIX_CACHE_SIZE  the prefix cache's block store beyond the
+#                                              slots (-1: a quarter of the KV cache; 0: none)
 #   -v, --verbose           PPD_VERBOSE        debug logging
 #   --config FILE           PPD_CONFIG         settings file (/etc/ppd/ppd.conf here)
 #

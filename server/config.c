@@ -59,6 +59,10 @@ static const struct flag_opt cfg_opts[] = {
     {SERVE(.name = "prefix-cache", .kind = FLAG_STR, .choices = "on|off", .def = "on",
            .help = "on: a request reuses the KV entries a finished request left in a free slot for the longest "
                    "common prompt prefix (CPU; off on CUDA); off: every prompt is prefilled in full"), F(prefix_cache)},
+    {SERVE(.name = "prefix-cache-size", .kind = FLAG_INT, .min = -1, .max = 1 << 24, .def = "-1", .meta = "MB",
+           .help = "megabytes of 32-token KV blocks the prefix cache keeps beyond the slots (copies of the prefixes "
+                   "a new request would overwrite in a free slot); -1: a quarter of the KV cache; 0: the slots "
+                   "only"), F(prefix_cache_mb)},
     {&setting_verbose, F(verbose)},
     {SERVE(.name = "config", .kind = FLAG_STR, .meta = "FILE",
            .help = "read settings from FILE first (key = value lines)"), F(config)},

@@ -41,6 +41,7 @@ struct srv_config {
     const char *calibrate;    /* "auto" or "off" */
     const char *calib_cache;  /* NULL: the default directory; "": none */
     const char *prefix_cache; /* "on" or "off" */
+    long prefix_cache_mb;     /* megabytes of the prefix cache's block store; -1: a quarter of the KV cache */
     const char *ppd_accept;   /* "exact" (lossless) or "typical" (Medusa typical acceptance, sampling only) */
     long verbose;
     const char *config;       /* the config file read, if any */

@@ -14,8 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/decode/prefix_store.h"
 #include "engine/err.h"
 #include "engine/log.h"
+#include "engine/model/kv_cache.h"
 #include "serve.h"
 
 static void events_append(struct srv *s, struct srv_event *ev) {
@@ -119,6 +121,14 @@ int srv_engine_start(struct srv *s) {
     p.prefix_cache = !strcmp(s->cfg.prefix_cache, "on") && !strcmp(s->eng->be.iface->name, "cpu");
     if (!strcmp(s->cfg.prefix_cache, "on") && !p.prefix_cache)
         LOG_INFO("prefix cache: off on the %s backend", s->eng->be.iface->name);
+    if (p.prefix_cache) {
+        const struct eng_kv *kv = &s->eng->kv;
+        p.prefix_store_bytes = s->cfg.prefix_cache_mb >= 0 ? (size_t)s->cfg.prefix_cache_mb << 20
+                                                           : eng_kv_bytes(kv->n_layer, kv->n_slot, kv->max_seq, kv->kv_dim) / 4;
+        const size_t block = eng_pstore_block_bytes(kv);
+        LOG_INFO("prefix cache: the slots, and a block store of %zu blocks of %d tokens (%.1f MB)",
+                 p.prefix_store_bytes / block, ENG_PSTORE_BLOCK, (double)(p.prefix_store_bytes / block * block) / 1048576.0);
+    }
     const struct eng_runner_hooks h = {.prepare = events_prepare, .step_done = events_on_step, .user = s};
     int rc = eng_runner_start(&s->runner, &s->eng->fwd, &s->eng->kv, s->eng->tok, &p, &h);
     if (rc) return rc;

@@ -222,6 +222,17 @@ char *srv_metrics_render(const struct srv_metrics *m, const struct srv_config *c
     mb_gauge(&b, "prefix_cache_slots", "Free KV slots holding a finished request's entries for reuse.",
              m->eng.pc_slots);
     mb_gauge(&b, "prefix_cache_tokens", "KV entries kept in free slots for reuse.", (double)m->eng.pc_tokens);
+    mb_counter(&b, "prefix_cache_store_hits_total",
+               "Prompt tokens served from the prefix cache's block store (part of prefix_cache_hits_total).",
+               (unsigned long long)m->eng.pc_store_hits);
+    mb_counter(&b, "prefix_cache_store_evictions_total", "Blocks evicted from the prefix cache's block store.",
+               (unsigned long long)m->eng.pc_store_evicted);
+    mb_gauge(&b, "prefix_cache_blocks", "Blocks of 32 KV entries held in the prefix cache's block store.",
+             m->eng.pc_store_blocks);
+    mb_gauge(&b, "prefix_cache_block_capacity", "Blocks the prefix cache's block store may hold (--prefix-cache-size).",
+             m->eng.pc_store_cap);
+    mb_gauge(&b, "prefix_cache_block_bytes", "Bytes of one block of the prefix cache's block store (K and V, every layer).",
+             (double)m->eng.pc_store_block_bytes);
     mb_ppd(&b, m);
     mb_calib(&b, m);
     mb_trees(&b, m, (int)c->n_parallel);

@@ -204,6 +204,8 @@ int srv_main(int argc, char **argv) {
         goto done;
     }
     s->metrics.prefix_cache = s->runner.sched.p.prefix_cache;   /* fixed from here on */
+    s->metrics.eng.pc_store_cap = s->runner.sched.stats.pc_store_cap;   /* so are these, set by the scheduler's init */
+    s->metrics.eng.pc_store_block_bytes = s->runner.sched.stats.pc_store_block_bytes;
     if (srv_http_start(s, err, sizeof err)) {
         fprintf(stderr, "ppd serve: %s\n", err);
         srv_engine_stop(s);

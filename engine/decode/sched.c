@@ -142,6 +142,9 @@ int eng_sched_init(struct eng_sched *s, struct eng_forward *f, struct eng_kv *kv
         s->pc_len = calloc((size_t)s->p.n_slot, sizeof *s->pc_len);
         s->pc_stamp = calloc((size_t)s->p.n_slot, sizeof *s->pc_stamp);
         if (!s->pc_tok || !s->pc_len || !s->pc_stamp) goto err;
+        if ((rc = eng_pstore_init(&s->store, kv, s->p.prefix_store_bytes))) goto err;
+        s->stats.pc_store_cap = s->store.cap;
+        s->stats.pc_store_block_bytes = s->store.cap ? s->store.block_bytes : 0;
     }
     return 0;
 err:
@@ -159,6 +162,7 @@ void eng_sched_free(struct eng_sched *s) {
     free(s->pc_tok);
     free(s->pc_len);
     free(s->pc_stamp);
+    eng_pstore_free(&s->store);
     memset(s, 0, sizeof *s);
 }
 
@@ -316,6 +320,8 @@ static bool sched_hold(struct eng_sched *s, struct eng_sched_req *r) {
         n = sched_match_active(s, a, r, true);
         if (n > planned) planned = n;
     }
+    const int stored = eng_pstore_peek(&s->store, r->prompt, r->n_prompt - 1) * ENG_PSTORE_BLOCK;
+    if (stored > now) now = stored;
     if (planned - now < (r->hold_left > 0 ? 1 : ENG_SCHED_HOLD_MIN)) {
         r->hold_left = -1;   /* nothing worth waiting for: admit, and never hold it again */
         return false;
@@ -329,8 +335,27 @@ static bool sched_hold(struct eng_sched *s, struct eng_sched_req *r) {
     return true;
 }
 
-/* A free slot for r, and how many of its prompt tokens the slot's kept
- * entries already hold (see the design note). */
+/* The block store's figures into the stats. */
+static void sched_store_stats(struct eng_sched *s) {
+    s->stats.pc_store_blocks = s->store.n_used;
+    s->stats.pc_store_saved = s->store.n_stored;
+    s->stats.pc_store_evicted = s->store.n_evicted;
+}
+
+/* Free slot `slot` is about to be overwritten past its first `reuse`
+ * entries: when a full block of its kept entries reaches past them, its kept
+ * blocks go to the block store first (those held already are skipped), so
+ * they stay whole chains from block 0. */
+static void sched_store_kept(struct eng_sched *s, int slot, int reuse) {
+    const int n = s->pc_len[slot];
+    if (s->store.cap == 0 || n / ENG_PSTORE_BLOCK * ENG_PSTORE_BLOCK <= reuse) return;
+    eng_pstore_save(&s->store, slot, s->pc_tok + (size_t)slot * (size_t)s->kv->max_seq, n);
+    sched_store_stats(s);
+}
+
+/* A free slot for r, and how many of its prompt tokens it holds once
+ * admitted: from its kept entries, a running sequence's or the block store's
+ * (see the design note). */
 static int sched_pick_slot(struct eng_sched *s, const struct eng_sched_req *r, int *n_hit) {
     *n_hit = 0;
     if (!s->pc_len) {
@@ -355,13 +380,17 @@ static int sched_pick_slot(struct eng_sched *s, const struct eng_sched_req *r, i
         const int n = sched_match_active(s, s->active[i], r, false);
         if (n > src_n) { src = s->active[i]->slot; src_n = n; }
     }
+    /* The block store's longest chain, pinned until it is copied or dropped
+     * (never the prompt's last token: at most n_prompt - 1 entries). */
+    const int st_n = lookup ? eng_pstore_match(&s->store, r->prompt, r->n_prompt - 1) * ENG_PSTORE_BLOCK : 0;
     /* A short match (a chat template's system prompt) would throw away more
      * kept entries than it reuses, and a copy needs no kept entries: an
      * empty slot serves better while there is one. */
-    if (best_n < s->pc_len[best] - best_n || src_n > best_n)
+    if (best_n < s->pc_len[best] - best_n || src_n > best_n || st_n > best_n)
         for (int slot = 0; slot < s->p.n_slot; slot++)
             if (!s->slot_busy[slot] && s->pc_len[slot] == 0) { best = slot; best_n = 0; break; }
-    if (src_n > best_n) {
+    sched_store_kept(s, best, best_n);
+    if (src_n > best_n && src_n >= st_n) {   /* a tie goes to the copy: one call per layer */
         const struct eng_kv *kv = s->kv;
         const size_t bytes = sizeof(float) * (size_t)src_n * (size_t)kv->kv_dim;
         for (int l = 0; l < kv->n_layer; l++) {
@@ -370,7 +399,12 @@ static int sched_pick_slot(struct eng_sched *s, const struct eng_sched_req *r, i
             kv->be->iface->buf_copy(kv->be->ctx, kv->v + d, kv->v + o, bytes);
         }
         best_n = src_n;
+    } else if (st_n > best_n) {   /* the blocks past those the slot holds */
+        eng_pstore_take(&s->store, best, best_n / ENG_PSTORE_BLOCK, st_n / ENG_PSTORE_BLOCK);
+        best_n = st_n;
+        s->stats.pc_store_hits += st_n;
     }
+    eng_pstore_drop(&s->store);
     if (lookup) {
         s->stats.pc_queries += r->n_prompt;
         s->stats.pc_hits += best_n;

@@ -81,7 +81,17 @@
  * exactly the tokens of a cold prefill.  Requests with prompt logprobs do
  * not look up (every prompt row's logits are wanted).  Entries of a request
  * that failed are dropped.  Memory: one token id per KV entry, allocated at
- * init; nothing else.
+ * init.
+ * Behind the slots sits a block store (params.prefix_store_bytes,
+ * prefix_store.h): before a new request overwrites kept entries it does not
+ * reuse, the slot's full 32-token blocks are copied into the store (those
+ * held already are skipped), so a conversation whose slot was taken keeps its
+ * prefix.  At admission the store's longest chain for the prompt is compared
+ * with the best slot and the best running sequence; when it is the longest,
+ * its blocks are copied into the request's slot (an empty slot when there is
+ * one, else the best-matching slot, which then copies only the blocks past
+ * what it holds) and the prefill starts after them.  The same limits apply:
+ * never the prompt's last token, never with prompt logprobs.
  *
  * Not here: threads, queues, HTTP or JSON (server/), tree buffers and
  * verification (engine/ppd/ppd.c, reached through the per-sequence hooks).
@@ -100,6 +110,7 @@
 #include "engine/model/forward.h"
 #include "engine/model/kv_cache.h"
 #include "engine/decode/logprobs.h"
+#include "engine/decode/prefix_store.h"
 #include "engine/ppd/ppd.h"
 #include "engine/decode/sampler.h"
 #include "engine/decode/textout.h"
@@ -222,6 +233,8 @@ struct eng_sched_params {
     struct eng_ppd_typical ppd_typical;   /* eps 0: ppd.c's defaults */
     eng_ppd_guess_fn ppd_guess_fn;   /* tests: ppd.h's guess hook for every PPD sequence, user = req->user */
     bool prefix_cache;               /* keep finished sequences' KV in their slots for reuse (design note) */
+    size_t prefix_store_bytes;       /* with prefix_cache: K/V bytes of the block store behind the slots
+                                        (prefix_store.h); less than one block: no store */
 };
 
 struct eng_sched_stats {
@@ -252,6 +265,12 @@ struct eng_sched_stats {
     long long pc_held;               /* requests held back for a prefix still being prefilled */
     int pc_slots;
     long pc_tokens;
+    /* the block store: cumulative prompt tokens of requests admitted on its
+     * match (part of pc_hits), blocks copied in and evicted; now, blocks held,
+     * how many fit, and the bytes of one */
+    long long pc_store_hits, pc_store_saved, pc_store_evicted;
+    int pc_store_blocks, pc_store_cap;
+    size_t pc_store_block_bytes;
 };
 
 struct eng_sched {
@@ -270,6 +289,7 @@ struct eng_sched {
     int *pc_len;                     /* [n_slot] kept entries (0 while the slot is busy) */
     long long *pc_stamp;             /* [n_slot] when the slot was last released (LRU) */
     long long pc_clock;
+    struct eng_pstore store;         /* the block store (store.cap 0: none) */
     struct eng_sched_req *wait_head, *wait_tail;
     int n_waiting;
     struct eng_sched_stats stats;
@@ -288,7 +308,8 @@ int eng_sched_init(struct eng_sched *s, struct eng_forward *f, struct eng_kv *kv
 int eng_sched_set_ppd(struct eng_sched *s, const struct eng_ppd *widest, const struct eng_ppd *const *by_batch);
 void eng_sched_free(struct eng_sched *s);   /* accepts NULL */
 
-/* Forget every kept prefix (someone else wrote the slots' KV). */
+/* Forget every kept prefix (someone else wrote the slots' KV).  The block
+ * store keeps its blocks: they are copies, whatever happens to the slots. */
 void eng_sched_prefix_clear(struct eng_sched *s);
 
 void eng_sched_submit(struct eng_sched *s, struct eng_sched_req *r);

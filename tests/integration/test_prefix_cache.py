@@ -3,7 +3,8 @@
 turn's KV entries and answers exactly as a server without the cache does,
 greedy and seeded, with and without PPD; the counters add up; nothing stays
 busy once idle; clients arriving together with one system prompt compute it
-once; usage reports the cached tokens; bad values of the setting are refused
+once; usage reports the cached tokens; more conversations than slots find
+their earlier turns in the block store; bad values of the setting are refused
 by name."""
 import os
 import subprocess
@@ -151,6 +152,50 @@ def test_clients_sharing_a_system_prompt(server, cold, model_id):
     assert after["ppd_prefix_cache_held_total"] > before["ppd_prefix_cache_held_total"]
 
 
+def test_more_conversations_than_slots(tmp_path_factory, cold, model_id):
+    """Five conversations, one turn each in turn, through two slots: each new
+    one takes a slot another conversation kept, which first goes to the block
+    store; every second turn then finds its first turn there (not in a slot),
+    and the answers equal the cold server's."""
+    hot = start_server(tmp_path_factory, "-np", "2", "-c", "1024", "--prefix-cache-size", "64", name="store")
+    try:
+        hot_c, cold_c = client_for(hot), client_for(cold)
+        convs = [[{"role": "system", "content": f"You serve customer number {i} today. {SYSTEM}"},
+                  {"role": "user", "content": q}] for i, q in enumerate(
+                      ["Do you have a history of Rome?", "Where are the cookbooks?", "Any poetry for a wedding?",
+                       "I need a travel guide to Norway.", "Is there a science book for teenagers?"])]
+
+        def ask(client, msgs):
+            r = client.chat.completions.create(model=model_id, messages=msgs, max_tokens=16, temperature=0)
+            return r.choices[0].message.content, r.usage.prompt_tokens, r.usage.prompt_tokens_details.cached_tokens
+
+        before = hot.metrics()
+        turns = {}
+        for step in range(2):
+            for i, msgs in enumerate(convs):
+                hot_a, n, cached = ask(hot_c, msgs)
+                ref_a, _, _ = ask(cold_c, msgs)
+                assert hot_a == ref_a, (step, i, hot_a, ref_a)
+                turns[step, i] = (n, cached)
+                convs[i] = msgs + [{"role": "assistant", "content": ref_a}, {"role": "user", "content": "Thank you."}]
+        after = hot.metrics()
+        store_hits = after["ppd_prefix_cache_store_hits_total"] - before["ppd_prefix_cache_store_hits_total"]
+        for i in range(len(convs)):
+            # the first turn's full blocks at least, from the store: the slots hold other conversations
+            assert turns[1, i][1] >= turns[0, i][0] // 32 * 32, (i, turns)
+        assert store_hits >= sum(turns[0, i][0] // 32 * 32 for i in range(len(convs))), store_hits
+        block = after["ppd_prefix_cache_block_bytes"]
+        assert block > 0 and block % (2 * 32 * 4) == 0   # K and V of 32 positions, f32, every layer
+        assert after["ppd_prefix_cache_block_capacity"] == 64 * 2**20 // block
+        assert 0 < after["ppd_prefix_cache_blocks"] <= after["ppd_prefix_cache_block_capacity"]
+        assert after["ppd_prefix_cache_store_evictions_total"] == 0
+        m = cold.metrics()
+        assert m["ppd_prefix_cache_store_hits_total"] == m["ppd_prefix_cache_blocks"] == 0
+        assert m["ppd_prefix_cache_block_capacity"] == 0
+    finally:
+        assert hot.stop() == 0, hot.log()
+
+
 def test_bad_values_are_refused(tmp_path):
     conf = tmp_path / "pc.conf"
     conf.write_text("prefix-cache = sometimes\n")
@@ -161,3 +206,5 @@ def test_bad_values_are_refused(tmp_path):
                            timeout=30)
         assert p.returncode == 2, (args, p.stderr)
         assert needle in p.stderr and "on, off" in p.stderr, (args, p.stderr)
+    p = subprocess.run([PPD_BIN, "serve", "--prefix-cache-size", "-2"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "--prefix-cache-size: '-2' is not an integer in [-1, " in p.stderr, p.stderr

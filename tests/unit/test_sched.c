@@ -21,6 +21,12 @@
  * counters add up and nothing stays busy when idle.  A request sharing a long
  * prefix with one still prefilling waits for it and copies its entries, while
  * an unrelated one is admitted at once; cancelling either side works.
+ * The block store behind the slots: five conversations through two slots,
+ * then each one's second turn, which finds its first turn in the store and
+ * gives exactly the tokens of a run without any cache (plain and PPD, greedy
+ * and seeded); with a store of a few blocks (evictions, every block held on
+ * a whole chain) and with every block hash made equal (tokens and parents
+ * decide), the answers stay exact.
  *
  * The engine thread (engine/decode/runner.c) gives the same tokens as the requests
  * alone, with submissions arriving while it runs.
@@ -45,7 +51,7 @@
 #include "engine/decode/textout.h"
 #include "engine/load/tokenizer.h"
 
-#define MAX_REQ 8
+#define MAX_REQ 10
 
 static const char *prompts[] = {
     "What is the capital of France?",
@@ -979,6 +985,159 @@ START_TEST(test_prefix_cache_ppd_equals_cold) {
 }
 END_TEST
 
+/* ---- the block store behind the slots ---- */
+
+/* Five conversations: one long paragraph, then a question of their own, so
+ * their chains share their first blocks and branch. */
+static const char *store_questions[5] = {
+    "Now tell me which of the numbers you picked is the largest, and how you would check that it has no divisor "
+    "other than one and itself without a calculator.",
+    "After that, write a short poem about prime numbers for a school notice board, four lines long, with a rhyme "
+    "in the second and fourth lines.",
+    "Also explain the difference between a prime number and an odd number, since many children think that every "
+    "odd number must be prime.",
+    "Finally, suggest a game that two children could play with a pair of dice to practise spotting prime numbers "
+    "during a rainy afternoon at home.",
+    "Then describe how the ancient Greeks found prime numbers with a sieve, step by step, as if you were talking "
+    "to a curious ten-year-old.",
+};
+
+enum store_mode { STORE_ROOMY, STORE_TINY, STORE_COLLIDE };
+
+/* The block store's invariants (prefix_store.h): within its size, every block
+ * held hangs on a whole chain from block 0, referenced by its children only
+ * (nothing is pinned between steps). */
+static void check_store_whole(const struct eng_sched *s) {
+    const struct eng_pstore *ps = &s->store;
+    ck_assert_int_le(ps->n_used, ps->cap);
+    ck_assert_int_eq(s->stats.pc_store_blocks, ps->n_used);
+    ck_assert_int_eq(ps->pinned, -1);
+    for (int i = 0; i < ps->cap; i++) {
+        if (!ps->used[i]) continue;
+        int depth = 0;
+        for (int j = ps->parent[i]; j >= 0; j = ps->parent[j]) {
+            ck_assert_msg(ps->used[j], "block %d hangs on block %d, which is not held", i, j);
+            ck_assert_int_lt(++depth, ps->cap);
+        }
+        int children = 0;
+        for (int j = 0; j < ps->cap; j++) children += ps->used[j] && ps->parent[j] == i;
+        ck_assert_int_eq(ps->ref[i], children);
+    }
+}
+
+/* Requests [0, 5): the conversations' first turns one after another through
+ * two slots (each evicts an earlier one from its slot, which stores it);
+ * [5, 10): their second turns (first prompt, its answer, another question).
+ * Once cold (no cache at all, plain: the reference), then with the slots and
+ * the store in each mode: roomy (64 blocks; every second turn finds at least
+ * its first prompt's full blocks in the store), tiny (5 blocks: evictions) and
+ * colliding (roomy, every hash equal). */
+static void store_case(bool use_ppd, bool seeded, const enum store_mode *modes, int n_modes) {
+    struct eng_engine *e = open_engine_rows(2, 64);
+    struct ppd_fx px;
+    if (use_ppd) ppd_fx_open(&px, e, 20);
+    struct eng_sampler_params sp;
+    eng_sampler_params_default(&sp);
+    if (seeded) { sp.temperature = 0.8f; sp.seed = 4321; }
+    else sp.temperature = 0;
+    int32_t *pr[10], *follow;
+    int npr[10], n_follow;
+    for (int i = 0; i < 5; i++) {
+        char text[2048];
+        snprintf(text, sizeof text, "%s %s", prompts[2], store_questions[i]);
+        chat_ids(e, text, &pr[i], &npr[i]);
+        ck_assert_int_ge(npr[i], 3 * ENG_PSTORE_BLOCK);
+    }
+    chat_ids(e, prompts[4], &follow, &n_follow);
+    const size_t block = eng_pstore_block_bytes(&e->kv);
+    int32_t ref[10][32];
+    int n_ref[10];
+    for (int pass = 0; pass <= n_modes; pass++) {
+        const bool cache = pass > 0;
+        const enum store_mode mode = cache ? modes[pass - 1] : STORE_ROOMY;
+        memset(seen, 0, sizeof seen);
+        struct eng_sched s;
+        struct eng_sched_params p = {.max_rows = 64, .prefill_chunk = 16, .emit = on_event, .prefix_cache = cache,
+                                     .prefix_store_bytes = cache ? (mode == STORE_TINY ? 5 : 64) * block : 0};
+        if (cache && use_ppd) {
+            p.ppd = &px.ppd;
+            p.ppd_guess_fn = oracle_guess;
+            for (int i = 0; i < 10; i++) { oracle_ids[i] = ref[i]; oracle_n[i] = n_ref[i]; }
+        }
+        ck_assert_int_eq(eng_sched_init(&s, &e->fwd, &e->kv, e->tok, &p), 0);
+        ck_assert_int_eq(s.store.cap, cache ? (mode == STORE_TINY ? 5 : 64) : 0);
+        if (mode == STORE_COLLIDE) s.store.hash_mask = 0;
+        for (int i = 0; i < 5; i++) {
+            pc_phase(&s, e->tok, pr, npr, i, i + 1, &sp);
+            if (cache) check_store_whole(&s);
+        }
+        if (!cache)
+            for (int i = 0; i < 5; i++)
+                pr[5 + i] = pc_cat(pr[i], npr[i], seen[i].ids, seen[i].n_tokens, follow, n_follow, &npr[5 + i]);
+        const long long store_hits = s.stats.pc_store_hits;
+        if (cache) ck_assert_int_gt(s.stats.pc_store_saved, 0);
+        for (int i = 5; i < 10; i++) {
+            pc_phase(&s, e->tok, pr, npr, i, i + 1, &sp);
+            if (cache) check_store_whole(&s);
+        }
+        long long want = 0;
+        for (int i = 0; i < 10; i++) {
+            if (!cache) {
+                ck_assert_int_eq(seen[i].n_cached, 0);
+                n_ref[i] = seen[i].n_tokens;
+                memcpy(ref[i], seen[i].ids, sizeof *ref[i] * (size_t)n_ref[i]);
+                continue;
+            }
+            ck_assert_msg(seen[i].n_tokens == n_ref[i], "mode %d request %d: %d tokens cold, %d with the store", mode,
+                          i, n_ref[i], seen[i].n_tokens);
+            for (int k = 0; k < n_ref[i]; k++)
+                ck_assert_msg(seen[i].ids[k] == ref[i][k], "mode %d request %d token %d: %d cold, %d with the store",
+                              mode, i, k, ref[i][k], seen[i].ids[k]);
+            if (i < 5) continue;
+            const int full = npr[i - 5] / ENG_PSTORE_BLOCK * ENG_PSTORE_BLOCK;
+            want += full;
+            if (mode != STORE_TINY) ck_assert_int_ge(seen[i].n_cached, full);
+        }
+        if (cache) {
+            const long long got = s.stats.pc_store_hits - store_hits;
+            printf("block store%s%s mode %d: second turns took %lld prompt tokens from the store (first prompts' "
+                   "full blocks: %lld), %lld blocks stored, %lld evicted\n", use_ppd ? " PPD" : "",
+                   seeded ? " seeded" : " greedy", mode, got, want, s.stats.pc_store_saved, s.stats.pc_store_evicted);
+            ck_assert_int_le(s.stats.pc_store_hits, s.stats.pc_hits);
+            ck_assert_int_eq(s.stats.pc_store_cap, s.store.cap);
+            ck_assert_uint_eq(s.stats.pc_store_block_bytes, block);
+            if (mode == STORE_TINY) {
+                ck_assert_int_gt(s.stats.pc_store_evicted, 0);
+                ck_assert_int_le(s.stats.pc_store_blocks, 5);
+            } else {
+                ck_assert_int_ge(got, want);
+                ck_assert_int_eq(s.stats.pc_store_evicted, 0);
+            }
+            if (use_ppd) ck_assert_int_gt(s.stats.ppd_accepted, 0);
+        }
+        eng_sched_free(&s);
+    }
+    memset(oracle_ids, 0, sizeof oracle_ids);
+    for (int i = 0; i < 10; i++) free(pr[i]);
+    free(follow);
+    if (use_ppd) ppd_fx_close(&px);
+    eng_engine_close(e);
+}
+
+START_TEST(test_prefix_store_second_turns_equal_cold) {
+    const enum store_mode all[] = {STORE_ROOMY, STORE_TINY, STORE_COLLIDE}, roomy[] = {STORE_ROOMY};
+    store_case(false, false, all, 3);
+    store_case(false, true, roomy, 1);
+}
+END_TEST
+
+START_TEST(test_prefix_store_ppd_equals_cold) {
+    const enum store_mode modes[] = {STORE_ROOMY, STORE_TINY};
+    store_case(true, false, modes, 2);
+    store_case(true, true, modes, 1);
+}
+END_TEST
+
 /* Hold-back.  P is a long prompt, B is P and a question, C is unrelated;
  * three slots, 16-row chunks.  mode 0: the three arrive together: P and C
  * are admitted at once (C is never held), B waits while P prefills and then
@@ -1191,6 +1350,8 @@ int main(void) {
     tcase_add_test(tc, test_prefix_cache_equals_cold);
     tcase_add_test(tc, test_prefix_cache_ppd_equals_cold);
     tcase_add_test(tc, test_prefix_cache_hold);
+    tcase_add_test(tc, test_prefix_store_second_turns_equal_cold);
+    tcase_add_test(tc, test_prefix_store_ppd_equals_cold);
     tcase_add_test(tc, test_runner_equals_alone);
     suite_add_tcase(s, tc);
     return test_run_suite(s);
