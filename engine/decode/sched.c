@@ -613,6 +613,7 @@ int eng_sched_step(struct eng_sched *s) {
     double t0 = eng_now_s();
     sched_drop_cancelled(s);
     sched_admit(s);
+    const double t_admitted = eng_now_s();
     eng_batch_clear(&s->batch);
     int n_decode = 0, n_prefill = 0;
     /* The tree of this step: chosen for the sequences that hold slots now. */
@@ -681,8 +682,10 @@ int eng_sched_step(struct eng_sched *s) {
     s->stats.n_prefill = n_prefill;
     if (s->batch.n_tok == 0) return 0;
     const float *extra = s->p.ppd ? s->p.ppd->ad->emb : NULL;
+    const double t_forward = eng_now_s();
     int rc = eng_forward_run_deep(s->f, &s->batch, s->kv, extra, s->p.ppd ? s->p.ppd->n_prompt : 0,
                                   s->p.ppd ? s->p.ppd->ad->deep : NULL, s->p.ppd ? s->p.ppd->ad->n_deep : 0);
+    const double t_forwarded = eng_now_s();
     if (rc) {
         for (int i = 0; i < s->n_active;) {
             struct eng_sched_req *r = s->active[i];
@@ -704,5 +707,9 @@ int eng_sched_step(struct eng_sched *s) {
     }
     s->stats.step_s = eng_now_s() - t0;
     s->stats.n_steps++;
+    LOG_DEBUG("step %lld: %d rows (%d decoding, %d prefilling); admission %.2f ms, rows %.2f ms, forward %.2f ms, "
+              "results %.2f ms", s->stats.n_steps, s->batch.n_tok, n_decode, n_prefill,
+              (t_admitted - t0) * 1e3, (t_forward - t_admitted) * 1e3, (t_forwarded - t_forward) * 1e3,
+              (s->stats.step_s - (t_forwarded - t0)) * 1e3);
     return s->batch.n_tok;
 }

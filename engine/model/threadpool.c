@@ -47,7 +47,30 @@ struct eng_pool {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     _Atomic int n_sleeping;
+    /* the CPU the calling thread started the current region on (-1: unknown) */
+    _Atomic int caller_cpu;
 };
+
+/* A worker that finds itself on the CPU of the calling thread moves to
+ * another CPU it may use.  Why: a worker woken from its sleep is placed by
+ * the scheduler, often on the waker's CPU when the others are busy for a
+ * moment (an HTTP client reading its first bytes); once both spin there,
+ * each yields to the other so often that the kernel counts both as cache-hot
+ * and leaves them sharing one core for tens of milliseconds while another
+ * core idles: a forward pass then takes up to twice as long.  Narrowing the
+ * affinity mask to exclude that CPU migrates the worker at once; restoring
+ * the mask (the user's or container's own) keeps it where it landed. */
+static void pool_leave_caller_cpu(struct eng_pool *p) {
+    const int here = sched_getcpu(), caller = atomic_load_explicit(&p->caller_cpu, memory_order_relaxed);
+    if (here < 0 || here != caller) return;
+    cpu_set_t allowed, others;
+    if (pthread_getaffinity_np(pthread_self(), sizeof allowed, &allowed) != 0) return;
+    others = allowed;
+    CPU_CLR(here, &others);
+    if (CPU_COUNT(&others) < p->n_threads - 1) return;   /* too few CPUs for a core each: sharing is expected */
+    if (pthread_setaffinity_np(pthread_self(), sizeof others, &others) == 0)
+        pthread_setaffinity_np(pthread_self(), sizeof allowed, &allowed);
+}
 
 struct pool_worker_arg { struct eng_pool *p; int ith; };
 
@@ -77,6 +100,7 @@ static void *pool_worker_main(void *varg) {
         }
         if (atomic_load_explicit(&p->stop, memory_order_acquire)) return NULL;
         seen = gen;
+        pool_leave_caller_cpu(p);
         p->fn(p->arg, ith, p->n_threads);
         atomic_fetch_add_explicit(&p->n_done, 1, memory_order_acq_rel);
     }
@@ -88,6 +112,7 @@ int eng_pool_init(struct eng_pool **out, int n_threads) {
     struct eng_pool *p = calloc(1, sizeof *p);
     if (!p) return ENG_E_NOMEM;
     p->n_threads = n_threads;
+    atomic_init(&p->caller_cpu, -1);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     p->threads = calloc((size_t)n_threads, sizeof *p->threads);
@@ -130,6 +155,7 @@ void eng_pool_run(struct eng_pool *p, eng_pool_fn fn, void *arg) {
     if (p->n_threads == 1) { fn(arg, 0, 1); return; }
     p->fn = fn;
     p->arg = arg;
+    atomic_store_explicit(&p->caller_cpu, sched_getcpu(), memory_order_relaxed);
     atomic_store_explicit(&p->n_done, 0, memory_order_relaxed);
     atomic_fetch_add_explicit(&p->generation, 1, memory_order_acq_rel);
     if (atomic_load(&p->n_sleeping) > 0) {

@@ -1,9 +1,12 @@
 /* test_threadpool.c — engine/threadpool: a region runs on every thread and a
- * barrier inside it orders its phases; eng_split covers [0, n) once in
- * aligned chunks; eng_cpu_count follows the affinity mask. */
+ * barrier inside it orders its phases; a worker on the caller's CPU moves off
+ * it; eng_split covers [0, n) once in aligned chunks; eng_cpu_count follows
+ * the affinity mask. */
 #include <check.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdio.h>
 
 #include "tests/unit/common_test.h"
 
@@ -70,10 +73,59 @@ START_TEST(test_cpu_count_follows_affinity) {
 }
 END_TEST
 
+/* The collision is made on purpose: the pool starts while its caller may use
+ * one CPU only, so the worker starts there too; the worker then widens its
+ * own mask (which does not move it), and at the next region it must leave
+ * the caller's CPU (threadpool.c says why it does). */
+struct where {
+    cpu_set_t wide;
+    atomic_int worker_cpu;
+};
+
+static void widen_worker(void *arg, int ith, int nth) {
+    struct where *w = arg;
+    (void)nth;
+    if (ith == 1) pthread_setaffinity_np(pthread_self(), sizeof w->wide, &w->wide);
+}
+
+static void record_worker(void *arg, int ith, int nth) {
+    struct where *w = arg;
+    (void)nth;
+    if (ith == 1) atomic_store(&w->worker_cpu, sched_getcpu());
+}
+
+START_TEST(test_worker_leaves_the_callers_cpu) {
+    struct where w;
+    atomic_init(&w.worker_cpu, -1);
+    ck_assert_int_eq(sched_getaffinity(0, sizeof w.wide, &w.wide), 0);
+    if (CPU_COUNT(&w.wide) < 2) {
+        printf("threadpool: this process may use one CPU, so a worker has nowhere to move: not checked\n");
+        return;
+    }
+    int first = 0;
+    while (!CPU_ISSET(first, &w.wide)) first++;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(first, &one);
+    ck_assert_int_eq(sched_setaffinity(0, sizeof one, &one), 0);
+    struct eng_pool *pool;
+    ck_assert_int_eq(eng_pool_init(&pool, 2), 0);
+    eng_pool_run(pool, widen_worker, &w);
+    eng_pool_run(pool, record_worker, &w);
+    const int worker_cpu = atomic_load(&w.worker_cpu);
+    ck_assert_int_eq(sched_getcpu(), first);
+    ck_assert_int_ge(worker_cpu, 0);
+    ck_assert_msg(worker_cpu != first, "the worker stayed on the caller's CPU %d", first);
+    eng_pool_free(pool);
+    ck_assert_int_eq(sched_setaffinity(0, sizeof w.wide, &w.wide), 0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("threadpool");
     TCase *tc = tcase_create("threadpool");
     tcase_add_test(tc, test_region_and_barrier);
+    tcase_add_test(tc, test_worker_leaves_the_callers_cpu);
     tcase_add_test(tc, test_split_covers_once);
     tcase_add_test(tc, test_cpu_count_follows_affinity);
     suite_add_tcase(s, tc);
