@@ -773,7 +773,7 @@ int main(int argc, char **argv) {
     else snprintf(out_dir, sizeof out_dir, "families");
     Suite *s = suite_create("families");
     TCase *tc = tcase_create("llama.cpp");
-    tcase_set_timeout(tc, 300);
+    test_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_variant_matches_llamacpp, 0, FAM_N_LLAMACPP);
     tcase_add_test(tc, test_window_matches_reference);
     tcase_add_loop_test(tc, test_variant_batch_equals_sequential, 0, FAM_N_VARIANTS);
@@ -781,7 +781,7 @@ int main(int argc, char **argv) {
     tcase_add_loop_test(tc, test_variant_cuda_matches_cpu, 0, FAM_N_VARIANTS);
     suite_add_tcase(s, tc);
     TCase *te = tcase_create("refusals");
-    tcase_set_timeout(te, 120);
+    test_set_timeout(te, 120);
     tcase_add_test(te, test_unknown_architecture_refused);
     tcase_add_test(te, test_unsupported_tensor_type_refused);
     tcase_add_test(te, test_missing_family_tensor_refused);

@@ -388,7 +388,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("forward");
     TCase *tc = tcase_create("forward");
-    tcase_set_timeout(tc, 900);
+    test_set_timeout(tc, 900);
     tcase_add_test(tc, test_bad_batch_rejected);
     tcase_add_test(tc, test_batch_equals_sequential_bitwise);
     tcase_add_test(tc, test_visibility_mask_equals_sequence);

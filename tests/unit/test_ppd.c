@@ -473,8 +473,8 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("ppd");
     TCase *tc = tcase_create("basic"), *te = tcase_create("equivalence");   /* CK_RUN_CASE picks one */
-    tcase_set_timeout(tc, 900);
-    tcase_set_timeout(te, 900);
+    test_set_timeout(tc, 900);
+    test_set_timeout(te, 900);
     tcase_add_test(tc, test_tree_adapter_mismatch);
     tcase_add_test(tc, test_kv_capacity);
     tcase_add_test(tc, test_random_adapter);
