@@ -61,6 +61,12 @@ static double path_time_factor(void) {
 
 void test_set_timeout(TCase *tc, double seconds) { tcase_set_timeout(tc, seconds * path_time_factor()); }
 
+int test_case_count(const char *env, int n) {
+    const char *v = getenv(env);
+    if (v && atoi(v) > 0) return atoi(v);
+    return kq_isa() == KQ_ISA_SCALAR && n >= 10 ? n / 10 : n;
+}
+
 int test_run_suite(Suite *s) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     SRunner *sr = srunner_create(s);

@@ -19,6 +19,11 @@ int test_run_capture(char *const argv[], char *out, size_t out_cap, char *err, s
  * or a CPU without AVX2) computes the same results several times slower.
  * CK_TIMEOUT_MULTIPLIER still applies on top. */
 void test_set_timeout(TCase *tc, double seconds);
+/* How many of n model-sized cases (golden prompts) a test runs: the number in
+ * the environment variable env when it is set, else n, else on the plain C
+ * path a tenth of n (at least 1).  That path computes the same bits many times
+ * slower, and the kernel tests check every SIMD path against it op by op. */
+int test_case_count(const char *env, int n);
 /* Run the suite (stdout line-buffered, so figures printed by a failing forked
  * test survive); returns the process exit status. */
 int test_run_suite(Suite *s);

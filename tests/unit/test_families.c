@@ -423,9 +423,8 @@ START_TEST(test_variant_matches_llamacpp) {
     json_t *tops = json_object_get(gv, "top_logit"), *gaps = json_object_get(gv, "gap");
     ck_assert_int_eq((int)json_array_size(prompts), 24);
     ck_assert_int_eq((int)json_array_size(gens), 24);
-    /* every prompt; under the sanitizers (PPD_TEST_GOLDEN_CASES=1) fewer */
-    const char *cases_env = getenv("PPD_TEST_GOLDEN_CASES");
-    int n_prompts = cases_env && *cases_env ? atoi(cases_env) : 24;
+    /* every prompt; under the sanitizers (PPD_TEST_GOLDEN_CASES=1) and on the plain C path fewer */
+    int n_prompts = test_case_count("PPD_TEST_GOLDEN_CASES", 24);
     if (n_prompts < 1 || n_prompts > 24) n_prompts = 24;
     int identical = 0, tokens_equal = 0, tokens_total = 0;
     double step_diff = 0;

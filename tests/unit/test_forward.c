@@ -183,10 +183,7 @@ static int greedy_vs_llamacpp(enum variant v, const char *golden, int max_cases,
     return not_tie;
 }
 
-static int env_cases(int dflt) {
-    const char *q = getenv("PPD_TEST_GOLDEN_CASES");
-    return q && *q ? atoi(q) : dflt;
-}
+static int env_cases(int dflt) { return test_case_count("PPD_TEST_GOLDEN_CASES", dflt); }
 
 START_TEST(test_greedy_f32_matches_llamacpp) {
     double frac;
