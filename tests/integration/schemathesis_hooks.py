@@ -9,7 +9,10 @@ only those is empty, a 400.  Generated bodies that break either are dropped, so
 "schema-valid but rejected" means a real mismatch.  And a valid max_tokens above
 MAX_NEW is lowered to it, so a generated 10^9 does not decode until the context
 is full (the server's answer to the range itself is tested either way: only
-in-range values are lowered).
+in-range values are lowered).  That holds for a number with no fraction too
+(1e3, 1000.0): JSON Schema counts it as an integer, and the server takes it.
+The coverage phase's boundary values (2^30 - 1) do not pass through map_body,
+so before_call lowers them too, just before each request goes out.
 """
 import os
 
@@ -37,16 +40,30 @@ def _only_control_chars(body):
     return any(t and all(ord(c) < 0x20 or c == "\x7f" for c in t) for t in texts)
 
 
+def _integral(v):
+    """An int, or a float with no fraction (what JSON Schema calls an integer)."""
+    return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float) and v.is_integer())
+
+
 @schemathesis.hook
 def filter_body(ctx, body):
     return not ((VOCAB and _ids_out_of_vocab(body)) or _only_control_chars(body))
 
 
-@schemathesis.hook
-def map_body(ctx, body):
+def _lower_max_tokens(body):
     if isinstance(body, dict):
         for key in ("max_tokens", "max_completion_tokens"):
             v = body.get(key)
-            if isinstance(v, int) and not isinstance(v, bool) and MAX_NEW < v <= MAX_TOKENS_HI:
-                body[key] = MAX_NEW
+            if _integral(v) and MAX_NEW < v <= MAX_TOKENS_HI:
+                body[key] = type(v)(MAX_NEW)   # 8.0 stays a float: the server still parses that form
     return body
+
+
+@schemathesis.hook
+def map_body(ctx, body):
+    return _lower_max_tokens(body)
+
+
+@schemathesis.hook
+def before_call(ctx, case, kwargs):
+    _lower_max_tokens(case.body)

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from conftest import PPD_BIN, start_server
+from conftest import PPD_BIN, TIME_FACTOR, start_server
 
 SYSTEM = ("You are a careful assistant for a small bookshop. Answer in one or two sentences, name the section "
           "of the shop where a customer finds what they ask for, and never invent opening hours or prices. "
@@ -31,7 +31,7 @@ def cold(tmp_path_factory):
 def client_for(server):
     from openai import OpenAI
 
-    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+    return OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120 * TIME_FACTOR)
 
 
 def turn(client, messages, sampling, use_ppd):

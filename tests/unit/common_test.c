@@ -6,6 +6,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "kernels/cpu/cpu_isa.h"
+
 const char *test_model_path(void) {
     const char *p = getenv("PPD_TEST_MODEL");
     return p && *p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -43,6 +45,26 @@ int test_run_capture(char *const argv[], char *out, size_t out_cap, char *err, s
     unlink(out_path);
     unlink(err_path);
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* How much longer than the AVX-512 path a path may take.  Measured on the
+ * model-sized tests (whole forward passes, PPD trees of up to 64 rows) and on
+ * the prefill of an 800-token prompt: the AVX2 path takes up to 1.3 times as
+ * long, the plain C path 7 to 26 times.  The factors leave room above that. */
+static double path_time_factor(void) {
+    switch (kq_isa()) {
+    case KQ_ISA_SCALAR: return 30.0;
+    case KQ_ISA_AVX2: return 2.0;
+    default: return 1.0;
+    }
+}
+
+void test_set_timeout(TCase *tc, double seconds) { tcase_set_timeout(tc, seconds * path_time_factor()); }
+
+int test_case_count(const char *env, int n) {
+    const char *v = getenv(env);
+    if (v && atoi(v) > 0) return atoi(v);
+    return kq_isa() == KQ_ISA_SCALAR && n >= 10 ? n / 10 : n;
 }
 
 int test_run_suite(Suite *s) {

@@ -198,7 +198,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("amx_model");
     TCase *tc = tcase_create("amx_model");
-    tcase_set_timeout(tc, 300);
+    test_set_timeout(tc, 300);
     tcase_add_test(tc, test_amx_model_equals_reference);
     suite_add_tcase(s, tc);
     return test_run_suite(s);

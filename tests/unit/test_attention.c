@@ -375,7 +375,7 @@ int main(void) {
     kq_isa_set(kq_isa_detected());   /* the best path this CPU has, whatever PPD_CPU_ISA says */
     Suite *s = suite_create("attention");
     TCase *tc = tcase_create("attention");
-    tcase_set_timeout(tc, 600);
+    test_set_timeout(tc, 600);
     tcase_add_test(tc, test_kernel_matches_reference);
     tcase_add_test(tc, test_kernel_row_alone_equals_grouped);
     tcase_add_test(tc, test_kernel_value);

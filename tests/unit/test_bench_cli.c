@@ -192,7 +192,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("bench_cli");
     TCase *tc = tcase_create("bench_cli");
-    tcase_set_timeout(tc, 600);
+    test_set_timeout(tc, 600);
     tcase_add_test(tc, test_bench_bad_tree);
     tcase_add_test(tc, test_bench_json);
     tcase_add_test(tc, test_bench_table_sampling);

@@ -237,7 +237,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("calibrate");
     TCase *tc = tcase_create("calibrate");
-    tcase_set_timeout(tc, 300);
+    test_set_timeout(tc, 300);
     tcase_add_test(tc, test_interpolation);
     tcase_add_test(tc, test_choice_follows_the_curve);
     tcase_add_test(tc, test_stop_bound_keeps_the_choice);

@@ -132,7 +132,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("cli");
     TCase *tc = tcase_create("cli");
-    tcase_set_timeout(tc, 300);
+    test_set_timeout(tc, 300);
     tcase_add_test(tc, test_bad_model_files);
     tcase_add_test(tc, test_bad_flags);
     tcase_add_test(tc, test_generate_json);

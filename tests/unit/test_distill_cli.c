@@ -315,7 +315,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("distill_cli");
     TCase *tc = tcase_create("distill_cli");
-    tcase_set_timeout(tc, 600);
+    test_set_timeout(tc, 600);
     tcase_add_test(tc, test_answers_equal_generate);
     tcase_add_test(tc, test_resume);
     tcase_add_test(tc, test_header_mismatch);

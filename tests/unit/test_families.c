@@ -423,9 +423,8 @@ START_TEST(test_variant_matches_llamacpp) {
     json_t *tops = json_object_get(gv, "top_logit"), *gaps = json_object_get(gv, "gap");
     ck_assert_int_eq((int)json_array_size(prompts), 24);
     ck_assert_int_eq((int)json_array_size(gens), 24);
-    /* every prompt; under the sanitizers (PPD_TEST_GOLDEN_CASES=1) fewer */
-    const char *cases_env = getenv("PPD_TEST_GOLDEN_CASES");
-    int n_prompts = cases_env && *cases_env ? atoi(cases_env) : 24;
+    /* every prompt; under the sanitizers (PPD_TEST_GOLDEN_CASES=1) and on the plain C path fewer */
+    int n_prompts = test_case_count("PPD_TEST_GOLDEN_CASES", 24);
     if (n_prompts < 1 || n_prompts > 24) n_prompts = 24;
     int identical = 0, tokens_equal = 0, tokens_total = 0;
     double step_diff = 0;
@@ -773,7 +772,7 @@ int main(int argc, char **argv) {
     else snprintf(out_dir, sizeof out_dir, "families");
     Suite *s = suite_create("families");
     TCase *tc = tcase_create("llama.cpp");
-    tcase_set_timeout(tc, 300);
+    test_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_variant_matches_llamacpp, 0, FAM_N_LLAMACPP);
     tcase_add_test(tc, test_window_matches_reference);
     tcase_add_loop_test(tc, test_variant_batch_equals_sequential, 0, FAM_N_VARIANTS);
@@ -781,7 +780,7 @@ int main(int argc, char **argv) {
     tcase_add_loop_test(tc, test_variant_cuda_matches_cpu, 0, FAM_N_VARIANTS);
     suite_add_tcase(s, tc);
     TCase *te = tcase_create("refusals");
-    tcase_set_timeout(te, 120);
+    test_set_timeout(te, 120);
     tcase_add_test(te, test_unknown_architecture_refused);
     tcase_add_test(te, test_unsupported_tensor_type_refused);
     tcase_add_test(te, test_missing_family_tensor_refused);

@@ -183,10 +183,7 @@ static int greedy_vs_llamacpp(enum variant v, const char *golden, int max_cases,
     return not_tie;
 }
 
-static int env_cases(int dflt) {
-    const char *q = getenv("PPD_TEST_GOLDEN_CASES");
-    return q && *q ? atoi(q) : dflt;
-}
+static int env_cases(int dflt) { return test_case_count("PPD_TEST_GOLDEN_CASES", dflt); }
 
 START_TEST(test_greedy_f32_matches_llamacpp) {
     double frac;
@@ -388,7 +385,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("forward");
     TCase *tc = tcase_create("forward");
-    tcase_set_timeout(tc, 900);
+    test_set_timeout(tc, 900);
     tcase_add_test(tc, test_bad_batch_rejected);
     tcase_add_test(tc, test_batch_equals_sequential_bitwise);
     tcase_add_test(tc, test_visibility_mask_equals_sequence);

@@ -702,7 +702,7 @@ END_TEST
 static Suite *gguf_suite(void) {
     Suite *s = suite_create("gguf");
     TCase *tc = tcase_create("writer_reader");
-    tcase_set_timeout(tc, 120);
+    test_set_timeout(tc, 120);
     tcase_add_test(tc, test_round_trip);
     tcase_add_test(tc, test_alignment_64);
     tcase_add_test(tc, test_getters);
@@ -710,14 +710,14 @@ static Suite *gguf_suite(void) {
     tcase_add_test(tc, test_open_errors);
     suite_add_tcase(s, tc);
     tc = tcase_create("broken");
-    tcase_set_timeout(tc, 120);
+    test_set_timeout(tc, 120);
     tcase_add_test(tc, test_small_file_good);
     tcase_add_loop_test(tc, test_bad_file, 0, (int)N_BAD_CASES);
     tcase_add_test(tc, test_every_prefix);
     tcase_add_test(tc, test_random_flips);
     suite_add_tcase(s, tc);
     tc = tcase_create("model");
-    tcase_set_timeout(tc, 120);
+    test_set_timeout(tc, 120);
     tcase_add_test(tc, test_real_model);
     suite_add_tcase(s, tc);
     return s;

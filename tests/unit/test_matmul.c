@@ -40,6 +40,7 @@
 #include "kernels/cpu/matmul_ref.h"
 #include "kernels/cpu/quant_act.h"
 #include "common/qtypes.h"
+#include "tests/unit/common_test.h"
 
 /* ---- deterministic data ---------------------------------------------------- */
 
@@ -777,7 +778,7 @@ END_TEST
 static Suite *matmul_suite(void) {
     Suite *s = suite_create("matmul");
     TCase *tc = tcase_create("kernels");
-    tcase_set_timeout(tc, 120);
+    test_set_timeout(tc, 120);
     tcase_add_loop_test(tc, test_fast_equals_ref, 0, N_CASES);
     tcase_add_loop_test(tc, test_fast_splits, 0, N_SPLIT_CASES);
     tcase_add_loop_test(tc, test_row_independence, 0, N_CASES);

@@ -8,7 +8,7 @@
  * PPD_TEST_PPD_CASES (default 2; the CPU is slow) sets how many golden prompts
  * are used; `PPD_TEST_PPD_CASES=24` runs them all.  The committed adapter,
  * the one users get, is checked on PPD_TEST_LOSSLESS_CASES prompts (default
- * 20; one under the sanitizers).
+ * 20; one under the sanitizers, two on the plain C path).
  */
 #include <check.h>
 #include <jansson.h>
@@ -67,8 +67,7 @@ static void fx_open_cases(struct fx *x, int max_seq, int tree_L, int n_case) {
     json_t *root = json_load_file("tests/golden/data/greedy.json", 0, &je);
     ck_assert_msg(root != NULL, "greedy.json: %s", je.text);
     json_t *cases = json_object_get(root, "cases");
-    const char *env = getenv("PPD_TEST_PPD_CASES");
-    int want = n_case > 0 ? n_case : env && atoi(env) > 0 ? atoi(env) : 2;
+    int want = n_case > 0 ? n_case : test_case_count("PPD_TEST_PPD_CASES", 2);
     for (size_t i = 0; i < json_array_size(cases) && x->n_case < want && x->n_case < 32; i++) {
         json_t *c = json_array_get(cases, i), *ids = json_object_get(c, "prompt_ids");
         json_t *arr = json_is_string(ids) ? json_loads(json_string_value(ids), JSON_DECODE_ANY, &je) : json_incref(ids);
@@ -394,8 +393,7 @@ END_TEST
  * temperatures, PPD_TEST_LOSSLESS_CASES golden prompts (default 20) x 64
  * tokens: PPD emits exactly plain decoding's tokens. */
 static void committed_adapter_lossless(int big) {
-    const char *env = getenv("PPD_TEST_LOSSLESS_CASES");
-    const int n_case = env && atoi(env) > 0 ? atoi(env) : 20;
+    const int n_case = test_case_count("PPD_TEST_LOSSLESS_CASES", 20);
     struct fx x;
     fx_open_cases(&x, 1024, 20, n_case);
     ck_assert_int_eq(x.n_case, n_case < 24 ? n_case : 24);
@@ -473,8 +471,8 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("ppd");
     TCase *tc = tcase_create("basic"), *te = tcase_create("equivalence");   /* CK_RUN_CASE picks one */
-    tcase_set_timeout(tc, 900);
-    tcase_set_timeout(te, 900);
+    test_set_timeout(tc, 900);
+    test_set_timeout(te, 900);
     tcase_add_test(tc, test_tree_adapter_mismatch);
     tcase_add_test(tc, test_kv_capacity);
     tcase_add_test(tc, test_random_adapter);

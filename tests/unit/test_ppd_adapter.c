@@ -231,7 +231,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("ppd_adapter");
     TCase *tc = tcase_create("ppd_adapter");
-    tcase_set_timeout(tc, 120);
+    test_set_timeout(tc, 120);
     tcase_add_test(tc, test_round_trip);
     tcase_add_test(tc, test_corrupt_files);
     tcase_add_test(tc, test_bad_fields);

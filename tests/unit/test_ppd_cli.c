@@ -170,7 +170,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("ppd_cli");
     TCase *tc = tcase_create("ppd_cli");
-    tcase_set_timeout(tc, 600);
+    test_set_timeout(tc, 600);
     tcase_add_test(tc, test_bad_adapters_and_trees);
     tcase_add_test(tc, test_greedy_equals_no_ppd);
     tcase_add_test(tc, test_sampling_equals_no_ppd);

@@ -459,7 +459,7 @@ int main(void) {
     Suite *s = suite_create("ppd_import");
     TCase *tc = tcase_create("core");
     tcase_add_checked_fixture(tc, setup, teardown);
-    tcase_set_timeout(tc, 300);
+    test_set_timeout(tc, 300);
     tcase_add_test(tc, test_import_golden);
     tcase_add_test(tc, test_ensemble);
     tcase_add_test(tc, test_wrong_hidden_size);

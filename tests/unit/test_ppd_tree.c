@@ -394,7 +394,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("ppd_tree");
     TCase *tc = tcase_create("ppd_tree");
-    tcase_set_timeout(tc, 120);
+    test_set_timeout(tc, 120);
     tcase_add_test(tc, test_worked_example_state2);
     tcase_add_test(tc, test_worked_example_state1);
     tcase_add_test(tc, test_builder_vicuna7b_105);

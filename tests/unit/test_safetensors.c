@@ -367,7 +367,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("safetensors");
     TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 120);
+    test_set_timeout(tc, 120);
     tcase_add_test(tc, test_golden_f32);
     tcase_add_test(tc, test_golden_f16);
     tcase_add_test(tc, test_golden_bf16);

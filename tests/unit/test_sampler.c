@@ -9,6 +9,7 @@
 
 #include "engine/err.h"
 #include "engine/decode/sampler.h"
+#include "tests/unit/common_test.h"
 
 static struct eng_sampler_params params(float temperature, int top_k, float top_p, float min_p)
 {
@@ -430,7 +431,7 @@ static Suite *sampler_suite(void)
 {
     Suite *s = suite_create("sampler");
     TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 60);
+    test_set_timeout(tc, 60);
     tcase_add_test(tc, test_greedy_argmax_ties);
     tcase_add_test(tc, test_top_k1_is_greedy);
     tcase_add_test(tc, test_seed_determinism);

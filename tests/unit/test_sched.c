@@ -1333,7 +1333,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("sched");
     TCase *tc = tcase_create("sched");
-    tcase_set_timeout(tc, 600);
+    test_set_timeout(tc, 600);
     tcase_add_test(tc, test_stop_strings);
     tcase_add_test(tc, test_greedy_batched_equals_alone);
     tcase_add_test(tc, test_seeded_batched_equals_alone);

@@ -14,6 +14,7 @@
 #include "engine/err.h"
 #include "engine/load/gguf.h"
 #include "engine/load/tokenizer.h"
+#include "tests/unit/common_test.h"
 
 #include <check.h>
 #include <limits.h>
@@ -696,21 +697,21 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("tokenizer");
     TCase *tc = tcase_create("golden");
-    tcase_set_timeout(tc, 120);
+    test_set_timeout(tc, 120);
     tcase_add_test(tc, test_golden_smollm2);
     tcase_add_loop_test(tc, test_golden_pre_variants, 0, (int)(sizeof variants / sizeof variants[0]));
     tcase_add_test(tc, test_unknown_pre_is_default);
     tcase_add_test(tc, test_golden_spm);
     suite_add_tcase(s, tc);
     tc = tcase_create("decode");
-    tcase_set_timeout(tc, 120);
+    test_set_timeout(tc, 120);
     tcase_add_test(tc, test_roundtrip_smollm2);
     tcase_add_test(tc, test_roundtrip_spm);
     tcase_add_test(tc, test_detok_holds_partial);
     tcase_add_test(tc, test_detok_stream_smollm2);
     suite_add_tcase(s, tc);
     tc = tcase_create("api");
-    tcase_set_timeout(tc, 120);
+    test_set_timeout(tc, 120);
     tcase_add_test(tc, test_eog_and_lookup);
     tcase_add_test(tc, test_encode_range);
     tcase_add_test(tc, test_long_inputs);

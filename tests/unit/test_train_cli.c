@@ -221,7 +221,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("train_cli");
     TCase *tc = tcase_create("cli");
-    tcase_set_timeout(tc, 600);
+    test_set_timeout(tc, 600);
     tcase_add_test(tc, same_seed_same_adapter_and_resume_is_exact);
     tcase_add_test(tc, bad_data_is_refused_clearly);
     suite_add_tcase(s, tc);

@@ -233,7 +233,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("train_model");
     TCase *tc = tcase_create("core");
-    tcase_set_timeout(tc, 120);
+    test_set_timeout(tc, 120);
     tcase_add_test(tc, gemm_matches_reference);
     tcase_add_test(tc, gradient_matches_finite_differences);
     tcase_add_test(tc, gradient_matches_finite_differences_qwen);
