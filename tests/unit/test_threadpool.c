@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #include "tests/unit/common_test.h"
 
@@ -75,8 +76,8 @@ END_TEST
 
 /* The collision is made on purpose: the pool starts while its caller may use
  * one CPU only, so the worker starts there too; the worker then widens its
- * own mask (which does not move it), and at the next region it must leave
- * the caller's CPU (threadpool.c says why it does). */
+ * own mask (which does not move it), and at the next region after a pause it
+ * must leave the caller's CPU (threadpool.c says why it does). */
 struct where {
     cpu_set_t wide;
     atomic_int worker_cpu;
@@ -111,6 +112,7 @@ START_TEST(test_worker_leaves_the_callers_cpu) {
     struct eng_pool *pool;
     ck_assert_int_eq(eng_pool_init(&pool, 2), 0);
     eng_pool_run(pool, widen_worker, &w);
+    usleep(20000);   /* a pause, as between two requests */
     eng_pool_run(pool, record_worker, &w);
     const int worker_cpu = atomic_load(&w.worker_cpu);
     ck_assert_int_eq(sched_getcpu(), first);
