@@ -11,8 +11,9 @@ MAX_NEW is lowered to it, so a generated 10^9 does not decode until the context
 is full (the server's answer to the range itself is tested either way: only
 in-range values are lowered).  That holds for a number with no fraction too
 (1e3, 1000.0): JSON Schema counts it as an integer, and the server takes it.
-The coverage phase's boundary values (2^30 - 1) do not pass through map_body,
-so before_call lowers them too, just before each request goes out.
+The lowering happens in before_call, just before each request goes out, so
+it reaches every phase, the coverage phase's boundary values (2^30 - 1)
+included.
 """
 import os
 
@@ -50,20 +51,11 @@ def filter_body(ctx, body):
     return not ((VOCAB and _ids_out_of_vocab(body)) or _only_control_chars(body))
 
 
-def _lower_max_tokens(body):
+@schemathesis.hook
+def before_call(ctx, case, kwargs):
+    body = case.body
     if isinstance(body, dict):
         for key in ("max_tokens", "max_completion_tokens"):
             v = body.get(key)
             if _integral(v) and MAX_NEW < v <= MAX_TOKENS_HI:
                 body[key] = type(v)(MAX_NEW)   # 8.0 stays a float: the server still parses that form
-    return body
-
-
-@schemathesis.hook
-def map_body(ctx, body):
-    return _lower_max_tokens(body)
-
-
-@schemathesis.hook
-def before_call(ctx, case, kwargs):
-    _lower_max_tokens(case.body)

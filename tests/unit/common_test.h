@@ -20,9 +20,9 @@ int test_run_capture(char *const argv[], char *out, size_t out_cap, char *err, s
  * CK_TIMEOUT_MULTIPLIER still applies on top. */
 void test_set_timeout(TCase *tc, double seconds);
 /* How many of n model-sized cases (golden prompts) a test runs: the number in
- * the environment variable env when it is set, else n, else on the plain C
- * path a tenth of n (at least 1).  That path computes the same bits many times
- * slower, and the kernel tests check every SIMD path against it op by op. */
+ * the environment variable env when it is set; else n, or a tenth of n when
+ * n >= 10 on the plain C path, which computes the same bits many times slower
+ * (the kernel tests check every SIMD path against it op by op). */
 int test_case_count(const char *env, int n);
 /* Run the suite (stdout line-buffered, so figures printed by a failing forked
  * test survive); returns the process exit status. */

@@ -27,11 +27,6 @@
 #define GOLDEN_DIR "tests/golden/data/"
 #define ERR_CAP 512
 
-static const char *model_path(void) {
-    const char *p = getenv("PPD_TEST_MODEL");
-    return p && *p ? p : "models/SmolLM2-135M-Instruct.Q4_1.gguf";
-}
-
 static double now_ms(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -217,7 +212,7 @@ static struct gguf_writer *variant_writer(const struct gguf_file *g, const char 
 static struct tok *load_variant(const char *pre, const char *file) {
     char err[ERR_CAP] = "";
     struct gguf_file *g = NULL;
-    ck_assert_msg(gguf_open(&g, model_path(), err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(gguf_open(&g, test_model_path(), err, sizeof err) == 0, "%s", err);
     struct gguf_writer *w = variant_writer(g, pre);
     gguf_close(g);
     ck_assert_msg(gguf_writer_write(w, tmp_path(file), err, sizeof err) == 0, "%s", err);
@@ -295,7 +290,7 @@ static void check_meta(const struct tok *t, const char *file) {
 /* ---------------------------------------------------------------- golden tests */
 
 START_TEST(test_golden_smollm2) {
-    struct tok *t = load_tok(model_path());
+    struct tok *t = load_tok(test_model_path());
     struct golden g = load_golden("tok_smollm2.tsv");
     int bad = check_golden(t, "smollm2", &g);
     ck_assert_msg(bad == 0, "%d of %d cases differ from llama.cpp", bad, g.n);
@@ -442,7 +437,7 @@ static int roundtrip_vocab(const struct tok *t, const char *name, const char *go
 }
 
 START_TEST(test_roundtrip_smollm2) {
-    struct tok *t = load_tok(model_path());
+    struct tok *t = load_tok(test_model_path());
     ck_assert_int_gt(roundtrip_vocab(t, "smollm2", "tok_smollm2.tsv", false), 300);
     tok_free(t);
 }
@@ -488,7 +483,7 @@ END_TEST
 
 /* Multi-byte text through the default model token by token. */
 START_TEST(test_detok_stream_smollm2) {
-    struct tok *t = load_tok(model_path());
+    struct tok *t = load_tok(test_model_path());
     static const char *const texts[] = {
         "你好，世界！日本語のテキストと한국어 문장。", "👨‍👩‍👧‍👦 family, 🏳️‍🌈 flag, 👋🏽 wave",
         "Ångström café naïve — «quotes» and “more”", "混合 mixed 🇫🇷🇩🇪 ½ ① ٣٤٥",
@@ -523,7 +518,7 @@ END_TEST
 /* ---------------------------------------------------------------- queries */
 
 START_TEST(test_eog_and_lookup) {
-    struct tok *t = load_tok(model_path());
+    struct tok *t = load_tok(test_model_path());
     ck_assert_int_eq(tok_kind(t), TOK_KIND_BPE);
     ck_assert_int_eq(tok_n_vocab(t), 49152);
     int32_t im_end = tok_id_of(t, "<|im_end|>"), im_start = tok_id_of(t, "<|im_start|>");
@@ -555,7 +550,7 @@ START_TEST(test_eog_and_lookup) {
 END_TEST
 
 START_TEST(test_encode_range) {
-    struct tok *t = load_tok(model_path());
+    struct tok *t = load_tok(test_model_path());
     const char *s = "<|im_start|>user\nHello there, how are you?<|im_end|>";
     int32_t ids[4];
     int n = -1;
@@ -576,7 +571,7 @@ END_TEST
 
 /* Long and repetitive inputs stay fast (printed, not asserted: timing is for benchmarks). */
 START_TEST(test_long_inputs) {
-    struct tok *t = load_tok(model_path());
+    struct tok *t = load_tok(test_model_path());
     size_t n = 100000;
     char *s = malloc(n + 1);
     static const char *const parts[] = {"The quick brown fox ", "jumps over 12345 lazy dogs. ",
